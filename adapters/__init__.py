@@ -1,0 +1,1 @@
+"""Adapters between the audio encoder and the LLM (registered as ``adapter`` components)."""

@@ -1,0 +1,1 @@
+"""LLM backbones (registered as ``backbone`` components)."""

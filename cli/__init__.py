@@ -1,0 +1,1 @@
+"""The ``swv`` command line (Typer)."""

@@ -1,0 +1,5 @@
+"""``python -m swv.cli`` (also what ``accelerate launch -m swv.cli ...`` runs)."""
+
+from swv.cli.main import main
+
+main()

@@ -1,0 +1,88 @@
+"""``swv recipe``: list, show, copy and validate recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="List, show, copy and validate training recipes.", no_args_is_help=True)
+
+
+@app.command("ls")
+def ls() -> None:
+    """List the recipes shipped with swv."""
+    import yaml
+
+    from swv.recipes.loader import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        try:
+            desc = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        except Exception:  # a broken shipped recipe still gets listed
+            desc = "(unreadable)"
+        typer.echo(f"{name:<18} {str(desc).strip().splitlines()[0] if desc else ''}")
+
+
+@app.command("show")
+def show(
+    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")] = None,
+) -> None:
+    """Print the fully resolved recipe (extends, overrides and every default filled in)."""
+    import yaml
+
+    from swv.pluginmanager import default_registry
+    from swv.recipes.loader import load_recipe
+
+    loaded = load_recipe(recipe, overrides or [], default_registry())
+    typer.echo(f"# resolved from {loaded.source}")
+    typer.echo(yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True).rstrip())
+
+
+@app.command("cp")
+def cp(
+    name: Annotated[str, typer.Argument(help="Shipped recipe name.")],
+    dest: Annotated[Path, typer.Argument(help="Destination file or directory.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Copy a shipped recipe to edit it."""
+    from swv.errors import UsageError
+    from swv.io import atomic_write_text
+    from swv.recipes.loader import shipped_recipes
+
+    shipped = shipped_recipes()
+    if name not in shipped:
+        from swv.registry import suggest
+
+        raise UsageError(f"no shipped recipe {name!r}{suggest(name, shipped)}; shipped: {', '.join(shipped)}")
+    target = dest / f"{name}.yaml" if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise UsageError(f"{target}: already exists (use --force to overwrite)")
+    atomic_write_text(target, shipped[name].read_text(encoding="utf-8"))
+    typer.echo(f"copied {name} -> {target}")
+
+
+@app.command("validate")
+def validate(
+    recipes: Annotated[list[str], typer.Argument(help="Shipped recipe names or YAML paths.")],
+) -> None:
+    """Validate recipes, including every component's arguments. Exits 2 if any is invalid."""
+    from swv.errors import RecipeError
+    from swv.pluginmanager import default_registry
+    from swv.recipes.loader import load_recipe
+
+    registry = default_registry()
+    failed = 0
+    for item in recipes:
+        try:
+            loaded = load_recipe(item, [], registry)
+        except RecipeError as exc:
+            failed += 1
+            typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            continue
+        stages = ", ".join(s.name for s in loaded.recipe.stages)
+        typer.echo(f"ok: {loaded.source} ({len(loaded.recipe.stages)} stages: {stages})")
+    if failed:
+        raise typer.Exit(2)

@@ -1,0 +1,1 @@
+"""Audio encoders (registered as ``encoder`` components)."""

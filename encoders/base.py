@@ -1,0 +1,68 @@
+"""The encoder interface every ``encoder`` component implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from swv.model.state import AudioState
+
+
+class Encoder(nn.Module):
+    """Waveform -> features -> frame embeddings.
+
+    Subclasses set ``sample_rate`` (Hz of the waveforms :meth:`extract_features` expects),
+    ``output_dim`` and ``feature_time_axis`` (the time axis of ``input_features`` excluding
+    the batch axis is ``feature_time_axis``; ``-1`` for Whisper's ``[B, n_mels, T]``, ``1`` for
+    ``[B, T, C]`` layouts), and implement the four methods below.
+
+    A frozen encoder (the default for every built-in) runs in eval mode under
+    ``torch.no_grad()`` and reports no trainable parameters.
+    """
+
+    config_class: ClassVar[type]
+    sample_rate: int
+    output_dim: int
+    feature_time_axis: int = -1
+    fixed_num_frames: int | None = None  # set when the encoder needs a fixed feature length
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def frozen(self) -> bool:
+        return bool(getattr(self.config, "frozen", True))
+
+    def extract_features(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mono float waveforms at ``sample_rate`` -> (``input_features``, ``feature_lengths`` ``[B]``)."""
+        raise NotImplementedError
+
+    def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Number of valid output frames for ``feature_lengths`` valid feature frames."""
+        raise NotImplementedError
+
+    def encode(self, input_features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """``[B, T_out, output_dim]`` frame embeddings (no grad handling; see :meth:`forward`)."""
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """What determines this encoder's outputs (checkpoint and feature settings), for caches."""
+        raise NotImplementedError
+
+    def forward(self, input_features: torch.Tensor, feature_lengths: torch.Tensor) -> AudioState:
+        if self.frozen:
+            self.eval()
+            with torch.no_grad():
+                embeds = self.encode(input_features, feature_lengths)
+        else:
+            embeds = self.encode(input_features, feature_lengths)
+        lengths = self.output_lengths(feature_lengths).clamp(max=embeds.shape[1])
+        return AudioState(embeds=embeds, lengths=lengths.long())
+
+    def train(self, mode: bool = True) -> Encoder:
+        return super().train(mode and not self.frozen)

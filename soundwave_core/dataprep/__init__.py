@@ -1,0 +1,1 @@
+"""Data engineering: build, filter, augment and inspect manifests (`swv data`)."""

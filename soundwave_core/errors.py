@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Every error a user can cause (bad recipe, missing file, unknown component...) is a
+:class:`SwvError`. The CLI prints its message as one line on stderr and exits with
+``exit_code``; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SwvError(Exception):
+    """An expected error with a one-line, actionable message."""
+
+    exit_code = 1
+
+
+class UsageError(SwvError):
+    """Bad arguments, options or configuration (exit code 2)."""
+
+    exit_code = 2
+
+
+class RecipeError(UsageError):
+    """A recipe file that does not validate."""
+
+
+class ComponentError(UsageError):
+    """An unknown, duplicate or misconfigured component."""
+
+
+class InputError(SwvError):
+    """Unreadable or invalid input data (audio, manifests, checkpoints)."""
+
+
+class PluginError(SwvError):
+    """A third-party plugin that failed to load or register."""

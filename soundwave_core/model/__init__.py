@@ -1,0 +1,1 @@
+"""The composed speech LLM and the pieces it is made of."""

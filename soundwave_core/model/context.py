@@ -1,0 +1,24 @@
+"""What adapters need to know about the backbone they feed, without holding the backbone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """Facts about the LLM an adapter chain feeds.
+
+    ``output_embedding`` returns the ``[V, D]`` LM-head weight (used to initialise CTC heads);
+    it is a callable so the weight is only materialised by components that need it.
+    """
+
+    hidden_size: int
+    num_attention_heads: int
+    vocab_size: int
+    audio_token_id: int
+    pad_token_id: int
+    output_embedding: Callable[[], torch.Tensor] | None = None

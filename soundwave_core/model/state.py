@@ -1,0 +1,43 @@
+"""The small state object adapters pass along the chain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+
+@dataclass
+class AudioState:
+    """Audio representations flowing from the encoder through the adapter chain.
+
+    Attributes:
+        embeds: ``[B, T, D]`` frame embeddings; frames at ``t >= lengths[b]`` are padding
+            (their values are unspecified and must be ignored via ``lengths``).
+        lengths: ``[B]`` int64 number of valid frames per row.
+        ctc_logits: ``[B, T_ctc, V]`` CTC logits over the backbone vocabulary, if an adapter
+            produced them (the alignment adapter does).
+        ctc_lengths: ``[B]`` valid lengths of ``ctc_logits``.
+        keep_mask: ``[B, T_ctc]`` bool, the frames a shrinking adapter kept.
+        aux_losses: named auxiliary losses added by adapters (weighted by the stage recipe).
+    """
+
+    embeds: torch.Tensor
+    lengths: torch.Tensor
+    ctc_logits: torch.Tensor | None = None
+    ctc_lengths: torch.Tensor | None = None
+    keep_mask: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def replace(self, **changes: object) -> AudioState:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def padding_mask(self) -> torch.Tensor:
+        """``[B, T]`` bool, True on valid frames."""
+        return lengths_to_mask(self.lengths, self.embeds.shape[1])
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """``[B]`` lengths -> ``[B, T]`` bool mask, True where ``t < lengths[b]``."""
+    max_len = int(lengths.max().item()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]

@@ -1,0 +1,258 @@
+"""Finding, composing, overriding and validating recipes.
+
+Composition rules:
+- ``extends: other.yaml`` (a path relative to the extending file, or a shipped recipe name)
+  loads the base first; the extending file is merged on top: **mappings merge key by key,
+  lists and scalars replace**. Chains are allowed; cycles are errors.
+- ``key.path=value`` overrides from the command line are applied after ``extends`` and before
+  validation. Values are parsed as YAML (``3e-5``, ``true``, ``[a, b]``). List items are
+  addressed by index (``stages.0.max_steps=10``). A misspelt key fails validation, naming the
+  override that introduced it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from swv.errors import ComponentError, RecipeError
+from swv.recipes.schema import ComponentRef, Recipe
+
+if TYPE_CHECKING:
+    from swv.registry import Registry
+
+
+def shipped_recipe_dir() -> Path:
+    return Path(str(resources.files("swv.recipes")))
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped with swv, by name (file stem)."""
+    return {p.stem: p for p in sorted(shipped_recipe_dir().glob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A file path, or the name of a shipped recipe."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    stem = text[:-5] if text.endswith(".yaml") else text
+    if stem in shipped and os.sep not in text:
+        return shipped[stem]
+    if path.suffix in (".yaml", ".yml") or os.sep in text:
+        raise RecipeError(f"{text}: recipe file not found")
+    close = difflib.get_close_matches(stem, list(shipped), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise RecipeError(f"{text}: no such recipe file or shipped recipe{hint}; shipped: {', '.join(shipped)}")
+
+
+def format_loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    """``('stages', 1, 'optimizer', 'lr')`` -> ``stages[1].optimizer.lr``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe_error(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(err.get("msg", "invalid value"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}{where}: invalid YAML ({problem})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Mappings merge recursively; anything else (lists, scalars) in ``over`` replaces ``base``."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
+        return out
+    return copy.deepcopy(over)
+
+
+def compose(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load ``path`` and everything it ``extends``."""
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path))
+        raise RecipeError(f"{path}: 'extends' cycle: {cycle}")
+    data = _load_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(f"{path}: extends: expected a recipe path or name, got {parent!r}")
+    candidate = (path.parent / parent).expanduser()
+    base_path = candidate if candidate.is_file() else resolve_recipe_path(parent)
+    return merge(compose(base_path, (*_chain, path)), data)
+
+
+@dataclass
+class Override:
+    text: str
+    keys: list[str]
+    value: Any
+
+
+def parse_override(text: str) -> Override:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not k for k in key.split(".")):
+        raise RecipeError(f"override {text!r}: expected key.path=value (e.g. stages.0.max_steps=10)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return Override(text, key.split("."), value)
+
+
+def apply_override(data: dict[str, Any], ov: Override) -> None:
+    node: Any = data
+    for depth, key in enumerate(ov.keys):
+        last = depth == len(ov.keys) - 1
+        where = ".".join(ov.keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.lstrip("-").isdigit():
+                raise RecipeError(f"override {ov.text!r}: {where}: expected a list index, got {key!r}")
+            idx = int(key)
+            if not -len(node) <= idx < len(node):
+                raise RecipeError(f"override {ov.text!r}: {where}: index {idx} out of range (list has {len(node)} items)")
+            if last:
+                node[idx] = ov.value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = ov.value
+            else:
+                if key not in node or node[key] is None:
+                    node[key] = {}
+                node = node[key]
+        else:
+            parent = ".".join(ov.keys[:depth]) or "(top level)"
+            raise RecipeError(f"override {ov.text!r}: {parent} is a {type(node).__name__}, not a mapping or list")
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe
+    source: Path
+    raw: dict[str, Any]
+    components: dict[str, BaseModel] = field(default_factory=dict)
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved recipe: defaults filled in, components with their full configs."""
+        data = self.recipe.model_dump(mode="json")
+        model = data["model"]
+        for key, cfg in self.components.items():
+            full = {"name": _ref_at(self.recipe, key).name, **cfg.model_dump(mode="json")}
+            if key.startswith("adapters["):
+                model["adapters"][int(key[len("adapters[") : -1])] = full
+            else:
+                model[key] = full
+        return data
+
+
+def _ref_at(recipe: Recipe, key: str) -> ComponentRef:
+    if key.startswith("adapters["):
+        return recipe.model.adapters[int(key[len("adapters[") : -1])]
+    return getattr(recipe.model, key)
+
+
+def _error_from_validation(source: Path, exc: ValidationError, prefix: tuple[Any, ...], overrides: list[Override]) -> RecipeError:
+    errors = exc.errors()
+    first = errors[0]
+    loc = (*prefix, *first.get("loc", ()))
+    dotted = format_loc(loc)
+    msg = _describe_error(first)
+    origin = ""
+    flat = ".".join(str(p) for p in loc)
+    for ov in overrides:
+        if ".".join(ov.keys) == flat or flat.startswith(".".join(ov.keys) + "."):
+            origin = f" (from override {ov.text!r})"
+    more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return RecipeError(f"{source}: {dotted}: {msg}{origin}{more}")
+
+
+def validate_components(loaded: LoadedRecipe, registry: Registry, overrides: list[Override] | None = None) -> None:
+    """Check every component reference against the registry and its config model."""
+    model = loaded.recipe.model
+    refs: list[tuple[str, str, ComponentRef]] = [("encoder", "encoder", model.encoder)]
+    refs += [(f"adapters[{i}]", "adapter", ref) for i, ref in enumerate(model.adapters)]
+    refs.append(("backbone", "backbone", model.backbone))
+    for key, kind, ref in refs:
+        try:
+            _, cfg = registry.validate(kind, {"name": ref.name, **ref.args()})
+        except ComponentError as exc:
+            raise RecipeError(f"{loaded.source}: model.{key}.name: {exc}") from None
+        except ValidationError as exc:
+            prefix = ("model", *_loc_tuple(key))
+            raise _error_from_validation(loaded.source, exc, prefix, overrides or []) from None
+        loaded.components[key] = cfg
+
+
+def _loc_tuple(key: str) -> tuple[Any, ...]:
+    if key.startswith("adapters["):
+        return ("adapters", int(key[len("adapters[") : -1]))
+    return (key,)
+
+
+def load_recipe(
+    name_or_path: str | os.PathLike[str],
+    overrides: list[str] | None = None,
+    registry: Registry | None = None,
+) -> LoadedRecipe:
+    """Compose, override and validate a recipe; with ``registry`` also its component args."""
+    source = resolve_recipe_path(name_or_path)
+    raw = compose(source)
+    parsed = [parse_override(o) for o in overrides or []]
+    for ov in parsed:
+        apply_override(raw, ov)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise _error_from_validation(source, exc, (), parsed) from None
+    loaded = LoadedRecipe(recipe=recipe, source=source, raw=raw)
+    if registry is not None:
+        validate_components(loaded, registry, parsed)
+    return loaded

@@ -1,0 +1,167 @@
+"""The recipe schema (pydantic v2, unknown fields are errors everywhere).
+
+A recipe is YAML with ``model``, ``data``, ``stages``, ``output_dir``, ``seed`` and
+``precision``. Component references (``model.encoder``, ``model.adapters[i]``,
+``model.backbone``) are ``{name: ..., **args}``; their args are validated against the named
+component's own config model by :func:`swv.recipes.loader.validate_components`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: The system prompt of the Soundwave paper (appendix C), used for training and decoding.
+PAPER_SYSTEM_PROMPT = (
+    "You are a helpful language and speech assistant. You are able to understand the speech "
+    "content that the user provides and assist the user with a variety of tasks using natural language."
+)
+
+STAGE_KINDS = ("alignment", "shrinking", "sft")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ComponentRef(BaseModel):
+    """``{name: <registered name>, **args}``; args are checked against the component's config."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ModelSection(StrictModel):
+    encoder: ComponentRef
+    adapters: list[ComponentRef] = Field(min_length=1)
+    backbone: ComponentRef
+    system_prompt: str = PAPER_SYSTEM_PROMPT
+
+    @field_validator("adapters")
+    @classmethod
+    def _unique_adapter_names(cls, adapters: list[ComponentRef]) -> list[ComponentRef]:
+        seen: set[str] = set()
+        for ref in adapters:
+            if ref.name in seen:
+                raise ValueError(f"adapter {ref.name!r} appears twice in the chain; each adapter may appear once")
+            seen.add(ref.name)
+        return adapters
+
+
+class DatasetSpec(StrictModel):
+    """One named data source: a JSONL manifest or a Hugging Face ``datasets`` dataset."""
+
+    manifest: str | None = None
+    hf_dataset: str | None = None
+    split: str = "train"
+    task: str | None = None
+    instruction: str | None = None
+    max_samples: int | None = Field(default=None, ge=1)
+    on_error: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.manifest is None) == (self.hf_dataset is None):
+            raise ValueError("give exactly one of 'manifest' or 'hf_dataset'")
+        return self
+
+
+class SpecAugmentSettings(StrictModel):
+    enabled: bool = True
+    freq_mask_param: int = Field(default=27, ge=0)
+    time_mask_param: int = Field(default=40, ge=0)
+    num_freq_masks: int = Field(default=2, ge=0)
+    num_time_masks: int = Field(default=2, ge=0)
+
+
+class DataSection(StrictModel):
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    spec_augment: SpecAugmentSettings = Field(default_factory=SpecAugmentSettings)
+    num_workers: int = Field(default=0, ge=0)
+    max_frames_per_batch: int | None = Field(default=None, ge=1)
+
+
+class OptimizerSettings(StrictModel):
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+
+class ScheduleSettings(StrictModel):
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+
+
+class MixtureSettings(StrictModel):
+    """Task sampling p_k proportional to (n_k / sum n)^(1/T); T grows by ``temperature_step`` per epoch."""
+
+    temperature: float = Field(default=1.0, gt=0)
+    temperature_step: float = Field(default=0.0, ge=0)
+
+
+class StageData(StrictModel):
+    datasets: list[str] = Field(min_length=1)
+    eval_datasets: list[str] = Field(default_factory=list)
+    mixture: MixtureSettings = Field(default_factory=MixtureSettings)
+
+
+class StageSettings(StrictModel):
+    name: str
+    kind: Literal["alignment", "shrinking", "sft"]
+    trainable: list[str] = Field(min_length=1)
+    losses: dict[Literal["lm", "ctc"], float] = Field(min_length=1)
+    optimizer: OptimizerSettings
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    batch_size: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    epochs: int | None = Field(default=None, ge=1)
+    data: StageData
+    init_from: str | None = None
+    log_every: int = Field(default=10, ge=1)
+    save_every: int | None = Field(default=None, ge=1)
+    keep_last: int = Field(default=2, ge=1)
+    max_bad_steps: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _length(self) -> StageSettings:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of 'max_steps' or 'epochs'")
+        for loss, weight in self.losses.items():
+            if weight < 0:
+                raise ValueError(f"loss weight for {loss!r} must be >= 0, got {weight}")
+        return self
+
+
+class Recipe(StrictModel):
+    description: str = ""
+    output_dir: str
+    seed: int = 0
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    model: ModelSection
+    data: DataSection = Field(default_factory=DataSection)
+    stages: list[StageSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Recipe:
+        names = [s.name for s in self.stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique, repeated: {', '.join(dupes)}")
+        known = set(self.data.datasets)
+        for i, stage in enumerate(self.stages):
+            for ds in [*stage.data.datasets, *stage.data.eval_datasets]:
+                if ds not in known:
+                    raise ValueError(
+                        f"stages[{i}].data: dataset {ds!r} is not defined under data.datasets "
+                        f"(defined: {', '.join(sorted(known)) or 'none'})"
+                    )
+        return self

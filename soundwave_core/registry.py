@@ -1,0 +1,193 @@
+"""Component registries: ``kind -> name -> ComponentSpec``.
+
+A component is a class plus its own pydantic config model. Specs may point at both with
+import strings, so registering and listing never imports torch; the class is imported only
+when something is built.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from swv.errors import ComponentError
+
+DEFAULT_KINDS: tuple[str, ...] = ("encoder", "adapter", "backbone")
+
+
+def import_object(ref: str | Any) -> Any:
+    """Resolve ``"package.module:attr"`` (or return ``ref`` if it is already an object)."""
+    if not isinstance(ref, str):
+        return ref
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ComponentError(f"invalid import string {ref!r}: expected 'package.module:Name'")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    kind: str
+    name: str
+    target: str | type
+    config: str | type[BaseModel]
+    description: str = ""
+    plugin: str = ""
+    distribution: str | None = None
+    version: str | None = None
+    overrides: str | None = None
+
+    def load_class(self) -> type:
+        return import_object(self.target)
+
+    def load_config_model(self) -> type[BaseModel]:
+        model = import_object(self.config)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ComponentError(f"{self.kind} {self.name!r}: config {self.config!r} is not a pydantic model")
+        return model
+
+    @property
+    def target_path(self) -> str:
+        t = self.target
+        return t if isinstance(t, str) else f"{t.__module__}:{t.__qualname__}"
+
+
+@dataclass
+class _Origin:
+    plugin: str = ""
+    distribution: str | None = None
+    version: str | None = None
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@dataclass
+class Registry:
+    """Maps ``kind -> name -> ComponentSpec`` and builds components from ``{name, **args}``."""
+
+    kinds: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
+    _specs: dict[str, dict[str, ComponentSpec]] = field(default_factory=dict)
+    _origin: _Origin = field(default_factory=_Origin)
+
+    def __post_init__(self) -> None:
+        for kind in self.kinds:
+            self._specs.setdefault(kind, {})
+
+    # -- registration -------------------------------------------------------------------
+    def add_kind(self, kind: str) -> None:
+        """Declare a new kind of component (e.g. ``task`` or ``metric``)."""
+        if kind not in self._specs:
+            self.kinds.append(kind)
+            self._specs[kind] = {}
+
+    def register(
+        self,
+        kind: str,
+        name: str,
+        *,
+        target: str | type,
+        config: str | type[BaseModel],
+        description: str = "",
+        override: bool = False,
+    ) -> ComponentSpec:
+        if kind not in self._specs:
+            raise ComponentError(f"unknown component kind {kind!r}; known kinds: {', '.join(self.kinds)}")
+        if not name or not isinstance(name, str):
+            raise ComponentError(f"{kind} name must be a non-empty string, got {name!r}")
+        existing = self._specs[kind].get(name)
+        if existing is not None and not override:
+            raise ComponentError(
+                f"duplicate {kind} name {name!r}: already registered by plugin {existing.plugin!r}; "
+                "pass override=True to replace it"
+            )
+        spec = ComponentSpec(
+            kind=kind,
+            name=name,
+            target=target,
+            config=config,
+            description=description,
+            plugin=self._origin.plugin,
+            distribution=self._origin.distribution,
+            version=self._origin.version,
+            overrides=existing.plugin if existing is not None else None,
+        )
+        self._specs[kind][name] = spec
+        return spec
+
+    # -- lookup -----------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._specs.get(kind, {}))
+
+    def specs(self, kind: str | None = None) -> list[ComponentSpec]:
+        kinds = [kind] if kind else self.kinds
+        return [self._specs[k][n] for k in kinds for n in sorted(self._specs.get(k, {}))]
+
+    def get(self, kind: str, name: str) -> ComponentSpec:
+        if kind not in self._specs:
+            raise ComponentError(f"unknown component kind {kind!r}; known kinds: {', '.join(self.kinds)}")
+        try:
+            return self._specs[kind][name]
+        except KeyError:
+            known = self.names(kind)
+            raise ComponentError(
+                f"unknown {kind} {name!r}{suggest(name, known)}; registered {kind}s: "
+                f"{', '.join(known) if known else '(none)'}"
+            ) from None
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        kind, name = key
+        return name in self._specs.get(kind, {})
+
+    # -- building ---------------------------------------------------------------------------
+    def validate(self, kind: str, ref: Mapping[str, Any] | BaseModel) -> tuple[ComponentSpec, BaseModel]:
+        """Validate ``{name, **args}`` against the named component's config model.
+
+        Raises :class:`pydantic.ValidationError` for bad arguments (callers add the location)
+        and :class:`ComponentError` for an unknown name.
+        """
+        data = dict(ref.model_dump() if isinstance(ref, BaseModel) else ref)
+        name = data.pop("name", None)
+        if not isinstance(name, str):
+            raise ComponentError(f"{kind} reference needs a 'name' field, got {ref!r}")
+        spec = self.get(kind, name)
+        config = spec.load_config_model().model_validate(data)
+        return spec, config
+
+    def build(self, kind: str, ref: Mapping[str, Any] | BaseModel, **context: Any) -> Any:
+        """Validate ``ref`` and instantiate the component as ``cls(config, **context)``."""
+        spec, config = self.validate(kind, ref)
+        cls = spec.load_class()
+        return cls(config, **context)
+
+    # -- plugin attribution (used by the plugin manager) --------------------------------------
+    def _set_origin(self, plugin: str, distribution: str | None, version: str | None) -> None:
+        self._origin = _Origin(plugin, distribution, version)
+
+    def _snapshot(self) -> dict[str, dict[str, ComponentSpec]]:
+        return {k: dict(v) for k, v in self._specs.items()}
+
+    def _restore(self, snapshot: dict[str, dict[str, ComponentSpec]]) -> None:
+        self._specs = {k: dict(v) for k, v in snapshot.items()}
+        for kind in list(self._specs):
+            if kind not in self.kinds:
+                self.kinds.append(kind)
+        self.kinds = [k for k in self.kinds if k in self._specs]
+
+    def with_spec(self, spec: ComponentSpec) -> Registry:
+        """A copy of this registry with ``spec`` added (for tests and programmatic use)."""
+        new = Registry(kinds=list(self.kinds), _specs=self._snapshot())
+        new._specs.setdefault(spec.kind, {})[spec.name] = replace(spec)
+        return new
