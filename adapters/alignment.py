@@ -1,0 +1,90 @@
+"""Soundwave's alignment adapter (Stage I): map encoder frames into the LLM's embedding space.
+
+frames ``[B, T, D_enc]`` -> stack pairs ``[B, T/2, 2 D_enc]`` -> Linear ``[B, T/2, D]`` ->
+one pre-norm Transformer encoder layer -> LayerNorm -> embeddings ``[B, T/2, D]``; a CTC head
+over the backbone vocabulary gives ``ctc_logits [B, T/2, V]`` (blank = audio placeholder id).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from swv.adapters.base import Adapter
+from swv.adapters.frames import stack_frames, stacked_lengths
+from swv.config import ComponentConfig
+from swv.errors import ComponentError
+from swv.model.context import BackboneInfo
+from swv.model.state import AudioState, lengths_to_mask
+
+
+class AlignmentConfig(ComponentConfig):
+    stack: int = Field(default=2, ge=1, description="adjacent encoder frames concatenated into one")
+    num_heads: int | None = Field(default=None, ge=1, description="attention heads; default: the backbone's")
+    ffn_multiplier: float = Field(default=2.0, gt=0, description="FFN width as a multiple of the LLM width")
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    activation: Literal["relu", "gelu"] = "relu"
+    ctc_head_trainable: bool = Field(
+        default=False,
+        description="train the vocabulary-sized CTC head (initialised from the LM head); frozen by default",
+    )
+    compat: Literal["paper", "released"] = Field(
+        default="paper",
+        description=(
+            "paper: the Transformer layer attends across the valid frames of each utterance; "
+            "released: like the released Soundwave weights, each frame is processed on its own "
+            "(self-attention over a length-1 sequence)"
+        ),
+    )
+
+
+class AlignmentAdapter(Adapter):
+    config_class = AlignmentConfig
+    produces_ctc = True
+
+    def __init__(self, config: AlignmentConfig, *, input_dim: int, backbone: BackboneInfo) -> None:
+        super().__init__(config, input_dim=input_dim, backbone=backbone)
+        hidden = backbone.hidden_size
+        heads = config.num_heads or backbone.num_attention_heads
+        if hidden % heads:
+            raise ComponentError(f"alignment adapter: LLM width {hidden} is not divisible by num_heads={heads}")
+        self.proj = nn.Linear(config.stack * input_dim, hidden)
+        self.layer = nn.TransformerEncoderLayer(
+            d_model=hidden,
+            nhead=heads,
+            dim_feedforward=int(round(config.ffn_multiplier * hidden)),
+            dropout=config.dropout,
+            activation=config.activation,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.norm = nn.LayerNorm(hidden)
+        self.ctc_head = nn.Linear(hidden, backbone.vocab_size, bias=False)
+        if backbone.output_embedding is not None:
+            with torch.no_grad():
+                weight = backbone.output_embedding()
+                self.ctc_head.weight.copy_(weight.to(self.ctc_head.weight.dtype))
+        self.ctc_head.weight.requires_grad_(config.ctc_head_trainable)
+
+    def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        return stacked_lengths(input_lengths, self.config.stack, drop_remainder=True)
+
+    def forward(self, state: AudioState) -> AudioState:
+        """``state.embeds [B, T, D_enc]`` -> embeds ``[B, T', D]`` and ``ctc_logits [B, T', V]``."""
+        stacked = stack_frames(state.embeds, state.lengths, self.config.stack, drop_remainder=True)
+        lengths = self.output_lengths(state.lengths).clamp(max=stacked.shape[1])
+        hidden = self.proj(stacked)
+        batch, time, dim = hidden.shape
+        if self.config.compat == "released":
+            hidden = self.layer(hidden.reshape(batch * time, 1, dim)).reshape(batch, time, dim)
+        else:
+            pad_mask = ~lengths_to_mask(lengths, time)
+            # rows of length 0 would make every key masked; let them attend to themselves
+            pad_mask[lengths == 0] = False
+            hidden = self.layer(hidden, src_key_padding_mask=pad_mask)
+        embeds = self.norm(hidden)
+        ctc_logits = self.ctc_head(embeds)
+        return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths)

@@ -1,0 +1,104 @@
+"""Soundwave's shrinking adapter (Stage II): shorten the audio to roughly its text length.
+
+From the CTC argmax of each frame, keep one frame per run of equal predictions (the first
+frame of each run) -> content frames ``[B, N, D]`` (N = longest kept count); then the content
+frames query the full frame sequence ``[B, T, D]`` with multi-head cross-attention to gather
+what the kept frames lack (tone, pitch...), and ``out = LayerNorm(kept + attention)``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from swv.adapters.base import Adapter
+from swv.config import ComponentConfig
+from swv.errors import ComponentError
+from swv.model.context import BackboneInfo
+from swv.model.state import AudioState, lengths_to_mask
+
+
+class ShrinkingConfig(ComponentConfig):
+    num_heads: int | None = Field(default=None, ge=1, description="attention heads; default: the backbone's")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    keep_blank_runs: bool = Field(
+        default=True,
+        description="keep one frame for runs of the CTC blank too (the released model does)",
+    )
+    compat: Literal["paper", "released"] = Field(
+        default="paper",
+        description=(
+            "paper: kept frames attend to the frames that were NOT kept (kept positions masked, "
+            "as in the paper's figure 3); released: kept frames attend to the kept frames only, "
+            "as the released implementation does"
+        ),
+    )
+
+
+def run_starts(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id: int, keep_blank_runs: bool) -> torch.Tensor:
+    """``[B, T, V]`` logits -> ``[B, T]`` bool, True on the first frame of each run of equal argmax
+    within the valid length. A row whose every run is dropped (all blank) keeps its first frame."""
+    tokens = ctc_logits.argmax(dim=-1)
+    valid = lengths_to_mask(lengths, tokens.shape[1])
+    changed = torch.ones_like(valid)
+    changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
+    keep = valid & changed
+    if not keep_blank_runs:
+        keep &= tokens != blank_id
+        empty = (keep.sum(dim=1) == 0) & (lengths > 0)
+        keep[:, 0] |= empty
+    return keep
+
+
+def gather_kept(embeds: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack the kept frames of each row to the front: ``[B, T, D]`` -> ``[B, N, D]`` and lengths ``[B]``."""
+    lengths = keep.sum(dim=1)
+    max_len = int(lengths.max().item()) if keep.numel() else 0
+    out = embeds.new_zeros(embeds.shape[0], max_len, embeds.shape[2])
+    rows, cols = keep.nonzero(as_tuple=True)
+    slots = (keep.cumsum(dim=1) - 1)[rows, cols]
+    out[rows, slots] = embeds[rows, cols]
+    return out, lengths
+
+
+class ShrinkingAdapter(Adapter):
+    config_class = ShrinkingConfig
+    needs_ctc = True
+
+    def __init__(self, config: ShrinkingConfig, *, input_dim: int, backbone: BackboneInfo) -> None:
+        super().__init__(config, input_dim=input_dim, backbone=backbone)
+        if input_dim != backbone.hidden_size:
+            raise ComponentError(
+                f"shrinking adapter: input width {input_dim} must equal the LLM width {backbone.hidden_size} "
+                "(put it after the alignment adapter)"
+            )
+        heads = config.num_heads or backbone.num_attention_heads
+        if input_dim % heads:
+            raise ComponentError(f"shrinking adapter: width {input_dim} is not divisible by num_heads={heads}")
+        self.blank_id = backbone.audio_token_id
+        self.cross_attn = nn.MultiheadAttention(input_dim, heads, dropout=config.dropout, batch_first=True)
+        self.norm = nn.LayerNorm(input_dim)
+
+    def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        """Upper bound (every frame kept); the actual lengths depend on the CTC predictions."""
+        return input_lengths
+
+    def forward(self, state: AudioState) -> AudioState:
+        """``embeds [B, T, D]`` + ``ctc_logits [B, T, V]`` -> ``embeds [B, N, D]``, ``keep_mask [B, T]``."""
+        if state.ctc_logits is None:
+            raise ComponentError("shrinking adapter needs CTC logits from an earlier adapter (e.g. alignment)")
+        frames, lengths = state.embeds, state.lengths
+        keep = run_starts(state.ctc_logits, lengths, self.blank_id, self.config.keep_blank_runs)
+        kept, kept_lengths = gather_kept(frames, keep)
+        valid = lengths_to_mask(lengths, frames.shape[1])
+        attendable = keep if self.config.compat == "released" else valid & ~keep
+        # Rows with nothing to attend to (every frame kept) get no auxiliary information.
+        has_keys = attendable.any(dim=1)
+        key_padding_mask = ~(attendable | ~has_keys[:, None])
+        gathered, _ = self.cross_attn(kept, frames, frames, key_padding_mask=key_padding_mask, need_weights=False)
+        gathered = gathered * has_keys[:, None, None].to(gathered.dtype)
+        out = self.norm(kept + gathered)
+        return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep)
