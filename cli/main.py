@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
 
     install_warning_format()
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except SwvError as exc:
         if debug_enabled():
             raise
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

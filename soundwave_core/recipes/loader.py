@@ -170,7 +170,7 @@ def apply_override(data: dict[str, Any], ov: Override) -> None:
                 node = node[key]
         else:
             parent = ".".join(ov.keys[:depth]) or "(top level)"
-            raise RecipeError(f"override {ov.text!r}: {parent} is a {type(node).__name__}, not a mapping or list")
+            raise RecipeError(f"override {ov.text!r}: {parent} holds a {type(node).__name__}, not a mapping or list")
 
 
 @dataclass
@@ -208,7 +208,8 @@ def _error_from_validation(source: Path, exc: ValidationError, prefix: tuple[Any
     origin = ""
     flat = ".".join(str(p) for p in loc)
     for ov in overrides:
-        if ".".join(ov.keys) == flat or flat.startswith(".".join(ov.keys) + "."):
+        key = ".".join(ov.keys)
+        if key == flat or flat.startswith(key + ".") or key.startswith(flat + "."):
             origin = f" (from override {ov.text!r})"
     more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return RecipeError(f"{source}: {dotted}: {msg}{origin}{more}")
