@@ -1,0 +1,545 @@
+"""A Hugging Face causal LM (+ tokenizer) as a swv backbone, with an optional LoRA.
+
+The generic component behind the ``llama`` and ``qwen2`` presets. It loads a checkpoint
+(a local directory or hub id, safetensors only, or a GGUF file through transformers' GGUF
+support) or builds a randomly initialised model from config kwargs, registers the audio
+placeholder token, freezes every base weight and, when configured, wraps the model with a
+PEFT LoRA (the only trainable parameters).
+
+Shapes: ``B`` batch, ``L`` sequence length, ``D`` hidden size, ``V`` vocabulary size (rows of
+the output embedding, which can exceed ``len(tokenizer)`` for padded vocabularies).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from peft import LoraConfig, PeftModel, get_peft_model
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+
+from swv.backbones.base import AUDIO_TOKEN, Backbone
+from swv.config import ComponentConfig
+from swv.errors import ComponentError, InputError, UsageError
+from swv.io import atomic_directory
+from swv.model.context import BackboneInfo
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+#: Names PEFT gives the files of a saved adapter.
+LORA_CONFIG_FILE = "adapter_config.json"
+LORA_WEIGHTS_FILE = "adapter_model.safetensors"
+#: Prefix of every key in a saved causal-LM LoRA (PeftModel -> LoraModel -> HF model).
+_LORA_KEY_PREFIX = "base_model.model."
+
+
+class LoraSettings(BaseModel):
+    """LoRA on the backbone's projections (Soundwave: r=64, alpha=16 on q, k, v, o)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(64, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+
+
+class CausalLMConfig(ComponentConfig):
+    """Config of a causal-LM backbone.
+
+    Exactly one of ``path`` (a local directory or hub id; with ``gguf_file`` the directory or
+    repo holding that file) and ``random_init`` (kwargs of the architecture's transformers
+    config, e.g. ``LlamaConfig``, for a randomly initialised model, which needs ``tokenizer``).
+    An absolute ``gguf_file`` may stand alone: its directory is then the path.
+    """
+
+    path: str | None = None
+    gguf_file: str | None = None
+    random_init: dict[str, Any] | None = None
+    tokenizer: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    lora: LoraSettings | None = None
+    trust_remote_code: bool = False
+    audio_token: str = AUDIO_TOKEN
+    attn_implementation: str | None = "sdpa"
+    gradient_checkpointing: bool = False
+    chat_template: str | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> CausalLMConfig:
+        gguf_absolute = self.gguf_file is not None and Path(self.gguf_file).is_absolute()
+        if self.random_init is not None:
+            if self.path is not None or self.gguf_file is not None:
+                raise ValueError("set either 'path' (with optional 'gguf_file') or 'random_init', not both")
+            if self.tokenizer is None:
+                raise ValueError("'random_init' needs 'tokenizer' (a tokenizer directory or hub id)")
+        elif self.path is None and not gguf_absolute:
+            raise ValueError("one of 'path' (a checkpoint directory or hub id) or 'random_init' is required")
+        if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
+            raise ValueError(f"'gguf_file' must name a .gguf file, got {self.gguf_file!r}")
+        if not self.audio_token or self.audio_token.strip() != self.audio_token:
+            raise ValueError(
+                f"'audio_token' must be a non-empty token without surrounding spaces, got {self.audio_token!r}"
+            )
+        return self
+
+    def source(self) -> tuple[str | None, str | None]:
+        """``(path, gguf_file)`` as transformers takes them (an absolute GGUF path is split)."""
+        if self.gguf_file is not None and Path(self.gguf_file).is_absolute():
+            gguf = Path(self.gguf_file)
+            return str(gguf.parent), gguf.name
+        return self.path, self.gguf_file
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or Path(path).exists()
+
+
+def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """``[B, S]`` 0/1 mask (past + current tokens) -> ``[B, length]`` position ids of the last
+    ``length`` tokens, counting only attended tokens (so left padding does not shift them)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    positions = positions.clamp(min=0)
+    return positions[:, -length:]
+
+
+def _enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Non-reentrant checkpointing (gradients reach ``inputs_embeds`` with a frozen base);
+    ``activation_checkpointing_enable`` replaced ``gradient_checkpointing_enable`` in transformers 5.x."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+class _LMHeadWeight:
+    """Callable returning a backbone's current ``[V, D]`` LM-head weight (detached)."""
+
+    def __init__(self, backbone: CausalLMBackbone) -> None:
+        self._backbone = backbone
+
+    def __call__(self) -> torch.Tensor:
+        return self._backbone.hf_model.get_output_embeddings().weight.detach()
+
+    def __repr__(self) -> str:
+        return f"<LM-head weight of {type(self._backbone).__name__}>"
+
+
+class CausalLMBackbone(Backbone):
+    """A transformers causal LM with its tokenizer, the audio token registered, base frozen.
+
+    Subclasses (presets) set ``expected_model_type`` (a checkpoint of another architecture is
+    refused) and ``hf_config_class`` (the transformers config ``random_init`` instantiates).
+    Attributes: ``model`` (the HF model, a ``peft.PeftModel`` once a LoRA is applied),
+    ``tokenizer``, ``audio_token_id``, ``pad_token_id``.
+    """
+
+    config_class: ClassVar[type[CausalLMConfig]] = CausalLMConfig
+    expected_model_type: ClassVar[str | None] = None
+    hf_config_class: ClassVar[type[PreTrainedConfig] | None] = None
+
+    def __init__(self, config: CausalLMConfig | Mapping[str, Any]) -> None:
+        super().__init__()
+        if not isinstance(config, CausalLMConfig):
+            config = self.config_class.model_validate(dict(config))
+        self.config = config
+        self._check_local_files()
+        self.tokenizer = self._load_tokenizer()
+        self.audio_token_id = self._register_audio_token()
+        self.pad_token_id = self._ensure_pad_token()
+        model = self._build_random_model() if config.random_init is not None else self._load_pretrained_model()
+        self._fit_embeddings(model)
+        model.requires_grad_(False)
+        if model.generation_config is not None and model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = self.pad_token_id
+        if config.gradient_checkpointing:
+            _enable_activation_checkpointing(model)
+        if config.lora is not None:
+            model = self._apply_lora(model, config.lora)
+        self.model = model
+
+    # -- loading ----------------------------------------------------------------------------
+    def _describe(self) -> str:
+        path, gguf_file = self.config.source()
+        return f"{path}/{gguf_file}" if gguf_file else str(path)
+
+    def _check_local_files(self) -> None:
+        """Fail early, with the field name, on local paths that do not exist."""
+        cfg = self.config
+        path, gguf_file = cfg.source()
+        if path is not None and _looks_local(path):
+            directory = Path(path).expanduser()
+            if not directory.is_dir():
+                raise InputError(
+                    f"backbone.path: {path} does not exist or is not a directory "
+                    "(expected a checkpoint directory or hub id)"
+                )
+            if gguf_file is not None and not (directory / gguf_file).is_file():
+                raise InputError(f"backbone.gguf_file: {directory / gguf_file} does not exist")
+        tokenizer = cfg.tokenizer
+        if tokenizer is not None and _looks_local(tokenizer) and not Path(tokenizer).expanduser().exists():
+            raise InputError(
+                f"backbone.tokenizer: {tokenizer} does not exist (expected a tokenizer directory or hub id)"
+            )
+
+    def _load_tokenizer(self) -> Any:
+        cfg = self.config
+        path, gguf_file = cfg.source()
+        source = cfg.tokenizer if cfg.tokenizer is not None else path
+        assert source is not None  # guaranteed by CausalLMConfig
+        field = "tokenizer" if cfg.tokenizer is not None else "path"
+        kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+        if cfg.tokenizer is None and gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+        if _looks_local(source):
+            source = str(Path(source).expanduser())
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as error:
+            raise InputError(
+                f"backbone.{field}: cannot load a tokenizer from {source}: {_first_line(error)}"
+            ) from error
+        if cfg.chat_template is not None:
+            tokenizer.chat_template = cfg.chat_template
+        return tokenizer
+
+    def _register_audio_token(self) -> int:
+        tok = self.tokenizer
+        token = self.config.audio_token
+        tok.add_special_tokens({"extra_special_tokens": [token]}, replace_extra_special_tokens=False)
+        token_id = tok.convert_tokens_to_ids(token)
+        encoded = tok(token, add_special_tokens=False)["input_ids"]
+        if not isinstance(token_id, int) or encoded != [token_id]:
+            raise ComponentError(
+                f"backbone.audio_token: the tokenizer does not keep {token!r} as one token (got ids {encoded})"
+            )
+        named = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id} - {None}
+        if token_id in named:
+            raise ComponentError(
+                f"backbone.audio_token: {token!r} is already the tokenizer's bos/eos/pad/unk token; "
+                "choose a distinct token"
+            )
+        return int(token_id)
+
+    def _ensure_pad_token(self) -> int:
+        tok = self.tokenizer
+        if tok.pad_token_id is None:
+            if tok.eos_token is None:
+                source = self.config.tokenizer or self._describe()
+                raise InputError(f"backbone.tokenizer: the tokenizer of {source} has neither a pad nor an eos token")
+            tok.pad_token = tok.eos_token
+        return int(tok.pad_token_id)
+
+    def _load_pretrained_model(self) -> PreTrainedModel:
+        cfg = self.config
+        path, gguf_file = cfg.source()
+        assert path is not None  # guaranteed by CausalLMConfig
+        where = self._describe()
+        field = "gguf_file" if gguf_file is not None else "path"
+        if _looks_local(path):
+            path = str(Path(path).expanduser())
+        load_kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+        if gguf_file is not None:
+            load_kwargs["gguf_file"] = gguf_file
+        try:
+            hf_config = AutoConfig.from_pretrained(path, **load_kwargs)
+        except (OSError, ValueError) as error:
+            raise InputError(
+                f"backbone.{field}: cannot read a model config from {where}: {_first_line(error)}"
+            ) from error
+        self._check_model_type(hf_config.model_type, where)
+        if gguf_file is None:
+            load_kwargs["use_safetensors"] = True
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                config=hf_config,
+                dtype=_DTYPES[cfg.dtype],
+                attn_implementation=cfg.attn_implementation,
+                **load_kwargs,
+            )
+        except (OSError, ValueError) as error:
+            raise InputError(
+                f"backbone.{field}: cannot load a causal LM from {where} (safetensors or GGUF only): "
+                f"{_first_line(error)}"
+            ) from error
+        return model
+
+    def _check_model_type(self, found: str, where: str) -> None:
+        expected = self.expected_model_type
+        if expected is not None and found != expected:
+            raise ComponentError(
+                f"backbone.path: {where} is a {found!r} model but this backbone expects model_type {expected!r}"
+            )
+
+    def _hf_config_for_random_init(self, kwargs: dict[str, Any]) -> PreTrainedConfig:
+        """Instantiate the architecture's transformers config; unknown keys are errors."""
+        kwargs = dict(kwargs)
+        model_type = kwargs.pop("model_type", None)
+        if self.hf_config_class is not None:
+            if model_type is not None and model_type != self.expected_model_type:
+                raise ComponentError(
+                    f"backbone.random_init.model_type: {model_type!r} does not match this backbone's "
+                    f"{self.expected_model_type!r}"
+                )
+            config_cls: type[PreTrainedConfig] = self.hf_config_class
+        else:
+            if model_type is None:
+                raise ComponentError(
+                    "backbone.random_init: 'model_type' is required for the generic causal LM backbone"
+                )
+            try:
+                config_cls = type(AutoConfig.for_model(model_type))
+            except ValueError as error:
+                raise ComponentError(f"backbone.random_init.model_type: {_first_line(error)}") from error
+        tok = self.tokenizer
+        kwargs.setdefault("vocab_size", len(tok))
+        kwargs.setdefault("bos_token_id", tok.bos_token_id)
+        kwargs.setdefault("eos_token_id", tok.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
+        try:
+            hf_config = config_cls(**kwargs)
+        except (TypeError, ValueError, StrictDataclassError) as error:
+            raise ComponentError(
+                f"backbone.random_init: invalid {config_cls.__name__}: {_first_line(error)}"
+            ) from error
+        fields = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
+        # Keys the config neither declares nor consumes (legacy aliases are consumed) stay as
+        # plain attributes: those are typos that transformers would silently ignore.
+        unknown = sorted(k for k in kwargs if k not in fields and k in vars(hf_config))
+        if fields and unknown:
+            raise ComponentError(
+                f"backbone.random_init: unknown {config_cls.__name__} field(s): {', '.join(unknown)}"
+            )
+        return hf_config
+
+    def _build_random_model(self) -> PreTrainedModel:
+        assert self.config.random_init is not None
+        hf_config = self._hf_config_for_random_init(self.config.random_init)
+        return AutoModelForCausalLM.from_config(
+            hf_config,
+            dtype=_DTYPES[self.config.dtype],
+            attn_implementation=self.config.attn_implementation,
+            trust_remote_code=self.config.trust_remote_code,
+        )
+
+    def _fit_embeddings(self, model: PreTrainedModel) -> None:
+        """Grow the embeddings only when a tokenizer id does not fit; new rows (input and output)
+        are the mean of the old ones, so loading the same checkpoint twice gives the same model."""
+        old_rows = model.get_input_embeddings().weight.shape[0]
+        if self.audio_token_id < old_rows:
+            return
+        new_rows = max(len(self.tokenizer), self.audio_token_id + 1)
+        model.resize_token_embeddings(new_rows, mean_resizing=False)
+        with torch.no_grad():
+            input_weight = model.get_input_embeddings().weight
+            input_weight[old_rows:] = input_weight[:old_rows].mean(dim=0, keepdim=True)
+            output = model.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != input_weight.data_ptr():
+                output.weight[old_rows:] = output.weight[:old_rows].mean(dim=0, keepdim=True)
+            if output is not None and getattr(output, "bias", None) is not None:
+                output.bias[old_rows:] = output.bias[:old_rows].mean()
+
+    def _apply_lora(self, model: PreTrainedModel, lora: LoraSettings) -> PeftModel:
+        module_names = [name for name, _ in model.named_modules()]
+        for target in lora.target_modules:
+            if not any(name == target or name.endswith("." + target) for name in module_names):
+                raise ComponentError(
+                    f"backbone.lora.target_modules: {target!r} matches no module of {type(model).__name__}"
+                )
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM",
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+        )
+        return get_peft_model(model, peft_config)
+
+    # -- the Backbone interface ---------------------------------------------------------------
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model (LoRA layers injected, if any)."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
+    @property
+    def has_lora(self) -> bool:
+        return isinstance(self.model, PeftModel)
+
+    def info(self) -> BackboneInfo:
+        text_config = self.hf_model.config.get_text_config()
+        return BackboneInfo(
+            hidden_size=int(text_config.hidden_size),
+            num_attention_heads=int(text_config.num_attention_heads),
+            vocab_size=int(self.hf_model.get_output_embeddings().weight.shape[0]),
+            audio_token_id=self.audio_token_id,
+            pad_token_id=self.pad_token_id,
+            output_embedding=_LMHeadWeight(self),
+        )
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` token ids -> ``[B, L, D]`` input embeddings."""
+        return self.hf_model.get_input_embeddings()(input_ids)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the LM on ``[B, L, D]`` embeddings.
+
+        ``attention_mask`` is ``[B, S]`` (``S = L`` plus any cached length when
+        ``past_key_values`` is passed). Without ``position_ids`` they are counted over attended
+        tokens, so left- and right-padded rows get the positions generation uses. Other kwargs
+        (``past_key_values``, ``use_cache``, ``labels``...) go to the HF model. Returns its
+        ``CausalLMOutputWithPast`` (``logits`` ``[B, L, V]``).
+        """
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, inputs_embeds.shape[1])
+        return self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **kwargs,
+        )
+
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **gen_kwargs: Any) -> torch.Tensor:
+        """Generate from ``[B, L, D]`` (left-padded) prompt embeddings and their ``[B, L]`` mask.
+
+        Returns ``[B, N]`` new token ids only (rows that stop early are filled with the pad
+        id). ``gen_kwargs`` go to ``transformers``' ``generate`` (``max_new_tokens``,
+        ``do_sample``...); the KV cache is on. The module's train/eval mode is left as is.
+        """
+        if gen_kwargs.get("input_ids") is not None or gen_kwargs.get("return_dict_in_generate"):
+            raise UsageError(
+                "backbone.generate: 'input_ids' and 'return_dict_in_generate' are not supported "
+                "(the prompt is given as embeddings; new token ids are returned)"
+            )
+        gen_kwargs.setdefault("pad_token_id", self.pad_token_id)
+        generation_config = self.hf_model.generation_config
+        eos_configured = generation_config is not None and generation_config.eos_token_id is not None
+        if not eos_configured and self.tokenizer.eos_token_id is not None:
+            gen_kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        # Decoder-only generate() starts from empty input_ids when given only inputs_embeds,
+        # so the returned sequences are exactly the new tokens.
+        return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **gen_kwargs)
+
+    # -- LoRA I/O -------------------------------------------------------------------------------
+    def save_lora(self, directory: str | Path) -> bool:
+        """Write the LoRA in PEFT's format into ``directory`` (replaced as a whole, atomically);
+        False when no LoRA is applied. Embedding rows are never saved (they are frozen)."""
+        if not isinstance(self.model, PeftModel):
+            return False
+        with atomic_directory(directory) as tmp:
+            self.model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        return True
+
+    def _check_lora_fits(self, directory: Path) -> None:
+        """Every LoRA tensor must target an existing linear layer of matching shape."""
+        weights_file = directory / LORA_WEIGHTS_FILE
+        base = self.hf_model
+        seen = 0
+        with safe_open(str(weights_file), framework="pt") as handle:
+            for key in handle.keys():
+                if ".lora_A." not in key and ".lora_B." not in key:
+                    raise InputError(f"{weights_file}: unexpected tensor {key!r} (only LoRA A/B weights are supported)")
+                module_name = key.removeprefix(_LORA_KEY_PREFIX).split(".lora_")[0]
+                try:
+                    module = base.get_submodule(module_name)
+                except AttributeError:
+                    raise InputError(
+                        f"{weights_file}: LoRA targets {module_name!r}, which {type(base).__name__} does not have "
+                        "(trained for another backbone?)"
+                    ) from None
+                shape = tuple(handle.get_slice(key).get_shape())
+                in_features = getattr(module, "in_features", None)
+                out_features = getattr(module, "out_features", None)
+                fits = len(shape) == 2 and (
+                    shape[1] == in_features if ".lora_A." in key else shape[0] == out_features
+                )
+                if not fits:
+                    raise InputError(
+                        f"{weights_file}: {key} has shape {list(shape)}, which does not fit {module_name} "
+                        f"(in={in_features}, out={out_features}; trained for another backbone?)"
+                    )
+                seen += 1
+        if seen == 0:
+            raise InputError(f"{weights_file}: holds no LoRA weights")
+
+    def load_lora(self, directory: str | Path, trainable: bool = False) -> None:
+        """Replace (or create) the LoRA with the one saved in ``directory`` (PEFT format).
+
+        With ``trainable`` its weights require grad; the base stays frozen either way.
+        """
+        directory = Path(directory)
+        config_file = directory / LORA_CONFIG_FILE
+        if not config_file.is_file() or not (directory / LORA_WEIGHTS_FILE).is_file():
+            raise InputError(f"{directory}: not a LoRA directory (expected {LORA_CONFIG_FILE} and {LORA_WEIGHTS_FILE})")
+        try:
+            adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InputError(f"{config_file}: unreadable adapter config: {_first_line(error)}") from error
+        if adapter_config.get("peft_type") != "LORA":
+            raise InputError(f"{config_file}: peft_type is {adapter_config.get('peft_type')!r}, expected 'LORA'")
+        self._check_lora_fits(directory)
+        base = self.model.unload() if isinstance(self.model, PeftModel) else self.model
+        self.model = PeftModel.from_pretrained(base, str(directory), is_trainable=trainable)
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(trainable and ".lora_" in name)
+
+    # -- export ---------------------------------------------------------------------------------
+    def merged_model(self) -> PreTrainedModel:
+        """A copy of the model with the LoRA merged in (memory: a second full model), or the
+        base model itself when no LoRA is applied."""
+        if not isinstance(self.model, PeftModel):
+            return self.model
+        return copy.deepcopy(self.model).merge_and_unload()
+
+    def _base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The base weights under their transformers names (LoRA tensors left out)."""
+        state: dict[str, torch.Tensor] = {}
+        for name, tensor in self.hf_model.state_dict().items():
+            if ".lora_" in name:
+                continue
+            state[name.replace(".base_layer.", ".")] = tensor
+        return state
+
+    def save_base(self, directory: str | Path, merged: bool = False) -> None:
+        """``save_pretrained`` the full model and the tokenizer (audio token and chat template
+        included) into ``directory`` (replaced atomically), loadable as a ``path``.
+
+        Without ``merged`` the base weights are saved without the LoRA; with it, the LoRA is
+        merged in first (see :meth:`merged_model`).
+        """
+        if merged:
+            model, state_dict = self.merged_model(), None
+        elif isinstance(self.model, PeftModel):
+            model, state_dict = self.hf_model, self._base_state_dict()
+        else:
+            model, state_dict = self.model, None
+        with atomic_directory(directory) as tmp:
+            model.save_pretrained(str(tmp), state_dict=state_dict)
+            self.tokenizer.save_pretrained(str(tmp))
+
+    def trainable_parameter_count(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
