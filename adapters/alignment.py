@@ -69,6 +69,9 @@ class AlignmentAdapter(Adapter):
                 self.ctc_head.weight.copy_(weight.to(self.ctc_head.weight.dtype))
         self.ctc_head.weight.requires_grad_(config.ctc_head_trainable)
 
+    def always_frozen(self) -> set[str]:
+        return set() if self.config.ctc_head_trainable else {"ctc_head.weight"}
+
     def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         return stacked_lengths(input_lengths, self.config.stack, drop_remainder=True)
 

@@ -30,6 +30,11 @@ class Adapter(nn.Module):
         self.input_dim = input_dim
         self.output_dim = backbone.hidden_size
 
+    def always_frozen(self) -> set[str]:
+        """Parameter names (relative to this adapter) that its config keeps frozen even when a
+        stage trains the adapter (e.g. the alignment adapter's vocabulary-sized CTC head)."""
+        return set()
+
     def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -12,6 +12,9 @@ the output embedding, which can exceed ``len(tokenizer)`` for padded vocabularie
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import copy
 import dataclasses
 import json
@@ -446,12 +449,19 @@ class CausalLMBackbone(Backbone):
 
     # -- LoRA I/O -------------------------------------------------------------------------------
     def save_lora(self, directory: str | Path) -> bool:
-        """Write the LoRA in PEFT's format into ``directory`` (replaced as a whole, atomically);
-        False when no LoRA is applied. Embedding rows are never saved (they are frozen)."""
+        """Write the LoRA in PEFT's format (``adapter_model.safetensors`` +
+        ``adapter_config.json``) into ``directory``, next to whatever it already holds; each
+        file is renamed into place only once complete. False when no LoRA is applied.
+        Embedding rows are never saved (they are frozen)."""
         if not isinstance(self.model, PeftModel):
             return False
-        with atomic_directory(directory) as tmp:
-            self.model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".lora.") as tmp:
+            self.model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+            for item in Path(tmp).iterdir():
+                if item.is_file():
+                    os.replace(item, directory / item.name)
         return True
 
     def _check_lora_fits(self, directory: Path) -> None:

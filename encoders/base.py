@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from swv.model.state import AudioState
@@ -53,6 +56,20 @@ class Encoder(nn.Module):
     def identity(self) -> dict[str, Any]:
         """What determines this encoder's outputs (checkpoint and feature settings), for caches."""
         raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write a checkpoint directory that this encoder's ``path`` option loads (used to bundle
+        randomly initialised or trained encoders with an exported model)."""
+        hf_config, state, prefix = self.checkpoint_parts()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        hf_config.save_pretrained(str(directory))
+        save_file({prefix + k: v.detach().contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+        self.feature_extractor.save_pretrained(str(directory))
+
+    def checkpoint_parts(self) -> tuple[Any, dict[str, torch.Tensor], str]:
+        """``(hf_config, state_dict, key_prefix)`` for :meth:`save_pretrained`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be bundled")
 
     def forward(self, input_features: torch.Tensor, feature_lengths: torch.Tensor) -> AudioState:
         if self.frozen:

@@ -336,6 +336,12 @@ class SeamlessEncoder(Encoder):
             lengths = next_lengths
         return hidden
 
+    def checkpoint_parts(self) -> tuple[Any, dict[str, torch.Tensor], str]:
+        if self.layer is not None:
+            raise ComponentError("a seamless encoder truncated with 'layer' cannot be bundled; reference its checkpoint path instead")
+        prefix = "" if self.architecture == _W2V_BERT else "speech_encoder."
+        return self.speech_encoder.config, self.speech_encoder.state_dict(), prefix
+
     def identity(self) -> dict[str, Any]:
         fe = self.feature_extractor
         checkpoint = (

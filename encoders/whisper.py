@@ -492,6 +492,10 @@ class WhisperEncoder(Encoder):
             hidden = layer(hidden, attention_mask)
         return whisper.layer_norm(hidden)
 
+    def checkpoint_parts(self) -> tuple[Any, dict[str, torch.Tensor], str]:
+        """An encoder-only Whisper checkpoint (keys without prefix)."""
+        return self.whisper.config, self.whisper.state_dict(), ""
+
     def identity(self) -> dict[str, Any]:
         fe = self.feature_extractor
         checkpoint = (

@@ -196,8 +196,16 @@ class SpeechLM(PreTrainedModel):
                     raise ComponentError("a CTC loss was requested but no adapter in the chain produces CTC logits")
                 if ctc_target_lengths is None:
                     raise InputError("ctc_target_lengths is required with ctc_targets")
-                out.ctc_loss = ctc_loss(state.ctc_logits, state.ctc_lengths, ctc_targets, ctc_target_lengths, self.audio_token_id)
-                losses.append(ctc_weight * out.ctc_loss)
+                rows = ctc_target_lengths > 0  # rows without a transcript take no CTC loss
+                if bool(rows.any()):
+                    out.ctc_loss = ctc_loss(
+                        state.ctc_logits[rows],
+                        state.ctc_lengths[rows],
+                        ctc_targets[rows],
+                        ctc_target_lengths[rows],
+                        self.audio_token_id,
+                    )
+                    losses.append(ctc_weight * out.ctc_loss)
         if run_backbone:
             assert input_ids is not None
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
@@ -271,7 +279,7 @@ class SpeechLM(PreTrainedModel):
             elif save_encoder or (save_encoder is None and config.encoder_trained):
                 save_file(_contiguous(self.encoder.state_dict()), str(tmp / ENCODER_WEIGHTS))
             if merge_lora or bundle or backbone_cfg.get("random_init") is not None or backbone_cfg.get("gguf_file"):
-                self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merge_lora=merge_lora)
+                self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
                 backbone_cfg.update(path=BUNDLED_BACKBONE_DIR, random_init=None, gguf_file=None, tokenizer=None)
                 if merge_lora:
                     backbone_cfg["lora"] = None

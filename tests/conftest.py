@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random-init checkpoints saved locally and loaded through the real
+loading code (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_WHISPER = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "num_mel_bins": 80,
+    "decoder_layers": 1,
+    "decoder_attention_heads": 2,
+    "decoder_ffn_dim": 64,
+    "vocab_size": 64,
+    "max_source_positions": 1500,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
+}
+
+TINY_LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full (encoder + decoder) Whisper checkpoint directory."""
+    import torch
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("whisper")
+    WhisperForConditionalGeneration(WhisperConfig(**TINY_WHISPER)).save_pretrained(path)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama-architecture causal LM with the packaged tiny chat tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from swv.assets import asset_path
+
+    tok = AutoTokenizer.from_pretrained(str(asset_path("tiny_tokenizer")))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok) + 8,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **TINY_LLAMA,
+    )
+    path = tmp_path_factory.mktemp("llama")
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_config_factory(tiny_whisper_dir: Path, tiny_llama_dir: Path):
+    """``make(adapters, lora=True, mode="trim") -> SpeechLMConfig``."""
+    from swv.model.speechlm import SpeechLMConfig
+
+    def make(adapters: list[dict] | None = None, *, lora: bool = True, mode: str = "trim") -> SpeechLMConfig:
+        backbone = {"name": "llama", "path": str(tiny_llama_dir)}
+        if lora:
+            backbone["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0}
+        return SpeechLMConfig(
+            encoder={"name": "whisper", "path": str(tiny_whisper_dir), "mode": mode},
+            adapters=adapters or [{"name": "alignment", "dropout": 0.0}, {"name": "shrinking"}],
+            backbone=backbone,
+        )
+
+    return make

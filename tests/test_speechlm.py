@@ -1,0 +1,204 @@
+"""The composed model on tiny local checkpoints: every adapter chain, losses, generation,
+per-module save/load and the PEFT export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swv.model.prompts import PromptBuilder
+from swv.model.speechlm import SpeechLM
+
+CHAINS = {
+    "soundwave": [{"name": "alignment", "dropout": 0.0}, {"name": "shrinking"}],
+    "conv4": [{"name": "conv", "factor": 4}],
+    "stack4": [{"name": "stack", "factor": 4}],
+}
+
+
+def waves(seed: int = 0, seconds: tuple[float, ...] = (1.0, 0.6)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(int(16000 * s)).astype(np.float32) * 0.1 for s in seconds]
+
+
+def batch(model: SpeechLM, n_audio: int = 2, text_only: bool = True):
+    prompts = PromptBuilder(model.tokenizer, "You are helpful.", "<audio_patch>")
+    rows = [prompts.training_ids("What is said?", "hello there", True) for _ in range(n_audio)]
+    if text_only:
+        rows.append(prompts.training_ids("Say hi.", "hi", False))
+    longest = max(len(ids) for ids, _ in rows)
+    pad = model.tokenizer.pad_token_id
+    input_ids = torch.full((len(rows), longest), pad)
+    labels = torch.full((len(rows), longest), -100)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, (ids, lab) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    feats, lens = model.encoder.extract_features(waves()[:n_audio])
+    ctc = model.tokenizer(["hello there", "hi"][:n_audio], add_special_tokens=False)["input_ids"]
+    targets = torch.zeros(n_audio, max(len(c) for c in ctc), dtype=torch.long)
+    for i, c in enumerate(ctc):
+        targets[i, : len(c)] = torch.tensor(c)
+    return dict(
+        input_features=feats,
+        feature_lengths=lens,
+        input_ids=input_ids,
+        attention_mask=mask,
+        labels=labels,
+        ctc_targets=targets,
+        ctc_target_lengths=torch.tensor([len(c) for c in ctc]),
+    )
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+def test_chain_forward_backward_generate(model_config_factory, chain: str) -> None:
+    torch.manual_seed(0)
+    model = SpeechLM(model_config_factory(CHAINS[chain]))
+    assert list(model.adapters) == [a["name"] for a in CHAINS[chain]]
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("encoder.") for n in names) and any(n.startswith("backbone.") for n in names)
+    assert all(n.split(".")[0] in ("encoder", "adapters", "backbone") for n in names)
+    b = batch(model)
+    ctc_weight = 0.3 if chain == "soundwave" else 0.0
+    out = model(**b, ctc_weight=ctc_weight)
+    assert out.logits is not None and out.logits.shape[0] == 3
+    assert out.lm_loss is not None and torch.isfinite(out.lm_loss)
+    if chain == "soundwave":
+        assert out.ctc_loss is not None and out.keep_mask is not None
+        assert torch.allclose(out.loss, out.lm_loss + 0.3 * out.ctc_loss)
+        assert torch.equal(out.audio_lengths, out.keep_mask.sum(1))
+    else:
+        assert out.ctc_loss is None and torch.allclose(out.loss, out.lm_loss)
+        expected = model.adapters[chain[:-1] if chain != "conv4" else "conv"].output_lengths(model.encoder.output_lengths(b["feature_lengths"]))
+        assert torch.equal(out.audio_lengths, expected)
+    out.loss.backward()
+    adapter_grads = [p.grad for p in model.adapters.parameters() if p.requires_grad]
+    assert adapter_grads and all(g is not None for g in adapter_grads)
+    assert all(p.grad is None for p in model.encoder.parameters())
+    lora = [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
+    assert lora and all(p.grad is not None for p in lora)
+    # generation
+    model.eval()
+    prompts = PromptBuilder(model.tokenizer, "You are helpful.", "<audio_patch>")
+    ids = torch.tensor([prompts.generation_ids("What is said?", True)])
+    f, fl = model.encoder.extract_features(waves()[:1])
+    new = model.generate(ids, torch.ones_like(ids), f, fl, max_new_tokens=4, do_sample=False)
+    assert new.shape[0] == 1 and 1 <= new.shape[1] <= 4
+
+
+def test_ctc_only_forward_does_not_run_the_backbone(model_config_factory, monkeypatch) -> None:
+    model = SpeechLM(model_config_factory())
+    b = batch(model, text_only=False)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("backbone ran")
+
+    monkeypatch.setattr(model.backbone, "forward", boom)
+    monkeypatch.setattr(model.adapters["shrinking"], "forward", boom)
+    out = model(input_features=b["input_features"], feature_lengths=b["feature_lengths"],
+                ctc_targets=b["ctc_targets"], ctc_target_lengths=b["ctc_target_lengths"], lm_weight=0.0, ctc_weight=1.0)
+    assert out.logits is None and out.ctc_loss is not None and torch.equal(out.loss, out.ctc_loss)
+
+
+def test_rows_without_transcript_take_no_ctc_loss(model_config_factory) -> None:
+    model = SpeechLM(model_config_factory())
+    b = batch(model, text_only=False)
+    full = model(input_features=b["input_features"], feature_lengths=b["feature_lengths"],
+                 ctc_targets=b["ctc_targets"][:1].expand(2, -1), ctc_target_lengths=torch.tensor([b["ctc_target_lengths"][0], 0]),
+                 lm_weight=0.0, ctc_weight=1.0)
+    one = model(input_features=b["input_features"][:1], feature_lengths=b["feature_lengths"][:1],
+                ctc_targets=b["ctc_targets"][:1], ctc_target_lengths=b["ctc_target_lengths"][:1], lm_weight=0.0, ctc_weight=1.0)
+    assert torch.allclose(full.ctc_loss, one.ctc_loss, atol=1e-5)
+
+
+def test_batched_generation_matches_single(model_config_factory) -> None:
+    torch.manual_seed(1)
+    model = SpeechLM(model_config_factory()).eval()
+    prompts = PromptBuilder(model.tokenizer, "sys", "<audio_patch>")
+    p1 = prompts.generation_ids("What is said?", True)
+    p2 = prompts.generation_ids("Describe it please in detail.", True)
+    w = waves(3, (0.9, 0.4))
+    singles = []
+    for p, wav in ((p1, w[0]), (p2, w[1])):
+        f, fl = model.encoder.extract_features([wav])
+        ids = torch.tensor([p])
+        singles.append(model.generate(ids, torch.ones_like(ids), f, fl, max_new_tokens=5, do_sample=False)[0].tolist())
+    longest = max(len(p1), len(p2))
+    pad = model.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (longest - len(p)) + p for p in (p1, p2)])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in (p1, p2)])
+    f, fl = model.encoder.extract_features(w)
+    batched = model.generate(ids, mask, f, fl, max_new_tokens=5, do_sample=False)
+    eos = model.tokenizer.eos_token_id
+    for row, single in zip(batched.tolist(), singles):
+        trimmed = row[: len(single)]
+        assert trimmed == single
+        assert all(t in (eos, pad) for t in row[len(single):])
+
+
+def test_save_load_identical_outputs_and_peft_export(model_config_factory, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model = SpeechLM(model_config_factory()).eval()
+    with torch.no_grad():  # make the LoRA non-trivial
+        for n, p in model.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    b = batch(model)
+    ref = model(**b, ctc_weight=0.3)
+    out_dir = model.save_pretrained(tmp_path / "export")
+    files = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    assert {"swv_config.json", "adapters/alignment.safetensors", "adapters/shrinking.safetensors",
+            "adapter_model.safetensors", "adapter_config.json"} <= files
+    assert "encoder.safetensors" not in files and not any(f.startswith("backbone/") for f in files)
+    assert not any(".tmp" in f for f in files)
+    cfg = json.loads((out_dir / "swv_config.json").read_text())
+    assert cfg["adapters"][0]["name"] == "alignment" and "torch" in cfg["versions"]
+    loaded = SpeechLM.from_pretrained(out_dir).eval()
+    again = loaded(**b, ctc_weight=0.3)
+    assert torch.allclose(ref.logits, again.logits, atol=1e-5)
+    assert torch.allclose(ref.loss, again.loss, atol=1e-5)
+    # the LoRA loads with plain peft on the plain HF model
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model.config.backbone["path"])
+    base.resize_token_embeddings(model.backbone.hf_model.get_input_embeddings().weight.shape[0])
+    peft_model = PeftModel.from_pretrained(base, str(out_dir)).eval()
+    ids = b["input_ids"][2:3]
+    with torch.no_grad():
+        expected = model.backbone(inputs_embeds=model.backbone.embed_tokens(ids), attention_mask=torch.ones_like(ids)).logits
+        got = peft_model(input_ids=ids).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_bundle_and_merge_lora_are_self_contained(model_config_factory, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = SpeechLM(model_config_factory()).eval()
+    with torch.no_grad():
+        for n, p in model.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    b = batch(model)
+    ref = model(**b)
+    out_dir = model.save_pretrained(tmp_path / "bundle", bundle=True, merge_lora=True)
+    cfg = json.loads((out_dir / "swv_config.json").read_text())
+    assert cfg["encoder"]["path"] == "encoder" and cfg["backbone"]["path"] == "backbone" and cfg["backbone"]["lora"] is None
+    assert not (out_dir / "adapter_model.safetensors").exists()
+    moved = tmp_path / "moved"
+    out_dir.rename(moved)
+    loaded = SpeechLM.from_pretrained(moved).eval()
+    assert torch.allclose(loaded(**b).logits, ref.logits, atol=1e-4)
+
+
+def test_chain_errors(model_config_factory) -> None:
+    from swv.errors import ComponentError
+
+    with pytest.raises(ComponentError, match="needs CTC logits"):
+        SpeechLM(model_config_factory([{"name": "shrinking"}]))
+    with pytest.raises(Exception, match="not an swv model directory"):
+        SpeechLM.from_pretrained(Path("/nonexistent"))
