@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from swv.cli import env_cmd, plugins_cmd, recipe_cmd
+from swv.cli import data, env_cmd, plugins_cmd, recipe_cmd, train_cmd
 
 app = typer.Typer(
     name="swv",
@@ -17,7 +17,9 @@ app = typer.Typer(
 )
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(recipe_cmd.app, name="recipe")
+app.command("train")(train_cmd.train)
 app.command("env")(env_cmd.env)
+app.add_typer(data.app, name="data", help="Build, filter, augment and inspect manifests.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,294 @@
+"""JSONL manifests: the shared reader and `swv data manifest` (build a manifest from a folder).
+
+A manifest has one JSON object per line. ``audio`` is a path relative to the
+manifest's own directory (or absolute); the other fields are ``text`` and/or
+``instruction``/``response``, ``task``, and optionally ``id``, ``duration``
+(seconds), ``language``, ``target_text``, ``speaker``, ``label`` and ``options``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swv.dataprep._common import Report, progress
+from swv.errors import InputError, UsageError
+
+#: File extensions recognised as audio, with the libsndfile format that decodes them.
+_EXTENSION_FORMATS = {
+    ".wav": "WAV", ".wave": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG", ".opus": "OGG",
+    ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF", ".aifc": "AIFF", ".au": "AU", ".snd": "AU",
+    ".caf": "CAF", ".w64": "W64", ".rf64": "RF64", ".sph": "NIST", ".nist": "NIST", ".voc": "VOC",
+    ".htk": "HTK", ".paf": "PAF", ".svx": "SVX", ".avr": "AVR", ".wve": "WVE", ".sd2": "SD2",
+    ".pvf": "PVF", ".sds": "SDS",
+}
+
+#: Sidecar transcript extensions, in order of preference.
+SIDECAR_EXTENSIONS = (".txt", ".lab")
+
+
+def audio_extensions() -> frozenset[str]:
+    """Extensions (lower case, with dot) of the audio formats the installed libsndfile can read."""
+    import soundfile as sf
+
+    available = set(sf.available_formats())
+    return frozenset(ext for ext, fmt in _EXTENSION_FORMATS.items() if fmt in available)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_manifest(
+    path: str | os.PathLike[str], *, required: Iterable[str] = ("audio",)
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_no, record)`` for every non-blank line of a JSONL manifest.
+
+    Raises :class:`InputError` naming the file and line for invalid JSON, a line
+    that is not a JSON object, or a missing/empty ``required`` field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found" if not path.exists() else f"{path}: not a file")
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            for name in required:
+                if name not in record:
+                    raise InputError(f"{path}:{line_no}: missing field '{name}'")
+                if name == "audio" and (not isinstance(record["audio"], str) or not record["audio"].strip()):
+                    raise InputError(f"{path}:{line_no}: field 'audio' must be a non-empty path string")
+            yield line_no, record
+
+
+def resolve_audio(manifest_path: str | os.PathLike[str], record: dict[str, Any]) -> Path:
+    """The audio file of ``record``: absolute as written, or relative to the manifest's directory."""
+    audio = record.get("audio")
+    if not isinstance(audio, str) or not audio.strip():
+        raise InputError(f"{manifest_path}: record {record.get('id', '?')!r} has no 'audio' path")
+    p = Path(audio).expanduser()
+    return p if p.is_absolute() else Path(manifest_path).parent / p
+
+
+def audio_ref(audio_path: str | os.PathLike[str], manifest_path: str | os.PathLike[str]) -> str:
+    """How a manifest at ``manifest_path`` should refer to ``audio_path``: relative to its directory."""
+    base = Path(manifest_path).absolute().parent
+    return Path(os.path.relpath(Path(audio_path).absolute(), base)).as_posix()
+
+
+def rebase_record(record: dict[str, Any], src_manifest: str | os.PathLike[str],
+                  dst_manifest: str | os.PathLike[str]) -> dict[str, Any]:
+    """A copy of ``record`` whose relative ``audio`` path is valid from ``dst_manifest``'s directory."""
+    out = dict(record)
+    if isinstance(out.get("audio"), str) and not Path(out["audio"]).expanduser().is_absolute():
+        out["audio"] = audio_ref(resolve_audio(src_manifest, out), dst_manifest)
+    return out
+
+
+def record_label(path: str | os.PathLike[str], line_no: int, record: dict[str, Any]) -> str:
+    """A short name for a record in messages: ``m.jsonl:7 (id)``."""
+    rid = record.get("id")
+    return f"{Path(path).name}:{line_no}" + (f" ({rid})" if rid is not None else "")
+
+
+def dump_record(record: dict[str, Any]) -> str:
+    """One manifest line (with the trailing newline)."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_manifest(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:
+    """Write ``records`` atomically as JSONL; returns the number written."""
+    from swv.io import atomic_file
+
+    n = 0
+    with atomic_file(path) as fh:
+        for record in records:
+            fh.write(dump_record(record))
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass
+class ManifestReport(Report):
+    """Result of :func:`build_manifest`."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _clean_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _table_dialect(path: Path, sample: str) -> tuple[str, int]:
+    suffix = path.suffix.lower()
+    if suffix == ".tsv" or (suffix != ".csv" and "\t" in sample):
+        return "\t", csv.QUOTE_NONE
+    return ",", csv.QUOTE_MINIMAL
+
+
+def read_transcript_table(path: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
+    """Read a ``path,text`` table (CSV, or TSV for ``.tsv`` / tab-separated files).
+
+    A header row is used when it names ``path`` and ``text`` columns (other columns are
+    ignored); otherwise every row must have exactly two columns. Returns
+    ``{path: (line_no, text)}``; duplicate paths and malformed rows raise :class:`InputError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: transcript table not found")
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        sample = fh.read(4096)
+        fh.seek(0)
+        delimiter, quoting = _table_dialect(path, sample)
+        sep = "<TAB>" if delimiter == "\t" else ","
+        rows = csv.reader(fh, delimiter=delimiter, quoting=quoting)
+        table: dict[str, tuple[int, str]] = {}
+        cols: tuple[int, int] | None = None
+        width = 2
+        for row in rows:
+            line_no = rows.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            if cols is None:
+                names = [c.strip().lower() for c in row]
+                cols = (0, 1)
+                if "path" in names and "text" in names:
+                    cols = (names.index("path"), names.index("text"))
+                    width = len(row)
+                    continue
+            if len(row) != width:
+                raise InputError(
+                    f"{path}:{line_no}: expected {width} columns (path{sep}text), got {len(row)}"
+                    + (" (quote texts that contain commas)" if delimiter == "," and len(row) > width else "")
+                )
+            key, text = row[cols[0]].strip(), _clean_text(row[cols[1]])
+            if not key:
+                raise InputError(f"{path}:{line_no}: empty path")
+            key = Path(key).as_posix()
+            if key in table:
+                raise InputError(f"{path}:{line_no}: duplicate path {key!r} (first on line {table[key][0]})")
+            table[key] = (line_no, text)
+    return table
+
+
+def _find_audio(root: Path) -> list[Path]:
+    exts = audio_extensions()
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+
+
+def _sidecar_text(audio: Path) -> str | None:
+    for ext in SIDECAR_EXTENSIONS:
+        side = audio.with_suffix(ext)
+        if side.is_file():
+            try:
+                return _clean_text(side.read_text(encoding="utf-8-sig"))
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{side}: transcript is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return None
+
+
+def build_manifest(
+    audio_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    task: str = "asr",
+    transcripts: str | os.PathLike[str] | None = None,
+    language: str | None = None,
+    show_progress: bool = True,
+) -> ManifestReport:
+    """Build a manifest from a folder of audio files (searched recursively).
+
+    Transcripts come from a sidecar ``.txt`` (preferred) or ``.lab`` file with the same
+    stem, or, when ``transcripts`` is given, from a CSV/TSV ``path,text`` table whose
+    paths are relative to ``audio_dir`` (or absolute), with or without the audio
+    extension. Durations come from audio headers. The ``id`` is the relative path
+    without extension (with the extension when two files share a stem). Files
+    without a transcript, with an empty one, or with an unreadable header are
+    skipped and reported; table rows naming no audio file are reported too.
+    """
+    from swv.audio import audio_duration
+
+    root = Path(audio_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: audio folder not found" if not root.exists() else f"{root}: not a folder")
+    if not task.strip():
+        raise UsageError("--task must not be empty")
+    out = Path(out)
+    report = ManifestReport(command="manifest", output=out)
+    table = read_transcript_table(transcripts) if transcripts is not None else None
+    used_keys: set[str] = set()
+
+    files = _find_audio(root)
+    if not files:
+        raise InputError(f"{root}: no audio files found (looked for {', '.join(sorted(audio_extensions()))})")
+    stems: dict[str, int] = {}
+    for f in files:
+        stem = f.relative_to(root).with_suffix("").as_posix()
+        stems[stem] = stems.get(stem, 0) + 1
+
+    for f in progress(files, total=len(files), desc="manifest", enabled=show_progress):
+        rel = f.relative_to(root).as_posix()
+        stem = f.relative_to(root).with_suffix("").as_posix()
+        if table is not None:
+            key = next((k for k in (rel, stem, str(f.absolute())) if k in table), None)
+            text = None if key is None else table[key][1]
+            if key is not None:
+                used_keys.add(key)
+        else:
+            try:
+                text = _sidecar_text(f)
+            except InputError as exc:
+                report.drop("unreadable transcript", str(exc))
+                continue
+        if text is None:
+            report.drop("no transcript", rel)
+            continue
+        if not text:
+            report.drop("empty transcript", rel)
+            continue
+        try:
+            duration = audio_duration(f)
+        except InputError as exc:
+            report.drop("unreadable audio", str(exc))
+            continue
+        record: dict[str, Any] = {
+            "id": stem if stems[stem] == 1 else rel,
+            "audio": audio_ref(f, out),
+            "text": text,
+            "task": task,
+            "duration": round(duration, 6),
+        }
+        if language:
+            record["language"] = language
+        report.records.append(record)
+
+    if table is not None:
+        for key, (line_no, _) in table.items():
+            if key not in used_keys:
+                report.drop("table row without audio file", f"{Path(transcripts).name}:{line_no}: {key}")  # type: ignore[arg-type]
+    if not report.records:
+        raise InputError(f"{root}: none of the {len(files)} audio file(s) has a usable transcript"
+                         + (f" in {transcripts}" if transcripts is not None else " (.txt or .lab sidecar)"))
+    report.written = write_manifest(out, report.records)
+    hours = sum(r["duration"] for r in report.records) / 3600
+    report.notes.append(f"{len(files)} audio file(s) found, {hours:.3f} h kept; "
+                        f"transcripts from {'table ' + str(transcripts) if table is not None else 'sidecar .txt/.lab files'}")
+    return report
