@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from swv.cli import data, env_cmd, plugins_cmd, recipe_cmd, train_cmd
+from swv.cli import convert, data, env_cmd, plugins_cmd, recipe_cmd, train_cmd
 
 app = typer.Typer(
     name="swv",
@@ -19,6 +19,7 @@ app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(recipe_cmd.app, name="recipe")
 app.command("train")(train_cmd.train)
 app.command("env")(env_cmd.env)
+app.add_typer(convert.app, name="convert", help="Convert checkpoints (CTranslate2 Whisper, GGUF) to Hugging Face format.")
 app.add_typer(data.app, name="data", help="Build, filter, augment and inspect manifests.")
 
 
