@@ -24,7 +24,11 @@ def _show_warning(message: Any, category: type[Warning], filename: str, lineno: 
 
 
 def install_warning_format() -> None:
+    """One-line warnings; library deprecation notices only with SWV_DEBUG=1."""
     warnings.showwarning = _show_warning
+    if not debug_enabled():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def report(exc: SwvError) -> int:

@@ -42,6 +42,9 @@ class SpeechLMConfig(PreTrainedConfig):
     backbone: dict | None = None
     system_prompt: str = PAPER_SYSTEM_PROMPT
     encoder_trained: bool = False
+    backbone_trained: bool = False
+    #: components stored inside the model directory (kept bundled by later saves)
+    bundled: list | None = None
     versions: dict | None = None
 
 
@@ -245,6 +248,36 @@ class SpeechLM(PreTrainedModel):
             **generate_kwargs,
         )
 
+    # -- waveforms of any length (inference; see swv.infer.windowing) -------------------------
+    @property
+    def audio_window_samples(self) -> int | None:
+        """Longest clip (samples at ``encoder.sample_rate``) the encoder takes in one pass
+        (Whisper: 30 s); ``None`` when unbounded. Longer clips are windowed by
+        :meth:`encode_waveforms`."""
+        from swv.infer.windowing import encoder_window_samples
+
+        return encoder_window_samples(self.encoder)
+
+    def encode_waveforms(
+        self, waveforms: list[Any], *, window_batch_size: int | None = None
+    ) -> tuple[AudioState, Any]:
+        """Mono float waveforms at ``encoder.sample_rate``, of any length -> adapter-chain state.
+
+        Clips longer than :attr:`audio_window_samples` are split into consecutive windows whose
+        encoder outputs (valid frames only) are joined along time before the adapter chain.
+        Returns ``(state, windowed)``: the final :class:`AudioState` (``embeds [B, N, D_llm]``,
+        ``lengths [B]`` audio tokens) and the encoder-level
+        :class:`~swv.infer.windowing.WindowedAudio` (``state.lengths [B]`` encoder frames,
+        ``num_windows [B]``).
+        """
+        from swv.infer.windowing import encode_windowed
+
+        windowed = encode_windowed(self.encoder, waveforms, window_batch_size=window_batch_size)
+        state = windowed.state
+        for adapter in self.adapters.values():
+            state = adapter(state)
+        return state, windowed
+
     # ---------------------------------------------------------------------------------------
     def save_pretrained(  # type: ignore[override]
         self,
@@ -261,7 +294,8 @@ class SpeechLM(PreTrainedModel):
         (``adapter_model.safetensors`` + ``adapter_config.json``); the tokenizer;
         ``encoder.safetensors`` only if the encoder was trained (or ``save_encoder``).
         The encoder and backbone are referenced by their source path unless ``bundle`` (or
-        they were randomly initialised), in which case full copies go to ``encoder/`` and
+        they were randomly initialised, or, for the backbone, its base weights were trained
+        or it came from a GGUF file), in which case full copies go to ``encoder/`` and
         ``backbone/``. ``merge_lora`` writes the LoRA-merged backbone to ``backbone/``.
         """
         target = Path(save_directory)
@@ -273,20 +307,31 @@ class SpeechLM(PreTrainedModel):
             (tmp / ADAPTER_DIR).mkdir()
             for name, adapter in self.adapters.items():
                 save_file(_contiguous(adapter.state_dict()), str(tmp / ADAPTER_DIR / f"{name}.safetensors"))
-            if bundle or encoder_cfg.get("random_init") is not None:
+            was_bundled = set(config.bundled or [])
+            bundled: list[str] = []
+            if bundle or "encoder" in was_bundled or encoder_cfg.get("random_init") is not None:
                 self.encoder.save_pretrained(tmp / BUNDLED_ENCODER_DIR)
                 encoder_cfg.update(path=BUNDLED_ENCODER_DIR, random_init=None)
+                bundled.append("encoder")
             elif save_encoder or (save_encoder is None and config.encoder_trained):
                 save_file(_contiguous(self.encoder.state_dict()), str(tmp / ENCODER_WEIGHTS))
-            if merge_lora or bundle or backbone_cfg.get("random_init") is not None or backbone_cfg.get("gguf_file"):
+            if (
+                merge_lora
+                or bundle
+                or config.backbone_trained
+                or "backbone" in was_bundled
+                or backbone_cfg.get("random_init") is not None
+                or backbone_cfg.get("gguf_file")
+            ):
                 self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
                 backbone_cfg.update(path=BUNDLED_BACKBONE_DIR, random_init=None, gguf_file=None, tokenizer=None)
+                bundled.append("backbone")
                 if merge_lora:
                     backbone_cfg["lora"] = None
             if not merge_lora:
                 self.backbone.save_lora(tmp)
             self.backbone.tokenizer.save_pretrained(str(tmp))
-            config.encoder, config.backbone = encoder_cfg, backbone_cfg
+            config.encoder, config.backbone, config.bundled = encoder_cfg, backbone_cfg, bundled
             (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
         return target
 

@@ -229,7 +229,24 @@ def validate_components(loaded: LoadedRecipe, registry: Registry, overrides: lis
         except ValidationError as exc:
             prefix = ("model", *_loc_tuple(key))
             raise _error_from_validation(loaded.source, exc, prefix, overrides or []) from None
-        loaded.components[key] = cfg
+        loaded.components[key] = _resolve_assets(cfg, f"{loaded.source}: model.{key}")
+
+
+ASSET_PREFIX = "asset:"
+
+
+def _resolve_assets(cfg: BaseModel, where: str) -> BaseModel:
+    """String fields written ``asset:NAME`` name files shipped with swv (e.g. the tiny tokenizer)."""
+    updates = {}
+    for field_name, value in cfg:
+        if isinstance(value, str) and value.startswith(ASSET_PREFIX):
+            from swv.assets import asset_path
+
+            try:
+                updates[field_name] = str(asset_path(value[len(ASSET_PREFIX) :]))
+            except (FileNotFoundError, ValueError) as exc:
+                raise RecipeError(f"{where}.{field_name}: {exc}") from None
+    return cfg.model_copy(update=updates) if updates else cfg
 
 
 def _loc_tuple(key: str) -> tuple[Any, ...]:

@@ -1,0 +1,25 @@
+"""``swv train``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def train(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Shipped recipe name or YAML path.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides, e.g. stages.0.max_steps=10")] = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="Run only this stage.")] = None,
+    from_stage: Annotated[str | None, typer.Option("--from-stage", help="Run this stage and the ones after it.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Require a checkpoint of this recipe in output_dir and continue it (resuming also happens automatically when one exists).")] = False,
+) -> None:
+    """Train every stage of a recipe in order (single process, or under `accelerate launch`)."""
+    from swv.pluginmanager import default_registry
+    from swv.recipes.loader import load_recipe
+    from swv.train.pipeline import train as run
+
+    loaded = load_recipe(recipe, overrides or [], default_registry())
+    exports = run(loaded, stage=stage, from_stage=from_stage, resume=resume)
+    if exports:
+        typer.echo(f"done: final export at {exports[-1]}")

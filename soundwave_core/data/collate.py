@@ -1,0 +1,143 @@
+"""Turning dataset rows into model batches: audio decoding, encoder features, SpecAugment,
+prompts and CTC targets."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Literal
+
+import torch
+
+from swv.errors import InputError
+from swv.model.prompts import PromptBuilder
+from swv.model.splice import IGNORE_INDEX
+from swv.recipes.schema import SpecAugmentSettings
+
+log = logging.getLogger(__name__)
+
+
+class SpecAugment:
+    """Frequency and time masking (torchaudio) on each sample's valid feature frames."""
+
+    def __init__(self, settings: SpecAugmentSettings, time_axis: int) -> None:
+        import torchaudio.transforms as T
+
+        self.settings = settings
+        self.time_axis = time_axis
+        self.freq = T.FrequencyMasking(settings.freq_mask_param) if settings.freq_mask_param else None
+        self.time = T.TimeMasking(settings.time_mask_param) if settings.time_mask_param else None
+
+    def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """``features [B, ...]`` with time on ``time_axis`` of each sample."""
+        out = features.clone()
+        for b in range(out.shape[0]):  # data pipeline, not the model's forward pass
+            n = int(lengths[b])
+            sample = out[b].narrow(self.time_axis, 0, n)
+            view = sample if self.time_axis in (-1, sample.dim() - 1) else sample.transpose(0, 1)  # [freq, time]
+            for _ in range(self.settings.num_freq_masks if self.freq else 0):
+                view.copy_(self.freq(view))
+            for _ in range(self.settings.num_time_masks if self.time else 0):
+                view.copy_(self.time(view))
+        return out
+
+
+class SpeechCollator:
+    """rows -> batch.
+
+    ``mode="ctc"``: audio rows only: ``input_features``, ``feature_lengths``, ``ctc_targets``,
+    ``ctc_target_lengths`` (no prompts, the backbone does not run).
+    ``mode="lm"``: prompts for every row (right padded ``input_ids``/``attention_mask``/
+    ``labels``) + audio of the rows that have audio, in row order, + CTC targets of those
+    (transcript tokens; length 0 where a row has no transcript).
+    Unreadable audio raises (naming the manifest and line) unless the row's source is set to
+    ``on_error: skip``; skipped rows are counted in ``self.skipped``.
+    """
+
+    def __init__(
+        self,
+        encoder: Any,
+        tokenizer: Any,
+        *,
+        mode: Literal["ctc", "lm"],
+        prompts: PromptBuilder | None = None,
+        spec_augment: SpecAugmentSettings | None = None,
+        skip_sources: set[str] | None = None,
+        with_ctc_targets: bool = True,
+    ) -> None:
+        if mode == "lm" and prompts is None:
+            raise ValueError("lm mode needs a PromptBuilder")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.prompts = prompts
+        self.spec_augment = SpecAugment(spec_augment, encoder.feature_time_axis) if spec_augment and spec_augment.enabled else None
+        self.skip_sources = skip_sources or set()
+        self.with_ctc_targets = with_ctc_targets
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.skipped: Counter[str] = Counter()
+
+    def _load(self, row: dict[str, Any]) -> Any:
+        from swv.audio import load_audio
+
+        try:
+            return load_audio(row["audio"], self.encoder.sample_rate)
+        except InputError as exc:
+            where = f"{row.get('manifest', '?')}:{row.get('line', '?')}"
+            if row.get("source") in self.skip_sources:
+                self.skipped[row.get("source", "")] += 1
+                log.warning("skipping %s: %s", where, exc)
+                return None
+            raise InputError(f"{where}: {exc}") from None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        kept: list[dict[str, Any]] = []
+        waves: list[Any] = []
+        for row in rows:
+            if self.mode == "ctc" and not (row.get("audio") and row.get("text")):
+                continue
+            if row.get("audio"):
+                wav = self._load(row)
+                if wav is None:
+                    continue
+                waves.append(wav)
+            kept.append(row)
+        if not kept:
+            return {}
+        batch: dict[str, torch.Tensor] = {}
+        audio_rows = [r for r in kept if r.get("audio")]
+        if waves:
+            features, lengths = self.encoder.extract_features(waves)
+            if self.spec_augment is not None:
+                features = self.spec_augment(features, lengths)
+            batch["input_features"], batch["feature_lengths"] = features, lengths
+            if self.with_ctc_targets:
+                batch.update(self._ctc_targets(audio_rows))
+        if self.mode == "lm":
+            batch.update(self._prompts(kept))
+        batch["num_rows"] = torch.tensor(len(kept))
+        return batch
+
+    def _ctc_targets(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [self.tokenizer(r.get("text") or "", add_special_tokens=False)["input_ids"] if r.get("text") else [] for r in rows]
+        longest = max((len(s) for s in seqs), default=0)
+        targets = torch.zeros(len(seqs), max(longest, 1), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return {"ctc_targets": targets, "ctc_target_lengths": torch.tensor([len(s) for s in seqs], dtype=torch.long)}
+
+    def _prompts(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        assert self.prompts is not None
+        encoded = []
+        for r in rows:
+            response = r.get("response") or r.get("target_text") or r.get("text") or ""
+            encoded.append(self.prompts.training_ids(r.get("instruction", ""), response, bool(r.get("audio")), r.get("task", "")))
+        longest = max(len(ids) for ids, _ in encoded)
+        input_ids = torch.full((len(encoded), longest), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), longest), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(encoded), longest), dtype=torch.long)
+        for i, (ids, lab) in enumerate(encoded):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

@@ -1,0 +1,166 @@
+"""Loading the recipe's named data sources as memory-mapped Hugging Face datasets.
+
+Every source becomes a ``datasets.Dataset`` with the same string/number columns (missing
+fields are empty strings, unknown durations -1), so sources can be mixed freely. JSONL
+manifests are parsed line by line first: a malformed line or a missing audio file is an
+error naming the manifest and line, or, with ``on_error: skip``, a counted skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swv.errors import InputError
+from swv.recipes.loader import ASSET_PREFIX
+from swv.recipes.schema import DatasetSpec
+
+log = logging.getLogger(__name__)
+
+TEXT_FIELDS = ("id", "text", "instruction", "response", "task", "target_text", "language", "label")
+
+
+def resolve_data_path(text: str) -> Path:
+    """``asset:tiny_speech/x.jsonl`` for files shipped with swv, else a path (relative to the CWD)."""
+    if text.startswith(ASSET_PREFIX):
+        from swv.assets import asset_path
+
+        try:
+            return asset_path(text[len(ASSET_PREFIX) :])
+        except FileNotFoundError as exc:
+            raise InputError(str(exc)) from None
+    return Path(text).expanduser()
+
+
+@dataclass
+class SourceStats:
+    name: str
+    rows: int
+    skipped: int
+
+
+def _manifest_rows(manifest: str, name: str, task: str, instruction: str, on_error: str, max_samples: int | None, mtime: float) -> Any:
+    """Generator for ``Dataset.from_generator`` (``mtime`` only keys the cache)."""
+    from swv.audio import audio_duration
+    from swv.dataprep.manifest import read_manifest, resolve_audio
+
+    del mtime
+    emitted = 0
+    for line_no, record in read_manifest(manifest, required=()):
+        try:
+            row = _normalise(record, manifest, line_no, task, instruction, resolve_audio, audio_duration)
+        except InputError:
+            if on_error == "skip":
+                continue
+            raise
+        row["source"] = name
+        yield row
+        emitted += 1
+        if max_samples is not None and emitted >= max_samples:
+            break
+
+
+def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, instruction: str, resolve_audio: Any, audio_duration: Any) -> dict[str, Any]:
+    where = f"{manifest}:{line_no}"
+    row: dict[str, Any] = {}
+    for key in TEXT_FIELDS:
+        value = record.get(key, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, (str, int, float)):
+            raise InputError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
+        row[key] = str(value)
+    row["task"] = task or row["task"] or ("asr" if row["text"] and not row["response"] else "")
+    row["instruction"] = row["instruction"] or instruction
+    if not row["id"]:
+        row["id"] = f"{Path(manifest).name}:{line_no}"
+    audio = record.get("audio")
+    if audio not in (None, ""):
+        path = resolve_audio(manifest, record)
+        if not path.is_file():
+            raise InputError(f"{where}: audio file not found: {path}")
+        row["audio"] = str(path.resolve())
+        duration = record.get("duration")
+        if isinstance(duration, (int, float)):
+            row["duration"] = float(duration)
+        else:
+            try:
+                row["duration"] = audio_duration(path)
+            except InputError as exc:
+                raise InputError(f"{where}: {exc}") from None
+    else:
+        row["audio"] = ""
+        row["duration"] = -1.0
+    if not (row["text"] or row["response"] or row["target_text"]):
+        raise InputError(f"{where}: needs a target: 'text', 'response' or 'target_text'")
+    if not row["audio"] and not row["instruction"]:
+        raise InputError(f"{where}: a text-only record needs an 'instruction'")
+    row["line"] = line_no
+    row["manifest"] = str(manifest)
+    return row
+
+
+def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> Any:
+    """One recipe data source as a ``datasets.Dataset``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if spec.manifest is not None:
+        path = resolve_data_path(spec.manifest)
+        if not path.is_file():
+            raise InputError(f"data.datasets.{name}.manifest: {path}: manifest not found")
+        manifest = str(path.resolve())
+        try:
+            ds = datasets.Dataset.from_generator(
+                _manifest_rows,
+                gen_kwargs={
+                    "manifest": manifest,
+                    "name": name,
+                    "task": spec.task or "",
+                    "instruction": spec.instruction or "",
+                    "on_error": spec.on_error,
+                    "max_samples": spec.max_samples,
+                    "mtime": os.stat(manifest).st_mtime,
+                },
+                cache_dir=cache_dir,
+            )
+        except datasets.exceptions.DatasetGenerationError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, InputError):
+                raise cause from None
+            raise
+        if spec.on_error == "skip" and spec.max_samples is None:
+            from swv.dataprep._common import count_lines
+
+            skipped = count_lines(manifest) - len(ds)
+            if skipped:
+                log.warning("data source %s: skipped %d bad record(s) of %s (on_error: skip)", name, skipped, manifest)
+        return ds
+    assert spec.hf_dataset is not None
+    source = resolve_data_path(spec.hf_dataset)
+    if source.is_dir():
+        loaded = datasets.load_from_disk(str(source))
+        ds = loaded[spec.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    else:
+        ds = datasets.load_dataset(spec.hf_dataset, split=spec.split)
+    missing = [c for c in ("audio",) if c not in ds.column_names]
+    if missing and "instruction" not in ds.column_names:
+        raise InputError(f"data.datasets.{name}: dataset has neither 'audio' nor 'instruction' columns")
+
+    def fix(record: dict[str, Any], idx: int) -> dict[str, Any]:
+        from swv.audio import audio_duration
+
+        rec = dict(record)
+        if isinstance(rec.get("audio"), dict):  # datasets Audio feature: keep the file path
+            rec["audio"] = rec["audio"].get("path") or ""
+        row = _normalise(rec, str(source), idx + 1, spec.task or "", spec.instruction or "", lambda m, r: Path(r["audio"]), audio_duration)
+        row["source"] = name
+        return row
+
+    ds = ds.map(fix, with_indices=True, remove_columns=ds.column_names)
+    if spec.max_samples is not None:
+        ds = ds.select(range(min(spec.max_samples, len(ds))))
+    return ds

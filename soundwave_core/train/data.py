@@ -1,0 +1,63 @@
+"""A stage's training data: the recipe's sources concatenated, sampled by the mixture sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from swv.data.sampler import MixtureBatchSampler
+from swv.data.sources import load_source
+from swv.errors import UsageError
+from swv.recipes.schema import DataSection, StageData
+
+
+@dataclass
+class StageDataset:
+    dataset: Any  # datasets.Dataset: the concatenation of the sources, in stage order
+    names: list[str]
+    sizes: list[int]
+
+    def rows(self, indices: list[int]) -> list[dict[str, Any]]:
+        batch = self.dataset[indices]
+        return [{k: batch[k][i] for k in batch} for i in range(len(indices))]
+
+
+def load_stage_data(section: DataSection, names: list[str], where: str, cache_dir: str | None = None) -> StageDataset:
+    import datasets
+
+    parts = []
+    sizes = []
+    for name in names:
+        ds = load_source(name, section.datasets[name], cache_dir=cache_dir)
+        if len(ds) == 0:
+            raise UsageError(f"{where}: data source {name!r} has no usable rows")
+        parts.append(ds)
+        sizes.append(len(ds))
+    return StageDataset(datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], list(names), sizes)
+
+
+def make_sampler(
+    data: StageDataset,
+    stage_data: StageData,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    max_frames_per_batch: int | None,
+    frame_rate: float,
+    shuffle: bool = True,
+) -> MixtureBatchSampler:
+    return MixtureBatchSampler(
+        data.sizes,
+        data.dataset["duration"],
+        batch_size,
+        temperature=stage_data.mixture.temperature,
+        temperature_step=stage_data.mixture.temperature_step,
+        max_frames_per_batch=max_frames_per_batch,
+        frame_rate=frame_rate,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle=shuffle,
+    )

@@ -1,0 +1,109 @@
+"""``swv train``: run a recipe's stages in order, each from the previous stage's export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from swv.errors import UsageError
+from swv.io import atomic_write_json, atomic_write_text
+from swv.train.runner import RunContext, StageRunner, stage_done
+from swv.train.stages import make_stage
+
+
+def recipe_hash(resolved: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def select_stages(names: list[str], only: str | None, start: str | None) -> list[int]:
+    for value, flag in ((only, "--stage"), (start, "--from-stage")):
+        if value is not None and value not in names:
+            raise UsageError(f"{flag} {value!r}: no such stage; the recipe has {', '.join(names)}")
+    if only is not None and start is not None:
+        raise UsageError("use either --stage or --from-stage, not both")
+    if only is not None:
+        return [names.index(only)]
+    first = names.index(start) if start is not None else 0
+    return list(range(first, len(names)))
+
+
+def _accelerator(recipe: Any) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    log_with = list(recipe.trackers) or None
+    if log_with:
+        from accelerate.tracking import is_tensorboard_available, is_wandb_available
+
+        checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+        for tracker in log_with:
+            if not checks[tracker]():
+                raise UsageError(f"trackers: {tracker!r} is not installed (pip install {tracker})")
+    return Accelerator(
+        mixed_precision=recipe.precision,
+        log_with=log_with,
+        project_dir=recipe.output_dir,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = None, resume: bool = False) -> list[Path]:
+    """Run the selected stages of a validated recipe; returns the export directories."""
+    from accelerate.utils import set_seed
+
+    recipe = loaded.recipe
+    resolved = loaded.resolved()
+    digest = recipe_hash(resolved)
+    output_dir = Path(recipe.output_dir)
+    names = [s.name for s in recipe.stages]
+    selected = select_stages(names, stage, from_stage)
+    if resume and not any((output_dir / names[i] / "checkpoints").is_dir() or stage_done(output_dir / names[i], digest) for i in selected):
+        raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
+
+    acc = _accelerator(recipe)
+    set_seed(recipe.seed)
+    recipe_yaml = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
+    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc, require_resume=resume)
+    if acc.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)
+        atomic_write_json(output_dir / "run.json", {"stages": names, "recipe_hash": digest, "source": str(loaded.source)})
+    if recipe.trackers:
+        acc.init_trackers(Path(recipe.output_dir).name)
+
+    exports = []
+    for i in selected:
+        settings = recipe.stages[i]
+        stage_dir = output_dir / settings.name
+        if stage_done(stage_dir, digest):
+            ctx.print(f"stage {settings.name} already done ({stage_dir / 'export'}); skipping")
+            exports.append(stage_dir / "export")
+            continue
+        init_dir = _init_dir(recipe, i, output_dir)
+        exports.append(StageRunner(ctx, make_stage(settings, i), init_dir).run())
+    if recipe.trackers:
+        acc.end_training()
+    return exports
+
+
+def _init_dir(recipe: Any, index: int, output_dir: Path) -> Path | None:
+    settings = recipe.stages[index]
+    if settings.init_from is not None:
+        path = Path(settings.init_from)
+        if not (path / "swv_config.json").is_file():
+            raise UsageError(f"stages[{index}].init_from: {path} is not an exported swv model (no swv_config.json)")
+        return path
+    if index == 0:
+        return None
+    prev = recipe.stages[index - 1].name
+    path = output_dir / prev / "export"
+    if not (path / "swv_config.json").is_file():
+        raise UsageError(
+            f"stage {settings.name!r} starts from stage {prev!r}'s export at {path}, which does not exist: "
+            f"run that stage first or set stages[{index}].init_from"
+        )
+    return path

@@ -1,0 +1,77 @@
+"""Which parameters a stage trains: module names or globs from the recipe, nothing else."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+
+from torch import nn
+
+from swv.errors import UsageError
+
+LORA = "lora"
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if pattern == LORA:
+        return ".lora_" in name
+    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+
+
+def protected_parameters(model: nn.Module) -> set[str]:
+    """Parameters the components keep frozen whatever the stage says."""
+    out: set[str] = set()
+    for name, adapter in getattr(model, "adapters", {}).items():
+        out |= {f"adapters.{name}.{p}" for p in adapter.always_frozen()}
+    return out
+
+
+def apply_trainable(model: nn.Module, patterns: list[str], where: str) -> OrderedDict[str, tuple[int, int]]:
+    """Freeze everything, then unfreeze parameters matching ``patterns`` (``lora`` = every LoRA
+    weight; ``adapters.alignment`` = that module; globs like ``adapters.*``).
+
+    Returns trainable/total parameter counts per top-level module (``encoder``,
+    ``adapters.<name>``, ``backbone``, ``backbone.lora``). A pattern that matches nothing, or
+    one that would train a frozen encoder, is an error naming ``where``.
+    """
+    protected = protected_parameters(model)
+    encoder = getattr(model, "encoder", None)
+    encoder_frozen = encoder is not None and encoder.frozen
+    hits = dict.fromkeys(patterns, 0)
+    for name, param in model.named_parameters():
+        wanted = [p for p in patterns if _matches(name, p)]
+        if wanted and name.startswith("encoder.") and encoder_frozen:
+            raise UsageError(f"{where}: {wanted[0]!r} would train the encoder, but model.encoder.frozen is true")
+        train = bool(wanted) and name not in protected
+        param.requires_grad_(train)
+        for p in wanted:
+            hits[p] += int(train)
+    missing = [p for p, n in hits.items() if n == 0]
+    if missing:
+        groups = sorted({_group(n) for n, _ in model.named_parameters()})
+        raise UsageError(f"{where}: {missing[0]!r} matches no trainable parameter; modules: {', '.join(groups)}, or 'lora'")
+    counts: OrderedDict[str, tuple[int, int]] = OrderedDict()
+    for name, param in model.named_parameters():
+        group = _group(name)
+        t, total = counts.get(group, (0, 0))
+        counts[group] = (t + (param.numel() if param.requires_grad else 0), total + param.numel())
+    return counts
+
+
+def _group(name: str) -> str:
+    parts = name.split(".")
+    if parts[0] == "adapters" and len(parts) > 1:
+        return f"adapters.{parts[1]}"
+    if parts[0] == "backbone" and ".lora_" in name:
+        return "backbone.lora"
+    return parts[0]
+
+
+def format_counts(counts: OrderedDict[str, tuple[int, int]]) -> str:
+    lines = [f"  {'module':<24}{'trainable':>14}{'total':>16}"]
+    for group, (t, total) in counts.items():
+        lines.append(f"  {group:<24}{t:>14,}{total:>16,}")
+    t_all = sum(t for t, _ in counts.values())
+    total_all = sum(n for _, n in counts.values())
+    lines.append(f"  {'all':<24}{t_all:>14,}{total_all:>16,}")
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Training: the tiny recipe end to end through the CLI, resume after a kill, two-process
+CPU training, the mixture sampler and bad-data errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swv.data.sampler import MixtureBatchSampler, mixture_probabilities
+from swv.errors import InputError, SwvError, UsageError
+from swv.pluginmanager import default_registry
+from swv.recipes.loader import load_recipe
+
+FAST = ["stages.0.max_steps=30", "stages.1.max_steps=16", "stages.2.max_steps=16",
+        "stages.0.log_every=5", "stages.1.log_every=4", "stages.2.log_every=4"]
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("SWV_")}
+    out["SWV_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    return out
+
+
+def swv(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "swv.cli", *args], capture_output=True, text=True, cwd=cwd, env=env())
+
+
+def losses(path: Path, key: str) -> list[float]:
+    return [r[key] for r in map(json.loads, path.read_text().splitlines()) if key in r]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("train")
+    res = swv("train", "--recipe", "tiny", "output_dir=run", *FAST, cwd=work)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return work / "run"
+
+
+def test_tiny_recipe_end_to_end(tiny_run: Path) -> None:
+    for stage in ("alignment", "shrinking", "sft"):
+        assert (tiny_run / stage / "export" / "swv_config.json").is_file()
+        assert json.loads((tiny_run / stage / "stage.json").read_text())["done"] is True
+    ctc = losses(tiny_run / "alignment" / "metrics.jsonl", "ctc_loss")
+    assert len(ctc) == 6 and ctc[-1] < ctc[0] * 0.7
+    lm = losses(tiny_run / "shrinking" / "metrics.jsonl", "lm_loss")
+    assert lm[-1] < lm[0]
+    assert losses(tiny_run / "shrinking" / "metrics.jsonl", "ctc_loss")  # Stage II carries CTC too
+    sft = losses(tiny_run / "sft" / "metrics.jsonl", "lm_loss")
+    assert sft[-1] < sft[0]
+    mixtures = [r for r in map(json.loads, (tiny_run / "shrinking" / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "mixture"]
+    assert mixtures[0]["temperature"] == 1.0 and mixtures[1]["temperature"] == 6.0
+    assert mixtures[0]["mixture"]["asr"] > mixtures[1]["mixture"]["asr"] > 0.5
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert run["stages"] == ["alignment", "shrinking", "sft"]
+
+
+def test_exports_reload_and_stage_chain(tiny_run: Path) -> None:
+    from swv.model.speechlm import SpeechLM
+
+    model = SpeechLM.from_pretrained(tiny_run / "sft" / "export")
+    assert list(model.adapters) == ["alignment", "shrinking"]
+    # the SFT stage did not train the alignment adapter: it equals Stage II's export
+    a2 = load_file(str(tiny_run / "shrinking" / "export" / "adapters" / "alignment.safetensors"))
+    a3 = load_file(str(tiny_run / "sft" / "export" / "adapters" / "alignment.safetensors"))
+    assert all(torch.equal(a2[k], a3[k]) for k in a2)
+    s2 = load_file(str(tiny_run / "shrinking" / "export" / "adapters" / "shrinking.safetensors"))
+    s3 = load_file(str(tiny_run / "sft" / "export" / "adapters" / "shrinking.safetensors"))
+    assert any(not torch.equal(s2[k], s3[k]) for k in s2)
+    files = {p.name for p in (tiny_run / "sft" / "export").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "backbone", "encoder", "adapters"} <= files
+
+
+def test_rerun_skips_finished_stages(tiny_run: Path) -> None:
+    res = swv("train", "--recipe", "tiny", "output_dir=run", *FAST, cwd=tiny_run.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("already done") == 3
+
+
+def test_other_recipe_in_same_output_dir_is_refused(tiny_run: Path) -> None:
+    res = swv("train", "--recipe", "tiny", "output_dir=run", "stages.0.max_steps=31", "--stage", "alignment", cwd=tiny_run.parent)
+    assert res.returncode == 2
+    assert "holds checkpoints of a different recipe" in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_stage_selection_errors(tmp_path: Path) -> None:
+    res = swv("train", "--recipe", "tiny", "output_dir=run", "--stage", "nope", cwd=tmp_path)
+    assert res.returncode == 2 and "--stage 'nope': no such stage" in res.stderr
+    res = swv("train", "--recipe", "tiny", "output_dir=run", "--stage", "sft", cwd=tmp_path)
+    assert res.returncode == 2 and "starts from stage 'shrinking''s export" in res.stderr
+    res = swv("train", "--recipe", "tiny", "output_dir=run", "--resume", cwd=tmp_path)
+    assert res.returncode == 2 and "holds no checkpoint" in res.stderr
+
+
+def _final_alignment(work: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(work / "run" / "alignment" / "export" / "adapters" / "alignment.safetensors"))
+
+
+def test_kill_and_resume_gives_identical_weights(tmp_path: Path) -> None:
+    args = ["train", "--recipe", "tiny", "output_dir=run", "--stage", "alignment", "stages.0.max_steps=60",
+            "stages.0.save_every=5", "stages.0.keep_last=20", "stages.0.batch_size=4"]
+    ref_dir, killed_dir = tmp_path / "ref", tmp_path / "killed"
+    ref_dir.mkdir()
+    killed_dir.mkdir()
+    ref = swv(*args, cwd=ref_dir)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", "swv.cli", *args], cwd=killed_dir, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = killed_dir / "run" / "alignment" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts / "step-0000015").is_dir():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (ckpts / "step-0000015").is_dir(), "the run never reached step 15"
+    assert not (killed_dir / "run" / "alignment" / "export").exists(), "killed too late"
+    res = swv(*args, cwd=killed_dir)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming stage alignment from" in res.stdout
+    a, b = _final_alignment(ref_dir), _final_alignment(killed_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_two_process_cpu_training(tmp_path: Path, tiny_run: Path) -> None:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "swv.cli", "train", "--recipe", "tiny",
+           "output_dir=run", "stages.0.max_steps=4", "stages.1.max_steps=3", "stages.2.max_steps=3"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**env(), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for stage in ("alignment", "shrinking", "sft"):
+        dist = tmp_path / "run" / stage / "export"
+        single = tiny_run / stage / "export"
+        names = sorted(p.relative_to(dist).as_posix() for p in dist.rglob("*.safetensors"))
+        assert names == sorted(p.relative_to(single).as_posix() for p in single.rglob("*.safetensors"))
+        for rel in names:
+            assert load_file(str(dist / rel)).keys() == load_file(str(single / rel)).keys()
+
+
+def test_mixture_probabilities() -> None:
+    sizes = [900, 90, 10]
+    p1 = mixture_probabilities(sizes, 1.0)
+    assert np.allclose(p1, [0.9, 0.09, 0.01])
+    p_big = mixture_probabilities(sizes, 1e6)
+    assert np.allclose(p_big, [1 / 3] * 3, atol=1e-4)
+    p5 = mixture_probabilities(sizes, 5.0)
+    raw = np.array([0.9, 0.09, 0.01]) ** 0.2
+    assert np.allclose(p5, raw / raw.sum())
+    with pytest.raises(ValueError):
+        mixture_probabilities([3, 0], 1.0)
+
+
+def test_sampler_follows_mixture_sharding_and_resume() -> None:
+    sizes = [800, 200]
+    durations = [1.0] * 1000
+    s = MixtureBatchSampler(sizes, durations, 10, temperature=1.0, temperature_step=100.0, seed=3)
+    epoch0 = [i for b in s.epoch_batches(0) for i in b]
+    epoch1 = [i for b in s.epoch_batches(1) for i in b]
+    assert len(epoch0) == 1000
+    assert abs(np.mean(np.array(epoch0) < 800) - 0.8) < 0.05  # T=1: proportional to size
+    assert abs(np.mean(np.array(epoch1) < 800) - 0.5) < 0.06  # T=101: close to uniform over tasks
+    r0 = MixtureBatchSampler(sizes, durations, 10, seed=3, rank=0, world_size=2)
+    r1 = MixtureBatchSampler(sizes, durations, 10, seed=3, rank=1, world_size=2)
+    it0, it1 = iter(r0), iter(r1)
+    b0, b1 = [next(it0) for _ in range(3)], [next(it1) for _ in range(3)]
+    full = s.epoch_batches(0)
+    assert b0 == [full[0], full[2], full[4]] and b1 == [full[1], full[3], full[5]]
+    state = r0.state_dict()
+    r0b = MixtureBatchSampler(sizes, durations, 10, seed=3, rank=0, world_size=2)
+    r0b.load_state_dict(state)
+    assert next(iter(r0b)) == next(it0)
+
+
+def test_bucketing_respects_frame_budget() -> None:
+    durations = list(np.linspace(1, 10, 100))
+    s = MixtureBatchSampler([100], durations, 16, max_frames_per_batch=3000, frame_rate=100, seed=0)
+    for batch in s.epoch_batches(0):
+        longest = max(durations[i] for i in batch)
+        assert len(batch) <= 16 and (len(batch) == 1 or longest * 100 * len(batch) <= 3000)
+        assert max(durations[i] for i in batch) - min(durations[i] for i in batch) < 5  # similar lengths together
+
+
+def _recipe_with(tmp_path: Path, manifest_lines: list[str], on_error: str = "error"):
+    from swv.assets import asset_path
+
+    audio = asset_path("tiny_speech/audio/train-000.flac")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(line.replace("AUDIO", str(audio)) for line in manifest_lines) + "\n")
+    return load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", f"data.datasets.asr.manifest={manifest}",
+                                f"data.datasets.asr.on_error={on_error}", "stages.0.max_steps=2", "stages.0.batch_size=4"],
+                       default_registry()), manifest
+
+
+GOOD = '{"audio": "AUDIO", "text": "hello there"}'
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"audio": "AUDIO", "text": ', "m.jsonl:2: invalid JSON"),
+        ('{"audio": "missing.wav", "text": "x"}', "m.jsonl:2: audio file not found"),
+        ('{"audio": "AUDIO"}', "m.jsonl:2: needs a target"),
+    ],
+)
+def test_bad_manifest_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    from swv.train.pipeline import train
+
+    loaded, _ = _recipe_with(tmp_path, [GOOD, line])
+    with pytest.raises(InputError, match=message):
+        train(loaded, stage="alignment")
+
+
+def test_unreadable_audio_error_or_skip(tmp_path: Path) -> None:
+    from swv.train.pipeline import train
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really audio")
+    lines = [GOOD, GOOD, f'{{"audio": "{bad}", "text": "x"}}', GOOD]
+    loaded, _ = _recipe_with(tmp_path, lines)
+    with pytest.raises(InputError, match=r"m.jsonl:3: .*bad.wav: not a readable audio file"):
+        train(loaded, stage="alignment")
+    loaded, _ = _recipe_with(tmp_path, lines + [GOOD], on_error="skip")
+    loaded.recipe.output_dir = str(tmp_path / "run2")
+    train(loaded, stage="alignment")
+    assert (tmp_path / "run2" / "alignment" / "export" / "swv_config.json").is_file()
+
+
+def test_non_finite_losses_stop_the_stage(tmp_path: Path, monkeypatch) -> None:
+    from swv.model.speechlm import SpeechLM, SpeechLMOutput
+    from swv.train.pipeline import train
+
+    def nan_forward(self, **kwargs):
+        loss = sum(p.sum() for p in self.adapters.parameters()) * float("nan")
+        return SpeechLMOutput(loss=loss, ctc_loss=loss)
+
+    monkeypatch.setattr(SpeechLM, "forward", nan_forward)
+    loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", "stages.0.max_bad_steps=3", "stages.0.batch_size=2"], default_registry())
+    with pytest.raises(SwvError, match="3 non-finite losses in a row at step 1"):
+        train(loaded, stage="alignment")
+
+
+def test_trainable_pattern_must_match(tmp_path: Path) -> None:
+    from swv.train.pipeline import train
+
+    loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", "stages.0.trainable=[adapters.alignmnt]"], default_registry())
+    with pytest.raises(UsageError, match="'adapters.alignmnt' matches no trainable parameter"):
+        train(loaded, stage="alignment")
+    loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run2'}", "stages.0.trainable=[encoder]"], default_registry())
+    with pytest.raises(UsageError, match="would train the encoder, but model.encoder.frozen is true"):
+        train(loaded, stage="alignment")
