@@ -41,3 +41,29 @@ def test_card_folders_are_not_importable_as_top_level_modules() -> None:
     # and in this very test process (pytest --import-mode=importlib adds nothing to sys.path)
     spec = importlib.util.find_spec("adapters")
     assert spec is None or not str(spec.origin).startswith(str(ROOT))
+
+
+def test_every_package_is_listed_in_pyproject() -> None:
+    """Strict editable installs and wheels only contain the packages pyproject lists."""
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    tool = data["tool"]["setuptools"]
+    listed = set(tool["packages"])
+    mapping = tool["package-dir"]
+    found = set()
+    for pkg, folder in mapping.items():
+        base = ROOT / folder
+        for init in base.rglob("__init__.py"):
+            found.add(".".join((pkg, *init.parent.relative_to(base).parts)))
+    assert found - listed == set(), f"packages missing from pyproject.toml: {sorted(found - listed)}"
+
+
+def test_readme_plugin_example_is_the_tested_plugin() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:python|toml)\n(.*?)```", readme, flags=re.S)
+    plugin = ROOT / "tests" / "data" / "plugins" / "example_pool"
+    for path in (plugin / "pyproject.toml", plugin / "src" / "swv_example_pool" / "plugin.py", plugin / "src" / "swv_example_pool" / "adapter.py"):
+        assert path.read_text() in blocks, f"README's copy of {path.name} is out of date"

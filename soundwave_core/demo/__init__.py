@@ -1,0 +1,1 @@
+"""The real-weights CPU demo (`swv demo`)."""
