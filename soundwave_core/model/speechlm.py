@@ -125,14 +125,25 @@ class SpeechLM(PreTrainedModel):
     # ---------------------------------------------------------------------------------------
     def encode_audio(
         self,
-        input_features: torch.Tensor,
-        feature_lengths: torch.Tensor,
+        input_features: torch.Tensor | None,
+        feature_lengths: torch.Tensor | None,
         *,
         stop_after_ctc: bool = False,
+        encoder_embeds: torch.Tensor | None = None,
+        encoder_lengths: torch.Tensor | None = None,
     ) -> AudioState:
         """Encoder + adapter chain. With ``stop_after_ctc`` the chain stops after the first
-        adapter that produces CTC logits (all a CTC-only stage needs)."""
-        state = self.encoder(input_features, feature_lengths)
+        adapter that produces CTC logits (all a CTC-only stage needs). Precomputed encoder
+        outputs (``encoder_embeds [B, T, D]``, ``encoder_lengths [B]``, e.g. from the feature
+        cache) skip the encoder."""
+        if encoder_embeds is not None:
+            if encoder_lengths is None:
+                raise InputError("encoder_lengths is required with encoder_embeds")
+            state = AudioState(embeds=encoder_embeds, lengths=encoder_lengths.long())
+        else:
+            if input_features is None or feature_lengths is None:
+                raise InputError("encode_audio needs input_features and feature_lengths (or encoder_embeds)")
+            state = self.encoder(input_features, feature_lengths)
         for adapter in self.adapters.values():
             state = adapter(state)
             if stop_after_ctc and state.ctc_logits is not None:
@@ -176,6 +187,8 @@ class SpeechLM(PreTrainedModel):
         ctc_target_lengths: torch.Tensor | None = None,
         lm_weight: float = 1.0,
         ctc_weight: float = 0.0,
+        encoder_embeds: torch.Tensor | None = None,
+        encoder_lengths: torch.Tensor | None = None,
     ) -> SpeechLMOutput:
         """Run the model and (with targets) the weighted losses.
 
@@ -185,10 +198,14 @@ class SpeechLM(PreTrainedModel):
         """
         run_backbone = input_ids is not None and (lm_weight > 0 or labels is None)
         state = None
-        if input_features is not None:
-            if feature_lengths is None:
-                raise InputError("feature_lengths is required with input_features")
-            state = self.encode_audio(input_features, feature_lengths, stop_after_ctc=not run_backbone)
+        if input_features is not None or encoder_embeds is not None:
+            state = self.encode_audio(
+                input_features,
+                feature_lengths,
+                stop_after_ctc=not run_backbone,
+                encoder_embeds=encoder_embeds,
+                encoder_lengths=encoder_lengths,
+            )
         out = SpeechLMOutput()
         losses: list[torch.Tensor] = []
         if state is not None:
@@ -367,7 +384,7 @@ class SpeechLM(PreTrainedModel):
             _load_into(model.encoder, directory / ENCODER_WEIGHTS)
         if (directory / "adapter_config.json").is_file():
             model.backbone.load_lora(directory, trainable=lora_trainable)
-        return model
+        return model.eval()
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

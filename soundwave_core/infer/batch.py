@@ -1,0 +1,294 @@
+"""Batch inference over a manifest, resumable, with per-item errors (``swv infer --manifest``
+and ``swv eval``).
+
+Output: one JSON line per manifest item, ``{"id", "prediction" | "error", <reference fields>,
+"stats"?}``. ``id`` is the record's ``id`` or ``<manifest file name>:<line>``; the reference and
+descriptive fields (:data:`COPIED_FIELDS`) are copied from the manifest. Lines are appended
+and flushed + fsynced after every batch, so an interrupted run loses at most one batch; a
+rerun skips ids already in the output (a half-written last line is dropped first). An item
+whose audio is missing, unreadable, empty, non-finite or too long gets an ``error`` field and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swv.dataprep.manifest import read_manifest, resolve_audio
+from swv.errors import InputError, UsageError
+from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
+
+#: Manifest fields copied to every output line (references for evaluation and descriptions).
+COPIED_FIELDS = (
+    "audio",
+    "instruction",
+    "prompt",
+    "text",
+    "response",
+    "target_text",
+    "label",
+    "options",
+    "task",
+    "language",
+    "target_language",
+)
+
+#: Instruction templates for records without ``instruction``/``prompt``, by evaluation task.
+TASK_PROMPTS = {
+    "asr": "Transcribe the speech.",
+    "st": "Translate the speech into {language}.",
+}
+
+_LANGUAGE_NAMES = {
+    "en": "English", "zh": "Chinese", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
+    "ja": "Japanese", "ko": "Korean", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
+    "th": "Thai", "ca": "Catalan", "fa": "Persian", "et": "Estonian", "mn": "Mongolian", "tr": "Turkish",
+    "lv": "Latvian", "sl": "Slovenian", "sv": "Swedish", "cy": "Welsh", "ta": "Tamil", "id": "Indonesian",
+}
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One manifest line: ``id``, ``where`` (``file:line`` for messages), the record, and its
+    instruction (``None`` when no prompt is needed, e.g. when only reading predictions)."""
+
+    id: str
+    where: str
+    record: dict[str, Any]
+    prompt: str | None
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_manifest` did."""
+
+    output: Path
+    total: int = 0
+    skipped: int = 0
+    generated: int = 0
+    failed: int = 0
+
+    def format(self) -> str:
+        return (
+            f"{self.generated} generated, {self.failed} failed, {self.skipped} already in {self.output.name} "
+            f"({self.total} item(s)) -> {self.output}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+# ---------------------------------------------------------------------------------------------
+def record_instruction(record: dict[str, Any], where: str) -> str | None:
+    """The record's own ``instruction`` (or ``prompt``), if it has a non-empty one."""
+    for field in ("instruction", "prompt"):
+        value = record.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InputError(f"{where}: field {field!r} must be a string, got {type(value).__name__}")
+        if value.strip():
+            return value
+    return None
+
+
+def language_name(language: str) -> str:
+    """``"de"``/``"de-DE"`` -> ``"German"``; unknown tags are returned as given."""
+    code = language.strip().replace("_", "-").split("-")[0].lower()
+    return _LANGUAGE_NAMES.get(code, language.strip())
+
+
+def task_prompt(record: dict[str, Any], where: str, task: str, target_language: str | None = None) -> str:
+    """The instruction for one record in ``swv eval``: its ``instruction``/``prompt``, else the
+    task default (asr: "Transcribe the speech."; st: "Translate the speech into <language>.",
+    the language from ``target_language``, the record's ``target_language`` or ``language``).
+    Classification and open-ended records must carry their instruction."""
+    own = record_instruction(record, where)
+    if own is not None:
+        return own
+    if task == "asr":
+        return TASK_PROMPTS["asr"]
+    if task == "st":
+        language = target_language or record.get("target_language") or record.get("language")
+        if not isinstance(language, str) or not language.strip():
+            raise InputError(
+                f"{where}: task 'st' needs an 'instruction' or a target language "
+                "('target_language' field or --target-language)"
+            )
+        return TASK_PROMPTS["st"].format(language=language_name(language))
+    raise InputError(f"{where}: task {task!r} needs an 'instruction' (or 'prompt') field in every record")
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest and output files
+# ---------------------------------------------------------------------------------------------
+def read_items(
+    manifest: str | os.PathLike[str], prompt_for: Callable[[dict[str, Any], str], str] | None
+) -> list[ManifestItem]:
+    """Every manifest record with its id and (when ``prompt_for`` is given) its instruction.
+
+    Raises :class:`InputError` for an unreadable manifest, an invalid line, a missing prompt
+    or a duplicate id (resuming relies on unique ids).
+    """
+    manifest = Path(manifest)
+    items: list[ManifestItem] = []
+    seen: dict[str, str] = {}
+    for line_no, record in read_manifest(manifest, required=()):
+        where = f"{manifest}:{line_no}"
+        rid = record.get("id")
+        item_id = str(rid) if rid not in (None, "") else f"{manifest.name}:{line_no}"
+        if item_id in seen:
+            raise InputError(f"{where}: duplicate id {item_id!r} (first at {seen[item_id]})")
+        seen[item_id] = where
+        items.append(ManifestItem(item_id, where, record, prompt_for(record, where) if prompt_for else None))
+    if not items:
+        raise InputError(f"{manifest}: manifest has no records")
+    return items
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Truncate a last line left without its newline by an interrupted write."""
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        data = fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
+
+
+def read_output(path: str | os.PathLike[str], *, repair: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line_no, record)`` of a predictions JSONL (every line needs an ``id``). With
+    ``repair``, a half-written last line is removed from the file first."""
+    path = Path(path)
+    if repair and path.is_file():
+        _drop_partial_tail(path)
+    for line_no, record in read_manifest(path, required=("id",)):
+        yield line_no, record
+
+
+def done_ids(path: Path) -> set[str]:
+    """Ids already present in an output file (empty when it does not exist)."""
+    if not path.exists():
+        return set()
+    return {str(record["id"]) for _, record in read_output(path, repair=True)}
+
+
+def output_line(
+    item: ManifestItem, prediction: str | None, error: str | None, stats: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The JSON object written for one item."""
+    out: dict[str, Any] = {"id": item.id}
+    if error is not None:
+        out["error"] = error
+    else:
+        out["prediction"] = prediction
+    out.update({field: item.record[field] for field in COPIED_FIELDS if field in item.record})
+    if stats is not None:
+        out["stats"] = stats
+    return out
+
+
+def _append(fh: Any, lines: Sequence[dict[str, Any]]) -> None:
+    for line in lines:
+        fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+def _load_item(pipe: Pipeline, manifest: Path, item: ManifestItem, max_duration: float | None) -> Waveform:
+    if not isinstance(item.record.get("audio"), str) or not item.record["audio"].strip():
+        raise InputError(f"{item.where}: missing or empty 'audio' field")
+    path = resolve_audio(manifest, item.record)
+    return pipe.load(path, name=str(path), max_duration=max_duration)
+
+
+def _run_batch(
+    pipe: Pipeline, manifest: Path, batch: Sequence[ManifestItem], settings: GenerationSettings,
+    max_duration: float | None, with_stats: bool,
+) -> list[dict[str, Any]]:
+    """Output lines for one batch, in manifest order; bad items carry ``error``."""
+    loaded: dict[int, Waveform] = {}
+    errors: dict[int, str] = {}
+    for i, item in enumerate(batch):
+        try:
+            loaded[i] = _load_item(pipe, manifest, item, max_duration)
+        except InputError as exc:
+            errors[i] = " ".join(str(exc).split())
+    results = {}
+    if loaded:
+        order = sorted(loaded)
+        prompts = [batch[i].prompt or "" for i in order]
+        generated = pipe.generate_batch([loaded[i] for i in order], prompts, settings)
+        results = dict(zip(order, generated))
+    lines = []
+    for i, item in enumerate(batch):
+        if i in errors:
+            lines.append(output_line(item, None, errors[i], None))
+        else:
+            result = results[i]
+            lines.append(output_line(item, result.text, None, result.stats.as_dict() if with_stats else None))
+    return lines
+
+
+def run_manifest(
+    pipe: Pipeline | Callable[[], Pipeline],
+    manifest: str | os.PathLike[str],
+    items: Sequence[ManifestItem],
+    output: str | os.PathLike[str],
+    settings: GenerationSettings,
+    *,
+    batch_size: int = 8,
+    max_duration: float | None = None,
+    with_stats: bool = False,
+    show_progress: bool = True,
+) -> RunSummary:
+    """Generate a prediction for every item whose id is not yet in ``output``.
+
+    ``pipe`` may be a factory, called only when something is left to generate (so a finished
+    run does not load the model). Items are processed ``batch_size`` at a time in manifest
+    order; each batch is appended to ``output`` and fsynced. ``settings.seed`` seeds the RNG
+    once at the start of the run.
+    """
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    manifest, output = Path(manifest), Path(output)
+    if output.is_dir():
+        raise UsageError(f"{output}: is a directory; expected a JSONL output file")
+    done = done_ids(output)
+    todo = [item for item in items if item.id not in done]
+    summary = RunSummary(output=output, total=len(items), skipped=len(items) - len(todo))
+    if not todo:
+        return summary
+    pipeline = pipe if isinstance(pipe, Pipeline) else pipe()
+    if settings.seed is not None:
+        import torch
+
+        torch.manual_seed(settings.seed)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "a", encoding="utf-8") as fh, tqdm(
+        total=len(todo), desc="infer", unit="item", file=sys.stderr, disable=not show_progress, leave=False
+    ) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            lines = _run_batch(pipeline, manifest, batch, settings, max_duration, with_stats)
+            _append(fh, lines)
+            failed = sum("error" in line for line in lines)
+            summary.failed += failed
+            summary.generated += len(lines) - failed
+            bar.update(len(batch))
+    return summary
