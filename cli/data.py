@@ -190,3 +190,26 @@ def stats_cmd(
     typer.echo(format_stats(stats))
     if plot is not None:
         typer.echo(f"plot -> {plot_stats(stats, plot)}")
+
+
+@app.command("cache-features")
+def cache_features(
+    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides.")] = None,
+    stage: Annotated[str, typer.Option("--stage", help="Stage whose (frozen) encoder and data to cache.")] = "alignment",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per encoder batch.")] = 8,
+    device: Annotated[str, typer.Option("--device", help="Device for the encoder, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Run the stage's frozen encoder once over its audio and store the outputs (float16).
+
+    `swv train` uses the cache automatically while it matches the encoder and its feature
+    settings (a stale cache is ignored and rebuilt here); the cache lives at
+    data.feature_cache (default <output_dir>/feature_cache).
+    """
+    from swv.pluginmanager import default_registry
+    from swv.recipes.loader import load_recipe
+    from swv.train.pipeline import cache_stage_features
+
+    loaded = load_recipe(recipe, overrides or [], default_registry())
+    target, new, old = cache_stage_features(loaded, stage, batch_size=batch_size, device=device)
+    typer.echo(f"feature cache {target}: {new} clip(s) encoded, {old} already cached")

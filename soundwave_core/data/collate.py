@@ -52,6 +52,9 @@ class SpeechCollator:
     (transcript tokens; length 0 where a row has no transcript).
     Unreadable audio raises (naming the manifest and line) unless the row's source is set to
     ``on_error: skip``; skipped rows are counted in ``self.skipped``.
+    With a ``feature_cache`` (frozen encoders only), a batch whose audio is all cached gets
+    ``encoder_embeds``/``encoder_lengths`` instead of features: no decoding, no encoder, and
+    no SpecAugment (which acts on the encoder's input).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class SpeechCollator:
         spec_augment: SpecAugmentSettings | None = None,
         skip_sources: set[str] | None = None,
         with_ctc_targets: bool = True,
+        feature_cache: Any = None,
     ) -> None:
         if mode == "lm" and prompts is None:
             raise ValueError("lm mode needs a PromptBuilder")
@@ -74,6 +78,8 @@ class SpeechCollator:
         self.spec_augment = SpecAugment(spec_augment, encoder.feature_time_axis) if spec_augment and spec_augment.enabled else None
         self.skip_sources = skip_sources or set()
         self.with_ctc_targets = with_ctc_targets
+        self.feature_cache = feature_cache
+        self.cache_hits = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.skipped: Counter[str] = Counter()
 
@@ -91,12 +97,15 @@ class SpeechCollator:
             raise InputError(f"{where}: {exc}") from None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [r for r in rows if self.mode != "ctc" or (r.get("audio") and r.get("text"))]
+        batch: dict[str, torch.Tensor] = {}
+        cached = None
+        if self.feature_cache is not None:
+            cached = self.feature_cache.lookup([r["audio"] for r in rows if r.get("audio")])
         kept: list[dict[str, Any]] = []
         waves: list[Any] = []
         for row in rows:
-            if self.mode == "ctc" and not (row.get("audio") and row.get("text")):
-                continue
-            if row.get("audio"):
+            if row.get("audio") and cached is None:
                 wav = self._load(row)
                 if wav is None:
                     continue
@@ -104,15 +113,17 @@ class SpeechCollator:
             kept.append(row)
         if not kept:
             return {}
-        batch: dict[str, torch.Tensor] = {}
         audio_rows = [r for r in kept if r.get("audio")]
-        if waves:
+        if cached is not None and audio_rows:
+            self.cache_hits += len(audio_rows)
+            batch["encoder_embeds"], batch["encoder_lengths"] = cached
+        elif waves:
             features, lengths = self.encoder.extract_features(waves)
             if self.spec_augment is not None:
                 features = self.spec_augment(features, lengths)
             batch["input_features"], batch["feature_lengths"] = features, lengths
-            if self.with_ctc_targets:
-                batch.update(self._ctc_targets(audio_rows))
+        if audio_rows and self.with_ctc_targets:
+            batch.update(self._ctc_targets(audio_rows))
         if self.mode == "lm":
             batch.update(self._prompts(kept))
         batch["num_rows"] = torch.tensor(len(kept))

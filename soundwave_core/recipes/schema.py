@@ -83,6 +83,11 @@ class DataSection(StrictModel):
     spec_augment: SpecAugmentSettings = Field(default_factory=SpecAugmentSettings)
     num_workers: int = Field(default=0, ge=0)
     max_frames_per_batch: int | None = Field(default=None, ge=1)
+    feature_cache: str | None = Field(
+        default=None,
+        description="directory of cached frozen-encoder outputs (default: <output_dir>/feature_cache)",
+    )
+    use_feature_cache: bool = True
 
 
 class OptimizerSettings(StrictModel):

@@ -107,3 +107,26 @@ def _init_dir(recipe: Any, index: int, output_dir: Path) -> Path | None:
             f"run that stage first or set stages[{index}].init_from"
         )
     return path
+
+
+def cache_stage_features(loaded: Any, stage: str, *, batch_size: int = 8, device: str = "cpu") -> tuple[Path, int, int]:
+    """Run the stage's frozen encoder once over its audio and store the outputs.
+
+    Returns ``(cache_dir, newly_cached, already_cached)``.
+    """
+    from swv.data.feature_cache import build_cache
+    from swv.train.data import load_stage_data
+    from swv.train.runner import build_model, feature_cache_dir
+
+    recipe = loaded.recipe
+    names = [s.name for s in recipe.stages]
+    index = select_stages(names, stage, None)[0]
+    model = build_model(loaded, _init_dir(recipe, index, Path(recipe.output_dir)))
+    if not model.encoder.frozen:
+        raise UsageError(f"stages[{index}] ({stage}): the encoder is not frozen, so its outputs cannot be cached")
+    settings = recipe.stages[index]
+    data = load_stage_data(recipe.data, list(dict.fromkeys(settings.data.datasets + settings.data.eval_datasets)), f"stages[{index}]")
+    paths = [p for p in data.dataset["audio"] if p]
+    target = feature_cache_dir(recipe)
+    new, old = build_cache(target, model.encoder, paths, batch_size=batch_size, device=device)
+    return target, new, old

@@ -62,22 +62,21 @@ class StageRunner:
 
     # -- set-up ---------------------------------------------------------------------------
     def build_model(self) -> Any:
-        from swv.model.speechlm import SpeechLM, SpeechLMConfig
+        return build_model(self.ctx.loaded, self.init_dir)
 
-        torch.manual_seed(self.ctx.recipe.seed)
-        if self.init_dir is not None:
-            return SpeechLM.from_pretrained(self.init_dir)
-        resolved = self.ctx.loaded.resolved()["model"]
-        return SpeechLM(
-            SpeechLMConfig(
-                encoder=resolved["encoder"],
-                adapters=resolved["adapters"],
-                backbone=resolved["backbone"],
-                system_prompt=resolved["system_prompt"],
-            )
-        )
+    def open_feature_cache(self, model: Any) -> Any:
+        """The recipe's feature cache, if the encoder is frozen and the cache matches it."""
+        from swv.data.feature_cache import FeatureCache
 
-    def build_collator(self, model: Any, training: bool) -> Any:
+        data = self.ctx.recipe.data
+        if not data.use_feature_cache or any(p.requires_grad for p in model.encoder.parameters()):
+            return None
+        cache = FeatureCache.open(feature_cache_dir(self.ctx.recipe), model.encoder)
+        if cache is not None:
+            self.ctx.print(f"using the feature cache at {cache.directory} ({len(cache)} clips; SpecAugment does not apply to cached clips)")
+        return cache
+
+    def build_collator(self, model: Any, training: bool, feature_cache: Any = None) -> Any:
         from swv.data.collate import SpeechCollator
         from swv.model.prompts import PromptBuilder
 
@@ -94,6 +93,7 @@ class StageRunner:
             spec_augment=recipe.data.spec_augment if training else None,
             skip_sources=skip,
             with_ctc_targets=self.stage.ctc_weight > 0,
+            feature_cache=feature_cache,
         )
 
     def total_steps(self, batches_per_epoch: int) -> int:
@@ -131,7 +131,7 @@ class StageRunner:
             max_frames_per_batch=self.ctx.recipe.data.max_frames_per_batch,
             frame_rate=FRAME_RATE,
         )
-        collate = self.build_collator(model, training=True)
+        collate = self.build_collator(model, training=True, feature_cache=self.open_feature_cache(model))
         total = self.total_steps(sampler.batches_per_epoch())
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -291,6 +291,28 @@ class StageRunner:
                  "done": done, "step": step, "total_steps": total,
                  "init_from": str(self.init_dir) if self.init_dir else None},
             )
+
+
+def build_model(loaded: Any, init_dir: Path | None) -> Any:
+    """The stage's starting model: an export to continue from, or fresh from the recipe."""
+    from swv.model.speechlm import SpeechLM, SpeechLMConfig
+
+    torch.manual_seed(loaded.recipe.seed)
+    if init_dir is not None:
+        return SpeechLM.from_pretrained(init_dir)
+    resolved = loaded.resolved()["model"]
+    return SpeechLM(
+        SpeechLMConfig(
+            encoder=resolved["encoder"],
+            adapters=resolved["adapters"],
+            backbone=resolved["backbone"],
+            system_prompt=resolved["system_prompt"],
+        )
+    )
+
+
+def feature_cache_dir(recipe: Any) -> Path:
+    return Path(recipe.data.feature_cache or Path(recipe.output_dir) / "feature_cache")
 
 
 def stage_done(stage_dir: Path, recipe_hash: str) -> bool:

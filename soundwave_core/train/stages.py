@@ -40,7 +40,7 @@ class Stage:
         return float(self.settings.losses.get("ctc", 0.0))
 
     def model_inputs(self, batch: dict) -> dict:
-        keys = ["input_features", "feature_lengths", "ctc_targets", "ctc_target_lengths"]
+        keys = ["input_features", "feature_lengths", "encoder_embeds", "encoder_lengths", "ctc_targets", "ctc_target_lengths"]
         if self.mode == "lm":
             keys += ["input_ids", "attention_mask", "labels"]
         inputs = {k: batch[k] for k in keys if k in batch}

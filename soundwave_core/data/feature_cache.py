@@ -1,0 +1,174 @@
+"""A cache of frozen-encoder outputs, so a frozen-encoder stage (Stage I) is a pass over stored
+features instead of re-running the encoder every epoch.
+
+Layout of a cache directory::
+
+    index.json            {"identity": {...}, "entries": {key: [shard, num_frames]}}
+    shard-00000.safetensors  one float16 [T, D] tensor per key
+
+The identity records the encoder's own settings (checkpoint, mode, feature parameters) and a
+fingerprint of its weights; a key is the audio file's absolute path, size and modification
+time. A cache whose identity differs from the current encoder is stale and is ignored; files
+that changed on disk simply miss. Every file is written atomically; an interrupted build keeps
+the shards it finished and continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from swv.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+INDEX = "index.json"
+CACHE_DTYPE = torch.float16
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A cheap digest of a module's weights (shapes, leading values and sums)."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(flat[:64].float().cpu().numpy().tobytes())
+            digest.update(repr(float(flat.double().sum())).encode() if flat.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def encoder_identity(encoder: Any) -> dict[str, Any]:
+    return {**encoder.identity(), "weights": weights_fingerprint(encoder), "cache_dtype": str(CACHE_DTYPE)}
+
+
+def audio_key(path: str | os.PathLike[str]) -> str:
+    st = os.stat(path)
+    raw = f"{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    """Read side: ``lookup(paths)`` -> padded ``[B, T, D]`` encoder outputs + lengths, or None."""
+
+    def __init__(self, directory: Path, entries: dict[str, list[Any]]) -> None:
+        self.directory = directory
+        self.entries = entries
+        self._handles: dict[str, Any] = {}
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], encoder: Any) -> FeatureCache | None:
+        """The cache at ``directory`` if it exists and matches ``encoder``; None otherwise."""
+        directory = Path(directory)
+        index = directory / INDEX
+        if not index.is_file():
+            return None
+        data = json.loads(index.read_text())
+        if data.get("identity") != encoder_identity(encoder):
+            log.warning("feature cache %s was built for another encoder or settings; ignoring it", directory)
+            return None
+        return cls(directory, data.get("entries", {}))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        shard, _ = self.entries[key]
+        handle = self._handles.get(shard)
+        if handle is None:
+            handle = self._handles[shard] = safe_open(str(self.directory / shard), framework="pt")
+        return handle.get_tensor(key)
+
+    def lookup(self, paths: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """All of ``paths`` from the cache (float32, zero-padded), or None if any is missing."""
+        try:
+            keys = [audio_key(p) for p in paths]
+        except OSError:
+            return None
+        if not all(k in self.entries for k in keys):
+            return None
+        tensors = [self._tensor(k) for k in keys]
+        lengths = torch.tensor([t.shape[0] for t in tensors], dtype=torch.long)
+        out = torch.zeros(len(tensors), int(lengths.max()), tensors[0].shape[1])
+        for i, t in enumerate(tensors):
+            out[i, : t.shape[0]] = t.float()
+        return out, lengths
+
+
+def build_cache(
+    directory: str | os.PathLike[str],
+    encoder: Any,
+    audio_paths: Iterable[str],
+    *,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[int, int]:
+    """Encode every path not cached yet. Returns ``(newly_cached, already_cached)``."""
+    from tqdm.auto import tqdm
+
+    from swv.audio import load_audio
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    identity = encoder_identity(encoder)
+    index_path = directory / INDEX
+    entries: dict[str, list[Any]] = {}
+    if index_path.is_file():
+        data = json.loads(index_path.read_text())
+        if data.get("identity") == identity:
+            entries = data.get("entries", {})
+        else:
+            log.warning("feature cache %s is stale (encoder or settings changed); rebuilding", directory)
+            for old in directory.glob("shard-*.safetensors"):
+                old.unlink()
+    unique = list(dict.fromkeys(str(p) for p in audio_paths))
+    todo = [(p, audio_key(p)) for p in unique]
+    todo = [(p, k) for p, k in todo if k not in entries]
+    already = len(unique) - len(todo)
+    encoder = encoder.to(device).eval()
+    shard_no = len({s for s, _ in entries.values()})
+    pending: dict[str, torch.Tensor] = {}
+
+    def flush() -> None:
+        nonlocal shard_no, pending
+        if not pending:
+            return
+        name = f"shard-{shard_no:05d}.safetensors"
+        tmp = directory / f".{name}.tmp"
+        save_file(pending, str(tmp))
+        os.replace(tmp, directory / name)
+        for key, tensor in pending.items():
+            entries[key] = [name, int(tensor.shape[0])]
+        atomic_write_json(index_path, {"identity": identity, "entries": entries})
+        shard_no += 1
+        pending = {}
+
+    bar = tqdm(total=len(todo), desc="caching encoder outputs", disable=not progress, unit="clip")
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        waves = [load_audio(p, encoder.sample_rate) for p, _ in chunk]
+        features, lengths = encoder.extract_features(waves)
+        with torch.no_grad():
+            state = encoder(features.to(device), lengths.to(device))
+        for (_, key), emb, n in zip(chunk, state.embeds, state.lengths.tolist()):
+            pending[key] = emb[:n].to(CACHE_DTYPE).cpu().contiguous()
+        if len(pending) >= shard_size:
+            flush()
+        bar.update(len(chunk))
+    flush()
+    bar.close()
+    if not index_path.is_file():
+        atomic_write_json(index_path, {"identity": identity, "entries": entries})
+    return len(todo), already

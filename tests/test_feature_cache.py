@@ -1,0 +1,103 @@
+"""The frozen-encoder feature cache: built once, used when valid, ignored when stale, and
+numerically equivalent to running the encoder (float16 storage: losses agree to ~1e-3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from swv.data.feature_cache import FeatureCache, build_cache, encoder_identity
+from swv.pluginmanager import default_registry
+from swv.recipes.loader import load_recipe
+from swv.train.pipeline import cache_stage_features
+from swv.train.runner import build_model
+
+
+def _loaded(tmp_path: Path, *extra: str):
+    return load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", *extra], default_registry())
+
+
+def test_cache_used_when_valid_and_same_loss(tmp_path: Path) -> None:
+    loaded = _loaded(tmp_path)
+    target, new, old = cache_stage_features(loaded, "alignment", batch_size=16)
+    assert (new, old) == (96, 0)
+    assert cache_stage_features(loaded, "alignment", batch_size=16)[1:] == (0, 96)
+
+    model = build_model(loaded, None).eval()
+    cache = FeatureCache.open(target, model.encoder)
+    assert cache is not None and len(cache) == 96
+    from swv.train.data import load_stage_data
+
+    data = load_stage_data(loaded.recipe.data, ["asr"], "test")
+    rows = data.rows(list(range(6)))
+    paths = [r["audio"] for r in rows]
+    cached, cached_len = cache.lookup(paths)
+    from swv.audio import load_audio
+
+    feats, flen = model.encoder.extract_features([load_audio(p, 16000) for p in paths])
+    live = model.encoder(feats, flen)
+    assert torch.equal(cached_len, live.lengths)
+    valid = live.padding_mask()
+    assert torch.allclose(cached[valid], live.embeds[:, : cached.shape[1]][valid], atol=2e-3, rtol=1e-3)
+    targets = model.tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]
+    ctc_t = torch.zeros(6, max(map(len, targets)), dtype=torch.long)
+    for i, t in enumerate(targets):
+        ctc_t[i, : len(t)] = torch.tensor(t)
+    kw = dict(ctc_targets=ctc_t, ctc_target_lengths=torch.tensor([len(t) for t in targets]), lm_weight=0.0, ctc_weight=1.0)
+    with torch.no_grad():
+        a = model(input_features=feats, feature_lengths=flen, **kw).loss
+        b = model(encoder_embeds=cached, encoder_lengths=cached_len, **kw).loss
+    assert torch.allclose(a, b, rtol=1e-3), (a, b)
+
+
+def test_training_reads_the_cache(tmp_path: Path) -> None:
+    loaded = _loaded(tmp_path)
+    cache_stage_features(loaded, "alignment", batch_size=16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWV_")}
+    res = subprocess.run([sys.executable, "-m", "swv.cli", "train", "--recipe", "tiny", f"output_dir={tmp_path / 'run'}",
+                          "--stage", "alignment", "stages.0.max_steps=3"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "using the feature cache" in res.stdout and "(96 clips" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "swv.cli", "train", "--recipe", "tiny", f"output_dir={tmp_path / 'run2'}",
+                          f"data.feature_cache={tmp_path / 'run' / 'feature_cache'}", "data.use_feature_cache=false",
+                          "--stage", "alignment", "stages.0.max_steps=3"], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and "using the feature cache" not in res.stdout
+
+
+def test_stale_cache_is_ignored_and_rebuilt(tmp_path: Path) -> None:
+    loaded = _loaded(tmp_path)
+    target, _, _ = cache_stage_features(loaded, "alignment", batch_size=16)
+    other = build_model(_loaded(tmp_path, "model.encoder.mode=pad_to_30s"), None)
+    assert encoder_identity(other.encoder) != json.loads((target / "index.json").read_text())["identity"]
+    assert FeatureCache.open(target, other.encoder) is None
+    reseeded = build_model(_loaded(tmp_path, "seed=5"), None)  # same settings, other random weights
+    assert FeatureCache.open(target, reseeded.encoder) is None
+    from swv.assets import asset_path
+
+    paths = [str(p) for p in sorted(asset_path("tiny_speech/audio").glob("train-00*.flac"))][:4]
+    new, old = build_cache(target, reseeded.encoder, paths, batch_size=4, progress=False)
+    assert (new, old) == (4, 0)
+    assert FeatureCache.open(target, reseeded.encoder) is not None
+    assert len(list(target.glob("shard-*.safetensors"))) == 1
+
+
+def test_changed_audio_misses(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    loaded = _loaded(tmp_path)
+    model = build_model(loaded, None)
+    build_cache(tmp_path / "c", model.encoder, [str(wav)], progress=False)
+    cache = FeatureCache.open(tmp_path / "c", model.encoder)
+    assert cache is not None and cache.lookup([str(wav)]) is not None
+    sf.write(wav, np.ones(8000, dtype=np.float32) * 0.1, 16000)
+    os.utime(wav, ns=(1, 1))
+    assert cache.lookup([str(wav)]) is None
