@@ -202,3 +202,35 @@ def test_chain_errors(model_config_factory) -> None:
         SpeechLM(model_config_factory([{"name": "shrinking"}]))
     with pytest.raises(Exception, match="not an swv model directory"):
         SpeechLM.from_pretrained(Path("/nonexistent"))
+
+
+def test_seamless_encoder_with_qwen2_backbone(tmp_path: Path) -> None:
+    """The other registered encoder and backbone compose the same way (random init, tiny)."""
+    from swv.assets import asset_path
+    from swv.model.speechlm import SpeechLMConfig
+
+    torch.manual_seed(4)
+    config = SpeechLMConfig(
+        encoder={"name": "seamless", "random_init": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                                      "intermediate_size": 64, "output_hidden_size": 32}},
+        adapters=[{"name": "alignment", "dropout": 0.0}, {"name": "shrinking"}],
+        backbone={"name": "qwen2", "tokenizer": str(asset_path("tiny_tokenizer")),
+                  "random_init": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                  "num_attention_heads": 4, "num_key_value_heads": 2},
+                  "lora": {"r": 4, "alpha": 8}},
+    )
+    model = SpeechLM(config)
+    assert type(model.encoder).__name__ == "SeamlessEncoder" and type(model.backbone).__name__ == "Qwen2Backbone"
+    b = batch(model)
+    out = model(**b, ctc_weight=0.3)
+    assert torch.isfinite(out.loss) and out.ctc_loss is not None
+    out.loss.backward()
+    model.eval()
+    saved = model.save_pretrained(tmp_path / "m")
+    loaded = SpeechLM.from_pretrained(saved)
+    with torch.no_grad():
+        assert torch.allclose(model(**b).logits, loaded(**b).logits, atol=1e-5)
+    prompts = PromptBuilder(model.tokenizer, "sys", "<audio_patch>")
+    ids = torch.tensor([prompts.generation_ids("What is said?", True)])
+    f, fl = model.encoder.extract_features(waves()[:1])
+    assert loaded.generate(ids, torch.ones_like(ids), f, fl, max_new_tokens=3, do_sample=False).shape[0] == 1
