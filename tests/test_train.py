@@ -260,3 +260,18 @@ def test_trainable_pattern_must_match(tmp_path: Path) -> None:
     loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run2'}", "stages.0.trainable=[encoder]"], default_registry())
     with pytest.raises(UsageError, match="would train the encoder, but model.encoder.frozen is true"):
         train(loaded, stage="alignment")
+
+
+def test_tensorboard_tracker_gets_the_metrics(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    res = swv("train", "--recipe", "tiny", "output_dir=run", "trackers=[tensorboard]", "--stage", "alignment",
+              "stages.0.max_steps=4", "stages.0.log_every=2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "alignment/ctc_loss" in acc.Tags()["scalars"]
+    assert [e.step for e in acc.Scalars("alignment/ctc_loss")] == [2, 4]

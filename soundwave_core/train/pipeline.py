@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,10 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
 
     acc = _accelerator(recipe)
     set_seed(recipe.seed)
+    if not sys.stderr.isatty():  # keep logs of non-interactive runs readable
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     recipe_yaml = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
     ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc, require_resume=resume)
     if acc.is_main_process:
