@@ -26,34 +26,21 @@ app.add_typer(data.app, name="data", help="Build, filter, augment and inspect ma
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; expected errors become one line on stderr and a non-zero exit."""
+    """Run the CLI; expected errors become one line on stderr and a non-zero exit.
+
+    Click handles usage errors itself (usage line, exit 2); ``SwvError`` becomes
+    ``error: <message>`` with the error's exit code; ``SWV_DEBUG=1`` keeps the traceback.
+    """
     from swv.cli.errors import debug_enabled, install_warning_format, report
     from swv.errors import SwvError
 
     install_warning_format()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="swv")
     except SwvError as exc:
         if debug_enabled():
             raise
         sys.exit(report(exc))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            print("aborted", file=sys.stderr)
-            sys.exit(1)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
-    if isinstance(rc, int) and rc:
-        sys.exit(rc)
 
 
 if __name__ == "__main__":
