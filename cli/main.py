@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from swv.cli import convert, data, env_cmd, eval_cmd, infer_cmd, plugins_cmd, recipe_cmd, train_cmd
+from swv.cli import convert, data, env_cmd, eval_cmd, infer_cmd, model_cmd, plugins_cmd, recipe_cmd, train_cmd
 
 app = typer.Typer(
     name="swv",
@@ -20,6 +20,8 @@ app.add_typer(recipe_cmd.app, name="recipe")
 app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_cmd)
+app.command("export")(model_cmd.export)
+app.add_typer(model_cmd.import_app, name="import")
 app.command("env")(env_cmd.env)
 app.add_typer(convert.app, name="convert", help="Convert checkpoints (CTranslate2 Whisper, GGUF) to Hugging Face format.")
 app.add_typer(data.app, name="data", help="Build, filter, augment and inspect manifests.")

@@ -234,3 +234,12 @@ def test_seamless_encoder_with_qwen2_backbone(tmp_path: Path) -> None:
     ids = torch.tensor([prompts.generation_ids("What is said?", True)])
     f, fl = model.encoder.extract_features(waves()[:1])
     assert loaded.generate(ids, torch.ones_like(ids), f, fl, max_new_tokens=3, do_sample=False).shape[0] == 1
+
+
+def test_half_precision_encoder_feeds_float32_adapters(model_config_factory) -> None:
+    config = model_config_factory()
+    config.encoder = {**config.encoder, "dtype": "bfloat16"}
+    model = SpeechLM(config).eval()
+    b = batch(model)
+    out = model(**b, ctc_weight=0.3)
+    assert out.ctc_logits.dtype == torch.float32 and torch.isfinite(out.loss)

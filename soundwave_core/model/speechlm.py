@@ -144,6 +144,9 @@ class SpeechLM(PreTrainedModel):
             if input_features is None or feature_lengths is None:
                 raise InputError("encode_audio needs input_features and feature_lengths (or encoder_embeds)")
             state = self.encoder(input_features, feature_lengths)
+        adapter_dtype = next(iter(self.adapters.parameters())).dtype
+        if state.embeds.dtype != adapter_dtype:  # e.g. a float16 encoder before float32 adapters
+            state = state.replace(embeds=state.embeds.to(adapter_dtype))
         for adapter in self.adapters.values():
             state = adapter(state)
             if stop_after_ctc and state.ctc_logits is not None:
