@@ -26,7 +26,6 @@ Shapes: ``B`` batch, ``T`` feature frames (50 per second), ``C`` feature channel
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,11 +40,12 @@ from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import Seamles
 
 from swv.config import ComponentConfig
 from swv.encoders.base import Encoder
-from swv.encoders.whisper import (
+from swv.encoders.checkpoint import (
     DTYPES,
     as_waveforms,
     build_hf_config,
     first_line,
+    load_feature_extractor,
     load_state_dict_strict,
     random_init_digest,
     read_config_json,
@@ -191,20 +191,7 @@ class SeamlessEncoder(Encoder):
         return SeamlessM4TFeatureExtractor(feature_size=dim // stride, num_mel_bins=dim // stride, stride=stride)
 
     def _load_feature_extractor(self, directory: Path) -> SeamlessM4TFeatureExtractor:
-        file = directory / "preprocessor_config.json"
-        if not file.is_file():
-            return self._default_feature_extractor()
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise InputError(f"{file}: not a readable JSON file ({first_line(error)})") from error
-        kind = data.get("feature_extractor_type", "SeamlessM4TFeatureExtractor") if isinstance(data, dict) else None
-        if kind != "SeamlessM4TFeatureExtractor":
-            raise InputError(f"{file}: feature_extractor_type is {kind!r}; expected 'SeamlessM4TFeatureExtractor'")
-        try:
-            return SeamlessM4TFeatureExtractor.from_dict(data)
-        except (TypeError, ValueError) as error:
-            raise InputError(f"{file}: invalid SeamlessM4TFeatureExtractor settings ({first_line(error)})") from error
+        return load_feature_extractor(directory, SeamlessM4TFeatureExtractor, self._default_feature_extractor)
 
     # -- structure ----------------------------------------------------------------------------
     @property

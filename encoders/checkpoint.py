@@ -1,0 +1,273 @@
+"""Checkpoint helpers shared by the built-in encoders: locating a checkpoint, reading its
+config and (sharded) weights under a key prefix, strict loading, random-init configs,
+feature-extractor files and waveform validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from torch import nn
+
+from swv.errors import ComponentError, InputError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+_SAFETENSORS = "model.safetensors"
+_SAFETENSORS_INDEX = "model.safetensors.index.json"
+_BIN = "pytorch_model.bin"
+_BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint helpers (shared by the built-in encoders)
+# ---------------------------------------------------------------------------------------------
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def resolve_checkpoint_dir(path: str, field: str) -> Path:
+    """A local checkpoint directory, or a Hugging Face Hub id downloaded with ``snapshot_download``.
+
+    The hub is contacted only when ``path`` is not an existing local path and looks like a hub
+    id (``name`` or ``org/name``); ``field`` (e.g. ``"encoder.path"``) prefixes error messages.
+    """
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    if local.exists():
+        raise InputError(f"{field}: {path} is a file; expected a checkpoint directory or hub id")
+    if path.startswith((".", "/", "~")) or ".." in path or not _HUB_ID.match(path):
+        raise InputError(f"{field}: checkpoint directory {path} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(repo_id=path, allow_patterns=["*.json", "*.safetensors"]))
+        if not any(snapshot.glob("*.safetensors")):
+            snapshot = Path(snapshot_download(repo_id=path, allow_patterns=["*.json", "pytorch_model*.bin"]))
+    except Exception as error:  # hub errors: offline, not found, gated, ...
+        raise InputError(
+            f"{field}: {path} is not a local directory and could not be downloaded from the Hugging Face Hub "
+            f"({first_line(error)})"
+        ) from error
+    return snapshot
+
+
+def read_config_json(directory: Path, field: str) -> dict[str, Any]:
+    """``directory/config.json`` as a dict (an :class:`InputError` if missing or invalid)."""
+    file = directory / "config.json"
+    if not file.is_file():
+        raise InputError(f"{field}: {file} not found (expected a transformers checkpoint directory)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{file}: not a readable JSON file ({first_line(error)})") from error
+    if not isinstance(data, dict):
+        raise InputError(f"{file}: expected a JSON object")
+    return data
+
+
+def _safetensors_keys(file: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as error:  # SafetensorError, OSError
+        raise InputError(f"{file}: not a readable safetensors file ({first_line(error)})") from error
+
+
+def _safetensors_tensors(file: Path, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in keys}
+    except Exception as error:
+        raise InputError(f"{file}: not a readable safetensors file ({first_line(error)})") from error
+
+
+def _torch_bin(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        data = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # UnpicklingError (unsafe content), RuntimeError, OSError
+        raise InputError(f"{file}: not a loadable weights-only PyTorch checkpoint ({first_line(error)})") from error
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise InputError(f"{file}: expected a state dict of tensors")
+    return data
+
+
+def _index_weight_map(file: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(file.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise InputError(f"{file}: not a valid shard index ({first_line(error)})") from error
+    if not isinstance(weight_map, dict):
+        raise InputError(f"{file}: 'weight_map' must be an object")
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def read_state_dict(
+    directory: Path, prefixes: Sequence[str], anchor: str, what: str
+) -> tuple[str, dict[str, torch.Tensor]]:
+    """Read the weights under one key prefix from a checkpoint directory.
+
+    Looks for ``model.safetensors``, ``model.safetensors.index.json`` (shards), then legacy
+    ``pytorch_model.bin`` / ``pytorch_model.bin.index.json`` (``weights_only=True``). The first
+    of ``prefixes`` for which ``prefix + anchor`` is a key wins; only keys under it are loaded
+    (other shards are never opened) and are returned with the prefix stripped.
+
+    Returns ``(prefix, state_dict)``.
+    """
+    key_files: dict[str, Path]
+    bin_cache: dict[Path, dict[str, torch.Tensor]] = {}
+    if (directory / _SAFETENSORS).is_file():
+        file = directory / _SAFETENSORS
+        key_files = {key: file for key in _safetensors_keys(file)}
+    elif (directory / _SAFETENSORS_INDEX).is_file():
+        key_files = {k: directory / v for k, v in _index_weight_map(directory / _SAFETENSORS_INDEX).items()}
+    elif (directory / _BIN).is_file():
+        file = directory / _BIN
+        bin_cache[file] = _torch_bin(file)
+        key_files = {key: file for key in bin_cache[file]}
+    elif (directory / _BIN_INDEX).is_file():
+        key_files = {k: directory / v for k, v in _index_weight_map(directory / _BIN_INDEX).items()}
+    else:
+        raise InputError(
+            f"{directory}: no weights found (expected {_SAFETENSORS}, {_SAFETENSORS_INDEX} or legacy {_BIN})"
+        )
+    prefix = next((p for p in prefixes if p + anchor in key_files), None)
+    if prefix is None:
+        expected = " or ".join(repr(p + anchor) for p in prefixes)
+        raise InputError(f"{directory}: no {what} weights in this checkpoint (looked for key {expected})")
+    by_file: dict[Path, list[str]] = {}
+    for key, file in key_files.items():
+        if key.startswith(prefix):
+            by_file.setdefault(file, []).append(key)
+    state: dict[str, torch.Tensor] = {}
+    for file, keys in by_file.items():
+        if not file.is_file():
+            raise InputError(f"{file}: shard listed in the checkpoint index does not exist")
+        if file.name.endswith(".safetensors"):
+            tensors = _safetensors_tensors(file, keys)
+        else:
+            if file not in bin_cache:
+                bin_cache[file] = _torch_bin(file)
+            tensors = bin_cache[file]
+        for key in keys:
+            if key not in tensors:
+                raise InputError(f"{file}: weight {key} listed in the checkpoint index is not in this shard")
+            state[key[len(prefix) :]] = tensors[key]
+    return prefix, state
+
+
+def load_state_dict_strict(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: Path,
+    prefix: str,
+    what: str,
+    ignore: Callable[[str], bool] = lambda key: False,
+) -> None:
+    """Load ``state`` into ``module``: every weight of the module must be present with its shape,
+    and no key outside the module may remain (``ignore`` exempts known extras). Error messages
+    name the checkpoint directory and the keys as stored (with ``prefix``)."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        shown = ", ".join(prefix + key for key in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise InputError(f"{source}: checkpoint is missing {what} weight(s) {shown}{more}")
+    unexpected = [key for key in state if key not in expected and not ignore(key)]
+    if unexpected:
+        shown = ", ".join(prefix + key for key in unexpected[:3])
+        more = f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else ""
+        raise InputError(
+            f"{source}: checkpoint has weight(s) {shown}{more} that the {what} built from its config.json does not have"
+        )
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise InputError(
+                f"{source}: weight {prefix + key} has shape {tuple(state[key].shape)} but the {what} built from "
+                f"config.json expects {tuple(tensor.shape)}"
+            )
+    module.load_state_dict({key: state[key] for key in expected}, strict=True)
+
+
+def build_hf_config(config_cls: type, kwargs: dict[str, Any], field: str) -> Any:
+    """Instantiate a transformers config from ``kwargs``; keys it does not know are errors
+    (transformers would silently keep them as unused attributes)."""
+    try:
+        hf_config = config_cls(**kwargs)
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        raise ComponentError(f"{field}: invalid {config_cls.__name__}: {first_line(error)}") from error
+    known = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
+    known |= set(getattr(config_cls, "attribute_map", {}) or {})
+    unknown = sorted(key for key in kwargs if key not in known)
+    if known and unknown:
+        raise ComponentError(f"{field}: unknown {config_cls.__name__} field(s): {', '.join(unknown)}")
+    return hf_config
+
+
+def random_init_digest(kwargs: dict[str, Any]) -> str:
+    text = json.dumps(kwargs, sort_keys=True, default=str)
+    return "random_init:sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def as_waveforms(waveforms: Sequence[np.ndarray | torch.Tensor], sample_rate: int) -> list[np.ndarray]:
+    """Validate a batch of mono waveforms and return them as float32 numpy arrays."""
+    if len(waveforms) == 0:
+        raise InputError("extract_features: expected at least one waveform, got an empty batch")
+    out: list[np.ndarray] = []
+    for index, wav in enumerate(waveforms):
+        if isinstance(wav, torch.Tensor):
+            array = wav.detach().cpu().float().numpy()
+        else:
+            array = np.asarray(wav, dtype=np.float32)
+        if array.ndim != 1:
+            raise InputError(
+                f"waveform {index}: expected a 1-D mono waveform at {sample_rate} Hz, got shape {array.shape}"
+            )
+        if array.size == 0:
+            raise InputError(f"waveform {index}: empty waveform (0 samples)")
+        if not np.isfinite(array).all():
+            raise InputError(f"waveform {index}: contains NaN or infinite samples")
+        out.append(np.ascontiguousarray(array, dtype=np.float32))
+    return out
+
+
+FE = TypeVar("FE")
+
+
+def load_feature_extractor(directory: Path, extractor_cls: type[FE], default: Callable[[], FE]) -> FE:
+    """``preprocessor_config.json`` of ``directory`` as ``extractor_cls``, or ``default()`` when
+    the checkpoint has none. A file of another extractor type is an error."""
+    file = directory / "preprocessor_config.json"
+    if not file.is_file():
+        return default()
+    name = extractor_cls.__name__
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{file}: not a readable JSON file ({first_line(error)})") from error
+    kind = data.get("feature_extractor_type", name) if isinstance(data, dict) else None
+    if kind != name:
+        raise InputError(f"{file}: feature_extractor_type is {kind!r}; expected {name!r}")
+    try:
+        return extractor_cls.from_dict(data)  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{file}: invalid {name} settings ({first_line(error)})") from error
