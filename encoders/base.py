@@ -19,9 +19,9 @@ class Encoder(nn.Module):
     """Waveform -> features -> frame embeddings.
 
     Subclasses set ``sample_rate`` (Hz of the waveforms :meth:`extract_features` expects),
-    ``output_dim`` and ``feature_time_axis`` (the time axis of ``input_features`` excluding
-    the batch axis is ``feature_time_axis``; ``-1`` for Whisper's ``[B, n_mels, T]``, ``1`` for
-    ``[B, T, C]`` layouts), and implement the four methods below.
+    ``output_dim`` and ``feature_time_axis`` (the time axis of the batched ``input_features``:
+    ``-1`` for Whisper's ``[B, n_mels, T]``, ``1`` for ``[B, T, C]`` layouts), and implement
+    the four methods below.
 
     A frozen encoder (the default for every built-in) runs in eval mode under
     ``torch.no_grad()`` and reports no trainable parameters.

@@ -61,6 +61,9 @@ def test_tiny_recipe_end_to_end(tiny_run: Path) -> None:
     mixtures = [r for r in map(json.loads, (tiny_run / "shrinking" / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "mixture"]
     assert mixtures[0]["temperature"] == 1.0 and mixtures[1]["temperature"] == 6.0
     assert mixtures[0]["mixture"]["asr"] > mixtures[1]["mixture"]["asr"] > 0.5
+    held_out = losses(tiny_run / "alignment" / "metrics.jsonl", "eval_ctc_loss")
+    assert len(held_out) == 1 and held_out[0] < ctc[0]
+    assert losses(tiny_run / "sft" / "metrics.jsonl", "eval_lm_loss")
     run = json.loads((tiny_run / "run.json").read_text())
     assert run["stages"] == ["alignment", "shrinking", "sft"]
 
@@ -275,3 +278,38 @@ def test_tensorboard_tracker_gets_the_metrics(tmp_path: Path) -> None:
     acc.Reload()
     assert "alignment/ctc_loss" in acc.Tags()["scalars"]
     assert [e.step for e in acc.Scalars("alignment/ctc_loss")] == [2, 4]
+
+
+def test_hf_dataset_source(tmp_path: Path) -> None:
+    import datasets
+
+    from swv.assets import asset_path
+    from swv.train.pipeline import train
+
+    rows = [json.loads(line) for line in asset_path("tiny_speech/train_asr.jsonl").read_text().splitlines()[:8]]
+    base = asset_path("tiny_speech")
+    ds = datasets.Dataset.from_list([{"audio": str(base / r["audio"]), "text": r["text"]} for r in rows])
+    ds.save_to_disk(str(tmp_path / "hf"))
+    loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", "data.datasets.asr.manifest=null",
+                                  f"data.datasets.asr.hf_dataset={tmp_path / 'hf'}", "stages.0.max_steps=2",
+                                  "stages.0.data.eval_datasets=[]", "stages.0.batch_size=4"],
+                         default_registry())
+    train(loaded, stage="alignment")
+    assert (tmp_path / "run" / "alignment" / "export" / "swv_config.json").is_file()
+
+
+def test_spec_augment_masks_within_valid_frames_only() -> None:
+    from swv.data.collate import SpecAugment
+    from swv.recipes.schema import SpecAugmentSettings
+
+    torch.manual_seed(0)
+    aug = SpecAugment(SpecAugmentSettings(freq_mask_param=10, time_mask_param=20, num_freq_masks=2, num_time_masks=2), time_axis=-1)
+    feats = torch.ones(2, 80, 300)
+    lengths = torch.tensor([300, 120])
+    out = aug(feats, lengths)
+    assert torch.equal(out[1, :, 120:], feats[1, :, 120:])  # padding untouched
+    assert (out[0] == 0).any() and (out[1, :, :120] == 0).any()
+    assert torch.equal(feats, torch.ones(2, 80, 300))  # input not modified in place
+    seq_first = SpecAugment(SpecAugmentSettings(time_mask_param=20), time_axis=1)
+    out2 = seq_first(torch.ones(1, 200, 160), torch.tensor([100]))
+    assert torch.equal(out2[0, 100:], torch.ones(100, 160)) and (out2[0, :100] == 0).any()

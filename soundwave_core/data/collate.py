@@ -18,7 +18,11 @@ log = logging.getLogger(__name__)
 
 
 class SpecAugment:
-    """Frequency and time masking (torchaudio) on each sample's valid feature frames."""
+    """Frequency and time masking (torchaudio) on each sample's valid feature frames.
+
+    ``time_axis`` is the encoder's ``feature_time_axis``: the time axis of the batched
+    ``[B, ...]`` features (``-1`` for ``[B, n_mels, T]``, ``1`` for ``[B, T, C]``).
+    """
 
     def __init__(self, settings: SpecAugmentSettings, time_axis: int) -> None:
         import torchaudio.transforms as T
@@ -31,10 +35,11 @@ class SpecAugment:
     def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``features [B, ...]`` with time on ``time_axis`` of each sample."""
         out = features.clone()
+        axis = self.time_axis if self.time_axis < 0 else self.time_axis - 1  # within one sample
         for b in range(out.shape[0]):  # data pipeline, not the model's forward pass
             n = int(lengths[b])
-            sample = out[b].narrow(self.time_axis, 0, n)
-            view = sample if self.time_axis in (-1, sample.dim() - 1) else sample.transpose(0, 1)  # [freq, time]
+            sample = out[b].narrow(axis, 0, n)
+            view = sample if axis in (-1, sample.dim() - 1) else sample.transpose(0, 1)  # [freq, time]
             for _ in range(self.settings.num_freq_masks if self.freq else 0):
                 view.copy_(self.freq(view))
             for _ in range(self.settings.num_time_masks if self.time else 0):

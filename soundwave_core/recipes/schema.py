@@ -81,7 +81,6 @@ class SpecAugmentSettings(StrictModel):
 class DataSection(StrictModel):
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     spec_augment: SpecAugmentSettings = Field(default_factory=SpecAugmentSettings)
-    num_workers: int = Field(default=0, ge=0)
     max_frames_per_batch: int | None = Field(default=None, ge=1)
     feature_cache: str | None = Field(
         default=None,

@@ -131,7 +131,9 @@ class StageRunner:
             max_frames_per_batch=self.ctx.recipe.data.max_frames_per_batch,
             frame_rate=FRAME_RATE,
         )
-        collate = self.build_collator(model, training=True, feature_cache=self.open_feature_cache(model))
+        feature_cache = self.open_feature_cache(model)
+        collate = self.build_collator(model, training=True, feature_cache=feature_cache)
+        evaluator = self.build_evaluator(model, feature_cache)
         total = self.total_steps(sampler.batches_per_epoch())
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -183,7 +185,7 @@ class StageRunner:
             state.step += 1
             state.samples_seen += rows
             window.append(step_metrics)
-            progress.update(state.step, step_metrics)
+            progress.update(state.step, {**step_metrics, "lr": scheduler.get_last_lr()[0]})
             if state.step % s.log_every == 0 or state.step == total:
                 elapsed = max(time.perf_counter() - t0, 1e-9)
                 record = _mean(window) | {
@@ -198,12 +200,58 @@ class StageRunner:
                     acc.log({f"{self.stage.name}/{k}": v for k, v in record.items()}, step=state.step)
                 window, t0, rows_done = [], time.perf_counter(), 0
             if s.save_every and state.step % s.save_every == 0 and state.step < total:
+                if evaluator is not None:
+                    logger.write({"step": state.step, **evaluator(model)})
                 self.checkpoint(model, optimizer, scheduler, sampler, state)
         progress.close()
+        if evaluator is not None:
+            result = evaluator(model)
+            logger.write({"step": state.step, **result})
+            self.ctx.print(f"[{self.stage.name}] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
         self.checkpoint(model, optimizer, scheduler, sampler, state)
         self.export(model)
         self.write_stage_file(done=True, step=state.step, total=total)
         return self.export_dir
+
+    def build_evaluator(self, model: Any, feature_cache: Any) -> Any:
+        """Mean losses over the stage's ``eval_datasets`` (no SpecAugment, eval mode), or None."""
+        from swv.train.data import load_stage_data, make_sampler
+
+        s = self.stage.settings
+        if not s.data.eval_datasets:
+            return None
+        data = load_stage_data(self.ctx.recipe.data, s.data.eval_datasets, self.where + " eval")
+        sampler = make_sampler(data, s.data, s.batch_size, seed=0, rank=self.acc.process_index,
+                               world_size=self.acc.num_processes, max_frames_per_batch=None, frame_rate=FRAME_RATE, shuffle=False)
+        collate = self.build_collator(model, training=False, feature_cache=feature_cache)
+        batches = sampler.epoch_batches(0)[self.acc.process_index :: self.acc.num_processes]
+
+        def evaluate(model: Any) -> dict[str, float]:
+            sums = torch.zeros(4, device=self.acc.device)  # loss, lm, ctc, rows
+            model.eval()
+            with torch.no_grad():
+                for indices in batches:
+                    batch = collate(data.rows(indices))
+                    if not batch:
+                        continue
+                    inputs = {k: (v.to(self.acc.device) if torch.is_tensor(v) else v) for k, v in self.stage.model_inputs(batch).items()}
+                    with self.acc.autocast():
+                        out = model(**inputs)
+                    n = float(batch["num_rows"])
+                    for i, key in enumerate(("loss", "lm_loss", "ctc_loss")):
+                        value = getattr(out, key)
+                        if value is not None:
+                            sums[i] += float(value) * n
+                    sums[3] += n
+            model.train()
+            if self.acc.num_processes > 1:
+                sums = self.acc.reduce(sums, reduction="sum")
+            rows = max(float(sums[3]), 1.0)
+            names = ("eval_loss", "eval_lm_loss", "eval_ctc_loss")
+            weights = {"eval_lm_loss": self.stage.lm_weight, "eval_ctc_loss": self.stage.ctc_weight}
+            return {name: float(sums[i]) / rows for i, name in enumerate(names) if weights.get(name, 1.0) > 0}
+
+        return evaluate
 
     def train_step(self, model: Any, optimizer: Any, batches: Any, data: Any, collate: Any, max_norm: float | None) -> tuple[dict[str, float], bool, int]:
         """One optimizer step over ``grad_accum`` micro-batches. Returns (metrics, ok, rows)."""
@@ -375,7 +423,7 @@ class Progress:
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.n = step
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=True)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=True)
 
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled and self.bar is None:
