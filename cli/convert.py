@@ -9,11 +9,12 @@ import contextlib
 import json
 import struct
 from collections.abc import Iterator
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from swv.cli.options import WeightDtype
 
 
 app = typer.Typer(
@@ -22,18 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class WhisperDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class GgufDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 def count_safetensors_parameters(directory: Path) -> int:
@@ -90,7 +79,7 @@ def whisper_ct2(
     encoder_only: Annotated[
         bool, typer.Option("--encoder-only", help="Write only the audio encoder (WhisperEncoder + preprocessor config).")
     ] = False,
-    dtype: Annotated[WhisperDtype, typer.Option("--dtype", help="dtype of the saved weights.")] = WhisperDtype.float32,
+    dtype: Annotated[WeightDtype, typer.Option("--dtype", help="dtype of the saved weights.")] = WeightDtype.float32,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
 ) -> None:
     """Convert a faster-whisper / CTranslate2 Whisper checkpoint (float or int8/int16 quantized)."""
@@ -111,7 +100,7 @@ def gguf(
     ],
     dest: Annotated[Path, typer.Argument(help="Output directory.", metavar="DEST", show_default=False)],
     dtype: Annotated[
-        GgufDtype | None, typer.Option("--dtype", help="dtype of the saved weights (default: the one transformers picks).")
+        WeightDtype | None, typer.Option("--dtype", help="dtype of the saved weights (default: the one transformers picks).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
 ) -> None:

@@ -16,11 +16,12 @@ torch and transformers are imported inside the commands, so ``swv --help`` stays
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from swv.cli.options import WeightDtype
 
 from swv.errors import InputError, UsageError
 
@@ -34,12 +35,6 @@ import_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class ImportDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,7 +169,7 @@ def import_soundwave(
         typer.Option("--shrinking-heads", min=1, help="Heads of the shrinking cross-attention (default: the LLM's)."),
     ] = None,
     dtype: Annotated[
-        ImportDtype | None,
+        WeightDtype | None,
         typer.Option("--dtype", help="dtype of the saved weights and of the backbone (default: as stored)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
