@@ -72,7 +72,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
 
         hf_logging.disable_progress_bar()
     recipe_yaml = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
-    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc, require_resume=resume)
+    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)

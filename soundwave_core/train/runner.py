@@ -38,7 +38,6 @@ class RunContext:
     recipe_yaml: str
     output_dir: Path
     accelerator: Any
-    require_resume: bool = False
 
     @property
     def recipe(self) -> Any:
