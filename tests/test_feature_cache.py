@@ -26,12 +26,12 @@ def _loaded(tmp_path: Path, *extra: str):
 def test_cache_used_when_valid_and_same_loss(tmp_path: Path) -> None:
     loaded = _loaded(tmp_path)
     target, new, old = cache_stage_features(loaded, "alignment", batch_size=16)
-    assert (new, old) == (96, 0)
-    assert cache_stage_features(loaded, "alignment", batch_size=16)[1:] == (0, 96)
+    assert (new, old) == (120, 0)  # 96 training + 24 held-out clips
+    assert cache_stage_features(loaded, "alignment", batch_size=16)[1:] == (0, 120)
 
     model = build_model(loaded, None).eval()
     cache = FeatureCache.open(target, model.encoder)
-    assert cache is not None and len(cache) == 96
+    assert cache is not None and len(cache) == 120
     from swv.train.data import load_stage_data
 
     data = load_stage_data(loaded.recipe.data, ["asr"], "test")
@@ -63,7 +63,7 @@ def test_training_reads_the_cache(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "swv.cli", "train", "--recipe", "tiny", f"output_dir={tmp_path / 'run'}",
                           "--stage", "alignment", "stages.0.max_steps=3"], capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "using the feature cache" in res.stdout and "(96 clips" in res.stdout
+    assert "using the feature cache" in res.stdout and "(120 clips" in res.stdout
     res = subprocess.run([sys.executable, "-m", "swv.cli", "train", "--recipe", "tiny", f"output_dir={tmp_path / 'run2'}",
                           f"data.feature_cache={tmp_path / 'run' / 'feature_cache'}", "data.use_feature_cache=false",
                           "--stage", "alignment", "stages.0.max_steps=3"], capture_output=True, text=True, env=env)
