@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from swv.cli import convert, data, env_cmd, eval_cmd, infer_cmd, model_cmd, plugins_cmd, recipe_cmd, train_cmd
+from swv.cli import convert, data, demo_cmd, env_cmd, eval_cmd, infer_cmd, model_cmd, plugins_cmd, recipe_cmd, train_cmd
 
 app = typer.Typer(
     name="swv",
@@ -23,6 +23,7 @@ app.command("eval")(eval_cmd.eval_cmd)
 app.command("export")(model_cmd.export)
 app.add_typer(model_cmd.import_app, name="import")
 app.command("env")(env_cmd.env)
+app.command("demo")(demo_cmd.demo)
 app.add_typer(convert.app, name="convert", help="Convert checkpoints (CTranslate2 Whisper, GGUF) to Hugging Face format.")
 app.add_typer(data.app, name="data", help="Build, filter, augment and inspect manifests.")
 

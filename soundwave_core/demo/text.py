@@ -1,0 +1,122 @@
+"""The demo's shipped text: sentences and spoken questions, split into training and held-out.
+
+Files (``swv/assets/demo_text/``, written for this project):
+
+* ``sentences_train.txt`` / ``sentences_heldout.txt``: one transcript per line (lowercase letters
+  and single spaces, numbers spelled out); ``#`` lines are comments.
+* ``questions_train.tsv`` / ``questions_heldout.tsv``: ``question<TAB>answer<TAB>keywords``; the
+  question is written as spoken (same convention as the sentences), ``keywords`` are regular
+  expressions separated by ``|``, any of which in an answer counts as correct.
+
+No held-out sentence or question is in the training files (checked by :func:`load_demo_text`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from swv.errors import InputError
+
+TEXT_DIR = "demo_text"
+_TRANSCRIPT = re.compile(r"[a-z]+( [a-z]+)*")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A spoken question, its reference answer and the keywords a correct answer contains."""
+
+    text: str
+    answer: str
+    keywords: tuple[str, ...]
+
+    def is_answered_by(self, prediction: str) -> bool:
+        """True when a word of ``prediction`` starts with one of the keywords (case-insensitive;
+        so ``egg`` also accepts "eggs")."""
+        lowered = prediction.lower()
+        return any(re.search(rf"\b(?:{k})", lowered) for k in self.keywords)
+
+
+@dataclass(frozen=True)
+class DemoText:
+    train_sentences: tuple[str, ...]
+    heldout_sentences: tuple[str, ...]
+    train_questions: tuple[Question, ...]
+    heldout_questions: tuple[Question, ...]
+
+    def train_transcripts(self) -> list[str]:
+        return [*self.train_sentences, *(q.text for q in self.train_questions)]
+
+    def heldout_oov_rate(self) -> float:
+        """Share of held-out sentence words that never occur in the training transcripts."""
+        vocabulary = {w for t in self.train_transcripts() for w in t.split()}
+        words = [w for s in self.heldout_sentences for w in s.split()]
+        return sum(w not in vocabulary for w in words) / max(1, len(words))
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        raw = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return [(n, line.rstrip()) for n, line in enumerate(raw, start=1) if line.strip() and not line.startswith("#")]
+
+
+def _check_transcript(text: str, where: str) -> str:
+    if not _TRANSCRIPT.fullmatch(text):
+        raise InputError(f"{where}: transcripts must be lowercase letters and single spaces, got {text!r}")
+    return text
+
+
+def read_sentences(path: Path) -> tuple[str, ...]:
+    sentences = tuple(_check_transcript(line, f"{path}:{n}") for n, line in _lines(path))
+    return _unique(sentences, path)
+
+
+def read_questions(path: Path) -> tuple[Question, ...]:
+    out = []
+    for n, line in _lines(path):
+        parts = line.split("\t")
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise InputError(f"{path}:{n}: expected question<TAB>answer<TAB>keywords")
+        question = _check_transcript(parts[0], f"{path}:{n}")
+        keywords = tuple(k.strip() for k in parts[2].split("|") if k.strip())
+        out.append(Question(question, parts[1].strip(), keywords))
+    _unique(tuple(q.text for q in out), path)
+    return tuple(out)
+
+
+def _unique(items: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    seen: set[str] = set()
+    for item in items:
+        if item in seen:
+            raise InputError(f"{path}: {item!r} appears twice")
+        seen.add(item)
+    return items
+
+
+def check_disjoint(train: tuple[str, ...] | list[str], heldout: tuple[str, ...] | list[str], what: str) -> None:
+    """Raise :class:`InputError` if a held-out item is also a training item."""
+    shared = sorted(set(train) & set(heldout))
+    if shared:
+        raise InputError(f"{len(shared)} held-out {what} also in the training set (first: {shared[0]!r})")
+
+
+def load_demo_text(directory: Path | None = None) -> DemoText:
+    """Read and check the four text files (default: the packaged ``demo_text`` assets)."""
+    if directory is None:
+        from swv.assets import asset_path
+
+        directory = asset_path(TEXT_DIR)
+    text = DemoText(
+        train_sentences=read_sentences(directory / "sentences_train.txt"),
+        heldout_sentences=read_sentences(directory / "sentences_heldout.txt"),
+        train_questions=read_questions(directory / "questions_train.tsv"),
+        heldout_questions=read_questions(directory / "questions_heldout.tsv"),
+    )
+    every_train = text.train_transcripts()
+    check_disjoint(every_train, text.heldout_sentences, "sentences")
+    check_disjoint(every_train, [q.text for q in text.heldout_questions], "questions")
+    check_disjoint(text.heldout_sentences, [q.text for q in text.heldout_questions], "questions (among held-out sentences)")
+    return text

