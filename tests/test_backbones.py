@@ -277,7 +277,9 @@ def test_forward_on_embeddings_matches_hf_forward_on_ids(llama_dir):
     with torch.no_grad():
         mask = torch.ones_like(input_ids)
         prefix = backbone(embeds[:, :-1], mask[:, :-1], use_cache=True)
-        step = backbone(embeds[:, -1:], mask, past_key_values=prefix.past_key_values, use_cache=True)
+        # transformers 5.24 renamed ``past_key_values`` to ``cache`` (output and argument)
+        name = "cache" if getattr(prefix, "cache", None) is not None else "past_key_values"
+        step = backbone(embeds[:, -1:], mask, use_cache=True, **{name: getattr(prefix, name)})
     torch.testing.assert_close(step.logits[:, -1], logits[:, -1], rtol=1e-5, atol=1e-5)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -290,3 +291,59 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     assert [r["step"] for r in metrics] == [1, 2, 3] and all(np.isfinite(r["ctc_loss"]) for r in metrics)
     result = ctc_wer(load_model(export), Items.load(workdir / f"data{options.suffix}" / "heldout_asr.jsonl"))
     assert result["wer"] is not None and result["num_ref_words"] > 0
+
+
+# -- generated training transcripts ---------------------------------------------------------------
+def test_generated_transcripts_are_deterministic_and_new() -> None:
+    from swv.demo.text import generate_transcripts
+
+    text = load_demo_text()
+    train, heldout = text.train_transcripts(), text.heldout_transcripts()
+    first = generate_transcripts(train, heldout, 500, seed=0)
+    assert first == generate_transcripts(train, heldout, 500, seed=0)
+    assert first != generate_transcripts(train, heldout, 500, seed=1)
+    assert generate_transcripts(train, heldout, 100, seed=0) == first[:100]  # a prefix of a longer run
+    assert len(first) == len(set(first)) == 500
+    assert not set(first) & set(train) and not set(first) & set(heldout)
+    vocabulary = {w for t in train for w in t.split()}
+    heldout_only = {w for t in heldout for w in t.split()} - vocabulary
+    assert heldout_only  # the shipped held-out text has words never trained on; they stay unseen
+    words = [w for t in first for w in t.split()]
+    assert set(words) <= vocabulary and not set(words) & heldout_only
+    assert all(4 <= len(t.split()) <= 12 for t in first)
+    assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", t) for t in first)
+    assert generate_transcripts(train, heldout, 0) == ()
+
+
+def test_generated_transcripts_never_produce_an_excluded_one() -> None:
+    from swv.demo.text import generate_transcripts
+
+    train = ["a b", "b a", "a a b"]
+    # over two words, short sequences exhaust quickly: exclusions and repeats are redrawn
+    excluded = ["a b a b a", "b b b b b"]
+    out = generate_transcripts(train, excluded, 20, random_lengths=(5, 5), bigram_lengths=(5, 5))
+    assert len(set(out)) == 20 and not set(out) & {*train, *excluded}
+    with pytest.raises(RuntimeError, match="could only generate"):
+        generate_transcripts(["a"], [], 3, random_lengths=(1, 1), bigram_lengths=(1, 1))
+
+
+def test_build_dataset_with_generated_transcripts(tmp_path: Path) -> None:
+    from swv.demo.text import generate_transcripts
+
+    text = _small_text()
+    synth = FakeSynthesizer()
+    summary = build_dataset(tmp_path, text, synth, renditions=2, generated=5, log=lambda _: None)
+    extra = generate_transcripts(text.train_transcripts(), text.heldout_transcripts(), 5)
+    assert len(synth.calls) == (3 + 1) * 2 + 5 + 1 + 1  # generated transcripts are spoken once
+    assert summary["counts"] == {"train_asr": 13, "train_asr_sft": 11, "train_pitch": 11, "train_qa": 2,
+                                 "heldout_asr": 1, "heldout_pitch": 1, "heldout_qa": 1}
+    assert summary["distinct_train_transcripts"] == 4 + 5
+    asr = _jsonl(tmp_path / "train_asr.jsonl")
+    assert {r["text"] for r in asr} == set(text.train_transcripts()) | set(extra)
+    heldout_texts = {r["text"] for r in _jsonl(tmp_path / "heldout_asr.jsonl")}
+    assert not heldout_texts & {r["text"] for r in asr}
+    clips = plan_clips(text, 2, generated=extra)
+    assert len({c.id for c in clips}) == len(clips)
+    # the generated clips rotate voices and pitches like the others
+    labels = [c.voice.pitch_label for c in clips if c.kind == "generated"]
+    assert abs(labels.count("high") - labels.count("low")) <= 1

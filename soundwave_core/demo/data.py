@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from swv.demo.synth import SAMPLE_RATE, Synthesizer, Voice, plan_voice
-from swv.demo.text import DemoText
+from swv.demo.text import DemoText, generate_transcripts
 from swv.io import atomic_write_json
 
 PITCH_OPTIONS = ["high", "low"]
@@ -66,12 +66,14 @@ class Clip:
         return f"audio/{self.split}/{self.id}.flac"
 
 
-def plan_clips(text: DemoText, renditions: int, seed: int = 0) -> list[Clip]:
-    """Every clip of the data set, in a fixed order."""
+def plan_clips(text: DemoText, renditions: int, seed: int = 0, generated: Sequence[str] = ()) -> list[Clip]:
+    """Every clip of the data set, in a fixed order. ``generated`` transcripts
+    (:func:`swv.demo.text.generate_transcripts`) are spoken once each."""
     clips: list[Clip] = []
     groups = [
-        ("train", "sentence", text.train_sentences, renditions),
+        ("train", "sentence", tuple(text.train_sentences), renditions),
         ("train", "question", tuple(q.text for q in text.train_questions), renditions),
+        ("train", "generated", tuple(generated), 1),
         ("heldout", "sentence", text.heldout_sentences, 1),
         ("heldout", "question", tuple(q.text for q in text.heldout_questions), 1),
     ]
@@ -79,7 +81,7 @@ def plan_clips(text: DemoText, renditions: int, seed: int = 0) -> list[Clip]:
         for i, item in enumerate(items):
             for r in range(count):
                 voice = plan_voice(f"{split}-{kind}", i, r, seed)
-                clips.append(Clip(f"{split}-{kind[0]}{i:03d}-{r}", split, kind, item, voice, i))
+                clips.append(Clip(f"{split}-{kind[0]}{i:0{3 if kind != 'generated' else 4}d}-{r}", split, kind, item, voice, i))
     return clips
 
 
@@ -141,6 +143,7 @@ def build_dataset(
     *,
     renditions: int,
     seed: int = 0,
+    generated: int = 0,
     workers: int = 2,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -148,7 +151,8 @@ def build_dataset(
     summary. Skips everything when ``root/data.json`` describes the same clips."""
     from swv.dataprep.manifest import write_manifest
 
-    clips = plan_clips(text, renditions, seed)
+    extra = generate_transcripts(text.train_transcripts(), text.heldout_transcripts(), generated, seed=seed)
+    clips = plan_clips(text, renditions, seed, extra)
     digest = _fingerprint(clips)
     stamp = root / "data.json"
     if stamp.is_file():
@@ -166,7 +170,9 @@ def build_dataset(
     summary = {
         "fingerprint": digest,
         "renditions": renditions,
+        "generated": generated,
         "seed": seed,
+        "distinct_train_transcripts": len({c.text for c in clips if c.split == "train"}),
         "counts": {name: len(rows) for name, rows in records.items()},
         "hours": {split: round(sum(d for c, d in zip(clips, lengths) if c.split == split) / 3600, 3)
                   for split in ("train", "heldout")},

@@ -28,6 +28,8 @@ from swv.errors import UsageError
 #: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
 TRAIN_MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "qa": "train_qa.jsonl"}
 RENDITIONS = {"full": 3, "quick": 2}
+#: Generated training transcripts (:func:`swv.demo.text.generate_transcripts`), spoken once each.
+GENERATED = {"full": 3000, "quick": 1500}
 QUICK_EVAL_LIMIT = 20
 
 
@@ -164,7 +166,8 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     with clock.phase("2. data"):
         text = load_demo_text()
         data_dir = options.workdir / f"data{options.suffix}"
-        results["data"] = build_dataset(data_dir, text, EspeakSynthesizer(), renditions=RENDITIONS[options.mode], log=log)
+        results["data"] = build_dataset(data_dir, text, EspeakSynthesizer(), renditions=RENDITIONS[options.mode],
+                                        generated=GENERATED[options.mode], log=log)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir)
     run_dir = Path(loaded.recipe.output_dir)
     stages = [s.name for s in loaded.recipe.stages]

@@ -13,7 +13,10 @@ No held-out sentence or question is in the training files (checked by :func:`loa
 
 from __future__ import annotations
 
+import random
 import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +50,9 @@ class DemoText:
 
     def train_transcripts(self) -> list[str]:
         return [*self.train_sentences, *(q.text for q in self.train_questions)]
+
+    def heldout_transcripts(self) -> list[str]:
+        return [*self.heldout_sentences, *(q.text for q in self.heldout_questions)]
 
     def heldout_oov_rate(self) -> float:
         """Share of held-out sentence words that never occur in the training transcripts."""
@@ -120,3 +126,102 @@ def load_demo_text(directory: Path | None = None) -> DemoText:
     check_disjoint(every_train, [q.text for q in text.heldout_questions], "questions")
     check_disjoint(text.heldout_sentences, [q.text for q in text.heldout_questions], "questions (among held-out sentences)")
     return text
+
+
+# -- generated training transcripts ---------------------------------------------------------------
+# Generated training transcripts: new word sequences over the training vocabulary.
+#
+# The shipped training text has only 306 distinct transcripts, which the alignment adapter learns by
+# heart (docs/demo.md). :func:`generate_transcripts` adds many more distinct ones, built **only from
+# the words of the training transcripts** (``sentences_train.txt`` + ``questions_train.tsv``), so
+# held-out-only words stay unseen and the held-out OOV rate is unchanged. Two kinds, interleaved:
+#
+# * ``bigram``: a word bigram model of the training transcripts (sentence start included),
+#   interpolated with a smoothed unigram distribution (counts ** 0.5, so rare words are drawn more
+#   often than in the text): with probability ``bigram_weight`` the next word follows the bigram
+#   statistics of the previous word (when it has any), otherwise it is a unigram draw. Lengths are
+#   drawn uniformly from ``bigram_lengths``.
+# * ``random``: uniformly random words (every vocabulary word equally likely), lengths drawn
+#   uniformly from ``random_lengths``: no context to memorise at all.
+#
+# Deterministic for a seed. A generated transcript is never a training or held-out transcript and
+# never repeats (rejected and redrawn).
+
+START = "<s>"
+
+
+class BigramGenerator:
+    """Samples word sequences from an interpolated bigram / smoothed unigram model."""
+
+    def __init__(self, transcripts: Iterable[str], *, bigram_weight: float = 0.7, unigram_power: float = 0.5) -> None:
+        counts: Counter[str] = Counter()
+        follow: dict[str, Counter[str]] = defaultdict(Counter)
+        for text in transcripts:
+            words = text.split()
+            counts.update(words)
+            for prev, word in zip([START, *words[:-1]], words):
+                follow[prev][word] += 1
+        if not counts:
+            raise ValueError("no training words to generate from")
+        self.vocabulary = sorted(counts)
+        self.unigram_weights = [counts[w] ** unigram_power for w in self.vocabulary]
+        self.follow = {prev: (sorted(c), [c[w] for w in sorted(c)]) for prev, c in follow.items()}
+        self.bigram_weight = bigram_weight
+
+    def next_word(self, prev: str, rng: random.Random) -> str:
+        if prev in self.follow and rng.random() < self.bigram_weight:
+            words, weights = self.follow[prev]
+            return rng.choices(words, weights)[0]
+        return rng.choices(self.vocabulary, self.unigram_weights)[0]
+
+    def bigram_sentence(self, length: int, rng: random.Random) -> str:
+        words: list[str] = []
+        prev = START
+        for _ in range(length):
+            prev = self.next_word(prev, rng)
+            words.append(prev)
+        return " ".join(words)
+
+    def random_sentence(self, length: int, rng: random.Random) -> str:
+        return " ".join(rng.choice(self.vocabulary) for _ in range(length))
+
+
+def generate_transcripts(
+    train: Sequence[str],
+    exclude: Iterable[str],
+    count: int,
+    *,
+    seed: int = 0,
+    random_share: float = 0.5,
+    bigram_lengths: tuple[int, int] = (4, 12),
+    random_lengths: tuple[int, int] = (5, 12),
+    bigram_weight: float = 0.7,
+) -> tuple[str, ...]:
+    """``count`` distinct new transcripts from the words of ``train`` (see the module docstring).
+
+    ``exclude`` (e.g. the held-out sentences and questions) and ``train`` itself are never
+    produced. Every ``1 / random_share``-th item (evenly spread) is a ``random`` sequence, the
+    others ``bigram`` samples."""
+    if count <= 0:
+        return ()
+    model = BigramGenerator(train, bigram_weight=bigram_weight)
+    banned = set(train) | set(exclude)
+    rng = random.Random(f"swv-demo-generated/{seed}")
+    out: list[str] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(out) < count:
+        attempts += 1
+        if attempts > 50 * count + 1000:
+            raise RuntimeError(f"could only generate {len(out)} of {count} distinct transcripts")
+        # item i is random when the running share of random items would fall behind random_share
+        is_random = int((len(out) + 1) * random_share) > int(len(out) * random_share)
+        if is_random:
+            text = model.random_sentence(rng.randint(*random_lengths), rng)
+        else:
+            text = model.bigram_sentence(rng.randint(*bigram_lengths), rng)
+        if text in banned or text in seen:
+            continue
+        seen.add(text)
+        out.append(text)
+    return tuple(out)
