@@ -76,6 +76,11 @@ class CausalLMConfig(ComponentConfig):
     lora: LoraSettings | None = None
     trust_remote_code: bool = False
     audio_token: str = AUDIO_TOKEN
+    #: Extra tokens added as special tokens after the audio token, in this order (e.g. the
+    #: sound tags of ``swv data sound-insert``; training adds every tag its manifests carry).
+    #: New embedding rows start as the mean of the old ones; train the embeddings if the model
+    #: must learn to read or write them.
+    special_tokens: list[str] = []
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
     chat_template: str | None = None
@@ -96,6 +101,11 @@ class CausalLMConfig(ComponentConfig):
             raise ValueError(
                 f"'audio_token' must be a non-empty token without surrounding spaces, got {self.audio_token!r}"
             )
+        for token in self.special_tokens:
+            if not token or any(c.isspace() for c in token):
+                raise ValueError(f"'special_tokens' entries must be non-empty and without spaces, got {token!r}")
+        if len(set(self.special_tokens)) != len(self.special_tokens) or self.audio_token in self.special_tokens:
+            raise ValueError("'special_tokens' must be distinct and must not repeat 'audio_token'")
         return self
 
     def source(self) -> tuple[str | None, str | None]:
@@ -152,7 +162,8 @@ class CausalLMBackbone(Backbone):
     Subclasses (presets) set ``expected_model_type`` (a checkpoint of another architecture is
     refused) and ``hf_config_class`` (the transformers config ``random_init`` instantiates).
     Attributes: ``model`` (the HF model, a ``peft.PeftModel`` once a LoRA is applied),
-    ``tokenizer``, ``audio_token_id``, ``pad_token_id``.
+    ``tokenizer``, ``audio_token_id``, ``special_token_ids`` (of ``config.special_tokens``),
+    ``pad_token_id``.
     """
 
     config_class: ClassVar[type[CausalLMConfig]] = CausalLMConfig
@@ -167,6 +178,7 @@ class CausalLMBackbone(Backbone):
         self._check_local_files()
         self.tokenizer = self._load_tokenizer()
         self.audio_token_id = self._register_audio_token()
+        self.special_token_ids = self._register_special_tokens()
         self.pad_token_id = self._ensure_pad_token()
         model = self._build_random_model() if config.random_init is not None else self._load_pretrained_model()
         self._fit_embeddings(model)
@@ -241,6 +253,20 @@ class CausalLMBackbone(Backbone):
                 "choose a distinct token"
             )
         return int(token_id)
+
+    def _register_special_tokens(self) -> list[int]:
+        tok = self.tokenizer
+        tokens = self.config.special_tokens
+        if not tokens:
+            return []
+        tok.add_special_tokens({"extra_special_tokens": list(tokens)}, replace_extra_special_tokens=False)
+        ids = []
+        for token in tokens:
+            token_id = tok.convert_tokens_to_ids(token)
+            if not isinstance(token_id, int) or tok(token, add_special_tokens=False)["input_ids"] != [token_id]:
+                raise ComponentError(f"backbone.special_tokens: the tokenizer does not keep {token!r} as one token")
+            ids.append(int(token_id))
+        return ids
 
     def _ensure_pad_token(self) -> int:
         tok = self.tokenizer
@@ -348,9 +374,10 @@ class CausalLMBackbone(Backbone):
         """Grow the embeddings only when a tokenizer id does not fit; new rows (input and output)
         are the mean of the old ones, so loading the same checkpoint twice gives the same model."""
         old_rows = model.get_input_embeddings().weight.shape[0]
-        if self.audio_token_id < old_rows:
+        top = max([self.audio_token_id, *self.special_token_ids])
+        if top < old_rows:
             return
-        new_rows = max(len(self.tokenizer), self.audio_token_id + 1)
+        new_rows = max(len(self.tokenizer), top + 1)
         model.resize_token_embeddings(new_rows, mean_resizing=False)
         with torch.no_grad():
             input_weight = model.get_input_embeddings().weight

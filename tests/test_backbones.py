@@ -234,6 +234,26 @@ def test_audio_token_registered_and_embeddings_resized(llama_dir):
     torch.testing.assert_close(info.output_embedding(), head)
 
 
+def test_special_tokens_are_single_tokens_with_mean_rows(llama_dir):
+    backbone = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=["<cough>", "<throat_clearing>"]))
+    tok = backbone.tokenizer
+    assert backbone.special_token_ids == [BASE_VOCAB + 1, BASE_VOCAB + 2]  # after the audio token, in order
+    ids = tok("a <cough> b <throat_clearing>", add_special_tokens=False)["input_ids"]
+    assert ids.count(BASE_VOCAB + 1) == 1 and ids[-1] == BASE_VOCAB + 2
+    emb = backbone.hf_model.get_input_embeddings().weight
+    assert emb.shape == (BASE_VOCAB + 3, 32) and backbone.info().vocab_size == BASE_VOCAB + 3
+    torch.testing.assert_close(emb[BASE_VOCAB + 2], emb[:BASE_VOCAB].mean(0))
+    # the same config gives the same model (export/reload relies on it)
+    again = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=["<cough>", "<throat_clearing>"]))
+    torch.testing.assert_close(again.hf_model.get_output_embeddings().weight, backbone.hf_model.get_output_embeddings().weight)
+
+
+@pytest.mark.parametrize("tokens", [["<a b>"], ["<x>", "<x>"], [""], ["<audio_patch>"]])
+def test_special_tokens_validation(llama_dir, tokens):
+    with pytest.raises(ValueError, match="special_tokens"):
+        LlamaConfig(path=str(llama_dir), special_tokens=tokens)
+
+
 def test_embeddings_not_resized_when_audio_id_fits(llama_padded_dir):
     backbone = LlamaBackbone(LlamaConfig(path=str(llama_padded_dir), audio_token="<speech>"))
     assert backbone.audio_token_id == BASE_VOCAB

@@ -136,7 +136,7 @@ def test_concat_mode_lengths_and_transcripts(tmp_path: Path) -> None:
     assert a != b and snd in {"k1", "k2"}
     tag = {"k1": "<cough>", "k2": "<throat_clearing>"}[snd]
     assert rec["text"] == f"{texts[a]} {tag} {texts[b]}"
-    assert rec["label"] == tag[1:-1]
+    assert rec["label"] == tag[1:-1] and rec["tags"] == [tag]
     wav, sr = sf.read(resolve_audio(out, rec))
     assert sr == SR and len(wav) == round((secs[a] + 3.0 + secs[b]) * SR)
     assert rec["duration"] == pytest.approx(secs[a] + 3.0 + secs[b])

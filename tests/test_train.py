@@ -215,6 +215,7 @@ GOOD = '{"audio": "AUDIO", "text": "hello there"}'
         ('{"audio": "AUDIO", "text": ', "m.jsonl:2: invalid JSON"),
         ('{"audio": "missing.wav", "text": "x"}', "m.jsonl:2: audio file not found"),
         ('{"audio": "AUDIO"}', "m.jsonl:2: needs a target"),
+        ('{"audio": "AUDIO", "text": "x", "tags": [1]}', "m.jsonl:2: field 'tags' must be a list of tokens"),
     ],
 )
 def test_bad_manifest_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -238,6 +239,29 @@ def test_unreadable_audio_error_or_skip(tmp_path: Path) -> None:
     loaded.recipe.output_dir = str(tmp_path / "run2")
     train(loaded, stage="alignment")
     assert (tmp_path / "run2" / "alignment" / "export" / "swv_config.json").is_file()
+
+
+def test_manifest_tags_become_special_tokens_of_every_stage(tmp_path: Path) -> None:
+    """Tags that records carry (as ``swv data sound-insert`` writes them) are added to the
+    tokenizer before the first stage, exported, and required of a model a stage starts from."""
+    from swv.model.speechlm import SpeechLM
+    from swv.train.pipeline import train
+
+    tagged = '{"audio": "AUDIO", "text": "hello <cough> there", "tags": ["<cough>"]}'
+    loaded, manifest = _recipe_with(tmp_path, [GOOD, tagged, GOOD, tagged])
+    export = train(loaded, stage="alignment")[0]
+    model = SpeechLM.from_pretrained(export)
+    assert model.backbone.config.special_tokens == ["<cough>"]
+    ids = model.tokenizer("hello <cough> there", add_special_tokens=False)["input_ids"]
+    assert model.backbone.special_token_ids[0] in ids
+    assert model.adapters["alignment"].ctc_head.out_features == model.backbone.info().vocab_size
+    # a later stage that brings a new tag cannot start from this export
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([*lines, lines[1].replace("<cough>", "<laugh>")]) + "\n")
+    loaded2 = load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", f"data.datasets.asr.manifest={manifest}",
+                                   "stages.1.max_steps=1", "stages.1.batch_size=2"], default_registry())
+    with pytest.raises(UsageError, match=r"lacks the tag\(s\) <laugh>"):
+        train(loaded2, from_stage="shrinking")
 
 
 def test_non_finite_losses_stop_the_stage(tmp_path: Path, monkeypatch) -> None:

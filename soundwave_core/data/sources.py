@@ -42,12 +42,16 @@ class SourceStats:
     skipped: int
 
 
-def _manifest_rows(manifest: str, name: str, task: str, instruction: str, on_error: str, max_samples: int | None, mtime: float) -> Any:
-    """Generator for ``Dataset.from_generator`` (``mtime`` only keys the cache)."""
+#: Bump when the normalised columns change, so ``datasets`` does not reuse an older cache.
+ROW_SCHEMA = 2
+
+
+def _manifest_rows(manifest: str, name: str, task: str, instruction: str, on_error: str, max_samples: int | None, mtime: float, schema: int) -> Any:
+    """Generator for ``Dataset.from_generator`` (``mtime`` and ``schema`` only key the cache)."""
     from swv.audio import audio_duration
     from swv.dataprep.manifest import read_manifest, resolve_audio
 
-    del mtime
+    del mtime, schema
     emitted = 0
     for line_no, record in read_manifest(manifest, required=()):
         try:
@@ -98,9 +102,28 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
         raise InputError(f"{where}: needs a target: 'text', 'response' or 'target_text'")
     if not row["audio"] and not row["instruction"]:
         raise InputError(f"{where}: a text-only record needs an 'instruction'")
+    row["tags"] = _tags(record.get("tags"), where)
     row["line"] = line_no
     row["manifest"] = str(manifest)
     return row
+
+
+def _tags(value: Any, where: str) -> str:
+    """A record's ``tags`` (special tokens its text uses, e.g. ``["<cough>"]`` from
+    ``swv data sound-insert``) as one space-separated string column."""
+    if value in (None, "", []):
+        return ""
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(t, str) and t and not any(c.isspace() for c in t) for t in items):
+        raise InputError(f"{where}: field 'tags' must be a list of tokens without spaces, got {value!r}")
+    return " ".join(items)
+
+
+def source_tags(ds: Any) -> set[str]:
+    """Every tag of a loaded source (its ``tags`` column)."""
+    if "tags" not in ds.column_names:
+        return set()
+    return {tag for joined in ds.unique("tags") for tag in joined.split()}
 
 
 def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> Any:
@@ -124,6 +147,7 @@ def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> A
                     "on_error": spec.on_error,
                     "max_samples": spec.max_samples,
                     "mtime": os.stat(manifest).st_mtime,
+                    "schema": ROW_SCHEMA,
                 },
                 cache_dir=cache_dir,
             )

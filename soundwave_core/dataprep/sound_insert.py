@@ -219,7 +219,8 @@ def sound_insert(
     """Write speech+sound samples to ``audio_dir`` and the manifest ``out``.
 
     Output records carry ``id`` (``sound-000001``...), ``audio``, ``text`` (with the tag),
-    ``task``, ``duration``, ``label`` (the tag name without brackets) and ``sources``.
+    ``task``, ``duration``, ``label`` (the tag name without brackets), ``tags`` (``[tag]``: training
+    adds the tags of its manifests to the tokenizer as special tokens) and ``sources``.
     In ``concat`` mode speech rows are paired in a seeded random order (an odd one out is
     reported). Unreadable speech or sound files are skipped and reported.
     """
@@ -285,6 +286,7 @@ def sound_insert(
                 "task": task,
                 "duration": round(len(wav) / sample_rate, 6),
                 "label": sound.tag[1:-1],
+                "tags": [sound.tag],
                 "sources": [s.rid for s in group] + [sound.rid],
             }
             yield rec

@@ -36,6 +36,18 @@ def load_stage_data(section: DataSection, names: list[str], where: str, cache_di
     return StageDataset(datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], list(names), sizes)
 
 
+def recipe_tags(section: DataSection, cache_dir: str | None = None) -> list[str]:
+    """Every tag (``tags`` field, e.g. sound tags from ``swv data sound-insert``) of every data
+    source of the recipe, sorted: the special tokens the model's tokenizer must have, decided
+    once for all stages so that every stage shares one vocabulary."""
+    from swv.data.sources import source_tags
+
+    tags: set[str] = set()
+    for name, spec in section.datasets.items():
+        tags |= source_tags(load_source(name, spec, cache_dir=cache_dir))
+    return sorted(tags)
+
+
 def make_sampler(
     data: StageDataset,
     stage_data: StageData,

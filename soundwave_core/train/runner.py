@@ -341,18 +341,35 @@ class StageRunner:
 
 
 def build_model(loaded: Any, init_dir: Path | None) -> Any:
-    """The stage's starting model: an export to continue from, or fresh from the recipe."""
-    from swv.model.speechlm import SpeechLM, SpeechLMConfig
+    """The stage's starting model: an export to continue from, or fresh from the recipe.
 
+    A fresh model's tokenizer also gets every tag the recipe's data sources carry (see
+    :func:`swv.train.data.recipe_tags`) as special tokens; an export must already have them."""
+    from swv.model.speechlm import SpeechLM, SpeechLMConfig
+    from swv.train.data import recipe_tags
+
+    tags = recipe_tags(loaded.recipe.data)
     torch.manual_seed(loaded.recipe.seed)
     if init_dir is not None:
-        return SpeechLM.from_pretrained(init_dir)
+        model = SpeechLM.from_pretrained(init_dir)
+        known = set(getattr(model.backbone.config, "special_tokens", []))
+        missing = [t for t in tags if t not in known]
+        if missing:
+            raise UsageError(
+                f"{init_dir}: the model's tokenizer lacks the tag(s) {', '.join(missing)} used by the recipe's "
+                "data (the first stage of a recipe adds every tag of its data sources; start from such a model "
+                "or list them in model.backbone.special_tokens and train from the first stage)"
+            )
+        return model
     resolved = loaded.resolved()["model"]
+    backbone = dict(resolved["backbone"])
+    if tags:
+        backbone["special_tokens"] = list(dict.fromkeys([*backbone.get("special_tokens", []), *tags]))
     return SpeechLM(
         SpeechLMConfig(
             encoder=resolved["encoder"],
             adapters=resolved["adapters"],
-            backbone=resolved["backbone"],
+            backbone=backbone,
             system_prompt=resolved["system_prompt"],
         )
     )
