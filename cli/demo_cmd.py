@@ -14,15 +14,16 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="The short demo (about 6 minutes on 2 cores) instead of the full one (about 27).")] = False,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where weights, data, the run and results.json go.")] = Path("runs/demo"),
     recipe: Annotated[Optional[str], typer.Option(
-        "--recipe", help="Recipe to train [default: demo, or demo-quick with --quick].", show_default=False)] = None,
+        "--recipe", help="Recipe to train (default: demo; demo-quick with --quick).", show_default=False)] = None,
     eval_limit: Annotated[Optional[int], typer.Option(
         "--eval-limit", min=1, help="Evaluate at most this many held-out items per task.", show_default=False)] = None,
 ) -> None:
-    """Convert the packaged Whisper tiny.en and SmolLM2-135M-Instruct, synthesize speech with
-    espeak-ng, train the three Soundwave stages on CPU and measure the model on held-out speech.
+    """Train a real Soundwave on CPU (Whisper tiny.en + SmolLM2-135M) and test it on held-out speech.
 
-    Needs espeak-ng and the weight packages (scripts/demo.sh installs everything). Writes
-    <workdir>/run/results.json and <workdir>/run/plot.png; a rerun reuses finished work.
+    Converts the packaged weights, synthesizes speech with espeak-ng, trains the three stages
+    and measures the model on speech it never heard. Needs espeak-ng and the weight packages
+    (scripts/demo.sh installs everything). Writes <workdir>/run/results.json and
+    <workdir>/run/plot.png; a rerun reuses finished work.
     """
     from swv.demo.run import DemoOptions, run_demo
 
