@@ -91,6 +91,9 @@ def test_overrides_apply_before_validation(tmp_path: Path, registry) -> None:
     assert loaded.components["backbone"].lora.r == 4
     assert loaded.recipe.stages[1].optimizer.lr == 2e-5
     assert loaded.recipe.seed == 7
+    # YAML 1.1 reads an unquoted ``no`` as false: precision=no still means no mixed precision
+    assert load_recipe(path, ["precision=no"], registry).recipe.precision == "no"
+    assert load_recipe(path, ["precision=bf16"], registry).recipe.precision == "bf16"
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,12 @@ class Recipe(StrictModel):
     data: DataSection = Field(default_factory=DataSection)
     stages: list[StageSettings] = Field(min_length=1)
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML 1.1 (``yaml.safe_load``) reads an unquoted ``no`` as ``false``."""
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def _cross_refs(self) -> Recipe:
         names = [s.name for s in self.stages]
