@@ -239,6 +239,19 @@ def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path)
     assert "lora" in recipe.stages[1].trainable and "lora" in recipe.stages[2].trainable
 
 
+def test_float32_without_native_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from swv.demo import run
+    from swv.recipes.loader import load_recipe
+
+    monkeypatch.setattr(run, "cpu_has_bf16", lambda: True)
+    assert run.precision_overrides(log=lambda _: None) == []
+    monkeypatch.setattr(run, "cpu_has_bf16", lambda: False)
+    overrides = run.precision_overrides(log=lambda _: None)
+    recipe = load_recipe("demo", run.path_overrides(tmp_path, tmp_path / "w", tmp_path / "l") + overrides).recipe
+    assert recipe.precision == "no"
+    assert load_recipe("demo", run.path_overrides(tmp_path, tmp_path / "w", tmp_path / "l")).recipe.precision == "bf16"
+
+
 def test_weights_missing_package_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from swv.demo import weights
     from swv.errors import UsageError

@@ -3,8 +3,8 @@
 Layout under ``<workdir>/data``::
 
     audio/train/*.flac, audio/heldout/*.flac    16 kHz mono FLAC
-    train_asr.jsonl      every training clip (sentences and questions): text, task asr
-    train_asr_sft.jsonl  the sentence clips with varied transcription instructions
+    train_asr.jsonl      every training clip (sentences, questions, generated): text, task asr
+    train_asr_sft.jsonl  the sentence (and generated) clips with varied transcription instructions
     train_pitch.jsonl    the sentence clips: "is the voice high or low?" -> high/low
     train_qa.jsonl       the question clips: "answer the question" -> answer
     heldout_asr.jsonl    held-out sentences (never trained on)
@@ -13,7 +13,10 @@ Layout under ``<workdir>/data``::
     data.json            what was built, from what (a rerun with the same inputs skips the work)
 
 Each training item is spoken ``renditions`` times by different voices (:func:`plan_voice`);
-held-out items once. Audio paths in the manifests are relative to the manifest.
+generated training transcripts (:func:`swv.demo.text.generate_transcripts`, ``generated`` of
+them) and held-out items once. Generated clips are sentence clips: they go into
+``train_asr``, ``train_asr_sft`` and ``train_pitch``. Audio paths in the manifests are relative
+to the manifest.
 """
 
 from __future__ import annotations

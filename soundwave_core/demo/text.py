@@ -129,7 +129,7 @@ def load_demo_text(directory: Path | None = None) -> DemoText:
 
 
 # -- generated training transcripts ---------------------------------------------------------------
-# Generated training transcripts: new word sequences over the training vocabulary.
+# New word sequences over the training vocabulary.
 #
 # The shipped training text has only 306 distinct transcripts, which the alignment adapter learns by
 # heart (docs/demo.md). :func:`generate_transcripts` adds many more distinct ones, built **only from
