@@ -11,7 +11,7 @@ import typer
 def demo(
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="Recipe overrides, key.path=value (e.g. stages.0.max_steps=100).", show_default=False)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="The short demo (about 6 minutes on 2 cores) instead of the full one (about 27).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The short demo (6-10 minutes on 2 cores) instead of the full one (20-30).")] = False,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where weights, data, the run and results.json go.")] = Path("runs/demo"),
     recipe: Annotated[Optional[str], typer.Option(
         "--recipe", help="Recipe to train (default: demo; demo-quick with --quick).", show_default=False)] = None,
