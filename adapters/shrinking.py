@@ -4,6 +4,12 @@ From the CTC argmax of each frame, keep one frame per run of equal predictions (
 frame of each run) -> content frames ``[B, N, D]`` (N = longest kept count); then the content
 frames query the full frame sequence ``[B, T, D]`` with multi-head cross-attention to gather
 what the kept frames lack (tone, pitch...), and ``out = LayerNorm(kept + attention)``.
+
+Beyond the paper, ``posterior_embedding: true`` hands the LLM, at each kept frame, the CTC
+posterior's expected input embedding ``softmax(ctc_logits / temperature) @ E_in`` (as LegoSLM,
+arXiv 2505.11352, does), plus ``gate * LayerNorm(kept + attention)`` with a per-channel gate that
+starts at zero: an untrained shrinking adapter then gives the LLM what it already reads (the
+CTC head's tokens, as text embeddings), and training lets the acoustic frames in.
 """
 
 from __future__ import annotations
@@ -28,6 +34,15 @@ class ShrinkingConfig(ComponentConfig):
         default=True,
         description="keep one frame for runs of the CTC blank too (the released model does)",
     )
+    posterior_embedding: bool = Field(
+        default=False,
+        description=(
+            "beyond the paper (LegoSLM-style): add the CTC posterior's expected input embedding "
+            "(softmax over the vocabulary times the LLM's input-embedding table) at each kept frame; "
+            "the adapter's own output enters through a per-channel gate initialised to zero"
+        ),
+    )
+    posterior_temperature: float = Field(default=1.0, gt=0, description="softmax temperature of posterior_embedding")
     compat: Literal["paper", "released"] = Field(
         default="paper",
         description=(
@@ -81,6 +96,11 @@ class ShrinkingAdapter(Adapter):
         self.blank_id = backbone.audio_token_id
         self.cross_attn = nn.MultiheadAttention(input_dim, heads, dropout=config.dropout, batch_first=True)
         self.norm = nn.LayerNorm(input_dim)
+        self._token_table = backbone.input_embedding
+        if config.posterior_embedding:
+            if backbone.input_embedding is None:
+                raise ComponentError("shrinking adapter: posterior_embedding needs a backbone that exposes its input embeddings")
+            self.gate = nn.Parameter(torch.zeros(input_dim))
 
     def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """Upper bound (every frame kept); the actual lengths depend on the CTC predictions."""
@@ -101,4 +121,16 @@ class ShrinkingAdapter(Adapter):
         gathered, _ = self.cross_attn(kept, frames, frames, key_padding_mask=key_padding_mask, need_weights=False)
         gathered = gathered * has_keys[:, None, None].to(gathered.dtype)
         out = self.norm(kept + gathered)
+        if self.config.posterior_embedding:
+            out = self.expected_embeddings(state.ctc_logits, keep) + self.gate * out
         return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep)
+
+    def expected_embeddings(self, ctc_logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """``ctc_logits [B, T, V]`` at the kept frames ``keep [B, T]`` -> the posterior-weighted
+        input embeddings ``[B, N, D]`` (rows past a row's kept count are zero)."""
+        assert self._token_table is not None
+        table = self._token_table()
+        kept_logits, _ = gather_kept(ctc_logits, keep)
+        probs = (kept_logits.float() / self.config.posterior_temperature).softmax(dim=-1)
+        expected = probs.to(table.dtype) @ table
+        return expected * lengths_to_mask(keep.sum(dim=1), expected.shape[1])[..., None].to(expected.dtype)

@@ -156,6 +156,16 @@ class _LMHeadWeight:
         return f"<LM-head weight of {type(self._backbone).__name__}>"
 
 
+class _InputEmbeddingWeight(_LMHeadWeight):
+    """Callable returning a backbone's current ``[V, D]`` input-embedding table (detached)."""
+
+    def __call__(self) -> torch.Tensor:
+        return self._backbone.hf_model.get_input_embeddings().weight.detach()
+
+    def __repr__(self) -> str:
+        return f"<input embeddings of {type(self._backbone).__name__}>"
+
+
 class CausalLMBackbone(Backbone):
     """A transformers causal LM with its tokenizer, the audio token registered, base frozen.
 
@@ -423,6 +433,7 @@ class CausalLMBackbone(Backbone):
             audio_token_id=self.audio_token_id,
             pad_token_id=self.pad_token_id,
             output_embedding=_LMHeadWeight(self),
+            input_embedding=_InputEmbeddingWeight(self),
         )
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -158,3 +158,29 @@ def test_unknown_adapter_and_bad_args(registry, info) -> None:
 
     with pytest.raises(ValidationError):
         registry.build("adapter", {"name": "conv", "factr": 3}, input_dim=8, backbone=info)
+
+
+def test_shrinking_posterior_embedding(registry, info) -> None:
+    """The LegoSLM-style option: at each kept frame the expected input embedding under the CTC
+    posterior, plus the adapter's own output through a zero-initialised gate."""
+    table = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(2))
+    info = BackboneInfo(HIDDEN, HEADS, VOCAB, BLANK, 0, output_embedding=info.output_embedding, input_embedding=lambda: table)
+    ad = build(registry, info, {"name": "shrinking", "posterior_embedding": True, "keep_blank_runs": False}, input_dim=HIDDEN)
+    plain = build(registry, info, {"name": "shrinking", "keep_blank_runs": False}, input_dim=HIDDEN)
+    assert not hasattr(plain, "gate") and torch.equal(ad.gate, torch.zeros(HIDDEN))
+    tokens = torch.tensor([[3, 3, BLANK, 5, 5, 7], [2, BLANK, BLANK, 2, 0, 0]])
+    logits = torch.nn.functional.one_hot(tokens, VOCAB).float() * 30.0  # a confident posterior
+    s = AudioState(torch.randn(2, 6, HIDDEN), torch.tensor([6, 4]), ctc_logits=logits, ctc_lengths=torch.tensor([6, 4]))
+    out = ad(s)
+    assert out.lengths.tolist() == [3, 2]
+    # with the gate at zero the LLM gets exactly the token embeddings of the CTC tokens
+    assert torch.allclose(out.embeds[0], table[[3, 5, 7]], atol=1e-5)
+    assert torch.allclose(out.embeds[1, :2], table[[2, 2]], atol=1e-5) and torch.all(out.embeds[1, 2] == 0)
+    # a soft posterior mixes the rows; the gate lets the adapter's own output in, and gets gradients
+    soft = s.replace(ctc_logits=torch.zeros_like(logits))
+    assert torch.allclose(ad(soft).embeds[0, 0], table.mean(dim=0), atol=1e-5)
+    ad.train()
+    ad(s).embeds.sum().backward()
+    assert ad.gate.grad is not None and ad.gate.grad.abs().sum() > 0
+    with pytest.raises(ComponentError, match="input embeddings"):
+        build(registry, BackboneInfo(HIDDEN, HEADS, VOCAB, BLANK, 0), {"name": "shrinking", "posterior_embedding": True}, input_dim=HIDDEN)

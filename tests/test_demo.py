@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -27,16 +26,23 @@ RUN_DEMO = os.environ.get("SWV_RUN_DEMO_TESTS") == "1"
 # -- shipped text ---------------------------------------------------------------------------------
 def test_shipped_text_is_disjoint_and_well_formed() -> None:
     text = load_demo_text()
-    assert len(text.train_sentences) >= 200 and len(text.heldout_sentences) >= 30
+    assert len(text.train_sentences) >= 5000 and len(text.dev_sentences) >= 200 and len(text.heldout_sentences) >= 30
     assert len(text.train_questions) >= 40 and len(text.heldout_questions) >= 15
     train = set(text.train_transcripts())
-    assert not train & set(text.heldout_sentences)
+    assert not train & set(text.heldout_sentences) and not train & set(text.dev_sentences)
     assert not train & {q.text for q in text.heldout_questions}
-    # held-out sentences are new combinations of mostly known words
-    assert 0.0 < text.heldout_oov_rate() < 0.1
-    # every held-out question's words occur in the training text
+    assert not set(text.dev_sentences) & set(text.heldout_sentences)
+    # the corpus teaches English broadly: thousands of distinct words, everyday held-out text is covered
     vocabulary = {w for t in train for w in t.split()}
-    assert all(w in vocabulary for q in text.heldout_questions for w in q.text.split())
+    assert len(vocabulary) >= 4000
+    assert text.oov_rate(text.heldout_sentences) < 0.05 and text.oov_rate(text.dev_sentences) < 0.05
+    # no held-out sentence is a near copy of a corpus sentence (a shared run of 6 words)
+    def runs(sentence: str) -> set[tuple[str, ...]]:
+        words = sentence.split()
+        return {tuple(words[i : i + 6]) for i in range(len(words) - 5)}
+
+    corpus_runs = set().union(*(runs(t) for t in text.train_sentences))
+    assert not any(runs(s) & corpus_runs for s in text.heldout_sentences)
 
 
 def test_shipped_questions_are_answerable_by_their_own_answer() -> None:
@@ -51,6 +57,11 @@ def test_text_checks(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("The cat sat.\n")
     with pytest.raises(InputError, match="lowercase"):
         read_sentences(tmp_path / "bad.txt")
+    (tmp_path / "apos.txt").write_text("don't touch the cat's bowl\n")
+    assert read_sentences(tmp_path / "apos.txt") == ("don't touch the cat's bowl",)
+    (tmp_path / "apos2.txt").write_text("the cats' bowl\n")
+    with pytest.raises(InputError, match="apostrophes inside words"):
+        read_sentences(tmp_path / "apos2.txt")
     (tmp_path / "dup.txt").write_text("a b\na b\n")
     with pytest.raises(InputError, match="twice"):
         read_sentences(tmp_path / "dup.txt")
@@ -79,6 +90,15 @@ def test_plan_voice_is_deterministic_and_balanced() -> None:
     assert abs(labels.count("high") - labels.count("low")) <= 1
     assert len({v.name for v in voices}) > 1 and len({v.rate for v in voices}) > 1
     assert Voice("en-us", 80, 130).pitch_label == "high" and Voice("en-us", 20, 130).speaker == "en-us-p20-s130"
+    assert Voice("en-gb", 20, 130, "m3").espeak_name == "en-gb+m3" and Voice("en-gb", 20, 130, "f2").female
+
+
+def test_evaluation_voices_are_never_training_voices() -> None:
+    train = {(v.name, v.variant) for v in (plan_voice("train-sentence", i, 0) for i in range(400))}
+    heldout = {(v.name, v.variant) for split in ("dev-sentence", "heldout-sentence", "heldout-question")
+               for v in (plan_voice(split, i, 0) for i in range(200))}
+    assert len(train) > 8 and len(heldout) > 4
+    assert not {variant for _, variant in train} & {variant for _, variant in heldout}
 
 
 def test_trim_and_normalize() -> None:
@@ -106,6 +126,7 @@ class FakeSynthesizer:
 def _small_text() -> DemoText:
     return DemoText(
         train_sentences=("the cat sat on the mat", "a dog ran home", "we like warm bread"),
+        dev_sentences=("a cat ran to the mat", "we like the dog"),
         heldout_sentences=("the dog sat on the bread",),
         train_questions=(Question("what colour is grass", "Grass is green.", ("green",)),),
         heldout_questions=(Question("what colour is snow", "Snow is white.", ("white",)),),
@@ -122,9 +143,15 @@ def test_build_dataset_shapes(tmp_path: Path) -> None:
     text = _small_text()
     synth = FakeSynthesizer()
     summary = build_dataset(tmp_path, text, synth, renditions=2, log=lambda _: None)
-    assert len(synth.calls) == (3 + 1) * 2 + 1 + 1
-    assert summary["counts"] == {"train_asr": 8, "train_asr_sft": 6, "train_pitch": 6, "train_qa": 2,
-                                 "heldout_asr": 1, "heldout_pitch": 1, "heldout_qa": 1}
+    # corpus sentences once, the question twice, dev and held-out items once
+    assert len(synth.calls) == 3 + 1 * 2 + 2 + 1 + 1
+    counts = summary["counts"]
+    assert {k: v for k, v in counts.items() if "pitch" not in k} == {
+        "train_asr": 5, "train_asr_sft": 3, "train_qa": 2, "dev_asr": 2, "heldout_asr": 1, "heldout_qa": 1}
+    # pitch items only for male voices (female variants shift the whole pitch range)
+    clips = plan_clips(text, 2)
+    assert counts["train_pitch"] == sum(c.split == "train" and c.kind == "sentence" and not c.voice.female for c in clips)
+    assert all(not r["speaker"].split("-p")[0].split("+")[-1].startswith("f") for r in _jsonl(tmp_path / "train_pitch.jsonl"))
     for name, count in summary["counts"].items():
         rows = _jsonl(tmp_path / f"{name}.jsonl")
         assert len(rows) == count
@@ -136,13 +163,14 @@ def test_build_dataset_shapes(tmp_path: Path) -> None:
             assert row["pitch"] in PITCH_OPTIONS
     asr = _jsonl(tmp_path / "train_asr.jsonl")
     assert {r["text"] for r in asr} == set(text.train_transcripts()) and all(r["task"] == "asr" for r in asr)
-    pitch = _jsonl(tmp_path / "heldout_pitch.jsonl")[0]
-    assert pitch["label"] == pitch["response"] == pitch["pitch"] and pitch["options"] == PITCH_OPTIONS
-    assert pitch["instruction"] == EVAL_PROMPTS["pitch"]
+    for pitch in _jsonl(tmp_path / "heldout_pitch.jsonl"):
+        assert pitch["label"] == pitch["response"] == pitch["pitch"] and pitch["options"] == PITCH_OPTIONS
+        assert pitch["instruction"] == EVAL_PROMPTS["pitch"]
     qa = _jsonl(tmp_path / "train_qa.jsonl")[0]
     assert qa["response"] == "Grass is green." and qa["keywords"] == ["green"]
     heldout_texts = {r["text"] for r in _jsonl(tmp_path / "heldout_asr.jsonl")}
     assert not heldout_texts & {r["text"] for r in asr}
+    assert {r["text"] for r in _jsonl(tmp_path / "dev_asr.jsonl")} == set(text.dev_sentences)
     # a rerun with the same plan synthesizes nothing
     again = FakeSynthesizer()
     assert build_dataset(tmp_path, text, again, renditions=2, log=lambda _: None)["fingerprint"] == summary["fingerprint"]
@@ -154,7 +182,7 @@ def test_manifests_load_as_swv_sources(tmp_path: Path) -> None:
     from swv.recipes.schema import DatasetSpec
 
     build_dataset(tmp_path, _small_text(), FakeSynthesizer(), renditions=1, log=lambda _: None)
-    for name in ("train_asr", "train_asr_sft", "train_pitch", "train_qa"):
+    for name in ("train_asr", "train_asr_sft", "train_qa", "dev_asr"):
         ds = load_source(name, DatasetSpec(manifest=str(tmp_path / f"{name}.jsonl")), cache_dir=str(tmp_path / "hf"))
         assert len(ds) > 0 and all(Path(a).is_file() for a in ds["audio"])
 
@@ -162,7 +190,9 @@ def test_manifests_load_as_swv_sources(tmp_path: Path) -> None:
 def test_plan_clips_ids_are_unique() -> None:
     clips = plan_clips(load_demo_text(), renditions=3)
     assert len({c.id for c in clips}) == len(clips)
-    assert {c.split for c in clips} == {"train", "heldout"}
+    assert {c.split for c in clips} == {"train", "dev", "heldout"}
+    limited = plan_clips(load_demo_text(), renditions=3, corpus_limit=100)
+    assert sum(c.split == "train" and c.kind == "sentence" for c in limited) == 100
 
 
 # -- CTC greedy decoding --------------------------------------------------------------------------
@@ -223,7 +253,7 @@ def test_plot_without_metrics(tmp_path: Path) -> None:
 # -- recipe and options wiring --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["demo", "demo-quick"])
 def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path) -> None:
-    from swv.demo.run import TRAIN_MANIFESTS, path_overrides
+    from swv.demo.run import MANIFESTS, path_overrides
     from swv.recipes.loader import load_recipe
 
     overrides = path_overrides(tmp_path / "work dir", tmp_path / "w", tmp_path / "l")
@@ -232,7 +262,7 @@ def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path)
     assert [s.name for s in recipe.stages] == ["alignment", "shrinking", "sft"]
     assert recipe.output_dir == str((tmp_path / "work dir" / "run").resolve())
     assert recipe.model.encoder.args()["mode"] == "trim"
-    assert set(TRAIN_MANIFESTS) <= set(recipe.data.datasets)
+    assert set(MANIFESTS) <= set(recipe.data.datasets)
     for spec in recipe.data.datasets.values():
         assert spec.manifest.startswith(str((tmp_path / "work dir").resolve()))
     assert recipe.stages[0].losses == {"ctc": 1.0} and recipe.stages[1].losses == {"lm": 1.0, "ctc": 0.3}
@@ -294,7 +324,8 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     whisper_dir, llm_dir = prepare_weights(workdir / "weights", log=lambda _: None)
     text = load_demo_text()
-    small = DemoText(text.train_sentences[:12], text.heldout_sentences[:3], text.train_questions[:4], text.heldout_questions[:2])
+    small = DemoText(text.train_sentences[:12], text.dev_sentences[:2], text.heldout_sentences[:3], text.train_questions[:4],
+                     text.heldout_questions[:2])
     options = DemoOptions(workdir=workdir, quick=True, overrides=["stages.0.max_steps=3", "stages.0.batch_size=4", "stages.0.log_every=1"])
     build_dataset(workdir / f"data{options.suffix}", small, EspeakSynthesizer(), renditions=1, log=lambda _: None)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir)
@@ -304,59 +335,3 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     assert [r["step"] for r in metrics] == [1, 2, 3] and all(np.isfinite(r["ctc_loss"]) for r in metrics)
     result = ctc_wer(load_model(export), Items.load(workdir / f"data{options.suffix}" / "heldout_asr.jsonl"))
     assert result["wer"] is not None and result["num_ref_words"] > 0
-
-
-# -- generated training transcripts ---------------------------------------------------------------
-def test_generated_transcripts_are_deterministic_and_new() -> None:
-    from swv.demo.text import generate_transcripts
-
-    text = load_demo_text()
-    train, heldout = text.train_transcripts(), text.heldout_transcripts()
-    first = generate_transcripts(train, heldout, 500, seed=0)
-    assert first == generate_transcripts(train, heldout, 500, seed=0)
-    assert first != generate_transcripts(train, heldout, 500, seed=1)
-    assert generate_transcripts(train, heldout, 100, seed=0) == first[:100]  # a prefix of a longer run
-    assert len(first) == len(set(first)) == 500
-    assert not set(first) & set(train) and not set(first) & set(heldout)
-    vocabulary = {w for t in train for w in t.split()}
-    heldout_only = {w for t in heldout for w in t.split()} - vocabulary
-    assert heldout_only  # the shipped held-out text has words never trained on; they stay unseen
-    words = [w for t in first for w in t.split()]
-    assert set(words) <= vocabulary and not set(words) & heldout_only
-    assert all(4 <= len(t.split()) <= 12 for t in first)
-    assert all(re.fullmatch(r"[a-z]+( [a-z]+)*", t) for t in first)
-    assert generate_transcripts(train, heldout, 0) == ()
-
-
-def test_generated_transcripts_never_produce_an_excluded_one() -> None:
-    from swv.demo.text import generate_transcripts
-
-    train = ["a b", "b a", "a a b"]
-    # over two words, short sequences exhaust quickly: exclusions and repeats are redrawn
-    excluded = ["a b a b a", "b b b b b"]
-    out = generate_transcripts(train, excluded, 20, random_lengths=(5, 5), bigram_lengths=(5, 5))
-    assert len(set(out)) == 20 and not set(out) & {*train, *excluded}
-    with pytest.raises(RuntimeError, match="could only generate"):
-        generate_transcripts(["a"], [], 3, random_lengths=(1, 1), bigram_lengths=(1, 1))
-
-
-def test_build_dataset_with_generated_transcripts(tmp_path: Path) -> None:
-    from swv.demo.text import generate_transcripts
-
-    text = _small_text()
-    synth = FakeSynthesizer()
-    summary = build_dataset(tmp_path, text, synth, renditions=2, generated=5, log=lambda _: None)
-    extra = generate_transcripts(text.train_transcripts(), text.heldout_transcripts(), 5)
-    assert len(synth.calls) == (3 + 1) * 2 + 5 + 1 + 1  # generated transcripts are spoken once
-    assert summary["counts"] == {"train_asr": 13, "train_asr_sft": 11, "train_pitch": 11, "train_qa": 2,
-                                 "heldout_asr": 1, "heldout_pitch": 1, "heldout_qa": 1}
-    assert summary["distinct_train_transcripts"] == 4 + 5
-    asr = _jsonl(tmp_path / "train_asr.jsonl")
-    assert {r["text"] for r in asr} == set(text.train_transcripts()) | set(extra)
-    heldout_texts = {r["text"] for r in _jsonl(tmp_path / "heldout_asr.jsonl")}
-    assert not heldout_texts & {r["text"] for r in asr}
-    clips = plan_clips(text, 2, generated=extra)
-    assert len({c.id for c in clips}) == len(clips)
-    # the generated clips rotate voices and pitches like the others
-    labels = [c.voice.pitch_label for c in clips if c.kind == "generated"]
-    assert abs(labels.count("high") - labels.count("low")) <= 1

@@ -2,35 +2,36 @@
 
 Layout under ``<workdir>/data``::
 
-    audio/train/*.flac, audio/heldout/*.flac    16 kHz mono FLAC
-    train_asr.jsonl      every training clip (sentences, questions, generated): text, task asr
-    train_asr_sft.jsonl  the sentence (and generated) clips with varied transcription instructions
-    train_pitch.jsonl    the sentence clips: "is the voice high or low?" -> high/low
+    audio/{train,dev,heldout}/*.flac    16 kHz mono FLAC
+    train_asr.jsonl      every training clip (corpus sentences and questions): text, task asr
+    train_asr_sft.jsonl  the corpus clips with varied transcription instructions
+    train_pitch.jsonl    the corpus clips of male voices: "is the voice high or low?" -> high/low
     train_qa.jsonl       the question clips: "answer the question" -> answer
-    heldout_asr.jsonl    held-out sentences (never trained on)
-    heldout_pitch.jsonl  the same held-out clips, as classification items (label, options)
+    dev_asr.jsonl        dev sentences: for choosing recipes and variants, never trained on
+    heldout_asr.jsonl    held-out sentences (never trained on; the reported result)
+    heldout_pitch.jsonl  the held-out clips of male voices, as classification items (label, options)
     heldout_qa.jsonl     held-out questions (response, keywords)
     data.json            what was built, from what (a rerun with the same inputs skips the work)
 
-Each training item is spoken ``renditions`` times by different voices (:func:`plan_voice`);
-generated training transcripts (:func:`swv.demo.text.generate_transcripts`, ``generated`` of
-them) and held-out items once. Generated clips are sentence clips: they go into
-``train_asr``, ``train_asr_sft`` and ``train_pitch``. Audio paths in the manifests are relative
-to the manifest.
+Each corpus sentence is spoken once (``corpus_limit`` of them, or all), each training question
+``renditions`` times by different voices, dev and held-out items once (:func:`plan_voice`:
+evaluation voices use variants no training clip uses). The pitch task uses male voices only:
+espeak's female variants raise the whole pitch range, so their ``-p`` label would not be what
+a listener hears. Audio paths in the manifests are relative to the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from swv.demo.synth import SAMPLE_RATE, Synthesizer, Voice, plan_voice
-from swv.demo.text import DemoText, generate_transcripts
+from swv.demo.text import DemoText
 from swv.io import atomic_write_json
 
 PITCH_OPTIONS = ["high", "low"]
@@ -58,7 +59,7 @@ class Clip:
     """One utterance to synthesize: where it goes and what it says."""
 
     id: str
-    split: str  # train | heldout
+    split: str  # train | dev | heldout
     kind: str  # sentence | question
     text: str
     voice: Voice
@@ -69,14 +70,15 @@ class Clip:
         return f"audio/{self.split}/{self.id}.flac"
 
 
-def plan_clips(text: DemoText, renditions: int, seed: int = 0, generated: Sequence[str] = ()) -> list[Clip]:
-    """Every clip of the data set, in a fixed order. ``generated`` transcripts
-    (:func:`swv.demo.text.generate_transcripts`) are spoken once each."""
+def plan_clips(text: DemoText, renditions: int, seed: int = 0, corpus_limit: int | None = None) -> list[Clip]:
+    """Every clip of the data set, in a fixed order: the first ``corpus_limit`` corpus sentences
+    (all with ``None``) once each, the training questions ``renditions`` times, the dev and
+    held-out items once."""
     clips: list[Clip] = []
     groups = [
-        ("train", "sentence", tuple(text.train_sentences), renditions),
+        ("train", "sentence", text.train_sentences[:corpus_limit], 1),
         ("train", "question", tuple(q.text for q in text.train_questions), renditions),
-        ("train", "generated", tuple(generated), 1),
+        ("dev", "sentence", text.dev_sentences, 1),
         ("heldout", "sentence", text.heldout_sentences, 1),
         ("heldout", "question", tuple(q.text for q in text.heldout_questions), 1),
     ]
@@ -84,7 +86,7 @@ def plan_clips(text: DemoText, renditions: int, seed: int = 0, generated: Sequen
         for i, item in enumerate(items):
             for r in range(count):
                 voice = plan_voice(f"{split}-{kind}", i, r, seed)
-                clips.append(Clip(f"{split}-{kind[0]}{i:0{3 if kind != 'generated' else 4}d}-{r}", split, kind, item, voice, i))
+                clips.append(Clip(f"{split}-{kind[0]}{i:04d}-{r}", split, kind, item, voice, i))
     return clips
 
 
@@ -107,7 +109,7 @@ def _base(clip: Clip, duration: float) -> dict[str, Any]:
 def manifests(clips: list[Clip], durations: dict[str, float], text: DemoText) -> dict[str, list[dict[str, Any]]]:
     """The manifest records of every file, from the clips and their durations."""
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in (
-        "train_asr", "train_asr_sft", "train_pitch", "train_qa", "heldout_asr", "heldout_pitch", "heldout_qa")}
+        "train_asr", "train_asr_sft", "train_pitch", "train_qa", "dev_asr", "heldout_asr", "heldout_pitch", "heldout_qa")}
     questions = {"train": text.train_questions, "heldout": text.heldout_questions}
     for n, clip in enumerate(clips):
         base = _base(clip, durations[clip.id])
@@ -123,19 +125,22 @@ def manifests(clips: list[Clip], durations: dict[str, float], text: DemoText) ->
         label = clip.voice.pitch_label
         pitch = {**base, "id": f"{clip.id}-pitch", "task": "pitch", "label": label, "options": PITCH_OPTIONS,
                  "response": label}
+        with_pitch = not clip.voice.female
         if clip.split == "train":
             out["train_asr"].append({**base, "text": clip.text, "task": "asr"})
             out["train_asr_sft"].append({**base, "id": f"{clip.id}-asr", "task": "asr", "text": clip.text,
                                          "instruction": ASR_INSTRUCTIONS[n % len(ASR_INSTRUCTIONS)], "response": clip.text})
-            out["train_pitch"].append({**pitch, "instruction": PITCH_INSTRUCTIONS[n % len(PITCH_INSTRUCTIONS)]})
+            if with_pitch:
+                out["train_pitch"].append({**pitch, "instruction": PITCH_INSTRUCTIONS[n % len(PITCH_INSTRUCTIONS)]})
         else:
-            out["heldout_asr"].append({**base, "text": clip.text, "task": "asr", "instruction": EVAL_PROMPTS["asr"]})
-            out["heldout_pitch"].append({**pitch, "instruction": EVAL_PROMPTS["pitch"]})
+            out[f"{clip.split}_asr"].append({**base, "text": clip.text, "task": "asr", "instruction": EVAL_PROMPTS["asr"]})
+            if clip.split == "heldout" and with_pitch:
+                out["heldout_pitch"].append({**pitch, "instruction": EVAL_PROMPTS["pitch"]})
     return out
 
 
 def _fingerprint(clips: list[Clip]) -> str:
-    raw = json.dumps([[c.id, c.text, c.voice.name, c.voice.pitch, c.voice.rate] for c in clips])
+    raw = json.dumps([[c.id, c.text, c.voice.espeak_name, c.voice.pitch, c.voice.rate] for c in clips])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -146,7 +151,7 @@ def build_dataset(
     *,
     renditions: int,
     seed: int = 0,
-    generated: int = 0,
+    corpus_limit: int | None = None,
     workers: int = 2,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -154,8 +159,7 @@ def build_dataset(
     summary. Skips everything when ``root/data.json`` describes the same clips."""
     from swv.dataprep.manifest import write_manifest
 
-    extra = generate_transcripts(text.train_transcripts(), text.heldout_transcripts(), generated, seed=seed)
-    clips = plan_clips(text, renditions, seed, extra)
+    clips = plan_clips(text, renditions, seed, corpus_limit)
     digest = _fingerprint(clips)
     stamp = root / "data.json"
     if stamp.is_file():
@@ -173,15 +177,16 @@ def build_dataset(
     summary = {
         "fingerprint": digest,
         "renditions": renditions,
-        "generated": generated,
+        "corpus_limit": corpus_limit,
         "seed": seed,
         "distinct_train_transcripts": len({c.text for c in clips if c.split == "train"}),
+        "train_vocabulary": len({w for c in clips if c.split == "train" for w in c.text.split()}),
         "counts": {name: len(rows) for name, rows in records.items()},
         "hours": {split: round(sum(d for c, d in zip(clips, lengths) if c.split == split) / 3600, 3)
-                  for split in ("train", "heldout")},
-        "heldout_oov_rate": round(text.heldout_oov_rate(), 4),
+                  for split in ("train", "dev", "heldout")},
+        "oov_rate": {"dev": round(text.oov_rate(text.dev_sentences), 4), "heldout": round(text.oov_rate(text.heldout_sentences), 4)},
     }
     atomic_write_json(stamp, summary)
-    log(f"data: synthesized {len(clips)} clips ({summary['hours']['train']:.2f} h train, "
+    log(f"data: synthesized {len(clips)} clips ({summary['hours']['train']:.2f} h train, {summary['hours']['dev']:.2f} h dev, "
         f"{summary['hours']['heldout']:.2f} h held-out) in {root}")
     return summary

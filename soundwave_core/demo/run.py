@@ -26,10 +26,12 @@ from typing import Any
 from swv.errors import UsageError
 
 #: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
-TRAIN_MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "qa": "train_qa.jsonl"}
+MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "qa": "train_qa.jsonl",
+             "dev": "dev_asr.jsonl"}
+#: Renditions of each training question (different voices).
 RENDITIONS = {"full": 3, "quick": 2}
-#: Generated training transcripts (:func:`swv.demo.text.generate_transcripts`), spoken once each.
-GENERATED = {"full": 2000, "quick": 600}
+#: Corpus sentences spoken for training (each once; None: the whole corpus).
+CORPUS_LIMIT: dict[str, int | None] = {"full": None, "quick": 1500}
 QUICK_EVAL_LIMIT = 20
 
 
@@ -95,7 +97,7 @@ def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str 
         f"model.backbone.path={q(llm_dir.resolve())}",
         f"data.feature_cache={q(root / 'feature_cache')}",
     ]
-    out += [f"data.datasets.{name}.manifest={q(root / ('data' + suffix) / file)}" for name, file in TRAIN_MANIFESTS.items()]
+    out += [f"data.datasets.{name}.manifest={q(root / ('data' + suffix) / file)}" for name, file in MANIFESTS.items()]
     return out
 
 
@@ -187,7 +189,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
         text = load_demo_text()
         data_dir = options.workdir / f"data{options.suffix}"
         results["data"] = build_dataset(data_dir, text, EspeakSynthesizer(), renditions=RENDITIONS[options.mode],
-                                        generated=GENERATED[options.mode], log=log)
+                                        corpus_limit=CORPUS_LIMIT[options.mode], log=log)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir, log)
     run_dir = Path(loaded.recipe.output_dir)
     stages = [s.name for s in loaded.recipe.stages]

@@ -1,9 +1,12 @@
 """Speech synthesis for the demo: espeak-ng voices at several speaking rates and pitches.
 
-A :class:`Voice` is an espeak-ng voice name, a pitch (espeak ``-p``, 0-99) and a rate (``-s``,
-words per minute). ``pitch < 50`` is labelled ``low`` and ``>= 50`` ``high``: the label of the
-demo's classification task. :func:`plan_voice` assigns voices deterministically and keeps
-every split balanced between high and low voices.
+A :class:`Voice` is an espeak-ng voice name with an optional variant (``en-us+m3``: espeak's
+voice variants change the formants, breathiness and pitch range), a pitch (espeak ``-p``, 0-99)
+and a rate (``-s``, words per minute). ``pitch < 50`` is labelled ``low`` and ``>= 50``
+``high``: the label of the demo's classification task. :func:`plan_voice` assigns voices
+deterministically and keeps every split balanced between high and low voices. Training clips
+and evaluation (dev and held-out) clips use disjoint variants, so the reported numbers are on
+voices the model never heard.
 
 Anything that maps ``(text, voice)`` to a 16 kHz mono float32 waveform is a synthesizer (the
 tests use a fake one); :class:`EspeakSynthesizer` runs the ``espeak-ng`` program.
@@ -27,6 +30,10 @@ SAMPLE_RATE = 16_000
 #: The espeak-ng voices and rates Whisper tiny.en transcribes best (measured on the demo's
 #: sentences: 7-16 % WER at 130 words/min; en-029, en-gb-scotland and faster speech were worse).
 VOICES = ("en-us", "en-gb", "en-us-nyc")
+#: Variants per split ("" = the voice's own); training and evaluation never share one. Male
+#: variants only where the pitch label is used (the female ones raise the whole pitch range).
+TRAIN_VARIANTS = ("", "m1", "m2", "m3", "m4", "f1", "f2", "f3")
+EVAL_VARIANTS = ("m5", "m6", "m7", "f4")
 RATES = (115, 130, 145)
 PITCHES = {"low": (20, 30), "high": (70, 80)}
 PEAK = 0.5
@@ -37,14 +44,24 @@ class Voice:
     name: str
     pitch: int
     rate: int
+    variant: str = ""
 
     @property
     def pitch_label(self) -> str:
         return "high" if self.pitch >= 50 else "low"
 
     @property
+    def espeak_name(self) -> str:
+        return f"{self.name}+{self.variant}" if self.variant else self.name
+
+    @property
+    def female(self) -> bool:
+        return self.variant.startswith("f")
+
+    @property
     def speaker(self) -> str:
-        return f"{self.name}-p{self.pitch}-s{self.rate}"
+        variant = f"+{self.variant}" if self.variant else ""
+        return f"{self.name}{variant}-p{self.pitch}-s{self.rate}"
 
 
 class Synthesizer(Protocol):
@@ -55,11 +72,13 @@ class Synthesizer(Protocol):
 
 def plan_voice(split: str, index: int, rendition: int, seed: int = 0) -> Voice:
     """The voice of rendition ``rendition`` of item ``index`` in ``split``: pitch labels
-    alternate (so high and low are balanced), voice, rate and exact pitch are drawn from a
-    generator seeded by all four arguments."""
+    alternate (so high and low are balanced); voice, variant (:data:`TRAIN_VARIANTS` for splits
+    starting with ``train``, :data:`EVAL_VARIANTS` otherwise), rate and exact pitch are drawn
+    from a generator seeded by all four arguments."""
     rng = random.Random(f"{seed}/{split}/{index}/{rendition}")
     label = ("low", "high")[(index + rendition) % 2]
-    return Voice(rng.choice(VOICES), rng.choice(PITCHES[label]), rng.choice(RATES))
+    variants = TRAIN_VARIANTS if split.startswith("train") else EVAL_VARIANTS
+    return Voice(rng.choice(VOICES), rng.choice(PITCHES[label]), rng.choice(RATES), rng.choice(variants))
 
 
 def trim_silence(wav: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: float = -40.0, pad_s: float = 0.1) -> np.ndarray:
@@ -97,11 +116,11 @@ class EspeakSynthesizer:
 
         with tempfile.TemporaryDirectory(prefix="swv-espeak-") as tmp:
             out = Path(tmp) / "speech.wav"
-            cmd = [self.program, "-v", voice.name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(out), text]
+            cmd = [self.program, "-v", voice.espeak_name, "-s", str(voice.rate), "-p", str(voice.pitch), "-w", str(out), text]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0 or not out.is_file():
                 detail = (done.stderr or "").strip().splitlines()
-                raise InputError(f"espeak-ng failed for voice {voice.name!r}: {detail[0] if detail else f'exit {done.returncode}'}")
+                raise InputError(f"espeak-ng failed for voice {voice.espeak_name!r}: {detail[0] if detail else f'exit {done.returncode}'}")
             wav, rate = read_audio(out)
         wav = resample(wav, rate, SAMPLE_RATE)
         return normalize_peak(trim_silence(wav))

@@ -1,29 +1,35 @@
-"""The demo's shipped text: sentences and spoken questions, split into training and held-out.
+"""The demo's shipped text: a training corpus, dev and held-out sentences, spoken questions.
 
-Files (``swv/assets/demo_text/``, written for this project):
+Files (``swv/assets/demo_text/``, all written for this project):
 
-* ``sentences_train.txt`` / ``sentences_heldout.txt``: one transcript per line (lowercase letters
-  and single spaces, numbers spelled out); ``#`` lines are comments.
+* ``corpus/*.txt``: the training sentences, one per line, grouped by topic (about 5,000
+  everyday English sentences over several thousand distinct words: the alignment adapter has
+  to learn English, not a closed word list).
+* ``sentences_dev.txt``: sentences for choosing recipes and variants (never trained on, never
+  reported as the held-out result).
+* ``sentences_heldout.txt``: the held-out sentences the demo reports.
 * ``questions_train.tsv`` / ``questions_heldout.tsv``: ``question<TAB>answer<TAB>keywords``; the
-  question is written as spoken (same convention as the sentences), ``keywords`` are regular
-  expressions separated by ``|``, any of which in an answer counts as correct.
+  question is written as spoken, ``keywords`` are regular expressions separated by ``|``, any of
+  which in an answer counts as correct.
 
-No held-out sentence or question is in the training files (checked by :func:`load_demo_text`).
+Transcripts are lowercase ASCII words separated by single spaces (apostrophes inside words, as in
+"don't"; numbers spelled out); ``#`` lines are comments. The dev and held-out sentences come from
+a different source (written separately, in another style) than the training corpus, and
+:func:`load_demo_text` checks that no dev or held-out item is a training item.
 """
 
 from __future__ import annotations
 
-import random
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from swv.errors import InputError
 
 TEXT_DIR = "demo_text"
-_TRANSCRIPT = re.compile(r"[a-z]+( [a-z]+)*")
+CORPUS_DIR = "corpus"
+_WORD = r"[a-z]+(?:'[a-z]+)*"
+_TRANSCRIPT = re.compile(rf"{_WORD}(?: {_WORD})*")
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Question:
 @dataclass(frozen=True)
 class DemoText:
     train_sentences: tuple[str, ...]
+    dev_sentences: tuple[str, ...]
     heldout_sentences: tuple[str, ...]
     train_questions: tuple[Question, ...]
     heldout_questions: tuple[Question, ...]
@@ -54,10 +61,10 @@ class DemoText:
     def heldout_transcripts(self) -> list[str]:
         return [*self.heldout_sentences, *(q.text for q in self.heldout_questions)]
 
-    def heldout_oov_rate(self) -> float:
-        """Share of held-out sentence words that never occur in the training transcripts."""
+    def oov_rate(self, sentences: tuple[str, ...]) -> float:
+        """Share of the words of ``sentences`` that never occur in the training transcripts."""
         vocabulary = {w for t in self.train_transcripts() for w in t.split()}
-        words = [w for s in self.heldout_sentences for w in s.split()]
+        words = [w for s in sentences for w in s.split()]
         return sum(w not in vocabulary for w in words) / max(1, len(words))
 
 
@@ -71,13 +78,24 @@ def _lines(path: Path) -> list[tuple[int, str]]:
 
 def _check_transcript(text: str, where: str) -> str:
     if not _TRANSCRIPT.fullmatch(text):
-        raise InputError(f"{where}: transcripts must be lowercase letters and single spaces, got {text!r}")
+        raise InputError(
+            f"{where}: transcripts must be lowercase words (letters, apostrophes inside words) and single spaces, got {text!r}"
+        )
     return text
 
 
-def read_sentences(path: Path) -> tuple[str, ...]:
-    sentences = tuple(_check_transcript(line, f"{path}:{n}") for n, line in _lines(path))
-    return _unique(sentences, path)
+def read_sentences(*paths: Path) -> tuple[str, ...]:
+    """The sentences of ``paths``, in order; a sentence that appears twice is an error."""
+    sentences = tuple(_check_transcript(line, f"{path}:{n}") for path in paths for n, line in _lines(path))
+    return _unique(sentences, paths[0].parent if len(paths) > 1 else paths[0])
+
+
+def read_corpus(directory: Path) -> tuple[str, ...]:
+    """Every ``*.txt`` file of ``directory`` (sorted by name), as one list of sentences."""
+    files = sorted(directory.glob("*.txt"))
+    if not files:
+        raise InputError(f"{directory}: no *.txt corpus files")
+    return read_sentences(*files)
 
 
 def read_questions(path: Path) -> tuple[Question, ...]:
@@ -102,126 +120,33 @@ def _unique(items: tuple[str, ...], path: Path) -> tuple[str, ...]:
     return items
 
 
-def check_disjoint(train: tuple[str, ...] | list[str], heldout: tuple[str, ...] | list[str], what: str) -> None:
-    """Raise :class:`InputError` if a held-out item is also a training item."""
+def check_disjoint(
+    train: tuple[str, ...] | list[str], heldout: tuple[str, ...] | list[str], what: str, split: str = "held-out"
+) -> None:
+    """Raise :class:`InputError` if a ``split`` item is also a training item."""
     shared = sorted(set(train) & set(heldout))
     if shared:
-        raise InputError(f"{len(shared)} held-out {what} also in the training set (first: {shared[0]!r})")
+        raise InputError(f"{len(shared)} {split} {what} also in the training set (first: {shared[0]!r})")
 
 
 def load_demo_text(directory: Path | None = None) -> DemoText:
-    """Read and check the four text files (default: the packaged ``demo_text`` assets)."""
+    """Read and check the text files (default: the packaged ``demo_text`` assets)."""
     if directory is None:
         from swv.assets import asset_path
 
         directory = asset_path(TEXT_DIR)
     text = DemoText(
-        train_sentences=read_sentences(directory / "sentences_train.txt"),
+        train_sentences=read_corpus(directory / CORPUS_DIR),
+        dev_sentences=read_sentences(directory / "sentences_dev.txt"),
         heldout_sentences=read_sentences(directory / "sentences_heldout.txt"),
         train_questions=read_questions(directory / "questions_train.tsv"),
         heldout_questions=read_questions(directory / "questions_heldout.tsv"),
     )
     every_train = text.train_transcripts()
+    heldout_questions = [q.text for q in text.heldout_questions]
+    check_disjoint(every_train, text.dev_sentences, "sentences", split="dev")
     check_disjoint(every_train, text.heldout_sentences, "sentences")
-    check_disjoint(every_train, [q.text for q in text.heldout_questions], "questions")
-    check_disjoint(text.heldout_sentences, [q.text for q in text.heldout_questions], "questions (among held-out sentences)")
+    check_disjoint(every_train, heldout_questions, "questions")
+    check_disjoint(text.dev_sentences, text.heldout_sentences, "sentences (among the dev sentences)")
+    check_disjoint(text.heldout_sentences, heldout_questions, "questions (among held-out sentences)")
     return text
-
-
-# -- generated training transcripts ---------------------------------------------------------------
-# New word sequences over the training vocabulary.
-#
-# The shipped training text has only 306 distinct transcripts, which the alignment adapter learns by
-# heart (docs/demo.md). :func:`generate_transcripts` adds many more distinct ones, built **only from
-# the words of the training transcripts** (``sentences_train.txt`` + ``questions_train.tsv``), so
-# held-out-only words stay unseen and the held-out OOV rate is unchanged. Two kinds, interleaved:
-#
-# * ``bigram``: a word bigram model of the training transcripts (sentence start included),
-#   interpolated with a smoothed unigram distribution (counts ** 0.5, so rare words are drawn more
-#   often than in the text): with probability ``bigram_weight`` the next word follows the bigram
-#   statistics of the previous word (when it has any), otherwise it is a unigram draw. Lengths are
-#   drawn uniformly from ``bigram_lengths``.
-# * ``random``: uniformly random words (every vocabulary word equally likely), lengths drawn
-#   uniformly from ``random_lengths``: no context to memorise at all.
-#
-# Deterministic for a seed. A generated transcript is never a training or held-out transcript and
-# never repeats (rejected and redrawn).
-
-START = "<s>"
-
-
-class BigramGenerator:
-    """Samples word sequences from an interpolated bigram / smoothed unigram model."""
-
-    def __init__(self, transcripts: Iterable[str], *, bigram_weight: float = 0.7, unigram_power: float = 0.5) -> None:
-        counts: Counter[str] = Counter()
-        follow: dict[str, Counter[str]] = defaultdict(Counter)
-        for text in transcripts:
-            words = text.split()
-            counts.update(words)
-            for prev, word in zip([START, *words[:-1]], words):
-                follow[prev][word] += 1
-        if not counts:
-            raise ValueError("no training words to generate from")
-        self.vocabulary = sorted(counts)
-        self.unigram_weights = [counts[w] ** unigram_power for w in self.vocabulary]
-        self.follow = {prev: (sorted(c), [c[w] for w in sorted(c)]) for prev, c in follow.items()}
-        self.bigram_weight = bigram_weight
-
-    def next_word(self, prev: str, rng: random.Random) -> str:
-        if prev in self.follow and rng.random() < self.bigram_weight:
-            words, weights = self.follow[prev]
-            return rng.choices(words, weights)[0]
-        return rng.choices(self.vocabulary, self.unigram_weights)[0]
-
-    def bigram_sentence(self, length: int, rng: random.Random) -> str:
-        words: list[str] = []
-        prev = START
-        for _ in range(length):
-            prev = self.next_word(prev, rng)
-            words.append(prev)
-        return " ".join(words)
-
-    def random_sentence(self, length: int, rng: random.Random) -> str:
-        return " ".join(rng.choice(self.vocabulary) for _ in range(length))
-
-
-def generate_transcripts(
-    train: Sequence[str],
-    exclude: Iterable[str],
-    count: int,
-    *,
-    seed: int = 0,
-    random_share: float = 0.5,
-    bigram_lengths: tuple[int, int] = (4, 12),
-    random_lengths: tuple[int, int] = (5, 12),
-    bigram_weight: float = 0.7,
-) -> tuple[str, ...]:
-    """``count`` distinct new transcripts from the words of ``train`` (see the module docstring).
-
-    ``exclude`` (e.g. the held-out sentences and questions) and ``train`` itself are never
-    produced. Every ``1 / random_share``-th item (evenly spread) is a ``random`` sequence, the
-    others ``bigram`` samples."""
-    if count <= 0:
-        return ()
-    model = BigramGenerator(train, bigram_weight=bigram_weight)
-    banned = set(train) | set(exclude)
-    rng = random.Random(f"swv-demo-generated/{seed}")
-    out: list[str] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(out) < count:
-        attempts += 1
-        if attempts > 50 * count + 1000:
-            raise RuntimeError(f"could only generate {len(out)} of {count} distinct transcripts")
-        # item i is random when the running share of random items would fall behind random_share
-        is_random = int((len(out) + 1) * random_share) > int(len(out) * random_share)
-        if is_random:
-            text = model.random_sentence(rng.randint(*random_lengths), rng)
-        else:
-            text = model.bigram_sentence(rng.randint(*bigram_lengths), rng)
-        if text in banned or text in seen:
-            continue
-        seen.add(text)
-        out.append(text)
-    return tuple(out)

@@ -12,8 +12,10 @@ import torch
 class BackboneInfo:
     """Facts about the LLM an adapter chain feeds.
 
-    ``output_embedding`` returns the ``[V, D]`` LM-head weight (used to initialise CTC heads);
-    it is a callable so the weight is only materialised by components that need it.
+    ``output_embedding`` returns the ``[V, D]`` LM-head weight (used to initialise CTC heads) and
+    ``input_embedding`` the ``[V, D]`` input-embedding table (used by adapters that hand the LLM
+    token embeddings); they are callables so the weights are only touched by components that
+    need them, and always give the backbone's current (detached) weights.
     """
 
     hidden_size: int
@@ -22,3 +24,4 @@ class BackboneInfo:
     audio_token_id: int
     pad_token_id: int
     output_embedding: Callable[[], torch.Tensor] | None = None
+    input_embedding: Callable[[], torch.Tensor] | None = None
