@@ -31,6 +31,15 @@ class AlignmentConfig(ComponentConfig):
         default=False,
         description="train the vocabulary-sized CTC head (initialised from the LM head); frozen by default",
     )
+    blank_row: Literal["distinct", "lm_head"] = Field(
+        default="distinct",
+        description=(
+            "initial CTC-head row of the blank (the audio placeholder): 'distinct', a fixed pseudo-random "
+            "direction with the rows' mean norm; 'lm_head', the LM head's row, which for a newly added "
+            "token is a weighted mean of other rows: its logit is then never the largest, so greedy CTC "
+            "never predicts a blank and training learns far slower (docs/demo.md)"
+        ),
+    )
     compat: Literal["paper", "released"] = Field(
         default="paper",
         description=(
@@ -39,6 +48,14 @@ class AlignmentConfig(ComponentConfig):
             "(self-attention over a length-1 sequence)"
         ),
     )
+
+
+def distinct_row(weight: torch.Tensor, row: int, seed: int = 0) -> torch.Tensor:
+    """A fixed pseudo-random direction (``seed``) scaled to the mean norm of the other rows of
+    ``weight [V, D]``: not a combination of them, so its logit can be the largest."""
+    direction = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(seed))
+    others = torch.cat([weight[:row], weight[row + 1 :]])
+    return (direction / direction.norm() * others.norm(dim=1).mean()).to(weight.dtype)
 
 
 class AlignmentAdapter(Adapter):
@@ -67,6 +84,8 @@ class AlignmentAdapter(Adapter):
             with torch.no_grad():
                 weight = backbone.output_embedding()
                 self.ctc_head.weight.copy_(weight.to(self.ctc_head.weight.dtype))
+                if config.blank_row == "distinct":
+                    self.ctc_head.weight[backbone.audio_token_id] = distinct_row(self.ctc_head.weight, backbone.audio_token_id)
         self.ctc_head.weight.requires_grad_(config.ctc_head_trainable)
 
     def always_frozen(self) -> set[str]:

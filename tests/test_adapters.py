@@ -42,10 +42,30 @@ def test_alignment_shapes_ctc_head_and_lengths(registry, info) -> None:
     assert out.embeds.shape == (3, 5, HIDDEN)
     assert out.lengths.tolist() == [5, 3, 1]
     assert out.ctc_logits is not None and out.ctc_logits.shape == (3, 5, VOCAB)
-    assert torch.equal(ad.ctc_head.weight, info.output_embedding())
+    head = info.output_embedding()
+    assert torch.equal(ad.ctc_head.weight[:BLANK], head[:BLANK]) and torch.equal(ad.ctc_head.weight[BLANK + 1 :], head[BLANK + 1 :])
     assert not ad.ctc_head.weight.requires_grad
+    # the blank row is its own direction; with blank_row=lm_head it is the LM head's row
+    blank = ad.ctc_head.weight[BLANK]
+    assert torch.isclose(blank.norm(), head[:BLANK].norm(dim=1).mean(), rtol=1e-4)
+    assert torch.equal(build(registry, info, {"name": "alignment"}).ctc_head.weight[BLANK], blank)  # deterministic
+    assert torch.equal(build(registry, info, {"name": "alignment", "blank_row": "lm_head"}).ctc_head.weight, head)
     trainable = build(registry, info, {"name": "alignment", "ctc_head_trainable": True})
     assert trainable.ctc_head.weight.requires_grad
+
+
+def test_a_blank_that_averages_other_rows_can_never_win(registry) -> None:
+    """Why the blank row must be distinct: a new token's LM-head row is a mean of the other rows,
+    so its logit is the mean of theirs and never the argmax; the distinct row can win."""
+    lm_head = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(1))
+    lm_head[BLANK] = lm_head[:BLANK].mean(dim=0)
+    info = BackboneInfo(HIDDEN, HEADS, VOCAB, BLANK, 0, output_embedding=lambda: lm_head)
+    hidden = torch.randn(500, HIDDEN, generator=torch.Generator().manual_seed(3))
+    mean_head = build(registry, info, {"name": "alignment", "blank_row": "lm_head"}).ctc_head
+    assert not bool((mean_head(hidden).argmax(-1) == BLANK).any())
+    distinct = build(registry, info, {"name": "alignment"}).ctc_head
+    toward_blank = distinct.weight[BLANK] / distinct.weight[BLANK].norm() * 10
+    assert bool((distinct(toward_blank[None]).argmax(-1) == BLANK).all())
 
 
 def test_alignment_paper_mode_ignores_padding(registry, info) -> None:
