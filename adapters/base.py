@@ -23,6 +23,9 @@ class Adapter(nn.Module):
     config_class: ClassVar[type]
     #: Whether this adapter consumes CTC logits produced earlier in the chain.
     needs_ctc: ClassVar[bool] = False
+    #: Names of the auxiliary losses this adapter reports in ``AudioState.aux_losses``; a
+    #: stage weighs each by the same name in its recipe's ``losses:`` (unweighted: not trained).
+    aux_loss_names: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: Any, *, input_dim: int, backbone: BackboneInfo) -> None:
         super().__init__()

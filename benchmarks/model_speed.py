@@ -242,12 +242,14 @@ def train_step(model: SpeechLM, inputs: Inputs) -> tuple[float, float]:
     model.train()
     batch = inputs.batch
     set_speech_frames(model, batch["feature_lengths"])
-    ctc_weight = 0.3 if "alignment" in model.adapters else 0.0
+    with_ctc = "alignment" in model.adapters  # Stage II weighs CTC by 0.3; other chains have no CTC head
+    inputs = batch if with_ctc else {k: v for k, v in batch.items() if not k.startswith("ctc_")}
 
     def step() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        out = model(**batch, ctc_weight=ctc_weight)
-        out.loss.backward()
+        out = model(**inputs)
+        loss = out.lm_loss + 0.3 * out.ctc_loss if with_ctc else out.lm_loss
+        loss.backward()
         return out.audio_lengths
 
     seconds, lengths = clock(step)

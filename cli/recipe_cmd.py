@@ -69,9 +69,10 @@ def validate(
     recipes: Annotated[list[str], typer.Argument(help="Shipped recipe names or YAML paths.")],
 ) -> None:
     """Validate recipes, including every component's arguments. Exits 2 if any is invalid."""
-    from swv.errors import RecipeError
+    from swv.errors import RecipeError, UsageError
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.train.stages import recipe_stages
 
     registry = default_registry()
     failed = 0
@@ -81,6 +82,12 @@ def validate(
         except RecipeError as exc:
             failed += 1
             typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            continue
+        try:
+            recipe_stages(loaded, registry)
+        except UsageError as exc:
+            failed += 1
+            typer.echo(f"error: {loaded.source}: {exc}", err=True)
             continue
         stages = ", ".join(s.name for s in loaded.recipe.stages)
         typer.echo(f"ok: {loaded.source} ({len(loaded.recipe.stages)} stages: {stages})")

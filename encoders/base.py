@@ -29,6 +29,9 @@ class Encoder(nn.Module):
 
     config_class: ClassVar[type]
     sample_rate: int
+    #: ``input_features`` time steps per second of audio (Whisper: 100); sizes frame budgets
+    #: such as ``data.max_frames_per_batch``.
+    frame_rate: float
     output_dim: int
     feature_time_axis: int = -1
     fixed_num_frames: int | None = None  # set when the encoder needs a fixed feature length

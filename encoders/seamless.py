@@ -137,6 +137,7 @@ class SeamlessEncoder(Encoder):
             )
         self.sample_rate = int(fe.sampling_rate)
         self.min_samples = _FRAME_SAMPLES + (fe.stride - 1) * _HOP_SAMPLES
+        self.frame_rate = self.sample_rate / (_HOP_SAMPLES * fe.stride)  # stacked frames
         self.num_layers = len(self._conformer_layers())
         self.layer = self._check_layer(config.layer)
         if self.layer is not None:

@@ -115,6 +115,7 @@ class WhisperEncoder(Encoder):
             )
         self.sample_rate = int(fe.sampling_rate)
         self.hop_length = int(fe.hop_length)
+        self.frame_rate = self.sample_rate / self.hop_length
         self.output_dim = int(hf_config.d_model)
         self.max_source_positions = int(hf_config.max_source_positions)
         #: The feature length the transformers encoder insists on (3000 for every Whisper).

@@ -49,10 +49,10 @@ def test_cache_used_when_valid_and_same_loss(tmp_path: Path) -> None:
     ctc_t = torch.zeros(6, max(map(len, targets)), dtype=torch.long)
     for i, t in enumerate(targets):
         ctc_t[i, : len(t)] = torch.tensor(t)
-    kw = dict(ctc_targets=ctc_t, ctc_target_lengths=torch.tensor([len(t) for t in targets]), lm_weight=0.0, ctc_weight=1.0)
+    kw = dict(ctc_targets=ctc_t, ctc_target_lengths=torch.tensor([len(t) for t in targets]), stop_after_ctc=True)
     with torch.no_grad():
-        a = model(input_features=feats, feature_lengths=flen, **kw).loss
-        b = model(encoder_embeds=cached, encoder_lengths=cached_len, **kw).loss
+        a = model(input_features=feats, feature_lengths=flen, **kw).ctc_loss
+        b = model(encoder_embeds=cached, encoder_lengths=cached_len, **kw).ctc_loss
     assert torch.allclose(a, b, rtol=1e-3), (a, b)
 
 

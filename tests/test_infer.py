@@ -15,7 +15,8 @@ import torch
 import typer
 
 from swv.errors import InputError, UsageError
-from swv.infer.pipeline import GenerationSettings, Pipeline, cut_at_stop
+from swv.infer.pipeline import GenerationSettings, Pipeline
+from swv.model.stopping import cut_at_stop
 from swv.infer.windowing import encode_windowed, join_windows, split_into_windows
 from swv.model.speechlm import SpeechLM
 
@@ -146,7 +147,7 @@ def test_stream_reraises_generation_errors(pipe: Pipeline, clips: dict[str, Path
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipe, "_backbone_generate", boom)
+    monkeypatch.setattr(pipe, "_generate", boom)
     with pytest.raises(RuntimeError, match="boom"):
         list(pipe.stream(clips["a"]))
 
@@ -462,3 +463,48 @@ def test_cli_manifest_duplicate_ids_and_bad_json(cli, model_dir: Path, clips: di
     broken.write_text('{"audio": "a.wav"}\n{oops\n')
     code, _, err = cli(["infer", model_dir, "--manifest", broken, "--output", tmp_path / "o.jsonl"])
     assert code != 0 and len(error_lines(err)) == 1 and f"{broken}:2" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# One audio road: a float16 encoder before float32 adapters
+# ---------------------------------------------------------------------------------------------
+def test_float16_encoder_same_tokens_through_generate_pipeline_infer_and_eval(
+    cli, model_config_factory, clips: dict[str, Path], tmp_path: Path
+) -> None:
+    from swv.audio import read_audio
+    from swv.infer.pipeline import DEFAULT_PROMPT
+    from swv.model.prompts import PromptBuilder
+    from swv.model.stopping import cut_at_stop
+
+    config = model_config_factory()
+    config.encoder = {**config.encoder, "dtype": "float16"}
+    torch.manual_seed(3)
+    model_dir = SpeechLM(config).save_pretrained(tmp_path / "fp16")
+    model = SpeechLM.from_pretrained(model_dir)
+    assert next(model.encoder.parameters()).dtype == torch.float16
+    assert next(model.adapters.parameters()).dtype == torch.float32
+
+    # SpeechLM.generate on the waveform: the reference tokens
+    wave, rate = read_audio(clips["a"])
+    assert rate == model.encoder.sample_rate
+    prompt = PromptBuilder(model.tokenizer, model.config.system_prompt, "<audio_patch>").generation_ids(DEFAULT_PROMPT, True)
+    ids = torch.tensor([prompt])
+    new = model.generate(ids, torch.ones_like(ids), waveforms=[wave], max_new_tokens=8, do_sample=False)
+    kept, generated = cut_at_stop(new, torch.tensor(model.stop_token_ids()))
+    assert kept[0], "the reference answer is empty: the comparison would prove little"
+    expected = model.tokenizer.decode(kept[0], skip_special_tokens=True).strip()
+
+    result = Pipeline(model)(clips["a"], max_new_tokens=8, return_stats=True)
+    assert (result.text, result.stats.new_tokens) == (expected, generated[0])
+
+    code, out, err = cli(["infer", model_dir, clips["a"], "--max-new-tokens", 8])
+    assert code == 0, err
+    assert out == expected + "\n"
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(clips["a"]), "text": "hello"}) + "\n")
+    code, out, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--max-new-tokens", 8,
+                          "--output-dir", tmp_path / "eval"])
+    assert code == 0, err
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["prediction"] for p in predictions] == [expected]

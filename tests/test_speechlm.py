@@ -64,16 +64,17 @@ def test_chain_forward_backward_generate(model_config_factory, chain: str) -> No
     assert any(n.startswith("encoder.") for n in names) and any(n.startswith("backbone.") for n in names)
     assert all(n.split(".")[0] in ("encoder", "adapters", "backbone") for n in names)
     b = batch(model)
-    ctc_weight = 0.3 if chain == "soundwave" else 0.0
-    out = model(**b, ctc_weight=ctc_weight)
+    if chain != "soundwave":  # no CTC head in the chain
+        b = {k: v for k, v in b.items() if not k.startswith("ctc_")}
+    out = model(**b)
     assert out.logits is not None and out.logits.shape[0] == 3
     assert out.lm_loss is not None and torch.isfinite(out.lm_loss)
+    assert torch.equal(out.loss, out.lm_loss)  # the Hugging Face meaning: CTC is never in it
     if chain == "soundwave":
         assert out.ctc_loss is not None and out.keep_mask is not None
-        assert torch.allclose(out.loss, out.lm_loss + 0.3 * out.ctc_loss)
         assert torch.equal(out.audio_lengths, out.keep_mask.sum(1))
     else:
-        assert out.ctc_loss is None and torch.allclose(out.loss, out.lm_loss)
+        assert out.ctc_loss is None
         expected = model.adapters[chain[:-1] if chain != "conv4" else "conv"].output_lengths(model.encoder.output_lengths(b["feature_lengths"]))
         assert torch.equal(out.audio_lengths, expected)
     out.loss.backward()
@@ -101,8 +102,8 @@ def test_ctc_only_forward_does_not_run_the_backbone(model_config_factory, monkey
     monkeypatch.setattr(model.backbone, "forward", boom)
     monkeypatch.setattr(model.adapters["shrinking"], "forward", boom)
     out = model(input_features=b["input_features"], feature_lengths=b["feature_lengths"],
-                ctc_targets=b["ctc_targets"], ctc_target_lengths=b["ctc_target_lengths"], lm_weight=0.0, ctc_weight=1.0)
-    assert out.logits is None and out.ctc_loss is not None and torch.equal(out.loss, out.ctc_loss)
+                ctc_targets=b["ctc_targets"], ctc_target_lengths=b["ctc_target_lengths"], stop_after_ctc=True)
+    assert out.logits is None and out.ctc_loss is not None and out.loss is None and out.lm_loss is None
 
 
 def test_rows_without_transcript_take_no_ctc_loss(model_config_factory) -> None:
@@ -110,9 +111,9 @@ def test_rows_without_transcript_take_no_ctc_loss(model_config_factory) -> None:
     b = batch(model, text_only=False)
     full = model(input_features=b["input_features"], feature_lengths=b["feature_lengths"],
                  ctc_targets=b["ctc_targets"][:1].expand(2, -1), ctc_target_lengths=torch.tensor([b["ctc_target_lengths"][0], 0]),
-                 lm_weight=0.0, ctc_weight=1.0)
+                 )
     one = model(input_features=b["input_features"][:1], feature_lengths=b["feature_lengths"][:1],
-                ctc_targets=b["ctc_targets"][:1], ctc_target_lengths=b["ctc_target_lengths"][:1], lm_weight=0.0, ctc_weight=1.0)
+                ctc_targets=b["ctc_targets"][:1], ctc_target_lengths=b["ctc_target_lengths"][:1])
     assert torch.allclose(full.ctc_loss, one.ctc_loss, atol=1e-5)
 
 
@@ -149,7 +150,7 @@ def test_save_load_identical_outputs_and_peft_export(model_config_factory, tmp_p
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     b = batch(model)
-    ref = model(**b, ctc_weight=0.3)
+    ref = model(**b)
     out_dir = model.save_pretrained(tmp_path / "export")
     files = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     assert {"swv_config.json", "adapters/alignment.safetensors", "adapters/shrinking.safetensors",
@@ -159,7 +160,7 @@ def test_save_load_identical_outputs_and_peft_export(model_config_factory, tmp_p
     cfg = json.loads((out_dir / "swv_config.json").read_text())
     assert cfg["adapters"][0]["name"] == "alignment" and "torch" in cfg["versions"]
     loaded = SpeechLM.from_pretrained(out_dir).eval()
-    again = loaded(**b, ctc_weight=0.3)
+    again = loaded(**b)
     assert torch.allclose(ref.logits, again.logits, atol=1e-5)
     assert torch.allclose(ref.loss, again.loss, atol=1e-5)
     # the LoRA loads with plain peft on the plain HF model
@@ -222,7 +223,7 @@ def test_seamless_encoder_with_qwen2_backbone(tmp_path: Path) -> None:
     model = SpeechLM(config)
     assert type(model.encoder).__name__ == "SeamlessEncoder" and type(model.backbone).__name__ == "Qwen2Backbone"
     b = batch(model)
-    out = model(**b, ctc_weight=0.3)
+    out = model(**b)
     assert torch.isfinite(out.loss) and out.ctc_loss is not None
     out.loss.backward()
     model.eval()
@@ -241,5 +242,5 @@ def test_half_precision_encoder_feeds_float32_adapters(model_config_factory) -> 
     config.encoder = {**config.encoder, "dtype": "bfloat16"}
     model = SpeechLM(config).eval()
     b = batch(model)
-    out = model(**b, ctc_weight=0.3)
+    out = model(**b)
     assert out.ctc_logits.dtype == torch.float32 and torch.isfinite(out.loss)

@@ -52,8 +52,7 @@ def transcribe_ctc(model: Any, waveforms: Sequence[Any], batch_size: int = 16) -
     try:
         for start in range(0, len(waveforms), batch_size):
             chunk = list(waveforms[start : start + batch_size])
-            features, lengths = model.encoder.extract_features(chunk)
-            state = model.encode_audio(features, lengths, stop_after_ctc=True)
+            state = model.encode_audio(waveforms=chunk, stop_after_ctc=True)
             if state.ctc_logits is None or state.ctc_lengths is None:
                 raise RuntimeError("the model's adapter chain produces no CTC logits")
             texts += greedy_ctc_texts(state.ctc_logits, state.ctc_lengths, model.audio_token_id, model.tokenizer)

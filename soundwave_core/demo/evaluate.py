@@ -47,23 +47,6 @@ class Items:
         return path
 
 
-def stop_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end an answer: eos and the chat template's end-of-turn marker(s)."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for token in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>"):
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(ids)
-
-
-def cut_at_stop(row: Sequence[int], stops: set[int]) -> list[int]:
-    for i, token in enumerate(row):
-        if token in stops:
-            return list(row[:i])
-    return list(row)
-
-
 def ctc_wer(model: Any, items: Items) -> dict[str, Any]:
     """WER of the alignment adapter's greedy CTC transcripts."""
     from swv.demo.ctc import transcribe_ctc
@@ -79,22 +62,21 @@ def ctc_wer(model: Any, items: Items) -> dict[str, Any]:
 @torch.no_grad()
 def text_qa_accuracy(model: Any, questions: Sequence[Any], batch_size: int = 8) -> dict[str, Any]:
     """The backbone answering ``questions`` (:class:`swv.demo.text.Question`) as text, no audio,
-    greedy, with the model's system prompt and chat template."""
+    greedy, with the model's system prompt and chat template, through :meth:`SpeechLM.generate`."""
     from swv.model.prompts import PromptBuilder
+    from swv.model.stopping import decode_answers, left_pad
 
     tokenizer = model.tokenizer
     builder = PromptBuilder(tokenizer, model.config.system_prompt or None, tokenizer.convert_ids_to_tokens(model.audio_token_id))
-    stops = stop_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    stops = torch.tensor(model.stop_token_ids(), dtype=torch.long)
+    pad_id = int(model.backbone.info().pad_token_id)
     start = time.perf_counter()
     answers: list[str] = []
     for i in range(0, len(questions), batch_size):
         rows = [builder.generation_ids(q.text[0].upper() + q.text[1:] + "?", has_audio=False) for q in questions[i : i + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-        new = model.generate(ids, mask, max_new_tokens=24, do_sample=False, eos_token_id=stops, pad_token_id=pad_id)
-        answers += [tokenizer.decode(cut_at_stop(row, set(stops)), skip_special_tokens=True).strip() for row in new.tolist()]
+        ids, mask = left_pad(rows, pad_id)
+        new = model.generate(ids, mask, max_new_tokens=24, do_sample=False)
+        answers += decode_answers(tokenizer, new, stops)[0]
     hits = [q.is_answered_by(a) for q, a in zip(questions, answers)]
     return {"accuracy": sum(hits) / max(1, len(hits)), "correct": sum(hits), "total": len(hits),
             "seconds": round(time.perf_counter() - start, 2),

@@ -14,11 +14,12 @@ Whisper) is split into consecutive windows whose encoder outputs are joined alon
 the adapter chain (see :mod:`swv.infer.windowing`), so nothing is truncated; pass
 ``max_duration`` to reject long clips with an :class:`~swv.errors.InputError` instead.
 
-Batches: inputs are grouped ``batch_size`` at a time (in input order), prompts are left-padded,
-the audio is spliced in, and the backbone generates with its KV cache. Each row is cut at its
-first stop token (the tokenizer's eos, the generation config's eos ids and the chat template's
-end-of-turn token) and decoded with ``skip_special_tokens``. With greedy decoding a batch gives
-the same text as one input at a time.
+Batches: inputs are grouped ``batch_size`` at a time (in input order), the audio goes through
+:meth:`SpeechLM.encode_audio`, prompts are left-padded and :meth:`SpeechLM.generate` splices the
+audio in and lets the backbone generate with its KV cache. Each row is cut at its first stop
+token (:mod:`swv.model.stopping`: the tokenizer's eos, the generation config's eos ids and the
+chat template's end-of-turn token) and decoded with ``skip_special_tokens``. With greedy
+decoding a batch gives the same text as one input at a time.
 
 Stats (:class:`Stats`, per request): ``audio_seconds``; ``num_windows``; ``encoder_frames`` (valid
 encoder frames, summed over windows); ``audio_tokens`` (audio embeddings given to the LLM after
@@ -49,8 +50,8 @@ from swv.audio import read_audio, resample
 from swv.errors import InputError, SwvError, UsageError
 from swv.model.prompts import PromptBuilder
 from swv.model.speechlm import SpeechLM
-from swv.model.splice import IGNORE_INDEX
 from swv.model.state import AudioState
+from swv.model.stopping import cut_at_stop, decode_answers, left_pad
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -256,66 +257,17 @@ class _StopFlag(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def end_of_turn_ids(tokenizer: Any, audio_token: str) -> list[int]:
-    """Special tokens the chat template puts after an assistant answer (``<|eot_id|>``,
-    ``<|im_end|>``...), found by rendering a one-turn conversation."""
-    try:
-        full, labels = PromptBuilder(tokenizer, None, audio_token).training_ids("hi", "ok", has_audio=False)
-    except InputError:
-        return []
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    tail = [token for token, label in zip(full, labels) if label != IGNORE_INDEX]
-    return [token for token in tail if token in special][:1]
-
-
-def stop_token_ids(model: SpeechLM) -> list[int]:
-    """Ids that end an answer: generation-config eos ids, the tokenizer's eos, end of turn."""
-    tokenizer = model.tokenizer
-    ids: list[int] = []
-    generation_config = getattr(getattr(model.backbone, "hf_model", None), "generation_config", None)
-    eos = getattr(generation_config, "eos_token_id", None)
-    ids.extend(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    ids.extend(end_of_turn_ids(tokenizer, tokenizer.convert_ids_to_tokens(model.audio_token_id)))
-    return sorted({int(i) for i in ids})
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists -> left-padded ``input_ids [B, L]`` and ``attention_mask [B, L]``."""
-    longest = max(len(row) for row in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, longest - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, longest - len(row) :] = 1
-    return ids, mask
-
-
-def cut_at_stop(new_tokens: torch.Tensor, stop_ids: torch.Tensor) -> tuple[list[list[int]], list[int]]:
-    """``[B, N]`` generated ids -> each row's tokens before its first stop id, and the number
-    of tokens generated per row (up to and including that stop id)."""
-    is_stop = torch.isin(new_tokens, stop_ids.to(new_tokens.device))
-    stopped = is_stop.any(dim=1)
-    no_stop = torch.full_like(stopped, new_tokens.shape[1], dtype=torch.long)
-    first = torch.where(stopped, is_stop.int().argmax(dim=1), no_stop)
-    generated = torch.where(stopped, first + 1, first)
-    rows = new_tokens.tolist()
-    return [row[:n] for row, n in zip(rows, first.tolist())], generated.tolist()
-
-
 # ---------------------------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class _Prepared:
-    """A batch ready to generate: spliced prompt embeddings and what the stats need."""
+    """A batch ready to generate: left-padded prompts and the audio's adapter-chain output
+    (``encoder_lengths``/``num_windows`` feed the stats)."""
 
-    inputs_embeds: torch.Tensor
+    input_ids: torch.Tensor
     attention_mask: torch.Tensor
     state: AudioState
-    encoder_frames: torch.Tensor
-    num_windows: torch.Tensor
 
 
 class Pipeline:
@@ -332,7 +284,7 @@ class Pipeline:
         self.tokenizer = model.tokenizer
         audio_token = self.tokenizer.convert_ids_to_tokens(model.audio_token_id)
         self.prompts = PromptBuilder(self.tokenizer, self.system_prompt or None, audio_token)
-        self.stop_ids = torch.tensor(stop_token_ids(model), dtype=torch.long)
+        self.stop_ids = torch.tensor(model.stop_token_ids(), dtype=torch.long)
         self.pad_id = int(model.backbone.info().pad_token_id)
 
     @classmethod
@@ -413,33 +365,27 @@ class Pipeline:
         return self.prompts.generation_ids(prompt, has_audio=True)
 
     # -- generation -------------------------------------------------------------------------
-    def _encode_and_splice(
-        self, waveforms: Sequence[Waveform], prompts: Sequence[str], window_batch_size: int
-    ) -> _Prepared:
-        """Encode (windowed), build left-padded prompts and splice: ``inputs_embeds [B, L, D]``."""
+    def _prepare(self, waveforms: Sequence[Waveform], prompts: Sequence[str], window_batch_size: int) -> _Prepared:
+        """Encode the audio (windowed) through :meth:`SpeechLM.encode_audio` and left-pad the prompts."""
         ids, mask = left_pad([self.prompt_ids(p) for p in prompts], self.pad_id)
-        state, windowed = self.model.encode_waveforms(
-            [w.samples for w in waveforms], window_batch_size=window_batch_size
-        )
-        spliced = self.model.splice(state, ids.to(self.device), mask.to(self.device), padding_side="left")
-        return _Prepared(
-            spliced.inputs_embeds, spliced.attention_mask, state, windowed.state.lengths, windowed.num_windows
-        )
+        state = self.model.encode_audio(waveforms=[w.samples for w in waveforms], window_batch_size=window_batch_size)
+        return _Prepared(ids, mask, state)
 
-    def _backbone_generate(
+    def _generate(
         self,
         prepared: _Prepared,
         settings: GenerationSettings,
         streamer: BaseStreamer,
         stop: threading.Event | None = None,
     ) -> torch.Tensor:
+        """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids."""
         kwargs = settings.generate_kwargs()
         if stop is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopFlag(stop)])
-        return self.model.backbone.generate(
-            inputs_embeds=prepared.inputs_embeds,
-            attention_mask=prepared.attention_mask,
-            eos_token_id=self.stop_ids.tolist(),
+        return self.model.generate(
+            prepared.input_ids,
+            prepared.attention_mask,
+            audio_state=prepared.state,
             streamer=streamer,
             **kwargs,
         )
@@ -450,9 +396,11 @@ class Pipeline:
     ) -> list[Stats]:
         total = max(end - start, 1e-9)
         ttft = None if first_token is None else first_token - start
-        frames = prepared.encoder_frames.tolist()
-        tokens = prepared.state.lengths.tolist()
-        windows = prepared.num_windows.tolist()
+        state = prepared.state
+        assert state.encoder_lengths is not None and state.num_windows is not None  # set by encode_audio
+        frames = state.encoder_lengths.tolist()
+        tokens = state.lengths.tolist()
+        windows = state.num_windows.tolist()
         return [
             Stats(
                 audio_seconds=len(w.samples) / self.sample_rate,
@@ -477,11 +425,10 @@ class Pipeline:
         clock = _TokenClock()
         start = time.perf_counter()
         with torch.inference_mode():
-            prepared = self._encode_and_splice(waveforms, prompts, window_batch_size=len(waveforms))
-            new_tokens = self._backbone_generate(prepared, settings, clock)
+            prepared = self._prepare(waveforms, prompts, window_batch_size=len(waveforms))
+            new_tokens = self._generate(prepared, settings, clock)
         end = time.perf_counter()
-        kept, generated = cut_at_stop(new_tokens, self.stop_ids)
-        texts = [t.strip() for t in self.tokenizer.batch_decode(kept, skip_special_tokens=True)]
+        texts, generated = decode_answers(self.tokenizer, new_tokens, self.stop_ids)
         stats = self._stats(prepared, waveforms, generated, start, clock.first_token_time, end)
         return [Result(text, s) for text, s in zip(texts, stats)]
 
@@ -589,8 +536,8 @@ class TextStream:
                 torch.manual_seed(self._settings.seed)
             start = time.perf_counter()
             with torch.inference_mode():  # thread-local: entered in this thread
-                prepared = pipe._encode_and_splice([self._waveform], [self._prompt], window_batch_size=1)
-                new_tokens = pipe._backbone_generate(prepared, self._settings, streamer, stop)
+                prepared = pipe._prepare([self._waveform], [self._prompt], window_batch_size=1)
+                new_tokens = pipe._generate(prepared, self._settings, streamer, stop)
             self._outcome = (prepared, new_tokens, start, time.perf_counter())
         except BaseException as exc:  # re-raised in the consuming thread
             self._error = exc

@@ -8,10 +8,12 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -19,10 +21,12 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.errors import ComponentError, InputError
+from swv.infer.windowing import encode_windowed, encoder_window_samples
 from swv.io import atomic_directory
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
+from swv.model.stopping import stop_token_ids
 from swv.recipes.schema import PAPER_SYSTEM_PROMPT
 from swv.registry import Registry
 
@@ -50,8 +54,10 @@ class SpeechLMConfig(PreTrainedConfig):
 
 @dataclass
 class SpeechLMOutput(ModelOutput):
-    """Forward outputs. ``logits [B, L', V]`` (None when the backbone did not run),
-    ``ctc_logits [B_a, T, V]``, ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
+    """Forward outputs. ``loss`` is ``lm_loss`` (the Hugging Face meaning, see
+    :meth:`SpeechLM.forward`); ``lm_loss``, ``ctc_loss`` and ``aux_losses`` (name -> scalar,
+    reported by adapters) are unweighted. ``logits [B, L', V]`` (None when the backbone did not
+    run), ``ctc_logits [B_a, T, V]``, ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
     ``audio_lengths [B_a]``."""
 
     loss: torch.Tensor | None = None
@@ -63,6 +69,7 @@ class SpeechLMOutput(ModelOutput):
     keep_mask: torch.Tensor | None = None
     audio_embeds: torch.Tensor | None = None
     audio_lengths: torch.Tensor | None = None
+    aux_losses: dict[str, torch.Tensor] | None = None
 
 
 def _versions() -> dict[str, str]:
@@ -122,36 +129,80 @@ class SpeechLM(PreTrainedModel):
     def tokenizer(self) -> Any:
         return self.backbone.tokenizer
 
-    # ---------------------------------------------------------------------------------------
+    # -- the audio road: waveforms / features / cached encoder outputs -> adapter chain ------
+    @property
+    def audio_window_samples(self) -> int | None:
+        """Longest clip (samples at ``encoder.sample_rate``) the encoder takes in one pass
+        (Whisper: 30 s); ``None`` when unbounded. Longer waveforms given to
+        :meth:`encode_audio` are windowed."""
+        return encoder_window_samples(self.encoder)
+
     def encode_audio(
         self,
-        input_features: torch.Tensor | None,
-        feature_lengths: torch.Tensor | None,
+        input_features: torch.Tensor | None = None,
+        feature_lengths: torch.Tensor | None = None,
         *,
-        stop_after_ctc: bool = False,
+        waveforms: Sequence[np.ndarray] | None = None,
         encoder_embeds: torch.Tensor | None = None,
         encoder_lengths: torch.Tensor | None = None,
+        stop_after_ctc: bool = False,
+        window_batch_size: int | None = None,
     ) -> AudioState:
-        """Encoder + adapter chain. With ``stop_after_ctc`` the chain stops after the first
-        adapter that produces CTC logits (all a CTC-only stage needs). Precomputed encoder
-        outputs (``encoder_embeds [B, T, D]``, ``encoder_lengths [B]``, e.g. from the feature
-        cache) skip the encoder."""
-        if encoder_embeds is not None:
+        """Audio -> the adapter chain's output: the one road from audio to LLM inputs.
+
+        Give exactly one of:
+
+        * ``waveforms``: mono float arrays at ``encoder.sample_rate``, of any length. Clips longer
+          than :attr:`audio_window_samples` are cut into consecutive windows whose valid encoder
+          frames are joined along time before the chain (:mod:`swv.infer.windowing`), windows
+          encoded ``window_batch_size`` at a time (all at once when ``None``);
+        * ``input_features [B, ...]`` with ``feature_lengths [B]`` (the encoder's own features);
+        * ``encoder_embeds [B, T, D_enc]`` with ``encoder_lengths [B]`` (e.g. the feature cache):
+          the encoder is skipped.
+
+        Inputs are moved to the encoder's device; the encoder output is cast to the adapters'
+        dtype and device (a float16 encoder before float32 adapters). With ``stop_after_ctc``
+        the chain stops after the first adapter that produces CTC logits (all a CTC-only stage
+        needs). Returns the final :class:`AudioState` (``embeds [B, N, D_llm]``, ``lengths [B]``
+        audio tokens, CTC logits and aux losses if any) with ``encoder_lengths [B]`` (valid
+        encoder frames, summed over windows) and ``num_windows [B]`` set.
+        """
+        given = [name for name, value in (("waveforms", waveforms), ("input_features", input_features),
+                                          ("encoder_embeds", encoder_embeds)) if value is not None]
+        if len(given) != 1:
+            raise InputError(
+                "encode_audio takes exactly one of waveforms, input_features (with feature_lengths) or "
+                f"encoder_embeds (with encoder_lengths); got {', '.join(given) or 'none'}"
+            )
+        encoder_device = next(self.encoder.parameters()).device
+        if waveforms is not None:
+            windowed = encode_windowed(self.encoder, waveforms, window_batch_size=window_batch_size, device=encoder_device)
+            state, num_windows = windowed.state, windowed.num_windows
+        elif input_features is not None:
+            if feature_lengths is None:
+                raise InputError("feature_lengths is required with input_features")
+            state = self.encoder(input_features.to(encoder_device), feature_lengths.to(encoder_device))
+            num_windows = torch.ones_like(state.lengths)
+        else:
+            assert encoder_embeds is not None
             if encoder_lengths is None:
                 raise InputError("encoder_lengths is required with encoder_embeds")
             state = AudioState(embeds=encoder_embeds, lengths=encoder_lengths.long())
-        else:
-            if input_features is None or feature_lengths is None:
-                raise InputError("encode_audio needs input_features and feature_lengths (or encoder_embeds)")
-            state = self.encoder(input_features, feature_lengths)
-        adapter_dtype = next(iter(self.adapters.parameters())).dtype
-        if state.embeds.dtype != adapter_dtype:  # e.g. a float16 encoder before float32 adapters
-            state = state.replace(embeds=state.embeds.to(adapter_dtype))
+            num_windows = torch.ones_like(state.lengths)
+        # the adapters' dtype and device (the backbone's for a chain without parameters)
+        target = next(iter(self.adapters.parameters()), None)
+        if target is None:
+            target = next(self.backbone.parameters())
+        state = state.replace(
+            embeds=state.embeds.to(device=target.device, dtype=target.dtype),
+            lengths=state.lengths.to(target.device),
+        )
+        encoder_frames = state.lengths
         for adapter in self.adapters.values():
             state = adapter(state)
             if stop_after_ctc and state.ctc_logits is not None:
                 break
-        return state
+        return state.replace(encoder_lengths=encoder_frames, num_windows=num_windows.to(encoder_frames.device))
 
     def splice(
         self,
@@ -161,18 +212,24 @@ class SpeechLM(PreTrainedModel):
         labels: torch.Tensor | None = None,
         padding_side: Literal["left", "right"] = "right",
     ) -> Spliced:
+        """Token embeddings of ``input_ids [B, L]`` with ``state``'s audio embeddings put at the
+        audio placeholders (ids, mask and labels are moved to the backbone's device, the audio
+        cast to its dtype)."""
+        device = next(self.backbone.parameters()).device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        labels = None if labels is None else labels.to(device)
         token_embeds = self.backbone.embed_tokens(input_ids)
         if state is None:
             dim = token_embeds.shape[-1]
             audio = token_embeds.new_zeros(0, 0, dim)
-            lengths = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+            lengths = torch.zeros(0, dtype=torch.long, device=device)
         else:
-            audio, lengths = state.embeds, state.lengths
+            audio, lengths = state.embeds, state.lengths.to(device)
         return splice_audio(
             token_embeds,
             input_ids,
             attention_mask,
-            audio.to(token_embeds.dtype),
+            audio.to(device=device, dtype=token_embeds.dtype),
             lengths,
             self.audio_token_id,
             labels=labels,
@@ -188,47 +245,48 @@ class SpeechLM(PreTrainedModel):
         labels: torch.Tensor | None = None,
         ctc_targets: torch.Tensor | None = None,
         ctc_target_lengths: torch.Tensor | None = None,
-        lm_weight: float = 1.0,
-        ctc_weight: float = 0.0,
         encoder_embeds: torch.Tensor | None = None,
         encoder_lengths: torch.Tensor | None = None,
+        run_backbone: bool | None = None,
+        stop_after_ctc: bool = False,
     ) -> SpeechLMOutput:
-        """Run the model and (with targets) the weighted losses.
+        """Run the model and report every loss it can compute, unweighted.
 
-        ``input_features``/``feature_lengths`` hold one row per prompt row that contains the
-        audio placeholder (in order). Without ``input_ids`` (or with ``lm_weight == 0`` and no
-        labels) the backbone is not run at all: a CTC-only stage costs only encoder + adapter.
+        ``input_features``/``feature_lengths`` (or cached ``encoder_embeds``/``encoder_lengths``)
+        hold one row per prompt row that contains the audio placeholder (in order); they go
+        through :meth:`encode_audio`. The backbone runs when ``run_backbone`` is true (default:
+        when ``input_ids`` are given); ``stop_after_ctc`` ends the adapter chain at the first
+        adapter producing CTC logits (see :meth:`encode_audio`). Training stages set both
+        (:mod:`swv.train.stages`); the model never weighs losses.
+
+        Losses on the output: ``lm_loss`` (with ``labels`` and the backbone run),
+        ``ctc_loss`` (with ``ctc_targets``/``ctc_target_lengths``; rows with an empty target are
+        left out), ``aux_losses`` (whatever the adapters reported in ``AudioState.aux_losses``).
+        ``loss`` has its Hugging Face meaning: it is ``lm_loss``, the token-mean next-token
+        cross-entropy of the backbone over the positions whose label is not -100 (``labels``
+        are shifted by one inside, as in a causal LM), and ``None`` without ``labels``; CTC and
+        auxiliary losses are never part of it.
         """
-        run_backbone = input_ids is not None and (lm_weight > 0 or labels is None)
+        if run_backbone is None:
+            run_backbone = input_ids is not None
+        elif run_backbone and input_ids is None:
+            raise InputError("run_backbone=True needs input_ids")
         state = None
         if input_features is not None or encoder_embeds is not None:
             state = self.encode_audio(
                 input_features,
                 feature_lengths,
-                stop_after_ctc=not run_backbone,
                 encoder_embeds=encoder_embeds,
                 encoder_lengths=encoder_lengths,
+                stop_after_ctc=stop_after_ctc,
             )
         out = SpeechLMOutput()
-        losses: list[torch.Tensor] = []
         if state is not None:
             out.ctc_logits, out.ctc_lengths, out.keep_mask = state.ctc_logits, state.ctc_lengths, state.keep_mask
             out.audio_embeds, out.audio_lengths = state.embeds, state.lengths
-            if ctc_targets is not None and ctc_weight > 0:
-                if state.ctc_logits is None or state.ctc_lengths is None:
-                    raise ComponentError("a CTC loss was requested but no adapter in the chain produces CTC logits")
-                if ctc_target_lengths is None:
-                    raise InputError("ctc_target_lengths is required with ctc_targets")
-                rows = ctc_target_lengths > 0  # rows without a transcript take no CTC loss
-                if bool(rows.any()):
-                    out.ctc_loss = ctc_loss(
-                        state.ctc_logits[rows],
-                        state.ctc_lengths[rows],
-                        ctc_targets[rows],
-                        ctc_target_lengths[rows],
-                        self.audio_token_id,
-                    )
-                    losses.append(ctc_weight * out.ctc_loss)
+            out.aux_losses = dict(state.aux_losses)
+            if ctc_targets is not None:
+                out.ctc_loss = self._ctc_loss(state, ctc_targets, ctc_target_lengths)
         if run_backbone:
             assert input_ids is not None
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
@@ -239,12 +297,38 @@ class SpeechLM(PreTrainedModel):
                 position_ids=spliced.position_ids,
             )
             out.logits = lm_out.logits
-            if spliced.labels is not None and lm_weight > 0:
+            if spliced.labels is not None:
                 out.lm_loss = lm_loss(lm_out.logits, spliced.labels)
-                losses.append(lm_weight * out.lm_loss)
-        if losses:
-            out.loss = torch.stack(losses).sum()
+                out.loss = out.lm_loss
         return out
+
+    def _ctc_loss(
+        self, state: AudioState, ctc_targets: torch.Tensor, ctc_target_lengths: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """CTC loss of the chain's CTC logits against ``ctc_targets [B, S]``; ``None`` when no
+        row has a target."""
+        if state.ctc_logits is None or state.ctc_lengths is None:
+            raise ComponentError("a CTC loss was requested but no adapter in the chain produces CTC logits")
+        if ctc_target_lengths is None:
+            raise InputError("ctc_target_lengths is required with ctc_targets")
+        rows = ctc_target_lengths > 0  # rows without a transcript take no CTC loss
+        if not bool(rows.any()):
+            return None
+        return ctc_loss(
+            state.ctc_logits[rows],
+            state.ctc_lengths[rows],
+            ctc_targets[rows],
+            ctc_target_lengths[rows],
+            self.audio_token_id,
+        )
+
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end an answer (see :mod:`swv.model.stopping`): the backbone generation
+        config's eos id(s), the tokenizer's eos and the chat template's end-of-turn token."""
+        tokenizer = self.tokenizer
+        return stop_token_ids(
+            tokenizer, self.backbone.hf_model.generation_config, tokenizer.convert_ids_to_tokens(self.audio_token_id)
+        )
 
     @torch.no_grad()
     def generate(  # type: ignore[override]
@@ -253,50 +337,43 @@ class SpeechLM(PreTrainedModel):
         attention_mask: torch.Tensor,
         input_features: torch.Tensor | None = None,
         feature_lengths: torch.Tensor | None = None,
+        *,
+        waveforms: Sequence[np.ndarray] | None = None,
+        encoder_embeds: torch.Tensor | None = None,
+        encoder_lengths: torch.Tensor | None = None,
+        audio_state: AudioState | None = None,
+        window_batch_size: int | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Encode and splice the audio once, then let the backbone generate with its KV cache.
-        Returns the new token ids ``[B, N]``. Batches are left-padded after splicing."""
-        state = None
-        if input_features is not None:
-            assert feature_lengths is not None
-            state = self.encode_audio(input_features, feature_lengths)
+        """Answer left-padded prompts ``input_ids [B, L]`` (``attention_mask [B, L]``).
+
+        The audio (one row per prompt row holding the audio placeholder) is any input of
+        :meth:`encode_audio`, or its result as ``audio_state``; it is encoded once, spliced in
+        (batches left-padded after splicing) and the backbone generates with its KV cache.
+        ``generate_kwargs`` go to transformers' ``generate``; ``eos_token_id`` defaults to
+        :meth:`stop_token_ids`. Returns the new token ids ``[B, N]`` (rows that stop early are
+        padded with the pad id; cut them with :func:`swv.model.stopping.cut_at_stop`).
+        """
+        has_input = input_features is not None or waveforms is not None or encoder_embeds is not None
+        if audio_state is not None and has_input:
+            raise InputError("generate takes either audio_state or audio inputs, not both")
+        state = audio_state
+        if has_input:
+            state = self.encode_audio(
+                input_features,
+                feature_lengths,
+                waveforms=waveforms,
+                encoder_embeds=encoder_embeds,
+                encoder_lengths=encoder_lengths,
+                window_batch_size=window_batch_size,
+            )
         spliced = self.splice(state, input_ids, attention_mask, padding_side="left")
+        generate_kwargs.setdefault("eos_token_id", self.stop_token_ids())
         return self.backbone.generate(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=spliced.attention_mask,
             **generate_kwargs,
         )
-
-    # -- waveforms of any length (inference; see swv.infer.windowing) -------------------------
-    @property
-    def audio_window_samples(self) -> int | None:
-        """Longest clip (samples at ``encoder.sample_rate``) the encoder takes in one pass
-        (Whisper: 30 s); ``None`` when unbounded. Longer clips are windowed by
-        :meth:`encode_waveforms`."""
-        from swv.infer.windowing import encoder_window_samples
-
-        return encoder_window_samples(self.encoder)
-
-    def encode_waveforms(
-        self, waveforms: list[Any], *, window_batch_size: int | None = None
-    ) -> tuple[AudioState, Any]:
-        """Mono float waveforms at ``encoder.sample_rate``, of any length -> adapter-chain state.
-
-        Clips longer than :attr:`audio_window_samples` are split into consecutive windows whose
-        encoder outputs (valid frames only) are joined along time before the adapter chain.
-        Returns ``(state, windowed)``: the final :class:`AudioState` (``embeds [B, N, D_llm]``,
-        ``lengths [B]`` audio tokens) and the encoder-level
-        :class:`~swv.infer.windowing.WindowedAudio` (``state.lengths [B]`` encoder frames,
-        ``num_windows [B]``).
-        """
-        from swv.infer.windowing import encode_windowed
-
-        windowed = encode_windowed(self.encoder, waveforms, window_batch_size=window_batch_size)
-        state = windowed.state
-        for adapter in self.adapters.values():
-            state = adapter(state)
-        return state, windowed
 
     # ---------------------------------------------------------------------------------------
     def save_pretrained(  # type: ignore[override]

@@ -19,7 +19,13 @@ class AudioState:
             produced them (the alignment adapter does).
         ctc_lengths: ``[B]`` valid lengths of ``ctc_logits``.
         keep_mask: ``[B, T_ctc]`` bool, the frames a shrinking adapter kept.
-        aux_losses: named auxiliary losses added by adapters (weighted by the stage recipe).
+        aux_losses: named auxiliary losses (scalars) added by adapters. The training stage
+            adds each with the weight its recipe's ``losses:`` gives that name (see
+            :mod:`swv.train.stages`); the adapter declares the names in ``Adapter.aux_loss_names``.
+        encoder_lengths: ``[B]`` valid encoder frames per row before the adapter chain (summed
+            over windows), set on the chain's output by ``SpeechLM.encode_audio``.
+        num_windows: ``[B]`` encoder windows per row (1 unless a long clip was windowed), set
+            by ``SpeechLM.encode_audio``.
     """
 
     embeds: torch.Tensor
@@ -28,6 +34,8 @@ class AudioState:
     ctc_lengths: torch.Tensor | None = None
     keep_mask: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoder_lengths: torch.Tensor | None = None
+    num_windows: torch.Tensor | None = None
 
     def replace(self, **changes: object) -> AudioState:
         return replace(self, **changes)  # type: ignore[arg-type]

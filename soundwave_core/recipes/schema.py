@@ -120,7 +120,8 @@ class StageSettings(StrictModel):
     name: str
     kind: Literal["alignment", "shrinking", "sft"]
     trainable: list[str] = Field(min_length=1)
-    losses: dict[Literal["lm", "ctc"], float] = Field(min_length=1)
+    #: ``lm``, ``ctc`` or an adapter's auxiliary loss name -> weight (checked by swv.train.stages)
+    losses: dict[str, float] = Field(min_length=1)
     optimizer: OptimizerSettings
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     batch_size: int = Field(ge=1)

@@ -13,7 +13,8 @@ import yaml
 from swv.errors import UsageError
 from swv.io import atomic_write_json, atomic_write_text
 from swv.train.runner import RunContext, StageRunner, stage_done
-from swv.train.stages import make_stage
+from swv.pluginmanager import default_registry
+from swv.train.stages import recipe_stages
 
 
 def recipe_hash(resolved: dict[str, Any]) -> str:
@@ -62,6 +63,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
     output_dir = Path(recipe.output_dir)
     names = [s.name for s in recipe.stages]
     selected = select_stages(names, stage, from_stage)
+    stages = recipe_stages(loaded, default_registry())  # every stage's losses checked up front
     if resume and not any((output_dir / names[i] / "checkpoints").is_dir() or stage_done(output_dir / names[i], digest) for i in selected):
         raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
 
@@ -89,7 +91,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
             exports.append(stage_dir / "export")
             continue
         init_dir = _init_dir(recipe, i, output_dir)
-        exports.append(StageRunner(ctx, make_stage(settings, i), init_dir).run())
+        exports.append(StageRunner(ctx, stages[i], init_dir).run())
     if recipe.trackers:
         acc.end_training()
     return exports

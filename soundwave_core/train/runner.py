@@ -3,15 +3,19 @@ checkpoints, metrics and the per-module export."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from swv.errors import SwvError, UsageError
 from swv.io import atomic_write_json
@@ -23,24 +27,33 @@ from swv.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from swv.train.stages import Stage
+from swv.train.data import StageDataset, load_stage_data, make_sampler
+from swv.train.stages import CTC, LM, Stage
 from swv.train.trainable import apply_trainable, format_counts
 
-FRAME_RATE = 100.0  # feature frames per second, for data.max_frames_per_batch
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from swv.data.collate import SpeechCollator
+    from swv.data.feature_cache import FeatureCache
+    from swv.data.sampler import MixtureBatchSampler
+    from swv.model.speechlm import SpeechLM
+    from swv.recipes.loader import LoadedRecipe
+    from swv.recipes.schema import Recipe
 
 
 @dataclass
 class RunContext:
     """What every stage of one ``swv train`` invocation shares."""
 
-    loaded: Any  # swv.recipes.loader.LoadedRecipe
+    loaded: LoadedRecipe
     recipe_hash: str
     recipe_yaml: str
     output_dir: Path
-    accelerator: Any
+    accelerator: Accelerator
 
     @property
-    def recipe(self) -> Any:
+    def recipe(self) -> Recipe:
         return self.loaded.recipe
 
     def print(self, *args: Any) -> None:
@@ -56,14 +69,14 @@ class StageRunner:
         self.stage_dir = ctx.output_dir / stage.name
         self.ckpt_dir = self.stage_dir / "checkpoints"
         self.export_dir = self.stage_dir / "export"
-        self.acc = ctx.accelerator
-        self.where = f"stages[{stage.index}] ({stage.name})"
+        self.acc: Accelerator = ctx.accelerator
+        self.where = stage.where
 
     # -- set-up ---------------------------------------------------------------------------
-    def build_model(self) -> Any:
+    def build_model(self) -> SpeechLM:
         return build_model(self.ctx.loaded, self.init_dir)
 
-    def open_feature_cache(self, model: Any) -> Any:
+    def open_feature_cache(self, model: SpeechLM) -> FeatureCache | None:
         """The recipe's feature cache, if the encoder is frozen and the cache matches it."""
         from swv.data.feature_cache import FeatureCache
 
@@ -75,7 +88,7 @@ class StageRunner:
             self.ctx.print(f"using the feature cache at {cache.directory} ({len(cache)} clips; SpecAugment does not apply to cached clips)")
         return cache
 
-    def build_collator(self, model: Any, training: bool, feature_cache: Any = None) -> Any:
+    def build_collator(self, model: SpeechLM, training: bool, feature_cache: FeatureCache | None = None) -> SpeechCollator:
         from swv.data.collate import SpeechCollator
         from swv.model.prompts import PromptBuilder
 
@@ -91,7 +104,7 @@ class StageRunner:
             prompts=prompts,
             spec_augment=recipe.data.spec_augment if training else None,
             skip_sources=skip,
-            with_ctc_targets=self.stage.ctc_weight > 0,
+            with_ctc_targets=self.stage.needs_ctc_targets,
             feature_cache=feature_cache,
         )
 
@@ -102,158 +115,168 @@ class StageRunner:
         assert s.epochs is not None
         return max(1, math.ceil(s.epochs * batches_per_epoch / s.grad_accum))
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the stage, in named steps -------------------------------------------------------------
     def run(self) -> Path:
-        from transformers import get_scheduler
+        """Train the stage to its last step (resuming from its latest checkpoint), evaluate,
+        checkpoint and export; returns the export directory."""
+        model = self.prepare_model()
+        data, sampler = self.training_data(model)
+        feature_cache = self.open_feature_cache(model)
+        collate = self.build_collator(model, training=True, feature_cache=feature_cache)
+        evaluator = self.build_evaluator(model, feature_cache)
+        total = self.total_steps(sampler.batches_per_epoch())
+        optimizer, scheduler = self.build_optimizer(model, total)
+        model, optimizer = self.acc.prepare(model, optimizer)
+        state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash)
+        state = self.maybe_resume(model, optimizer, scheduler, sampler, state)
+        sampler.load_state_dict(state.sampler)
+        self.write_stage_file(done=False, step=state.step, total=total)
+        loop = _Loop(model, optimizer, scheduler, data, sampler, collate, evaluator, state, total,
+                     MetricsLog(self.stage_dir / "metrics.jsonl", self.acc.is_main_process, resume_step=state.step))
+        self.train_loop(loop)
+        self.finish(loop)
+        return self.export_dir
 
-        from swv.train.data import load_stage_data, make_sampler
-
-        s = self.stage.settings
-        acc = self.acc
+    def prepare_model(self) -> SpeechLM:
+        """The starting model with the stage's trainable set applied (and recorded in its config)."""
         model = self.build_model()
-        counts = apply_trainable(model, s.trainable, self.where)
+        counts = apply_trainable(model, self.stage.settings.trainable, self.where)
         model.config.encoder_trained = model.config.encoder_trained or any(p.requires_grad for p in model.encoder.parameters())
         model.config.backbone_trained = model.config.backbone_trained or any(
             p.requires_grad for n, p in model.backbone.named_parameters() if ".lora_" not in n
         )
         self.ctx.print(f"== stage {self.stage.name} ({self.stage.kind}) ==")
         self.ctx.print(format_counts(counts))
+        return model
 
+    def training_data(self, model: SpeechLM) -> tuple[StageDataset, MixtureBatchSampler]:
+        s = self.stage.settings
         data = load_stage_data(self.ctx.recipe.data, s.data.datasets, self.where)
         sampler = make_sampler(
             data,
             s.data,
             s.batch_size,
             seed=self.ctx.recipe.seed + 1000 * self.stage.index,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
+            rank=self.acc.process_index,
+            world_size=self.acc.num_processes,
             max_frames_per_batch=self.ctx.recipe.data.max_frames_per_batch,
-            frame_rate=FRAME_RATE,
+            frame_rate=model.encoder.frame_rate,
         )
-        feature_cache = self.open_feature_cache(model)
-        collate = self.build_collator(model, training=True, feature_cache=feature_cache)
-        evaluator = self.build_evaluator(model, feature_cache)
-        total = self.total_steps(sampler.batches_per_epoch())
+        return data, sampler
 
-        params = [p for p in model.parameters() if p.requires_grad]
+    def build_optimizer(self, model: SpeechLM, total: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
+        from transformers import get_scheduler
+
+        s = self.stage.settings
         opt = s.optimizer
+        params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
         schedule_name = "constant_with_warmup" if s.schedule.name == "constant" else s.schedule.name
         scheduler = get_scheduler(schedule_name, optimizer, num_warmup_steps=s.schedule.warmup_steps, num_training_steps=total)
-        model, optimizer = acc.prepare(model, optimizer)
+        return optimizer, scheduler
 
-        state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash)
-        state = self.maybe_resume(model, optimizer, scheduler, sampler, state)
-        sampler.load_state_dict(state.sampler)
-        self.write_stage_file(done=False, step=state.step, total=total)
-
-        logger = MetricsLog(self.stage_dir / "metrics.jsonl", acc.is_main_process, resume_step=state.step)
-        batches = iter(sampler)
-        progress = Progress(total, state.step, self.stage.name, acc.is_main_process)
-        last_epoch = -1
-        window: list[dict[str, float]] = []
-        t0, rows_done = time.perf_counter(), 0
-        model.train()
-        def log_mixture() -> None:
-            nonlocal last_epoch
-            if sampler.position.epoch == last_epoch:
-                return
-            last_epoch = sampler.position.epoch
-            mixture = {n: round(p, 4) for n, p in zip(data.names, sampler.probabilities(last_epoch).tolist())}
-            msg = {"event": "mixture", "epoch": last_epoch, "temperature": sampler.temperature_at(last_epoch), "mixture": mixture}
-            logger.write({"step": state.step, **msg})
-            if len(data.names) > 1:
-                self.ctx.print(f"epoch {last_epoch}: temperature {msg['temperature']:g}, task mixture {mixture}")
-
-        log_mixture()
-        while state.step < total:
-            step_metrics, ok, rows = self.train_step(model, optimizer, batches, data, collate, opt.max_grad_norm)
-            log_mixture()
-            rows_done += rows
+    def train_loop(self, loop: _Loop) -> None:
+        """Optimizer steps up to ``loop.total``: skip non-finite steps, log, evaluate and checkpoint."""
+        s = self.stage.settings
+        progress = Progress(loop.total, loop.state.step, self.stage.name, self.acc.is_main_process)
+        batches = iter(loop.sampler)
+        window = _Window()
+        loop.model.train()
+        self.log_mixture(loop)
+        while loop.state.step < loop.total:
+            metrics, ok, rows = self.train_step(loop.model, loop.optimizer, batches, loop.data, loop.collate,
+                                                s.optimizer.max_grad_norm)
+            self.log_mixture(loop)
+            window.rows += rows
             if not ok:
-                state.bad_steps += 1
-                self.ctx.print(f"warning: step {state.step + 1}: non-finite loss, step skipped ({state.bad_steps} in a row)")
-                if state.bad_steps >= s.max_bad_steps:
-                    raise SwvError(
-                        f"{self.where}: {state.bad_steps} non-finite losses in a row at step {state.step + 1}; "
-                        "lower the learning rate or check the data"
-                    )
+                self.count_bad_step(loop.state)
                 continue
-            state.bad_steps = 0
-            scheduler.step()
-            state.step += 1
-            state.samples_seen += rows
-            window.append(step_metrics)
-            progress.update(state.step, {**step_metrics, "lr": scheduler.get_last_lr()[0]})
-            if state.step % s.log_every == 0 or state.step == total:
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                record = _mean(window) | {
-                    "step": state.step,
-                    "lr": scheduler.get_last_lr()[0],
-                    "epoch": sampler.position.epoch,
-                    "samples_per_s": rows_done * acc.num_processes / elapsed,
-                }
-                logger.write(record)
-                progress.log(record)
-                if self.ctx.recipe.trackers:
-                    acc.log({f"{self.stage.name}/{k}": v for k, v in record.items()}, step=state.step)
-                window, t0, rows_done = [], time.perf_counter(), 0
-            if s.save_every and state.step % s.save_every == 0 and state.step < total:
-                if evaluator is not None:
-                    logger.write({"step": state.step, **evaluator(model)})
-                self.checkpoint(model, optimizer, scheduler, sampler, state)
+            loop.state.bad_steps = 0
+            loop.scheduler.step()
+            loop.state.step += 1
+            loop.state.samples_seen += rows
+            window.metrics.append(metrics)
+            progress.update(loop.state.step, {**metrics, "lr": loop.scheduler.get_last_lr()[0]})
+            if loop.state.step % s.log_every == 0 or loop.state.step == loop.total:
+                progress.log(self.log_window(loop, window))
+                window = _Window()
+            if s.save_every and loop.state.step % s.save_every == 0 and loop.state.step < loop.total:
+                if loop.evaluator is not None:
+                    loop.logger.write({"step": loop.state.step, **loop.evaluator(loop.model)})
+                self.checkpoint(loop.model, loop.optimizer, loop.scheduler, loop.sampler, loop.state)
         progress.close()
-        if evaluator is not None:
-            result = evaluator(model)
-            logger.write({"step": state.step, **result})
+
+    def log_mixture(self, loop: _Loop) -> None:
+        """Log the task mixture once per epoch (when the sampler enters a new one)."""
+        epoch = loop.sampler.position.epoch
+        if epoch == loop.logged_epoch:
+            return
+        loop.logged_epoch = epoch
+        mixture = {n: round(p, 4) for n, p in zip(loop.data.names, loop.sampler.probabilities(epoch).tolist())}
+        temperature = loop.sampler.temperature_at(epoch)
+        loop.logger.write({"step": loop.state.step, "event": "mixture", "epoch": epoch, "temperature": temperature,
+                           "mixture": mixture})
+        if len(loop.data.names) > 1:
+            self.ctx.print(f"epoch {epoch}: temperature {temperature:g}, task mixture {mixture}")
+
+    def count_bad_step(self, state: TrainerState) -> None:
+        """A skipped step (non-finite loss); too many in a row stop the stage."""
+        state.bad_steps += 1
+        self.ctx.print(f"warning: step {state.step + 1}: non-finite loss, step skipped ({state.bad_steps} in a row)")
+        if state.bad_steps >= self.stage.settings.max_bad_steps:
+            raise SwvError(
+                f"{self.where}: {state.bad_steps} non-finite losses in a row at step {state.step + 1}; "
+                "lower the learning rate or check the data"
+            )
+
+    def log_window(self, loop: _Loop, window: _Window) -> dict[str, Any]:
+        """Mean metrics of the steps since the last log line, to metrics.jsonl and the trackers."""
+        elapsed = max(time.perf_counter() - window.start, 1e-9)
+        record = _mean(window.metrics) | {
+            "step": loop.state.step,
+            "lr": loop.scheduler.get_last_lr()[0],
+            "epoch": loop.sampler.position.epoch,
+            "samples_per_s": window.rows * self.acc.num_processes / elapsed,
+        }
+        loop.logger.write(record)
+        if self.ctx.recipe.trackers:
+            self.acc.log({f"{self.stage.name}/{k}": v for k, v in record.items()}, step=loop.state.step)
+        return record
+
+    def finish(self, loop: _Loop) -> None:
+        """Held-out losses, the last checkpoint, the export and the stage file."""
+        if loop.evaluator is not None:
+            result = loop.evaluator(loop.model)
+            loop.logger.write({"step": loop.state.step, **result})
             self.ctx.print(f"[{self.stage.name}] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        self.checkpoint(model, optimizer, scheduler, sampler, state)
-        self.export(model)
-        self.write_stage_file(done=True, step=state.step, total=total)
-        return self.export_dir
+        self.checkpoint(loop.model, loop.optimizer, loop.scheduler, loop.sampler, loop.state)
+        self.export(loop.model)
+        self.write_stage_file(done=True, step=loop.state.step, total=loop.total)
 
-    def build_evaluator(self, model: Any, feature_cache: Any) -> Any:
+    def build_evaluator(self, model: SpeechLM, feature_cache: FeatureCache | None) -> HeldOutEvaluator | None:
         """Mean losses over the stage's ``eval_datasets`` (no SpecAugment, eval mode), or None."""
-        from swv.train.data import load_stage_data, make_sampler
-
         s = self.stage.settings
         if not s.data.eval_datasets:
             return None
         data = load_stage_data(self.ctx.recipe.data, s.data.eval_datasets, self.where + " eval")
         sampler = make_sampler(data, s.data, s.batch_size, seed=0, rank=self.acc.process_index,
-                               world_size=self.acc.num_processes, max_frames_per_batch=None, frame_rate=FRAME_RATE, shuffle=False)
+                               world_size=self.acc.num_processes, max_frames_per_batch=None,
+                               frame_rate=model.encoder.frame_rate, shuffle=False)
         collate = self.build_collator(model, training=False, feature_cache=feature_cache)
         batches = sampler.epoch_batches(0)[self.acc.process_index :: self.acc.num_processes]
+        return HeldOutEvaluator(self.stage, self.acc, data, collate, batches)
 
-        def evaluate(model: Any) -> dict[str, float]:
-            sums = torch.zeros(4, device=self.acc.device)  # loss, lm, ctc, rows
-            model.eval()
-            with torch.no_grad():
-                for indices in batches:
-                    batch = collate(data.rows(indices))
-                    if not batch:
-                        continue
-                    inputs = {k: (v.to(self.acc.device) if torch.is_tensor(v) else v) for k, v in self.stage.model_inputs(batch).items()}
-                    with self.acc.autocast():
-                        out = model(**inputs)
-                    n = float(batch["num_rows"])
-                    for i, key in enumerate(("loss", "lm_loss", "ctc_loss")):
-                        value = getattr(out, key)
-                        if value is not None:
-                            sums[i] += float(value) * n
-                    sums[3] += n
-            model.train()
-            if self.acc.num_processes > 1:
-                sums = self.acc.reduce(sums, reduction="sum")
-            rows = max(float(sums[3]), 1.0)
-            names = ("eval_loss", "eval_lm_loss", "eval_ctc_loss")
-            weights = {"eval_lm_loss": self.stage.lm_weight, "eval_ctc_loss": self.stage.ctc_weight}
-            return {name: float(sums[i]) / rows for i, name in enumerate(names) if weights.get(name, 1.0) > 0}
-
-        return evaluate
-
-    def train_step(self, model: Any, optimizer: Any, batches: Any, data: Any, collate: Any, max_norm: float | None) -> tuple[dict[str, float], bool, int]:
-        """One optimizer step over ``grad_accum`` micro-batches. Returns (metrics, ok, rows)."""
+    def train_step(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: Iterator[list[int]],
+        data: StageDataset,
+        collate: SpeechCollator,
+        max_norm: float | None,
+    ) -> tuple[dict[str, float], bool, int]:
+        """One optimizer step over ``grad_accum`` micro-batches. Returns (metrics, ok, rows):
+        the weighted ``loss`` and each unweighted ``<name>_loss``, averaged over micro-batches."""
         acc = self.acc
         accum = self.stage.settings.grad_accum
         sums: dict[str, float] = {}
@@ -263,14 +286,12 @@ class StageRunner:
             batch = collate(data.rows(next(batches)))
             rows += int(batch.get("num_rows", 0))
             sync = micro == accum - 1
-            ctx = acc.no_sync(model) if not sync and acc.num_processes > 1 else _null()
+            ctx = acc.no_sync(model) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
             with ctx, acc.autocast():
-                if batch:
-                    inputs = {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in self.stage.model_inputs(batch).items()}
-                    out = model(**inputs)
-                    loss = out.loss if out.loss is not None else _zero_loss(model)
-                else:  # every row was skipped: keep all processes in step
-                    out, loss = None, _zero_loss(model)
+                # the model's unweighted losses; none when every row of the batch was skipped
+                losses = run_stage_batch(self.stage, acc.device, model, batch) if batch else {}
+                total = self.stage.total_loss(losses)
+                loss = total if total is not None else _zero_loss(model)  # keep all processes in step
             bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=acc.device)
             if acc.num_processes > 1:
                 bad = acc.reduce(bad, reduction="sum")
@@ -278,10 +299,10 @@ class StageRunner:
                 finite = False
                 break
             acc.backward(loss / accum)
-            for key in ("loss", "lm_loss", "ctc_loss"):
-                value = getattr(out, key, None) if out is not None else None
-                if value is not None:
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) / accum
+            named = {"loss": total} if total is not None else {}
+            named.update({f"{name}_loss": value for name, value in losses.items()})
+            for key, value in named.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / accum
         if not finite:
             optimizer.zero_grad(set_to_none=True)
             return {}, False, rows
@@ -292,7 +313,8 @@ class StageRunner:
         return sums, True, rows
 
     # -- checkpoints, resume, export ---------------------------------------------------------
-    def checkpoint(self, model: Any, optimizer: Any, scheduler: Any, sampler: Any, state: TrainerState) -> None:
+    def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+                   sampler: MixtureBatchSampler, state: TrainerState) -> None:
         acc = self.acc
         state.sampler = sampler.state_dict()
         target = self.ckpt_dir / f"step-{state.step:07d}"
@@ -308,7 +330,8 @@ class StageRunner:
         if acc.is_main_process:
             prune_checkpoints(self.ckpt_dir, self.stage.settings.keep_last)
 
-    def maybe_resume(self, model: Any, optimizer: Any, scheduler: Any, sampler: Any, state: TrainerState) -> TrainerState:
+    def maybe_resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+                     sampler: MixtureBatchSampler, state: TrainerState) -> TrainerState:
         found = list_checkpoints(self.ckpt_dir)
         if not found:
             return state
@@ -322,7 +345,7 @@ class StageRunner:
         self.ctx.print(f"resuming stage {self.stage.name} from {latest} (step {loaded.step})")
         return loaded
 
-    def export(self, model: Any) -> None:
+    def export(self, model: nn.Module) -> None:
         acc = self.acc
         acc.wait_for_everyone()
         if acc.is_main_process:
@@ -340,7 +363,80 @@ class StageRunner:
             )
 
 
-def build_model(loaded: Any, init_dir: Path | None) -> Any:
+@dataclass
+class _Loop:
+    """What the training loop of one stage works on."""
+
+    model: nn.Module  # the SpeechLM, wrapped by accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    data: StageDataset
+    sampler: MixtureBatchSampler
+    collate: SpeechCollator
+    evaluator: HeldOutEvaluator | None
+    state: TrainerState
+    total: int
+    logger: MetricsLog
+    logged_epoch: int = -1
+
+
+@dataclass
+class _Window:
+    """Steps since the last log line."""
+
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    rows: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+
+def run_stage_batch(stage: Stage, device: torch.device, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Move the stage's inputs of ``batch`` to ``device``, run ``model`` and return its
+    unweighted losses by name (``lm``, ``ctc``, auxiliary names)."""
+    inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in stage.model_inputs(batch).items()}
+    return stage.losses(model(**inputs))
+
+
+class HeldOutEvaluator:
+    """Mean held-out losses of a stage: ``eval_loss`` (the stage's weighted total) and each
+    unweighted ``eval_<name>_loss`` the model reported, averaged over the rows of the batches
+    that reported it (summed over processes)."""
+
+    def __init__(self, stage: Stage, acc: Accelerator, data: StageDataset, collate: SpeechCollator,
+                 batches: list[list[int]]) -> None:
+        self.stage = stage
+        self.acc = acc
+        self.data = data
+        self.collate = collate
+        self.batches = batches
+        #: every loss name the model may report (fixed order: the same tensor layout on every process)
+        self.names = [LM, CTC, *sorted(stage.aux_losses)]
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        keys = ["loss", *self.names]
+        sums = torch.zeros(2, len(keys), device=self.acc.device)  # [value * rows, rows] per key
+        model.eval()
+        with torch.no_grad():
+            for indices in self.batches:
+                batch = self.collate(self.data.rows(indices))
+                if not batch:
+                    continue
+                with self.acc.autocast():
+                    losses = run_stage_batch(self.stage, self.acc.device, model, batch)
+                total = self.stage.total_loss(losses)
+                found = {"loss": total, **losses} if total is not None else losses
+                rows = float(batch["num_rows"])
+                for i, key in enumerate(keys):
+                    if found.get(key) is not None:
+                        sums[0, i] += float(found[key]) * rows
+                        sums[1, i] += rows
+        model.train()
+        if self.acc.num_processes > 1:
+            sums = self.acc.reduce(sums, reduction="sum")
+        names = ["eval_loss", *(f"eval_{name}_loss" for name in self.names)]
+        return {name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(names) if float(sums[1, i]) > 0}
+
+
+def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     """The stage's starting model: an export to continue from, or fresh from the recipe.
 
     A fresh model's tokenizer also gets every tag the recipe's data sources carry (see
@@ -375,7 +471,7 @@ def build_model(loaded: Any, init_dir: Path | None) -> Any:
     )
 
 
-def feature_cache_dir(recipe: Any) -> Path:
+def feature_cache_dir(recipe: Recipe) -> Path:
     return Path(recipe.data.feature_cache or Path(recipe.output_dir) / "feature_cache")
 
 
@@ -387,7 +483,7 @@ def stage_done(stage_dir: Path, recipe_hash: str) -> bool:
     return bool(info.get("done")) and info.get("recipe_hash") == recipe_hash and (stage_dir / "export" / "swv_config.json").is_file()
 
 
-def _zero_loss(model: Any) -> torch.Tensor:
+def _zero_loss(model: nn.Module) -> torch.Tensor:
     """A zero that still touches every trainable parameter (so all processes run backward)."""
     return torch.stack([p.sum() * 0.0 for p in model.parameters() if p.requires_grad]).sum()
 
@@ -395,14 +491,6 @@ def _zero_loss(model: Any) -> torch.Tensor:
 def _mean(window: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for m in window for k in m}
     return {k: sum(m[k] for m in window if k in m) / max(1, sum(1 for m in window if k in m)) for k in sorted(keys)}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 class MetricsLog:

@@ -1,0 +1,75 @@
+"""Where a generated answer ends, and how prompts are batched for generation.
+
+The stop tokens come from the backbone's tokenizer and generation config, never from token
+strings written here: the generation config's ``eos_token_id`` (an id or a list), the
+tokenizer's eos, and the end-of-turn token the chat template puts after an assistant answer
+(found by rendering a one-turn conversation). :meth:`swv.model.speechlm.SpeechLM.generate`
+stops on them; :func:`cut_at_stop` cuts generated rows at the first one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from swv.errors import InputError
+from swv.model.prompts import PromptBuilder
+from swv.model.splice import IGNORE_INDEX
+
+
+def end_of_turn_ids(tokenizer: Any, audio_token: str) -> list[int]:
+    """The special token the chat template puts after an assistant answer (``[]`` when the
+    template has none or cannot render a conversation)."""
+    try:
+        full, labels = PromptBuilder(tokenizer, None, audio_token).training_ids("hi", "ok", has_audio=False)
+    except InputError:
+        return []
+    special = set(tokenizer.all_special_ids or [])
+    tail = [token for token, label in zip(full, labels) if label != IGNORE_INDEX]
+    return [token for token in tail if token in special][:1]
+
+
+def stop_token_ids(tokenizer: Any, generation_config: Any, audio_token: str) -> list[int]:
+    """Sorted ids that end an answer: the generation config's eos id(s), the tokenizer's eos
+    and the chat template's end-of-turn token."""
+    ids: list[int] = []
+    eos = None if generation_config is None else generation_config.eos_token_id
+    if eos is not None:
+        ids.extend(eos if isinstance(eos, (list, tuple)) else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids.extend(end_of_turn_ids(tokenizer, audio_token))
+    return sorted({int(i) for i in ids})
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> left-padded ``input_ids [B, L]`` and ``attention_mask [B, L]``."""
+    longest = max(len(row) for row in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, longest - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, longest - len(row) :] = 1
+    return ids, mask
+
+
+def cut_at_stop(new_tokens: torch.Tensor, stop_ids: torch.Tensor) -> tuple[list[list[int]], list[int]]:
+    """``[B, N]`` generated ids -> each row's tokens before its first stop id, and the number
+    of tokens generated per row (up to and including that stop id)."""
+    is_stop = torch.isin(new_tokens, stop_ids.to(new_tokens.device))
+    stopped = is_stop.any(dim=1)
+    no_stop = torch.full_like(stopped, new_tokens.shape[1], dtype=torch.long)
+    first = torch.where(stopped, is_stop.int().argmax(dim=1), no_stop)
+    generated = torch.where(stopped, first + 1, first)
+    rows = new_tokens.tolist()
+    return [row[:n] for row, n in zip(rows, first.tolist())], generated.tolist()
+
+
+def decode_answers(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: torch.Tensor) -> tuple[list[str], list[int]]:
+    """``[B, N]`` generated ids -> each row's answer (cut at its first stop token, special
+    tokens skipped, surrounding spaces stripped) and its generated-token count (see
+    :func:`cut_at_stop`)."""
+    kept, generated = cut_at_stop(new_tokens, stop_ids)
+    return [text.strip() for text in tokenizer.batch_decode(kept, skip_special_tokens=True)], generated

@@ -1,0 +1,143 @@
+"""Losses: the model reports them unweighted, the stage weighs them; an adapter plugin's
+auxiliary loss is weighted by the stage's ``losses:`` and trained only when weighted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from swv.adapters.base import Adapter
+from swv.config import ComponentConfig
+from swv.errors import UsageError
+from swv.model.prompts import PromptBuilder
+from swv.model.state import AudioState
+from swv.pluginmanager import default_registry
+from swv.recipes.loader import load_recipe
+from swv.registry import Registry
+
+
+class AuxTestConfig(ComponentConfig):
+    target: float = 0.5
+
+
+class AuxTestAdapter(Adapter):
+    """Passes the state through and reports ``aux_pull``: the squared distance of its own
+    parameter to ``target``. The parameter gets a gradient only through that loss."""
+
+    config_class = AuxTestConfig
+    aux_loss_names = frozenset({"aux_pull"})
+
+    def __init__(self, config: AuxTestConfig, *, input_dim: int, backbone) -> None:
+        super().__init__(config, input_dim=input_dim, backbone=backbone)
+        self.output_dim = input_dim
+        self.pull = nn.Parameter(torch.ones(3))
+
+    def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        return input_lengths
+
+    def forward(self, state: AudioState) -> AudioState:
+        loss = ((self.pull - self.config.target) ** 2).mean()
+        return state.replace(aux_losses={**state.aux_losses, "aux_pull": loss})
+
+
+@pytest.fixture
+def registry(monkeypatch) -> Registry:
+    """The default components plus ``aux_test``, used wherever swv looks up the default registry."""
+    reg = Registry()
+    for spec in default_registry().specs():
+        reg.register(spec.kind, spec.name, target=spec.target, config=spec.config)
+    reg.register("adapter", "aux_test", target=AuxTestAdapter, config=AuxTestConfig)
+    monkeypatch.setattr("swv.pluginmanager.default_registry", lambda: reg)
+    monkeypatch.setattr("swv.train.pipeline.default_registry", lambda: reg)
+    return reg
+
+
+CHAIN = ["model.adapters=[{name: alignment, stack: 2, ctc_head_trainable: true}, {name: aux_test}, {name: shrinking}]"]
+
+
+def _recipe(tmp_path: Path, registry: Registry, losses: str, run: str):
+    return load_recipe("tiny", [f"output_dir={tmp_path / run}", *CHAIN, f"stages.0.losses={losses}",
+                                "stages.0.trainable=[adapters.alignment, adapters.aux_test]",
+                                "stages.0.max_steps=2", "stages.0.batch_size=2", "stages.0.log_every=1",
+                                "stages.0.data.eval_datasets=[dev_asr]"], registry)
+
+
+def _metrics(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_aux_loss_is_weighted_and_trained_only_when_weighted(tmp_path: Path, registry: Registry) -> None:
+    from swv.train.pipeline import train
+
+    start = torch.ones(3)
+    weighted = _recipe(tmp_path, registry, "{ctc: 1.0, aux_pull: 2.0}", "weighted")
+    train(weighted, stage="alignment")
+    stage_dir = tmp_path / "weighted" / "alignment"
+    pull = load_file(str(stage_dir / "export" / "adapters" / "aux_test.safetensors"))["pull"]
+    assert not torch.allclose(pull, start)  # trained towards the target
+    assert bool((pull < start).all())
+    records = _metrics(stage_dir / "metrics.jsonl")
+    steps = [r for r in records if "aux_pull_loss" in r and "eval_loss" not in r]
+    assert steps and all(r["loss"] == pytest.approx(r["ctc_loss"] + 2.0 * r["aux_pull_loss"], rel=1e-5) for r in steps)
+    held_out = [r for r in records if "eval_loss" in r][-1]
+    assert held_out["eval_loss"] == pytest.approx(held_out["eval_ctc_loss"] + 2.0 * held_out["eval_aux_pull_loss"], rel=1e-5)
+
+    unweighted = _recipe(tmp_path, registry, "{ctc: 1.0}", "unweighted")
+    train(unweighted, stage="alignment")
+    stage_dir = tmp_path / "unweighted" / "alignment"
+    assert torch.equal(load_file(str(stage_dir / "export" / "adapters" / "aux_test.safetensors"))["pull"], start)
+    steps = [r for r in _metrics(stage_dir / "metrics.jsonl") if "ctc_loss" in r]
+    assert steps and all(r["loss"] == pytest.approx(r["ctc_loss"], rel=1e-6) for r in steps)
+
+
+def test_aux_loss_gradient_only_when_weighted(model_config_factory, registry: Registry) -> None:
+    from swv.model.speechlm import SpeechLM
+    from swv.recipes.schema import StageSettings
+    from swv.train.stages import declared_aux_losses, make_stage
+
+    refs = [{"name": "alignment", "dropout": 0.0}, {"name": "aux_test"}, {"name": "shrinking"}]
+    aux = declared_aux_losses(refs, registry)
+    assert aux == {"aux_pull": "aux_test"}
+    model = SpeechLM(model_config_factory(refs), registry=registry)
+    prompts = PromptBuilder(model.tokenizer, None, "<audio_patch>")
+    ids, labels = prompts.training_ids("What is said?", "hello", True)
+    feats, lengths = model.encoder.extract_features([np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1])
+    batch = {"input_features": feats, "feature_lengths": lengths, "input_ids": torch.tensor([ids]),
+             "attention_mask": torch.ones(1, len(ids), dtype=torch.long), "labels": torch.tensor([labels])}
+    grads = {}
+    for weight in (0.0, 3.0):
+        settings = StageSettings.model_validate({
+            "name": "s", "kind": "shrinking", "trainable": ["adapters"], "losses": {"lm": 1.0, "aux_pull": weight},
+            "optimizer": {"lr": 1e-3}, "batch_size": 1, "max_steps": 1, "data": {"datasets": ["x"]},
+        })
+        stage = make_stage(settings, 1, aux)
+        out = model(**stage.model_inputs(batch))
+        losses = stage.losses(out)
+        assert set(losses) == {"lm", "aux_pull"} and torch.equal(out.loss, out.lm_loss)  # reported unweighted
+        total = stage.total_loss(losses)
+        assert torch.allclose(total, losses["lm"] + weight * losses["aux_pull"])
+        model.zero_grad(set_to_none=True)
+        total.backward()
+        grads[weight] = model.adapters["aux_test"].pull.grad
+    assert grads[0.0] is None
+    expected = 3.0 * 2 * (torch.ones(3) - 0.5) / 3
+    assert torch.allclose(grads[3.0], expected)
+
+
+def test_unknown_loss_name_is_an_error_naming_the_stage(tmp_path: Path, registry: Registry) -> None:
+    from swv.train.pipeline import train
+
+    loaded = _recipe(tmp_path, registry, "{ctc: 1.0, aux_pul: 1.0}", "typo")
+    with pytest.raises(UsageError, match=r"stages\[0\] \(alignment\): losses: unknown loss 'aux_pul'.*'aux_pull' \(aux_test\)"):
+        train(loaded, stage="alignment")
+    assert not (tmp_path / "typo" / "alignment").exists()  # checked before anything runs
+    loaded = _recipe(tmp_path, registry, "{lm: 1.0}", "kind")
+    with pytest.raises(UsageError, match=r"stages\[0\] \(alignment\): a alignment stage takes losses \['ctc'\], not 'lm'"):
+        train(loaded, stage="alignment")
