@@ -323,6 +323,17 @@ class SeamlessEncoder(Encoder):
             lengths = next_lengths
         return hidden
 
+    @property
+    def frozen(self) -> bool:
+        return self.config.frozen
+
+    @property
+    def needs_bundle(self) -> bool:
+        return self.config.random_init is not None
+
+    def bundled_config(self, path: str) -> dict[str, Any]:
+        return {**self.config.model_dump(mode="json"), "path": path, "random_init": None}
+
     def checkpoint_parts(self) -> tuple[Any, dict[str, torch.Tensor], str]:
         if self.layer is not None:
             raise ComponentError("a seamless encoder truncated with 'layer' cannot be bundled; reference its checkpoint path instead")

@@ -256,6 +256,17 @@ class WhisperEncoder(Encoder):
             hidden = layer(hidden, attention_mask)
         return whisper.layer_norm(hidden)
 
+    @property
+    def frozen(self) -> bool:
+        return self.config.frozen
+
+    @property
+    def needs_bundle(self) -> bool:
+        return self.config.random_init is not None
+
+    def bundled_config(self, path: str) -> dict[str, Any]:
+        return {**self.config.model_dump(mode="json"), "path": path, "random_init": None}
+
     def checkpoint_parts(self) -> tuple[Any, dict[str, torch.Tensor], str]:
         """An encoder-only Whisper checkpoint (keys without prefix)."""
         return self.whisper.config, self.whisper.state_dict(), ""

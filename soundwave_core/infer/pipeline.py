@@ -272,8 +272,8 @@ def stop_token_ids(model: SpeechLM) -> list[int]:
     """Ids that end an answer: generation-config eos ids, the tokenizer's eos, end of turn."""
     tokenizer = model.tokenizer
     ids: list[int] = []
-    generation_config = getattr(getattr(model.backbone, "hf_model", None), "generation_config", None)
-    eos = getattr(generation_config, "eos_token_id", None)
+    generation_config = model.backbone.hf_model.generation_config
+    eos = generation_config.eos_token_id if generation_config is not None else None
     ids.extend(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
