@@ -1,7 +1,8 @@
-"""The adapter interface every ``adapter`` component implements."""
+"""The adapter interface every ``adapter`` component implements (contract: docs/plugins.md)."""
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -11,13 +12,15 @@ from swv.model.context import BackboneInfo
 from swv.model.state import AudioState
 
 
-class Adapter(nn.Module):
+class Adapter(nn.Module, metaclass=ABCMeta):
     """One link of the adapter chain: :class:`AudioState` in, :class:`AudioState` out.
 
     Constructed as ``cls(config, input_dim=..., backbone=BackboneInfo(...))`` by the registry.
-    Subclasses set ``output_dim`` and implement :meth:`forward` and :meth:`output_lengths`
-    (the only place their length arithmetic lives; for data-dependent adapters such as
-    shrinking it is the upper bound, and the state carries the actual lengths).
+    Subclasses implement :meth:`forward` and :meth:`output_lengths` (the only place their
+    length arithmetic lives; for data-dependent adapters such as shrinking it is the upper
+    bound, and the state carries the actual lengths). ``output_dim`` defaults to the LLM width;
+    an adapter that feeds another adapter may set its own. The last adapter of a chain must
+    end at the LLM width.
     """
 
     config_class: ClassVar[type]
@@ -26,6 +29,15 @@ class Adapter(nn.Module):
     #: Names of the auxiliary losses this adapter reports in ``AudioState.aux_losses``; a
     #: stage weighs each by the same name in its recipe's ``losses:`` (unweighted: not trained).
     aux_loss_names: ClassVar[frozenset[str]] = frozenset()
+    #: Whether this adapter's output state carries ``ctc_logits``/``ctc_lengths`` (a CTC loss
+    #: can then be trained; a CTC-only stage stops the chain after the first such adapter).
+    produces_ctc: ClassVar[bool] = False
+
+    config: Any
+    #: Width of the incoming ``state.embeds`` (the encoder's or the previous adapter's output).
+    input_dim: int
+    #: Width of the outgoing ``state.embeds``.
+    output_dim: int
 
     def __init__(self, config: Any, *, input_dim: int, backbone: BackboneInfo) -> None:
         super().__init__()
@@ -38,8 +50,12 @@ class Adapter(nn.Module):
         stage trains the adapter (e.g. the alignment adapter's vocabulary-sized CTC head)."""
         return set()
 
+    @abstractmethod
     def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``[B]`` valid input frames -> ``[B]`` valid output frames (an upper bound when the
+        actual lengths depend on the data)."""
 
+    @abstractmethod
     def forward(self, state: AudioState) -> AudioState:
-        raise NotImplementedError
+        """``state.embeds [B, T, input_dim]`` -> a new state with ``embeds [B, T', output_dim]``
+        and ``lengths [B]`` (built with ``state.replace(...)`` so other fields travel on)."""

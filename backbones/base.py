@@ -1,38 +1,75 @@
-"""The backbone interface every ``backbone`` component implements."""
+"""The backbone interface every ``backbone`` component implements (contract: docs/plugins.md)."""
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 #: The special token that marks where a prompt's audio goes (also the CTC blank).
 AUDIO_TOKEN = "<audio_patch>"
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, metaclass=ABCMeta):
     """A causal LM plus its tokenizer, with the audio placeholder token registered.
 
-    Constructed as ``cls(config)``. Attributes: ``model`` (the Hugging Face causal LM, a
-    ``peft.PeftModel`` once LoRA is applied), ``tokenizer``, ``audio_token_id``.
+    Constructed as ``cls(config)`` by the registry. Subclasses set ``model`` (the module that
+    holds every LM weight; a ``peft.PeftModel`` once a LoRA is applied), ``tokenizer`` (a
+    Hugging Face tokenizer with a chat template) and ``audio_token_id`` (the id of the audio
+    placeholder, one token), and implement :attr:`hf_model`, :meth:`info`, :meth:`embed_tokens`,
+    :meth:`forward` and :meth:`generate`. LoRA support and bundling have defaults (none).
+    LoRA parameter names contain ``.lora_`` (PEFT's naming): stages select them with ``lora``.
     """
 
     config_class: ClassVar[type]
+    #: The validated config (an instance of the component's registered pydantic model).
+    config: BaseModel
     model: nn.Module
     tokenizer: Any
     audio_token_id: int
 
-    def info(self) -> BackboneInfo:
-        raise NotImplementedError
+    def __init__(self, config: BaseModel) -> None:
+        super().__init__()
+        self.config = config
 
+    @property
+    def audio_token(self) -> str:
+        """The audio placeholder as text (what prompts contain where the audio goes)."""
+        return str(self.tokenizer.convert_ids_to_tokens(self.audio_token_id))
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """Extra special tokens registered after the audio token (e.g. sound tags). Default: none.
+
+        A backbone that can learn tags takes them from a ``special_tokens: list[str]`` config
+        field: training a fresh model on data with tags sets it to the recipe's tags."""
+        return []
+
+    @property
+    @abstractmethod
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers causal LM (LoRA layers injected, if any; no PEFT wrapper): the core
+        reads its ``generation_config`` (end-of-answer ids)."""
+
+    @abstractmethod
+    def info(self) -> BackboneInfo:
+        """Facts the adapters need (width, heads, vocabulary rows, audio and pad ids, LM head)."""
+
+    @abstractmethod
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` token ids -> ``[B, L, D]`` input embeddings."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(
         self,
         inputs_embeds: torch.Tensor,
@@ -40,17 +77,37 @@ class Backbone(nn.Module):
         position_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Run the LM on embeddings; returns the Hugging Face ``CausalLMOutputWithPast``."""
-        raise NotImplementedError
+        """Run the LM on ``[B, L, D]`` embeddings with a ``[B, L]`` mask (right padding in training);
+        returns an output with ``logits [B, L, V]`` (Hugging Face ``CausalLMOutputWithPast``)."""
 
+    @abstractmethod
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Generate from embeddings (KV cache on); returns only the new token ids ``[B, N]``."""
-        raise NotImplementedError
+        """Generate from left-padded ``[B, L, D]`` embeddings (KV cache on); returns only the new
+        token ids ``[B, N]``. ``kwargs`` are transformers generation arguments."""
 
     def save_lora(self, directory: str | Path) -> bool:
         """Write the LoRA in PEFT's format (``adapter_model.safetensors`` +
-        ``adapter_config.json``) into ``directory``; False when no LoRA is applied."""
-        raise NotImplementedError
+        ``adapter_config.json``) into ``directory``; False when no LoRA is applied (the default)."""
+        return False
 
     def load_lora(self, directory: str | Path, trainable: bool = False) -> None:
-        raise NotImplementedError
+        """Replace (or create) the LoRA with the one :meth:`save_lora` wrote to ``directory``."""
+        raise ComponentError(f"backbone {type(self).__name__} does not support LoRA ({directory} holds one)")
+
+    @property
+    def needs_bundle(self) -> bool:
+        """True when ``cls(config)`` would not rebuild these base weights (e.g. a random init or a
+        GGUF source), so an export must carry a copy (:meth:`save_base` + :meth:`bundled_config`).
+        Default: False."""
+        return False
+
+    def save_base(self, directory: str | Path, merged: bool = False) -> None:
+        """Write the full model and its tokenizer to ``directory`` (replaced atomically), loadable
+        through :meth:`bundled_config`; with ``merged`` the LoRA is merged into the weights."""
+        raise ComponentError(f"backbone {type(self).__name__} cannot be bundled (it implements no save_base)")
+
+    def bundled_config(self, path: str, merged: bool = False) -> dict[str, Any]:
+        """This backbone's config arguments (JSON values, without ``name``) changed to load the
+        copy :meth:`save_base` wrote to ``path`` (without a LoRA when ``merged``). A relative
+        ``path`` field is resolved against the model directory on load."""
+        raise ComponentError(f"backbone {type(self).__name__} cannot be bundled (it implements no bundled_config)")

@@ -177,14 +177,14 @@ class CausalLMBackbone(Backbone):
     """
 
     config_class: ClassVar[type[CausalLMConfig]] = CausalLMConfig
+    config: CausalLMConfig
     expected_model_type: ClassVar[str | None] = None
     hf_config_class: ClassVar[type[PreTrainedConfig] | None] = None
 
     def __init__(self, config: CausalLMConfig | Mapping[str, Any]) -> None:
-        super().__init__()
         if not isinstance(config, CausalLMConfig):
             config = self.config_class.model_validate(dict(config))
-        self.config = config
+        super().__init__(config)
         self._check_local_files()
         self.tokenizer = self._load_tokenizer()
         self.audio_token_id = self._register_audio_token()
@@ -423,6 +423,25 @@ class CausalLMBackbone(Backbone):
     @property
     def has_lora(self) -> bool:
         return isinstance(self.model, PeftModel)
+
+    @property
+    def audio_token(self) -> str:
+        return self.config.audio_token
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return list(self.config.special_tokens)
+
+    @property
+    def needs_bundle(self) -> bool:
+        """A random init or a GGUF source: exports carry the weights in transformers' format."""
+        return self.config.random_init is not None or self.config.gguf_file is not None
+
+    def bundled_config(self, path: str, merged: bool = False) -> dict[str, Any]:
+        changes: dict[str, Any] = {"path": path, "random_init": None, "gguf_file": None, "tokenizer": None}
+        if merged:
+            changes["lora"] = None
+        return {**self.config.model_dump(mode="json"), **changes}
 
     def info(self) -> BackboneInfo:
         text_config = self.hf_model.config.get_text_config()

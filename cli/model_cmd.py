@@ -110,10 +110,16 @@ def describe_written(dest: Path) -> list[str]:
     config = json.loads((dest / CONFIG_NAME).read_text(encoding="utf-8"))
     encoder, backbone = config.get("encoder") or {}, config.get("backbone") or {}
     lora = "adapter_model.safetensors (PEFT)" if (dest / "adapter_config.json").is_file() else "none"
-    lines.append(f"  encoder: {encoder.get('name')} from {encoder.get('path')}")
+    lines.append(f"  encoder: {encoder.get('name')} {_source(encoder)}")
     lines.append(f"  adapters: {', '.join(str(a.get('name')) for a in config.get('adapters') or [])}")
-    lines.append(f"  backbone: {backbone.get('name')} from {backbone.get('path')}; LoRA: {lora}")
+    lines.append(f"  backbone: {backbone.get('name')} {_source(backbone)}; LoRA: {lora}")
     return lines
+
+
+def _source(component: dict) -> str:
+    """Where a component's weights come from: its ``path`` field (plugins may have none)."""
+    path = component.get("path")
+    return f"from {path}" if path else "(rebuilt from its config)"
 
 
 # ----------------------------------------------------------------------------------------------

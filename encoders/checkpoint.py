@@ -1,6 +1,6 @@
 """Checkpoint helpers shared by the built-in encoders: locating a checkpoint, reading its
 config and (sharded) weights under a key prefix, strict loading, random-init configs,
-feature-extractor files and waveform validation."""
+feature-extractor files and waveform validation; :class:`CheckpointEncoder`, their common base."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
+from swv.encoders.base import Encoder
 from swv.errors import ComponentError, InputError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -271,3 +272,23 @@ def load_feature_extractor(directory: Path, extractor_cls: type[FE], default: Ca
         return extractor_cls.from_dict(data)  # type: ignore[attr-defined]
     except (TypeError, ValueError) as error:
         raise InputError(f"{file}: invalid {name} settings ({first_line(error)})") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# Common base of the built-in encoders
+# ---------------------------------------------------------------------------------------------
+class CheckpointEncoder(Encoder):
+    """An encoder whose config has ``path`` (a checkpoint) or ``random_init`` (a random model,
+    which exports bundle), and ``frozen``; subclasses implement the :class:`Encoder` methods and
+    ``checkpoint_parts`` (for the default ``save_pretrained``)."""
+
+    @property
+    def frozen(self) -> bool:
+        return self.config.frozen
+
+    @property
+    def needs_bundle(self) -> bool:
+        return self.config.random_init is not None
+
+    def bundled_config(self, path: str) -> dict[str, Any]:
+        return {**self.config.model_dump(mode="json"), "path": path, "random_init": None}

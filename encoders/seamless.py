@@ -39,8 +39,8 @@ from transformers import SeamlessM4TFeatureExtractor, SeamlessM4Tv2Config, Wav2V
 from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
 
 from swv.config import ComponentConfig
-from swv.encoders.base import Encoder
 from swv.encoders.checkpoint import (
+    CheckpointEncoder,
     DTYPES,
     as_waveforms,
     build_hf_config,
@@ -97,7 +97,7 @@ def _without_spec_augment(hf_config: Any) -> Any:
     return hf_config
 
 
-class SeamlessEncoder(Encoder):
+class SeamlessEncoder(CheckpointEncoder):
     """w2v-BERT 2.0 Conformer: 16 kHz waveform -> fbank ``[B, T, C]`` -> ``[B, T', D]``.
 
     Attributes: ``speech_encoder`` (transformers ``Wav2Vec2BertModel`` or

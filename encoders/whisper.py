@@ -35,8 +35,8 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from swv.config import ComponentConfig
-from swv.encoders.base import Encoder
 from swv.encoders.checkpoint import (
+    CheckpointEncoder,
     DTYPES,
     as_waveforms,
     build_hf_config,
@@ -80,7 +80,7 @@ class WhisperConfig(ComponentConfig):
         return self
 
 
-class WhisperEncoder(Encoder):
+class WhisperEncoder(CheckpointEncoder):
     """Whisper's audio encoder: 16 kHz waveform -> log-mel ``[B, M, F]`` -> ``[B, T, D]``.
 
     Attributes: ``whisper`` (the transformers ``WhisperEncoder``; state-dict keys

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -170,6 +171,9 @@ class Registry:
         """Validate ``ref`` and instantiate the component as ``cls(config, **context)``."""
         spec, config = self.validate(kind, ref)
         cls = spec.load_class()
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(cls.__abstractmethods__))
+            raise ComponentError(f"{kind} {spec.name!r}: {cls.__qualname__} does not implement {missing} (see docs/plugins.md)")
         return cls(config, **context)
 
     # -- plugin attribution (used by the plugin manager) --------------------------------------

@@ -39,21 +39,12 @@ class WindowedAudio:
 
 
 def encoder_window_samples(encoder: Encoder) -> int | None:
-    """Longest waveform (in samples at ``encoder.sample_rate``) the encoder takes in one pass.
-
-    The encoder's own ``max_samples`` when it declares one (Whisper: 30 s of audio, less if
-    its position table is shorter); else, for encoders that need a fixed feature length, the
-    feature extractor's chunk (``n_samples``); ``None`` when the encoder has no limit (e.g. the
-    w2v-BERT Conformer), in which case clips are never split.
+    """Longest waveform (in samples at ``encoder.sample_rate``) the encoder takes in one pass:
+    its ``max_samples`` (Whisper: 30 s of audio, less if its position table is shorter);
+    ``None`` when the encoder has no limit (e.g. the w2v-BERT Conformer), in which case clips
+    are never split.
     """
-    limit = getattr(encoder, "max_samples", None)
-    if limit:
-        return int(limit)
-    extractor = getattr(encoder, "feature_extractor", None)
-    chunk = getattr(extractor, "n_samples", None)
-    if encoder.fixed_num_frames is not None and chunk:
-        return int(chunk)
-    return None
+    return encoder.max_samples
 
 
 def split_into_windows(

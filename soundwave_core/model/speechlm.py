@@ -108,9 +108,9 @@ class SpeechLM(PreTrainedModel):
         has_ctc = False
         for ref in config.adapters:
             adapter = registry.build("adapter", ref, input_dim=dim, backbone=info)
-            if getattr(adapter, "needs_ctc", False) and not has_ctc:
+            if adapter.needs_ctc and not has_ctc:
                 raise ComponentError(f"adapter {ref['name']!r} needs CTC logits: put an adapter that produces them (e.g. alignment) before it")
-            has_ctc = has_ctc or getattr(adapter, "produces_ctc", False)
+            has_ctc = has_ctc or adapter.produces_ctc
             self.adapters[ref["name"]] = adapter
             dim = adapter.output_dim
         if dim != info.hidden_size:
@@ -390,10 +390,11 @@ class SpeechLM(PreTrainedModel):
         Layout: ``swv_config.json``; ``adapters/<name>.safetensors``; LoRA in PEFT format
         (``adapter_model.safetensors`` + ``adapter_config.json``); the tokenizer;
         ``encoder.safetensors`` only if the encoder was trained (or ``save_encoder``).
-        The encoder and backbone are referenced by their source path unless ``bundle`` (or
-        they were randomly initialised, or, for the backbone, its base weights were trained
-        or it came from a GGUF file), in which case full copies go to ``encoder/`` and
-        ``backbone/``. ``merge_lora`` writes the LoRA-merged backbone to ``backbone/``.
+        The encoder and backbone are referenced by their config unless ``bundle`` (or their
+        ``needs_bundle`` is true, e.g. a random init or a GGUF source, or the backbone's base
+        weights were trained), in which case full copies go to ``encoder/`` and ``backbone/``
+        (their ``save_pretrained``/``save_base`` and ``bundled_config``). ``merge_lora`` writes
+        the LoRA-merged backbone to ``backbone/``.
         """
         target = Path(save_directory)
         config = SpeechLMConfig(**self.config.to_dict())
@@ -406,9 +407,9 @@ class SpeechLM(PreTrainedModel):
                 save_file(_contiguous(adapter.state_dict()), str(tmp / ADAPTER_DIR / f"{name}.safetensors"))
             was_bundled = set(config.bundled or [])
             bundled: list[str] = []
-            if bundle or "encoder" in was_bundled or encoder_cfg.get("random_init") is not None:
+            if bundle or "encoder" in was_bundled or self.encoder.needs_bundle:
                 self.encoder.save_pretrained(tmp / BUNDLED_ENCODER_DIR)
-                encoder_cfg.update(path=BUNDLED_ENCODER_DIR, random_init=None)
+                encoder_cfg = {"name": encoder_cfg["name"], **self.encoder.bundled_config(BUNDLED_ENCODER_DIR)}
                 bundled.append("encoder")
             elif save_encoder or (save_encoder is None and config.encoder_trained):
                 save_file(_contiguous(self.encoder.state_dict()), str(tmp / ENCODER_WEIGHTS))
@@ -417,14 +418,12 @@ class SpeechLM(PreTrainedModel):
                 or bundle
                 or config.backbone_trained
                 or "backbone" in was_bundled
-                or backbone_cfg.get("random_init") is not None
-                or backbone_cfg.get("gguf_file")
+                or self.backbone.needs_bundle
             ):
                 self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
-                backbone_cfg.update(path=BUNDLED_BACKBONE_DIR, random_init=None, gguf_file=None, tokenizer=None)
+                bundled_backbone = self.backbone.bundled_config(BUNDLED_BACKBONE_DIR, merged=merge_lora)
+                backbone_cfg = {"name": backbone_cfg["name"], **bundled_backbone}
                 bundled.append("backbone")
-                if merge_lora:
-                    backbone_cfg["lora"] = None
             if not merge_lora:
                 self.backbone.save_lora(tmp)
             self.backbone.tokenizer.save_pretrained(str(tmp))

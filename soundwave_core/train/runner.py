@@ -95,7 +95,7 @@ class StageRunner:
         recipe = self.ctx.recipe
         prompts = None
         if self.stage.mode == "lm":
-            prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, model.backbone.config.audio_token)
+            prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, model.backbone.audio_token)
         skip = {name for name, spec in recipe.data.datasets.items() if spec.on_error == "skip"}
         return SpeechCollator(
             model.encoder,
@@ -448,7 +448,7 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     torch.manual_seed(loaded.recipe.seed)
     if init_dir is not None:
         model = SpeechLM.from_pretrained(init_dir)
-        known = set(getattr(model.backbone.config, "special_tokens", []))
+        known = set(model.backbone.special_tokens)
         missing = [t for t in tags if t not in known]
         if missing:
             raise UsageError(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections import OrderedDict
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from swv.errors import UsageError
+
+if TYPE_CHECKING:
+    from swv.model.speechlm import SpeechLM
 
 LORA = "lora"
 
@@ -18,15 +20,15 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
 
 
-def protected_parameters(model: nn.Module) -> set[str]:
+def protected_parameters(model: SpeechLM) -> set[str]:
     """Parameters the components keep frozen whatever the stage says."""
     out: set[str] = set()
-    for name, adapter in getattr(model, "adapters", {}).items():
+    for name, adapter in model.adapters.items():
         out |= {f"adapters.{name}.{p}" for p in adapter.always_frozen()}
     return out
 
 
-def apply_trainable(model: nn.Module, patterns: list[str], where: str) -> OrderedDict[str, tuple[int, int]]:
+def apply_trainable(model: SpeechLM, patterns: list[str], where: str) -> OrderedDict[str, tuple[int, int]]:
     """Freeze everything, then unfreeze parameters matching ``patterns`` (``lora`` = every LoRA
     weight; ``adapters.alignment`` = that module; globs like ``adapters.*``).
 
@@ -35,8 +37,7 @@ def apply_trainable(model: nn.Module, patterns: list[str], where: str) -> Ordere
     one that would train a frozen encoder, is an error naming ``where``.
     """
     protected = protected_parameters(model)
-    encoder = getattr(model, "encoder", None)
-    encoder_frozen = encoder is not None and encoder.frozen
+    encoder_frozen = model.encoder.frozen
     hits = dict.fromkeys(patterns, 0)
     for name, param in model.named_parameters():
         wanted = [p for p in patterns if _matches(name, p)]
