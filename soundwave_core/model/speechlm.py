@@ -24,7 +24,7 @@ from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
 from swv.recipes.schema import PAPER_SYSTEM_PROMPT
-from swv.registry import Registry
+from swv.registry import Component, Registry
 
 CONFIG_NAME = "swv_config.json"
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -34,18 +34,31 @@ BUNDLED_BACKBONE_DIR = "backbone"
 
 
 class SpeechLMConfig(PreTrainedConfig):
-    """Every component's registered name and resolved config, plus the prompt defaults."""
+    """Every component (a validated :class:`~swv.registry.Component`, or a ``{name, **args}``
+    dict that :class:`SpeechLM` validates once and replaces by its Component), plus the prompt
+    defaults. ``to_dict()`` writes components as ``{name, **args}``, the ``swv_config.json`` form."""
 
     model_type = "swv_speechlm"
-    encoder: dict | None = None
+    encoder: Component | dict | None = None
     adapters: list | None = None
-    backbone: dict | None = None
+    backbone: Component | dict | None = None
     system_prompt: str = PAPER_SYSTEM_PROMPT
     encoder_trained: bool = False
     backbone_trained: bool = False
     #: components stored inside the model directory (kept bundled by later saves)
     bundled: list | None = None
     versions: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in ("encoder", "backbone"):
+            out[key] = _component_dict(out[key])
+        out["adapters"] = [_component_dict(ref) for ref in out["adapters"]] if out["adapters"] is not None else None
+        return out
+
+
+def _component_dict(ref: Component | dict | None) -> dict | None:
+    return ref.to_dict() if isinstance(ref, Component) else ref
 
 
 @dataclass
@@ -93,6 +106,9 @@ class SpeechLM(PreTrainedModel):
         if not config.encoder or not config.adapters or not config.backbone:
             raise ComponentError("SpeechLM config needs an encoder, at least one adapter and a backbone")
         registry = _registry(registry)
+        config.encoder = registry.resolve("encoder", config.encoder)
+        config.adapters = [registry.resolve("adapter", ref) for ref in config.adapters]
+        config.backbone = registry.resolve("backbone", config.backbone)
         self.backbone = registry.build("backbone", config.backbone)
         info = self.backbone.info()
         self.encoder = registry.build("encoder", config.encoder)
@@ -102,9 +118,9 @@ class SpeechLM(PreTrainedModel):
         for ref in config.adapters:
             adapter = registry.build("adapter", ref, input_dim=dim, backbone=info)
             if getattr(adapter, "needs_ctc", False) and not has_ctc:
-                raise ComponentError(f"adapter {ref['name']!r} needs CTC logits: put an adapter that produces them (e.g. alignment) before it")
+                raise ComponentError(f"adapter {ref.name!r} needs CTC logits: put an adapter that produces them (e.g. alignment) before it")
             has_ctc = has_ctc or getattr(adapter, "produces_ctc", False)
-            self.adapters[ref["name"]] = adapter
+            self.adapters[ref.name] = adapter
             dim = adapter.output_dim
         if dim != info.hidden_size:
             raise ComponentError(f"the adapter chain ends at width {dim}, but the backbone expects {info.hidden_size}")
@@ -319,19 +335,17 @@ class SpeechLM(PreTrainedModel):
         ``backbone/``. ``merge_lora`` writes the LoRA-merged backbone to ``backbone/``.
         """
         target = Path(save_directory)
-        config = SpeechLMConfig(**self.config.to_dict())
-        config.versions = _versions()
-        encoder_cfg = dict(config.encoder or {})
-        backbone_cfg = dict(config.backbone or {})
+        config = self.config
+        encoder, backbone = config.encoder, config.backbone
         with atomic_directory(target) as tmp:
             (tmp / ADAPTER_DIR).mkdir()
             for name, adapter in self.adapters.items():
                 save_file(_contiguous(adapter.state_dict()), str(tmp / ADAPTER_DIR / f"{name}.safetensors"))
             was_bundled = set(config.bundled or [])
             bundled: list[str] = []
-            if bundle or "encoder" in was_bundled or encoder_cfg.get("random_init") is not None:
+            if bundle or "encoder" in was_bundled or encoder.get("random_init") is not None:
                 self.encoder.save_pretrained(tmp / BUNDLED_ENCODER_DIR)
-                encoder_cfg.update(path=BUNDLED_ENCODER_DIR, random_init=None)
+                encoder = encoder.replace(path=BUNDLED_ENCODER_DIR, **_cleared(encoder, "random_init"))
                 bundled.append("encoder")
             elif save_encoder or (save_encoder is None and config.encoder_trained):
                 save_file(_contiguous(self.encoder.state_dict()), str(tmp / ENCODER_WEIGHTS))
@@ -340,19 +354,19 @@ class SpeechLM(PreTrainedModel):
                 or bundle
                 or config.backbone_trained
                 or "backbone" in was_bundled
-                or backbone_cfg.get("random_init") is not None
-                or backbone_cfg.get("gguf_file")
+                or backbone.get("random_init") is not None
+                or backbone.get("gguf_file")
             ):
                 self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
-                backbone_cfg.update(path=BUNDLED_BACKBONE_DIR, random_init=None, gguf_file=None, tokenizer=None)
+                cleared = _cleared(backbone, "random_init", "gguf_file", "tokenizer", *(["lora"] if merge_lora else []))
+                backbone = backbone.replace(path=BUNDLED_BACKBONE_DIR, **cleared)
                 bundled.append("backbone")
-                if merge_lora:
-                    backbone_cfg["lora"] = None
             if not merge_lora:
                 self.backbone.save_lora(tmp)
             self.backbone.tokenizer.save_pretrained(str(tmp))
-            config.encoder, config.backbone, config.bundled = encoder_cfg, backbone_cfg, bundled
-            (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+            saved = config.to_dict()
+            saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
+            (tmp / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         return target
 
     @classmethod
@@ -392,6 +406,12 @@ class SpeechLM(PreTrainedModel):
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _cleared(component: Component, *fields: str) -> dict[str, None]:
+    """``{field: None}`` for those of ``fields`` the component's config has (for saving a
+    bundled copy: its source path, random init, GGUF file... no longer apply)."""
+    return {name: None for name in fields if component.has(name)}
 
 
 def _localise(cfg: dict[str, Any], directory: Path) -> dict[str, Any]:

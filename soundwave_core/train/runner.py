@@ -361,16 +361,16 @@ def build_model(loaded: Any, init_dir: Path | None) -> Any:
                 "or list them in model.backbone.special_tokens and train from the first stage)"
             )
         return model
-    resolved = loaded.resolved()["model"]
-    backbone = dict(resolved["backbone"])
+    components = loaded.model_components
+    backbone = components.backbone
     if tags:
-        backbone["special_tokens"] = list(dict.fromkeys([*backbone.get("special_tokens", []), *tags]))
+        backbone = backbone.replace(special_tokens=list(dict.fromkeys([*backbone.get("special_tokens", []), *tags])))
     return SpeechLM(
         SpeechLMConfig(
-            encoder=resolved["encoder"],
-            adapters=resolved["adapters"],
+            encoder=components.encoder,
+            adapters=list(components.adapters),
             backbone=backbone,
-            system_prompt=resolved["system_prompt"],
+            system_prompt=loaded.recipe.model.system_prompt,
         )
     )
 
