@@ -30,7 +30,3 @@ class ComponentError(UsageError):
 
 class InputError(SwvError):
     """Unreadable or invalid input data (audio, manifests, checkpoints)."""
-
-
-class PluginError(SwvError):
-    """A third-party plugin that failed to load or register."""

@@ -1,7 +1,8 @@
 """Released Soundwave checkpoints -> swv model directories (``swv import soundwave``).
 
 A released checkpoint is a Llama checkpoint with ``model_type: "Soundwave"`` whose state dict
-also holds the Whisper encoder and both adapters (see ``NOTES.md`` section 2). It becomes::
+also holds the Whisper encoder and both adapters (which key prefix goes to which part:
+``ENCODER_PREFIX``, ``ADAPTER_PREFIXES`` and ``BACKBONE_PREFIXES`` below). It becomes::
 
     DEST/swv_config.json                 encoder + [alignment, shrinking] (compat "released") + llama
     DEST/encoder/                        encoder-only Whisper (config.json, model.safetensors,

@@ -18,8 +18,6 @@ PAPER_SYSTEM_PROMPT = (
     "content that the user provides and assist the user with a variety of tasks using natural language."
 )
 
-STAGE_KINDS = ("alignment", "shrinking", "sft")
-
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
