@@ -24,6 +24,7 @@ from swv.cli.infer_cmd import (
     generation_settings,
     load_pipeline,
 )
+from swv.config import CONFIG_NAME
 from swv.errors import InputError, UsageError
 
 TASKS = ("asr", "st", "classification", "open")
@@ -36,7 +37,7 @@ JUDGE_FILE = "judge_inputs.jsonl"
 def _saved_system_prompt(model_dir: Path) -> str | None:
     """The system prompt stored in the model's ``swv_config.json`` (for the report)."""
     try:
-        return json.loads((model_dir / "swv_config.json").read_text(encoding="utf-8")).get("system_prompt")
+        return json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("system_prompt")
     except (OSError, ValueError, AttributeError):
         return None
 

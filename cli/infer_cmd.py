@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.errors import InputError, UsageError
+from swv.recipes.schema import ASR_INSTRUCTION
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings, Pipeline, Stats, Waveform
 
-DEFAULT_PROMPT = "Transcribe the speech."
+DEFAULT_PROMPT = ASR_INSTRUCTION
 STDIN = "-"
 
 # -- options shared with `swv eval` ----------------------------------------------------------

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from swv.dtypes import DTYPE_NAMES
 from swv.errors import InputError, UsageError
 from swv.io import atomic_directory
 
@@ -45,7 +46,7 @@ SOUNDWAVE_MODEL_TYPE = "soundwave"
 #: Config fields the released model adds to its LlamaConfig (dropped from the backbone config).
 SOUNDWAVE_FIELDS = ("audio_tower", "adapter_size", "audio_patch_size", "audio_patch_token", "llm_pad_token_id")
 _NOT_LLAMA_FIELDS = (*SOUNDWAVE_FIELDS, "model_type", "architectures", "auto_map", "transformers_version", "torch_dtype")
-OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES = DTYPE_NAMES
 WHISPER_HEAD_DIM = 64  # every Whisper size uses 64-wide attention heads
 
 ENCODER_PREFIX = "model.audio_tower."

@@ -23,6 +23,7 @@ from typing import Any
 from swv.dataprep.manifest import read_manifest, resolve_audio
 from swv.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
+from swv.recipes.schema import ASR_INSTRUCTION
 
 #: Manifest fields copied to every output line (references for evaluation and descriptions).
 COPIED_FIELDS = (
@@ -41,7 +42,7 @@ COPIED_FIELDS = (
 
 #: Instruction templates for records without ``instruction``/``prompt``, by evaluation task.
 TASK_PROMPTS = {
-    "asr": "Transcribe the speech.",
+    "asr": ASR_INSTRUCTION,
     "st": "Translate the speech into {language}.",
 }
 

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from swv.config import CONFIG_NAME
 from swv.errors import ComponentError, InputError
 from swv.io import atomic_directory
 from swv.model.losses import ctc_loss, lm_loss
@@ -26,7 +27,6 @@ from swv.model.state import AudioState
 from swv.recipes.schema import PAPER_SYSTEM_PROMPT
 from swv.registry import Component, Registry
 
-CONFIG_NAME = "swv_config.json"
 ENCODER_WEIGHTS = "encoder.safetensors"
 ADAPTER_DIR = "adapters"
 BUNDLED_ENCODER_DIR = "encoder"

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from swv.config import CONFIG_NAME
 from swv.errors import SwvError, UsageError
 from swv.io import atomic_write_json
 from swv.train.checkpoint import (
@@ -384,7 +385,7 @@ def stage_done(stage_dir: Path, recipe_hash: str) -> bool:
         info = json.loads((stage_dir / "stage.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return bool(info.get("done")) and info.get("recipe_hash") == recipe_hash and (stage_dir / "export" / "swv_config.json").is_file()
+    return bool(info.get("done")) and info.get("recipe_hash") == recipe_hash and (stage_dir / "export" / CONFIG_NAME).is_file()
 
 
 def _zero_loss(model: Any) -> torch.Tensor:
