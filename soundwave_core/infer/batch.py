@@ -244,6 +244,20 @@ def _run_batch(
     return lines
 
 
+def load_pipeline(model_dir: str | os.PathLike[str], device: str = "cpu", dtype: str | None = None,
+                  system: str | None = None) -> Pipeline:
+    """Load the model quietly: no transformers progress bars, and not the deprecation warning
+    peft triggers in transformers when it wraps a model with a LoRA (nothing a user can act on)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, system_prompt=system)
+
+
 def run_manifest(
     pipe: Pipeline | Callable[[], Pipeline],
     manifest: str | os.PathLike[str],
