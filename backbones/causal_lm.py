@@ -31,15 +31,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from swv.backbones.base import AUDIO_TOKEN, Backbone
 from swv.config import ComponentConfig
-from swv.errors import ComponentError, InputError, UsageError
+from swv.dtypes import torch_dtype
+from swv.errors import ComponentError, InputError, UsageError, first_line
 from swv.io import atomic_directory
 from swv.model.context import BackboneInfo
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 #: Names PEFT gives the files of a saved adapter.
 LORA_CONFIG_FILE = "adapter_config.json"
@@ -114,11 +109,6 @@ class CausalLMConfig(ComponentConfig):
             gguf = Path(self.gguf_file)
             return str(gguf.parent), gguf.name
         return self.path, self.gguf_file
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _looks_local(path: str) -> bool:
@@ -240,7 +230,7 @@ class CausalLMBackbone(Backbone):
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as error:
             raise InputError(
-                f"backbone.{field}: cannot load a tokenizer from {source}: {_first_line(error)}"
+                f"backbone.{field}: cannot load a tokenizer from {source}: {first_line(error)}"
             ) from error
         if cfg.chat_template is not None:
             tokenizer.chat_template = cfg.chat_template
@@ -302,7 +292,7 @@ class CausalLMBackbone(Backbone):
             hf_config = AutoConfig.from_pretrained(path, **load_kwargs)
         except (OSError, ValueError) as error:
             raise InputError(
-                f"backbone.{field}: cannot read a model config from {where}: {_first_line(error)}"
+                f"backbone.{field}: cannot read a model config from {where}: {first_line(error)}"
             ) from error
         self._check_model_type(hf_config.model_type, where)
         if gguf_file is None:
@@ -311,14 +301,14 @@ class CausalLMBackbone(Backbone):
             model = AutoModelForCausalLM.from_pretrained(
                 path,
                 config=hf_config,
-                dtype=_DTYPES[cfg.dtype],
+                dtype=torch_dtype(cfg.dtype),
                 attn_implementation=cfg.attn_implementation,
                 **load_kwargs,
             )
         except (OSError, ValueError) as error:
             raise InputError(
                 f"backbone.{field}: cannot load a causal LM from {where} (safetensors or GGUF only): "
-                f"{_first_line(error)}"
+                f"{first_line(error)}"
             ) from error
         return model
 
@@ -348,7 +338,7 @@ class CausalLMBackbone(Backbone):
             try:
                 config_cls = type(AutoConfig.for_model(model_type))
             except ValueError as error:
-                raise ComponentError(f"backbone.random_init.model_type: {_first_line(error)}") from error
+                raise ComponentError(f"backbone.random_init.model_type: {first_line(error)}") from error
         tok = self.tokenizer
         kwargs.setdefault("vocab_size", len(tok))
         kwargs.setdefault("bos_token_id", tok.bos_token_id)
@@ -358,7 +348,7 @@ class CausalLMBackbone(Backbone):
             hf_config = config_cls(**kwargs)
         except (TypeError, ValueError, StrictDataclassError) as error:
             raise ComponentError(
-                f"backbone.random_init: invalid {config_cls.__name__}: {_first_line(error)}"
+                f"backbone.random_init: invalid {config_cls.__name__}: {first_line(error)}"
             ) from error
         fields = {f.name for f in dataclasses.fields(config_cls)} if dataclasses.is_dataclass(config_cls) else set()
         # Keys the config neither declares nor consumes (legacy aliases are consumed) stay as
@@ -375,7 +365,7 @@ class CausalLMBackbone(Backbone):
         hf_config = self._hf_config_for_random_init(self.config.random_init)
         return AutoModelForCausalLM.from_config(
             hf_config,
-            dtype=_DTYPES[self.config.dtype],
+            dtype=torch_dtype(self.config.dtype),
             attn_implementation=self.config.attn_implementation,
             trust_remote_code=self.config.trust_remote_code,
         )
@@ -565,7 +555,7 @@ class CausalLMBackbone(Backbone):
         try:
             adapter_config = json.loads(config_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise InputError(f"{config_file}: unreadable adapter config: {_first_line(error)}") from error
+            raise InputError(f"{config_file}: unreadable adapter config: {first_line(error)}") from error
         if adapter_config.get("peft_type") != "LORA":
             raise InputError(f"{config_file}: peft_type is {adapter_config.get('peft_type')!r}, expected 'LORA'")
         self._check_lora_fits(directory)

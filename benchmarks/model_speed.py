@@ -42,6 +42,7 @@ from swv.assets import asset_path  # noqa: E402
 from swv.model.prompts import PromptBuilder  # noqa: E402
 from swv.model.speechlm import SpeechLM, SpeechLMConfig  # noqa: E402
 from swv.model.state import AudioState  # noqa: E402
+from swv.recipes.schema import ASR_INSTRUCTION  # noqa: E402
 
 AUDIO_TOKEN = "<audio_patch>"
 SOUNDWAVE = [{"name": "alignment", "compat": "released"}, {"name": "shrinking", "compat": "released"}]
@@ -187,7 +188,7 @@ def transcript(seconds: float) -> str:
 
 def training_batch(model: SpeechLM, waves: list[np.ndarray], text: str) -> dict[str, torch.Tensor]:
     prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, AUDIO_TOKEN)
-    ids, labels = prompts.training_ids("Transcribe the speech.", text, True)
+    ids, labels = prompts.training_ids(ASR_INSTRUCTION, text, True)
     batch = len(waves)
     feats, lens = model.encoder.extract_features(waves)
     target = model.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -226,7 +227,7 @@ class Inputs:
 def prepare(model: SpeechLM, seconds: float, args: argparse.Namespace) -> Inputs:
     waves = synthetic_waves(seconds, args.batch, args.seed)
     prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, AUDIO_TOKEN)
-    ids = torch.tensor([prompts.generation_ids("Transcribe the speech.", True)])
+    ids = torch.tensor([prompts.generation_ids(ASR_INSTRUCTION, True)])
     feats, lens = model.encoder.extract_features(waves[:1])
     return Inputs(training_batch(model, waves, transcript(seconds)), ids, feats, lens)
 

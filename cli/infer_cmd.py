@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.errors import InputError, UsageError
+from swv.recipes.schema import ASR_INSTRUCTION
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings, Pipeline, Stats, Waveform
 
-DEFAULT_PROMPT = "Transcribe the speech."
+DEFAULT_PROMPT = ASR_INSTRUCTION
 STDIN = "-"
 
 # -- options shared with `swv eval` ----------------------------------------------------------
@@ -34,21 +35,6 @@ Dtype = Annotated[Optional[str], typer.Option(
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs generated together.")]
 MaxDuration = Annotated[Optional[float], typer.Option(
     "--max-duration", min=0.0, help="Reject clips longer than this many seconds instead of windowing them.")]
-
-
-def load_pipeline(model_dir: Path, device: str, dtype: str | None, system: str | None) -> Pipeline:
-    """Load the model quietly: no transformers progress bars, and not the deprecation warning
-    peft triggers in transformers when it wraps a model with a LoRA (nothing a user can act on)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    from swv.infer.pipeline import Pipeline
-
-    hf_logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, system_prompt=system)
 
 
 def generation_settings(
@@ -117,7 +103,9 @@ def _run_files(
             failed += 1
     if not decoded:
         return failed
-    pipe = load_pipeline(model_dir, device, dtype, system)
+    from swv.infer import batch
+
+    pipe = batch.load_pipeline(model_dir, device, dtype, system)
     waveforms = []
     for samples, rate, name in decoded:
         try:
@@ -145,11 +133,11 @@ def _run_manifest(
     manifest: Path, output: Path, model_dir: Path, prompt: str, settings: GenerationSettings, *,
     system: str | None, device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
 ) -> None:
-    from swv.infer.batch import read_items, record_instruction, run_manifest
+    from swv.infer import batch
 
-    items = read_items(manifest, lambda record, where: record_instruction(record, where) or prompt)
-    summary = run_manifest(
-        lambda: load_pipeline(model_dir, device, dtype, system), manifest, items, output, settings,
+    items = batch.read_items(manifest, lambda record, where: batch.record_instruction(record, where) or prompt)
+    summary = batch.run_manifest(
+        lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, output, settings,
         batch_size=batch_size, max_duration=max_duration, with_stats=stats,
     )
     print(f"infer: {summary.format()}", file=sys.stderr)

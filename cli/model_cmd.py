@@ -22,10 +22,9 @@ from typing import Annotated
 import typer
 
 from swv.cli.options import WeightDtype
-
+from swv.config import CONFIG_NAME
 from swv.errors import InputError, UsageError
 
-CONFIG_NAME = "swv_config.json"  # = swv.model.speechlm.CONFIG_NAME (not imported: it pulls in torch)
 STAGE_EXPORT = "export"
 RUN_FILE = "run.json"
 

@@ -18,13 +18,7 @@ from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
 from swv.encoders.base import Encoder
-from swv.errors import ComponentError, InputError
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+from swv.errors import ComponentError, InputError, first_line
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _SAFETENSORS = "model.safetensors"
@@ -36,11 +30,6 @@ _BIN_INDEX = "pytorch_model.bin.index.json"
 # ---------------------------------------------------------------------------------------------
 # Checkpoint helpers (shared by the built-in encoders)
 # ---------------------------------------------------------------------------------------------
-def first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def resolve_checkpoint_dir(path: str, field: str) -> Path:
     """A local checkpoint directory, or a Hugging Face Hub id downloaded with ``snapshot_download``.
 

@@ -41,10 +41,8 @@ from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import Seamles
 from swv.config import ComponentConfig
 from swv.encoders.checkpoint import (
     CheckpointEncoder,
-    DTYPES,
     as_waveforms,
     build_hf_config,
-    first_line,
     load_feature_extractor,
     load_state_dict_strict,
     random_init_digest,
@@ -52,7 +50,8 @@ from swv.encoders.checkpoint import (
     read_state_dict,
     resolve_checkpoint_dir,
 )
-from swv.errors import ComponentError, InputError
+from swv.dtypes import torch_dtype
+from swv.errors import ComponentError, InputError, first_line
 from swv.model.state import lengths_to_mask
 
 _W2V_BERT = "wav2vec2-bert"
@@ -144,7 +143,7 @@ class SeamlessEncoder(CheckpointEncoder):
             self._drop_above(self.layer)
         self.output_dim = int(self._output_size())
         if config.dtype is not None:
-            self.speech_encoder.to(DTYPES[config.dtype])
+            self.speech_encoder.to(torch_dtype(config.dtype))
         if self.frozen:
             self.speech_encoder.requires_grad_(False)
             self.eval()

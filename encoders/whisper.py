@@ -37,10 +37,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhi
 from swv.config import ComponentConfig
 from swv.encoders.checkpoint import (
     CheckpointEncoder,
-    DTYPES,
     as_waveforms,
     build_hf_config,
-    first_line,
     load_feature_extractor,
     load_state_dict_strict,
     random_init_digest,
@@ -48,7 +46,8 @@ from swv.encoders.checkpoint import (
     read_state_dict,
     resolve_checkpoint_dir,
 )
-from swv.errors import ComponentError, InputError
+from swv.dtypes import torch_dtype
+from swv.errors import ComponentError, InputError, first_line
 from swv.model.state import lengths_to_mask
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +131,7 @@ class WhisperEncoder(CheckpointEncoder):
                 )
             self.fixed_num_frames = self.max_feature_frames
         if config.dtype is not None:
-            self.whisper.to(DTYPES[config.dtype])
+            self.whisper.to(torch_dtype(config.dtype))
         if self.frozen:
             self.whisper.requires_grad_(False)
             self.eval()

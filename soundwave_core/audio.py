@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from swv.errors import InputError
+from swv.errors import InputError, first_line
 
 AudioSource = str | os.PathLike[str] | bytes | BinaryIO
 
@@ -45,7 +45,7 @@ def read_audio(source: AudioSource) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / TypeError
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         raise InputError(f"{name}: not a readable audio file ({detail})") from None
     if data.shape[0] == 0:
         raise InputError(f"{name}: audio has zero samples")

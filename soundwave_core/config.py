@@ -1,8 +1,12 @@
-"""Shared pydantic base for component configs (kept free of torch imports)."""
+"""Shared pydantic base for component configs, and the name of a model directory's config file
+(kept free of torch imports)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
+
+#: The file that makes a directory an swv model (written by ``SpeechLM.save_pretrained``).
+CONFIG_NAME = "swv_config.json"
 
 
 class ComponentConfig(BaseModel):

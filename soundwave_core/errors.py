@@ -32,5 +32,8 @@ class InputError(SwvError):
     """Unreadable or invalid input data (audio, manifests, checkpoints)."""
 
 
-class PluginError(SwvError):
-    """A third-party plugin that failed to load or register."""
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of an exception's message (its class name if it has none), for
+    quoting a library's error inside a one-line swv message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

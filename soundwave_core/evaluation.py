@@ -23,15 +23,29 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from . import metrics as M
 from .errors import InputError, UsageError
+from .config import CONFIG_NAME
 from .io import atomic_file, atomic_write_json
 
-__all__ = ["REFERENCE_FIELDS", "Task", "evaluate", "format_table", "sha256_file", "write_report"]
+if TYPE_CHECKING:
+    from swv.infer.batch import ManifestItem, RunSummary
+    from swv.infer.pipeline import GenerationSettings
+
+__all__ = [
+    "REFERENCE_FIELDS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file", "write_report",
+]
+
+#: Files :func:`evaluate_model` writes in its output directory.
+PREDICTIONS_FILE = "predictions.jsonl"
+REPORT_FILE = "report.json"
+JUDGE_FILE = "judge_inputs.jsonl"
 
 Task = Literal["asr", "st", "classification", "open"]
 
@@ -475,3 +489,109 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"value of type {type(obj).__name__} in the report")
+
+
+# ---------------------------------------------------------------------------------------------
+# A model on a test manifest (``swv eval``)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EvalRun:
+    """What :func:`evaluate_model` did: the scored ``result`` (see :func:`evaluate`), where the
+    report was written, and the generation run (``None`` when existing predictions were scored)."""
+
+    result: dict[str, Any]
+    report: Path
+    generation: RunSummary | None
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike[str],
+    manifest: str | os.PathLike[str],
+    task: Task,
+    out_dir: str | os.PathLike[str],
+    *,
+    predictions: str | os.PathLike[str] | None = None,
+    settings: GenerationSettings | None = None,
+    system: str | None = None,
+    device: str = "cpu",
+    dtype: str | None = None,
+    batch_size: int = 8,
+    max_duration: float | None = None,
+    normalize: str | None = None,
+    target_language: str | None = None,
+) -> EvalRun:
+    """Evaluate a model on a test manifest and write ``out_dir/report.json``.
+
+    Without ``predictions``, generates into ``out_dir/predictions.jsonl`` first (resumable: ids
+    already there are kept). Prompts: the record's instruction/prompt, else the task default
+    (:func:`swv.infer.batch.task_prompt`). ``normalize`` and ``target_language`` go to
+    :func:`evaluate`; the report records the generation settings.
+    """
+    from swv.infer import batch
+    from swv.infer.pipeline import GenerationSettings
+
+    model_dir, manifest, out_dir = Path(model_dir), Path(manifest), Path(out_dir)
+    generation: dict[str, Any] | None = None
+    summary = None
+    if predictions is None:
+        if not model_dir.is_dir():
+            raise InputError(f"{model_dir}: model directory not found")
+        items = batch.read_items(manifest, lambda record, where: batch.task_prompt(record, where, task, target_language))
+        settings = settings if settings is not None else GenerationSettings()
+        predictions = out_dir / PREDICTIONS_FILE
+        summary = batch.run_manifest(
+            lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, predictions, settings,
+            batch_size=batch_size, max_duration=max_duration,
+        )
+        generation = {
+            **settings.as_dict(),
+            "system_prompt": system if system is not None else _saved_system_prompt(model_dir),
+            "batch_size": batch_size,
+            "device": device,
+            "dtype": dtype,
+            "max_duration": max_duration,
+            "prompts": dict(Counter(item.prompt for item in items)),
+        }
+    else:
+        items = batch.read_items(manifest, None)
+    predictions = Path(predictions)
+    records = _eval_records(items, predictions)
+    judge = out_dir / JUDGE_FILE if task == "open" else None
+    result = evaluate(records, task, normalize=normalize, target_language=target_language, judge_path=judge)
+    result["predictions_file"] = str(predictions.resolve())
+    report = write_report(result, out_dir / REPORT_FILE, model_dir=model_dir, manifest_path=manifest,
+                          generation_settings=generation)
+    return EvalRun(result, report, summary)
+
+
+def _saved_system_prompt(model_dir: Path) -> str | None:
+    """The system prompt stored in the model's ``swv_config.json`` (for the report)."""
+    try:
+        return json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("system_prompt")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _eval_records(items: Sequence[ManifestItem], predictions: Path) -> list[dict[str, Any]]:
+    """Manifest references + the prediction (or error) of every manifest item, in manifest order."""
+    from swv.infer.batch import COPIED_FIELDS, read_output
+
+    if not predictions.is_file():
+        raise InputError(f"{predictions}: predictions file not found")
+    by_id = {str(record["id"]): record for _, record in read_output(predictions)}
+    missing = [item.id for item in items if item.id not in by_id]
+    if missing:
+        raise InputError(
+            f"{predictions}: {len(missing)} manifest item(s) have no prediction (first: {missing[0]!r}); "
+            "run swv eval without --predictions to generate them"
+        )
+    records = []
+    for item in items:
+        prediction = by_id[item.id]
+        record: dict[str, Any] = {"id": item.id}
+        record.update({field: item.record[field] for field in COPIED_FIELDS if field in item.record})
+        for field in ("prediction", "error"):
+            if field in prediction:
+                record[field] = prediction[field]
+        records.append(record)
+    return records

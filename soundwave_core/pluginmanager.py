@@ -151,8 +151,3 @@ def default_plugins() -> PluginSet:
 
 def default_registry() -> Registry:
     return default_plugins().registry
-
-
-def reset_default_plugins() -> None:
-    """Forget the cached plugin set (after installing a plugin in-process, or in tests)."""
-    _default_plugins.cache_clear()

@@ -11,7 +11,7 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -56,10 +56,48 @@ class ComponentSpec:
             raise ComponentError(f"{self.kind} {self.name!r}: config {self.config!r} is not a pydantic model")
         return model
 
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component chosen by name, with its validated config.
+
+    This is what a recipe's ``{name: ..., **args}`` becomes once validated (by
+    :meth:`Registry.resolve`), and what :meth:`Registry.build` instantiates without validating
+    again. ``to_dict()`` gives back the ``{name, **args}`` form written to recipes and to
+    ``swv_config.json``.
+    """
+
+    spec: ComponentSpec
+    config: BaseModel
+
     @property
-    def target_path(self) -> str:
-        t = self.target
-        return t if isinstance(t, str) else f"{t.__module__}:{t.__qualname__}"
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def has(self, field_name: str) -> bool:
+        """Whether this component's config model declares ``field_name``."""
+        return field_name in type(self.config).model_fields
+
+    def get(self, field_name: str, default: Any = None) -> Any:
+        """A config field's value, or ``default`` when the config model has no such field."""
+        return getattr(self.config, field_name) if self.has(field_name) else default
+
+    def replace(self, **changes: Any) -> Component:
+        """A copy with some config fields changed, validated by the config model."""
+        unknown = [key for key in changes if not self.has(key)]
+        if unknown:
+            raise ComponentError(f"{self.kind} {self.name!r}: its config has no field {unknown[0]!r}")
+        config = type(self.config).model_validate({**self.config.model_dump(), **changes})
+        return Component(self.spec, config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{name, **config}`` with JSON values."""
+        return {"name": self.name, **self.config.model_dump(mode="json")}
 
 
 @dataclass
@@ -153,28 +191,36 @@ class Registry:
         return name in self._specs.get(kind, {})
 
     # -- building ---------------------------------------------------------------------------
-    def validate(self, kind: str, ref: Mapping[str, Any] | BaseModel) -> tuple[ComponentSpec, BaseModel]:
-        """Validate ``{name, **args}`` against the named component's config model.
+    def resolve(self, kind: str, ref: Mapping[str, Any] | BaseModel | Component) -> Component:
+        """Validate ``{name, **args}`` against the named component's config model (once: a
+        :class:`Component` is returned as it is).
 
         Raises :class:`pydantic.ValidationError` for bad arguments (callers add the location)
-        and :class:`ComponentError` for an unknown name.
+        and :class:`ComponentError` for an unknown name or a component of another kind.
         """
+        if isinstance(ref, Component):
+            if ref.kind != kind:
+                article = "an" if kind[:1] in "aeiou" else "a"
+                raise ComponentError(f"{article} {kind} was expected, got the {ref.kind} {ref.name!r}")
+            return ref
         data = dict(ref.model_dump() if isinstance(ref, BaseModel) else ref)
         name = data.pop("name", None)
         if not isinstance(name, str):
             raise ComponentError(f"{kind} reference needs a 'name' field, got {ref!r}")
         spec = self.get(kind, name)
-        config = spec.load_config_model().model_validate(data)
-        return spec, config
+        return Component(spec, spec.load_config_model().model_validate(data))
 
-    def build(self, kind: str, ref: Mapping[str, Any] | BaseModel, **context: Any) -> Any:
-        """Validate ``ref`` and instantiate the component as ``cls(config, **context)``."""
-        spec, config = self.validate(kind, ref)
-        cls = spec.load_class()
+    def build(self, kind: str, ref: Mapping[str, Any] | BaseModel | Component, **context: Any) -> Any:
+        """Instantiate a component as ``cls(config, **context)`` (``ref`` is resolved first
+        unless it is already a :class:`Component`)."""
+        component = self.resolve(kind, ref)
+        cls = component.spec.load_class()
         if inspect.isabstract(cls):
             missing = ", ".join(sorted(cls.__abstractmethods__))
-            raise ComponentError(f"{kind} {spec.name!r}: {cls.__qualname__} does not implement {missing} (see docs/plugins.md)")
-        return cls(config, **context)
+            raise ComponentError(
+                f"{kind} {component.spec.name!r}: {cls.__qualname__} does not implement {missing} (see docs/plugins.md)"
+            )
+        return cls(component.config, **context)
 
     # -- plugin attribution (used by the plugin manager) --------------------------------------
     def _set_origin(self, plugin: str, distribution: str | None, version: str | None) -> None:
@@ -189,9 +235,3 @@ class Registry:
             if kind not in self.kinds:
                 self.kinds.append(kind)
         self.kinds = [k for k in self.kinds if k in self._specs]
-
-    def with_spec(self, spec: ComponentSpec) -> Registry:
-        """A copy of this registry with ``spec`` added (for tests and programmatic use)."""
-        new = Registry(kinds=list(self.kinds), _specs=self._snapshot())
-        new._specs.setdefault(spec.kind, {})[spec.name] = replace(spec)
-        return new

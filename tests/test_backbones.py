@@ -555,5 +555,5 @@ def test_registry_builds_presets(llama_dir):
     swv_register_components(registry)
     backbone = registry.build("backbone", {"name": "llama", "path": str(llama_dir), "lora": {"r": 4}})
     assert isinstance(backbone, LlamaBackbone) and backbone.model.peft_config["default"].r == 4
-    spec, config = registry.validate("backbone", {"name": "qwen2", "path": "Qwen/Qwen2.5-0.5B"})
-    assert spec.load_class() is Qwen2Backbone and isinstance(config, Qwen2Config)
+    component = registry.resolve("backbone", {"name": "qwen2", "path": "Qwen/Qwen2.5-0.5B"})
+    assert component.spec.load_class() is Qwen2Backbone and isinstance(component.config, Qwen2Config)

@@ -1,8 +1,8 @@
 """``swv import soundwave`` and ``swv export``.
 
-A tiny checkpoint in the released Soundwave layout (NOTES.md section 2) is built here, imported
-and loaded with ``SpeechLM.from_pretrained``; its outputs are compared with a plain-torch
-reference of the released behaviour written in this file from NOTES.md (30 s padded Whisper,
+A tiny checkpoint in the released Soundwave layout (the key prefixes of swv.convert.soundwave)
+is built here, imported and loaded with ``SpeechLM.from_pretrained``; its outputs are compared
+with a plain-torch reference of the released behaviour written in this file (30 s padded Whisper,
 pair concatenation, projector, the Transformer layer on each frame alone, out_norm, CTC head,
 argmax-run shrinking over all 750 frames, cross-attention onto the kept frames, splice, Llama,
 loss = token-mean CE + 0.3 x CTC). Export: merged and bundled exports of a model with a random
@@ -123,7 +123,7 @@ def imported(released, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# The reference: NOTES.md section 2 in plain torch
+# The reference: the released behaviour in plain torch
 # ----------------------------------------------------------------------------------------------
 def _ln(x: torch.Tensor, state: dict, prefix: str) -> torch.Tensor:
     return F.layer_norm(x, x.shape[-1:], state[prefix + "weight"], state[prefix + "bias"], EPS)

@@ -286,11 +286,11 @@ def test_cli_single_file_streams_the_answer(cli, pipe: Pipeline, clips: dict[str
 
 
 def test_cli_generation_options(cli, monkeypatch, pipe: Pipeline, clips: dict[str, Path], model_dir: Path) -> None:
-    import swv.cli.infer_cmd as infer_cmd
+    from swv.infer import batch
 
     loaded: list[Pipeline] = []
-    original = infer_cmd.load_pipeline
-    monkeypatch.setattr(infer_cmd, "load_pipeline", lambda *a: loaded.append(original(*a)) or loaded[-1])
+    original = batch.load_pipeline
+    monkeypatch.setattr(batch, "load_pipeline", lambda *a: loaded.append(original(*a)) or loaded[-1])
     args = ["infer", model_dir, clips["a"], "--max-new-tokens", 8, "--do-sample", "--temperature", 1.5,
             "--top-p", 0.9, "--seed", 4, "--system", "Be brief.", "--device", "cpu", "--dtype", "bfloat16"]
     code, out, err = cli(args)

@@ -88,7 +88,7 @@ def test_overrides_apply_before_validation(tmp_path: Path, registry) -> None:
     path = write(tmp_path / "r.yaml", BASE)
     loaded = load_recipe(path, ["stages.0.max_steps=10", "model.backbone.lora.r=4", "stages.1.optimizer.lr=2e-5", "seed=7"], registry)
     assert loaded.recipe.stages[0].max_steps == 10
-    assert loaded.components["backbone"].lora.r == 4
+    assert loaded.model_components.backbone.config.lora.r == 4
     assert loaded.recipe.stages[1].optimizer.lr == 2e-5
     assert loaded.recipe.seed == 7
     # YAML 1.1 reads an unquoted ``no`` as false: precision=no still means no mixed precision

@@ -167,7 +167,7 @@ def test_save_load_identical_outputs_and_peft_export(model_config_factory, tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model.config.backbone["path"])
+    base = AutoModelForCausalLM.from_pretrained(model.config.backbone.config.path)
     base.resize_token_embeddings(model.backbone.hf_model.get_input_embeddings().weight.shape[0])
     peft_model = PeftModel.from_pretrained(base, str(out_dir)).eval()
     ids = b["input_ids"][2:3]

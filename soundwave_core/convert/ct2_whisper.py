@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from swv.dtypes import DTYPE_NAMES
 from swv.errors import InputError, UsageError
 from swv.io import atomic_directory
 
@@ -66,7 +67,7 @@ __all__ = [
 
 SUPPORTED_BINARY_VERSIONS = (6,)
 SUPPORTED_SPEC = "WhisperSpec"
-OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES = DTYPE_NAMES
 
 # CTranslate2 dtype id -> (torch dtype name, item size in bytes)
 _CT2_DTYPES: dict[int, tuple[str, int]] = {

@@ -16,13 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from swv.errors import InputError, UsageError
+from swv.dtypes import DTYPE_NAMES
+from swv.errors import InputError, UsageError, first_line
 from swv.io import atomic_directory
 
 __all__ = ["GGUF_MAGIC", "OUTPUT_DTYPES", "convert_gguf", "resolve_gguf_file"]
 
 GGUF_MAGIC = b"GGUF"
-OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES = DTYPE_NAMES
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.gguf$")
 
 
@@ -48,11 +49,6 @@ def resolve_gguf_file(src: str | Path) -> Path:
             f"{src}: one shard of a split GGUF; merge the shards into one file first (llama.cpp: llama-gguf-split --merge)"
         )
     return src
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_destination(dest: Path, src: Path, overwrite: bool) -> None:
@@ -84,7 +80,7 @@ def _load(gguf_file: Path, dtype: str | None) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
     except (ValueError, KeyError, OSError, TypeError) as exc:
-        raise InputError(f"{gguf_file}: cannot build its tokenizer ({_first_line(exc)})") from None
+        raise InputError(f"{gguf_file}: cannot build its tokenizer ({first_line(exc)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(
             directory,
@@ -94,7 +90,7 @@ def _load(gguf_file: Path, dtype: str | None) -> tuple[Any, Any]:
             local_files_only=True,
         )
     except (ValueError, KeyError, OSError, TypeError) as exc:
-        raise InputError(f"{gguf_file}: cannot load as a transformers causal LM ({_first_line(exc)})") from None
+        raise InputError(f"{gguf_file}: cannot load as a transformers causal LM ({first_line(exc)})") from None
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)

@@ -1,7 +1,8 @@
 """Released Soundwave checkpoints -> swv model directories (``swv import soundwave``).
 
 A released checkpoint is a Llama checkpoint with ``model_type: "Soundwave"`` whose state dict
-also holds the Whisper encoder and both adapters (see ``NOTES.md`` section 2). It becomes::
+also holds the Whisper encoder and both adapters (which key prefix goes to which part:
+``ENCODER_PREFIX``, ``ADAPTER_PREFIXES`` and ``BACKBONE_PREFIXES`` below). It becomes::
 
     DEST/swv_config.json                 encoder + [alignment, shrinking] (compat "released") + llama
     DEST/encoder/                        encoder-only Whisper (config.json, model.safetensors,
@@ -35,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from swv.dtypes import DTYPE_NAMES
 from swv.errors import InputError, UsageError
 from swv.io import atomic_directory
 
@@ -44,7 +46,7 @@ SOUNDWAVE_MODEL_TYPE = "soundwave"
 #: Config fields the released model adds to its LlamaConfig (dropped from the backbone config).
 SOUNDWAVE_FIELDS = ("audio_tower", "adapter_size", "audio_patch_size", "audio_patch_token", "llm_pad_token_id")
 _NOT_LLAMA_FIELDS = (*SOUNDWAVE_FIELDS, "model_type", "architectures", "auto_map", "transformers_version", "torch_dtype")
-OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES = DTYPE_NAMES
 WHISPER_HEAD_DIM = 64  # every Whisper size uses 64-wide attention heads
 
 ENCODER_PREFIX = "model.audio_tower."

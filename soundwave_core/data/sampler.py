@@ -136,9 +136,6 @@ class MixtureBatchSampler:
             out.append(current)
         return out
 
-    def task_mixture(self, epoch: int) -> dict[int, float]:
-        return {k: float(p) for k, p in enumerate(self.probabilities(epoch))}
-
     def __iter__(self) -> Iterator[list[int]]:
         """Endless iterator from the current position; updates ``position`` as it goes."""
         while True:

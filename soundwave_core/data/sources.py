@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ def resolve_data_path(text: str) -> Path:
         except FileNotFoundError as exc:
             raise InputError(str(exc)) from None
     return Path(text).expanduser()
-
-
-@dataclass
-class SourceStats:
-    name: str
-    rows: int
-    skipped: int
 
 
 #: Bump when the normalised columns change, so ``datasets`` does not reuse an older cache.

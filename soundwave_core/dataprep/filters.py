@@ -43,7 +43,7 @@ import numpy as np
 from swv.audio import audio_duration, load_audio, read_audio
 from swv.dataprep._common import Report, count_lines, progress
 from swv.dataprep.manifest import dump_record, read_manifest, rebase_record, record_label, resolve_audio
-from swv.errors import InputError, UsageError
+from swv.errors import InputError, UsageError, first_line
 from swv.io import atomic_file
 
 #: Sample rate of the waveforms handed to a ``transcribe`` callable.
@@ -124,7 +124,7 @@ def load_token_counter(tokenizer_dir: str | os.PathLike[str]) -> TokenCounter:
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises OSError / ValueError / KeyError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(f"{path}: cannot load a tokenizer ({first})") from None
 
     def count(text: str) -> int:
@@ -178,7 +178,7 @@ class WhisperTranscriber:
             self.processor = WhisperProcessor.from_pretrained(str(path), local_files_only=True)
             self.model = WhisperForConditionalGeneration.from_pretrained(str(path), local_files_only=True)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise InputError(f"{path}: cannot load a Whisper checkpoint ({first})") from None
         self.model.to(device).eval()
         self.device = device

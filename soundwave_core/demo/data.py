@@ -33,6 +33,7 @@ from typing import Any
 from swv.demo.synth import SAMPLE_RATE, Synthesizer, Voice, plan_voice
 from swv.demo.text import DemoText
 from swv.io import atomic_write_json
+from swv.recipes.schema import ASR_INSTRUCTION
 
 PITCH_OPTIONS = ["high", "low"]
 PITCH_INSTRUCTIONS = (
@@ -41,7 +42,7 @@ PITCH_INSTRUCTIONS = (
     "Does the speaker have a high voice or a low voice?",
 )
 ASR_INSTRUCTIONS = (
-    "Transcribe the speech.",
+    ASR_INSTRUCTION,
     "What did the speaker say?",
     "Write down exactly what you hear.",
 )

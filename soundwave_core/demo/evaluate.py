@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 import time
@@ -84,21 +82,21 @@ def text_qa_accuracy(model: Any, questions: Sequence[Any], batch_size: int = 8) 
 
 
 def swv_eval(model_dir: Path, items: Items, task: str, out_dir: Path, max_new_tokens: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``swv eval MODEL --manifest ... --task TASK`` in-process, from a clean ``out_dir``.
+    """What ``swv eval MODEL --manifest ... --task TASK`` does, from a clean ``out_dir``.
 
-    Returns ``(report, predictions)``: the JSON report and the prediction records."""
-    from swv.cli.eval_cmd import PREDICTIONS_FILE, REPORT_FILE, eval_cmd
+    Returns ``(report, predictions)``: the JSON report (with the score ``table`` swv eval prints)
+    and the prediction records."""
+    from swv.evaluation import PREDICTIONS_FILE, evaluate_model, format_table
+    from swv.infer.pipeline import GenerationSettings
 
     if out_dir.exists():  # eval resumes from existing predictions: never reuse another model's
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     manifest = items.write(out_dir / "manifest.jsonl")
-    table = io.StringIO()
-    with contextlib.redirect_stdout(table):
-        eval_cmd(model_dir, manifest=manifest, task=task, output_dir=out_dir, max_new_tokens=max_new_tokens, batch_size=8)
-    report = json.loads((out_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    run = evaluate_model(model_dir, manifest, task, out_dir, settings=GenerationSettings(max_new_tokens=max_new_tokens), batch_size=8)  # type: ignore[arg-type]
+    report = json.loads(run.report.read_text(encoding="utf-8"))
     predictions = [json.loads(line) for line in (out_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines() if line.strip()]
-    report["table"] = table.getvalue()
+    report["table"] = format_table(run.result)
     return report, predictions
 
 

@@ -266,25 +266,20 @@ def _report(title: str, result: dict[str, Any], log: Callable[[str], None]) -> d
 
 
 def _infer_one(model_dir: Path, items: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    """``swv infer`` on the first held-out question clip with three prompts (answers streamed)."""
-    import contextlib
-    import io
-
-    from swv.cli.infer_cmd import infer
+    """What ``swv infer`` answers on the first held-out question clip with three prompts."""
     from swv.dataprep.manifest import resolve_audio
     from swv.demo.data import EVAL_PROMPTS
+    from swv.infer.batch import load_pipeline
 
     record = items.records[0]
     audio = resolve_audio(items.manifest, record)
     log(f"clip {audio.name}: {record['speaker']} ({record['pitch']} voice) says {record['text']!r}")
     answers = {}
+    pipe = load_pipeline(model_dir)
     for task in ("asr", "pitch", "qa"):
         prompt = EVAL_PROMPTS[task]
         log(f"$ swv infer {model_dir} {audio} --prompt {prompt!r}")
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            infer(model_dir, [str(audio)], prompt=prompt, max_new_tokens=32)
-        answers[prompt] = out.getvalue().strip()
+        answers[prompt] = pipe(str(audio), prompt, max_new_tokens=32).strip()
         log(f"  -> {answers[prompt]}")
     return {"clip": record["id"], "text": record["text"], "pitch": record["pitch"], "answers": answers}
 

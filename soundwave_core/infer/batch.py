@@ -23,6 +23,7 @@ from typing import Any
 from swv.dataprep.manifest import read_manifest, resolve_audio
 from swv.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
+from swv.recipes.schema import ASR_INSTRUCTION
 
 #: Manifest fields copied to every output line (references for evaluation and descriptions).
 COPIED_FIELDS = (
@@ -41,7 +42,7 @@ COPIED_FIELDS = (
 
 #: Instruction templates for records without ``instruction``/``prompt``, by evaluation task.
 TASK_PROMPTS = {
-    "asr": "Transcribe the speech.",
+    "asr": ASR_INSTRUCTION,
     "st": "Translate the speech into {language}.",
 }
 
@@ -241,6 +242,20 @@ def _run_batch(
             result = results[i]
             lines.append(output_line(item, result.text, None, result.stats.as_dict() if with_stats else None))
     return lines
+
+
+def load_pipeline(model_dir: str | os.PathLike[str], device: str = "cpu", dtype: str | None = None,
+                  system: str | None = None) -> Pipeline:
+    """Load the model quietly: no transformers progress bars, and not the deprecation warning
+    peft triggers in transformers when it wraps a model with a LoRA (nothing a user can act on)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, system_prompt=system)
 
 
 def run_manifest(

@@ -47,15 +47,16 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from transformers.generation.streamers import BaseStreamer
 
 from swv.audio import read_audio, resample
-from swv.errors import InputError, SwvError, UsageError
+from swv.dtypes import DTYPE_NAMES, torch_dtype
+from swv.errors import InputError, SwvError, UsageError, first_line
 from swv.model.prompts import PromptBuilder
 from swv.model.speechlm import SpeechLM
 from swv.model.state import AudioState
 from swv.model.stopping import cut_at_stop, decode_answers, left_pad
+from swv.recipes.schema import ASR_INSTRUCTION
 
 __all__ = [
     "DEFAULT_PROMPT",
-    "DTYPES",
     "GenerationSettings",
     "Pipeline",
     "Result",
@@ -65,13 +66,7 @@ __all__ = [
 ]
 
 #: Instruction used when none is given.
-DEFAULT_PROMPT = "Transcribe the speech."
-
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+DEFAULT_PROMPT = ASR_INSTRUCTION
 
 AudioInput = str | os.PathLike[str] | bytes | bytearray | np.ndarray
 
@@ -298,7 +293,7 @@ class Pipeline:
         """Load a directory written by ``SpeechLM.save_pretrained`` onto ``device``, optionally
         cast to ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype)."""
         torch_device = _parse_device(device)
-        torch_dtype = _parse_dtype(dtype)
+        weights_dtype = _parse_dtype(dtype)
         path = Path(model_dir)
         if not path.is_dir():
             raise InputError(f"{path}: model directory not found" if not path.exists() else f"{path}: not a directory")
@@ -307,12 +302,11 @@ class Pipeline:
         except SwvError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as exc:  # e.g. truncated safetensors
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{path}: cannot load the model ({detail})") from None
+            raise InputError(f"{path}: cannot load the model ({first_line(exc)})") from None
         try:
-            model.to(device=torch_device, dtype=torch_dtype)
+            model.to(device=torch_device, dtype=weights_dtype)
         except (RuntimeError, AssertionError) as exc:
-            raise UsageError(f"device {device}: not usable here ({str(exc).strip().splitlines()[0]})") from None
+            raise UsageError(f"device {device}: not usable here ({first_line(exc)})") from None
         return cls(model, system_prompt=system_prompt)
 
     # -- properties -------------------------------------------------------------------------
@@ -576,13 +570,13 @@ class TextStream:
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise UsageError(f"dtype: unknown dtype {dtype!r}, expected one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    if dtype not in DTYPE_NAMES:
+        raise UsageError(f"dtype: unknown dtype {dtype!r}, expected one of {', '.join(DTYPE_NAMES)}")
+    return torch_dtype(dtype)
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"device: invalid device {device!r} ({str(exc).strip().splitlines()[0]})") from None
+        raise UsageError(f"device: invalid device {device!r} ({first_line(exc)})") from None

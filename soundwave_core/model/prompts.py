@@ -6,11 +6,12 @@ from typing import Any
 
 from swv.errors import InputError
 from swv.model.splice import IGNORE_INDEX
+from swv.recipes.schema import ASR_INSTRUCTION
 
 #: Instruction used for records that carry only a transcript, by task.
 DEFAULT_INSTRUCTIONS = {
-    "asr": "Transcribe the speech.",
-    "": "Transcribe the speech.",
+    "asr": ASR_INSTRUCTION,
+    "": ASR_INSTRUCTION,
 }
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from swv.config import CONFIG_NAME
 from swv.errors import ComponentError, InputError
 from swv.infer.windowing import encode_windowed, encoder_window_samples
 from swv.io import atomic_directory
@@ -28,9 +29,8 @@ from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
 from swv.model.stopping import stop_token_ids
 from swv.recipes.schema import PAPER_SYSTEM_PROMPT
-from swv.registry import Registry
+from swv.registry import Component, Registry
 
-CONFIG_NAME = "swv_config.json"
 ENCODER_WEIGHTS = "encoder.safetensors"
 ADAPTER_DIR = "adapters"
 BUNDLED_ENCODER_DIR = "encoder"
@@ -38,18 +38,31 @@ BUNDLED_BACKBONE_DIR = "backbone"
 
 
 class SpeechLMConfig(PreTrainedConfig):
-    """Every component's registered name and resolved config, plus the prompt defaults."""
+    """Every component (a validated :class:`~swv.registry.Component`, or a ``{name, **args}``
+    dict that :class:`SpeechLM` validates once and replaces by its Component), plus the prompt
+    defaults. ``to_dict()`` writes components as ``{name, **args}``, the ``swv_config.json`` form."""
 
     model_type = "swv_speechlm"
-    encoder: dict | None = None
+    encoder: Component | dict | None = None
     adapters: list | None = None
-    backbone: dict | None = None
+    backbone: Component | dict | None = None
     system_prompt: str = PAPER_SYSTEM_PROMPT
     encoder_trained: bool = False
     backbone_trained: bool = False
     #: components stored inside the model directory (kept bundled by later saves)
     bundled: list | None = None
     versions: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        for key in ("encoder", "backbone"):
+            out[key] = _component_dict(out[key])
+        out["adapters"] = [_component_dict(ref) for ref in out["adapters"]] if out["adapters"] is not None else None
+        return out
+
+
+def _component_dict(ref: Component | dict | None) -> dict | None:
+    return ref.to_dict() if isinstance(ref, Component) else ref
 
 
 @dataclass
@@ -100,6 +113,9 @@ class SpeechLM(PreTrainedModel):
         if not config.encoder or not config.adapters or not config.backbone:
             raise ComponentError("SpeechLM config needs an encoder, at least one adapter and a backbone")
         registry = _registry(registry)
+        config.encoder = registry.resolve("encoder", config.encoder)
+        config.adapters = [registry.resolve("adapter", ref) for ref in config.adapters]
+        config.backbone = registry.resolve("backbone", config.backbone)
         self.backbone = registry.build("backbone", config.backbone)
         info = self.backbone.info()
         self.encoder = registry.build("encoder", config.encoder)
@@ -109,9 +125,9 @@ class SpeechLM(PreTrainedModel):
         for ref in config.adapters:
             adapter = registry.build("adapter", ref, input_dim=dim, backbone=info)
             if adapter.needs_ctc and not has_ctc:
-                raise ComponentError(f"adapter {ref['name']!r} needs CTC logits: put an adapter that produces them (e.g. alignment) before it")
+                raise ComponentError(f"adapter {ref.name!r} needs CTC logits: put an adapter that produces them (e.g. alignment) before it")
             has_ctc = has_ctc or adapter.produces_ctc
-            self.adapters[ref["name"]] = adapter
+            self.adapters[ref.name] = adapter
             dim = adapter.output_dim
         if dim != info.hidden_size:
             raise ComponentError(f"the adapter chain ends at width {dim}, but the backbone expects {info.hidden_size}")
@@ -397,10 +413,8 @@ class SpeechLM(PreTrainedModel):
         the LoRA-merged backbone to ``backbone/``.
         """
         target = Path(save_directory)
-        config = SpeechLMConfig(**self.config.to_dict())
-        config.versions = _versions()
-        encoder_cfg = dict(config.encoder or {})
-        backbone_cfg = dict(config.backbone or {})
+        config = self.config
+        encoder, backbone = config.encoder, config.backbone
         with atomic_directory(target) as tmp:
             (tmp / ADAPTER_DIR).mkdir()
             for name, adapter in self.adapters.items():
@@ -409,7 +423,7 @@ class SpeechLM(PreTrainedModel):
             bundled: list[str] = []
             if bundle or "encoder" in was_bundled or self.encoder.needs_bundle:
                 self.encoder.save_pretrained(tmp / BUNDLED_ENCODER_DIR)
-                encoder_cfg = {"name": encoder_cfg["name"], **self.encoder.bundled_config(BUNDLED_ENCODER_DIR)}
+                encoder = encoder.replace(**self.encoder.bundled_config(BUNDLED_ENCODER_DIR))
                 bundled.append("encoder")
             elif save_encoder or (save_encoder is None and config.encoder_trained):
                 save_file(_contiguous(self.encoder.state_dict()), str(tmp / ENCODER_WEIGHTS))
@@ -421,14 +435,14 @@ class SpeechLM(PreTrainedModel):
                 or self.backbone.needs_bundle
             ):
                 self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
-                bundled_backbone = self.backbone.bundled_config(BUNDLED_BACKBONE_DIR, merged=merge_lora)
-                backbone_cfg = {"name": backbone_cfg["name"], **bundled_backbone}
+                backbone = backbone.replace(**self.backbone.bundled_config(BUNDLED_BACKBONE_DIR, merged=merge_lora))
                 bundled.append("backbone")
             if not merge_lora:
                 self.backbone.save_lora(tmp)
             self.backbone.tokenizer.save_pretrained(str(tmp))
-            config.encoder, config.backbone, config.bundled = encoder_cfg, backbone_cfg, bundled
-            (tmp / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+            saved = config.to_dict()
+            saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
+            (tmp / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         return target
 
     @classmethod

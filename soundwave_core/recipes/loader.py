@@ -15,16 +15,17 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from swv.errors import ComponentError, RecipeError
 from swv.recipes.schema import ComponentRef, Recipe
+from swv.registry import Component
 
 if TYPE_CHECKING:
     from swv.registry import Registry
@@ -173,30 +174,38 @@ def apply_override(data: dict[str, Any], ov: Override) -> None:
             raise RecipeError(f"override {ov.text!r}: {parent} holds a {type(node).__name__}, not a mapping or list")
 
 
+@dataclass(frozen=True)
+class ModelComponents:
+    """The recipe's model, each component validated against its config model."""
+
+    encoder: Component
+    adapters: tuple[Component, ...]
+    backbone: Component
+
+
 @dataclass
 class LoadedRecipe:
     recipe: Recipe
     source: Path
     raw: dict[str, Any]
-    components: dict[str, BaseModel] = field(default_factory=dict)
+    #: set by :func:`validate_components` (``load_recipe`` with a registry)
+    components: ModelComponents | None = None
+
+    @property
+    def model_components(self) -> ModelComponents:
+        if self.components is None:
+            raise RecipeError(f"{self.source}: the recipe's components were not validated (load it with a registry)")
+        return self.components
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved recipe: defaults filled in, components with their full configs."""
         data = self.recipe.model_dump(mode="json")
-        model = data["model"]
-        for key, cfg in self.components.items():
-            full = {"name": _ref_at(self.recipe, key).name, **cfg.model_dump(mode="json")}
-            if key.startswith("adapters["):
-                model["adapters"][int(key[len("adapters[") : -1])] = full
-            else:
-                model[key] = full
+        if self.components is not None:
+            model = data["model"]
+            model["encoder"] = self.components.encoder.to_dict()
+            model["adapters"] = [adapter.to_dict() for adapter in self.components.adapters]
+            model["backbone"] = self.components.backbone.to_dict()
         return data
-
-
-def _ref_at(recipe: Recipe, key: str) -> ComponentRef:
-    if key.startswith("adapters["):
-        return recipe.model.adapters[int(key[len("adapters[") : -1])]
-    return getattr(recipe.model, key)
 
 
 def _error_from_validation(source: Path, exc: ValidationError, prefix: tuple[Any, ...], overrides: list[Override]) -> RecipeError:
@@ -218,27 +227,35 @@ def _error_from_validation(source: Path, exc: ValidationError, prefix: tuple[Any
 def validate_components(loaded: LoadedRecipe, registry: Registry, overrides: list[Override] | None = None) -> None:
     """Check every component reference against the registry and its config model."""
     model = loaded.recipe.model
-    refs: list[tuple[str, str, ComponentRef]] = [("encoder", "encoder", model.encoder)]
-    refs += [(f"adapters[{i}]", "adapter", ref) for i, ref in enumerate(model.adapters)]
-    refs.append(("backbone", "backbone", model.backbone))
-    for key, kind, ref in refs:
-        try:
-            _, cfg = registry.validate(kind, {"name": ref.name, **ref.args()})
-        except ComponentError as exc:
-            raise RecipeError(f"{loaded.source}: model.{key}.name: {exc}") from None
-        except ValidationError as exc:
-            prefix = ("model", *_loc_tuple(key))
-            raise _error_from_validation(loaded.source, exc, prefix, overrides or []) from None
-        loaded.components[key] = _resolve_assets(cfg, f"{loaded.source}: model.{key}")
+    check = (loaded.source, registry, overrides or [])
+    loaded.components = ModelComponents(
+        encoder=_resolve_ref(*check, "encoder", model.encoder, ("encoder",)),
+        adapters=tuple(_resolve_ref(*check, "adapter", ref, ("adapters", i)) for i, ref in enumerate(model.adapters)),
+        backbone=_resolve_ref(*check, "backbone", model.backbone, ("backbone",)),
+    )
+
+
+def _resolve_ref(
+    source: Path, registry: Registry, overrides: list[Override], kind: str, ref: ComponentRef, loc: tuple[Any, ...]
+) -> Component:
+    """One validated component; errors name the recipe field (``model.adapters[0].factor``)."""
+    where = format_loc(("model", *loc))
+    try:
+        component = registry.resolve(kind, {"name": ref.name, **ref.args()})
+    except ComponentError as exc:
+        raise RecipeError(f"{source}: {where}.name: {exc}") from None
+    except ValidationError as exc:
+        raise _error_from_validation(source, exc, ("model", *loc), overrides) from None
+    return _resolve_assets(component, f"{source}: {where}")
 
 
 ASSET_PREFIX = "asset:"
 
 
-def _resolve_assets(cfg: BaseModel, where: str) -> BaseModel:
+def _resolve_assets(component: Component, where: str) -> Component:
     """String fields written ``asset:NAME`` name files shipped with swv (e.g. the tiny tokenizer)."""
     updates = {}
-    for field_name, value in cfg:
+    for field_name, value in component.config:
         if isinstance(value, str) and value.startswith(ASSET_PREFIX):
             from swv.assets import asset_path
 
@@ -246,13 +263,7 @@ def _resolve_assets(cfg: BaseModel, where: str) -> BaseModel:
                 updates[field_name] = str(asset_path(value[len(ASSET_PREFIX) :]))
             except (FileNotFoundError, ValueError) as exc:
                 raise RecipeError(f"{where}.{field_name}: {exc}") from None
-    return cfg.model_copy(update=updates) if updates else cfg
-
-
-def _loc_tuple(key: str) -> tuple[Any, ...]:
-    if key.startswith("adapters["):
-        return ("adapters", int(key[len("adapters[") : -1]))
-    return (key,)
+    return component.replace(**updates) if updates else component
 
 
 def load_recipe(

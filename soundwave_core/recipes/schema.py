@@ -18,7 +18,9 @@ PAPER_SYSTEM_PROMPT = (
     "content that the user provides and assist the user with a variety of tasks using natural language."
 )
 
-STAGE_KINDS = ("alignment", "shrinking", "sft")
+#: The transcription instruction: the default for records that carry only a transcript, for
+#: ``swv infer`` and for ``swv eval --task asr``.
+ASR_INSTRUCTION = "Transcribe the speech."
 
 
 class StrictModel(BaseModel):

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from swv.config import CONFIG_NAME
 from swv.errors import UsageError
 from swv.io import atomic_write_json, atomic_write_text
 from swv.train.runner import RunContext, StageRunner, stage_done
@@ -101,14 +102,14 @@ def _init_dir(recipe: Any, index: int, output_dir: Path) -> Path | None:
     settings = recipe.stages[index]
     if settings.init_from is not None:
         path = Path(settings.init_from)
-        if not (path / "swv_config.json").is_file():
-            raise UsageError(f"stages[{index}].init_from: {path} is not an exported swv model (no swv_config.json)")
+        if not (path / CONFIG_NAME).is_file():
+            raise UsageError(f"stages[{index}].init_from: {path} is not an exported swv model (no {CONFIG_NAME})")
         return path
     if index == 0:
         return None
     prev = recipe.stages[index - 1].name
     path = output_dir / prev / "export"
-    if not (path / "swv_config.json").is_file():
+    if not (path / CONFIG_NAME).is_file():
         raise UsageError(
             f"stage {settings.name!r} starts from stage {prev!r}'s export at {path}, which does not exist: "
             f"run that stage first or set stages[{index}].init_from"

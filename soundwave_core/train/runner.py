@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from swv.config import CONFIG_NAME
 from swv.errors import SwvError, UsageError
 from swv.io import atomic_write_json
 from swv.train.checkpoint import (
@@ -457,16 +458,16 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
                 "or list them in model.backbone.special_tokens and train from the first stage)"
             )
         return model
-    resolved = loaded.resolved()["model"]
-    backbone = dict(resolved["backbone"])
+    components = loaded.model_components
+    backbone = components.backbone
     if tags:
-        backbone["special_tokens"] = list(dict.fromkeys([*backbone.get("special_tokens", []), *tags]))
+        backbone = backbone.replace(special_tokens=list(dict.fromkeys([*backbone.get("special_tokens", []), *tags])))
     return SpeechLM(
         SpeechLMConfig(
-            encoder=resolved["encoder"],
-            adapters=resolved["adapters"],
+            encoder=components.encoder,
+            adapters=list(components.adapters),
             backbone=backbone,
-            system_prompt=resolved["system_prompt"],
+            system_prompt=loaded.recipe.model.system_prompt,
         )
     )
 
@@ -480,7 +481,7 @@ def stage_done(stage_dir: Path, recipe_hash: str) -> bool:
         info = json.loads((stage_dir / "stage.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return bool(info.get("done")) and info.get("recipe_hash") == recipe_hash and (stage_dir / "export" / "swv_config.json").is_file()
+    return bool(info.get("done")) and info.get("recipe_hash") == recipe_hash and (stage_dir / "export" / CONFIG_NAME).is_file()
 
 
 def _zero_loss(model: nn.Module) -> torch.Tensor:
