@@ -1,6 +1,6 @@
 """Training throughput per stage on the `tiny` recipe, measured in one run.
 
-Runs the real training loop (`swv.train.pipeline.train`) for each stage and reports the
+Runs the real training loop (`swv.train.train_recipe.train`) for each stage and reports the
 samples/s of a measurement window that follows a warm-up window, plus:
 - the alignment stage with the frozen encoder's outputs read from the feature cache
   (`swv data cache-features`) against the same stage running the encoder live;
@@ -28,7 +28,7 @@ def last_rate(metrics: Path) -> float:
 def run_stage(overrides: list[str], stage: str, steps: int, output_dir: Path, extra: list[str]) -> float:
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     names = ["alignment", "shrinking", "sft"]
     idx = names.index(stage)
@@ -49,7 +49,7 @@ def main() -> None:
 
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
-    from swv.train.pipeline import cache_stage_features
+    from swv.train.train_recipe import cache_stage_features
 
     rows: list[tuple[str, float]] = []
     rows.append(("alignment (encoder live)", run_stage(args.overrides, "alignment", args.steps, run, ["data.use_feature_cache=false"])))

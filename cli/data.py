@@ -116,7 +116,7 @@ def splice_cmd(
     seed: Annotated[int, typer.Option(help="Random seed for pairing.")] = 0,
 ) -> None:
     """Splice utterances of different speakers into multi-speaker samples."""
-    from swv.dataprep.splice import splice_manifest
+    from swv.dataprep.multi_speaker import splice_manifest
 
     report = splice_manifest(
         manifest, out, audio_dir, speakers=speakers, template=template, phrases=phrase or None, gap=gap,
@@ -208,7 +208,7 @@ def cache_features(
     """
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
-    from swv.train.pipeline import cache_stage_features
+    from swv.train.train_recipe import cache_stage_features
 
     loaded = load_recipe(recipe, overrides or [], default_registry())
     target, new, old = cache_stage_features(loaded, stage, batch_size=batch_size, device=device)

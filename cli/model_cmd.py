@@ -181,7 +181,7 @@ def import_soundwave(
 ) -> None:
     """Convert a released Soundwave checkpoint into an swv model directory (SpeechLM.from_pretrained)."""
     from swv.cli.convert import _quiet_transformers
-    from swv.convert.soundwave import import_soundwave as convert
+    from swv.convert.import_soundwave import import_soundwave as convert
 
     with _quiet_transformers():
         summary = convert(

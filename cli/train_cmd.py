@@ -17,7 +17,7 @@ def train(
     """Train every stage of a recipe in order (single process, or under `accelerate launch`)."""
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
-    from swv.train.pipeline import train as run
+    from swv.train.train_recipe import train as run
 
     loaded = load_recipe(recipe, overrides or [], default_registry())
     exports = run(loaded, stage=stage, from_stage=from_stage, resume=resume)

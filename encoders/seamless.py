@@ -39,7 +39,7 @@ from transformers import SeamlessM4TFeatureExtractor, SeamlessM4Tv2Config, Wav2V
 from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
 
 from swv.config import ComponentConfig
-from swv.encoders.checkpoint import (
+from swv.encoders.loading import (
     CheckpointEncoder,
     as_waveforms,
     build_hf_config,

@@ -35,7 +35,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from swv.config import ComponentConfig
-from swv.encoders.checkpoint import (
+from swv.encoders.loading import (
     CheckpointEncoder,
     as_waveforms,
     build_hf_config,

@@ -319,7 +319,7 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     from swv.demo.run import DemoOptions, build_feature_cache, load_demo_recipe, load_model
     from swv.demo.synth import EspeakSynthesizer
     from swv.demo.weights import prepare_weights
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     workdir = tmp_path / "demo"
     whisper_dir, llm_dir = prepare_weights(workdir / "weights", log=lambda _: None)

@@ -15,7 +15,7 @@ import torch
 from swv.data.feature_cache import FeatureCache, build_cache, encoder_identity
 from swv.pluginmanager import default_registry
 from swv.recipes.loader import load_recipe
-from swv.train.pipeline import cache_stage_features
+from swv.train.train_recipe import cache_stage_features
 from swv.train.runner import build_model
 
 

@@ -1,6 +1,6 @@
 """``swv import soundwave`` and ``swv export``.
 
-A tiny checkpoint in the released Soundwave layout (the key prefixes of swv.convert.soundwave)
+A tiny checkpoint in the released Soundwave layout (the key prefixes of swv.convert.import_soundwave)
 is built here, imported and loaded with ``SpeechLM.from_pretrained``; its outputs are compared
 with a plain-torch reference of the released behaviour written in this file (30 s padded Whisper,
 pair concatenation, projector, the Transformer layer on each frame alone, out_norm, CTC head,
@@ -114,7 +114,7 @@ def released(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def imported(released, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from swv.convert.soundwave import import_soundwave
+    from swv.convert.import_soundwave import import_soundwave
 
     dest = tmp_path_factory.mktemp("imported") / "swv"
     summary = import_soundwave(released[0], dest)
@@ -290,7 +290,7 @@ def test_imported_model_matches_released_reference(imported: Path, released) -> 
 
 
 def _import_error(tmp_path: Path, state: dict, config: dict, tok) -> SwvError:
-    from swv.convert.soundwave import import_soundwave
+    from swv.convert.import_soundwave import import_soundwave
 
     src = write_released(tmp_path / "bad", state, config, tok)
     with pytest.raises(SwvError) as info:
@@ -316,7 +316,7 @@ def test_import_errors(tmp_path: Path, released) -> None:
     error = _import_error(tmp_path / "f", state, wrong_id, tok)
     assert "audio_patch_token" in str(error) and str(config["audio_patch_token"]) in str(error)
     with pytest.raises(UsageError, match="not divisible"):
-        from swv.convert.soundwave import import_soundwave
+        from swv.convert.import_soundwave import import_soundwave
 
         import_soundwave(released[0], tmp_path / "g", shrinking_heads=3)
 

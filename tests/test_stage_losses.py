@@ -53,7 +53,7 @@ def registry(monkeypatch) -> Registry:
         reg.register(spec.kind, spec.name, target=spec.target, config=spec.config)
     reg.register("adapter", "aux_test", target=AuxTestAdapter, config=AuxTestConfig)
     monkeypatch.setattr("swv.pluginmanager.default_registry", lambda: reg)
-    monkeypatch.setattr("swv.train.pipeline.default_registry", lambda: reg)
+    monkeypatch.setattr("swv.train.train_recipe.default_registry", lambda: reg)
     return reg
 
 
@@ -74,7 +74,7 @@ def _metrics(path: Path) -> list[dict]:
 
 
 def test_aux_loss_is_weighted_and_trained_only_when_weighted(tmp_path: Path, registry: Registry) -> None:
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     start = torch.ones(3)
     weighted = _recipe(tmp_path, registry, "{ctc: 1.0, aux_pull: 2.0}", "weighted")
@@ -132,7 +132,7 @@ def test_aux_loss_gradient_only_when_weighted(model_config_factory, registry: Re
 
 
 def test_unknown_loss_name_is_an_error_naming_the_stage(tmp_path: Path, registry: Registry) -> None:
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     loaded = _recipe(tmp_path, registry, "{ctc: 1.0, aux_pul: 1.0}", "typo")
     with pytest.raises(UsageError, match=r"stages\[0\] \(alignment\): losses: unknown loss 'aux_pul'.*'aux_pull' \(aux_test\)"):

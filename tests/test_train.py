@@ -219,7 +219,7 @@ GOOD = '{"audio": "AUDIO", "text": "hello there"}'
     ],
 )
 def test_bad_manifest_lines_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     loaded, _ = _recipe_with(tmp_path, [GOOD, line])
     with pytest.raises(InputError, match=message):
@@ -227,7 +227,7 @@ def test_bad_manifest_lines_name_file_and_line(tmp_path: Path, line: str, messag
 
 
 def test_unreadable_audio_error_or_skip(tmp_path: Path) -> None:
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFF not really audio")
@@ -245,7 +245,7 @@ def test_manifest_tags_become_special_tokens_of_every_stage(tmp_path: Path) -> N
     """Tags that records carry (as ``swv data sound-insert`` writes them) are added to the
     tokenizer before the first stage, exported, and required of a model a stage starts from."""
     from swv.model.speechlm import SpeechLM
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     tagged = '{"audio": "AUDIO", "text": "hello <cough> there", "tags": ["<cough>"]}'
     loaded, manifest = _recipe_with(tmp_path, [GOOD, tagged, GOOD, tagged])
@@ -266,7 +266,7 @@ def test_manifest_tags_become_special_tokens_of_every_stage(tmp_path: Path) -> N
 
 def test_non_finite_losses_stop_the_stage(tmp_path: Path, monkeypatch) -> None:
     from swv.model.speechlm import SpeechLM, SpeechLMOutput
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     def nan_forward(self, **kwargs):
         loss = sum(p.sum() for p in self.adapters.parameters()) * float("nan")
@@ -279,7 +279,7 @@ def test_non_finite_losses_stop_the_stage(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_trainable_pattern_must_match(tmp_path: Path) -> None:
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", "stages.0.trainable=[adapters.alignmnt]"], default_registry())
     with pytest.raises(UsageError, match="'adapters.alignmnt' matches no trainable parameter"):
@@ -308,7 +308,7 @@ def test_hf_dataset_source(tmp_path: Path) -> None:
     import datasets
 
     from swv.assets import asset_path
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     rows = [json.loads(line) for line in asset_path("tiny_speech/train_asr.jsonl").read_text().splitlines()[:8]]
     base = asset_path("tiny_speech")

@@ -149,7 +149,7 @@ def load_demo_recipe(options: DemoOptions, whisper_dir: Path, llm_dir: Path, log
 def build_feature_cache(loaded: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """Encode the training audio once with the frozen encoder (when swv has a feature cache)."""
     try:
-        from swv.train.pipeline import cache_stage_features
+        from swv.train.train_recipe import cache_stage_features
     except ImportError:
         log("feature cache: not available in this swv; the encoder runs at every step")
         return {"available": False}
@@ -179,7 +179,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     from swv.demo.synth import EspeakSynthesizer
     from swv.demo.text import load_demo_text
     from swv.demo.weights import prepare_weights
-    from swv.train.pipeline import train
+    from swv.train.train_recipe import train
 
     clock = Clock(log)
     results: dict[str, Any] = {"mode": options.mode, "recipe": options.recipe_name, "workdir": str(options.workdir.resolve())}

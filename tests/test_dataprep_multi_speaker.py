@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from swv.cli.data import app
 from swv.dataprep.manifest import resolve_audio
-from swv.dataprep.splice import speaker_prefixes, splice_manifest
+from swv.dataprep.multi_speaker import speaker_prefixes, splice_manifest
 from swv.errors import InputError, UsageError
 
 SR = 16000
