@@ -38,10 +38,10 @@ class ShrinkingConfig(ComponentConfig):
     )
 
 
-def run_starts(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id: int, keep_blank_runs: bool) -> torch.Tensor:
-    """``[B, T, V]`` logits -> ``[B, T]`` bool, True on the first frame of each run of equal argmax
-    within the valid length. A row whose every run is dropped (all blank) keeps its first frame."""
-    tokens = ctc_logits.argmax(dim=-1)
+def run_starts(tokens: torch.Tensor, lengths: torch.Tensor, blank_id: int, keep_blank_runs: bool) -> torch.Tensor:
+    """``[B, T]`` per-frame CTC argmax ids -> ``[B, T]`` bool, True on the first frame of each run
+    of equal ids within the valid length. A row whose every run is dropped (all blank) keeps its
+    first frame."""
     valid = lengths_to_mask(lengths, tokens.shape[1])
     changed = torch.ones_like(valid)
     changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
@@ -87,11 +87,12 @@ class ShrinkingAdapter(Adapter):
         return input_lengths
 
     def forward(self, state: AudioState) -> AudioState:
-        """``embeds [B, T, D]`` + ``ctc_logits [B, T, V]`` -> ``embeds [B, N, D]``, ``keep_mask [B, T]``."""
+        """``embeds [B, T, D]`` + ``ctc_logits [B, T, V]`` -> ``embeds [B, N, D]``, ``keep_mask [B, T]``.
+        The per-frame argmax runs in blocks over the vocabulary (no ``[B, T, V]`` tensor)."""
         if state.ctc_logits is None:
             raise ComponentError("shrinking adapter needs CTC logits from an earlier adapter (e.g. alignment)")
         frames, lengths = state.embeds, state.lengths
-        keep = run_starts(state.ctc_logits, lengths, self.blank_id, self.config.keep_blank_runs)
+        keep = run_starts(state.ctc_logits.argmax(), lengths, self.blank_id, self.config.keep_blank_runs)
         kept, kept_lengths = gather_kept(frames, keep)
         valid = lengths_to_mask(lengths, frames.shape[1])
         attendable = keep if self.config.compat == "released" else valid & ~keep

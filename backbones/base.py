@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from swv.model.context import BackboneInfo
+from swv.model.vocab_logits import VocabLogits
 
 #: The special token that marks where a prompt's audio goes (also the CTC blank).
 AUDIO_TOKEN = "<audio_patch>"
@@ -42,6 +43,18 @@ class Backbone(nn.Module):
     ) -> Any:
         """Run the LM on embeddings; returns the Hugging Face ``CausalLMOutputWithPast``."""
         raise NotImplementedError
+
+    def factored_logits(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> VocabLogits | None:
+        """The LM's logits ``[B, L, V]`` kept factored (final hidden states ``[B, L, D]`` + the LM
+        head), so that a loss runs the head only where it needs it; the same arguments as
+        :meth:`forward` (no cache). None (the default) when the backbone's logits are not a plain
+        linear map of its hidden states: callers then use :meth:`forward`'s logits."""
+        return None
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Generate from embeddings (KV cache on); returns only the new token ids ``[B, N]``."""

@@ -66,7 +66,7 @@ def test_chain_forward_backward_generate(model_config_factory, chain: str) -> No
     b = batch(model)
     ctc_weight = 0.3 if chain == "soundwave" else 0.0
     out = model(**b, ctc_weight=ctc_weight)
-    assert out.logits is not None and out.logits.shape[0] == 3
+    assert out.logits is None  # training: the LM head ran on the labelled positions only
     assert out.lm_loss is not None and torch.isfinite(out.lm_loss)
     if chain == "soundwave":
         assert out.ctc_loss is not None and out.keep_mask is not None
@@ -242,4 +242,4 @@ def test_half_precision_encoder_feeds_float32_adapters(model_config_factory) -> 
     model = SpeechLM(config).eval()
     b = batch(model)
     out = model(**b, ctc_weight=0.3)
-    assert out.ctc_logits.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert out.ctc_logits.hidden.dtype == torch.float32 and torch.isfinite(out.loss)

@@ -23,6 +23,7 @@ from swv.io import atomic_directory
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
+from swv.model.vocab_logits import VocabLogits
 from swv.recipes.schema import PAPER_SYSTEM_PROMPT
 from swv.registry import Registry
 
@@ -50,15 +51,17 @@ class SpeechLMConfig(PreTrainedConfig):
 
 @dataclass
 class SpeechLMOutput(ModelOutput):
-    """Forward outputs. ``logits [B, L', V]`` (None when the backbone did not run),
-    ``ctc_logits [B_a, T, V]``, ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
+    """Forward outputs. ``logits [B, L', V]`` (None when the backbone did not run, and in training
+    with labels, where the LM head runs on the labelled positions only),
+    ``ctc_logits [B_a, T, V]`` (a :class:`~swv.model.vocab_logits.VocabLogits`: call
+    ``.materialise()`` for the tensor), ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
     ``audio_lengths [B_a]``."""
 
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     ctc_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    ctc_logits: torch.Tensor | None = None
+    ctc_logits: VocabLogits | None = None
     ctc_lengths: torch.Tensor | None = None
     keep_mask: torch.Tensor | None = None
     audio_embeds: torch.Tensor | None = None
@@ -222,7 +225,7 @@ class SpeechLM(PreTrainedModel):
                 rows = ctc_target_lengths > 0  # rows without a transcript take no CTC loss
                 if bool(rows.any()):
                     out.ctc_loss = ctc_loss(
-                        state.ctc_logits[rows],
+                        state.ctc_logits.select_rows(rows),
                         state.ctc_lengths[rows],
                         ctc_targets[rows],
                         ctc_target_lengths[rows],
@@ -233,14 +236,21 @@ class SpeechLM(PreTrainedModel):
             assert input_ids is not None
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
             spliced = self.splice(state, input_ids, mask, labels)
-            lm_out = self.backbone(
-                inputs_embeds=spliced.inputs_embeds,
-                attention_mask=spliced.attention_mask,
-                position_ids=spliced.position_ids,
-            )
-            out.logits = lm_out.logits
+            lm_logits: torch.Tensor | VocabLogits | None = None
+            if self.training and spliced.labels is not None and lm_weight > 0:
+                # the loss runs the LM head on the labelled positions only
+                lm_logits = self.backbone.factored_logits(
+                    spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids
+                )
+            if lm_logits is None:
+                lm_out = self.backbone(
+                    inputs_embeds=spliced.inputs_embeds,
+                    attention_mask=spliced.attention_mask,
+                    position_ids=spliced.position_ids,
+                )
+                out.logits = lm_logits = lm_out.logits
             if spliced.labels is not None and lm_weight > 0:
-                out.lm_loss = lm_loss(lm_out.logits, spliced.labels)
+                out.lm_loss = lm_loss(lm_logits, spliced.labels)
                 losses.append(lm_weight * out.lm_loss)
         if losses:
             out.loss = torch.stack(losses).sum()
