@@ -122,6 +122,8 @@ def measure(index: int, variant: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the demo sizes only")
+    parser.add_argument("--case", type=int, action="append", choices=range(len(CASES)),
+                        help="run only this case (0-based index in CASES; repeatable)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per (case, variant); the best is kept")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -129,7 +131,7 @@ def main() -> None:
     if args.worker is not None:
         print(json.dumps(worker(CASES[args.worker], args.variant)))
         return
-    cases = [i for i, case in enumerate(CASES) if not args.quick or "demo" in case.name]
+    cases = [i for i, case in enumerate(CASES) if (not args.quick or "demo" in case.name) and (not args.case or i in args.case)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; peak = RSS above the inputs (max over "
           f"runs), time = best of {args.repeats} runs, alternating the variants")
     header = f"{'case':52} {'B x T x V (D)':>26} {'variant':>13} {'peak MB':>9} {'time s':>8}"

@@ -36,7 +36,9 @@ def _blocks(rows: int, vocab: int) -> Iterator[tuple[slice, slice]]:
             yield slice(r, r + block_rows), slice(c, c + cols)
 
 
-def _block_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor:
+def _block_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: slice, cols: slice
+) -> torch.Tensor:
     """float32 logits of one block: ``hidden[rows] [R, D]`` x ``weight[cols] [C, D]`` -> ``[R, C]``
     (the product in the factors' dtype, as the head itself computes it)."""
     return F.linear(hidden[rows], weight[cols], None if bias is None else bias[cols]).float()
@@ -53,7 +55,9 @@ class _LogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
         rows, vocab = hidden.shape[0], weight.shape[0]
         want_mean = ctx.needs_input_grad[0]
         running_max = hidden.new_full((rows,), float("-inf"), dtype=torch.float32)
