@@ -2,7 +2,8 @@
 
 frames ``[B, T, D_enc]`` -> stack pairs ``[B, T/2, 2 D_enc]`` -> Linear ``[B, T/2, D]`` ->
 one pre-norm Transformer encoder layer -> LayerNorm -> embeddings ``[B, T/2, D]``; a CTC head
-over the backbone vocabulary gives ``ctc_logits [B, T/2, V]`` (blank = audio placeholder id).
+over the backbone vocabulary gives ``ctc_logits [B, T/2, V]`` (blank = audio placeholder id), handed on
+factored (the embeddings + the head weight, see :class:`~swv.model.vocab_logits.VocabLogits`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from swv.config import ComponentConfig
 from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
 from swv.model.state import AudioState, lengths_to_mask
+from swv.model.vocab_logits import VocabLogits
 
 
 class AlignmentConfig(ComponentConfig):
@@ -95,7 +97,8 @@ class AlignmentAdapter(Adapter):
         return stacked_lengths(input_lengths, self.config.stack, drop_remainder=True)
 
     def forward(self, state: AudioState) -> AudioState:
-        """``state.embeds [B, T, D_enc]`` -> embeds ``[B, T', D]`` and ``ctc_logits [B, T', V]``."""
+        """``state.embeds [B, T, D_enc]`` -> embeds ``[B, T', D]`` and ``ctc_logits [B, T', V]``
+        (factored: ``embeds`` and the CTC head's weight; nothing vocabulary-sized is computed here)."""
         stacked = stack_frames(state.embeds, state.lengths, self.config.stack, drop_remainder=True)
         lengths = self.output_lengths(state.lengths).clamp(max=stacked.shape[1])
         hidden = self.proj(stacked)
@@ -108,5 +111,5 @@ class AlignmentAdapter(Adapter):
             pad_mask[lengths == 0] = False
             hidden = self.layer(hidden, src_key_padding_mask=pad_mask)
         embeds = self.norm(hidden)
-        ctc_logits = self.ctc_head(embeds)
+        ctc_logits = VocabLogits(embeds, self.ctc_head.weight)
         return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths)

@@ -25,6 +25,7 @@ from swv.config import ComponentConfig
 from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
 from swv.model.state import AudioState, lengths_to_mask
+from swv.model.vocab_logits import VocabLogits
 
 
 class ShrinkingConfig(ComponentConfig):
@@ -53,10 +54,10 @@ class ShrinkingConfig(ComponentConfig):
     )
 
 
-def run_starts(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id: int, keep_blank_runs: bool) -> torch.Tensor:
-    """``[B, T, V]`` logits -> ``[B, T]`` bool, True on the first frame of each run of equal argmax
-    within the valid length. A row whose every run is dropped (all blank) keeps its first frame."""
-    tokens = ctc_logits.argmax(dim=-1)
+def run_starts(tokens: torch.Tensor, lengths: torch.Tensor, blank_id: int, keep_blank_runs: bool) -> torch.Tensor:
+    """``[B, T]`` per-frame CTC argmax ids -> ``[B, T]`` bool, True on the first frame of each run
+    of equal ids within the valid length. A row whose every run is dropped (all blank) keeps its
+    first frame."""
     valid = lengths_to_mask(lengths, tokens.shape[1])
     changed = torch.ones_like(valid)
     changed[:, 1:] = tokens[:, 1:] != tokens[:, :-1]
@@ -107,11 +108,12 @@ class ShrinkingAdapter(Adapter):
         return input_lengths
 
     def forward(self, state: AudioState) -> AudioState:
-        """``embeds [B, T, D]`` + ``ctc_logits [B, T, V]`` -> ``embeds [B, N, D]``, ``keep_mask [B, T]``."""
+        """``embeds [B, T, D]`` + ``ctc_logits [B, T, V]`` -> ``embeds [B, N, D]``, ``keep_mask [B, T]``.
+        The per-frame argmax runs in blocks over the vocabulary (no ``[B, T, V]`` tensor)."""
         if state.ctc_logits is None:
             raise ComponentError("shrinking adapter needs CTC logits from an earlier adapter (e.g. alignment)")
         frames, lengths = state.embeds, state.lengths
-        keep = run_starts(state.ctc_logits, lengths, self.blank_id, self.config.keep_blank_runs)
+        keep = run_starts(state.ctc_logits.argmax(), lengths, self.blank_id, self.config.keep_blank_runs)
         kept, kept_lengths = gather_kept(frames, keep)
         valid = lengths_to_mask(lengths, frames.shape[1])
         attendable = keep if self.config.compat == "released" else valid & ~keep
@@ -125,12 +127,16 @@ class ShrinkingAdapter(Adapter):
             out = self.expected_embeddings(state.ctc_logits, keep) + self.gate * out
         return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep)
 
-    def expected_embeddings(self, ctc_logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``ctc_logits [B, T, V]`` at the kept frames ``keep [B, T]`` -> the posterior-weighted
-        input embeddings ``[B, N, D]`` (rows past a row's kept count are zero)."""
+    def expected_embeddings(self, ctc_logits: VocabLogits, keep: torch.Tensor) -> torch.Tensor:
+        """The CTC posterior at the kept frames ``keep [B, T]`` -> the posterior-weighted input
+        embeddings ``[B, N, D]`` (rows past a row's kept count are zero). Only the kept frames'
+        logits ``[B, N, V]`` are computed."""
         assert self._token_table is not None
         table = self._token_table()
-        kept_logits, _ = gather_kept(ctc_logits, keep)
+        batch, time = keep.shape
+        frame_index = torch.arange(time, device=keep.device, dtype=torch.float32)[None, :, None].expand(batch, time, 1)
+        positions, kept_lengths = gather_kept(frame_index, keep)
+        kept_logits = ctc_logits.at_positions(positions[..., 0].long())
         probs = (kept_logits.float() / self.config.posterior_temperature).softmax(dim=-1)
         expected = probs.to(table.dtype) @ table
-        return expected * lengths_to_mask(keep.sum(dim=1), expected.shape[1])[..., None].to(expected.dtype)
+        return expected * lengths_to_mask(kept_lengths, expected.shape[1])[..., None].to(expected.dtype)

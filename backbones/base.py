@@ -12,6 +12,7 @@ from torch import nn
 
 from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
+from swv.model.vocab_logits import VocabLogits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -79,6 +80,18 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     ) -> Any:
         """Run the LM on ``[B, L, D]`` embeddings with a ``[B, L]`` mask (right padding in training);
         returns an output with ``logits [B, L, V]`` (Hugging Face ``CausalLMOutputWithPast``)."""
+
+    def factored_logits(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> VocabLogits | None:
+        """The LM's logits ``[B, L, V]`` kept factored (final hidden states ``[B, L, D]`` + the LM
+        head), so that a loss runs the head only where it needs it; the same arguments as
+        :meth:`forward` (no cache). None (the default) when the backbone's logits are not a plain
+        linear map of its hidden states: callers then use :meth:`forward`'s logits."""
+        return None
 
     @abstractmethod
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:

@@ -35,6 +35,7 @@ from swv.dtypes import torch_dtype
 from swv.errors import ComponentError, InputError, UsageError, first_line
 from swv.io import atomic_directory
 from swv.model.context import BackboneInfo
+from swv.model.vocab_logits import VocabLogits
 
 #: Names PEFT gives the files of a saved adapter.
 LORA_CONFIG_FILE = "adapter_config.json"
@@ -170,6 +171,10 @@ class CausalLMBackbone(Backbone):
     config: CausalLMConfig
     expected_model_type: ClassVar[str | None] = None
     hf_config_class: ClassVar[type[PreTrainedConfig] | None] = None
+    #: The model's logits are its LM head (a Linear) applied to the decoder's last hidden state,
+    #: nothing after (Llama, Qwen2). A subclass for an architecture that rescales or soft-caps
+    #: its logits (Gemma 2, Cohere, Granite...) sets False: training then uses the full logits.
+    linear_lm_head: ClassVar[bool] = True
 
     def __init__(self, config: CausalLMConfig | Mapping[str, Any]) -> None:
         if not isinstance(config, CausalLMConfig):
@@ -472,6 +477,29 @@ class CausalLMBackbone(Backbone):
             position_ids=position_ids,
             **kwargs,
         )
+
+    def factored_logits(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+    ) -> VocabLogits | None:
+        """The decoder's final hidden states ``[B, L, D]`` (LoRA included, no cache) with the LM
+        head: logits ``[B, L, V]`` that are never materialised. None when ``linear_lm_head`` is
+        False."""
+        if not self.linear_lm_head:
+            return None
+        if position_ids is None:
+            position_ids = positions_from_mask(attention_mask, inputs_embeds.shape[1])
+        decoder = self.hf_model.get_decoder()
+        hidden = decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        head = self.hf_model.get_output_embeddings()
+        return VocabLogits(hidden, head.weight, head.bias)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **gen_kwargs: Any) -> torch.Tensor:
         """Generate from ``[B, L, D]`` (left-padded) prompt embeddings and their ``[B, L]`` mask.

@@ -43,6 +43,7 @@ from swv.model.prompts import PromptBuilder  # noqa: E402
 from swv.model.speechlm import SpeechLM, SpeechLMConfig  # noqa: E402
 from swv.model.state import AudioState  # noqa: E402
 from swv.recipes.schema import ASR_INSTRUCTION  # noqa: E402
+from swv.model.vocab_logits import VocabLogits  # noqa: E402
 
 AUDIO_TOKEN = "<audio_patch>"
 SOUNDWAVE = [{"name": "alignment", "compat": "released"}, {"name": "shrinking", "compat": "released"}]
@@ -113,9 +114,11 @@ class PeakyCTC(nn.Module):
         in_speech = t[None, :] < self.speech_frames[:, None]  # [B, T]
         token = 10 + (t // self.period) % 200  # successive tokens differ
         ids = torch.where(in_speech & (t % self.period == 0)[None, :], token[None, :], self.blank_id)
-        logits = torch.full((batch, frames, vocab), -10.0, dtype=state.ctc_logits.dtype)
+        dtype = state.ctc_logits.hidden.dtype
+        logits = torch.full((batch, frames, vocab), -10.0, dtype=dtype)
         logits.scatter_(2, ids[..., None], 10.0)
-        return state.replace(ctc_logits=logits)
+        # factored as the logits themselves times an identity head (the vocabulary here is small)
+        return state.replace(ctc_logits=VocabLogits(logits, torch.eye(vocab, dtype=dtype)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from swv.adapters.shrinking import gather_kept, run_starts
 from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
 from swv.model.state import AudioState
+from swv.model.vocab_logits import VocabLogits
 from swv.pluginmanager import load_plugins
 
 HIDDEN, HEADS, VOCAB, BLANK = 16, 2, 20, 19
@@ -42,6 +43,8 @@ def test_alignment_shapes_ctc_head_and_lengths(registry, info) -> None:
     assert out.embeds.shape == (3, 5, HIDDEN)
     assert out.lengths.tolist() == [5, 3, 1]
     assert out.ctc_logits is not None and out.ctc_logits.shape == (3, 5, VOCAB)
+    assert out.ctc_logits.weight is ad.ctc_head.weight and out.ctc_logits.hidden is out.embeds
+    torch.testing.assert_close(out.ctc_logits.materialise(), ad.ctc_head(out.embeds))
     head = info.output_embedding()
     assert torch.equal(ad.ctc_head.weight[:BLANK], head[:BLANK]) and torch.equal(ad.ctc_head.weight[BLANK + 1 :], head[BLANK + 1 :])
     assert not ad.ctc_head.weight.requires_grad
@@ -101,16 +104,15 @@ def test_alignment_released_mode_is_per_frame(registry, info) -> None:
 
 def test_run_starts_and_gather() -> None:
     tokens = torch.tensor([[3, 3, BLANK, BLANK, 4, 4, 3, 0], [BLANK, BLANK, BLANK, 5, 5, 6, 6, 6]])
-    logits = torch.nn.functional.one_hot(tokens, VOCAB).float()
     lengths = torch.tensor([8, 6])
-    keep = run_starts(logits, lengths, BLANK, keep_blank_runs=True)
+    keep = run_starts(tokens, lengths, BLANK, keep_blank_runs=True)
     assert keep.tolist() == [
         [True, False, True, False, True, False, True, True],
         [True, False, False, True, False, True, False, False],
     ]
-    no_blank = run_starts(logits, lengths, BLANK, keep_blank_runs=False)
+    no_blank = run_starts(tokens, lengths, BLANK, keep_blank_runs=False)
     assert no_blank[0].tolist() == [True, False, False, False, True, False, True, True]
-    all_blank = run_starts(torch.nn.functional.one_hot(torch.full((1, 4), BLANK), VOCAB).float(), torch.tensor([4]), BLANK, False)
+    all_blank = run_starts(torch.full((1, 4), BLANK), torch.tensor([4]), BLANK, False)
     assert all_blank.tolist() == [[True, False, False, False]]
     embeds = torch.arange(16.0).reshape(2, 8, 1)
     kept, kept_len = gather_kept(embeds, keep)
@@ -137,7 +139,9 @@ def test_shrinking_cross_attention_targets(registry, info, compat: str) -> None:
     gen = torch.Generator().manual_seed(3)
     frames = torch.randn(2, 6, HIDDEN, generator=gen)
     tokens = torch.tensor([[1, 1, 2, 2, 2, 3], [4, 4, 4, 5, 5, 5]])
-    s = AudioState(frames, torch.tensor([6, 4]), ctc_logits=torch.nn.functional.one_hot(tokens, VOCAB).float() * 5)
+    # a head whose argmax is `tokens`: one-hot hidden states times the identity
+    one_hot = torch.nn.functional.one_hot(tokens, VOCAB).float() * 5
+    s = AudioState(frames, torch.tensor([6, 4]), ctc_logits=VocabLogits(one_hot, torch.eye(VOCAB)))
     out = shrink(s)
     assert out.lengths.tolist() == [3, 2]
     for b in range(2):
@@ -190,14 +194,15 @@ def test_shrinking_posterior_embedding(registry, info) -> None:
     assert not hasattr(plain, "gate") and torch.equal(ad.gate, torch.zeros(HIDDEN))
     tokens = torch.tensor([[3, 3, BLANK, 5, 5, 7], [2, BLANK, BLANK, 2, 0, 0]])
     logits = torch.nn.functional.one_hot(tokens, VOCAB).float() * 30.0  # a confident posterior
-    s = AudioState(torch.randn(2, 6, HIDDEN), torch.tensor([6, 4]), ctc_logits=logits, ctc_lengths=torch.tensor([6, 4]))
+    eye = torch.eye(VOCAB)  # logits given directly as the hidden states of an identity head
+    s = AudioState(torch.randn(2, 6, HIDDEN), torch.tensor([6, 4]), ctc_logits=VocabLogits(logits, eye), ctc_lengths=torch.tensor([6, 4]))
     out = ad(s)
     assert out.lengths.tolist() == [3, 2]
     # with the gate at zero the LLM gets exactly the token embeddings of the CTC tokens
     assert torch.allclose(out.embeds[0], table[[3, 5, 7]], atol=1e-5)
     assert torch.allclose(out.embeds[1, :2], table[[2, 2]], atol=1e-5) and torch.all(out.embeds[1, 2] == 0)
     # a soft posterior mixes the rows; the gate lets the adapter's own output in, and gets gradients
-    soft = s.replace(ctc_logits=torch.zeros_like(logits))
+    soft = s.replace(ctc_logits=VocabLogits(torch.zeros_like(logits), eye))
     assert torch.allclose(ad(soft).embeds[0, 0], table.mean(dim=0), atol=1e-5)
     ad.train()
     ad(s).embeds.sum().backward()

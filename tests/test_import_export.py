@@ -261,7 +261,7 @@ def test_imported_model_matches_released_reference(imported: Path, released) -> 
         loss = ce + 0.3 * ctc.mean()
 
     assert out.ctc_logits.shape == (1, 750, config["vocab_size"])
-    torch.testing.assert_close(out.ctc_logits[0], ctc_logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.ctc_logits.materialise()[0], ctc_logits, atol=ATOL, rtol=0)
     assert torch.equal(out.keep_mask[0], keep)
     kept_tokens = ctc_logits.argmax(-1)[keep]
     assert 1 < int(keep.sum()) < 750 and bool((kept_tokens == audio_id).any())  # runs, incl. blank runs
@@ -269,9 +269,10 @@ def test_imported_model_matches_released_reference(imported: Path, released) -> 
     assert out.logits.shape[1] == len(ids) - 1 + int(keep.sum())
     torch.testing.assert_close(out.logits[0], logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(out.lm_loss, ce, atol=ATOL, rtol=0)
-    torch.testing.assert_close(out.ctc_loss, ctc.mean(), atol=ATOL, rtol=0)
+    # the CTC loss sums 750 frames (~630 here): float32 summation order shows at 1e-7 relative
+    torch.testing.assert_close(out.ctc_loss, ctc.mean(), atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(out.loss, ce, atol=ATOL, rtol=0)  # loss is the LM loss, as in transformers
-    torch.testing.assert_close(out.lm_loss + 0.3 * out.ctc_loss, loss, atol=ATOL, rtol=0)
+    torch.testing.assert_close(out.lm_loss + 0.3 * out.ctc_loss, loss, atol=ATOL, rtol=1e-5)
 
     # Greedy decoding: the reference recomputes the whole sequence at every step.
     gen_ids = prompts.generation_ids("Transcribe the speech.", True)

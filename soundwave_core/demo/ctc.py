@@ -28,17 +28,17 @@ def collapse_ctc(ids: Sequence[int], blank_id: int) -> list[int]:
     return out
 
 
-def greedy_ctc_ids(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id: int) -> list[list[int]]:
-    """``[B, T, V]`` logits and ``[B]`` valid lengths -> one collapsed id list per row."""
-    best = ctc_logits.argmax(dim=-1).cpu()
+def greedy_ctc_ids(frame_ids: torch.Tensor, lengths: torch.Tensor, blank_id: int) -> list[list[int]]:
+    """``[B, T]`` per-frame argmax ids and ``[B]`` valid lengths -> one collapsed id list per row."""
+    best = frame_ids.cpu()
     return [collapse_ctc(best[b, : int(n)].tolist(), blank_id) for b, n in enumerate(lengths.cpu().tolist())]
 
 
-def greedy_ctc_texts(ctc_logits: torch.Tensor, lengths: torch.Tensor, blank_id: int, tokenizer: Any) -> list[str]:
+def greedy_ctc_texts(frame_ids: torch.Tensor, lengths: torch.Tensor, blank_id: int, tokenizer: Any) -> list[str]:
     """Greedy CTC transcripts (special tokens skipped, surrounding spaces stripped)."""
     return [
         tokenizer.decode(ids, skip_special_tokens=True).strip()
-        for ids in greedy_ctc_ids(ctc_logits, lengths, blank_id)
+        for ids in greedy_ctc_ids(frame_ids, lengths, blank_id)
     ]
 
 
@@ -55,7 +55,7 @@ def transcribe_ctc(model: Any, waveforms: Sequence[Any], batch_size: int = 16) -
             state = model.encode_audio(waveforms=chunk, stop_after_ctc=True)
             if state.ctc_logits is None or state.ctc_lengths is None:
                 raise RuntimeError("the model's adapter chain produces no CTC logits")
-            texts += greedy_ctc_texts(state.ctc_logits, state.ctc_lengths, model.audio_token_id, model.tokenizer)
+            texts += greedy_ctc_texts(state.ctc_logits.argmax(), state.ctc_lengths, model.audio_token_id, model.tokenizer)
     finally:
         model.train(was_training)
     return texts

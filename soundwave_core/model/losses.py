@@ -1,4 +1,10 @@
-"""Training losses of the composed model."""
+"""Training losses of the composed model.
+
+Both losses take their vocabulary-sized logits as :class:`~swv.model.vocab_logits.VocabLogits`
+(hidden states + head) so that neither ever holds ``[B, T, V]``: only the per-position
+log-normaliser (computed in blocks over the vocabulary) and the logits of the ids the loss
+needs are computed. :func:`lm_loss` also takes materialised logits (evaluation).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,63 @@ import torch
 import torch.nn.functional as F
 
 from swv.model.splice import IGNORE_INDEX
+from swv.model.state import lengths_to_mask
+from swv.model.vocab_logits import VocabLogits
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean next-token cross-entropy. ``logits [B, L, V]``, ``labels [B, L]`` (-100 ignored)."""
+def lm_loss(logits: torch.Tensor | VocabLogits, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean next-token cross-entropy. ``logits [B, L, V]`` (a tensor, or factored: then the
+    head runs on the labelled positions only), ``labels [B, L]`` (-100 ignored)."""
+    shift_labels = labels[:, 1:]
+    if isinstance(logits, VocabLogits):
+        labelled = shift_labels != IGNORE_INDEX
+        if not bool(labelled.any()):
+            return logits.hidden.sum() * 0.0
+        # [1, N, D]: the hidden states that predict a label, and those labels [1, N]
+        rows = VocabLogits(logits.hidden[:, :-1][labelled][None], logits.weight, logits.bias)
+        targets = shift_labels[labelled][None]
+        return (rows.log_normaliser() - rows.picked(targets)).mean()
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
+    shift_labels = shift_labels.reshape(-1)
     if bool((shift_labels != IGNORE_INDEX).any()):
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
     return shift_logits.sum() * 0.0
 
 
 def ctc_loss(
-    ctc_logits: torch.Tensor,
+    ctc_logits: VocabLogits,
     ctc_lengths: torch.Tensor,
     targets: torch.Tensor,
     target_lengths: torch.Tensor,
     blank_id: int,
 ) -> torch.Tensor:
     """CTC over the backbone vocabulary: mean over samples of (loss / target length), with
-    impossible alignments zeroed. ``ctc_logits [B, T, V]``, ``targets [B, S]`` padded past
-    ``target_lengths``."""
-    log_probs = ctc_logits.float().log_softmax(dim=-1).transpose(0, 1)
+    impossible alignments zeroed (``F.ctc_loss(log_softmax(logits), ..., reduction="mean",
+    zero_infinity=True)``). ``ctc_logits [B, T, V]`` (factored), ``targets [B, S]`` padded past
+    ``target_lengths``.
+
+    Only the blank and each row's target ids are gathered: ``scores [B, T, 1 + S]``. Every CTC
+    path of row b scores ``sum_t (scores[b, t, path_t] - lse_V[b, t])`` with ``lse_V`` the
+    log-normaliser over the whole vocabulary, so the loss equals torch's CTC on the scores
+    normalised over the gathered columns (``lse_S``; a proper distribution, which torch's CTC
+    gradient assumes) plus ``sum_t (lse_V - lse_S)`` over the row's valid frames.
+    """
+    lengths, target_lengths = ctc_lengths.long(), target_lengths.long()
+    batch, time = ctc_logits.hidden.shape[:2]
     targets = targets.clamp(min=0)
-    return F.ctc_loss(
-        log_probs,
-        targets,
-        ctc_lengths.long(),
-        target_lengths.long(),
-        blank=blank_id,
-        reduction="mean",
-        zero_infinity=True,
-    )
+    blank = torch.full((batch, 1), blank_id, dtype=targets.dtype, device=targets.device)
+    columns = torch.cat([blank, targets], dim=1)  # [B, 1 + S]: blank, then each target id
+    scores = ctc_logits.columns(columns)  # [B, T, 1 + S]
+    local = scores.log_softmax(dim=-1).transpose(0, 1)  # [T, B, 1 + S]
+    # Each target becomes the first column holding its id, so equal ids stay one class (CTC
+    # needs a blank between repeats); the unused duplicate columns only widen lse_S.
+    local_targets = (targets[:, :, None] == columns[:, None, :]).int().argmax(dim=-1)  # [B, S]
+    paths = F.ctc_loss(local, local_targets, lengths, target_lengths, blank=0, reduction="none", zero_infinity=True)
+    with torch.no_grad():
+        feasible = torch.isfinite(
+            F.ctc_loss(local.detach(), local_targets, lengths, target_lengths, blank=0, reduction="none")
+        )
+    valid = lengths_to_mask(lengths, time)
+    normaliser_gap = (ctc_logits.log_normaliser(valid) - scores.logsumexp(dim=-1)).masked_fill(~valid, 0.0)
+    per_sample = torch.where(feasible, paths + normaliser_gap.sum(dim=1), torch.zeros_like(paths))
+    return (per_sample / target_lengths.clamp(min=1)).mean()

@@ -28,6 +28,7 @@ from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
 from swv.model.stopping import stop_token_ids
+from swv.model.vocab_logits import VocabLogits
 from swv.recipes.schema import PAPER_SYSTEM_PROMPT
 from swv.registry import Component, Registry
 
@@ -70,14 +71,16 @@ class SpeechLMOutput(ModelOutput):
     """Forward outputs. ``loss`` is ``lm_loss`` (the Hugging Face meaning, see
     :meth:`SpeechLM.forward`); ``lm_loss``, ``ctc_loss`` and ``aux_losses`` (name -> scalar,
     reported by adapters) are unweighted. ``logits [B, L', V]`` (None when the backbone did not
-    run), ``ctc_logits [B_a, T, V]``, ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
+    run, and in training with labels, where the LM head runs on the labelled positions only),
+    ``ctc_logits [B_a, T, V]`` (a :class:`~swv.model.vocab_logits.VocabLogits`: call
+    ``.materialise()`` for the tensor), ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
     ``audio_lengths [B_a]``."""
 
     loss: torch.Tensor | None = None
     lm_loss: torch.Tensor | None = None
     ctc_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    ctc_logits: torch.Tensor | None = None
+    ctc_logits: VocabLogits | None = None
     ctc_lengths: torch.Tensor | None = None
     keep_mask: torch.Tensor | None = None
     audio_embeds: torch.Tensor | None = None
@@ -307,14 +310,21 @@ class SpeechLM(PreTrainedModel):
             assert input_ids is not None
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
             spliced = self.splice(state, input_ids, mask, labels)
-            lm_out = self.backbone(
-                inputs_embeds=spliced.inputs_embeds,
-                attention_mask=spliced.attention_mask,
-                position_ids=spliced.position_ids,
-            )
-            out.logits = lm_out.logits
+            lm_logits: torch.Tensor | VocabLogits | None = None
+            if self.training and spliced.labels is not None:
+                # the loss runs the LM head on the labelled positions only
+                lm_logits = self.backbone.factored_logits(
+                    spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids
+                )
+            if lm_logits is None:
+                lm_out = self.backbone(
+                    inputs_embeds=spliced.inputs_embeds,
+                    attention_mask=spliced.attention_mask,
+                    position_ids=spliced.position_ids,
+                )
+                out.logits = lm_logits = lm_out.logits
             if spliced.labels is not None:
-                out.lm_loss = lm_loss(lm_out.logits, spliced.labels)
+                out.lm_loss = lm_loss(lm_logits, spliced.labels)
                 out.loss = out.lm_loss
         return out
 
@@ -331,7 +341,7 @@ class SpeechLM(PreTrainedModel):
         if not bool(rows.any()):
             return None
         return ctc_loss(
-            state.ctc_logits[rows],
+            state.ctc_logits.select_rows(rows),
             state.ctc_lengths[rows],
             ctc_targets[rows],
             ctc_target_lengths[rows],

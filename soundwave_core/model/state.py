@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from swv.model.vocab_logits import VocabLogits
+
 
 @dataclass
 class AudioState:
@@ -15,7 +17,8 @@ class AudioState:
         embeds: ``[B, T, D]`` frame embeddings; frames at ``t >= lengths[b]`` are padding
             (their values are unspecified and must be ignored via ``lengths``).
         lengths: ``[B]`` int64 number of valid frames per row.
-        ctc_logits: ``[B, T_ctc, V]`` CTC logits over the backbone vocabulary, if an adapter
+        ctc_logits: ``[B, T_ctc, V]`` CTC logits over the backbone vocabulary, kept factored
+            (hidden states + head, never materialised unless a caller asks), if an adapter
             produced them (the alignment adapter does).
         ctc_lengths: ``[B]`` valid lengths of ``ctc_logits``.
         keep_mask: ``[B, T_ctc]`` bool, the frames a shrinking adapter kept.
@@ -30,7 +33,7 @@ class AudioState:
 
     embeds: torch.Tensor
     lengths: torch.Tensor
-    ctc_logits: torch.Tensor | None = None
+    ctc_logits: VocabLogits | None = None
     ctc_lengths: torch.Tensor | None = None
     keep_mask: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
