@@ -24,7 +24,7 @@ from swv.train.checkpoint import (
     save_checkpoint,
 )
 from swv.train.stages import Stage
-from swv.train.trainable import apply_trainable, format_counts
+from swv.train.trainable import apply_trainable, format_counts, is_peft_adapter_weight
 
 FRAME_RATE = 100.0  # feature frames per second, for data.max_frames_per_batch
 
@@ -114,7 +114,7 @@ class StageRunner:
         counts = apply_trainable(model, s.trainable, self.where)
         model.config.encoder_trained = model.config.encoder_trained or any(p.requires_grad for p in model.encoder.parameters())
         model.config.backbone_trained = model.config.backbone_trained or any(
-            p.requires_grad for n, p in model.backbone.named_parameters() if ".lora_" not in n
+            p.requires_grad for n, p in model.backbone.named_parameters() if not is_peft_adapter_weight(n)
         )
         self.ctx.print(f"== stage {self.stage.name} ({self.stage.kind}) ==")
         self.ctx.print(format_counts(counts))
