@@ -31,6 +31,13 @@ class AlignmentConfig(ComponentConfig):
         default=False,
         description="train the vocabulary-sized CTC head (initialised from the LM head); frozen by default",
     )
+    ctc_added_rows_trainable: bool = Field(
+        default=False,
+        description=(
+            "train only the CTC-head rows of the tokens added for swv (the blank and the sound tags) "
+            "through a zero-initialised correction; the rest of the head stays frozen"
+        ),
+    )
     compat: Literal["paper", "released"] = Field(
         default="paper",
         description=(
@@ -68,6 +75,18 @@ class AlignmentAdapter(Adapter):
                 weight = backbone.output_embedding()
                 self.ctc_head.weight.copy_(weight.to(self.ctc_head.weight.dtype))
         self.ctc_head.weight.requires_grad_(config.ctc_head_trainable)
+        if config.ctc_added_rows_trainable:
+            if config.ctc_head_trainable:
+                raise ComponentError(
+                    "alignment adapter: 'ctc_added_rows_trainable' is redundant with 'ctc_head_trainable' (set one)"
+                )
+            if not backbone.added_token_ids:
+                raise ComponentError("alignment adapter: 'ctc_added_rows_trainable' needs the backbone's added token ids")
+        added = backbone.added_token_ids if config.ctc_added_rows_trainable else ()
+        self.register_buffer("ctc_added_ids", torch.tensor(added, dtype=torch.long), persistent=False)
+        #: ``[n_added, D]`` trained corrections of the added tokens' CTC-head rows (zeros: the
+        #: head starts as copied); ``None`` unless ``ctc_added_rows_trainable``.
+        self.ctc_added_rows = nn.Parameter(torch.zeros(len(added), hidden)) if added else None
 
     def always_frozen(self) -> set[str]:
         return set() if self.config.ctc_head_trainable else {"ctc_head.weight"}
@@ -89,5 +108,16 @@ class AlignmentAdapter(Adapter):
             pad_mask[lengths == 0] = False
             hidden = self.layer(hidden, src_key_padding_mask=pad_mask)
         embeds = self.norm(hidden)
-        ctc_logits = self.ctc_head(embeds)
+        ctc_logits = self.added_rows_correction(embeds, self.ctc_head(embeds))
         return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths)
+
+    def added_rows_correction(self, embeds: torch.Tensor, ctc_logits: torch.Tensor) -> torch.Tensor:
+        """Add the trained corrections of the added tokens' rows to their logits.
+
+        ``embeds [B, T, D]``, ``ctc_logits [B, T, V]`` -> ``[B, T, V]``; returned unchanged
+        without ``ctc_added_rows_trainable``.
+        """
+        if self.ctc_added_rows is None:
+            return ctc_logits
+        correction = embeds @ self.ctc_added_rows.to(embeds.dtype).T  # [B, T, n_added]
+        return ctc_logits.index_add(-1, self.ctc_added_ids, correction.to(ctc_logits.dtype))
