@@ -42,6 +42,13 @@ class AlignmentConfig(ComponentConfig):
             "never predicts a blank and training learns far slower (docs/demo.md)"
         ),
     )
+    ctc_added_rows_trainable: bool = Field(
+        default=False,
+        description=(
+            "train only the CTC-head rows of the tokens added for swv (the blank and the sound tags) "
+            "through a zero-initialised correction; the rest of the head stays frozen"
+        ),
+    )
     compat: Literal["paper", "released"] = Field(
         default="paper",
         description=(
@@ -89,6 +96,18 @@ class AlignmentAdapter(Adapter):
                 if config.blank_row == "distinct":
                     self.ctc_head.weight[backbone.audio_token_id] = distinct_row(self.ctc_head.weight, backbone.audio_token_id)
         self.ctc_head.weight.requires_grad_(config.ctc_head_trainable)
+        if config.ctc_added_rows_trainable:
+            if config.ctc_head_trainable:
+                raise ComponentError(
+                    "alignment adapter: 'ctc_added_rows_trainable' is redundant with 'ctc_head_trainable' (set one)"
+                )
+            if not backbone.added_token_ids:
+                raise ComponentError("alignment adapter: 'ctc_added_rows_trainable' needs the backbone's added token ids")
+        added = backbone.added_token_ids if config.ctc_added_rows_trainable else ()
+        self.register_buffer("ctc_added_ids", torch.tensor(added, dtype=torch.long), persistent=False)
+        #: ``[n_added, D]`` trained corrections of the added tokens' CTC-head rows (zeros: the
+        #: head starts as copied); ``None`` unless ``ctc_added_rows_trainable``.
+        self.ctc_added_rows = nn.Parameter(torch.zeros(len(added), hidden)) if added else None
 
     def always_frozen(self) -> set[str]:
         return set() if self.config.ctc_head_trainable else {"ctc_head.weight"}
@@ -111,5 +130,14 @@ class AlignmentAdapter(Adapter):
             pad_mask[lengths == 0] = False
             hidden = self.layer(hidden, src_key_padding_mask=pad_mask)
         embeds = self.norm(hidden)
-        ctc_logits = VocabLogits(embeds, self.ctc_head.weight)
+        ctc_logits = VocabLogits(embeds, self.effective_ctc_weight())
         return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths)
+
+    def effective_ctc_weight(self) -> torch.Tensor:
+        """The CTC head's ``[V, D]`` weight, with the trained corrections of the added tokens'
+        rows added when ``ctc_added_rows_trainable`` (then a copy of the head: one ``[V, D]``
+        tensor per forward, which the factored CTC loss uses like the head itself)."""
+        if self.ctc_added_rows is None:
+            return self.ctc_head.weight
+        rows = self.ctc_added_rows.to(self.ctc_head.weight.dtype)
+        return self.ctc_head.weight.index_add(0, self.ctc_added_ids, rows)

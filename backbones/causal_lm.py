@@ -12,12 +12,12 @@ the output embedding, which can exceed ``len(tokenizer)`` for padded vocabularie
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import copy
 import dataclasses
 import json
+import os
+import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,12 +36,15 @@ from swv.errors import ComponentError, InputError, UsageError, first_line
 from swv.io import atomic_directory
 from swv.model.context import BackboneInfo
 from swv.model.vocab_logits import VocabLogits
+from swv.train.trainable import is_peft_adapter_weight
 
 #: Names PEFT gives the files of a saved adapter.
 LORA_CONFIG_FILE = "adapter_config.json"
 LORA_WEIGHTS_FILE = "adapter_model.safetensors"
 #: Prefix of every key in a saved causal-LM LoRA (PeftModel -> LoraModel -> HF model).
 _LORA_KEY_PREFIX = "base_model.model."
+#: Saved name part of the added tokens' trained rows (``lora.train_added_tokens``).
+_TOKEN_ROWS_KEY = ".token_adapter.trainable_tokens_delta"
 
 
 class LoraSettings(BaseModel):
@@ -53,6 +56,10 @@ class LoraSettings(BaseModel):
     alpha: int = Field(16, gt=0)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1)
+    #: Also train the input- and output-embedding rows of the tokens swv adds (audio
+    #: placeholder, ``special_tokens``) through PEFT's ``trainable_token_indices``; the other
+    #: rows stay frozen. These rows are part of the LoRA (saved with it, trained by ``lora``).
+    train_added_tokens: bool = False
 
 
 class CausalLMConfig(ComponentConfig):
@@ -74,8 +81,8 @@ class CausalLMConfig(ComponentConfig):
     audio_token: str = AUDIO_TOKEN
     #: Extra tokens added as special tokens after the audio token, in this order (e.g. the
     #: sound tags of ``swv data sound-insert``; training adds every tag its manifests carry).
-    #: New embedding rows start as the mean of the old ones; train the embeddings if the model
-    #: must learn to read or write them.
+    #: Rows of tokens new to the tokenizer start as the mean embedding of the words of their name
+    #: (``<throat_clearing>`` -> "throat clearing"); ``lora.train_added_tokens`` trains them.
     special_tokens: list[str] = []
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
@@ -164,6 +171,7 @@ class CausalLMBackbone(Backbone):
     refused) and ``hf_config_class`` (the transformers config ``random_init`` instantiates).
     Attributes: ``model`` (the HF model, a ``peft.PeftModel`` once a LoRA is applied),
     ``tokenizer``, ``audio_token_id``, ``special_token_ids`` (of ``config.special_tokens``),
+    ``new_token_ids`` (those of the added tokens the loaded tokenizer did not have yet),
     ``pad_token_id``.
     """
 
@@ -182,8 +190,12 @@ class CausalLMBackbone(Backbone):
         super().__init__(config)
         self._check_local_files()
         self.tokenizer = self._load_tokenizer()
+        known_tokens = self.tokenizer.get_vocab()
+        self._base_vocab_size = len(self.tokenizer)
         self.audio_token_id = self._register_audio_token()
         self.special_token_ids = self._register_special_tokens()
+        added = [self.config.audio_token, *self.config.special_tokens]
+        self.new_token_ids = [i for t, i in zip(added, self.added_token_ids) if t not in known_tokens]
         self.pad_token_id = self._ensure_pad_token()
         model = self._build_random_model() if config.random_init is not None else self._load_pretrained_model()
         self._fit_embeddings(model)
@@ -375,23 +387,63 @@ class CausalLMBackbone(Backbone):
             trust_remote_code=self.config.trust_remote_code,
         )
 
+    @property
+    def added_token_ids(self) -> list[int]:
+        """Ids of the tokens swv adds: the audio placeholder (also the CTC blank), then
+        ``special_tokens``."""
+        return [self.audio_token_id, *self.special_token_ids]
+
     def _fit_embeddings(self, model: PreTrainedModel) -> None:
-        """Grow the embeddings only when a tokenizer id does not fit; new rows (input and output)
-        are the mean of the old ones, so loading the same checkpoint twice gives the same model."""
+        """Grow the embeddings only when a tokenizer id does not fit (grown rows, input and
+        output, start as the mean of the old ones), then give each newly added token its own
+        rows (:meth:`_init_new_token_rows`). Deterministic: the same checkpoint always gives the
+        same model."""
         old_rows = model.get_input_embeddings().weight.shape[0]
-        top = max([self.audio_token_id, *self.special_token_ids])
-        if top < old_rows:
+        top = max(self.added_token_ids)
+        if top >= old_rows:
+            new_rows = max(len(self.tokenizer), top + 1)
+            model.resize_token_embeddings(new_rows, mean_resizing=False)
+            with torch.no_grad():
+                input_weight = model.get_input_embeddings().weight
+                input_weight[old_rows:] = input_weight[:old_rows].mean(dim=0, keepdim=True)
+                output = model.get_output_embeddings()
+                if output is not None and output.weight.data_ptr() != input_weight.data_ptr():
+                    output.weight[old_rows:] = output.weight[:old_rows].mean(dim=0, keepdim=True)
+                if output is not None and getattr(output, "bias", None) is not None:
+                    output.bias[old_rows:] = output.bias[:old_rows].mean()
+        self._init_new_token_rows(model, min(old_rows, self._base_vocab_size))
+
+    def _name_token_ids(self, token: str, base_rows: int) -> list[int]:
+        """Ids of the words in a token's name (``<throat_clearing>`` -> "throat clearing"),
+        keeping only ids of rows ``< base_rows`` (the checkpoint's own tokens)."""
+        words = re.sub(r"[\W_]+", " ", token).strip()
+        if not words:
+            return []
+        new = set(self.new_token_ids)
+        ids = self.tokenizer(words, add_special_tokens=False)["input_ids"]
+        return [i for i in ids if i < base_rows and i not in new]
+
+    def _init_new_token_rows(self, model: PreTrainedModel, base_rows: int) -> None:
+        """Set the input- and output-embedding rows (and output bias) of each newly added token
+        to the mean over the tokens of the words in its name, or over rows ``[0, base_rows)``
+        when the name gives none. Rows of tokens the tokenizer already had are left as saved."""
+        if not self.new_token_ids:
             return
-        new_rows = max(len(self.tokenizer), top + 1)
-        model.resize_token_embeddings(new_rows, mean_resizing=False)
+        tokens = self.tokenizer.convert_ids_to_tokens(self.new_token_ids)
+        sources = {i: self._name_token_ids(t, base_rows) for i, t in zip(self.new_token_ids, tokens)}
+        input_weight = model.get_input_embeddings().weight
+        output = model.get_output_embeddings()
+        weights = [input_weight]
+        if output is not None and output.weight.data_ptr() != input_weight.data_ptr():
+            weights.append(output.weight)
+        if output is not None and getattr(output, "bias", None) is not None:
+            weights.append(output.bias)
         with torch.no_grad():
-            input_weight = model.get_input_embeddings().weight
-            input_weight[old_rows:] = input_weight[:old_rows].mean(dim=0, keepdim=True)
-            output = model.get_output_embeddings()
-            if output is not None and output.weight.data_ptr() != input_weight.data_ptr():
-                output.weight[old_rows:] = output.weight[:old_rows].mean(dim=0, keepdim=True)
-            if output is not None and getattr(output, "bias", None) is not None:
-                output.bias[old_rows:] = output.bias[:old_rows].mean()
+            for weight in weights:
+                fallback = weight[:base_rows].float().mean(dim=0)
+                for token_id, source in sources.items():
+                    row = weight[source].float().mean(dim=0) if source else fallback
+                    weight[token_id] = row.to(weight.dtype)
 
     def _apply_lora(self, model: PreTrainedModel, lora: LoraSettings) -> PeftModel:
         module_names = [name for name, _ in model.named_modules()]
@@ -406,8 +458,20 @@ class CausalLMBackbone(Backbone):
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
+            trainable_token_indices=self._trainable_token_indices(model) if lora.train_added_tokens else None,
         )
         return get_peft_model(model, peft_config)
+
+    def _trainable_token_indices(self, model: PreTrainedModel) -> dict[str, list[int]]:
+        """PEFT's ``trainable_token_indices``: the added tokens' rows of the input embeddings and,
+        when not tied to them (PEFT follows tied heads itself), of the output embeddings."""
+        names = {module: name for name, module in model.named_modules()}
+        input_embeddings = model.get_input_embeddings()
+        indices = {names[input_embeddings]: self.added_token_ids}
+        output = model.get_output_embeddings()
+        if output is not None and output.weight.data_ptr() != input_embeddings.weight.data_ptr():
+            indices[names[output]] = self.added_token_ids
+        return indices
 
     # -- the Backbone interface ---------------------------------------------------------------
     @property
@@ -446,6 +510,7 @@ class CausalLMBackbone(Backbone):
             vocab_size=int(self.hf_model.get_output_embeddings().weight.shape[0]),
             audio_token_id=self.audio_token_id,
             pad_token_id=self.pad_token_id,
+            added_token_ids=tuple(self.added_token_ids),
             output_embedding=_LMHeadWeight(self),
             input_embedding=_InputEmbeddingWeight(self),
         )
@@ -486,8 +551,10 @@ class CausalLMBackbone(Backbone):
     ) -> VocabLogits | None:
         """The decoder's final hidden states ``[B, L, D]`` (LoRA included, no cache) with the LM
         head: logits ``[B, L, V]`` that are never materialised. None when ``linear_lm_head`` is
-        False."""
-        if not self.linear_lm_head:
+        False, or when the head is not a plain ``Linear`` (e.g. wrapped by PEFT's trainable tokens
+        for ``lora.train_added_tokens``): the caller then uses the full logits."""
+        head = self.hf_model.get_output_embeddings()
+        if not self.linear_lm_head or type(head) is not torch.nn.Linear:
             return None
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, inputs_embeds.shape[1])
@@ -498,7 +565,6 @@ class CausalLMBackbone(Backbone):
             position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state
-        head = self.hf_model.get_output_embeddings()
         return VocabLogits(hidden, head.weight, head.bias)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **gen_kwargs: Any) -> torch.Tensor:
@@ -527,7 +593,8 @@ class CausalLMBackbone(Backbone):
         """Write the LoRA in PEFT's format (``adapter_model.safetensors`` +
         ``adapter_config.json``) into ``directory``, next to whatever it already holds; each
         file is renamed into place only once complete. False when no LoRA is applied.
-        Embedding rows are never saved (they are frozen)."""
+        The only embedding rows saved are those of the added tokens with
+        ``lora.train_added_tokens``."""
         if not isinstance(self.model, PeftModel):
             return False
         directory = Path(directory)
@@ -539,16 +606,23 @@ class CausalLMBackbone(Backbone):
                     os.replace(item, directory / item.name)
         return True
 
-    def _check_lora_fits(self, directory: Path) -> None:
-        """Every LoRA tensor must target an existing linear layer of matching shape."""
+    def _check_lora_fits(self, directory: Path, adapter_config: dict[str, Any]) -> None:
+        """Every LoRA tensor must target an existing linear layer of matching shape; trained
+        rows of added tokens must be those of this backbone's added tokens."""
         weights_file = directory / LORA_WEIGHTS_FILE
         base = self.hf_model
+        token_rows = adapter_config.get("trainable_token_indices") or {}
         seen = 0
         with safe_open(str(weights_file), framework="pt") as handle:
             for key in handle.keys():
-                if ".lora_A." not in key and ".lora_B." not in key:
-                    raise InputError(f"{weights_file}: unexpected tensor {key!r} (only LoRA A/B weights are supported)")
-                module_name = key.removeprefix(_LORA_KEY_PREFIX).split(".lora_")[0]
+                is_rows = key.endswith(_TOKEN_ROWS_KEY)
+                if not is_rows and ".lora_A." not in key and ".lora_B." not in key:
+                    raise InputError(
+                        f"{weights_file}: unexpected tensor {key!r} (only LoRA A/B weights and added-token rows "
+                        "are supported)"
+                    )
+                split = _TOKEN_ROWS_KEY if is_rows else ".lora_"
+                module_name = key.removeprefix(_LORA_KEY_PREFIX).split(split)[0]
                 try:
                     module = base.get_submodule(module_name)
                 except AttributeError:
@@ -557,6 +631,9 @@ class CausalLMBackbone(Backbone):
                         "(trained for another backbone?)"
                     ) from None
                 shape = tuple(handle.get_slice(key).get_shape())
+                if is_rows:
+                    self._check_token_rows(weights_file, key, shape, module.weight, token_rows)
+                    continue
                 in_features = getattr(module, "in_features", None)
                 out_features = getattr(module, "out_features", None)
                 fits = len(shape) == 2 and (
@@ -570,6 +647,21 @@ class CausalLMBackbone(Backbone):
                 seen += 1
         if seen == 0:
             raise InputError(f"{weights_file}: holds no LoRA weights")
+
+    def _check_token_rows(
+        self, weights_file: Path, key: str, shape: tuple[int, ...], weight: torch.Tensor, token_rows: Any
+    ) -> None:
+        """Saved added-token rows ``[n_added, D]`` must be for exactly this backbone's added ids."""
+        saved_ids = list(token_rows.values()) if isinstance(token_rows, dict) else [token_rows]
+        if any(ids != self.added_token_ids for ids in saved_ids) or not saved_ids:
+            raise InputError(
+                f"{weights_file}: the LoRA trains the rows of token ids {saved_ids[0] if saved_ids else []}, but this "
+                f"backbone's added tokens (audio token, special_tokens) have ids {self.added_token_ids}"
+            )
+        if shape != (len(self.added_token_ids), weight.shape[1]):
+            raise InputError(
+                f"{weights_file}: {key} has shape {list(shape)}, expected {[len(self.added_token_ids), weight.shape[1]]}"
+            )
 
     def load_lora(self, directory: str | Path, trainable: bool = False) -> None:
         """Replace (or create) the LoRA with the one saved in ``directory`` (PEFT format).
@@ -586,11 +678,11 @@ class CausalLMBackbone(Backbone):
             raise InputError(f"{config_file}: unreadable adapter config: {first_line(error)}") from error
         if adapter_config.get("peft_type") != "LORA":
             raise InputError(f"{config_file}: peft_type is {adapter_config.get('peft_type')!r}, expected 'LORA'")
-        self._check_lora_fits(directory)
+        self._check_lora_fits(directory, adapter_config)
         base = self.model.unload() if isinstance(self.model, PeftModel) else self.model
         self.model = PeftModel.from_pretrained(base, str(directory), is_trainable=trainable)
         for name, parameter in self.model.named_parameters():
-            parameter.requires_grad_(trainable and ".lora_" in name)
+            parameter.requires_grad_(trainable and is_peft_adapter_weight(name))
 
     # -- export ---------------------------------------------------------------------------------
     def merged_model(self) -> PreTrainedModel:
@@ -601,12 +693,12 @@ class CausalLMBackbone(Backbone):
         return copy.deepcopy(self.model).merge_and_unload()
 
     def _base_state_dict(self) -> dict[str, torch.Tensor]:
-        """The base weights under their transformers names (LoRA tensors left out)."""
+        """The base weights under their transformers names (PEFT adapter tensors left out)."""
         state: dict[str, torch.Tensor] = {}
         for name, tensor in self.hf_model.state_dict().items():
-            if ".lora_" in name:
+            if is_peft_adapter_weight(name):
                 continue
-            state[name.replace(".base_layer.", ".")] = tensor
+            state[name.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", ".")] = tensor
         return state
 
     def save_base(self, directory: str | Path, merged: bool = False) -> None:

@@ -71,6 +71,29 @@ def test_a_blank_that_averages_other_rows_can_never_win(registry) -> None:
     assert bool((distinct(toward_blank[None]).argmax(-1) == BLANK).all())
 
 
+def test_alignment_trains_only_added_ctc_rows(registry, info) -> None:
+    import dataclasses
+
+    added = (BLANK, 3, 7)
+    info = dataclasses.replace(info, added_token_ids=added)
+    ad = build(registry, info, {"name": "alignment", "dropout": 0.0, "ctc_added_rows_trainable": True})
+    assert ad.ctc_added_rows.shape == (3, HIDDEN) and ad.ctc_added_rows.requires_grad
+    assert not ad.ctc_head.weight.requires_grad and "ctc_head.weight" in ad.state_dict()
+    assert "ctc_head.weight" in ad.always_frozen()
+    s = state()
+    before = ad(s).ctc_logits.materialise()  # zero-initialised correction: the head starts as the LM head
+    torch.testing.assert_close(before, ad.ctc_head(ad(s).embeds))
+    before.logsumexp(-1).sum().backward()
+    assert ad.ctc_added_rows.grad is not None and ad.ctc_added_rows.grad.abs().sum() > 0
+    with torch.no_grad():
+        ad.ctc_added_rows.normal_()
+    after = ad(s).ctc_logits.materialise().detach()
+    changed = (after - before.detach()).abs().amax(dim=(0, 1)) > 0
+    assert changed.nonzero().flatten().tolist() == sorted(added)
+    with pytest.raises(ComponentError, match="redundant"):
+        build(registry, info, {"name": "alignment", "ctc_added_rows_trainable": True, "ctc_head_trainable": True})
+
+
 def test_alignment_paper_mode_ignores_padding(registry, info) -> None:
     ad = build(registry, info, {"name": "alignment", "dropout": 0.0})
     s = state()

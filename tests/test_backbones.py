@@ -223,10 +223,11 @@ def test_audio_token_registered_and_embeddings_resized(llama_dir):
     assert backbone.pad_token_id == tok.eos_token_id  # the tokenizer has no pad token
     emb = backbone.hf_model.get_input_embeddings().weight
     assert emb.shape == (BASE_VOCAB + 1, 32)
-    # new rows are the mean of the old ones: the same checkpoint always gives the same model
-    torch.testing.assert_close(emb[BASE_VOCAB], emb[:BASE_VOCAB].mean(0))
+    # the new row is the mean embedding of the words of its name, "audio patch"
+    words = tok("audio patch", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(emb[BASE_VOCAB], emb[words].mean(0))
     head = backbone.hf_model.get_output_embeddings().weight
-    torch.testing.assert_close(head[BASE_VOCAB], head[:BASE_VOCAB].mean(0))
+    torch.testing.assert_close(head[BASE_VOCAB], head[words].mean(0))
     info = backbone.info()
     assert (info.hidden_size, info.num_attention_heads, info.vocab_size) == (32, 4, BASE_VOCAB + 1)
     assert (info.audio_token_id, info.pad_token_id) == (backbone.audio_token_id, backbone.pad_token_id)
@@ -234,7 +235,7 @@ def test_audio_token_registered_and_embeddings_resized(llama_dir):
     torch.testing.assert_close(info.output_embedding(), head)
 
 
-def test_special_tokens_are_single_tokens_with_mean_rows(llama_dir):
+def test_special_tokens_are_single_tokens_with_name_rows(llama_dir):
     backbone = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=["<cough>", "<throat_clearing>"]))
     tok = backbone.tokenizer
     assert backbone.special_token_ids == [BASE_VOCAB + 1, BASE_VOCAB + 2]  # after the audio token, in order
@@ -242,7 +243,7 @@ def test_special_tokens_are_single_tokens_with_mean_rows(llama_dir):
     assert ids.count(BASE_VOCAB + 1) == 1 and ids[-1] == BASE_VOCAB + 2
     emb = backbone.hf_model.get_input_embeddings().weight
     assert emb.shape == (BASE_VOCAB + 3, 32) and backbone.info().vocab_size == BASE_VOCAB + 3
-    torch.testing.assert_close(emb[BASE_VOCAB + 2], emb[:BASE_VOCAB].mean(0))
+    torch.testing.assert_close(emb[BASE_VOCAB + 2], emb[tok("throat clearing", add_special_tokens=False)["input_ids"]].mean(0))
     # the same config gives the same model (export/reload relies on it)
     again = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=["<cough>", "<throat_clearing>"]))
     torch.testing.assert_close(again.hf_model.get_output_embeddings().weight, backbone.hf_model.get_output_embeddings().weight)
@@ -260,6 +261,76 @@ def test_embeddings_not_resized_when_audio_id_fits(llama_padded_dir):
     assert backbone.hf_model.get_input_embeddings().weight.shape[0] == 320
     assert backbone.info().vocab_size == 320
     assert backbone.tokenizer.convert_ids_to_tokens(backbone.audio_token_id) == "<speech>"
+    # the spare row the new token lands on is initialised from its name too, not left untrained
+    emb = backbone.hf_model.get_input_embeddings().weight
+    words = backbone.tokenizer("speech", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(emb[BASE_VOCAB], emb[words].mean(0))
+
+
+def test_new_token_rows_distinct_deterministic_and_fallback(llama_dir):
+    tokens = ["<cough>", "<laugh>", "<___>"]  # the last name has no words: mean of the old rows
+    backbone = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=tokens))
+    assert backbone.new_token_ids == backbone.added_token_ids == [BASE_VOCAB + i for i in range(4)]
+    assert backbone.info().added_token_ids == tuple(backbone.added_token_ids)
+    for weight in (backbone.hf_model.get_input_embeddings().weight, backbone.hf_model.get_output_embeddings().weight):
+        rows = weight[BASE_VOCAB:]
+        assert torch.cdist(rows, rows)[~torch.eye(4, dtype=torch.bool)].min() > 1e-4  # pairwise distinct
+        torch.testing.assert_close(rows[3], weight[:BASE_VOCAB].mean(0))
+    again = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=tokens))
+    for a, b in zip(again.hf_model.state_dict().values(), backbone.hf_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_rows_of_tokens_the_tokenizer_already_has_are_left_as_saved(llama_dir, tmp_path):
+    backbone = LlamaBackbone(LlamaConfig(path=str(llama_dir), special_tokens=["<cough>"]))
+    with torch.no_grad():  # as if trained: rows unlike any name initialisation
+        backbone.hf_model.get_input_embeddings().weight[BASE_VOCAB:] = 7.0
+        backbone.hf_model.get_output_embeddings().weight[BASE_VOCAB:] = -7.0
+    backbone.save_base(tmp_path / "bundled")
+    reloaded = LlamaBackbone(LlamaConfig(path=str(tmp_path / "bundled"), special_tokens=["<cough>", "<laugh>"]))
+    assert reloaded.added_token_ids == [BASE_VOCAB, BASE_VOCAB + 1, BASE_VOCAB + 2]
+    assert reloaded.new_token_ids == [BASE_VOCAB + 2]  # only <laugh> is new
+    emb = reloaded.hf_model.get_input_embeddings().weight
+    head = reloaded.hf_model.get_output_embeddings().weight
+    assert bool((emb[BASE_VOCAB:BASE_VOCAB + 2] == 7.0).all()) and bool((head[BASE_VOCAB:BASE_VOCAB + 2] == -7.0).all())
+    words = reloaded.tokenizer("laugh", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(emb[BASE_VOCAB + 2], emb[words].mean(0))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_train_added_tokens_rows_only_and_lora_round_trip(tok_dir, tmp_path, tied):
+    """With lora.train_added_tokens the added rows (input and output) get gradients, the other
+    rows stay frozen, and save_lora/load_lora restore them exactly."""
+    kwargs = dict(special_tokens=["<cough>", "<laugh>"], lora=LoraSettings(r=4, train_added_tokens=True))
+    torch.manual_seed(0)
+    backbone = Qwen2Backbone(Qwen2Config(random_init={**TINY, "tie_word_embeddings": tied}, tokenizer=str(tok_dir), **kwargs))
+    backbone.save_base(tmp_path / "base")
+    rows = {n: p for n, p in backbone.named_parameters() if ".trainable_tokens_delta." in n}
+    assert len(rows) == (1 if tied else 2) and all(p.shape == (3, 32) and p.requires_grad for p in rows.values())
+    assert all(".lora_" in n or n in rows for n, p in backbone.named_parameters() if p.requires_grad)
+    input_ids = torch.tensor([[3, BASE_VOCAB + 1, 5, BASE_VOCAB + 2, 9]])
+    out = backbone(backbone.embed_tokens(input_ids), torch.ones_like(input_ids), labels=input_ids)
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in rows.values())
+    with torch.no_grad():
+        for p in rows.values():
+            p.add_(torch.randn_like(p))
+    backbone.eval()
+    expected = _logits(backbone, input_ids)
+    assert backbone.save_lora(tmp_path / "lora")
+    reloaded = Qwen2Backbone(Qwen2Config(path=str(tmp_path / "base"), **kwargs)).eval()
+    assert not torch.allclose(_logits(reloaded, input_ids), expected)
+    reloaded.load_lora(tmp_path / "lora", trainable=True)
+    torch.testing.assert_close(_logits(reloaded, input_ids), expected)
+    assert any(p.requires_grad for n, p in reloaded.named_parameters() if ".trainable_tokens_delta." in n)
+    # the merged export carries the trained rows
+    backbone.save_base(tmp_path / "merged", merged=True)
+    merged = Qwen2Backbone(Qwen2Config(path=str(tmp_path / "merged"), special_tokens=["<cough>", "<laugh>"])).eval()
+    torch.testing.assert_close(_logits(merged, input_ids), expected)
+    # rows trained for other added tokens are refused
+    other = Qwen2Backbone(Qwen2Config(path=str(tmp_path / "base"), special_tokens=["<cough>"], lora=LoraSettings(r=4)))
+    with pytest.raises(InputError, match="token ids"):
+        other.load_lora(tmp_path / "lora")
 
 
 def test_base_frozen_and_lora_trainable(llama_dir):

@@ -15,7 +15,9 @@ class BackboneInfo:
     ``output_embedding`` returns the ``[V, D]`` LM-head weight (used to initialise CTC heads) and
     ``input_embedding`` the ``[V, D]`` input-embedding table (used by adapters that hand the LLM
     token embeddings); they are callables so the weights are only touched by components that
-    need them, and always give the backbone's current (detached) weights.
+    need them, and always give the backbone's current (detached) weights. ``added_token_ids``
+    are the ids of the tokens added to the LLM's vocabulary for swv (audio placeholder, i.e. the
+    CTC blank, first; then special tokens such as sound tags).
     """
 
     hidden_size: int
@@ -25,3 +27,4 @@ class BackboneInfo:
     pad_token_id: int
     output_embedding: Callable[[], torch.Tensor] | None = None
     input_embedding: Callable[[], torch.Tensor] | None = None
+    added_token_ids: tuple[int, ...] = ()

@@ -30,7 +30,7 @@ from swv.train.checkpoint import (
 )
 from swv.train.data import StageDataset, load_stage_data, make_sampler
 from swv.train.stages import CTC, LM, Stage
-from swv.train.trainable import apply_trainable, format_counts
+from swv.train.trainable import apply_trainable, format_counts, is_peft_adapter_weight
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -144,7 +144,7 @@ class StageRunner:
         counts = apply_trainable(model, self.stage.settings.trainable, self.where)
         model.config.encoder_trained = model.config.encoder_trained or any(p.requires_grad for p in model.encoder.parameters())
         model.config.backbone_trained = model.config.backbone_trained or any(
-            p.requires_grad for n, p in model.backbone.named_parameters() if ".lora_" not in n
+            p.requires_grad for n, p in model.backbone.named_parameters() if not is_peft_adapter_weight(n)
         )
         self.ctx.print(f"== stage {self.stage.name} ({self.stage.kind}) ==")
         self.ctx.print(format_counts(counts))

@@ -12,11 +12,19 @@ if TYPE_CHECKING:
     from swv.model.speechlm import SpeechLM
 
 LORA = "lora"
+#: Name parts of the parameters a backbone's PEFT adapter holds: LoRA weights and the trained
+#: embedding rows of added tokens (PEFT trainable tokens, ``lora.train_added_tokens``).
+_PEFT_ADAPTER_MARKS = (".lora_", ".trainable_tokens_")
+
+
+def is_peft_adapter_weight(name: str) -> bool:
+    """Whether a parameter (or saved tensor) name belongs to a PEFT adapter rather than the base."""
+    return any(mark in name for mark in _PEFT_ADAPTER_MARKS)
 
 
 def _matches(name: str, pattern: str) -> bool:
     if pattern == LORA:
-        return ".lora_" in name
+        return is_peft_adapter_weight(name)
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
 
 
@@ -29,8 +37,9 @@ def protected_parameters(model: SpeechLM) -> set[str]:
 
 
 def apply_trainable(model: SpeechLM, patterns: list[str], where: str) -> OrderedDict[str, tuple[int, int]]:
-    """Freeze everything, then unfreeze parameters matching ``patterns`` (``lora`` = every LoRA
-    weight; ``adapters.alignment`` = that module; globs like ``adapters.*``).
+    """Freeze everything, then unfreeze parameters matching ``patterns`` (``lora`` = every weight
+    of the backbone's PEFT adapter: LoRA and trained added-token rows; ``adapters.alignment`` =
+    that module; globs like ``adapters.*``).
 
     Returns trainable/total parameter counts per top-level module (``encoder``,
     ``adapters.<name>``, ``backbone``, ``backbone.lora``). A pattern that matches nothing, or
@@ -63,7 +72,7 @@ def _group(name: str) -> str:
     parts = name.split(".")
     if parts[0] == "adapters" and len(parts) > 1:
         return f"adapters.{parts[1]}"
-    if parts[0] == "backbone" and ".lora_" in name:
+    if parts[0] == "backbone" and is_peft_adapter_weight(name):
         return "backbone.lora"
     return parts[0]
 
