@@ -71,13 +71,24 @@ class Clip:
         return f"audio/{self.split}/{self.id}.flac"
 
 
+def corpus_subset(sentences: tuple[str, ...], limit: int | None) -> tuple[tuple[int, str], ...]:
+    """``limit`` sentences spread evenly over the corpus (so every topic file is represented), with
+    their corpus indices; all of them with ``None``."""
+    count = len(sentences) if limit is None else min(limit, len(sentences))
+    indices = sorted({(i * len(sentences)) // count for i in range(count)})
+    return tuple((i, sentences[i]) for i in indices)
+
+
 def plan_clips(text: DemoText, renditions: int, seed: int = 0, corpus_limit: int | None = None) -> list[Clip]:
-    """Every clip of the data set, in a fixed order: the first ``corpus_limit`` corpus sentences
-    (all with ``None``) once each, the training questions ``renditions`` times, the dev and
-    held-out items once."""
+    """Every clip of the data set, in a fixed order: ``corpus_limit`` corpus sentences spread
+    over the corpus (all with ``None``) once each, the training questions ``renditions`` times,
+    the dev and held-out items once."""
     clips: list[Clip] = []
+    corpus = corpus_subset(text.train_sentences, corpus_limit)
+    for i, sentence in corpus:
+        voice = plan_voice("train-sentence", i, 0, seed)
+        clips.append(Clip(f"train-s{i:04d}-0", "train", "sentence", sentence, voice, i))
     groups = [
-        ("train", "sentence", text.train_sentences[:corpus_limit], 1),
         ("train", "question", tuple(q.text for q in text.train_questions), renditions),
         ("dev", "sentence", text.dev_sentences, 1),
         ("heldout", "sentence", text.heldout_sentences, 1),

@@ -30,8 +30,8 @@ MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch"
              "dev": "dev_asr.jsonl"}
 #: Renditions of each training question (different voices).
 RENDITIONS = {"full": 3, "quick": 2}
-#: Corpus sentences spoken for training (each once; None: the whole corpus).
-CORPUS_LIMIT: dict[str, int | None] = {"full": None, "quick": 1000}
+#: Corpus sentences spoken for training (each once, spread over the corpus; None: all of it).
+CORPUS_LIMIT: dict[str, int | None] = {"full": 4000, "quick": 1000}
 QUICK_EVAL_LIMIT = 20
 
 
