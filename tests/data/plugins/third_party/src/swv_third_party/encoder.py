@@ -28,6 +28,7 @@ class SpectrumEncoder(Encoder):
     def __init__(self, config):
         super().__init__(config)
         self.sample_rate = config.sample_rate
+        self.frame_rate = config.sample_rate / config.frame
         self.output_dim = config.dim
         bins = config.frame // 2 + 1
         self.proj = nn.Linear(2 * bins, config.dim)
