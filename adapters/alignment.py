@@ -63,8 +63,9 @@ def distinct_row(weight: torch.Tensor, row: int, seed: int = 0) -> torch.Tensor:
     """A fixed pseudo-random direction (``seed``) scaled to the mean norm of the other rows of
     ``weight [V, D]``: not a combination of them, so its logit can be the largest."""
     direction = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(seed))
-    others = torch.cat([weight[:row], weight[row + 1 :]])
-    return (direction / direction.norm() * others.norm(dim=1).mean()).to(weight.dtype)
+    norms = weight.norm(dim=1)
+    mean_norm = (norms.sum() - norms[row]) / (norms.shape[0] - 1)
+    return (direction / direction.norm() * mean_norm).to(weight.dtype)
 
 
 class AlignmentAdapter(Adapter):

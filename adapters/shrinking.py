@@ -124,19 +124,17 @@ class ShrinkingAdapter(Adapter):
         gathered = gathered * has_keys[:, None, None].to(gathered.dtype)
         out = self.norm(kept + gathered)
         if self.config.posterior_embedding:
-            out = self.expected_embeddings(state.ctc_logits, keep) + self.gate * out
+            out = self.expected_embeddings(state.ctc_logits, keep, kept_lengths) + self.gate * out
         return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep)
 
-    def expected_embeddings(self, ctc_logits: VocabLogits, keep: torch.Tensor) -> torch.Tensor:
-        """The CTC posterior at the kept frames ``keep [B, T]`` -> the posterior-weighted input
-        embeddings ``[B, N, D]`` (rows past a row's kept count are zero). Only the kept frames'
-        logits ``[B, N, V]`` are computed."""
+    def expected_embeddings(self, ctc_logits: VocabLogits, keep: torch.Tensor, kept_lengths: torch.Tensor) -> torch.Tensor:
+        """The CTC posterior at the kept frames ``keep [B, T]`` (``kept_lengths [B]`` of them per
+        row) -> the posterior-weighted input embeddings ``[B, N, D]`` (rows past a row's kept count
+        are zero). Only the kept frames' logits ``[B, N, V]`` are computed."""
         assert self._token_table is not None
         table = self._token_table()
-        batch, time = keep.shape
-        frame_index = torch.arange(time, device=keep.device, dtype=torch.float32)[None, :, None].expand(batch, time, 1)
-        positions, kept_lengths = gather_kept(frame_index, keep)
-        kept_logits = ctc_logits.at_positions(positions[..., 0].long())
+        kept_hidden, _ = gather_kept(ctc_logits.hidden, keep)
+        kept_logits = VocabLogits(kept_hidden, ctc_logits.weight, ctc_logits.bias).materialise()
         probs = (kept_logits.float() / self.config.posterior_temperature).softmax(dim=-1)
         expected = probs.to(table.dtype) @ table
         return expected * lengths_to_mask(kept_lengths, expected.shape[1])[..., None].to(expected.dtype)

@@ -9,7 +9,6 @@ computes only what a caller needs, in blocks of at most :data:`BLOCK_ELEMENTS` l
   (differentiable; its backward never holds more than one block either),
 - :meth:`VocabLogits.columns` / :meth:`VocabLogits.picked`: the logits of a few vocabulary ids,
 - :meth:`VocabLogits.argmax`: the best id of every position,
-- :meth:`VocabLogits.at_positions`: the full ``[B, N, V]`` logits of N chosen positions only,
 - :meth:`VocabLogits.materialise`: the whole ``[B, T, V]`` tensor, for callers that ask for it.
 """
 
@@ -101,7 +100,7 @@ class _LogSumExp(torch.autograd.Function):
 @dataclass(frozen=True)
 class VocabLogits:
     """The logits ``hidden @ weight.T + bias`` ``[B, T, V]`` of a linear head over a vocabulary,
-    never materialised unless :meth:`materialise` or :meth:`at_positions` is called.
+    never materialised unless :meth:`materialise` is called.
 
     Attributes:
         hidden: ``[B, T, D]`` the head's input (positions past a row's length are padding).
@@ -125,12 +124,6 @@ class VocabLogits:
     def materialise(self) -> torch.Tensor:
         """``[B, T, V]`` logits (the whole tensor: for callers that really need it)."""
         return F.linear(self.hidden, self.weight, self.bias)
-
-    def at_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        """``positions [B, N]`` (time indices, e.g. the frames a shrinking adapter kept, padded
-        with any valid index) -> their logits ``[B, N, V]``."""
-        index = positions.long()[..., None].expand(-1, -1, self.hidden.shape[-1])
-        return F.linear(self.hidden.gather(1, index), self.weight, self.bias)
 
     def columns(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids [B, S]`` vocabulary ids -> float32 logits of those ids at every position ``[B, T, S]``."""
