@@ -30,6 +30,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from swv.backbones.base import AUDIO_TOKEN, Backbone
+from swv.backbones.shared_prefix import MIN_SHARED_PREFIX, decode_with_shared_prefix, shared_prefix_length
 from swv.config import ComponentConfig
 from swv.dtypes import torch_dtype
 from swv.errors import ComponentError, InputError, UsageError, first_line
@@ -86,6 +87,9 @@ class CausalLMConfig(ComponentConfig):
     special_tokens: list[str] = []
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
+    #: In training, run the prompt prefix that every row of a batch shares (template header and
+    #: system prompt) once per batch (see :mod:`swv.backbones.shared_prefix`).
+    share_prompt_prefix: bool = True
     chat_template: str | None = None
 
     @model_validator(mode="after")
@@ -549,8 +553,9 @@ class CausalLMBackbone(Backbone):
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor | None = None,
     ) -> VocabLogits | None:
-        """The decoder's final hidden states ``[B, L, D]`` (LoRA included, no cache) with the LM
-        head: logits ``[B, L, V]`` that are never materialised. None when ``linear_lm_head`` is
+        """The decoder's final hidden states ``[B, L, D]`` (LoRA included; the rows' shared prompt
+        prefix run once unless ``share_prompt_prefix`` is off) with the LM head: logits
+        ``[B, L, V]`` that are never materialised. None when ``linear_lm_head`` is
         False, or when the head is not a plain ``Linear`` (e.g. wrapped by PEFT's trainable tokens
         for ``lora.train_added_tokens``): the caller then uses the full logits."""
         head = self.hf_model.get_output_embeddings()
@@ -559,12 +564,18 @@ class CausalLMBackbone(Backbone):
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, inputs_embeds.shape[1])
         decoder = self.hf_model.get_decoder()
-        hidden = decoder(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state
+        prefix = 0
+        if self.config.share_prompt_prefix and not self.config.gradient_checkpointing:
+            prefix = min(shared_prefix_length(inputs_embeds, attention_mask, position_ids), inputs_embeds.shape[1] - 1)
+        if prefix >= MIN_SHARED_PREFIX:
+            hidden = decode_with_shared_prefix(decoder, inputs_embeds, attention_mask, position_ids, prefix)
+        else:
+            hidden = decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).last_hidden_state
         return VocabLogits(hidden, head.weight, head.bias)
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **gen_kwargs: Any) -> torch.Tensor:
