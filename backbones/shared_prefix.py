@@ -19,6 +19,7 @@ import inspect
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 #: Below this many shared positions, the extra pass over the layers costs about what it saves.
 MIN_SHARED_PREFIX = 8
@@ -49,22 +50,24 @@ def decode_with_shared_prefix(
     row, see :func:`shared_prefix_length`) once."""
     batch = inputs_embeds.shape[0]
     p = prefix_length
+    cache = DynamicCache(config=decoder.config)
+    cache_kwarg = {cache_argument(decoder): cache}
     prefix = decoder(
         inputs_embeds=inputs_embeds[:1, :p],
         attention_mask=attention_mask[:1, :p],
         position_ids=position_ids[:1, :p],
         use_cache=True,
-    )
-    cache = prefix.past_key_values
+        **cache_kwarg,
+    ).last_hidden_state
     cache.batch_repeat_interleave(batch)
     rest = decoder(
         inputs_embeds=inputs_embeds[:, p:],
         attention_mask=attention_mask,
         position_ids=position_ids[:, p:],
         use_cache=True,
-        **{cache_argument(decoder): cache},
-    )
-    return torch.cat([prefix.last_hidden_state.expand(batch, -1, -1), rest.last_hidden_state], dim=1)
+        **cache_kwarg,
+    ).last_hidden_state
+    return torch.cat([prefix.expand(batch, -1, -1), rest], dim=1)
 
 
 def cache_argument(decoder: Any) -> str:
