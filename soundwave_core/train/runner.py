@@ -476,14 +476,15 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     backbone = components.backbone
     if tags:
         backbone = backbone.replace(special_tokens=list(dict.fromkeys([*backbone.get("special_tokens", []), *tags])))
+    instructions, generation = recipe_prompting(loaded.recipe)
     return SpeechLM(
         SpeechLMConfig(
             encoder=components.encoder,
             adapters=list(components.adapters),
             backbone=backbone,
             system_prompt=loaded.recipe.model.system_prompt,
-            instructions=recipe_prompting(loaded.recipe)[0],
-            generation=recipe_prompting(loaded.recipe)[1],
+            instructions=instructions,
+            generation=generation,
         )
     )
 
