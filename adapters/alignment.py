@@ -52,9 +52,9 @@ class AlignmentConfig(ComponentConfig):
     compat: Literal["paper", "released"] = Field(
         default="paper",
         description=(
-            "paper: the Transformer layer attends across the valid frames of each utterance; "
-            "released: like the released Soundwave weights, each frame is processed on its own "
-            "(self-attention over a length-1 sequence)"
+            "paper: the Transformer layer attends across the frames of each utterance that hold "
+            "audio (the padded tail of a pad_to_30s window masked); released: like the released "
+            "Soundwave weights, each frame is processed on its own (self-attention over a length-1 sequence)"
         ),
     )
 
@@ -121,18 +121,23 @@ class AlignmentAdapter(Adapter):
         (factored: ``embeds`` and the CTC head's weight; nothing vocabulary-sized is computed here)."""
         stacked = stack_frames(state.embeds, state.lengths, self.config.stack, drop_remainder=True)
         lengths = self.output_lengths(state.lengths).clamp(max=stacked.shape[1])
+        # a stacked frame holding any audio counts as audio
+        speech = stacked_lengths(state.speech_mask().sum(dim=1), self.config.stack, drop_remainder=False)
+        speech = torch.minimum(speech, lengths)
         hidden = self.proj(stacked)
         batch, time, dim = hidden.shape
         if self.config.compat == "released":
             hidden = self.layer(hidden.reshape(batch * time, 1, dim)).reshape(batch, time, dim)
         else:
-            pad_mask = ~lengths_to_mask(lengths, time)
+            # keys: the frames holding audio (the padded tail of a pad_to_30s window is masked)
+            pad_mask = ~lengths_to_mask(speech, time)
             # rows of length 0 would make every key masked; let them attend to themselves
-            pad_mask[lengths == 0] = False
+            pad_mask[speech == 0] = False
             hidden = self.layer(hidden, src_key_padding_mask=pad_mask)
         embeds = self.norm(hidden)
         ctc_logits = VocabLogits(embeds, self.effective_ctc_weight())
-        return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths)
+        return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths,
+                             speech_lengths=speech)
 
     def effective_ctc_weight(self) -> torch.Tensor:
         """The CTC head's ``[V, D]`` weight, with the trained corrections of the added tokens'

@@ -50,4 +50,5 @@ class ConvAdapter(Adapter):
         embeds = F.pad(embeds, (0, 0, 0, (-time) % n))
         down = self.down(embeds.transpose(1, 2)).transpose(1, 2)
         lengths = self.output_lengths(state.lengths).clamp(max=down.shape[1])
-        return state.replace(embeds=self.proj(down), lengths=lengths)
+        speech = torch.minimum(self.output_lengths(state.speech_mask().sum(dim=1)), lengths)
+        return state.replace(embeds=self.proj(down), lengths=lengths, speech_lengths=speech)

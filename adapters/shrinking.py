@@ -48,7 +48,8 @@ class ShrinkingConfig(ComponentConfig):
         default="paper",
         description=(
             "paper: kept frames attend to the frames that were NOT kept (kept positions masked, "
-            "as in the paper's figure 3); released: kept frames attend to the kept frames only, "
+            "as in the paper's figure 3) and hold audio (the padded tail of a pad_to_30s window "
+            "masked); released: kept frames attend to the kept frames only, padding included, "
             "as the released implementation does"
         ),
     )
@@ -115,8 +116,8 @@ class ShrinkingAdapter(Adapter):
         frames, lengths = state.embeds, state.lengths
         keep = run_starts(state.ctc_logits.argmax(), lengths, self.blank_id, self.config.keep_blank_runs)
         kept, kept_lengths = gather_kept(frames, keep)
-        valid = lengths_to_mask(lengths, frames.shape[1])
-        attendable = keep if self.config.compat == "released" else valid & ~keep
+        # paper: the frames not kept that hold audio (a pad_to_30s window's padded tail masked)
+        attendable = keep if self.config.compat == "released" else state.speech_mask() & ~keep
         # Rows with nothing to attend to (every frame kept) get no auxiliary information.
         has_keys = attendable.any(dim=1)
         key_padding_mask = ~(attendable | ~has_keys[:, None])
@@ -125,7 +126,7 @@ class ShrinkingAdapter(Adapter):
         out = self.norm(kept + gathered)
         if self.config.posterior_embedding:
             out = self.expected_embeddings(state.ctc_logits, keep, kept_lengths) + self.gate * out
-        return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep)
+        return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep, speech_lengths=None)
 
     def expected_embeddings(self, ctc_logits: VocabLogits, keep: torch.Tensor, kept_lengths: torch.Tensor) -> torch.Tensor:
         """The CTC posterior at the kept frames ``keep [B, T]`` (``kept_lengths [B]`` of them per

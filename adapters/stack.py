@@ -41,4 +41,5 @@ class StackAdapter(Adapter):
     def forward(self, state: AudioState) -> AudioState:
         stacked = stack_frames(state.embeds, state.lengths, self.config.factor, drop_remainder=False)
         lengths = self.output_lengths(state.lengths).clamp(max=stacked.shape[1])
-        return state.replace(embeds=self.norm(self.mlp(stacked)), lengths=lengths)
+        speech = torch.minimum(self.output_lengths(state.speech_mask().sum(dim=1)), lengths)
+        return state.replace(embeds=self.norm(self.mlp(stacked)), lengths=lengths, speech_lengths=speech)

@@ -42,10 +42,10 @@ def eval_cmd(
     target_language: Annotated[Optional[str], typer.Option(
         "--target-language", help="st: target language for the default prompt and the BLEU tokenizer "
         "(default: each record's target_language/language).")] = None,
-    max_new_tokens: MaxNewTokens = 256,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    do_sample: DoSample = False,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    do_sample: DoSample = None,
     system: System = None,
     seed: Seed = None,
     device: Device = "cpu",
@@ -58,9 +58,10 @@ def eval_cmd(
     Runs batch inference into OUTPUT_DIR/predictions.jsonl (resumable) or
     reads --predictions, prints the score table and writes
     OUTPUT_DIR/report.json (model dir, manifest sha256, generation settings).
-    Prompts: the record's instruction/prompt, else for asr "Transcribe the
-    speech.", for st "Translate the speech into <target language>.";
-    classification and open records need their own instruction.
+    Prompts: the record's instruction/prompt, else the default instruction
+    of the record's task (or --task) in the model's table (the one its
+    training used: asr "Transcribe the speech.", st "Translate the speech
+    into <target language>.", ...). Generation defaults: the model's own.
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     windowed, never truncated (--max-duration rejects them instead); items

@@ -13,19 +13,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.errors import InputError, UsageError
-from swv.recipes.schema import ASR_INSTRUCTION
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings, Pipeline, Stats, Waveform
 
-DEFAULT_PROMPT = ASR_INSTRUCTION
 STDIN = "-"
 
 # -- options shared with `swv eval` ----------------------------------------------------------
-MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Most tokens generated per answer.")]
-Temperature = Annotated[float, typer.Option("--temperature", help="Sampling temperature (> 0; with --do-sample).")]
-TopP = Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass in (0, 1] (with --do-sample).")]
-DoSample = Annotated[bool, typer.Option("--do-sample/--greedy", help="Sample instead of greedy decoding.")]
+MaxNewTokens = Annotated[Optional[int], typer.Option(
+    "--max-new-tokens", min=1, help="Most tokens generated per answer (default: the model's, 256 unless it says otherwise).")]
+Temperature = Annotated[Optional[float], typer.Option(
+    "--temperature", help="Sampling temperature (> 0; with --do-sample; default: the model's).")]
+TopP = Annotated[Optional[float], typer.Option(
+    "--top-p", help="Nucleus sampling mass in (0, 1] (with --do-sample; default: the model's).")]
+DoSample = Annotated[Optional[bool], typer.Option(
+    "--do-sample/--greedy", help="Sample instead of greedy decoding (default: the model's; greedy unless it says otherwise).")]
 System = Annotated[Optional[str], typer.Option(
     "--system", help="System prompt (default: the one saved with the model, i.e. the paper's; '' for none).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed torch's RNG once before generating.")]
@@ -38,7 +40,7 @@ MaxDuration = Annotated[Optional[float], typer.Option(
 
 
 def generation_settings(
-    max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, seed: int | None
+    max_new_tokens: int | None, do_sample: bool | None, temperature: float | None, top_p: float | None, seed: int | None
 ) -> GenerationSettings:
     from swv.infer.pipeline import GenerationSettings
 
@@ -86,7 +88,7 @@ def _print_stream(pipe: Pipeline, waveform: Waveform, prompt: str, settings: Gen
 
 
 def _run_files(
-    sources: list[str], model_dir: Path, prompt: str, settings: GenerationSettings, *, system: str | None,
+    sources: list[str], model_dir: Path, prompt: str | None, settings: GenerationSettings, *, system: str | None,
     device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
 ) -> int:
     """Answer for each file; returns the number of files that failed."""
@@ -106,6 +108,7 @@ def _run_files(
     from swv.infer import batch
 
     pipe = batch.load_pipeline(model_dir, device, dtype, system)
+    prompt = pipe.default_prompt() if prompt is None else prompt
     waveforms = []
     for samples, rate, name in decoded:
         try:
@@ -130,12 +133,15 @@ def _run_files(
 
 # -- manifest ----------------------------------------------------------------------------------
 def _run_manifest(
-    manifest: Path, output: Path, model_dir: Path, prompt: str, settings: GenerationSettings, *,
+    manifest: Path, output: Path, model_dir: Path, prompt: str | None, settings: GenerationSettings, *,
     system: str | None, device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
 ) -> None:
     from swv.infer import batch
 
-    items = batch.read_items(manifest, lambda record, where: batch.record_instruction(record, where) or prompt)
+    table = batch.saved_instructions(model_dir)
+    items = batch.read_items(
+        manifest, lambda record, where: batch.record_instruction(record, where) or prompt or batch.task_prompt(record, where, "asr", instructions=table)
+    )
     summary = batch.run_manifest(
         lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, output, settings,
         batch_size=batch_size, max_duration=max_duration, with_stats=stats,
@@ -147,18 +153,18 @@ def infer(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by training / SpeechLM.save_pretrained.")],
     audio: Annotated[Optional[list[str]], typer.Argument(
         help="Audio files; '-' reads a WAV (or any soundfile format) from stdin.", show_default=False)] = None,
-    prompt: Annotated[str, typer.Option(
-        "--prompt", "-p", help="Instruction about the audio (manifest records use their own instruction/prompt "
-        "when they have one).")] = DEFAULT_PROMPT,
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", help="Instruction about the audio (default: the model's ASR instruction; manifest records "
+        "use their own instruction/prompt, else this, else their task's default).")] = None,
     manifest: Annotated[Optional[Path], typer.Option(
         "--manifest", help="Batch mode: a JSONL manifest (audio relative to it); needs --output.")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Batch mode: JSONL predictions, appended and resumable (ids already there are "
         "skipped).")] = None,
-    max_new_tokens: MaxNewTokens = 256,
-    temperature: Temperature = 1.0,
-    top_p: TopP = 1.0,
-    do_sample: DoSample = False,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    do_sample: DoSample = None,
     system: System = None,
     seed: Seed = None,
     device: Device = "cpu",
@@ -169,6 +175,9 @@ def infer(
         "(audio tokens / encoder frames), time to first token, tokens/s (stderr; a 'stats' field in batch "
         "mode).")] = False,
     max_duration: MaxDuration = None,
+    cot: Annotated[bool, typer.Option(
+        "--cot", help="The answer starts with a transcript (chain of thought): the token budget grows by the "
+        "clip's audio tokens so the answer is not cut (manifest records with \"cot\": true get this anyway).")] = False,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -184,6 +193,10 @@ def infer(
     the adapters; nothing is truncated (--max-duration rejects them instead).
     """
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_p, seed)
+    if cot:
+        from dataclasses import replace
+
+        settings = replace(settings, transcript_first=True)
     common = dict(system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
                   stats=stats)
     if manifest is not None:

@@ -202,3 +202,4 @@ def import_soundwave(
     )
     counts = ", ".join(f"{part} {count:,}" for part, count in summary.parameters.items())
     typer.echo(f"  parameters: {counts}")
+    typer.echo(f"  encoder config: {summary.encoder_config_source}")

@@ -73,6 +73,12 @@ class Encoder(nn.Module, metaclass=ABCMeta):
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
         """Number of valid output frames for ``feature_lengths`` valid feature frames."""
 
+    def speech_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames that hold audio for ``feature_lengths`` valid feature frames. Default:
+        :meth:`output_lengths`; an encoder that counts padding as valid output (Whisper
+        ``pad_to_30s``) returns fewer."""
+        return self.output_lengths(feature_lengths)
+
     @abstractmethod
     def encode(self, input_features: torch.Tensor, feature_lengths: torch.Tensor) -> torch.Tensor:
         """``[B, T_out, output_dim]`` frame embeddings (no grad handling; see :meth:`forward`)."""
@@ -112,8 +118,9 @@ class Encoder(nn.Module, metaclass=ABCMeta):
                 embeds = self.encode(input_features, feature_lengths)
         else:
             embeds = self.encode(input_features, feature_lengths)
-        lengths = self.output_lengths(feature_lengths).clamp(max=embeds.shape[1])
-        return AudioState(embeds=embeds, lengths=lengths.long())
+        lengths = self.output_lengths(feature_lengths).clamp(max=embeds.shape[1]).long()
+        speech = torch.minimum(self.speech_lengths(feature_lengths).long().to(lengths.device), lengths)
+        return AudioState(embeds=embeds, lengths=lengths, speech_lengths=speech)
 
     def train(self, mode: bool = True) -> Encoder:
         return super().train(mode and not self.frozen)

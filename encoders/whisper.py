@@ -209,7 +209,12 @@ class WhisperEncoder(CheckpointEncoder):
         feature_lengths = torch.as_tensor(feature_lengths)
         if self.config.mode == "pad_to_30s":
             return torch.full_like(feature_lengths, self.max_source_positions, dtype=torch.long)
-        lengths = (feature_lengths.long() - 1) // 2 + 1
+        return self.speech_lengths(feature_lengths)
+
+    def speech_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
+        """Output frames of the clip itself, ``(L - 1) // 2 + 1``, in both modes (in
+        ``pad_to_30s`` the frames past it are the 30 s window's padding)."""
+        lengths = (torch.as_tensor(feature_lengths).long() - 1) // 2 + 1
         return lengths.clamp(min=0, max=self.max_source_positions)
 
     # -- encoder ------------------------------------------------------------------------------

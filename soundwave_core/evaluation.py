@@ -523,8 +523,9 @@ def evaluate_model(
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
     Without ``predictions``, generates into ``out_dir/predictions.jsonl`` first (resumable: ids
-    already there are kept). Prompts: the record's instruction/prompt, else the task default
-    (:func:`swv.infer.batch.task_prompt`). ``normalize`` and ``target_language`` go to
+    already there are kept). Prompts: the record's instruction/prompt, else the task default of
+    the model's instruction table (:func:`swv.infer.batch.task_prompt`); generation settings left
+    open take the model's saved defaults. ``normalize`` and ``target_language`` go to
     :func:`evaluate`; the report records the generation settings.
     """
     from swv.infer import batch
@@ -536,8 +537,9 @@ def evaluate_model(
     if predictions is None:
         if not model_dir.is_dir():
             raise InputError(f"{model_dir}: model directory not found")
-        items = batch.read_items(manifest, lambda record, where: batch.task_prompt(record, where, task, target_language))
-        settings = settings if settings is not None else GenerationSettings()
+        table = batch.saved_instructions(model_dir)
+        items = batch.read_items(manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table))
+        settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))
         predictions = out_dir / PREDICTIONS_FILE
         summary = batch.run_manifest(
             lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, predictions, settings,

@@ -14,6 +14,8 @@ import typer
 from swv.evaluation import evaluate, format_table, sha256_file
 from swv.infer.pipeline import Pipeline
 from swv.model.speechlm import SpeechLM
+from swv.infer.batch import read_items, saved_instructions, task_prompt
+from swv.recipes.schema import DEFAULT_INSTRUCTIONS
 
 SR = 16000
 
@@ -143,13 +145,18 @@ def test_eval_classification_end_to_end(cli, model_dir: Path, audio_dir: Path, t
     assert set(report["metrics"]) >= {"accuracy", "correct", "total", "ambiguous", "unmatched"}
     assert report["metrics"]["total"] == 3 and out == format_table(expected)
 
-    # classification prompts are required: a record without one stops the run before generating
+    # a record without an instruction gets its task's default from the model's table (the one
+    # training used); a task without a default stops the run before generating
     rows[1].pop("instruction")
+    items = read_items(write_jsonl(tmp_path / "default_prompt.jsonl", rows),
+                       lambda record, where: task_prompt(record, where, "classification", instructions=saved_instructions(model_dir)))
+    assert items[1].prompt == DEFAULT_INSTRUCTIONS["emotion"] and items[0].prompt == rows[0]["instruction"]
+    rows[1]["task"] = "pitch_contour"
     manifest = write_jsonl(tmp_path / "no_prompt.jsonl", rows)
     code, _, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "classification",
                         "--output-dir", tmp_path / "cls2"])
     assert code != 0 and len(error_lines(err)) == 1
-    assert f"{manifest}:2" in err and "instruction" in err
+    assert f"{manifest}:2" in err and "instruction" in err and "pitch_contour" in err
     assert not (tmp_path / "cls2" / "predictions.jsonl").exists()
 
 

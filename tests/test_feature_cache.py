@@ -37,12 +37,12 @@ def test_cache_used_when_valid_and_same_loss(tmp_path: Path) -> None:
     data = load_stage_data(loaded.recipe.data, ["asr"], "test")
     rows = data.rows(list(range(6)))
     paths = [r["audio"] for r in rows]
-    cached, cached_len = cache.lookup(paths)
+    cached, cached_len, cached_speech = cache.lookup(paths)
     from swv.audio import load_audio
 
     feats, flen = model.encoder.extract_features([load_audio(p, 16000) for p in paths])
     live = model.encoder(feats, flen)
-    assert torch.equal(cached_len, live.lengths)
+    assert torch.equal(cached_len, live.lengths) and torch.equal(cached_speech, live.speech_lengths)
     valid = live.padding_mask()
     assert torch.allclose(cached[valid], live.embeds[:, : cached.shape[1]][valid], atol=2e-3, rtol=1e-3)
     targets = model.tokenizer([r["text"] for r in rows], add_special_tokens=False)["input_ids"]

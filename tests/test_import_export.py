@@ -424,3 +424,108 @@ def test_export_errors(trained_run, tmp_path: Path) -> None:
     assert isinstance(result.exception, UsageError) and "overlaps" in str(result.exception)
     result = CliRunner().invoke(cli(), ["export", str(tmp_path), str(tmp_path / "x")])
     assert isinstance(result.exception, InputError) and "neither an swv model directory" in str(result.exception)
+
+
+# ----------------------------------------------------------------------------------------------
+# Import: the audio tower's config, the released prompt and sampling defaults
+# ----------------------------------------------------------------------------------------------
+def released_prompt_ids(tok, system: str, prompt: str) -> list[int]:
+    """The released inference's hand-built prompt: header ids joined with separately tokenized
+    pieces (each gets the tokenizer's own <|begin_of_text|>)."""
+    vocab = tok.get_vocab()
+    bos, sh, eh, eot = (vocab[t] for t in ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"))
+    nl = tok("\n").input_ids
+    ids = [bos, sh] + tok("system").input_ids + [eh] + nl + tok(system).input_ids + [eot]
+    ids += [sh] + tok("user").input_ids + [eh] + tok("\n" + AUDIO).input_ids + tok(prompt).input_ids + [eot]
+    return ids + [sh] + tok("assistant").input_ids + [eh] + nl
+
+
+def test_import_writes_the_released_prompt_and_sampling_defaults(imported: Path, released) -> None:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from swv.convert.import_soundwave import RELEASED_SYSTEM_PROMPT
+
+    tok = released[3]
+    assert tok("a").input_ids[0] == tok.bos_token_id  # this tokenizer adds <|begin_of_text|> to every piece
+    model = SpeechLM.from_pretrained(imported)
+    assert model.config.system_prompt == RELEASED_SYSTEM_PROMPT and "provides, and assist" in RELEASED_SYSTEM_PROMPT
+    prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, AUDIO)
+    for instruction in ("Transcribe the speech.", "What is the emotion of the speaker? Answer in one word."):
+        expected = released_prompt_ids(tok, RELEASED_SYSTEM_PROMPT, instruction)
+        assert prompts.generation_ids(instruction, True) == expected
+    # the template is the imported tokenizer's own (also in the top-level tokenizer files)
+    top = AutoTokenizer.from_pretrained(str(imported))
+    ids = top.apply_chat_template([{"role": "system", "content": RELEASED_SYSTEM_PROMPT},
+                                   {"role": "user", "content": f"{AUDIO}\nWhat is said?"}], add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert list(ids) == released_prompt_ids(tok, RELEASED_SYSTEM_PROMPT, "What is said?")
+    ids, labels = prompts.training_ids("Transcribe the speech.", "hello", True)  # training still masks the answer
+    assert labels.count(-100) == len(released_prompt_ids(tok, RELEASED_SYSTEM_PROMPT, "Transcribe the speech."))
+    expected = {"do_sample": True, "top_p": 0.9, "temperature": 0.2, "max_new_tokens": 512}
+    for directory in (imported, imported / "backbone"):
+        config = GenerationConfig.from_pretrained(str(directory))
+        assert {k: getattr(config, k) for k in expected} == expected
+    assert model.generation_defaults().model_dump() == expected
+
+
+def test_import_reads_the_audio_tower_config(tmp_path: Path, released) -> None:
+    from transformers import WhisperConfig, WhisperFeatureExtractor
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    from swv.convert.import_soundwave import import_soundwave
+
+    _, state, config, tok = released
+    tower = tmp_path / "whisper-tower"
+    WhisperConfig(**{**WHISPER, "encoder_attention_heads": 4}).save_pretrained(str(tower))  # head size 32, not 64
+    src = write_released(tmp_path / "ckpt", state, {**config, "audio_tower": str(tower)}, tok)
+    summary = import_soundwave(src, tmp_path / "swv")
+    assert summary.encoder["heads"] == 4 and str(tower / "config.json") in summary.encoder_config_source
+    model = SpeechLM.from_pretrained(tmp_path / "swv")
+    reference = WhisperEncoder(WhisperConfig(**{**WHISPER, "encoder_attention_heads": 4})).eval()
+    reference.load_state_dict({k[len("model.audio_tower."):]: v for k, v in state.items() if k.startswith("model.audio_tower.")})
+    feats = WhisperFeatureExtractor(feature_size=80)(one_second(), sampling_rate=16000, return_tensors="pt").input_features
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder.encode(feats, torch.tensor([3000])), reference(feats).last_hidden_state)
+    # relative to the checkpoint directory works too; a tower whose sizes contradict the weights is an error
+    relative = write_released(tmp_path / "rel", state, {**config, "audio_tower": "tower"}, tok)
+    shutil.copytree(tower, relative / "tower")
+    assert import_soundwave(relative, tmp_path / "swv2").encoder["heads"] == 4
+    wrong = tmp_path / "wrong-tower"
+    WhisperConfig(**{**WHISPER, "encoder_layers": 3}).save_pretrained(str(wrong))
+    error = _import_error(tmp_path / "w", state, {**config, "audio_tower": str(wrong)}, tok)
+    assert "encoder_layers is 3" in str(error)
+
+
+def test_import_without_audio_tower_config_guesses_and_says_so(imported: Path, released, tmp_path: Path) -> None:
+    from swv.convert.import_soundwave import import_soundwave
+
+    _, state, config, tok = released
+    src = write_released(tmp_path / "ckpt", state, {**config, "audio_tower": str(tmp_path / "absent")}, tok)
+    summary = import_soundwave(src, tmp_path / "swv")
+    assert summary.encoder["heads"] == WHISPER["d_model"] // 64
+    assert "guessed" in summary.encoder_config_source and "absent" in summary.encoder_config_source
+    result = CliRunner().invoke(cli(), ["import", "soundwave", str(src), str(tmp_path / "m")])
+    assert result.exit_code == 0 and "encoder config: guessed" in result.output
+
+
+def test_infer_on_an_import_whose_tokenizer_has_no_chat_template(tmp_path: Path, released) -> None:
+    import soundfile as sf
+
+    from swv.cli.main import app
+    from swv.convert.import_soundwave import import_soundwave
+
+    _, state, config, tok = released
+    src = write_released(tmp_path / "ckpt", state, config, tok)
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (src / name).unlink(missing_ok=True)
+    tok_config = json.loads((src / "tokenizer_config.json").read_text())
+    tok_config.pop("chat_template", None)
+    (src / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    from transformers import AutoTokenizer
+
+    assert not AutoTokenizer.from_pretrained(str(src)).chat_template
+    import_soundwave(src, tmp_path / "swv")
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), one_second(), 16000)
+    result = CliRunner().invoke(app, ["infer", str(tmp_path / "swv"), str(wav), "--max-new-tokens", "4", "--seed", "0"])
+    assert result.exit_code == 0, result.output

@@ -56,6 +56,8 @@ def test_shipped_recipes_validate(registry) -> None:
     assert [s.max_steps for s in sw.stages] == [6000, 6000, 4000]
     assert sw.stages[1].losses == {"lm": 1.0, "ctc": 0.3}
     assert sw.stages[1].data.mixture.temperature == 1.0 and sw.stages[1].data.mixture.temperature_step == 5.0
+    conv = load_recipe("conv4-baseline", [], registry).recipe
+    assert conv.stages[1].data == sw.stages[2].data  # the ablation fine-tunes on the same SFT mixture
     lora = sw.model.backbone.args()["lora"]
     assert lora["r"] == 64 and lora["alpha"] == 16 and lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     qwen = load_recipe("soundwave-qwen2", [], registry).recipe

@@ -7,11 +7,21 @@ also holds the Whisper encoder and both adapters (which key prefix goes to which
     DEST/swv_config.json                 encoder + [alignment, shrinking] (compat "released") + llama
     DEST/encoder/                        encoder-only Whisper (config.json, model.safetensors,
                                          preprocessor_config.json), from ``model.audio_tower.*``
-    DEST/backbone/                       plain LlamaForCausalLM (config, weights, tokenizer,
-                                         generation_config.json when the source has one)
+    DEST/backbone/                       plain LlamaForCausalLM (config, weights, tokenizer with the
+                                         released prompt as its chat template, generation_config.json
+                                         with the released sampling defaults)
     DEST/adapters/alignment.safetensors  proj, layer (TransformerEncoderLayer), norm, ctc_head
     DEST/adapters/shrinking.safetensors  cross_attn (MultiheadAttention), norm
     DEST/tokenizer files                 as ``SpeechLM.save_pretrained`` writes them
+
+The encoder's config is the audio tower's own ``config.json`` (the released config's
+``audio_tower``: a directory, absolute or relative to the checkpoint, or a hub id found in the
+local Hugging Face cache; nothing is downloaded) checked against the weights' shapes; when it
+cannot be read, the head count is guessed as ``d_model / 64`` and the summary says so.
+
+The released inference builds its prompt by hand (:func:`released_chat_template` reproduces it
+token for token) and samples with top_p 0.9, temperature 0.2, up to 512 new tokens
+(:data:`RELEASED_GENERATION`); both are written into the import.
 
 Every key of the checkpoint must belong to one of these parts and every part must be complete
 with the shapes its swv module expects (checked from the safetensors headers before anything
@@ -48,6 +58,13 @@ SOUNDWAVE_FIELDS = ("audio_tower", "adapter_size", "audio_patch_size", "audio_pa
 _NOT_LLAMA_FIELDS = (*SOUNDWAVE_FIELDS, "model_type", "architectures", "auto_map", "transformers_version", "torch_dtype")
 OUTPUT_DTYPES = DTYPE_NAMES
 WHISPER_HEAD_DIM = 64  # every Whisper size uses 64-wide attention heads
+#: The released inference's system prompt (the paper's appendix C wording has no comma after "provides").
+RELEASED_SYSTEM_PROMPT = (
+    "You are a helpful language and speech assistant. You are able to understand the speech "
+    "content that the user provides, and assist the user with a variety of tasks using natural language."
+)
+#: The released inference's decoding settings.
+RELEASED_GENERATION = {"do_sample": True, "top_p": 0.9, "temperature": 0.2, "max_new_tokens": 512}
 
 ENCODER_PREFIX = "model.audio_tower."
 #: released key prefix -> (swv adapter, key prefix inside it)
@@ -100,6 +117,8 @@ class ImportSummary:
     parameters: dict[str, int]  # part -> number of parameters
     encoder: dict[str, int]  # d_model, layers, heads, mel bins
     llm: dict[str, int]  # hidden, layers, heads, vocab
+    #: where the encoder config came from: the audio tower's config.json, or the head-size guess
+    encoder_config_source: str = ""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,28 +239,68 @@ def _stored_dtype(plan: Plan) -> str:
     return _ST_DTYPES.get(entry.dtype, "float32") if entry is not None else "float32"
 
 
-def whisper_config(plan: Plan, src: Path) -> Any:
-    """The encoder's ``transformers.WhisperConfig``, derived from the audio tower's shapes."""
-    from transformers import WhisperConfig
-
+def _encoder_shapes(plan: Plan, src: Path) -> dict[str, int]:
+    """The Whisper sizes the audio tower's weights imply."""
     d_model, mels, _ = _require(plan, "encoder", "conv1.weight", src, 3)
     positions, _ = _require(plan, "encoder", "embed_positions.weight", src, 2)
     ffn, _ = _require(plan, "encoder", "layers.0.fc1.weight", src, 2)
     layers = 1 + max(int(k.split(".")[1]) for k in plan["encoder"] if k.startswith("layers."))
+    return {"d_model": d_model, "num_mel_bins": mels, "max_source_positions": positions,
+            "encoder_ffn_dim": ffn, "encoder_layers": layers}
+
+
+def audio_tower_config_file(audio_tower: Any, src: Path) -> Path | None:
+    """The ``config.json`` of the released config's ``audio_tower``: a directory as given or
+    relative to the checkpoint, else a hub id's file in the local Hugging Face cache; None when
+    none is readable (nothing is downloaded)."""
+    if not isinstance(audio_tower, str) or not audio_tower.strip():
+        return None
+    for directory in (Path(audio_tower).expanduser(), src / audio_tower):
+        if (directory / "config.json").is_file():
+            return directory / "config.json"
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(audio_tower, "config.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
+
+
+def whisper_config(plan: Plan, src: Path, audio_tower: Any = None) -> tuple[Any, str]:
+    """The encoder's ``transformers.WhisperConfig`` and where it came from: the audio tower's
+    ``config.json`` (its sizes checked against the weights) when readable, else derived from the
+    weights' shapes with ``d_model / 64`` heads."""
+    from transformers import WhisperConfig
+
+    shapes = _encoder_shapes(plan, src)
+    file = audio_tower_config_file(audio_tower, src)
+    if file is not None:
+        try:
+            hf_config = WhisperConfig.from_dict(json.loads(file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as error:
+            raise InputError(f"{file}: the audio tower's config is not a readable Whisper config ({error})") from None
+        for name, value in shapes.items():
+            if getattr(hf_config, name) != value:
+                raise InputError(
+                    f"{file}: {name} is {getattr(hf_config, name)} but the checkpoint's audio tower weights have {value}"
+                )
+        if hf_config.d_model % hf_config.encoder_attention_heads:
+            raise InputError(f"{file}: d_model {hf_config.d_model} is not divisible by encoder_attention_heads")
+        return hf_config, f"{file}"
+    d_model = shapes["d_model"]
     if d_model % WHISPER_HEAD_DIM:
         raise InputError(f"{src}: audio tower width {d_model} is not a multiple of Whisper's head size {WHISPER_HEAD_DIM}")
     heads = d_model // WHISPER_HEAD_DIM
-    return WhisperConfig(
-        d_model=d_model,
-        num_mel_bins=mels,
-        encoder_layers=layers,
+    guessed = WhisperConfig(
+        **shapes,
         encoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_layers=layers,
+        decoder_layers=shapes["encoder_layers"],
         decoder_attention_heads=heads,
-        decoder_ffn_dim=ffn,
-        max_source_positions=positions,
+        decoder_ffn_dim=shapes["encoder_ffn_dim"],
     )
+    reason = f"audio_tower {audio_tower!r} has no readable config.json" if audio_tower else "config.json names no audio_tower"
+    return guessed, f"guessed from the weights ({reason}): {heads} heads of {WHISPER_HEAD_DIM}"
 
 
 def llama_config(config: dict[str, Any], dtype: str, src: Path) -> Any:
@@ -407,6 +466,81 @@ def _set_pad_token(directory: Path, pad_id: Any) -> None:
     tokenizer.save_pretrained(str(directory))
 
 
+#: The Llama-3 header tokens the released prompt is built from (ids taken from the vocabulary).
+PROMPT_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+
+
+def _added_by_tokenizer(tokenizer: Any) -> tuple[str, str]:
+    """The special tokens the tokenizer adds around a piece of text by itself (Llama 3: the
+    ``<|begin_of_text|>`` prefix), as text: ``(prefix, suffix)``."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(full) - len(plain) + 1) if full[i : i + len(plain)] == plain)
+    prefix, suffix = full[:start], full[start + len(plain) :]
+    return "".join(tokenizer.convert_ids_to_tokens(prefix)), "".join(tokenizer.convert_ids_to_tokens(suffix))
+
+
+def released_chat_template(prefix: str, suffix: str, audio_token: str) -> str:
+    """A chat template that renders the released inference prompt token for token.
+
+    The released code joins header ids with separately tokenized pieces: the role name, the
+    newline after the header (``"\n" + audio`` in the user turn, so no newline between the
+    placeholder and the instruction), then the text; each piece gets whatever the tokenizer adds
+    by itself (``prefix``/``suffix``, e.g. ``<|begin_of_text|>`` before every piece of a Llama 3
+    tokenizer). swv's user turn is ``"<audio>\n<instruction>"``; the template drops that newline."""
+    def quoted(text: str) -> str:
+        return json.dumps(text)
+
+    piece = "P + {} + S"
+    return (
+        "{%- set P = " + quoted(prefix) + " -%}{%- set S = " + quoted(suffix) + " -%}"
+        "{%- set A = " + quoted(audio_token) + " -%}"
+        "{{- '<|begin_of_text|>' -}}"
+        "{%- for message in messages -%}"
+        "{%- set content = message['content'] -%}"
+        "{{- '<|start_header_id|>' + " + piece.format("message['role']") + " + '<|end_header_id|>' -}}"
+        "{%- if message['role'] == 'user' and content.startswith(A) -%}"
+        "{%- set rest = content[(A | length):] -%}"
+        "{%- if rest.startswith('\n') -%}{%- set rest = rest[1:] -%}{%- endif -%}"
+        "{{- " + piece.format("'\n' + A") + " + " + piece.format("rest") + " -}}"
+        "{%- else -%}"
+        "{{- " + piece.format("'\n'") + " + " + piece.format("content") + " -}}"
+        "{%- endif -%}"
+        "{{- '<|eot_id|>' -}}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}"
+        "{{- '<|start_header_id|>' + " + piece.format("'assistant'") + " + '<|end_header_id|>' + "
+        + piece.format("'\n'") + " -}}"
+        "{%- endif -%}"
+    )
+
+
+def _write_released_prompt(directory: Path, src: Path) -> None:
+    """Make the tokenizer in ``directory`` prompt like the released inference (its chat template
+    replaced by :func:`released_chat_template`)."""
+    from transformers import AutoTokenizer
+
+    from swv.backbones.base import AUDIO_TOKEN
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    vocab = tokenizer.get_vocab()
+    missing = [token for token in PROMPT_TOKENS if token not in vocab]
+    if missing:
+        raise InputError(f"{src}: the tokenizer lacks {', '.join(missing)}, which the released prompt is built from")
+    prefix, suffix = _added_by_tokenizer(tokenizer)
+    tokenizer.chat_template = released_chat_template(prefix, suffix, AUDIO_TOKEN)
+    tokenizer.save_pretrained(str(directory))
+
+
+def _write_generation_config(src: Path, directory: Path) -> None:
+    """The source's generation config (if any) with the released sampling defaults."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig.from_pretrained(str(src)) if (src / "generation_config.json").is_file() else GenerationConfig()
+    config.update(**RELEASED_GENERATION)
+    config.save_pretrained(str(directory))
+
+
 def _write_encoder(state: dict[str, torch.Tensor], hf_config: Any, directory: Path) -> None:
     from transformers import WhisperFeatureExtractor
 
@@ -418,13 +552,12 @@ def _write_encoder(state: dict[str, torch.Tensor], hf_config: Any, directory: Pa
 
 def _swv_config(refs: list[dict[str, Any]], backbone_dtype: str) -> dict[str, Any]:
     from swv.model.speechlm import BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, SpeechLMConfig, _versions
-    from swv.recipes.schema import PAPER_SYSTEM_PROMPT
-
     config = SpeechLMConfig(
         encoder={"name": "whisper", "path": BUNDLED_ENCODER_DIR, "mode": "pad_to_30s"},
         adapters=refs,
         backbone={"name": "llama", "path": BUNDLED_BACKBONE_DIR, "dtype": backbone_dtype},
-        system_prompt=PAPER_SYSTEM_PROMPT,
+        system_prompt=RELEASED_SYSTEM_PROMPT,
+        generation=dict(RELEASED_GENERATION),
         encoder_trained=False,
         versions=_versions(),
     )
@@ -461,6 +594,7 @@ class _Validated:
     llama: Any  # transformers.LlamaConfig
     adapters: list[dict[str, Any]]
     backbone_dtype: str
+    encoder_source: str
 
 
 def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dtype: str | None) -> _Validated:
@@ -472,7 +606,7 @@ def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dt
     from swv.model.context import BackboneInfo
 
     plan = plan_keys(_read_entries(src), src)
-    whisper = whisper_config(plan, src)
+    whisper, encoder_source = whisper_config(plan, src, config.get("audio_tower"))
     check_part(plan, "encoder", _meta_shapes(lambda: HFWhisperEncoder(whisper)), src)
     adapter_size = config.get("adapter_size", whisper.d_model)
     if adapter_size != whisper.d_model:
@@ -484,7 +618,7 @@ def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dt
     refs = adapter_refs(plan, llama.hidden_size, llama.num_attention_heads, shrinking_heads, src)
     info = BackboneInfo(llama.hidden_size, llama.num_attention_heads, llama.vocab_size, 0, 0)
     _check_adapters(plan, refs, whisper.d_model, info, src)
-    return _Validated(plan, whisper, llama, refs, backbone_dtype)
+    return _Validated(plan, whisper, llama, refs, backbone_dtype, encoder_source)
 
 
 def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dtype: torch.dtype | None) -> int:
@@ -500,14 +634,17 @@ def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dt
     if audio_id >= llama.vocab_size:
         raise InputError(f"{src}: audio token id {audio_id} is outside the model's {llama.vocab_size}-row vocabulary")
     _set_pad_token(backbone_dir, config.get("llm_pad_token_id"))
-    if (src / "generation_config.json").is_file():
-        shutil.copyfile(src / "generation_config.json", backbone_dir / "generation_config.json")
+    _write_released_prompt(backbone_dir, src)
+    _write_generation_config(src, backbone_dir)
     _write_backbone_weights(plan["backbone"], backbone_dir, dtype)
     _write_encoder(_load_part(plan["encoder"], dtype), checked.whisper, tmp / BUNDLED_ENCODER_DIR)
     (tmp / ADAPTER_DIR).mkdir()
     for name in ("alignment", "shrinking"):
         save_file(_load_part(plan[name], dtype), str(tmp / ADAPTER_DIR / f"{name}.safetensors"))
     _copy_tokenizer(backbone_dir, tmp)
+    from swv.recipes.schema import GenerationDefaults
+
+    GenerationDefaults(**RELEASED_GENERATION).to_generation_config().save_pretrained(str(tmp))
     swv_config = _swv_config(checked.adapters, checked.backbone_dtype)
     (tmp / CONFIG_NAME).write_text(json.dumps(swv_config, indent=2, sort_keys=True) + "\n")
     return audio_id
@@ -548,4 +685,5 @@ def import_soundwave(
                  "heads": whisper.encoder_attention_heads, "mel_bins": whisper.num_mel_bins},
         llm={"hidden": llama.hidden_size, "layers": llama.num_hidden_layers,
              "heads": llama.num_attention_heads, "vocab": llama.vocab_size},
+        encoder_config_source=checked.encoder_source,
     )

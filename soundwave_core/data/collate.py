@@ -121,7 +121,7 @@ class SpeechCollator:
         audio_rows = [r for r in kept if r.get("audio")]
         if cached is not None and audio_rows:
             self.cache_hits += len(audio_rows)
-            batch["encoder_embeds"], batch["encoder_lengths"] = cached
+            batch["encoder_embeds"], batch["encoder_lengths"], batch["encoder_speech_lengths"] = cached
         elif waves:
             features, lengths = self.encoder.extract_features(waves)
             if self.spec_augment is not None:
@@ -147,7 +147,13 @@ class SpeechCollator:
         encoded = []
         for r in rows:
             response = r.get("response") or r.get("target_text") or r.get("text") or ""
-            encoded.append(self.prompts.training_ids(r.get("instruction", ""), response, bool(r.get("audio")), r.get("task", "")))
+            language = r.get("target_language") or r.get("language")
+            where = f"{r.get('manifest', '?')}:{r.get('line', '?')}"
+            try:
+                encoded.append(self.prompts.training_ids(r.get("instruction", ""), response, bool(r.get("audio")),
+                                                         r.get("task", ""), language))
+            except InputError as exc:
+                raise InputError(f"{where}: {exc}") from None
         longest = max(len(ids) for ids, _ in encoded)
         input_ids = torch.full((len(encoded), longest), self.pad_id, dtype=torch.long)
         labels = torch.full((len(encoded), longest), IGNORE_INDEX, dtype=torch.long)

@@ -3,7 +3,7 @@ features instead of re-running the encoder every epoch.
 
 Layout of a cache directory::
 
-    index.json            {"identity": {...}, "entries": {key: [shard, num_frames]}}
+    index.json            {"identity": {...}, "entries": {key: [shard, num_frames, audio_frames]}}
     shard-00000.safetensors  one float16 [T, D] tensor per key
 
 The identity records the encoder's own settings (checkpoint, mode, feature parameters) and a
@@ -32,6 +32,8 @@ from swv.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
+#: 2: entries also record the frames that hold audio (caches of format 1 are rebuilt)
+CACHE_FORMAT = 2
 CACHE_DTYPE = torch.float16
 
 
@@ -49,7 +51,8 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 
 def encoder_identity(encoder: Any) -> dict[str, Any]:
-    return {**encoder.identity(), "weights": weights_fingerprint(encoder), "cache_dtype": str(CACHE_DTYPE)}
+    return {**encoder.identity(), "weights": weights_fingerprint(encoder), "cache_dtype": str(CACHE_DTYPE),
+            "format": CACHE_FORMAT}
 
 
 def audio_key(path: str | os.PathLike[str]) -> str:
@@ -83,14 +86,16 @@ class FeatureCache:
         return len(self.entries)
 
     def _tensor(self, key: str) -> torch.Tensor:
-        shard, _ = self.entries[key]
+        shard = self.entries[key][0]
         handle = self._handles.get(shard)
         if handle is None:
             handle = self._handles[shard] = safe_open(str(self.directory / shard), framework="pt")
         return handle.get_tensor(key)
 
-    def lookup(self, paths: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """All of ``paths`` from the cache (float32, zero-padded), or None if any is missing."""
+    def lookup(self, paths: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """All of ``paths`` from the cache: float32 zero-padded outputs ``[B, T, D]``, their lengths
+        ``[B]`` and how many frames hold audio ``[B]`` (``AudioState.speech_lengths``); None if
+        any is missing."""
         try:
             keys = [audio_key(p) for p in paths]
         except OSError:
@@ -102,7 +107,9 @@ class FeatureCache:
         out = torch.zeros(len(tensors), int(lengths.max()), tensors[0].shape[1])
         for i, t in enumerate(tensors):
             out[i, : t.shape[0]] = t.float()
-        return out, lengths
+        # entries are [shard, frames, audio frames]
+        speech = torch.tensor([self.entries[k][2] for k in keys], dtype=torch.long)
+        return out, lengths, torch.minimum(speech, lengths)
 
 
 def build_cache(
@@ -138,8 +145,9 @@ def build_cache(
     todo = [(p, k) for p, k in todo if k not in entries]
     already = len(unique) - len(todo)
     encoder = encoder.to(device).eval()
-    shard_no = len({s for s, _ in entries.values()})
+    shard_no = len({entry[0] for entry in entries.values()})
     pending: dict[str, torch.Tensor] = {}
+    pending_speech: dict[str, int] = {}
 
     def flush() -> None:
         nonlocal shard_no, pending
@@ -150,7 +158,7 @@ def build_cache(
         save_file(pending, str(tmp))
         os.replace(tmp, directory / name)
         for key, tensor in pending.items():
-            entries[key] = [name, int(tensor.shape[0])]
+            entries[key] = [name, int(tensor.shape[0]), pending_speech[key]]
         atomic_write_json(index_path, {"identity": identity, "entries": entries})
         shard_no += 1
         pending = {}
@@ -162,8 +170,10 @@ def build_cache(
         features, lengths = encoder.extract_features(waves)
         with torch.no_grad():
             state = encoder(features.to(device), lengths.to(device))
-        for (_, key), emb, n in zip(chunk, state.embeds, state.lengths.tolist()):
+        speech = state.speech_mask().sum(dim=1).tolist()
+        for (_, key), emb, n, audio_frames in zip(chunk, state.embeds, state.lengths.tolist(), speech):
             pending[key] = emb[:n].to(CACHE_DTYPE).cpu().contiguous()
+            pending_speech[key] = int(audio_frames)
         if len(pending) >= shard_size:
             flush()
         bar.update(len(chunk))

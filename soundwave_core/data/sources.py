@@ -19,7 +19,7 @@ from swv.recipes.schema import DatasetSpec
 
 log = logging.getLogger(__name__)
 
-TEXT_FIELDS = ("id", "text", "instruction", "response", "task", "target_text", "language", "label")
+TEXT_FIELDS = ("id", "text", "instruction", "response", "task", "target_text", "language", "target_language", "label")
 
 
 def resolve_data_path(text: str) -> Path:
@@ -35,7 +35,7 @@ def resolve_data_path(text: str) -> Path:
 
 
 #: Bump when the normalised columns change, so ``datasets`` does not reuse an older cache.
-ROW_SCHEMA = 2
+ROW_SCHEMA = 3
 
 
 def _manifest_rows(manifest: str, name: str, task: str, instruction: str, on_error: str, max_samples: int | None, mtime: float, schema: int) -> Any:

@@ -16,14 +16,15 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from swv.dataprep.manifest import read_manifest, resolve_audio
 from swv.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
-from swv.recipes.schema import ASR_INSTRUCTION
+from swv.model.prompts import default_instruction, instruction_table
+from swv.recipes.schema import GenerationDefaults
 
 #: Manifest fields copied to every output line (references for evaluation and descriptions).
 COPIED_FIELDS = (
@@ -39,20 +40,6 @@ COPIED_FIELDS = (
     "language",
     "target_language",
 )
-
-#: Instruction templates for records without ``instruction``/``prompt``, by evaluation task.
-TASK_PROMPTS = {
-    "asr": ASR_INSTRUCTION,
-    "st": "Translate the speech into {language}.",
-}
-
-_LANGUAGE_NAMES = {
-    "en": "English", "zh": "Chinese", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
-    "ja": "Japanese", "ko": "Korean", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
-    "th": "Thai", "ca": "Catalan", "fa": "Persian", "et": "Estonian", "mn": "Mongolian", "tr": "Turkish",
-    "lv": "Latvian", "sl": "Slovenian", "sv": "Swedish", "cy": "Welsh", "ta": "Tamil", "id": "Indonesian",
-}
-
 
 @dataclass(frozen=True)
 class ManifestItem:
@@ -98,31 +85,45 @@ def record_instruction(record: dict[str, Any], where: str) -> str | None:
     return None
 
 
-def language_name(language: str) -> str:
-    """``"de"``/``"de-DE"`` -> ``"German"``; unknown tags are returned as given."""
-    code = language.strip().replace("_", "-").split("-")[0].lower()
-    return _LANGUAGE_NAMES.get(code, language.strip())
+def _saved_field(model_dir: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """A mapping field of a model's ``swv_config.json`` (None when absent or unreadable: the
+    model loader reports unreadable configs)."""
+    from swv.config import CONFIG_NAME
+
+    try:
+        saved = json.loads((Path(model_dir) / CONFIG_NAME).read_text(encoding="utf-8")).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
-def task_prompt(record: dict[str, Any], where: str, task: str, target_language: str | None = None) -> str:
-    """The instruction for one record in ``swv eval``: its ``instruction``/``prompt``, else the
-    task default (asr: "Transcribe the speech."; st: "Translate the speech into <language>.",
-    the language from ``target_language``, the record's ``target_language`` or ``language``).
-    Classification and open-ended records must carry their instruction."""
+def saved_instructions(model_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """The default-instruction table saved with a model (``swv_config.json``'s ``instructions``)
+    over swv's defaults: the table its training used."""
+    return instruction_table(_saved_field(model_dir, "instructions"))
+
+
+def saved_generation(model_dir: str | os.PathLike[str]) -> GenerationDefaults:
+    """The decoding defaults saved with a model (greedy, 256 new tokens when it has none)."""
+    try:
+        return GenerationDefaults.model_validate(_saved_field(model_dir, "generation") or {})
+    except ValueError:
+        return GenerationDefaults()
+
+
+def task_prompt(record: dict[str, Any], where: str, task: str, target_language: str | None = None,
+                instructions: dict[str, str] | None = None) -> str:
+    """The instruction for one record in ``swv eval`` (and ``swv infer --manifest``): its
+    ``instruction``/``prompt``, else the default of the record's ``task`` field (or of ``task``)
+    in ``instructions`` (the model's table, :func:`saved_instructions`); ``{language}`` comes
+    from ``target_language``, the record's ``target_language`` or ``language``."""
     own = record_instruction(record, where)
     if own is not None:
         return own
-    if task == "asr":
-        return TASK_PROMPTS["asr"]
-    if task == "st":
-        language = target_language or record.get("target_language") or record.get("language")
-        if not isinstance(language, str) or not language.strip():
-            raise InputError(
-                f"{where}: task 'st' needs an 'instruction' or a target language "
-                "('target_language' field or --target-language)"
-            )
-        return TASK_PROMPTS["st"].format(language=language_name(language))
-    raise InputError(f"{where}: task {task!r} needs an 'instruction' (or 'prompt') field in every record")
+    record_task = record.get("task")
+    key = record_task if isinstance(record_task, str) and record_task.strip() else task
+    language = target_language or record.get("target_language") or record.get("language")
+    return default_instruction(instructions or instruction_table(), key, language if isinstance(language, str) else None, where)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +233,8 @@ def _run_batch(
     if loaded:
         order = sorted(loaded)
         prompts = [batch[i].prompt or "" for i in order]
+        if any(batch[i].record.get("cot") is True for i in order):  # answers that start with a transcript
+            settings = replace(settings, transcript_first=True)
         generated = pipe.generate_batch([loaded[i] for i in order], prompts, settings)
         results = dict(zip(order, generated))
     lines = []

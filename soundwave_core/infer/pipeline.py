@@ -49,11 +49,11 @@ from transformers.generation.streamers import BaseStreamer
 from swv.audio import read_audio, resample
 from swv.dtypes import DTYPE_NAMES, torch_dtype
 from swv.errors import InputError, SwvError, UsageError, first_line
-from swv.model.prompts import PromptBuilder
+from swv.model.prompts import PromptBuilder, default_instruction
 from swv.model.speechlm import SpeechLM
 from swv.model.state import AudioState
 from swv.model.stopping import cut_at_stop, decode_answers, left_pad
-from swv.recipes.schema import ASR_INSTRUCTION
+from swv.recipes.schema import ASR_INSTRUCTION, GenerationDefaults
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -76,26 +76,38 @@ AudioInput = str | os.PathLike[str] | bytes | bytearray | np.ndarray
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding settings. Greedy by default; ``temperature`` and ``top_p`` apply only with
-    ``do_sample`` (other sampling knobs come from the backbone's generation config). ``seed``
-    seeds torch's RNG once at the start of each call."""
+    """Decoding settings; a field left ``None`` takes the model's saved default
+    (``SpeechLM.generation_defaults()``: greedy, 256 new tokens unless the model says otherwise;
+    see :meth:`Pipeline.resolve`). ``temperature`` and ``top_p`` apply only with ``do_sample``.
+    ``seed`` seeds torch's RNG once at the start of each call. ``transcript_first``: the answer
+    starts with a transcript of the audio (chain of thought, ``swv data sft --cot``), so the
+    token budget grows by the audio tokens of the longest clip of the batch (the shrinking
+    adapter keeps about one frame per transcript token), and the answer after it is not cut."""
 
-    max_new_tokens: int = 256
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_new_tokens: int | None = None
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
     seed: int | None = None
+    transcript_first: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise UsageError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
 
+    def over(self, defaults: GenerationDefaults) -> GenerationSettings:
+        """These settings with every ``None`` taken from ``defaults``."""
+        given = {k: v for k, v in asdict(self).items() if v is not None}
+        return GenerationSettings(**{**defaults.model_dump(), **given})
+
     def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for transformers' ``generate``."""
+        """Keyword arguments for transformers' ``generate`` (of resolved settings)."""
+        if self.max_new_tokens is None or self.do_sample is None:
+            raise UsageError("generation settings are not resolved against a model's defaults (Pipeline.resolve)")
         kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
@@ -278,7 +290,7 @@ class Pipeline:
         self.system_prompt = model.config.system_prompt if system_prompt is None else system_prompt
         self.tokenizer = model.tokenizer
         audio_token = self.tokenizer.convert_ids_to_tokens(model.audio_token_id)
-        self.prompts = PromptBuilder(self.tokenizer, self.system_prompt or None, audio_token)
+        self.prompts = PromptBuilder(self.tokenizer, self.system_prompt or None, audio_token, model.config.instructions)
         self.stop_ids = torch.tensor(model.stop_token_ids(), dtype=torch.long)
         self.pad_id = int(model.backbone.info().pad_token_id)
 
@@ -324,6 +336,22 @@ class Pipeline:
         """Length of one encoder window in seconds (Whisper: 30); ``None`` if unbounded."""
         samples = self.model.audio_window_samples
         return None if samples is None else samples / self.sample_rate
+
+    def resolve(self, settings: GenerationSettings) -> GenerationSettings:
+        """``settings`` with what they leave open taken from the model's saved defaults."""
+        return settings.over(self.model.generation_defaults())
+
+    def token_budget(self, settings: GenerationSettings, state: AudioState) -> int:
+        """Most new tokens for a batch: ``max_new_tokens`` (resolved), plus the audio tokens of the
+        longest clip (``state.lengths``) when the answer starts with a transcript."""
+        resolved = self.resolve(settings)
+        assert resolved.max_new_tokens is not None
+        extra = int(state.lengths.max()) if settings.transcript_first and state.lengths.numel() else 0
+        return resolved.max_new_tokens + extra
+
+    def default_prompt(self, task: str = "asr", language: str | None = None) -> str:
+        """The model's default instruction for ``task`` (the table training used)."""
+        return default_instruction(self.prompts.instructions, task, language)
 
     # -- inputs -----------------------------------------------------------------------------
     def load(
@@ -373,7 +401,8 @@ class Pipeline:
         stop: threading.Event | None = None,
     ) -> torch.Tensor:
         """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids."""
-        kwargs = settings.generate_kwargs()
+        kwargs = self.resolve(settings).generate_kwargs()
+        kwargs["max_new_tokens"] = self.token_budget(settings, prepared.state)
         if stop is not None:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_StopFlag(stop)])
         return self.model.generate(
@@ -448,20 +477,21 @@ class Pipeline:
     def __call__(
         self,
         audio: AudioInput | Sequence[AudioInput],
-        prompt: str | Sequence[str] = DEFAULT_PROMPT,
+        prompt: str | Sequence[str] | None = None,
         *,
         sample_rate: int | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        do_sample: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        do_sample: bool | None = None,
         seed: int | None = None,
         batch_size: int = 8,
         max_duration: float | None = None,
         return_stats: bool = False,
     ) -> str | Result | list[str] | list[Result]:
         """Answer ``prompt`` about ``audio`` (one input or a list; ``prompt`` may be a list of the
-        same length). Returns the text (or a :class:`Result` with ``return_stats``), or a list
+        same length; default: the model's ASR instruction). Generation settings left ``None`` take
+        the model's saved defaults. Returns the text (or a :class:`Result` with ``return_stats``), or a list
         for a list input. Clips longer than the encoder window are windowed (never truncated)
         unless ``max_duration`` rejects them."""
         settings = GenerationSettings(
@@ -471,6 +501,8 @@ class Pipeline:
         items = [audio] if single else list(audio)
         if not items:
             return []
+        if prompt is None:
+            prompt = self.default_prompt()
         prompts = [prompt] * len(items) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(items):
             raise UsageError(f"got {len(items)} audio input(s) but {len(prompts)} prompt(s)")
@@ -486,13 +518,13 @@ class Pipeline:
     def stream(
         self,
         audio: AudioInput,
-        prompt: str = DEFAULT_PROMPT,
+        prompt: str | None = None,
         *,
         sample_rate: int | None = None,
-        max_new_tokens: int = 256,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        do_sample: bool = False,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        do_sample: bool | None = None,
         seed: int | None = None,
         max_duration: float | None = None,
     ) -> TextStream:
@@ -504,7 +536,7 @@ class Pipeline:
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
         )
         waveform = self.load(audio, sample_rate=sample_rate, max_duration=max_duration)
-        return TextStream(self, waveform, prompt, settings)
+        return TextStream(self, waveform, self.default_prompt() if prompt is None else prompt, settings)
 
 
 class TextStream:

@@ -29,8 +29,9 @@ class WindowedAudio:
     """Encoder output of whole clips, windows joined.
 
     Attributes:
-        state: ``embeds [B, N, D]`` and ``lengths [B]`` (the sum of each clip's windows' valid
-            encoder frames).
+        state: ``embeds [B, N, D]``, ``lengths [B]`` (the sum of each clip's windows' valid
+            encoder frames) and ``speech_lengths [B]`` (the same sum of frames holding audio:
+            every window but a clip's last is full, so its padding can only come last).
         num_windows: ``[B]`` windows per clip.
     """
 
@@ -132,6 +133,8 @@ def encode_windowed(
     longest = max(out.embeds.shape[1] for out in outputs)
     embeds = torch.cat([_pad_time(out.embeds, longest) for out in outputs], dim=0)
     lengths = torch.cat([out.lengths.to(device) for out in outputs], dim=0)
+    speech = torch.cat([out.speech_mask().sum(dim=1).to(device) for out in outputs], dim=0)
     joined, joined_lengths = join_windows(embeds, lengths, clip_index, len(waveforms))
+    joined_speech = torch.zeros_like(joined_lengths).index_add_(0, clip_index.to(device), speech)
     num_windows = torch.bincount(clip_index, minlength=len(waveforms))
-    return WindowedAudio(AudioState(embeds=joined, lengths=joined_lengths), num_windows)
+    return WindowedAudio(AudioState(embeds=joined, lengths=joined_lengths, speech_lengths=joined_speech), num_windows)

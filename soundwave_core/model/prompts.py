@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from swv.errors import InputError
 from swv.model.splice import IGNORE_INDEX
-from swv.recipes.schema import ASR_INSTRUCTION
+from swv.recipes.schema import DEFAULT_INSTRUCTIONS
 
-#: Instruction used for records that carry only a transcript, by task.
-DEFAULT_INSTRUCTIONS = {
-    "asr": ASR_INSTRUCTION,
-    "": ASR_INSTRUCTION,
+#: Task of records that carry only a transcript.
+TRANSCRIPT_TASK = "asr"
+LANGUAGE_SLOT = "{language}"
+
+_LANGUAGE_NAMES = {
+    "en": "English", "zh": "Chinese", "de": "German", "fr": "French", "es": "Spanish", "it": "Italian",
+    "ja": "Japanese", "ko": "Korean", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
+    "th": "Thai", "ca": "Catalan", "fa": "Persian", "et": "Estonian", "mn": "Mongolian", "tr": "Turkish",
+    "lv": "Latvian", "sl": "Slovenian", "sv": "Swedish", "cy": "Welsh", "ta": "Tamil", "id": "Indonesian",
 }
+
+
+def language_name(language: str) -> str:
+    """``"de"``/``"de-DE"`` -> ``"German"``; unknown tags are returned as given."""
+    code = language.strip().replace("_", "-").split("-")[0].lower()
+    return _LANGUAGE_NAMES.get(code, language.strip())
+
+
+def instruction_table(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The default instruction of each task: :data:`~swv.recipes.schema.DEFAULT_INSTRUCTIONS`
+    with a model's (recipe's) own entries over it."""
+    return {**DEFAULT_INSTRUCTIONS, **(overrides or {})}
+
+
+def default_instruction(table: Mapping[str, str], task: str, language: str | None = None, where: str = "") -> str:
+    """The instruction for a record of ``task`` without one (no task: a transcript, ``asr``);
+    ``{language}`` is filled with the name of ``language``."""
+    key = task or TRANSCRIPT_TASK
+    prefix = f"{where}: " if where else ""
+    if key not in table:
+        raise InputError(
+            f"{prefix}task {key!r} has no default instruction (known: {', '.join(sorted(table))}); give the record "
+            f"an 'instruction' or add {key!r} to the recipe's model.instructions"
+        )
+    text = table[key]
+    if LANGUAGE_SLOT in text:
+        if not isinstance(language, str) or not language.strip():
+            raise InputError(f"{prefix}task {key!r} needs an 'instruction' or a target language ('target_language' field)")
+        text = text.replace(LANGUAGE_SLOT, language_name(language))
+    return text
 
 
 class PromptBuilder:
@@ -23,15 +59,21 @@ class PromptBuilder:
     (including the template's end-of-turn token).
     """
 
-    def __init__(self, tokenizer: Any, system_prompt: str | None, audio_token: str) -> None:
+    def __init__(self, tokenizer: Any, system_prompt: str | None, audio_token: str,
+                 instructions: Mapping[str, str] | None = None) -> None:
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.audio_token = audio_token
+        #: task -> default instruction (:func:`instruction_table` of the model's own entries)
+        self.instructions = instruction_table(instructions)
         if not getattr(tokenizer, "chat_template", None):
             raise InputError("the backbone tokenizer has no chat template; set model.backbone.chat_template")
 
-    def messages(self, instruction: str, has_audio: bool, task: str = "") -> list[dict[str, str]]:
-        text = (instruction or DEFAULT_INSTRUCTIONS.get(task, "")) if has_audio else instruction
+    def messages(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[dict[str, str]]:
+        """An audio record without ``instruction`` gets its task's default (:func:`default_instruction`)."""
+        text = instruction
+        if has_audio and not instruction:
+            text = default_instruction(self.instructions, task, language)
         user = f"{self.audio_token}\n{text}" if has_audio else text
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         msgs.append({"role": "user", "content": user})
@@ -43,13 +85,14 @@ class PromptBuilder:
             out = out["input_ids"]
         return list(out)
 
-    def generation_ids(self, instruction: str, has_audio: bool, task: str = "") -> list[int]:
+    def generation_ids(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[int]:
         """Prompt ids ending with the assistant header, ready for generation."""
-        return self._ids(self.messages(instruction, has_audio, task), True)
+        return self._ids(self.messages(instruction, has_audio, task, language), True)
 
-    def training_ids(self, instruction: str, response: str, has_audio: bool, task: str = "") -> tuple[list[int], list[int]]:
+    def training_ids(self, instruction: str, response: str, has_audio: bool, task: str = "",
+                     language: str | None = None) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)``; labels are -100 outside the assistant turn."""
-        msgs = self.messages(instruction, has_audio, task)
+        msgs = self.messages(instruction, has_audio, task, language)
         prompt = self._ids(msgs, True)
         full = self._ids([*msgs, {"role": "assistant", "content": response}], False)
         if full[: len(prompt)] != prompt:

@@ -29,7 +29,7 @@ from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
 from swv.model.stopping import stop_token_ids
 from swv.model.vocab_logits import VocabLogits
-from swv.recipes.schema import PAPER_SYSTEM_PROMPT
+from swv.recipes.schema import PAPER_SYSTEM_PROMPT, GenerationDefaults
 from swv.registry import Component, Registry
 
 ENCODER_WEIGHTS = "encoder.safetensors"
@@ -48,6 +48,10 @@ class SpeechLMConfig(PreTrainedConfig):
     adapters: list | None = None
     backbone: Component | dict | None = None
     system_prompt: str = PAPER_SYSTEM_PROMPT
+    #: task -> default instruction (see :func:`swv.model.prompts.instruction_table`); None: the defaults
+    instructions: dict | None = None
+    #: decoding defaults (:class:`~swv.recipes.schema.GenerationDefaults` fields); None: greedy, 256 tokens
+    generation: dict | None = None
     encoder_trained: bool = False
     backbone_trained: bool = False
     #: components stored inside the model directory (kept bundled by later saves)
@@ -166,6 +170,7 @@ class SpeechLM(PreTrainedModel):
         encoder_lengths: torch.Tensor | None = None,
         stop_after_ctc: bool = False,
         window_batch_size: int | None = None,
+        encoder_speech_lengths: torch.Tensor | None = None,
     ) -> AudioState:
         """Audio -> the adapter chain's output: the one road from audio to LLM inputs.
 
@@ -177,7 +182,8 @@ class SpeechLM(PreTrainedModel):
           encoded ``window_batch_size`` at a time (all at once when ``None``);
         * ``input_features [B, ...]`` with ``feature_lengths [B]`` (the encoder's own features);
         * ``encoder_embeds [B, T, D_enc]`` with ``encoder_lengths [B]`` (e.g. the feature cache):
-          the encoder is skipped.
+          the encoder is skipped; ``encoder_speech_lengths [B]`` says how many of those frames
+          hold audio when the encoder counted padding as valid (``AudioState.speech_lengths``).
 
         Inputs are moved to the encoder's device; the encoder output is cast to the adapters'
         dtype and device (a float16 encoder before float32 adapters). With ``stop_after_ctc``
@@ -206,7 +212,8 @@ class SpeechLM(PreTrainedModel):
             assert encoder_embeds is not None
             if encoder_lengths is None:
                 raise InputError("encoder_lengths is required with encoder_embeds")
-            state = AudioState(embeds=encoder_embeds, lengths=encoder_lengths.long())
+            speech = None if encoder_speech_lengths is None else encoder_speech_lengths.long().to(encoder_lengths.device)
+            state = AudioState(embeds=encoder_embeds, lengths=encoder_lengths.long(), speech_lengths=speech)
             num_windows = torch.ones_like(state.lengths)
         # the adapters' dtype and device (the backbone's for a chain without parameters)
         target = next(iter(self.adapters.parameters()), None)
@@ -215,6 +222,7 @@ class SpeechLM(PreTrainedModel):
         state = state.replace(
             embeds=state.embeds.to(device=target.device, dtype=target.dtype),
             lengths=state.lengths.to(target.device),
+            speech_lengths=None if state.speech_lengths is None else state.speech_lengths.to(target.device),
         )
         encoder_frames = state.lengths
         for adapter in self.adapters.values():
@@ -268,6 +276,7 @@ class SpeechLM(PreTrainedModel):
         encoder_lengths: torch.Tensor | None = None,
         run_backbone: bool | None = None,
         stop_after_ctc: bool = False,
+        encoder_speech_lengths: torch.Tensor | None = None,
     ) -> SpeechLMOutput:
         """Run the model and report every loss it can compute, unweighted.
 
@@ -298,6 +307,7 @@ class SpeechLM(PreTrainedModel):
                 encoder_embeds=encoder_embeds,
                 encoder_lengths=encoder_lengths,
                 stop_after_ctc=stop_after_ctc,
+                encoder_speech_lengths=encoder_speech_lengths,
             )
         out = SpeechLMOutput()
         if state is not None:
@@ -347,6 +357,10 @@ class SpeechLM(PreTrainedModel):
             ctc_target_lengths[rows],
             self.audio_token_id,
         )
+
+    def generation_defaults(self) -> GenerationDefaults:
+        """This model's decoding defaults (``config.generation`` over greedy, 256 new tokens)."""
+        return GenerationDefaults.model_validate(self.config.generation or {})
 
     def stop_token_ids(self) -> list[int]:
         """Ids that end an answer (see :mod:`swv.model.stopping`): the backbone generation
@@ -450,6 +464,7 @@ class SpeechLM(PreTrainedModel):
             if not merge_lora:
                 self.backbone.save_lora(tmp)
             self.backbone.tokenizer.save_pretrained(str(tmp))
+            self.generation_defaults().to_generation_config().save_pretrained(str(tmp))
             saved = config.to_dict()
             saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
             (tmp / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")

@@ -29,6 +29,10 @@ class AudioState:
             over windows), set on the chain's output by ``SpeechLM.encode_audio``.
         num_windows: ``[B]`` encoder windows per row (1 unless a long clip was windowed), set
             by ``SpeechLM.encode_audio``.
+        speech_lengths: ``[B]`` how many of the valid frames hold audio (``<= lengths``); less than
+            ``lengths`` when the encoder counts padding as valid (Whisper ``pad_to_30s``: the
+            padded tail of the 30 s window). ``None``: every valid frame is audio. Adapters that
+            change the frame rate map it; paper-semantics attention masks the frames past it.
     """
 
     embeds: torch.Tensor
@@ -39,6 +43,7 @@ class AudioState:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     encoder_lengths: torch.Tensor | None = None
     num_windows: torch.Tensor | None = None
+    speech_lengths: torch.Tensor | None = None
 
     def replace(self, **changes: object) -> AudioState:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -46,6 +51,11 @@ class AudioState:
     def padding_mask(self) -> torch.Tensor:
         """``[B, T]`` bool, True on valid frames."""
         return lengths_to_mask(self.lengths, self.embeds.shape[1])
+
+    def speech_mask(self) -> torch.Tensor:
+        """``[B, T]`` bool, True on valid frames that hold audio (not encoder padding)."""
+        lengths = self.lengths if self.speech_lengths is None else torch.minimum(self.speech_lengths, self.lengths)
+        return lengths_to_mask(lengths, self.embeds.shape[1])
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:

@@ -22,6 +22,25 @@ PAPER_SYSTEM_PROMPT = (
 #: ``swv infer`` and for ``swv eval --task asr``.
 ASR_INSTRUCTION = "Transcribe the speech."
 
+#: The default instruction of each task, for records without an ``instruction``: used alike by
+#: training, ``swv infer`` and ``swv eval`` (saved with every model; ``model.instructions`` in a
+#: recipe overrides or extends it). ``{language}`` is filled with the record's target language.
+DEFAULT_INSTRUCTIONS: dict[str, str] = {
+    "asr": ASR_INSTRUCTION,
+    "st": "Translate the speech into {language}.",
+    "sound": "What sound events can you hear in this audio?",
+    "emotion": "What is the emotion of the speaker?",
+    "gender": "What is the gender of the speaker?",
+    "age": "How old is the speaker?",
+    "language_id": "Which language is spoken in this audio?",
+    "intent": "What is the intent of the speaker?",
+    "entity": "Which named entities are mentioned in the speech?",
+    "speaker_count": "How many speakers are there in this audio?",
+    "synthetic_voice": "Is this voice real or synthesized?",
+    "vocal_sound": "What vocal sound is this?",
+    "scene": "What is the acoustic scene of this recording?",
+}
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -37,11 +56,31 @@ class ComponentRef(BaseModel):
         return dict(self.model_extra or {})
 
 
+class GenerationDefaults(StrictModel):
+    """Decoding defaults of a model, saved with every export (``swv_config.json`` and
+    ``generation_config.json``) and used by ``swv infer``/``swv eval`` unless overridden."""
+
+    max_new_tokens: int = Field(default=256, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+
+    def to_generation_config(self) -> Any:
+        """A ``transformers.GenerationConfig`` (sampling knobs only when ``do_sample``)."""
+        from transformers import GenerationConfig
+
+        knobs = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {}
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, **knobs)
+
+
 class ModelSection(StrictModel):
     encoder: ComponentRef
     adapters: list[ComponentRef] = Field(min_length=1)
     backbone: ComponentRef
     system_prompt: str = PAPER_SYSTEM_PROMPT
+    #: task -> default instruction, merged over :data:`DEFAULT_INSTRUCTIONS`
+    instructions: dict[str, str] = Field(default_factory=dict)
+    generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
 
     @field_validator("adapters")
     @classmethod
@@ -152,7 +191,9 @@ class Recipe(StrictModel):
     output_dir: str
     seed: int = 0
     precision: Literal["no", "fp16", "bf16"] = "no"
-    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    #: experiment trackers by accelerate's names (tensorboard, wandb, mlflow, trackio, ...;
+    #: checked against accelerate's list when training starts, see swv.train.tracking)
+    trackers: list[str] = Field(default_factory=list)
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     stages: list[StageSettings] = Field(min_length=1)

@@ -96,7 +96,8 @@ class StageRunner:
         recipe = self.ctx.recipe
         prompts = None
         if self.stage.mode == "lm":
-            prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, model.backbone.audio_token)
+            prompts = PromptBuilder(model.tokenizer, model.config.system_prompt, model.backbone.audio_token,
+                                    model.config.instructions)
         skip = {name for name, spec in recipe.data.datasets.items() if spec.on_error == "skip"}
         return SpeechCollator(
             model.encoder,
@@ -203,7 +204,7 @@ class StageRunner:
                 window = _Window()
             if s.save_every and loop.state.step % s.save_every == 0 and loop.state.step < loop.total:
                 if loop.evaluator is not None:
-                    loop.logger.write({"step": loop.state.step, **loop.evaluator(loop.model)})
+                    self.log_held_out(loop, loop.evaluator(loop.model))
                 self.checkpoint(loop.model, loop.optimizer, loop.scheduler, loop.sampler, loop.state)
         progress.close()
 
@@ -217,6 +218,7 @@ class StageRunner:
         temperature = loop.sampler.temperature_at(epoch)
         loop.logger.write({"step": loop.state.step, "event": "mixture", "epoch": epoch, "temperature": temperature,
                            "mixture": mixture})
+        self.track({"mixture": mixture, "temperature": temperature}, loop.state.step)
         if len(loop.data.names) > 1:
             self.ctx.print(f"epoch {epoch}: temperature {temperature:g}, task mixture {mixture}")
 
@@ -240,15 +242,26 @@ class StageRunner:
             "samples_per_s": window.rows * self.acc.num_processes / elapsed,
         }
         loop.logger.write(record)
-        if self.ctx.recipe.trackers:
-            self.acc.log({f"{self.stage.name}/{k}": v for k, v in record.items()}, step=loop.state.step)
+        self.track(record, loop.state.step)
         return record
+
+    def log_held_out(self, loop: _Loop, result: dict[str, float]) -> None:
+        """Held-out losses to metrics.jsonl and the trackers."""
+        loop.logger.write({"step": loop.state.step, **result})
+        self.track(result, loop.state.step)
+
+    def track(self, values: dict[str, Any], step: int) -> None:
+        """The numeric ``values`` to the recipe's trackers, as ``<stage>/<name>`` at ``step``."""
+        if self.ctx.recipe.trackers:
+            from swv.train.tracking import numeric
+
+            self.acc.log(numeric(values, self.stage.name), step=step)
 
     def finish(self, loop: _Loop) -> None:
         """Held-out losses, the last checkpoint, the export and the stage file."""
         if loop.evaluator is not None:
             result = loop.evaluator(loop.model)
-            loop.logger.write({"step": loop.state.step, **result})
+            self.log_held_out(loop, result)
             self.ctx.print(f"[{self.stage.name}] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
         self.checkpoint(loop.model, loop.optimizer, loop.scheduler, loop.sampler, loop.state)
         self.export(loop.model)
@@ -449,6 +462,7 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     torch.manual_seed(loaded.recipe.seed)
     if init_dir is not None:
         model = SpeechLM.from_pretrained(init_dir)
+        model.config.instructions, model.config.generation = recipe_prompting(loaded.recipe)
         known = set(model.backbone.special_tokens)
         missing = [t for t in tags if t not in known]
         if missing:
@@ -462,14 +476,24 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     backbone = components.backbone
     if tags:
         backbone = backbone.replace(special_tokens=list(dict.fromkeys([*backbone.get("special_tokens", []), *tags])))
+    instructions, generation = recipe_prompting(loaded.recipe)
     return SpeechLM(
         SpeechLMConfig(
             encoder=components.encoder,
             adapters=list(components.adapters),
             backbone=backbone,
             system_prompt=loaded.recipe.model.system_prompt,
+            instructions=instructions,
+            generation=generation,
         )
     )
+
+
+def recipe_prompting(recipe: Recipe) -> tuple[dict[str, str], dict[str, Any]]:
+    """The recipe's default-instruction table and decoding defaults, as saved with the model."""
+    from swv.model.prompts import instruction_table
+
+    return instruction_table(recipe.model.instructions), recipe.model.generation.model_dump()
 
 
 def feature_cache_dir(recipe: Recipe) -> Path:

@@ -38,14 +38,9 @@ def _accelerator(recipe: Any) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    log_with = list(recipe.trackers) or None
-    if log_with:
-        from accelerate.tracking import is_tensorboard_available, is_wandb_available
+    from swv.train.tracking import check_trackers
 
-        checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-        for tracker in log_with:
-            if not checks[tracker]():
-                raise UsageError(f"trackers: {tracker!r} is not installed (pip install {tracker})")
+    log_with = check_trackers(list(recipe.trackers)) or None
     return Accelerator(
         mixed_precision=recipe.precision,
         log_with=log_with,
@@ -81,7 +76,9 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)
         atomic_write_json(output_dir / "run.json", {"stages": names, "recipe_hash": digest, "source": str(loaded.source)})
     if recipe.trackers:
-        acc.init_trackers(Path(recipe.output_dir).name)
+        from swv.train.tracking import flatten_hparams
+
+        acc.init_trackers(Path(recipe.output_dir).name, config=flatten_hparams(resolved))
 
     exports = []
     for i in selected:

@@ -1,0 +1,67 @@
+"""Experiment trackers: any tracker accelerate supports, checked up front, and the resolved
+recipe flattened into the scalar hyperparameters trackers accept."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from swv.errors import UsageError
+
+#: accelerate's pseudo-tracker meaning "every installed tracker" (swv asks for explicit names)
+_ALL = "all"
+
+
+def supported_trackers() -> list[str]:
+    """Every tracker name accelerate knows (installed or not), e.g. tensorboard, wandb, mlflow."""
+    from accelerate.utils import LoggerType
+
+    return [t.value for t in LoggerType if t.value != _ALL]
+
+
+def check_trackers(names: list[str], field: str = "trackers") -> list[str]:
+    """``names`` if each is a tracker accelerate supports and finds installed; else a
+    :class:`UsageError` naming the tracker and what is known or installed."""
+    from accelerate.tracking import get_available_trackers
+
+    known = supported_trackers()
+    installed = {str(getattr(t, "value", t)) for t in get_available_trackers()}
+    for name in names:
+        if name not in known:
+            raise UsageError(f"{field}: unknown tracker {name!r}; accelerate supports {', '.join(known)}")
+        if name not in installed:
+            found = ", ".join(sorted(installed)) or "none"
+            raise UsageError(f"{field}: tracker {name!r} is not installed (pip install {name}); installed: {found}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{field}: a tracker is listed twice ({', '.join(names)})")
+    return list(names)
+
+
+def flatten_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """Nested mappings -> ``{"a.b.c": scalar}``: what tensorboard's hparams and mlflow's params
+    accept. Lists of mappings are numbered (``stages.0.optimizer.lr``); other lists and ``None``
+    become their JSON text."""
+    out: dict[str, int | float | str | bool] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+            value = {str(i): item for i, item in enumerate(value)}
+        if isinstance(value, Mapping):
+            out.update(flatten_hparams(value, name + "."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value, sort_keys=True, default=str)
+    return out
+
+
+def numeric(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The numeric entries of ``record`` (nested mappings flattened with ``/``) under ``prefix/``."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            out.update(numeric(value, f"{prefix}/{key}"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[f"{prefix}/{key}"] = float(value)
+    return out
