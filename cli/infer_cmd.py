@@ -64,7 +64,7 @@ def _print_stream(pipe: Pipeline, waveform: Waveform, prompt: str, settings: Gen
     """Print the answer as it is generated (surrounding whitespace dropped), then a newline."""
     from swv.infer.pipeline import TextStream
 
-    stream = TextStream(pipe, waveform, prompt, settings)
+    stream = TextStream(pipe, pipe.request(waveform, prompt), settings)
     started, pending = False, ""
     for piece in stream:
         if not started:
