@@ -165,6 +165,8 @@ BAD = [
      400, "messages[0].content[0].input_audio"),
     ("bad base64", {"model": MODEL_ID, "messages": [{"role": "user", "content": [
         {"type": "input_audio", "input_audio": {"data": "%%%", "format": "mp3"}}]}]}, 400, "messages[0].content[0].input_audio.data"),
+    ("server file path", {"model": MODEL_ID, "messages": [{"role": "user", "content": [
+        {"type": "audio", "path": "/etc/hostname"}]}]}, 400, "messages[0].content[0].type"),
     ("bad role", {"model": MODEL_ID, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
     ("negative max_tokens", {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
      400, "max_tokens"),

@@ -8,7 +8,8 @@ A conversation is a list of ``{"role", "content"}`` messages. Roles: ``system`` 
 * ``{"type": "input_audio", "input_audio": {"data": "<base64>", "format": "wav" | "mp3" | "flac"}}``
   (the OpenAI form; the bytes are decoded with soundfile);
 * ``{"type": "audio", "path": "clip.wav"}`` or ``{"type": "audio", "audio": <bytes | 1-D float
-  array>, "sample_rate": 16000}`` (local forms for the Python API and ``swv infer --chat``).
+  array>, "sample_rate": 16000}`` (local forms for the Python API and ``swv infer --chat``;
+  refused with ``local_audio=False``, as the server does: a client may not name server files).
 
 Audio parts may appear only in user turns, any number of them, anywhere among the text. Each
 user turn is rendered as its parts joined by newlines, an audio part becoming the model's
@@ -90,7 +91,9 @@ def _local_audio(part: dict[str, Any], where: str, base_dir: Path | None) -> Aud
     return AudioPart(part["audio"], rate, where)
 
 
-def _user_content(content: Any, where: str, audio_token: str, base_dir: Path | None) -> tuple[str, list[AudioPart]]:
+def _user_content(
+    content: Any, where: str, audio_token: str, base_dir: Path | None, local_audio: bool
+) -> tuple[str, list[AudioPart]]:
     if isinstance(content, str):
         return _checked_text(content, where, audio_token), []
     if not isinstance(content, list) or not content:
@@ -107,11 +110,12 @@ def _user_content(content: Any, where: str, audio_token: str, base_dir: Path | N
         elif kind == "input_audio":
             audio.append(_input_audio(part, at))
             pieces.append(audio_token)
-        elif kind == "audio":
+        elif kind == "audio" and local_audio:
             audio.append(_local_audio(part, at, base_dir))
             pieces.append(audio_token)
         else:
-            raise InputError(f"{at}.type: expected 'text', 'input_audio' or 'audio', got {kind!r}")
+            kinds = "'text', 'input_audio' or 'audio'" if local_audio else "'text' or 'input_audio'"
+            raise InputError(f"{at}.type: expected {kinds}, got {kind!r}")
     return "\n".join(pieces), audio
 
 
@@ -135,10 +139,13 @@ def _plain_content(content: Any, where: str, audio_token: str) -> str:
     return "\n".join(texts)
 
 
-def parse_messages(messages: Any, audio_token: str, base_dir: Path | None = None) -> ParsedConversation:
+def parse_messages(
+    messages: Any, audio_token: str, base_dir: Path | None = None, *, local_audio: bool = True
+) -> ParsedConversation:
     """Check OpenAI-style ``messages`` and render them to text messages plus audio parts.
 
-    ``base_dir`` resolves relative ``path`` audio parts (a conversation file's directory).
+    ``base_dir`` resolves relative ``path`` audio parts (a conversation file's directory);
+    ``local_audio=False`` accepts ``input_audio`` parts only.
     """
     if not isinstance(messages, list) or not messages:
         raise InputError("messages: expected a non-empty list of messages")
@@ -159,7 +166,7 @@ def parse_messages(messages: Any, audio_token: str, base_dir: Path | None = None
         elif role == "assistant":
             out.append({"role": "assistant", "content": _plain_content(content, f"{where}.content", audio_token)})
         elif role == "user":
-            text, clips = _user_content(content, f"{where}.content", audio_token, base_dir)
+            text, clips = _user_content(content, f"{where}.content", audio_token, base_dir, local_audio)
             out.append({"role": "user", "content": text})
             audio.extend(clips)
         else:

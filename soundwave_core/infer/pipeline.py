@@ -399,12 +399,15 @@ class Pipeline:
         return ChatRequest(self.prompt_ids(prompt), [waveform])
 
     def chat_request(
-        self, messages: Any, *, max_duration: float | None = None, base_dir: str | os.PathLike[str] | None = None
+        self, messages: Any, *, max_duration: float | None = None, base_dir: str | os.PathLike[str] | None = None,
+        local_audio: bool = True,
     ) -> ChatRequest:
         """Check, render and decode an OpenAI-style conversation (see :mod:`swv.infer.chat`):
         prompt ids with one placeholder per clip, and the clips. ``base_dir`` resolves relative
-        audio paths; ``max_duration`` rejects long clips."""
-        parsed = parse_messages(messages, self.prompts.audio_token, None if base_dir is None else Path(base_dir))
+        audio paths; ``max_duration`` rejects long clips; ``local_audio=False`` accepts only
+        ``input_audio`` parts (no file paths)."""
+        parsed = parse_messages(messages, self.prompts.audio_token, None if base_dir is None else Path(base_dir),
+                                local_audio=local_audio)
         waveforms = [self._load_part(part, max_duration) for part in parsed.audio]
         return ChatRequest(self.prompts.conversation_ids(parsed.messages), waveforms)
 

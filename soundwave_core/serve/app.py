@@ -158,7 +158,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
         try:
             generation = params.settings(settings.default_max_tokens)
             chat_request = await run_in_threadpool(
-                pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds
+                pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds, local_audio=False
             )
         except InputError as exc:
             raise input_error(exc) from None
