@@ -80,8 +80,12 @@ class Job:
         self._loop = loop
 
     def emit(self, event: Event) -> None:
-        """Hand ``event`` to the job's event loop (called from the worker thread)."""
-        self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        """Hand ``event`` to the job's event loop (called from the worker thread); dropped once
+        that loop is closed (the server is shutting down)."""
+        try:
+            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:
+            self.cancelled.set()
 
     async def next_event(self) -> Event:
         return await self.events.get()
