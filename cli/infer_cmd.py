@@ -15,7 +15,7 @@ import typer
 from swv.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from swv.infer.pipeline import GenerationSettings, Pipeline, Stats, Waveform
+    from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline, Stats
 
 STDIN = "-"
 
@@ -62,11 +62,11 @@ def _decode(source: str) -> tuple[Any, int, str]:
     return decode_audio(Path(source))
 
 
-def _print_stream(pipe: Pipeline, waveform: Waveform, prompt: str, settings: GenerationSettings) -> Stats:
+def _print_stream(pipe: Pipeline, request: ChatRequest, settings: GenerationSettings) -> tuple[str, Stats]:
     """Print the answer as it is generated (surrounding whitespace dropped), then a newline."""
     from swv.infer.pipeline import TextStream
 
-    stream = TextStream(pipe, waveform, prompt, settings)
+    stream = TextStream(pipe, request, settings)
     started, pending = False, ""
     for piece in stream:
         if not started:
@@ -83,8 +83,8 @@ def _print_stream(pipe: Pipeline, waveform: Waveform, prompt: str, settings: Gen
             pending += piece
     sys.stdout.write("\n")
     sys.stdout.flush()
-    assert stream.stats is not None
-    return stream.stats
+    assert stream.stats is not None and stream.text is not None
+    return stream.text, stream.stats
 
 
 def _run_files(
@@ -119,7 +119,7 @@ def _run_files(
             _err(str(exc))
             failed += 1
     if len(sources) == 1:
-        result_stats = _print_stream(pipe, waveforms[0], prompt, settings)
+        _, result_stats = _print_stream(pipe, pipe.request(waveforms[0], prompt), settings)
         if stats:
             print(f"stats: {result_stats.format()}", file=sys.stderr)
         return failed
@@ -129,6 +129,44 @@ def _run_files(
         if stats:
             print(f"stats: {waveform.name}: {result.stats.format()}", file=sys.stderr)
     return failed
+
+
+# -- conversation ------------------------------------------------------------------------------
+def _stored_path(source: str, base: Path) -> str:
+    """An audio path as written into a conversation file: relative to the file when below it."""
+    path = Path(source).resolve()
+    try:
+        return str(path.relative_to(base.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _run_chat(
+    conversation: Path, sources: list[str], model_dir: Path, prompt: str | None, settings: GenerationSettings, *,
+    system: str | None, device: str, dtype: str | None, max_duration: float | None, stats: bool,
+) -> None:
+    """Continue the conversation in ``conversation``: AUDIO files and --prompt (when AUDIO is
+    given or the last turn is the assistant's) form a new user turn; the answer is streamed and
+    the conversation, answer included, is written back to the file."""
+    from swv.infer import batch
+    from swv.infer.chat import load_conversation, user_turn
+    from swv.io import atomic_write_text
+
+    if STDIN in sources:
+        raise UsageError("--chat takes audio files, not '-' (stdin)")
+    messages = load_conversation(conversation)
+    base = conversation.parent
+    if sources or not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+        messages.append(user_turn([_stored_path(s, base) for s in sources], prompt))
+    pipe = batch.load_pipeline(model_dir, device, dtype, system)
+    request = pipe.chat_request(messages, max_duration=max_duration, base_dir=base)
+    answer, result_stats = _print_stream(pipe, request, settings)
+    if stats:
+        print(f"stats: {result_stats.format()}", file=sys.stderr)
+    messages.append({"role": "assistant", "content": answer})
+    import json
+
+    atomic_write_text(conversation, json.dumps({"messages": messages}, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- manifest ----------------------------------------------------------------------------------
@@ -178,6 +216,10 @@ def infer(
     cot: Annotated[bool, typer.Option(
         "--cot", help="The answer starts with a transcript (chain of thought): the token budget grows by the "
         "clip's audio tokens so the answer is not cut (manifest records with \"cot\": true get this anyway).")] = False,
+    chat: Annotated[Optional[Path], typer.Option(
+        "--chat", help="Continue the conversation in this JSON file (OpenAI-style messages; audio parts as "
+        "{'type': 'audio', 'path': ...} relative to the file, or input_audio): AUDIO and --prompt form a new "
+        "user turn; the answer is streamed and appended to the file.")] = None,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -187,6 +229,9 @@ def infer(
     Batch mode (--manifest, --output): one JSON line per record with 'id',
     'prediction' (or 'error' for a bad item; the run goes on) and the
     record's reference fields; rerun the same command to resume.
+
+    Conversation (--chat FILE): continue a multi-turn audio chat saved as
+    JSON; the new answer is appended to FILE, so the next call goes on.
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     split into consecutive windows whose encoder outputs are joined before
@@ -199,6 +244,12 @@ def infer(
         settings = replace(settings, transcript_first=True)
     common = dict(system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
                   stats=stats)
+    if chat is not None:
+        if manifest is not None or output is not None:
+            raise UsageError("--chat cannot be combined with --manifest/--output")
+        _run_chat(chat, list(audio or []), model_dir, prompt, settings, system=system, device=device, dtype=dtype,
+                  max_duration=max_duration, stats=stats)
+        return
     if manifest is not None:
         if audio:
             raise UsageError("give AUDIO files or --manifest, not both")

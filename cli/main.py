@@ -6,7 +6,19 @@ import sys
 
 import typer
 
-from swv.cli import convert, data, demo_cmd, env_cmd, eval_cmd, infer_cmd, model_cmd, plugins_cmd, recipe_cmd, train_cmd
+from swv.cli import (
+    convert,
+    data,
+    demo_cmd,
+    env_cmd,
+    eval_cmd,
+    infer_cmd,
+    model_cmd,
+    plugins_cmd,
+    recipe_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="swv",
@@ -20,6 +32,7 @@ app.add_typer(recipe_cmd.app, name="recipe")
 app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_cmd)
+app.command("serve")(serve_cmd.serve)
 app.command("export")(model_cmd.export)
 app.add_typer(model_cmd.import_app, name="import")
 app.command("env")(env_cmd.env)

@@ -147,7 +147,7 @@ def test_stream_reraises_generation_errors(pipe: Pipeline, clips: dict[str, Path
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipe, "_generate", boom)
+    monkeypatch.setattr(pipe, "generate_prepared", boom)
     with pytest.raises(RuntimeError, match="boom"):
         list(pipe.stream(clips["a"]))
 

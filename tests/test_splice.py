@@ -58,9 +58,11 @@ def random_batch(gen: torch.Generator, in_side: str):
         sl = slice(seq_len - n, seq_len) if in_side == "left" else slice(0, n)
         attention_mask[b, sl] = 1
         if has_audio[b]:
-            idx = list(range(seq_len))[sl][int(torch.randint(0, n, (1,), generator=gen))]
-            input_ids[b, idx] = AUDIO
-    n_audio = int(has_audio.sum())
+            # one to three placeholders per audio row, anywhere among the real tokens
+            picks = torch.randint(0, n, (int(torch.randint(1, 4, (1,), generator=gen)),), generator=gen)
+            for pick in picks.tolist():
+                input_ids[b, list(range(seq_len))[sl][pick]] = AUDIO
+    n_audio = int(((input_ids == AUDIO) & attention_mask.bool()).sum())
     audio_lengths = torch.randint(0, 6, (n_audio,), generator=gen)
     audio = torch.randn(n_audio, 6, dim, generator=gen)
     token_embeds = torch.randn(batch, seq_len, dim, generator=gen)
@@ -93,8 +95,20 @@ def test_text_only_rows_and_count_checks() -> None:
     with pytest.raises(InputError, match="1 audio inputs"):
         splice_audio(te, ids, mask, torch.zeros(1, 2, 2), torch.ones(1, dtype=torch.long), AUDIO)
     ids2 = torch.tensor([[AUDIO, 2, AUDIO], [4, 5, 6]])
-    with pytest.raises(InputError, match="2 audio placeholders"):
+    with pytest.raises(InputError, match="2 audio placeholder"):
         splice_audio(te, ids2, mask, torch.zeros(1, 2, 2), torch.ones(1, dtype=torch.long), AUDIO)
+
+
+def test_several_placeholders_in_one_row_take_the_audio_in_order() -> None:
+    te = torch.zeros(2, 4, 1)
+    ids = torch.tensor([[AUDIO, 3, AUDIO, 4], [0, AUDIO, 5, 6]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    audio = torch.tensor([[1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [3.0, 3.0, 3.0]])[..., None]
+    out = splice_audio(te, ids, mask, audio, torch.tensor([2, 1, 3]), AUDIO, padding_side="left")
+    # row 0: audio(2) 3 audio(1) 4; row 1: audio(3) 5 6 (text embeddings are zeros)
+    assert out.inputs_embeds[..., 0].tolist() == [[1, 1, 0, 2, 0], [3, 3, 3, 0, 0]]
+    assert out.audio_positions.tolist() == [[True, True, False, True, False], [True, True, True, False, False]]
+    assert out.attention_mask.tolist() == [[1] * 5, [1] * 5]
 
 
 def test_splice_is_differentiable_wrt_audio() -> None:

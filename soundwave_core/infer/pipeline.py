@@ -5,6 +5,14 @@
 >>> pipe(["a.wav", "b.flac"], batch_size=8, return_stats=True)       # doctest: +SKIP
 >>> for piece in pipe.stream("clip.wav", prompt="What is the speaker's emotion?"):  # doctest: +SKIP
 ...     print(piece, end="", flush=True)
+>>> pipe.chat([{"role": "user", "content": [{"type": "audio", "path": "a.wav"},  # doctest: +SKIP
+...            {"type": "text", "text": "Who speaks?"}]}, {"role": "assistant", "content": "A man."},
+...            {"role": "user", "content": [{"type": "audio", "path": "b.wav"},
+...            {"type": "text", "text": "And here?"}]}])
+
+Conversations (:meth:`Pipeline.chat`): OpenAI-style messages whose user turns mix text and
+audio parts (several clips, each at its place; see :mod:`swv.infer.chat`) are rendered with the
+backbone's chat template; every clip's audio embeddings replace its placeholder.
 
 Audio inputs are file paths, encoded file bytes, or 1-D float numpy arrays at ``sample_rate``
 (default: the encoder's rate); everything is mixed to mono and resampled to the encoder's rate.
@@ -49,6 +57,7 @@ from transformers.generation.streamers import BaseStreamer
 from swv.audio import read_audio, resample
 from swv.dtypes import DTYPE_NAMES, torch_dtype
 from swv.errors import InputError, SwvError, UsageError, first_line
+from swv.infer.chat import AudioPart, parse_messages
 from swv.model.prompts import PromptBuilder, default_instruction
 from swv.model.speechlm import SpeechLM
 from swv.model.state import AudioState
@@ -57,6 +66,7 @@ from swv.recipes.schema import ASR_INSTRUCTION, GenerationDefaults
 
 __all__ = [
     "DEFAULT_PROMPT",
+    "ChatRequest",
     "GenerationSettings",
     "Pipeline",
     "Result",
@@ -158,6 +168,15 @@ class Waveform:
 
     samples: np.ndarray
     name: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One request ready to batch: its chat-template prompt ids (ending with the assistant
+    header; one audio placeholder per clip) and its decoded clips, in placeholder order."""
+
+    ids: list[int]
+    waveforms: list[Waveform]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,13 +287,30 @@ class _StopFlag(StoppingCriteria):
 # Pipeline
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class _Prepared:
-    """A batch ready to generate: left-padded prompts and the audio's adapter-chain output
-    (``encoder_lengths``/``num_windows`` feed the stats)."""
+class Prepared:
+    """A batch ready to generate: left-padded prompts ``input_ids``/``attention_mask [B, L]``,
+    the clips' adapter-chain output (``None`` when no request has audio;
+    ``encoder_lengths``/``num_windows`` feed the stats) and ``clip_owner [P]`` (the request of
+    each clip)."""
 
+    requests: list[ChatRequest]
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    state: AudioState
+    state: AudioState | None
+    clip_owner: torch.Tensor
+
+    def per_request(self, values: torch.Tensor | None) -> list[int]:
+        """Sum a per-clip ``[P]`` quantity over each request's clips."""
+        out = torch.zeros(len(self.requests), dtype=torch.long)
+        if values is not None and self.clip_owner.numel():
+            out.index_add_(0, self.clip_owner, values.detach().cpu().long())
+        return out.tolist()
+
+    @property
+    def prompt_tokens(self) -> list[int]:
+        """Sequence length the LLM sees per request: text tokens plus audio embeddings."""
+        audio = self.per_request(None if self.state is None else self.state.lengths)
+        return [len(r.ids) - len(r.waveforms) + n for r, n in zip(self.requests, audio)]
 
 
 class Pipeline:
@@ -386,25 +422,59 @@ class Pipeline:
             raise UsageError(f"prompt must be a string, got {type(prompt).__name__}")
         return self.prompts.generation_ids(prompt, has_audio=True)
 
-    # -- generation -------------------------------------------------------------------------
-    def _prepare(self, waveforms: Sequence[Waveform], prompts: Sequence[str], window_batch_size: int) -> _Prepared:
-        """Encode the audio (windowed) through :meth:`SpeechLM.encode_audio` and left-pad the prompts."""
-        ids, mask = left_pad([self.prompt_ids(p) for p in prompts], self.pad_id)
-        state = self.model.encode_audio(waveforms=[w.samples for w in waveforms], window_batch_size=window_batch_size)
-        return _Prepared(ids, mask, state)
+    def request(self, waveform: Waveform, prompt: str) -> ChatRequest:
+        """A one-turn request: ``waveform`` followed by the instruction ``prompt``."""
+        return ChatRequest(self.prompt_ids(prompt), [waveform])
 
-    def _generate(
+    def chat_request(
+        self, messages: Any, *, max_duration: float | None = None, base_dir: str | os.PathLike[str] | None = None,
+        local_audio: bool = True,
+    ) -> ChatRequest:
+        """Check, render and decode an OpenAI-style conversation (see :mod:`swv.infer.chat`):
+        prompt ids with one placeholder per clip, and the clips. ``base_dir`` resolves relative
+        audio paths; ``max_duration`` rejects long clips; ``local_audio=False`` accepts only
+        ``input_audio`` parts (no file paths)."""
+        parsed = parse_messages(messages, self.prompts.audio_token, None if base_dir is None else Path(base_dir),
+                                local_audio=local_audio)
+        waveforms = [self._load_part(part, max_duration) for part in parsed.audio]
+        return ChatRequest(self.prompts.conversation_ids(parsed.messages), waveforms)
+
+    def _load_part(self, part: AudioPart, max_duration: float | None) -> Waveform:
+        return self.load(part.source, sample_rate=part.sample_rate, name=part.where, max_duration=max_duration)
+
+    # -- generation -------------------------------------------------------------------------
+    def encode_requests(self, requests: Sequence[ChatRequest], window_batch_size: int | None = None) -> Prepared:
+        """Encode every request's clips (windowed) in one :meth:`SpeechLM.encode_audio` call and
+        left-pad the prompts."""
+        requests = list(requests)
+        ids, mask = left_pad([r.ids for r in requests], self.pad_id)
+        clips = [w.samples for r in requests for w in r.waveforms]
+        owner = torch.tensor([i for i, r in enumerate(requests) for _ in r.waveforms], dtype=torch.long)
+        state = None
+        if clips:
+            state = self.model.encode_audio(waveforms=clips, window_batch_size=window_batch_size or len(clips))
+        return Prepared(requests, ids, mask, state, owner)
+
+    def generate_prepared(
         self,
-        prepared: _Prepared,
+        prepared: Prepared,
         settings: GenerationSettings,
-        streamer: BaseStreamer,
+        streamer: BaseStreamer | None = None,
         stop: threading.Event | None = None,
+        row_limits: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids."""
+        """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids. ``stop``
+        ends every row once set; ``row_limits`` caps each row's new tokens (a row past its
+        limit is finished and padded, the others go on up to ``settings.max_new_tokens``)."""
         kwargs = self.resolve(settings).generate_kwargs()
         kwargs["max_new_tokens"] = self.token_budget(settings, prepared.state)
+        criteria: list[StoppingCriteria] = []
         if stop is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopFlag(stop)])
+            criteria.append(_StopFlag(stop))
+        if row_limits is not None:
+            criteria.append(_RowLimits(row_limits))
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         return self.model.generate(
             prepared.input_ids,
             prepared.attention_mask,
@@ -414,19 +484,19 @@ class Pipeline:
         )
 
     def _stats(
-        self, prepared: _Prepared, waveforms: Sequence[Waveform], generated: Sequence[int], start: float,
-        first_token: float | None, end: float,
+        self, prepared: Prepared, generated: Sequence[int], start: float, first_token: float | None, end: float
     ) -> list[Stats]:
+        """Per-request stats; a request's clips are summed."""
         total = max(end - start, 1e-9)
         ttft = None if first_token is None else first_token - start
         state = prepared.state
-        assert state.encoder_lengths is not None and state.num_windows is not None  # set by encode_audio
-        frames = state.encoder_lengths.tolist()
-        tokens = state.lengths.tolist()
-        windows = state.num_windows.tolist()
+        frames = prepared.per_request(None if state is None else state.encoder_lengths)
+        tokens = prepared.per_request(None if state is None else state.lengths)
+        windows = prepared.per_request(None if state is None else state.num_windows)
+        seconds = [sum(len(w.samples) for w in r.waveforms) / self.sample_rate for r in prepared.requests]
         return [
             Stats(
-                audio_seconds=len(w.samples) / self.sample_rate,
+                audio_seconds=secs,
                 num_windows=int(n_win),
                 encoder_frames=int(n_frames),
                 audio_tokens=int(n_tokens),
@@ -436,8 +506,22 @@ class Pipeline:
                 total_seconds=total,
                 tokens_per_second=n_new / total,
             )
-            for w, n_win, n_frames, n_tokens, n_new in zip(waveforms, windows, frames, tokens, generated)
+            for secs, n_win, n_frames, n_tokens, n_new in zip(seconds, windows, frames, tokens, generated)
         ]
+
+    def generate_requests(self, requests: Sequence[ChatRequest], settings: GenerationSettings) -> list[Result]:
+        """One batch (no seeding, no splitting): all ``requests`` are generated together."""
+        if not requests:
+            raise UsageError("generate_requests: no requests")
+        clock = _TokenClock()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            prepared = self.encode_requests(requests)
+            new_tokens = self.generate_prepared(prepared, settings, clock)
+        end = time.perf_counter()
+        texts, generated = decode_answers(self.tokenizer, new_tokens, self.stop_ids)
+        stats = self._stats(prepared, generated, start, clock.first_token_time, end)
+        return [Result(text, s) for text, s in zip(texts, stats)]
 
     def generate_batch(
         self, waveforms: Sequence[Waveform], prompts: Sequence[str], settings: GenerationSettings
@@ -445,15 +529,7 @@ class Pipeline:
         """One batch (no seeding, no splitting): all ``waveforms`` are generated together."""
         if len(waveforms) != len(prompts) or not waveforms:
             raise UsageError(f"generate_batch: got {len(waveforms)} waveform(s) and {len(prompts)} prompt(s)")
-        clock = _TokenClock()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            prepared = self._prepare(waveforms, prompts, window_batch_size=len(waveforms))
-            new_tokens = self._generate(prepared, settings, clock)
-        end = time.perf_counter()
-        texts, generated = decode_answers(self.tokenizer, new_tokens, self.stop_ids)
-        stats = self._stats(prepared, waveforms, generated, start, clock.first_token_time, end)
-        return [Result(text, s) for text, s in zip(texts, stats)]
+        return self.generate_requests([self.request(w, p) for w, p in zip(waveforms, prompts)], settings)
 
     def generate(
         self,
@@ -536,7 +612,49 @@ class Pipeline:
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
         )
         waveform = self.load(audio, sample_rate=sample_rate, max_duration=max_duration)
-        return TextStream(self, waveform, self.default_prompt() if prompt is None else prompt, settings)
+        return TextStream(self, self.request(waveform, self.default_prompt() if prompt is None else prompt), settings)
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        do_sample: bool | None = None,
+        seed: int | None = None,
+        max_duration: float | None = None,
+        stream: bool = False,
+        return_stats: bool = False,
+    ) -> str | Result | TextStream:
+        """The assistant's next answer in an OpenAI-style conversation whose user turns mix
+        text and audio parts (see :mod:`swv.infer.chat`; several clips, each at its place).
+
+        Returns the text (a :class:`Result` with ``return_stats``), or with ``stream`` a
+        :class:`TextStream` to iterate for the pieces. A one-turn conversation
+        ``[audio, prompt]`` gives the same answer as ``pipe(audio, prompt)``.
+        """
+        settings = GenerationSettings(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
+        )
+        request = self.chat_request(list(messages), max_duration=max_duration)
+        if stream:
+            return TextStream(self, request, settings)
+        if seed is not None:
+            torch.manual_seed(seed)
+        result = self.generate_requests([request], settings)[0]
+        return result if return_stats else result.text
+
+
+class _RowLimits(StoppingCriteria):
+    """Finishes each row once it has generated its own ``limits[b]`` tokens (generation from
+    embeddings: ``input_ids`` holds only the new tokens)."""
+
+    def __init__(self, limits: Sequence[int]) -> None:
+        self.limits = torch.tensor(list(limits), dtype=torch.long)
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return input_ids.shape[1] >= self.limits.to(input_ids.device)
 
 
 class TextStream:
@@ -544,14 +662,13 @@ class TextStream:
     :class:`Pipeline` returns for the same greedy request) and ``stats`` are set. Leaving the
     loop early stops the generation."""
 
-    def __init__(self, pipeline: Pipeline, waveform: Waveform, prompt: str, settings: GenerationSettings) -> None:
+    def __init__(self, pipeline: Pipeline, request: ChatRequest, settings: GenerationSettings) -> None:
         self._pipeline = pipeline
-        self._waveform = waveform
-        self._prompt = prompt
+        self._request = request
         self._settings = settings
         self._started = False
         self._error: BaseException | None = None
-        self._outcome: tuple[_Prepared, torch.Tensor, float, float] | None = None
+        self._outcome: tuple[Prepared, torch.Tensor, float, float] | None = None
         self.text: str | None = None
         self.stats: Stats | None = None
 
@@ -562,8 +679,8 @@ class TextStream:
                 torch.manual_seed(self._settings.seed)
             start = time.perf_counter()
             with torch.inference_mode():  # thread-local: entered in this thread
-                prepared = pipe._prepare([self._waveform], [self._prompt], window_batch_size=1)
-                new_tokens = pipe._generate(prepared, self._settings, streamer, stop)
+                prepared = pipe.encode_requests([self._request], window_batch_size=1)
+                new_tokens = pipe.generate_prepared(prepared, self._settings, streamer, stop)
             self._outcome = (prepared, new_tokens, start, time.perf_counter())
         except BaseException as exc:  # re-raised in the consuming thread
             self._error = exc
@@ -596,7 +713,7 @@ class TextStream:
         prepared, new_tokens, start, end = self._outcome
         _, generated = cut_at_stop(new_tokens, pipe.stop_ids)
         self.text = "".join(pieces).strip()
-        self.stats = pipe._stats(prepared, [self._waveform], generated, start, streamer.clock.first_token_time, end)[0]
+        self.stats = pipe._stats(prepared, generated, start, streamer.clock.first_token_time, end)[0]
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -99,3 +99,11 @@ class PromptBuilder:
             raise InputError("the chat template renders the prompt differently with and without the answer; cannot mask labels")
         labels = [IGNORE_INDEX] * len(prompt) + full[len(prompt) :]
         return full, labels
+
+    def conversation_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Prompt ids of a multi-turn conversation (``{"role", "content"}`` text messages whose
+        user turns already hold the audio token at each clip's place), ending with the
+        assistant header; the system prompt is put first unless the conversation has one."""
+        if self.system_prompt and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return self._ids(messages, True)

@@ -281,7 +281,7 @@ class SpeechLM(PreTrainedModel):
         """Run the model and report every loss it can compute, unweighted.
 
         ``input_features``/``feature_lengths`` (or cached ``encoder_embeds``/``encoder_lengths``)
-        hold one row per prompt row that contains the audio placeholder (in order); they go
+        hold one row per audio placeholder in ``input_ids`` (row-major order); they go
         through :meth:`encode_audio`. The backbone runs when ``run_backbone`` is true (default:
         when ``input_ids`` are given); ``stop_after_ctc`` ends the adapter chain at the first
         adapter producing CTC logits (see :meth:`encode_audio`). Training stages set both
@@ -387,7 +387,8 @@ class SpeechLM(PreTrainedModel):
     ) -> torch.Tensor:
         """Answer left-padded prompts ``input_ids [B, L]`` (``attention_mask [B, L]``).
 
-        The audio (one row per prompt row holding the audio placeholder) is any input of
+        The audio (one row per audio placeholder, in row-major order: a conversation may hold
+        several) is any input of
         :meth:`encode_audio`, or its result as ``audio_state``; it is encoded once, spliced in
         (batches left-padded after splicing) and the backbone generates with its KV cache.
         ``generate_kwargs`` go to transformers' ``generate``; ``eos_token_id`` defaults to

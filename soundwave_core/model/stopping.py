@@ -55,13 +55,19 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def cut_at_stop(new_tokens: torch.Tensor, stop_ids: torch.Tensor) -> tuple[list[list[int]], list[int]]:
+def cut_at_stop(
+    new_tokens: torch.Tensor, stop_ids: torch.Tensor, limits: torch.Tensor | None = None
+) -> tuple[list[list[int]], list[int]]:
     """``[B, N]`` generated ids -> each row's tokens before its first stop id, and the number
-    of tokens generated per row (up to and including that stop id)."""
+    of tokens generated per row (up to and including that stop id). With ``limits [B]`` only a
+    row's first ``limits[b]`` tokens count (what follows is padding)."""
     is_stop = torch.isin(new_tokens, stop_ids.to(new_tokens.device))
+    length = torch.full((new_tokens.shape[0],), new_tokens.shape[1], dtype=torch.long, device=new_tokens.device)
+    if limits is not None:
+        length = torch.minimum(length, limits.to(new_tokens.device).long())
+        is_stop &= torch.arange(new_tokens.shape[1], device=new_tokens.device)[None, :] < length[:, None]
     stopped = is_stop.any(dim=1)
-    no_stop = torch.full_like(stopped, new_tokens.shape[1], dtype=torch.long)
-    first = torch.where(stopped, is_stop.int().argmax(dim=1), no_stop)
+    first = torch.where(stopped, is_stop.int().argmax(dim=1), length)
     generated = torch.where(stopped, first + 1, first)
     rows = new_tokens.tolist()
     return [row[:n] for row, n in zip(rows, first.tolist())], generated.tolist()
