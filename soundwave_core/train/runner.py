@@ -256,7 +256,7 @@ class StageRunner:
     def log_window(self, loop: _Loop, window: _Window) -> dict[str, Any]:
         """Mean metrics of the steps since the last log line, to metrics.jsonl and the trackers."""
         elapsed = max(time.perf_counter() - window.start, 1e-9)
-        record = _mean(window.metrics) | {
+        record = self.mean_over_processes(_mean(window.metrics)) | {
             "step": loop.state.step,
             "lr": loop.scheduler.get_last_lr()[0],
             "epoch": loop.epoch,
@@ -266,6 +266,17 @@ class StageRunner:
         if self.ctx.recipe.trackers:
             self.acc.log({f"{self.stage.name}/{k}": v for k, v in record.items()}, step=loop.state.step)
         return record
+
+    def mean_over_processes(self, local: dict[str, float]) -> dict[str, float]:
+        """Each loss averaged over the processes that report it (each process's value is the
+        mean over its share of the global batches: the processes' mean is the global mean)."""
+        if self.acc.num_processes == 1:
+            return local
+        keys = ["loss", *(f"{name}_loss" for name in (LM, CTC, *sorted(self.stage.aux_losses)))]
+        sums = torch.tensor([[local.get(k, 0.0) for k in keys], [float(k in local) for k in keys]],
+                            dtype=torch.float64, device=self.acc.device)
+        sums = self.acc.reduce(sums, reduction="sum")
+        return {k: float(sums[0, i] / sums[1, i]) for i, k in enumerate(keys) if float(sums[1, i]) > 0}
 
     def finish(self, loop: _Loop) -> None:
         """Held-out losses, the last checkpoint, the export and the stage file."""
