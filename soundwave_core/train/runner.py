@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -130,6 +131,7 @@ class StageRunner:
         total = self.total_steps(sampler.batches_per_epoch())
         optimizer, scheduler = self.build_optimizer(model, total)
         self.acc.free_memory()  # save_state saves every prepared object: forget the previous stage's
+        self.configure_deepspeed()
         model, optimizer = self.acc.prepare(model, optimizer)
         hooks = TrainableWeightsHooks(self.acc)
         try:
@@ -150,6 +152,17 @@ class StageRunner:
     def stage_seed(self) -> int:
         """The seed of the stage's batch order and SpecAugment masks."""
         return self.ctx.recipe.seed + 1000 * self.stage.index
+
+    def configure_deepspeed(self) -> None:
+        """Under DeepSpeed (not tested without GPUs), the engine takes the micro-batch and the
+        accumulation from its config (it scales the loss and steps at accumulation boundaries
+        itself): give it the stage's."""
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is None:
+            return
+        s = self.stage.settings
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = s.batch_size // self.acc.num_processes
+        plugin.deepspeed_config["gradient_accumulation_steps"] = s.grad_accum
 
     def num_workers(self) -> int:
         configured = self.ctx.recipe.data.num_workers
@@ -312,6 +325,7 @@ class StageRunner:
         the gradient of the global batch's mean loss."""
         acc, model, optimizer = self.acc, loop.model, loop.optimizer
         accum = self.stage.settings.grad_accum
+        divisor = 1 if acc.distributed_type == DistributedType.DEEPSPEED else accum  # DeepSpeed divides itself
         sums: dict[str, float] = {}
         rows = 0
         finite = True
@@ -337,7 +351,7 @@ class StageRunner:
             if bad.item() > 0:
                 finite = False
                 break
-            acc.backward((loss if weight == 1 else loss * weight) / accum)
+            acc.backward((loss if weight == 1 else loss * weight) / divisor)
             named = {"loss": total} if total is not None else {}
             named.update({f"{name}_loss": value for name, value in losses.items()})
             for key, value in named.items():
