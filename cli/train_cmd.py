@@ -15,11 +15,13 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Require a checkpoint of this recipe in output_dir and continue it (resuming also happens automatically when one exists).")] = False,
 ) -> None:
     """Train every stage of a recipe in order (single process, or under `accelerate launch`)."""
+    from accelerate import PartialState
+
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
     from swv.train.train_recipe import train as run
 
     loaded = load_recipe(recipe, overrides or [], default_registry())
     exports = run(loaded, stage=stage, from_stage=from_stage, resume=resume)
-    if exports:
+    if exports and PartialState().is_main_process:  # once, not once per process
         typer.echo(f"done: final export at {exports[-1]}")

@@ -16,6 +16,9 @@ from swv.recipes.schema import SpecAugmentSettings
 
 log = logging.getLogger(__name__)
 
+#: optional row key: the seed of that row's SpecAugment masks (set by the training data loader)
+AUGMENT_SEED = "augment_seed"
+
 
 class SpecAugment:
     """Frequency and time masking (torchaudio) on each sample's valid feature frames.
@@ -32,19 +35,29 @@ class SpecAugment:
         self.freq = T.FrequencyMasking(settings.freq_mask_param) if settings.freq_mask_param else None
         self.time = T.TimeMasking(settings.time_mask_param) if settings.time_mask_param else None
 
-    def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``features [B, ...]`` with time on ``time_axis`` of each sample."""
+    def __call__(self, features: torch.Tensor, lengths: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        """``features [B, ...]`` with time on ``time_axis`` of each sample. With ``seeds`` (one
+        per sample), sample b's masks come from ``seeds[b]`` alone (the global RNG is left as it
+        was): the same masks in any worker process, on any number of processes, after a resume."""
         out = features.clone()
         axis = self.time_axis if self.time_axis < 0 else self.time_axis - 1  # within one sample
         for b in range(out.shape[0]):  # data pipeline, not the model's forward pass
-            n = int(lengths[b])
-            sample = out[b].narrow(axis, 0, n)
+            sample = out[b].narrow(axis, 0, int(lengths[b]))
             view = sample if axis in (-1, sample.dim() - 1) else sample.transpose(0, 1)  # [freq, time]
-            for _ in range(self.settings.num_freq_masks if self.freq else 0):
-                view.copy_(self.freq(view))
-            for _ in range(self.settings.num_time_masks if self.time else 0):
-                view.copy_(self.time(view))
+            if seeds is None:
+                self._mask(view)
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(seeds[b])  # the CPU generator only
+                self._mask(view)
         return out
+
+    def _mask(self, view: torch.Tensor) -> None:
+        """Mask one sample's ``[freq, time]`` view in place."""
+        for _ in range(self.settings.num_freq_masks if self.freq else 0):
+            view.copy_(self.freq(view))
+        for _ in range(self.settings.num_time_masks if self.time else 0):
+            view.copy_(self.time(view))
 
 
 class SpeechCollator:
@@ -55,6 +68,7 @@ class SpeechCollator:
     ``mode="lm"``: prompts for every row (right padded ``input_ids``/``attention_mask``/
     ``labels``) + audio of the rows that have audio, in row order, + CTC targets of those
     (transcript tokens; length 0 where a row has no transcript).
+    A row may carry an ``augment_seed`` (:data:`AUGMENT_SEED`) for its SpecAugment masks.
     Unreadable audio raises (naming the manifest and line) unless the row's source is set to
     ``on_error: skip``; skipped rows are counted in ``self.skipped``.
     With a ``feature_cache`` (frozen encoders only), a batch whose audio is all cached gets
@@ -125,7 +139,8 @@ class SpeechCollator:
         elif waves:
             features, lengths = self.encoder.extract_features(waves)
             if self.spec_augment is not None:
-                features = self.spec_augment(features, lengths)
+                seeds = [r.get(AUGMENT_SEED) for r in kept if r.get("audio")]
+                features = self.spec_augment(features, lengths, None if None in seeds else seeds)
             batch["input_features"], batch["feature_lengths"] = features, lengths
         if audio_rows and self.with_ctc_targets:
             batch.update(self._ctc_targets(audio_rows))

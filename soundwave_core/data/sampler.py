@@ -8,6 +8,11 @@ Batches are built from pools of ``pool_batches`` batches' worth of samples, sort
 inside the pool (so similar lengths share a batch), split by ``batch_size`` and an optional
 frame budget, and shuffled. Everything derives from (seed, epoch), so the position
 ``(epoch, batch)`` is the whole resumable state.
+
+``batch_size`` is the global batch: each batch is split across the ``world_size`` processes
+(process r takes the r-th contiguous share), so every process count sees the same examples in
+the same order per global step, and an epoch (the unit of the temperature schedule) is the
+same number of examples seen whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -33,7 +38,19 @@ def mixture_probabilities(sizes: Sequence[int], temperature: float) -> np.ndarra
 @dataclass
 class SamplerPosition:
     epoch: int = 0
-    batch: int = 0  # batches of this epoch already consumed (global, before sharding)
+    batch: int = 0  # global batches of this epoch already consumed
+
+
+@dataclass
+class Share:
+    """One process's share of a global batch, and where the sampler is after it."""
+
+    indices: list[int]  # global row indices of this process's share
+    global_rows: int  # rows of the whole global batch (all processes)
+    offset: int  # position of ``indices[0]`` inside the global batch
+    epoch: int  # the epoch the batch belongs to
+    batch: int  # its index in that epoch
+    after: SamplerPosition  # the position after this batch (what a checkpoint records)
 
 
 class MixtureBatchSampler:
@@ -42,12 +59,13 @@ class MixtureBatchSampler:
     Args:
         sizes: rows per task (in the order of concatenation).
         durations: per-row durations in seconds (``-1`` for text-only rows), concatenated.
-        batch_size: rows per batch.
+        batch_size: rows per global batch (split across processes).
         temperature, temperature_step: the mixture schedule.
         max_frames_per_batch: optional budget on ``batch rows x longest duration x frame_rate``.
         frame_rate: frames per second for that budget.
         seed: base seed; epoch e uses ``seed + e``.
-        rank, world_size: each process takes every ``world_size``-th batch.
+        rank, world_size: process ``rank`` takes the ``rank``-th of ``world_size`` contiguous
+            shares of every global batch.
         shuffle: False gives a fixed, sequential, unmixed order (for evaluation).
     """
 
@@ -137,21 +155,31 @@ class MixtureBatchSampler:
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
-        """Endless iterator from the current position; updates ``position`` as it goes."""
+        """Endless iterator of this process's shares from the current position."""
+        for share in self.shares():
+            yield share.indices
+
+    def shares(self) -> Iterator[Share]:
+        """Endless iterator (one pass without shuffle) of this process's :class:`Share` of each
+        global batch from the current position; updates ``position`` as it goes."""
         while True:
             epoch = self.position.epoch
             batches = self.epoch_batches(epoch)
-            usable = len(batches) - len(batches) % self.world_size if len(batches) >= self.world_size else len(batches)
-            while self.position.batch < usable:
-                idx = self.position.batch + self.rank
-                self.position.batch += self.world_size
-                yield batches[min(idx, len(batches) - 1)]
+            while self.position.batch < len(batches):
+                index = self.position.batch
+                rows = batches[index]
+                start = len(rows) * self.rank // self.world_size
+                stop = len(rows) * (self.rank + 1) // self.world_size
+                self.position = SamplerPosition(epoch, index + 1)
+                after = SamplerPosition(epoch, index + 1) if index + 1 < len(batches) else SamplerPosition(epoch + 1, 0)
+                yield Share(rows[start:stop], len(rows), start, epoch, index, after)
             self.position = SamplerPosition(epoch + 1, 0)
             if not self.shuffle:
                 return
 
     def batches_per_epoch(self) -> int:
-        return max(1, len(self.epoch_batches(0)) // self.world_size)
+        """Global batches in epoch 0 (the same for every number of processes)."""
+        return max(1, len(self.epoch_batches(0)))
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.position.epoch, "batch": self.position.batch}

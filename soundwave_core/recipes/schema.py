@@ -128,6 +128,16 @@ class DataSection(StrictModel):
         description="directory of cached frozen-encoder outputs (default: <output_dir>/feature_cache)",
     )
     use_feature_cache: bool = True
+    num_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="data loader worker processes per training process (0: load in the training "
+        "process; default: from the CPU count, see swv.train.data_loader.default_num_workers)",
+    )
+    log_batches: bool = Field(
+        default=False,
+        description="write the row indices each process trains on, per step, to <stage>/batches-rank<N>.jsonl",
+    )
 
 
 class OptimizerSettings(StrictModel):
@@ -165,6 +175,8 @@ class StageSettings(StrictModel):
     losses: dict[str, float] = Field(min_length=1)
     optimizer: OptimizerSettings
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    #: the global batch: rows per micro-step summed over all processes (each process takes
+    #: batch_size / world_size); an optimizer step sees batch_size x grad_accum rows
     batch_size: int = Field(ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_steps: int | None = Field(default=None, ge=1)

@@ -1,32 +1,45 @@
-"""Training checkpoints: trainable weights, optimizer, scheduler, sampler position and RNG
-states, written to a temporary directory and renamed into place; the last K are kept."""
+"""Training checkpoints through accelerate's ``save_state``/``load_state``: the model and
+optimizer as the distributed setup shards them (FSDP, DeepSpeed ZeRO: each process's part;
+DDP and one process: the trainable weights only, ``trainable.safetensors``), every process's
+RNG states, plus the scheduler, the trainer state (step, sampler position) and the recipe.
+All processes write into a temporary directory that the main process renames into place once
+complete; the last ``keep_last`` are kept.
+
+Checkpoints written by swv before this layout (``optimizer.pt``, ``rng_rank*.json``) are not
+read: resume such a run from its stage's export instead (``stages.N.init_from``).
+"""
 
 from __future__ import annotations
 
 import json
-import random
+import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from swv.errors import InputError
-from swv.io import atomic_directory, atomic_write_json
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
+TRAINABLE_FILE = "trainable.safetensors"
+SCHEDULER_FILE = "scheduler.pt"
+RECIPE_FILE = "recipe.yaml"
+RNG_FILE = "random_states_{rank}.pkl"  # accelerate's name for a process's RNG states
 
 
 @dataclass
 class TrainerState:
     step: int
-    sampler: dict[str, int]
+    sampler: dict[str, int]  # the sampler position after the last consumed batch
     bad_steps: int
     recipe_hash: str
     samples_seen: int = 0
@@ -36,94 +49,81 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": _jsonable(random.getstate()),
-        "numpy": _jsonable(np.random.get_state()),
-    }
-    return state
+class TrainableWeightsHooks:
+    """accelerate save/load pre-hooks of one stage: for models accelerate saves whole (one
+    process, DDP), write and read only the trainable weights (a frozen 8B backbone is not
+    copied into every checkpoint). FSDP and DeepSpeed models are left to accelerate."""
+
+    def __init__(self, acc: Accelerator) -> None:
+        self.acc = acc
+        self.handles = [acc.register_save_state_pre_hook(self.save), acc.register_load_state_pre_hook(self.load)]
+
+    def save(self, models: list[nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
+        if not weights:  # FSDP / DeepSpeed: accelerate saves the shards itself
+            return
+        if len(models) != 1 or len(weights) != 1:
+            raise InputError(f"{output_dir}: expected one model to checkpoint, got {len(models)}")
+        weights.clear()
+        if self.acc.is_main_process:
+            save_file(trainable_state(self.acc.unwrap_model(models[0])), str(Path(output_dir) / TRAINABLE_FILE))
+
+    def load(self, models: list[nn.Module], input_dir: str) -> None:
+        if not models:
+            return
+        model = self.acc.unwrap_model(models.pop())
+        weights = load_file(str(Path(input_dir) / TRAINABLE_FILE))
+        params = dict(model.named_parameters())
+        unknown = [k for k in weights if k not in params]
+        if unknown:
+            raise InputError(f"{input_dir}: checkpoint has weights this model lacks: {unknown[:3]}")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
-    if isinstance(obj, (tuple, list)):
-        return [_jsonable(o) for o in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+def save_checkpoint(acc: Accelerator, target: Path, *, scheduler: Any, state: TrainerState, recipe_yaml: str) -> None:
+    """Called by every process: ``acc.save_state`` into ``.<name>.tmp`` beside ``target``; the
+    main process adds the scheduler, recipe and trainer state (last: it marks the checkpoint
+    complete) and renames the directory to ``target``."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        (tmp / RECIPE_FILE).write_text(recipe_yaml)
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        _replace_directory(tmp, target)
+    acc.wait_for_everyone()
 
 
-def _from_json(obj: Any) -> Any:
-    if isinstance(obj, dict) and "__ndarray__" in obj:
-        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
-    if isinstance(obj, list):
-        return tuple(_from_json(o) for o in obj)
-    return obj
+def _replace_directory(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``; an existing ``target`` is removed only once replaced."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(
-    directory: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: TrainerState,
-    recipe_yaml: str,
-    rank: int,
-    is_main: bool,
-) -> None:
-    """Main process writes the shared files; every rank writes its own RNG state."""
-    if is_main:
-        with atomic_directory(directory) as tmp:
-            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            (tmp / "recipe.yaml").write_text(recipe_yaml)
-            (tmp / STATE_FILE).write_text(json.dumps(state.__dict__, indent=2))
-            _save_rng(tmp, rank)
-    else:
-        _save_rng(directory, rank)
-
-
-def _save_rng(directory: Path, rank: int) -> None:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = s
-    save_file(tensors, str(directory / f"rng_rank{rank}.safetensors"))
-    atomic_write_json(directory / f"rng_rank{rank}.json", rng_state())
-
-
-def load_checkpoint(
-    directory: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    rank: int,
-) -> TrainerState:
-    weights = load_file(str(directory / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    unknown = [k for k in weights if k not in params]
-    if unknown:
-        raise InputError(f"{directory}: checkpoint has weights this model lacks: {unknown[:3]}")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True, map_location="cpu"))
-    rng_file = directory / f"rng_rank{rank}.safetensors"
-    if rng_file.is_file():
-        tensors = load_file(str(rng_file))
-        torch.set_rng_state(tensors["torch"])
-        if torch.cuda.is_available():
-            cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
-            if len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
-        py = json.loads((directory / f"rng_rank{rank}.json").read_text())
-        random.setstate(_from_json(py["python"]))
-        np.random.set_state(_from_json(py["numpy"]))
+def load_checkpoint(acc: Accelerator, directory: Path, *, scheduler: Any) -> TrainerState:
+    """Called by every process: restore what :func:`save_checkpoint` wrote (model, optimizer,
+    this process's RNG states, scheduler) and return the trainer state."""
+    if not (directory / RNG_FILE.format(rank=0)).is_file():
+        raise InputError(
+            f"{directory}: not a checkpoint of this swv version (no {RNG_FILE.format(rank=0)}); start the "
+            "stage again in a new output_dir, or continue from an export with stages.N.init_from"
+        )
+    acc.load_state(str(directory))
+    scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True, map_location="cpu"))
     return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
 
 

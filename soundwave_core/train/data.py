@@ -60,13 +60,15 @@ def make_sampler(
     frame_rate: float,
     shuffle: bool = True,
 ) -> MixtureBatchSampler:
+    """``batch_size`` is the global batch; ``max_frames_per_batch`` is a per-process budget
+    (a global batch may hold ``world_size`` times as many frames)."""
     return MixtureBatchSampler(
         data.sizes,
         data.dataset["duration"],
         batch_size,
         temperature=stage_data.mixture.temperature,
         temperature_step=stage_data.mixture.temperature_step,
-        max_frames_per_batch=max_frames_per_batch,
+        max_frames_per_batch=None if max_frames_per_batch is None else max_frames_per_batch * world_size,
         frame_rate=frame_rate,
         seed=seed,
         rank=rank,

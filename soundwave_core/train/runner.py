@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -21,6 +22,7 @@ from swv.config import CONFIG_NAME
 from swv.errors import SwvError, UsageError
 from swv.io import atomic_write_json
 from swv.train.checkpoint import (
+    TrainableWeightsHooks,
     TrainerState,
     checkpoint_recipe_hash,
     list_checkpoints,
@@ -29,6 +31,7 @@ from swv.train.checkpoint import (
     save_checkpoint,
 )
 from swv.train.data import StageDataset, load_stage_data, make_sampler
+from swv.train.data_loader import BatchLog, default_num_workers, next_batch, training_loader
 from swv.train.stages import CTC, LM, Stage
 from swv.train.trainable import apply_trainable, format_counts, is_peft_adapter_weight
 
@@ -128,16 +131,43 @@ class StageRunner:
         evaluator = self.build_evaluator(model, feature_cache)
         total = self.total_steps(sampler.batches_per_epoch())
         optimizer, scheduler = self.build_optimizer(model, total)
+        self.acc.free_memory()  # save_state saves every prepared object: forget the previous stage's
+        self.configure_deepspeed()
         model, optimizer = self.acc.prepare(model, optimizer)
-        state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash)
-        state = self.maybe_resume(model, optimizer, scheduler, sampler, state)
-        sampler.load_state_dict(state.sampler)
-        self.write_stage_file(done=False, step=state.step, total=total)
-        loop = _Loop(model, optimizer, scheduler, data, sampler, collate, evaluator, state, total,
-                     MetricsLog(self.stage_dir / "metrics.jsonl", self.acc.is_main_process, resume_step=state.step))
-        self.train_loop(loop)
-        self.finish(loop)
+        hooks = TrainableWeightsHooks(self.acc)
+        try:
+            state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash)
+            state = self.maybe_resume(scheduler, state)
+            sampler.load_state_dict(state.sampler)
+            self.write_stage_file(done=False, step=state.step, total=total)
+            loop = _Loop(model, optimizer, scheduler, data, sampler, collate, evaluator, state, total,
+                         MetricsLog(self.stage_dir / "metrics.jsonl", self.acc.is_main_process, resume_step=state.step),
+                         position=dict(state.sampler), epoch=int(state.sampler["epoch"]))
+            self.train_loop(loop)
+            self.finish(loop)
+        finally:
+            hooks.remove()
         return self.export_dir
+
+    @property
+    def stage_seed(self) -> int:
+        """The seed of the stage's batch order and SpecAugment masks."""
+        return self.ctx.recipe.seed + 1000 * self.stage.index
+
+    def configure_deepspeed(self) -> None:
+        """Under DeepSpeed (not tested without GPUs), the engine takes the micro-batch and the
+        accumulation from its config (it scales the loss and steps at accumulation boundaries
+        itself): give it the stage's."""
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is None:
+            return
+        s = self.stage.settings
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = s.batch_size // self.acc.num_processes
+        plugin.deepspeed_config["gradient_accumulation_steps"] = s.grad_accum
+
+    def num_workers(self) -> int:
+        configured = self.ctx.recipe.data.num_workers
+        return default_num_workers(self.acc.num_processes) if configured is None else configured
 
     def prepare_model(self) -> SpeechLM:
         """The starting model with the stage's trainable set applied (and recorded in its config)."""
@@ -158,7 +188,7 @@ class StageRunner:
             data,
             s.data,
             s.batch_size,
-            seed=self.ctx.recipe.seed + 1000 * self.stage.index,
+            seed=self.stage_seed,
             rank=self.acc.process_index,
             world_size=self.acc.num_processes,
             max_frames_per_batch=self.ctx.recipe.data.max_frames_per_batch,
@@ -181,13 +211,18 @@ class StageRunner:
         """Optimizer steps up to ``loop.total``: skip non-finite steps, log, evaluate and checkpoint."""
         s = self.stage.settings
         progress = Progress(loop.total, loop.state.step, self.stage.name, self.acc.is_main_process)
-        batches = iter(loop.sampler)
+        workers = self.num_workers()
+        self.ctx.print(f"[{self.stage.name}] data loader: {workers} worker process(es) per training process")
+        loader = training_loader(loop.data, loop.sampler, loop.collate, seed=self.stage_seed, num_workers=workers,
+                                 pin_memory=self.acc.device.type == "cuda")
+        loop.batches = iter(loader)
+        if self.ctx.recipe.data.log_batches:
+            loop.batch_log = BatchLog(self.stage_dir / f"batches-rank{self.acc.process_index}.jsonl", loop.state.step)
         window = _Window()
         loop.model.train()
         self.log_mixture(loop)
         while loop.state.step < loop.total:
-            metrics, ok, rows = self.train_step(loop.model, loop.optimizer, batches, loop.data, loop.collate,
-                                                s.optimizer.max_grad_norm)
+            metrics, ok, rows = self.train_step(loop, s.optimizer.max_grad_norm)
             self.log_mixture(loop)
             window.rows += rows
             if not ok:
@@ -205,12 +240,13 @@ class StageRunner:
             if s.save_every and loop.state.step % s.save_every == 0 and loop.state.step < loop.total:
                 if loop.evaluator is not None:
                     self.log_held_out(loop, loop.evaluator(loop.model))
-                self.checkpoint(loop.model, loop.optimizer, loop.scheduler, loop.sampler, loop.state)
+                self.checkpoint(loop)
+        loop.batches = None  # stops the loader's workers
         progress.close()
 
     def log_mixture(self, loop: _Loop) -> None:
-        """Log the task mixture once per epoch (when the sampler enters a new one)."""
-        epoch = loop.sampler.position.epoch
+        """Log the task mixture once per epoch (when training enters a new one)."""
+        epoch = loop.epoch
         if epoch == loop.logged_epoch:
             return
         loop.logged_epoch = epoch
@@ -235,10 +271,10 @@ class StageRunner:
     def log_window(self, loop: _Loop, window: _Window) -> dict[str, Any]:
         """Mean metrics of the steps since the last log line, to metrics.jsonl and the trackers."""
         elapsed = max(time.perf_counter() - window.start, 1e-9)
-        record = _mean(window.metrics) | {
+        record = self.mean_over_processes(_mean(window.metrics)) | {
             "step": loop.state.step,
             "lr": loop.scheduler.get_last_lr()[0],
-            "epoch": loop.sampler.position.epoch,
+            "epoch": loop.epoch,
             "samples_per_s": window.rows * self.acc.num_processes / elapsed,
         }
         loop.logger.write(record)
@@ -257,13 +293,24 @@ class StageRunner:
 
             self.acc.log(numeric(values, self.stage.name), step=step)
 
+    def mean_over_processes(self, local: dict[str, float]) -> dict[str, float]:
+        """Each loss averaged over the processes that report it (each process's value is the
+        mean over its share of the global batches: the processes' mean is the global mean)."""
+        if self.acc.num_processes == 1:
+            return local
+        keys = ["loss", *(f"{name}_loss" for name in (LM, CTC, *sorted(self.stage.aux_losses)))]
+        sums = torch.tensor([[local.get(k, 0.0) for k in keys], [float(k in local) for k in keys]],
+                            dtype=torch.float64, device=self.acc.device)
+        sums = self.acc.reduce(sums, reduction="sum")
+        return {k: float(sums[0, i] / sums[1, i]) for i, k in enumerate(keys) if float(sums[1, i]) > 0}
+
     def finish(self, loop: _Loop) -> None:
         """Held-out losses, the last checkpoint, the export and the stage file."""
         if loop.evaluator is not None:
             result = loop.evaluator(loop.model)
             self.log_held_out(loop, result)
             self.ctx.print(f"[{self.stage.name}] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
-        self.checkpoint(loop.model, loop.optimizer, loop.scheduler, loop.sampler, loop.state)
+        self.checkpoint(loop)
         self.export(loop.model)
         self.write_stage_file(done=True, step=loop.state.step, total=loop.total)
 
@@ -273,31 +320,36 @@ class StageRunner:
         if not s.data.eval_datasets:
             return None
         data = load_stage_data(self.ctx.recipe.data, s.data.eval_datasets, self.where + " eval")
-        sampler = make_sampler(data, s.data, s.batch_size, seed=0, rank=self.acc.process_index,
+        sampler = make_sampler(data, s.data, s.batch_size // self.acc.num_processes, seed=0, rank=self.acc.process_index,
                                world_size=self.acc.num_processes, max_frames_per_batch=None,
                                frame_rate=model.encoder.frame_rate, shuffle=False)
         collate = self.build_collator(model, training=False, feature_cache=feature_cache)
         batches = sampler.epoch_batches(0)[self.acc.process_index :: self.acc.num_processes]
         return HeldOutEvaluator(self.stage, self.acc, data, collate, batches)
 
-    def train_step(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        batches: Iterator[list[int]],
-        data: StageDataset,
-        collate: SpeechCollator,
-        max_norm: float | None,
-    ) -> tuple[dict[str, float], bool, int]:
-        """One optimizer step over ``grad_accum`` micro-batches. Returns (metrics, ok, rows):
-        the weighted ``loss`` and each unweighted ``<name>_loss``, averaged over micro-batches."""
-        acc = self.acc
+    def train_step(self, loop: _Loop, max_norm: float | None) -> tuple[dict[str, float], bool, int]:
+        """One optimizer step over ``grad_accum`` global micro-batches (this process's share of
+        each, from ``loop.batches``; ``loop.position`` and ``loop.epoch`` follow them). Returns
+        (metrics, ok, rows): the weighted ``loss`` and each unweighted ``<name>_loss``, averaged
+        over micro-batches.
+
+        Each process's loss is a mean over its share; it is weighted by the share's part of the
+        global batch (1 when the batch splits evenly), so that the processes' mean gradient is
+        the gradient of the global batch's mean loss."""
+        acc, model, optimizer = self.acc, loop.model, loop.optimizer
         accum = self.stage.settings.grad_accum
+        divisor = 1 if acc.distributed_type == DistributedType.DEEPSPEED else accum  # DeepSpeed divides itself
         sums: dict[str, float] = {}
         rows = 0
         finite = True
         for micro in range(accum):
-            batch = collate(data.rows(next(batches)))
+            assert loop.batches is not None
+            loaded = next_batch(loop.batches)
+            loop.position, loop.epoch = loaded["position"], loaded["epoch"]
+            if loop.batch_log is not None:
+                loop.batch_log.write(loop.state.step + 1, micro, loaded["indices"])
+            weight = loaded["rows"] * acc.num_processes / loaded["global_rows"]
+            batch = loaded["inputs"]
             rows += int(batch.get("num_rows", 0))
             sync = micro == accum - 1
             ctx = acc.no_sync(model) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
@@ -312,7 +364,7 @@ class StageRunner:
             if bad.item() > 0:
                 finite = False
                 break
-            acc.backward(loss / accum)
+            acc.backward((loss if weight == 1 else loss * weight) / divisor)
             named = {"loss": total} if total is not None else {}
             named.update({f"{name}_loss": value for name, value in losses.items()})
             for key, value in named.items():
@@ -327,25 +379,17 @@ class StageRunner:
         return sums, True, rows
 
     # -- checkpoints, resume, export ---------------------------------------------------------
-    def checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                   sampler: MixtureBatchSampler, state: TrainerState) -> None:
-        acc = self.acc
-        state.sampler = sampler.state_dict()
-        target = self.ckpt_dir / f"step-{state.step:07d}"
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            save_checkpoint(target, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler, state=state,
-                            recipe_yaml=self.ctx.recipe_yaml, rank=0, is_main=True)
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            save_checkpoint(target, model=acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler, state=state,
-                            recipe_yaml=self.ctx.recipe_yaml, rank=acc.process_index, is_main=False)
-        acc.wait_for_everyone()
-        if acc.is_main_process:
+    def checkpoint(self, loop: _Loop) -> None:
+        """Every process: the stage's state after ``loop.state.step`` (the sampler position of
+        the last batch consumed, not of the loader's prefetching) through accelerate."""
+        loop.state.sampler = dict(loop.position)
+        target = self.ckpt_dir / f"step-{loop.state.step:07d}"
+        save_checkpoint(self.acc, target, scheduler=loop.scheduler, state=loop.state, recipe_yaml=self.ctx.recipe_yaml)
+        if self.acc.is_main_process:
             prune_checkpoints(self.ckpt_dir, self.stage.settings.keep_last)
+        self.acc.wait_for_everyone()
 
-    def maybe_resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                     sampler: MixtureBatchSampler, state: TrainerState) -> TrainerState:
+    def maybe_resume(self, scheduler: LRScheduler, state: TrainerState) -> TrainerState:
         found = list_checkpoints(self.ckpt_dir)
         if not found:
             return state
@@ -355,7 +399,7 @@ class StageRunner:
                 f"{self.ckpt_dir}: holds checkpoints of a different recipe; use another output_dir "
                 "(or remove that directory) to start over"
             )
-        loaded = load_checkpoint(latest, model=self.acc.unwrap_model(model), optimizer=optimizer, scheduler=scheduler, rank=self.acc.process_index)
+        loaded = load_checkpoint(self.acc, latest, scheduler=scheduler)
         self.ctx.print(f"resuming stage {self.stage.name} from {latest} (step {loaded.step})")
         return loaded
 
@@ -391,6 +435,10 @@ class _Loop:
     state: TrainerState
     total: int
     logger: MetricsLog
+    position: dict[str, int]  # the sampler position after the last batch training consumed
+    epoch: int  # the epoch of that batch
+    batches: Iterator[dict[str, Any]] | None = None  # the data loader's iterator while training
+    batch_log: BatchLog | None = None
     logged_epoch: int = -1
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import yaml
 from swv.config import CONFIG_NAME
 from swv.errors import UsageError
 from swv.io import atomic_write_json, atomic_write_text
+from swv.train.lock import OutputDirLock
 from swv.train.runner import RunContext, StageRunner, stage_done
 from swv.pluginmanager import default_registry
 from swv.train.stages import recipe_stages
@@ -42,6 +45,7 @@ def _accelerator(recipe: Any) -> Any:
 
     log_with = check_trackers(list(recipe.trackers)) or None
     return Accelerator(
+        cpu=launched_without_accelerator(),
         mixed_precision=recipe.precision,
         log_with=log_with,
         project_dir=recipe.output_dir,
@@ -49,10 +53,37 @@ def _accelerator(recipe: Any) -> Any:
     )
 
 
+def launched_without_accelerator() -> bool:
+    """Several processes (``WORLD_SIZE`` > 1, set by torchrun / ``accelerate launch``) on a
+    machine without GPUs: accelerate must be told to use the CPU, or each process sees a world
+    of one (DistributedType.NO) instead of joining a gloo group (MULTI_CPU)."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
+
+
+def batch_plan(recipe: Any, world_size: int) -> dict[str, dict[str, int]]:
+    """Per stage: the global batch, the per-process micro-batch derived from it, the gradient
+    accumulation and the rows per optimizer step. Raises :class:`UsageError` when a global
+    batch does not divide over the processes."""
+    plan = {}
+    for i, settings in enumerate(recipe.stages):
+        if settings.batch_size % world_size:
+            raise UsageError(
+                f"stages[{i}] ({settings.name}).batch_size: the global batch {settings.batch_size} does not divide "
+                f"over {world_size} processes; use a multiple of {world_size} or another number of processes"
+            )
+        plan[settings.name] = {
+            "global_batch": settings.batch_size,
+            "per_device_batch": settings.batch_size // world_size,
+            "grad_accum": settings.grad_accum,
+            "rows_per_step": settings.batch_size * settings.grad_accum,
+        }
+    return plan
+
+
 def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = None, resume: bool = False) -> list[Path]:
     """Run the selected stages of a validated recipe; returns the export directories."""
-    from accelerate.utils import set_seed
-
     recipe = loaded.recipe
     resolved = loaded.resolved()
     digest = recipe_hash(resolved)
@@ -64,6 +95,23 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
         raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
 
     acc = _accelerator(recipe)
+    plan = batch_plan(recipe, acc.num_processes)
+    with OutputDirLock(output_dir) if acc.is_main_process else contextlib.nullcontext() as lock:
+        if lock is not None and lock.took_over is not None:
+            print(f"{output_dir}: took over the lock of pid {lock.took_over}, which is no longer running", flush=True)
+        acc.wait_for_everyone()
+        return _train_locked(loaded, acc, plan, selected, stages, digest)
+
+
+def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], selected: list[int], stages: list[Any],
+                  digest: str) -> list[Path]:
+    """:func:`train` once the output directory is locked."""
+    from accelerate.utils import set_seed
+
+    recipe = loaded.recipe
+    resolved = loaded.resolved()
+    output_dir = Path(recipe.output_dir)
+    names = [s.name for s in recipe.stages]
     set_seed(recipe.seed)
     if not sys.stderr.isatty():  # keep logs of non-interactive runs readable
         from transformers.utils import logging as hf_logging
@@ -74,7 +122,13 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)
-        atomic_write_json(output_dir / "run.json", {"stages": names, "recipe_hash": digest, "source": str(loaded.source)})
+        atomic_write_json(output_dir / "run.json", {"stages": names, "recipe_hash": digest, "source": str(loaded.source),
+                                                    "world_size": acc.num_processes,
+                                                    "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+                                                    "batch": plan})
+    for name, entry in plan.items():
+        ctx.print(f"{name}: global batch {entry['global_batch']} = {acc.num_processes} process(es) x "
+                  f"{entry['per_device_batch']}, x {entry['grad_accum']} accumulation = {entry['rows_per_step']} rows per step")
     if recipe.trackers:
         from swv.train.tracking import flatten_hparams
 
