@@ -160,3 +160,4 @@ def test_swv_version() -> None:
     from importlib.metadata import version
 
     assert swv.__version__ == version("swv")
+

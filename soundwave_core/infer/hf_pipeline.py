@@ -1,6 +1,7 @@
 """The ``audio-text-to-text`` task of ``transformers.pipeline`` for swv models.
 
-``import swv`` registers it (:mod:`swv.hf_auto`), so that::
+Importing this module registers the task; ``import swv`` imports it as soon as
+``transformers.pipelines`` is imported (:mod:`swv.hf_auto`), so that::
 
     pipe = transformers.pipeline("audio-text-to-text", model="path/to/export")
     pipe("clip.wav", prompt="Transcribe the speech.")          # {"generated_text": "..."}
@@ -20,9 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from transformers import AutoModel
 from transformers import Pipeline as HFPipeline
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from swv.errors import UsageError
+from swv.hf_auto import PIPELINE_TASK
 from swv.infer.pipeline import DEFAULT_PROMPT, GenerationSettings, Pipeline, Result, Waveform
 from swv.model.speechlm import SpeechLM
 
@@ -93,3 +97,9 @@ class AudioTextToTextPipeline(HFPipeline):
     def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
         result: Result = model_outputs["result"]
         return {"generated_text": result.text}
+
+
+# transformers.pipeline(PIPELINE_TASK, model=...) builds this pipeline (see swv.hf_auto)
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=AudioTextToTextPipeline, pt_model=AutoModel, type="multimodal"
+)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.config import CONFIG_NAME
@@ -473,10 +473,7 @@ class SpeechLM(PreTrainedModel):
             self.backbone.tokenizer.save_pretrained(str(tmp))
             saved = config.to_dict()
             saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
-            text = json.dumps(saved, indent=2, sort_keys=True) + "\n"
-            (tmp / CONFIG_NAME).write_text(text)
-            (tmp / HF_CONFIG_NAME).write_text(text)
-            (tmp / MODEL_CARD).write_text(render_model_card(saved))
+            write_config_files(tmp, saved)
         return target
 
     @classmethod
@@ -523,6 +520,15 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
+def write_config_files(directory: Path, saved: dict[str, Any]) -> None:
+    """Write a model directory's config (``SpeechLMConfig.to_dict()`` form) as ``swv_config.json``
+    and, for transformers, as ``config.json``, and its model card ``README.md``."""
+    text = json.dumps(saved, indent=2, sort_keys=True) + "\n"
+    (directory / CONFIG_NAME).write_text(text)
+    (directory / HF_CONFIG_NAME).write_text(text)
+    (directory / MODEL_CARD).write_text(render_model_card(saved))
+
+
 def _point_lora_at_backbone(directory: Path, backbone: dict[str, Any]) -> None:
     """Make the saved LoRA's ``base_model_name_or_path`` the export's own backbone (PEFT records
     the path the weights were loaded from, e.g. the previous stage's export): its ``path`` as
@@ -551,3 +557,7 @@ def _load_into(module: nn.Module, path: Path) -> None:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
         raise InputError(f"{path}: weights do not match the configured module ({detail})")
 
+
+# transformers' Auto classes know swv models (see swv.hf_auto): no trust_remote_code needed
+AutoConfig.register(SpeechLMConfig.model_type, SpeechLMConfig, exist_ok=True)
+AutoModel.register(SpeechLMConfig, SpeechLM, exist_ok=True)
