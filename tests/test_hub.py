@@ -128,7 +128,9 @@ def test_component_revisions_are_pinned_in_the_export(
     assert saved["backbone"]["path"] == "org/llama" and saved["backbone"]["revision"] == COMMIT_A
     adapter_config = json.loads((export / "adapter_config.json").read_text())
     assert (adapter_config["base_model_name_or_path"], adapter_config["revision"]) == ("org/llama", COMMIT_A)
-    assert f"`org/llama` at revision `{COMMIT_A}`" in (export / "README.md").read_text()
+    card = (export / "README.md").read_text()
+    assert f"`org/llama` at revision `{COMMIT_A}`" in card and 'base_model: "org/llama"' in card
+    assert f'from_pretrained("org/llama", revision="{COMMIT_A}")' in card
 
     # the Hub moves on: main and stable now point at other weights; the export keeps its pin
     changed = tmp_path / "llama-changed"

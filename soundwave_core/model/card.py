@@ -14,6 +14,7 @@ from typing import Any
 
 from swv.config import CONFIG_NAME
 from swv.hf_auto import PIPELINE_TASK
+from swv.hub import HUB_ID
 
 
 def _source(component: dict[str, Any]) -> str:
@@ -32,8 +33,8 @@ def _front_matter(config: dict[str, Any]) -> str:
     """Hugging Face model-card metadata (YAML front matter)."""
     lines = ["---", "library_name: swv", f"pipeline_tag: {PIPELINE_TASK}", "tags:", "- swv", "- speech", "- audio"]
     backbone = config.get("backbone") or {}
-    base = backbone.get("path")
-    if base and not backbone.get("random_init") and config.get("bundled") is not None and "backbone" not in config["bundled"]:
+    base = backbone.get("path") or ""
+    if HUB_ID.match(base) and "backbone" not in (config.get("bundled") or []):
         lines.append(f"base_model: {json.dumps(base)}")
     lines.append("---")
     return "\n".join(lines)
@@ -73,7 +74,7 @@ def render_model_card(config: dict[str, Any]) -> str:
         "",
         "# swv speech language model",
         "",
-        "A speech LLM in the Soundwave style, built with [swv](https://pypi.org/project/swv/): an audio encoder, "
+        "A speech LLM in the Soundwave style, built with swv: an audio encoder, "
         "an adapter chain that aligns and shrinks its frames into the LLM's embedding space, and a causal LLM "
         "that answers instructions about the audio.",
         "",
@@ -92,7 +93,7 @@ def render_model_card(config: dict[str, Any]) -> str:
         "",
         "## How to load it",
         "",
-        "With swv installed (`pip install swv`); `MODEL` is this directory or its Hub id:",
+        "With swv installed; `MODEL` is this directory or its Hub id:",
         "",
         "```python",
         "from swv import Pipeline",
@@ -117,6 +118,7 @@ def render_model_card(config: dict[str, Any]) -> str:
     ]
     if lora:
         base = "backbone" if "backbone" in bundled else backbone.get("path")
+        pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and "backbone" not in bundled else ""
         lines += [
             "",
             "The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as "
@@ -126,7 +128,7 @@ def render_model_card(config: dict[str, Any]) -> str:
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if "backbone" in bundled else base}")',
+            f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if "backbone" in bundled else base}"{pin})',
             'llm = PeftModel.from_pretrained(base, "path/to/MODEL")',
             "```",
         ]
