@@ -38,6 +38,10 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     model: nn.Module
     tokenizer: Any
     audio_token_id: int
+    #: Commit of the Hugging Face Hub snapshot the weights were loaded from (``None`` when not
+    #: from the Hub). An export that references the backbone records it as the config's
+    #: ``revision`` (the config must then have a ``revision`` field).
+    hub_commit: str | None = None
 
     def __init__(self, config: BaseModel) -> None:
         super().__init__()

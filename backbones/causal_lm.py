@@ -34,6 +34,7 @@ from swv.backbones.shared_prefix import MIN_SHARED_PREFIX, decode_with_shared_pr
 from swv.config import ComponentConfig
 from swv.dtypes import torch_dtype
 from swv.errors import ComponentError, InputError, UsageError, first_line
+from swv.hub import resolve_dir
 from swv.io import atomic_directory
 from swv.model.context import BackboneInfo
 from swv.model.vocab_logits import VocabLogits
@@ -42,6 +43,8 @@ from swv.train.trainable import is_peft_adapter_weight
 #: Names PEFT gives the files of a saved adapter.
 LORA_CONFIG_FILE = "adapter_config.json"
 LORA_WEIGHTS_FILE = "adapter_model.safetensors"
+#: Files of a hub checkpoint the backbone needs: configs, tokenizer files, safetensors weights.
+_CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 #: Prefix of every key in a saved causal-LM LoRA (PeftModel -> LoraModel -> HF model).
 _LORA_KEY_PREFIX = "base_model.model."
 #: Saved name part of the added tokens' trained rows (``lora.train_added_tokens``).
@@ -73,6 +76,8 @@ class CausalLMConfig(ComponentConfig):
     """
 
     path: str | None = None
+    #: Branch, tag or commit of a hub id ``path`` (exports record the commit used).
+    revision: str | None = None
     gguf_file: str | None = None
     random_init: dict[str, Any] | None = None
     tokenizer: str | None = None
@@ -102,6 +107,8 @@ class CausalLMConfig(ComponentConfig):
                 raise ValueError("'random_init' needs 'tokenizer' (a tokenizer directory or hub id)")
         elif self.path is None and not gguf_absolute:
             raise ValueError("one of 'path' (a checkpoint directory or hub id) or 'random_init' is required")
+        if self.revision is not None and self.path is None:
+            raise ValueError("'revision' pins a hub id given as 'path'; it needs 'path'")
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
             raise ValueError(f"'gguf_file' must name a .gguf file, got {self.gguf_file!r}")
         if not self.audio_token or self.audio_token.strip() != self.audio_token:
@@ -193,6 +200,7 @@ class CausalLMBackbone(Backbone):
             config = self.config_class.model_validate(dict(config))
         super().__init__(config)
         self._check_local_files()
+        self._checkpoint = self._resolve_checkpoint()
         self.tokenizer = self._load_tokenizer()
         known_tokens = self.tokenizer.get_vocab()
         self._base_vocab_size = len(self.tokenizer)
@@ -236,10 +244,22 @@ class CausalLMBackbone(Backbone):
                 f"backbone.tokenizer: {tokenizer} does not exist (expected a tokenizer directory or hub id)"
             )
 
+    def _resolve_checkpoint(self) -> str | None:
+        """The local directory of ``path`` (a hub id at ``revision`` is fetched into the Hugging
+        Face cache by :func:`swv.hub.resolve_dir`, which sets :attr:`hub_commit`); ``None`` for
+        ``random_init``."""
+        path, gguf_file = self.config.source()
+        if path is None:
+            return None
+        patterns = [*_CHECKPOINT_PATTERNS, *([gguf_file] if gguf_file is not None else [])]
+        resolved = resolve_dir(path, "backbone.path", revision=self.config.revision, allow_patterns=patterns)
+        self.hub_commit = resolved.commit
+        return str(resolved.path)
+
     def _load_tokenizer(self) -> Any:
         cfg = self.config
-        path, gguf_file = cfg.source()
-        source = cfg.tokenizer if cfg.tokenizer is not None else path
+        _, gguf_file = cfg.source()
+        source = cfg.tokenizer if cfg.tokenizer is not None else self._checkpoint
         assert source is not None  # guaranteed by CausalLMConfig
         field = "tokenizer" if cfg.tokenizer is not None else "path"
         kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
@@ -300,12 +320,11 @@ class CausalLMBackbone(Backbone):
 
     def _load_pretrained_model(self) -> PreTrainedModel:
         cfg = self.config
-        path, gguf_file = cfg.source()
+        _, gguf_file = cfg.source()
+        path = self._checkpoint
         assert path is not None  # guaranteed by CausalLMConfig
         where = self._describe()
         field = "gguf_file" if gguf_file is not None else "path"
-        if _looks_local(path):
-            path = str(Path(path).expanduser())
         load_kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
         if gguf_file is not None:
             load_kwargs["gguf_file"] = gguf_file
@@ -501,7 +520,8 @@ class CausalLMBackbone(Backbone):
         return self.config.random_init is not None or self.config.gguf_file is not None
 
     def bundled_config(self, path: str, merged: bool = False) -> dict[str, Any]:
-        changes: dict[str, Any] = {"path": path, "random_init": None, "gguf_file": None, "tokenizer": None}
+        changes: dict[str, Any] = {"path": path, "revision": None, "random_init": None, "gguf_file": None,
+                                   "tokenizer": None}
         if merged:
             changes["lora"] = None
         return {**self.config.model_dump(mode="json"), **changes}

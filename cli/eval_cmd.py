@@ -15,6 +15,8 @@ from swv.cli.infer_cmd import (
     Dtype,
     MaxDuration,
     MaxNewTokens,
+    ModelSource,
+    Revision,
     Seed,
     System,
     Temperature,
@@ -28,7 +30,7 @@ NORMALIZE_MODES = ("auto", "english", "basic", "none")
 
 
 def eval_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory (recorded in the report).")],
+    model: ModelSource,
     manifest: Annotated[Path, typer.Option("--manifest", help="Test manifest (JSONL) with reference fields.")],
     task: Annotated[str, typer.Option("--task", help="asr (WER/CER), st (BLEU/chrF), classification (accuracy) or "
                                       "open (judge inputs, no score).")],
@@ -52,6 +54,7 @@ def eval_cmd(
     dtype: Dtype = None,
     batch_size: BatchSize = 8,
     max_duration: MaxDuration = None,
+    revision: Revision = None,
 ) -> None:
     """Evaluate a model on a test manifest and write a JSON report.
 
@@ -79,11 +82,11 @@ def eval_cmd(
         raise UsageError("--target-language applies to --task st only")
     out_dir = output_dir if output_dir is not None else Path(f"eval-{manifest.stem}-{task}")
     run = evaluate_model(
-        model_dir, manifest, task, out_dir,  # type: ignore[arg-type]
+        model, manifest, task, out_dir,  # type: ignore[arg-type]
         predictions=predictions,
         settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed),
         system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
-        normalize=normalize, target_language=target_language,
+        normalize=normalize, target_language=target_language, revision=revision,
     )
     if run.generation is not None:
         print(f"eval: {run.generation.format()}", file=sys.stderr)

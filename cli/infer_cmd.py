@@ -35,6 +35,10 @@ Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, 
 Dtype = Annotated[Optional[str], typer.Option(
     "--dtype", help="Cast the model to float32, float16 or bfloat16 (default: as saved).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs generated together.")]
+ModelSource = Annotated[str, typer.Argument(
+    metavar="MODEL", help="Model directory written by training / SpeechLM.save_pretrained, or a Hugging Face Hub id.")]
+Revision = Annotated[Optional[str], typer.Option(
+    "--revision", help="Branch, tag or commit of a Hub id MODEL (offline with HF_HUB_OFFLINE=1: from the cache).")]
 MaxDuration = Annotated[Optional[float], typer.Option(
     "--max-duration", min=0.0, help="Reject clips longer than this many seconds instead of windowing them.")]
 
@@ -188,7 +192,7 @@ def _run_manifest(
 
 
 def infer(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory written by training / SpeechLM.save_pretrained.")],
+    model: ModelSource,
     audio: Annotated[Optional[list[str]], typer.Argument(
         help="Audio files; '-' reads a WAV (or any soundfile format) from stdin.", show_default=False)] = None,
     prompt: Annotated[Optional[str], typer.Option(
@@ -220,6 +224,7 @@ def infer(
         "--chat", help="Continue the conversation in this JSON file (OpenAI-style messages; audio parts as "
         "{'type': 'audio', 'path': ...} relative to the file, or input_audio): AUDIO and --prompt form a new "
         "user turn; the answer is streamed and appended to the file.")] = None,
+    revision: Revision = None,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -237,11 +242,14 @@ def infer(
     split into consecutive windows whose encoder outputs are joined before
     the adapters; nothing is truncated (--max-duration rejects them instead).
     """
+    from swv.hub import resolve_model
+
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_p, seed)
     if cot:
         from dataclasses import replace
 
         settings = replace(settings, transcript_first=True)
+    model_dir = resolve_model(model, revision)
     common = dict(system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
                   stats=stats)
     if chat is not None:

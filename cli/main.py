@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -27,6 +28,25 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from swv import __version__
+
+        typer.echo(f"swv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print swv's version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Soundwave-style speech LLMs: recipes, plugins, training, inference and evaluation."""
+
+
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(recipe_cmd.app, name="recipe")
 app.command("train")(train_cmd.train)

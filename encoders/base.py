@@ -49,6 +49,10 @@ class Encoder(nn.Module, metaclass=ABCMeta):
     #: The Hugging Face feature extractor, if any (the default :meth:`save_pretrained` writes it
     #: next to the weights).
     feature_extractor: Any = None
+    #: Commit of the Hugging Face Hub snapshot the weights were loaded from (``None`` when not
+    #: from the Hub). An export that references the encoder records it as the config's
+    #: ``revision``, so the run is reproducible (the config must then have a ``revision`` field).
+    hub_commit: str | None = None
 
     def __init__(self, config: BaseModel) -> None:
         super().__init__()

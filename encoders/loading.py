@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,8 +18,8 @@ from torch import nn
 
 from swv.encoders.base import Encoder
 from swv.errors import ComponentError, InputError, first_line
+from swv.hub import Resolved, resolve_dir
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
 _BIN = "pytorch_model.bin"
@@ -30,31 +29,18 @@ _BIN_INDEX = "pytorch_model.bin.index.json"
 # ---------------------------------------------------------------------------------------------
 # Checkpoint helpers (shared by the built-in encoders)
 # ---------------------------------------------------------------------------------------------
-def resolve_checkpoint_dir(path: str, field: str) -> Path:
-    """A local checkpoint directory, or a Hugging Face Hub id downloaded with ``snapshot_download``.
+def resolve_checkpoint_dir(path: str, field: str, revision: str | None = None) -> Resolved:
+    """A local checkpoint directory, or a Hugging Face Hub id (at ``revision``) fetched with
+    ``snapshot_download`` (:func:`swv.hub.resolve_dir`): config/JSON files and safetensors
+    weights, or legacy ``pytorch_model*.bin`` when the snapshot has no safetensors.
 
     The hub is contacted only when ``path`` is not an existing local path and looks like a hub
     id (``name`` or ``org/name``); ``field`` (e.g. ``"encoder.path"``) prefixes error messages.
     """
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return local.resolve()
-    if local.exists():
-        raise InputError(f"{field}: {path} is a file; expected a checkpoint directory or hub id")
-    if path.startswith((".", "/", "~")) or ".." in path or not _HUB_ID.match(path):
-        raise InputError(f"{field}: checkpoint directory {path} does not exist")
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot = Path(snapshot_download(repo_id=path, allow_patterns=["*.json", "*.safetensors"]))
-        if not any(snapshot.glob("*.safetensors")):
-            snapshot = Path(snapshot_download(repo_id=path, allow_patterns=["*.json", "pytorch_model*.bin"]))
-    except Exception as error:  # hub errors: offline, not found, gated, ...
-        raise InputError(
-            f"{field}: {path} is not a local directory and could not be downloaded from the Hugging Face Hub "
-            f"({first_line(error)})"
-        ) from error
-    return snapshot
+    resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+    if resolved.repo_id is not None and not any(resolved.path.glob("*.safetensors")):
+        resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "pytorch_model*.bin"])
+    return resolved
 
 
 def read_config_json(directory: Path, field: str) -> dict[str, Any]:
@@ -280,4 +266,4 @@ class CheckpointEncoder(Encoder):
         return self.config.random_init is not None
 
     def bundled_config(self, path: str) -> dict[str, Any]:
-        return {**self.config.model_dump(mode="json"), "path": path, "random_init": None}
+        return {**self.config.model_dump(mode="json"), "path": path, "revision": None, "random_init": None}

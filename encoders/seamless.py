@@ -72,6 +72,8 @@ class SeamlessConfig(ComponentConfig):
     """
 
     path: str | None = None
+    #: Branch, tag or commit of a hub id ``path`` (exports record the commit used).
+    revision: str | None = None
     random_init: dict[str, Any] | None = None
     frozen: bool = True
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
@@ -86,6 +88,8 @@ class SeamlessConfig(ComponentConfig):
             )
         if self.path is not None and not self.path.strip():
             raise ValueError("'path' must be a non-empty checkpoint directory or hub id")
+        if self.revision is not None and self.path is None:
+            raise ValueError("'revision' pins a hub id given as 'path'; it cannot go with 'random_init'")
         return self
 
 
@@ -123,7 +127,8 @@ class SeamlessEncoder(CheckpointEncoder):
             self.feature_extractor = self._default_feature_extractor()
         else:
             assert config.path is not None  # guaranteed by SeamlessConfig
-            self.checkpoint_dir = resolve_checkpoint_dir(config.path, "encoder.path")
+            resolved = resolve_checkpoint_dir(config.path, "encoder.path", config.revision)
+            self.checkpoint_dir, self.hub_commit = resolved.path, resolved.commit
             self.architecture, self.speech_encoder = self._load_checkpoint(self.checkpoint_dir)
             self.feature_extractor = self._load_feature_extractor(self.checkpoint_dir)
         hf_config = self.speech_encoder.config

@@ -62,6 +62,8 @@ class WhisperConfig(ComponentConfig):
     """
 
     path: str | None = None
+    #: Branch, tag or commit of a hub id ``path`` (exports record the commit used).
+    revision: str | None = None
     random_init: dict[str, Any] | None = None
     mode: Literal["pad_to_30s", "trim"] = "pad_to_30s"
     frozen: bool = True
@@ -76,6 +78,8 @@ class WhisperConfig(ComponentConfig):
             )
         if self.path is not None and not self.path.strip():
             raise ValueError("'path' must be a non-empty checkpoint directory or hub id")
+        if self.revision is not None and self.path is None:
+            raise ValueError("'revision' pins a hub id given as 'path'; it cannot go with 'random_init'")
         return self
 
 
@@ -102,7 +106,8 @@ class WhisperEncoder(CheckpointEncoder):
             self.feature_extractor = WhisperFeatureExtractor(feature_size=hf_config.num_mel_bins)
         else:
             assert config.path is not None  # guaranteed by WhisperConfig
-            self.checkpoint_dir = resolve_checkpoint_dir(config.path, "encoder.path")
+            resolved = resolve_checkpoint_dir(config.path, "encoder.path", config.revision)
+            self.checkpoint_dir, self.hub_commit = resolved.path, resolved.commit
             self.whisper = self._load_checkpoint(self.checkpoint_dir)
             self.feature_extractor = self._load_feature_extractor(self.checkpoint_dir)
         hf_config = self.whisper.config

@@ -1,12 +1,15 @@
 """swv: Soundwave-style speech LLMs with swappable encoders, adapters and backbones.
 
-Heavy objects are imported lazily so that ``import swv`` (and ``swv --help``) stays fast.
+Heavy objects are imported lazily so that ``import swv`` (and ``swv --help``) stays fast. Importing
+swv registers its model and the ``audio-text-to-text`` pipeline task with transformers as soon as
+transformers is imported (:mod:`swv.hf_auto`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from swv.hf_auto import install_hooks
 from swv.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -26,3 +29,6 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'swv' has no attribute {name!r}")
+
+
+install_hooks()

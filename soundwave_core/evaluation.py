@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from . import metrics as M
 from .errors import InputError, UsageError
 from .config import CONFIG_NAME
+from .hub import resolve_model
 from .io import atomic_file, atomic_write_json
 
 if TYPE_CHECKING:
@@ -519,6 +520,7 @@ def evaluate_model(
     max_duration: float | None = None,
     normalize: str | None = None,
     target_language: str | None = None,
+    revision: str | None = None,
 ) -> EvalRun:
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
@@ -526,7 +528,9 @@ def evaluate_model(
     already there are kept). Prompts: the record's instruction/prompt, else the task default of
     the model's instruction table (:func:`swv.infer.batch.task_prompt`); generation settings left
     open take the model's saved defaults. ``normalize`` and ``target_language`` go to
-    :func:`evaluate`; the report records the generation settings.
+    :func:`evaluate`; the report records the generation settings. ``model_dir`` may be a Hugging
+    Face Hub id (at ``revision``; :func:`swv.hub.resolve_model`): the report then records its
+    snapshot directory, which names the repository and the commit.
     """
     from swv.infer import batch
     from swv.infer.pipeline import GenerationSettings
@@ -535,8 +539,7 @@ def evaluate_model(
     generation: dict[str, Any] | None = None
     summary = None
     if predictions is None:
-        if not model_dir.is_dir():
-            raise InputError(f"{model_dir}: model directory not found")
+        model_dir = resolve_model(model_dir, revision)
         table = batch.saved_instructions(model_dir)
         items = batch.read_items(manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table))
         settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))

@@ -227,6 +227,15 @@ def test_import_layout_and_config(imported: Path, released) -> None:
     assert torch.equal(alignment["layer.linear1.weight"], state["model.asr_transformer_encoder.layers.0.linear1.weight"])
 
 
+def test_imported_model_is_hf_native(imported: Path) -> None:
+    """The import writes the same config.json and model card as an export."""
+    from transformers import AutoConfig
+
+    assert json.loads((imported / "config.json").read_text()) == json.loads((imported / "swv_config.json").read_text())
+    assert type(AutoConfig.from_pretrained(str(imported))).__name__ == "SpeechLMConfig"
+    assert "Not recorded" in (imported / "README.md").read_text()
+
+
 def test_imported_model_matches_released_reference(imported: Path, released) -> None:
     from transformers import WhisperFeatureExtractor
 

@@ -198,13 +198,15 @@ def test_bundle_and_merge_lora_are_self_contained(model_config_factory, tmp_path
     assert torch.allclose(loaded(**b).logits, ref.logits, atol=1e-4)
 
 
-def test_chain_errors(model_config_factory) -> None:
-    from swv.errors import ComponentError
+def test_chain_errors(model_config_factory, tmp_path: Path) -> None:
+    from swv.errors import ComponentError, InputError
 
     with pytest.raises(ComponentError, match="needs CTC logits"):
         SpeechLM(model_config_factory([{"name": "shrinking"}]))
-    with pytest.raises(Exception, match="not an swv model directory"):
+    with pytest.raises(InputError, match="/nonexistent: model directory not found"):
         SpeechLM.from_pretrained(Path("/nonexistent"))
+    with pytest.raises(InputError, match="not an swv model directory"):
+        SpeechLM.from_pretrained(tmp_path)
 
 
 def test_seamless_encoder_with_qwen2_backbone(tmp_path: Path) -> None:

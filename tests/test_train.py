@@ -68,6 +68,21 @@ def test_tiny_recipe_end_to_end(tiny_run: Path) -> None:
     assert run["stages"] == ["alignment", "shrinking", "sft"]
 
 
+def test_tiny_run_exports_cards_and_their_own_lora_base(tiny_run: Path) -> None:
+    """Each stage's export records every stage so far with its data and held-out metrics, and the
+    LoRA of a stage loaded from the previous export names its own bundled backbone."""
+    sft = tiny_run / "sft" / "export"
+    training = json.loads((sft / "swv_config.json").read_text())["training"]
+    assert [r["stage"] for r in training] == ["alignment", "shrinking", "sft"]
+    assert training[-1]["steps"] == 16 and training[-1]["recipe"] == "tiny.yaml"
+    assert set(training[-1]["metrics"]) >= {"eval_loss", "eval_lm_loss"} and "dev_sft" in training[-1]["datasets"]
+    card = (sft / "README.md").read_text()
+    for record in training:
+        assert f"| {record['stage']} | {record['kind']} | tiny.yaml | {record['steps']} |" in card
+    assert f"eval_loss {training[-1]['metrics']['eval_loss']:.4g}" in card
+    assert json.loads((sft / "adapter_config.json").read_text())["base_model_name_or_path"] == "backbone"
+
+
 def test_exports_reload_and_stage_chain(tiny_run: Path) -> None:
     from swv.model.speechlm import SpeechLM
 

@@ -5,6 +5,7 @@ also holds the Whisper encoder and both adapters (which key prefix goes to which
 ``ENCODER_PREFIX``, ``ADAPTER_PREFIXES`` and ``BACKBONE_PREFIXES`` below). It becomes::
 
     DEST/swv_config.json                 encoder + [alignment, shrinking] (compat "released") + llama
+                                         (also as config.json, for transformers; and README.md)
     DEST/encoder/                        encoder-only Whisper (config.json, model.safetensors,
                                          preprocessor_config.json), from ``model.audio_tower.*``
     DEST/backbone/                       plain LlamaForCausalLM (config, weights, tokenizer with the
@@ -624,7 +625,7 @@ def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dt
 def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dtype: torch.dtype | None) -> int:
     """Write the swv model directory into ``tmp``; returns the audio token id. The tokenizer is
     checked first, so a mismatch fails before any weight is copied."""
-    from swv.model.speechlm import ADAPTER_DIR, BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, CONFIG_NAME
+    from swv.model.speechlm import ADAPTER_DIR, BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, write_config_files
 
     plan, llama = checked.plan, checked.llama
     backbone_dir = tmp / BUNDLED_BACKBONE_DIR
@@ -646,7 +647,7 @@ def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dt
 
     GenerationDefaults(**RELEASED_GENERATION).to_generation_config().save_pretrained(str(tmp))
     swv_config = _swv_config(checked.adapters, checked.backbone_dtype)
-    (tmp / CONFIG_NAME).write_text(json.dumps(swv_config, indent=2, sort_keys=True) + "\n")
+    write_config_files(tmp, swv_config)
     return audio_id
 
 

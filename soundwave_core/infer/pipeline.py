@@ -57,6 +57,7 @@ from transformers.generation.streamers import BaseStreamer
 from swv.audio import read_audio, resample
 from swv.dtypes import DTYPE_NAMES, torch_dtype
 from swv.errors import InputError, SwvError, UsageError, first_line
+from swv.hub import resolve_model
 from swv.infer.chat import AudioPart, parse_messages
 from swv.model.prompts import PromptBuilder, default_instruction
 from swv.model.speechlm import SpeechLM
@@ -337,14 +338,14 @@ class Pipeline:
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype | None = None,
         system_prompt: str | None = None,
+        revision: str | None = None,
     ) -> Pipeline:
-        """Load a directory written by ``SpeechLM.save_pretrained`` onto ``device``, optionally
-        cast to ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype)."""
+        """Load a model written by ``SpeechLM.save_pretrained`` (a directory, or a Hugging Face Hub
+        id at ``revision``: see :func:`swv.hub.resolve_model`) onto ``device``, optionally cast to
+        ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype)."""
         torch_device = _parse_device(device)
         weights_dtype = _parse_dtype(dtype)
-        path = Path(model_dir)
-        if not path.is_dir():
-            raise InputError(f"{path}: model directory not found" if not path.exists() else f"{path}: not a directory")
+        path = resolve_model(model_dir, revision)
         try:
             model = SpeechLM.from_pretrained(path)
         except SwvError:

@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.config import CONFIG_NAME
+from swv.hub import resolve_model
 from swv.errors import ComponentError, InputError
 from swv.infer.windowing import encode_windowed, encoder_window_samples
 from swv.io import atomic_directory
+from swv.model.card import render_model_card
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
 from swv.model.state import AudioState
@@ -36,6 +38,11 @@ ENCODER_WEIGHTS = "encoder.safetensors"
 ADAPTER_DIR = "adapters"
 BUNDLED_ENCODER_DIR = "encoder"
 BUNDLED_BACKBONE_DIR = "backbone"
+#: transformers' config file (the same content as ``swv_config.json``) and the model card.
+HF_CONFIG_NAME = "config.json"
+MODEL_CARD = "README.md"
+#: PEFT's adapter config file, and its field naming the base model.
+LORA_CONFIG_FILE = "adapter_config.json"
 
 
 class SpeechLMConfig(PreTrainedConfig):
@@ -57,6 +64,10 @@ class SpeechLMConfig(PreTrainedConfig):
     #: components stored inside the model directory (kept bundled by later saves)
     bundled: list | None = None
     versions: dict | None = None
+    #: What training did, one record per trained stage (appended by ``swv train`` at each
+    #: export: ``stage``, ``kind``, ``recipe``, ``steps``, ``datasets`` name -> source,
+    #: ``metrics`` name -> value); the model card (:mod:`swv.model.card`) shows it.
+    training: list | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -428,9 +439,15 @@ class SpeechLM(PreTrainedModel):
     ) -> Path:
         """Per-module export, written to a temporary directory and renamed into place.
 
-        Layout: ``swv_config.json``; ``adapters/<name>.safetensors``; LoRA in PEFT format
-        (``adapter_model.safetensors`` + ``adapter_config.json``); the tokenizer;
+        Layout: ``swv_config.json`` and the same config as ``config.json`` (``model_type``
+        ``swv_speechlm``, for transformers' Auto classes, see :mod:`swv.hf_auto`);
+        ``adapters/<name>.safetensors``; LoRA in PEFT format (``adapter_model.safetensors`` +
+        ``adapter_config.json``, whose base model is the export's own backbone: ``backbone``,
+        relative to the export, when bundled, else the backbone's ``path`` and ``revision``);
+        the tokenizer; the model card ``README.md`` (:mod:`swv.model.card`);
         ``encoder.safetensors`` only if the encoder was trained (or ``save_encoder``).
+        A referenced (not bundled) encoder or backbone loaded from the Hugging Face Hub is
+        recorded with the commit it was loaded at as its ``revision``.
         The encoder and backbone are referenced by their config unless ``bundle`` (or their
         ``needs_bundle`` is true, e.g. a random init or a GGUF source, or the backbone's base
         weights were trained), in which case full copies go to ``encoder/`` and ``backbone/``
@@ -462,26 +479,35 @@ class SpeechLM(PreTrainedModel):
                 self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
                 backbone = backbone.replace(**self.backbone.bundled_config(BUNDLED_BACKBONE_DIR, merged=merge_lora))
                 bundled.append("backbone")
-            if not merge_lora:
-                self.backbone.save_lora(tmp)
+            if "encoder" not in bundled and self.encoder.hub_commit is not None:
+                encoder = encoder.replace(revision=self.encoder.hub_commit)
+            if "backbone" not in bundled and self.backbone.hub_commit is not None:
+                backbone = backbone.replace(revision=self.backbone.hub_commit)
+            if not merge_lora and self.backbone.save_lora(tmp):
+                _point_lora_at_backbone(tmp, backbone.to_dict())
             self.backbone.tokenizer.save_pretrained(str(tmp))
             self.generation_defaults().to_generation_config().save_pretrained(str(tmp))
             saved = config.to_dict()
             saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
-            (tmp / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+            write_config_files(tmp, saved)
         return target
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
         cls,
-        directory: str | os.PathLike[str],
+        source: str | os.PathLike[str],
         *,
+        revision: str | None = None,
         registry: Registry | None = None,
         lora_trainable: bool = False,
         **_: Any,
     ) -> SpeechLM:
-        """Rebuild a model from a directory written by :meth:`save_pretrained`."""
-        directory = Path(directory)
+        """Rebuild a model written by :meth:`save_pretrained` from a local directory or a
+        Hugging Face Hub id (at ``revision``: branch, tag or commit), fetched into the Hugging
+        Face cache through :func:`swv.hub.resolve_dir` (offline: ``HF_HUB_OFFLINE=1`` uses the
+        cache only). Other keyword arguments (those transformers' ``AutoModel`` passes) are
+        ignored."""
+        directory = resolve_model(source, revision)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
             raise InputError(f"{directory}: not an swv model directory (missing {CONFIG_NAME})")
@@ -501,13 +527,34 @@ class SpeechLM(PreTrainedModel):
             _load_into(adapter, path)
         if (directory / ENCODER_WEIGHTS).is_file():
             _load_into(model.encoder, directory / ENCODER_WEIGHTS)
-        if (directory / "adapter_config.json").is_file():
+        if (directory / LORA_CONFIG_FILE).is_file():
             model.backbone.load_lora(directory, trainable=lora_trainable)
         return model.eval()
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def write_config_files(directory: Path, saved: dict[str, Any]) -> None:
+    """Write a model directory's config (``SpeechLMConfig.to_dict()`` form) as ``swv_config.json``
+    and, for transformers, as ``config.json``, and its model card ``README.md``."""
+    text = json.dumps(saved, indent=2, sort_keys=True) + "\n"
+    (directory / CONFIG_NAME).write_text(text)
+    (directory / HF_CONFIG_NAME).write_text(text)
+    (directory / MODEL_CARD).write_text(render_model_card(saved))
+
+
+def _point_lora_at_backbone(directory: Path, backbone: dict[str, Any]) -> None:
+    """Make the saved LoRA's ``base_model_name_or_path`` the export's own backbone (PEFT records
+    the path the weights were loaded from, e.g. the previous stage's export): its ``path`` as
+    saved (``backbone``, relative to the export, when bundled; a hub id or a local path when
+    referenced) and its ``revision``."""
+    file = directory / LORA_CONFIG_FILE
+    adapter_config = json.loads(file.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = backbone.get("path")
+    adapter_config["revision"] = backbone.get("revision")
+    file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
 
 def _localise(cfg: dict[str, Any], directory: Path) -> dict[str, Any]:
@@ -526,3 +573,7 @@ def _load_into(module: nn.Module, path: Path) -> None:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
         raise InputError(f"{path}: weights do not match the configured module ({detail})")
 
+
+# transformers' Auto classes know swv models (see swv.hf_auto): no trust_remote_code needed
+AutoConfig.register(SpeechLMConfig.model_type, SpeechLMConfig, exist_ok=True)
+AutoModel.register(SpeechLMConfig, SpeechLM, exist_ok=True)

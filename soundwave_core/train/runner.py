@@ -306,12 +306,13 @@ class StageRunner:
 
     def finish(self, loop: _Loop) -> None:
         """Held-out losses, the last checkpoint, the export and the stage file."""
+        result: dict[str, float] = {}
         if loop.evaluator is not None:
             result = loop.evaluator(loop.model)
             self.log_held_out(loop, result)
             self.ctx.print(f"[{self.stage.name}] held-out: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
         self.checkpoint(loop)
-        self.export(loop.model)
+        self.export(loop.model, self.training_record(loop.state.step, result))
         self.write_stage_file(done=True, step=loop.state.step, total=loop.total)
 
     def build_evaluator(self, model: SpeechLM, feature_cache: FeatureCache | None) -> HeldOutEvaluator | None:
@@ -403,11 +404,29 @@ class StageRunner:
         self.ctx.print(f"resuming stage {self.stage.name} from {latest} (step {loaded.step})")
         return loaded
 
-    def export(self, model: nn.Module) -> None:
+    def training_record(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """What this stage did, for the export's model card (``SpeechLMConfig.training``)."""
+        specs = self.ctx.recipe.data.datasets
+        names = [*self.stage.settings.data.datasets, *self.stage.settings.data.eval_datasets]
+        return {
+            "stage": self.stage.name,
+            "kind": self.stage.kind,
+            "recipe": self.ctx.loaded.source.name,
+            "steps": step,
+            "datasets": {n: specs[n].manifest or f"{specs[n].hf_dataset} ({specs[n].split})" for n in names},
+            "metrics": metrics,
+        }
+
+    def export(self, model: nn.Module, record: dict[str, Any]) -> None:
+        """Save the model to the stage's export directory, with ``record`` replacing this stage's
+        entry in its training record."""
         acc = self.acc
         acc.wait_for_everyone()
         if acc.is_main_process:
-            acc.unwrap_model(model).save_pretrained(self.export_dir)
+            unwrapped = acc.unwrap_model(model)
+            earlier = [r for r in unwrapped.config.training or [] if r.get("stage") != self.stage.name]
+            unwrapped.config.training = [*earlier, record]
+            unwrapped.save_pretrained(self.export_dir)
             self.ctx.print(f"exported {self.stage.name} -> {self.export_dir}")
         acc.wait_for_everyone()
 

@@ -1,0 +1,86 @@
+"""Local directories or Hugging Face Hub ids, resolved to a local directory.
+
+A source that is an existing local directory is used as is (the Hub is never contacted). A
+source that looks like a Hub id (``name`` or ``org/name``) is resolved by huggingface_hub's own
+``snapshot_download`` at an optional ``revision`` (branch, tag or commit): it downloads what is
+missing into the Hugging Face cache (``HF_HUB_CACHE``), or, offline (``HF_HUB_OFFLINE=1``),
+finds the snapshot already there through ``refs/<revision>``. The commit of the snapshot used is
+reported, so that a caller can record it (an export pins its components' revisions with it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from swv.errors import InputError, UsageError, first_line
+
+#: What a Hub repository id looks like (``name`` or ``org/name``).
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+#: A full commit hash, the name of a snapshot directory in the Hugging Face cache.
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A local directory; ``repo_id`` and ``commit`` are set when it is a Hub snapshot."""
+
+    path: Path
+    repo_id: str | None = None
+    commit: str | None = None
+
+
+def is_hub_id(source: str) -> bool:
+    """True when ``source`` is not an existing local path and has the form of a Hub id."""
+    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or ".." in source:
+        return False
+    return HUB_ID.match(source) is not None
+
+
+def resolve_dir(
+    source: str,
+    field: str,
+    *,
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
+    what: str = "checkpoint directory",
+) -> Resolved:
+    """``source`` (a local directory or a Hub id) -> a local directory.
+
+    ``revision`` applies to Hub ids only (a local directory with a revision is a usage error);
+    ``allow_patterns`` limits what ``snapshot_download`` fetches. ``field`` names the argument
+    or config field in error messages, ``what`` the expected kind of directory.
+    """
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if revision is not None:
+            raise UsageError(f"{field}: revision {revision!r} applies to Hub ids only, but {source} is a local directory")
+        return Resolved(local.resolve())
+    if local.exists():
+        raise InputError(f"{field}: {source} is a file; expected a {what} or Hugging Face Hub id")
+    if not is_hub_id(source):
+        raise InputError(f"{field}: {what} {source} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(repo_id=source, revision=revision, allow_patterns=allow_patterns))
+    except Exception as error:  # hub errors: offline and not cached, not found, gated, bad revision...
+        at = f" at revision {revision}" if revision is not None else ""
+        raise InputError(
+            f"{field}: {source} is not a local directory and could not be downloaded from the Hugging Face Hub{at} "
+            f"({first_line(error)})"
+        ) from error
+    commit = snapshot.name if snapshot.parent.name == "snapshots" and COMMIT.match(snapshot.name) else None
+    return Resolved(snapshot, repo_id=source, commit=commit)
+
+
+def resolve_model(source: str | os.PathLike[str], revision: str | None = None) -> Path:
+    """A whole swv model, given as a local directory or a Hub id (at ``revision``) -> the local
+    directory to load it from (:func:`resolve_dir`)."""
+    text = os.fspath(source)
+    local = Path(text).expanduser()
+    if not is_hub_id(text) and not local.is_dir():
+        raise InputError(f"{text}: model directory not found" if not local.exists() else f"{text}: not a directory")
+    return resolve_dir(text, "model", revision=revision, what="swv model directory").path

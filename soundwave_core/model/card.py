@@ -1,0 +1,135 @@
+"""The model card (``README.md``) of an export, rendered from its config.
+
+What it says comes from the saved ``swv_config.json`` only: the encoder, adapter chain and
+backbone (with their sources and revision pins), the system prompt, and the training record
+(``SpeechLMConfig.training``: one entry per trained stage, appended by ``swv train`` at each
+export: recipe, stage kind, steps, data sources and held-out metrics). Parts that are not known
+(an untrained model, an imported checkpoint) are said to be unknown rather than left out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from swv.config import CONFIG_NAME
+from swv.hf_auto import PIPELINE_TASK
+from swv.hub import HUB_ID
+
+
+def _source(component: dict[str, Any]) -> str:
+    """``name`` and where its weights come from (path or hub id, revision, random init)."""
+    name = component.get("name", "?")
+    if component.get("random_init") is not None:
+        return f"`{name}` (random initialisation)"
+    path = component.get("path") or component.get("gguf_file")
+    if path is None:
+        return f"`{name}`"
+    pin = f" at revision `{component['revision']}`" if component.get("revision") else ""
+    return f"`{name}` from `{path}`{pin}"
+
+
+def _front_matter(config: dict[str, Any]) -> str:
+    """Hugging Face model-card metadata (YAML front matter)."""
+    lines = ["---", "library_name: swv", f"pipeline_tag: {PIPELINE_TASK}", "tags:", "- swv", "- speech", "- audio"]
+    backbone = config.get("backbone") or {}
+    base = backbone.get("path") or ""
+    if HUB_ID.match(base) and "backbone" not in (config.get("bundled") or []):
+        lines.append(f"base_model: {json.dumps(base)}")
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _stage_section(training: list[dict[str, Any]]) -> list[str]:
+    if not training:
+        return ["## Training", "", "Not recorded: this model was not trained by `swv train` (or was imported)."]
+    out = ["## Training", "", "| stage | kind | recipe | steps | data | held-out metrics |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for record in training:
+        data = ", ".join(f"`{name}` ({source})" for name, source in (record.get("datasets") or {}).items()) or "-"
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in (record.get("metrics") or {}).items()) or "not measured"
+        out.append(
+            f"| {record.get('stage', '?')} | {record.get('kind', '?')} | {record.get('recipe') or '-'} | "
+            f"{record.get('steps', '?')} | {data} | {metrics} |"
+        )
+    return out
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """The ``README.md`` text of an export whose ``swv_config.json`` holds ``config``."""
+    encoder = config.get("encoder") or {}
+    backbone = config.get("backbone") or {}
+    adapters = [a.get("name", "?") for a in config.get("adapters") or []]
+    lora = backbone.get("lora")
+    lora_text = (
+        f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')} on {', '.join(lora.get('target_modules') or [])} "
+        "(PEFT format: `adapter_config.json`, `adapter_model.safetensors`)"
+        if lora else "none (or merged into `backbone/`)"
+    )
+    bundled = config.get("bundled") or []
+    system = config.get("system_prompt") or ""
+    versions = ", ".join(f"{k} {v}" for k, v in sorted((config.get("versions") or {}).items())) or "unknown"
+    lines = [
+        _front_matter(config),
+        "",
+        "# swv speech language model",
+        "",
+        "A speech LLM in the Soundwave style, built with swv: an audio encoder, "
+        "an adapter chain that aligns and shrinks its frames into the LLM's embedding space, and a causal LLM "
+        "that answers instructions about the audio.",
+        "",
+        "## Components",
+        "",
+        f"- Audio encoder: {_source(encoder)}{' (bundled in `encoder/`)' if 'encoder' in bundled else ''}",
+        f"- Adapters: {' -> '.join(f'`{a}`' for a in adapters)} (`adapters/<name>.safetensors`)",
+        f"- LLM backbone: {_source(backbone)}{' (bundled in `backbone/`)' if 'backbone' in bundled else ''}",
+        f"- Backbone adapter: {lora_text}",
+        f"- Saved with: {versions}",
+        "",
+        "System prompt:" if system else "No system prompt.",
+        *(["", "```text", system, "```"] if system else []),
+        "",
+        *_stage_section(config.get("training") or []),
+        "",
+        "## How to load it",
+        "",
+        "With swv installed; `MODEL` is this directory or its Hub id:",
+        "",
+        "```python",
+        "from swv import Pipeline",
+        "",
+        'pipe = Pipeline.from_pretrained("MODEL")  # revision="..." pins a Hub commit',
+        'print(pipe("clip.wav", prompt="Transcribe the speech."))',
+        "```",
+        "",
+        "Through transformers (importing swv registers the model and the task; no `trust_remote_code`):",
+        "",
+        "```python",
+        "import swv, transformers",
+        "",
+        'model = transformers.AutoModel.from_pretrained("path/to/MODEL")',
+        f'pipe = transformers.pipeline("{PIPELINE_TASK}", model="path/to/MODEL")',
+        'print(pipe("clip.wav", prompt="Transcribe the speech.")["generated_text"])',
+        "```",
+        "",
+        "From the command line: `swv infer MODEL clip.wav` (add `--revision REV` for a Hub id).",
+        "",
+        f"The configuration is `{CONFIG_NAME}` (also `config.json`, for transformers).",
+    ]
+    if lora:
+        base = "backbone" if "backbone" in bundled else backbone.get("path")
+        pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and "backbone" not in bundled else ""
+        lines += [
+            "",
+            "The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as "
+            f"`{base}`" + (" (relative to this directory)." if "backbone" in bundled else "."),
+            "",
+            "```python",
+            "from peft import PeftModel",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if "backbone" in bundled else base}"{pin})',
+            'llm = PeftModel.from_pretrained(base, "path/to/MODEL")',
+            "```",
+        ]
+    return "\n".join(lines) + "\n"
