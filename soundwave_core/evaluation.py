@@ -519,13 +519,15 @@ def evaluate_model(
     max_duration: float | None = None,
     normalize: str | None = None,
     target_language: str | None = None,
+    benchmark: Mapping[str, Any] | None = None,
 ) -> EvalRun:
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
     Without ``predictions``, generates into ``out_dir/predictions.jsonl`` first (resumable: ids
     already there are kept). Prompts: the record's instruction/prompt, else the task default
     (:func:`swv.infer.batch.task_prompt`). ``normalize`` and ``target_language`` go to
-    :func:`evaluate`; the report records the generation settings.
+    :func:`evaluate`; the report records the generation settings, and ``benchmark`` (a
+    preset's description, :mod:`swv.eval_presets`) under ``"benchmark"``.
     """
     from swv.infer import batch
     from swv.infer.pipeline import GenerationSettings
@@ -559,6 +561,8 @@ def evaluate_model(
     judge = out_dir / JUDGE_FILE if task == "open" else None
     result = evaluate(records, task, normalize=normalize, target_language=target_language, judge_path=judge)
     result["predictions_file"] = str(predictions.resolve())
+    if benchmark is not None:
+        result["benchmark"] = dict(benchmark)
     report = write_report(result, out_dir / REPORT_FILE, model_dir=model_dir, manifest_path=manifest,
                           generation_settings=generation)
     return EvalRun(result, report, summary)
