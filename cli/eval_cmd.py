@@ -43,7 +43,13 @@ def eval_cmd(
     clips: Annotated[Optional[Path], typer.Option(
         "--clips", help="--preset covost2-*: the CommonVoice clips folder.")] = None,
     split: Annotated[Optional[str], typer.Option(
-        "--split", help="--preset with --data: override the benchmark's split.")] = None,
+        "--split", help="--hf-dataset: the split (default test); --preset with --data: override the benchmark's "
+        "split.")] = None,
+    hf_dataset: Annotated[Optional[str], typer.Option(
+        "--hf-dataset", help="A Hugging Face dataset (save_to_disk folder, parquet/json/csv file, folder of data "
+        "files, or name) instead of --manifest; datasets.Audio columns are read with swv's soundfile reader.")] = None,
+    column: Annotated[Optional[list[str]], typer.Option(
+        "--column", help="--hf-dataset: FIELD=COLUMN, e.g. text=sentence (repeatable).")] = None,
     predictions: Annotated[Optional[Path], typer.Option(
         "--predictions", help="Score this existing predictions JSONL instead of running the model.")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(
@@ -85,6 +91,18 @@ def eval_cmd(
     from swv.evaluation import evaluate_model, format_table
 
     benchmark = None
+    if hf_dataset is not None:
+        from swv.data.hf_sources import hf_eval_manifest
+
+        if manifest is not None or data is not None:
+            raise UsageError("--hf-dataset replaces --manifest/--data; give one of them")
+        hf_split, split = split or "test", None
+        name = Path(hf_dataset).name or "dataset"
+        default_dir = f"eval-{preset}" if preset is not None else f"eval-{name}-{hf_split}-{task}"
+        output_dir = output_dir if output_dir is not None else Path(default_dir)
+        manifest = hf_eval_manifest(hf_dataset, hf_split, _column_map(column), output_dir)
+    elif column:
+        raise UsageError("--column needs --hf-dataset")
     if preset is not None:
         from swv.eval_presets import get_preset, prepare_benchmark_manifest
 
@@ -126,3 +144,14 @@ def eval_cmd(
         typer.echo(format_benchmark(run.result), nl=False)
     typer.echo(format_table(run.result), nl=False)
     print(f"eval: report written to {run.report}", file=sys.stderr)
+
+
+def _column_map(pairs: list[str] | None) -> dict[str, str]:
+    """``["text=sentence", ...]`` -> ``{"text": "sentence"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        field, sep, col = pair.partition("=")
+        if not sep or not field.strip() or not col.strip():
+            raise UsageError(f"--column: expected FIELD=COLUMN, got {pair!r}")
+        out[field.strip()] = col.strip()
+    return out

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swv.data.sampler import MixtureBatchSampler
+from swv.data.streaming import StreamingMixtureSampler, StreamingStageData, load_streaming_stage_data
 from swv.data.sources import load_source
 from swv.errors import UsageError
 from swv.recipes.schema import DataSection, StageData
@@ -22,8 +23,13 @@ class StageDataset:
         return [{k: batch[k][i] for k in batch} for i in range(len(indices))]
 
 
-def load_stage_data(section: DataSection, names: list[str], where: str, cache_dir: str | None = None) -> StageDataset:
+def load_stage_data(section: DataSection, names: list[str], where: str, cache_dir: str | None = None,
+                    *, seed: int = 0) -> StageDataset | StreamingStageData:
+    """The stage's sources; streams (:mod:`swv.data.streaming`) when any of them is ``streaming``."""
     import datasets
+
+    if any(section.datasets[name].streaming for name in names):
+        return load_streaming_stage_data(section, names, seed)
 
     parts = []
     sizes = []
@@ -44,12 +50,14 @@ def recipe_tags(section: DataSection, cache_dir: str | None = None) -> list[str]
 
     tags: set[str] = set()
     for name, spec in section.datasets.items():
+        if spec.streaming:  # not scanned: a stream is not read ahead of training
+            continue
         tags |= source_tags(load_source(name, spec, cache_dir=cache_dir))
     return sorted(tags)
 
 
 def make_sampler(
-    data: StageDataset,
+    data: StageDataset | StreamingStageData,
     stage_data: StageData,
     batch_size: int,
     *,
@@ -59,7 +67,13 @@ def make_sampler(
     max_frames_per_batch: int | None,
     frame_rate: float,
     shuffle: bool = True,
-) -> MixtureBatchSampler:
+) -> MixtureBatchSampler | StreamingMixtureSampler:
+    if isinstance(data, StreamingStageData):
+        return StreamingMixtureSampler(
+            data, batch_size, temperature=stage_data.mixture.temperature,
+            temperature_step=stage_data.mixture.temperature_step, max_frames_per_batch=max_frames_per_batch,
+            frame_rate=frame_rate, seed=seed, rank=rank, world_size=world_size,
+        )
     return MixtureBatchSampler(
         data.sizes,
         data.dataset["duration"],
