@@ -233,3 +233,17 @@ def cache_features(
     loaded = load_recipe(recipe, overrides or [], default_registry())
     target, new, old = cache_stage_features(loaded, stage, batch_size=batch_size, device=device)
     typer.echo(f"feature cache {target}: {new} clip(s) encoded, {old} already cached")
+
+
+@app.command("shard")
+def shard_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest whose records (and audio files) to pack.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Empty folder for the shard-NNNNNN.tar files.")],
+    clips_per_shard: Annotated[int, typer.Option(help="Records per shard.")] = 1000,
+) -> None:
+    """Pack a manifest into webdataset-style tar shards (<key>.<ext> audio + <key>.json record);
+    a recipe reads them with a `shards: DIR` source."""
+    from swv.data.shards import write_shards
+
+    report = write_shards(manifest, out, clips_per_shard=clips_per_shard)
+    typer.echo(report.format())

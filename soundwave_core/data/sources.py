@@ -161,9 +161,39 @@ def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> A
             if skipped:
                 log.warning("data source %s: skipped %d bad record(s) of %s (on_error: skip)", name, skipped, manifest)
         return ds
+    if spec.shards is not None:
+        return _load_shards(name, spec, cache_dir)
     from swv.data.hf_sources import load_hf_source
 
     if spec.streaming:
         raise UsageError(f"data.datasets.{name}: a streaming source can only be a training stage's dataset "
                          "(not an eval dataset, nor for cache-features or tags)")
     return load_hf_source(name, spec)
+
+
+def _load_shards(name: str, spec: DatasetSpec, cache_dir: str | None) -> Any:
+    """A ``shards:`` source (:mod:`swv.data.shards`), read shard by shard into an Arrow table."""
+    import datasets
+
+    from swv.data.shards import shard_files, shard_rows
+
+    assert spec.shards is not None
+    try:
+        files = shard_files(resolve_data_path(spec.shards))
+    except InputError as exc:
+        raise InputError(f"data.datasets.{name}.shards: {exc}") from None
+    try:
+        return datasets.Dataset.from_generator(
+            shard_rows,
+            gen_kwargs={
+                "files": [str(f.resolve()) for f in files], "name": name, "task": spec.task or "",
+                "instruction": spec.instruction or "", "on_error": spec.on_error, "max_samples": spec.max_samples,
+                "stamps": [os.stat(f).st_mtime for f in files], "schema": ROW_SCHEMA,
+            },
+            cache_dir=cache_dir,
+        )
+    except datasets.exceptions.DatasetGenerationError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, InputError):
+            raise cause from None
+        raise

@@ -55,10 +55,11 @@ class ModelSection(StrictModel):
 
 
 class DatasetSpec(StrictModel):
-    """One named data source: a JSONL manifest or a Hugging Face ``datasets`` dataset."""
+    """One named data source: a JSONL manifest, a Hugging Face ``datasets`` dataset or tar shards."""
 
     manifest: str | None = None
     hf_dataset: str | None = None
+    shards: str | None = Field(default=None, description="a folder of webdataset-style .tar shards (swv data shard)")
     split: str = "train"
     task: str | None = None
     instruction: str | None = None
@@ -75,9 +76,9 @@ class DatasetSpec(StrictModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if (self.manifest is None) == (self.hf_dataset is None):
-            raise ValueError("give exactly one of 'manifest' or 'hf_dataset'")
-        if self.manifest is not None and (self.columns or self.streaming):
+        if [self.manifest, self.hf_dataset, self.shards].count(None) != 2:
+            raise ValueError("give exactly one of 'manifest', 'hf_dataset' or 'shards'")
+        if self.hf_dataset is None and (self.columns or self.streaming):
             raise ValueError("'columns' and 'streaming' apply to 'hf_dataset' sources")
         return self
 
