@@ -119,6 +119,10 @@ def test_streaming_source_needs_its_size(section: DataSection, tmp_path: Path) -
 
     with pytest.raises(UsageError, match="streaming source can only be a training stage's dataset"):
         load_source("big", section.datasets["big"])
+    from swv.train.data import load_stage_data
+
+    with pytest.raises(UsageError, match=r"stages\[0\] eval: data source 'big' is streaming; only a stage's training"):
+        load_stage_data(section, ["big"], "stages[0] eval")
     with pytest.raises(ValueError, match="'columns' and 'streaming' apply to 'hf_dataset' sources"):
         DatasetSpec(manifest="m.jsonl", streaming=True)
 

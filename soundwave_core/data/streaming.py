@@ -109,8 +109,8 @@ class SourceStream:
 
 
 def _recorded_size(stream: Any, split: str) -> int | None:
-    splits = getattr(stream.info, "splits", None) or {}
-    info = splits.get(split) if hasattr(splits, "get") else None
+    """The split's row count from the dataset's metadata (``DatasetInfo.splits``), if recorded."""
+    info = (stream.info.splits or {}).get(split)
     return int(info.num_examples) if info is not None and info.num_examples else None
 
 

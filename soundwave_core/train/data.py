@@ -24,11 +24,16 @@ class StageDataset:
 
 
 def load_stage_data(section: DataSection, names: list[str], where: str, cache_dir: str | None = None,
-                    *, seed: int = 0) -> StageDataset | StreamingStageData:
-    """The stage's sources; streams (:mod:`swv.data.streaming`) when any of them is ``streaming``."""
+                    *, seed: int = 0, allow_streaming: bool = False) -> StageDataset | StreamingStageData:
+    """The stage's sources; streams (:mod:`swv.data.streaming`) when any of them is ``streaming``
+    (only where ``allow_streaming``: a stage's training data)."""
     import datasets
 
-    if any(section.datasets[name].streaming for name in names):
+    streaming = [name for name in names if section.datasets[name].streaming]
+    if streaming and not allow_streaming:
+        raise UsageError(f"{where}: data source {streaming[0]!r} is streaming; only a stage's training datasets "
+                         "can stream (not eval_datasets, nor cache-features)")
+    if streaming:
         return load_streaming_stage_data(section, names, seed)
 
     parts = []
