@@ -32,17 +32,37 @@ def _split_list(value: str | None, option: str) -> list[str] | None:
 
 @app.command("manifest")
 def manifest_cmd(
-    audio_dir: Annotated[Path, typer.Argument(help="Folder searched recursively for audio files.")],
+    audio_dir: Annotated[Path, typer.Argument(
+        help="Folder searched recursively for audio files; with --format, the corpus folder or table.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write (JSONL).")],
-    task: Annotated[str, typer.Option(help="Value of the 'task' field.")] = "asr",
+    task: Annotated[str, typer.Option(help="Value of the 'task' field (folders without --format).")] = "asr",
     transcripts: Annotated[Optional[Path], typer.Option(
         help="CSV/TSV table of path,text (paths relative to AUDIO_DIR) instead of sidecar .txt/.lab files.")] = None,
     language: Annotated[Optional[str], typer.Option(help="Value of the 'language' field (omitted if not given).")] = None,
+    corpus_format: Annotated[Optional[str], typer.Option(
+        "--format", help="Read a corpus in its own layout: librispeech, commonvoice, covost2, fleurs, vocalsound, "
+        "csv or tsv (see docs in swv.dataprep.corpora).")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="--format: the split (librispeech: sub-folder such as test-clean; commonvoice/covost2/fleurs: "
+        "train/dev/test; vocalsound: te/tr/val).")] = None,
+    clips: Annotated[Optional[Path], typer.Option(
+        help="--format covost2/commonvoice: the CommonVoice clips folder.")] = None,
 ) -> None:
-    """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table."""
-    from swv.dataprep.manifest import build_manifest
+    """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table,
+    or (--format) from a standard corpus in its own layout."""
+    if corpus_format is None:
+        if split is not None or clips is not None:
+            raise UsageError("--split and --clips need --format")
+        from swv.dataprep.manifest import build_manifest
 
-    report = build_manifest(audio_dir, out, task=task, transcripts=transcripts, language=language)
+        report = build_manifest(audio_dir, out, task=task, transcripts=transcripts, language=language)
+    else:
+        if transcripts is not None:
+            raise UsageError("--transcripts applies to plain folders, not to --format")
+        from swv.dataprep.corpora import CorpusOptions, build_corpus_manifest
+
+        opts = CorpusOptions(split=split, language=language, clips=clips)
+        report = build_corpus_manifest(audio_dir, out, corpus_format, opts)
     typer.echo(report.format())
 
 
@@ -213,3 +233,17 @@ def cache_features(
     loaded = load_recipe(recipe, overrides or [], default_registry())
     target, new, old = cache_stage_features(loaded, stage, batch_size=batch_size, device=device)
     typer.echo(f"feature cache {target}: {new} clip(s) encoded, {old} already cached")
+
+
+@app.command("shard")
+def shard_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest whose records (and audio files) to pack.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Empty folder for the shard-NNNNNN.tar files.")],
+    clips_per_shard: Annotated[int, typer.Option(help="Records per shard.")] = 1000,
+) -> None:
+    """Pack a manifest into webdataset-style tar shards (<key>.<ext> audio + <key>.json record);
+    a recipe reads them with a `shards: DIR` source."""
+    from swv.data.shards import write_shards
+
+    report = write_shards(manifest, out, clips_per_shard=clips_per_shard)
+    typer.echo(report.format())

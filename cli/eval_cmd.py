@@ -31,9 +31,27 @@ NORMALIZE_MODES = ("auto", "english", "basic", "none")
 
 def eval_cmd(
     model: ModelSource,
-    manifest: Annotated[Path, typer.Option("--manifest", help="Test manifest (JSONL) with reference fields.")],
-    task: Annotated[str, typer.Option("--task", help="asr (WER/CER), st (BLEU/chrF), classification (accuracy) or "
-                                      "open (judge inputs, no score).")],
+    manifest: Annotated[Optional[Path], typer.Option(
+        "--manifest", help="Test manifest (JSONL) with reference fields.")] = None,
+    task: Annotated[Optional[str], typer.Option(
+        "--task", help="asr (WER/CER), st (BLEU/chrF), classification (accuracy) or open (judge inputs, no score); "
+        "set by --preset.")] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", help="A paper benchmark: librispeech-test-clean, librispeech-test-other, covost2-en-de, "
+        "covost2-en-zh or vocalsound (prompt, normaliser and metric fixed; the report names the benchmark).")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="--preset: the benchmark in its own layout (as for swv data manifest --format) "
+        "instead of --manifest.")] = None,
+    clips: Annotated[Optional[Path], typer.Option(
+        "--clips", help="--preset covost2-*: the CommonVoice clips folder.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        "--split", help="--hf-dataset: the split (default test); --preset with --data: override the benchmark's "
+        "split.")] = None,
+    hf_dataset: Annotated[Optional[str], typer.Option(
+        "--hf-dataset", help="A Hugging Face dataset (save_to_disk folder, parquet/json/csv file, folder of data "
+        "files, or name) instead of --manifest; datasets.Audio columns are read with swv's soundfile reader.")] = None,
+    column: Annotated[Optional[list[str]], typer.Option(
+        "--column", help="--hf-dataset: FIELD=COLUMN, e.g. text=sentence (repeatable).")] = None,
     predictions: Annotated[Optional[Path], typer.Option(
         "--predictions", help="Score this existing predictions JSONL instead of running the model.")] = None,
     output_dir: Annotated[Optional[Path], typer.Option(
@@ -69,9 +87,44 @@ def eval_cmd(
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     windowed, never truncated (--max-duration rejects them instead); items
     whose audio cannot be used count as failed.
+
+    Benchmarks (--preset): the paper's benchmarks with their prompt, normaliser and
+    metric; the data comes from --manifest or, with --data, from the benchmark's own
+    layout; OUTPUT_DIR (default eval-<preset>) also holds the scored benchmark.jsonl.
     """
     from swv.evaluation import evaluate_model, format_table
 
+    benchmark = None
+    if hf_dataset is not None:
+        from swv.data.hf_sources import hf_eval_manifest
+
+        if manifest is not None or data is not None:
+            raise UsageError("--hf-dataset replaces --manifest/--data; give one of them")
+        hf_split, split = split or "test", None
+        name = Path(hf_dataset).name or "dataset"
+        default_dir = f"eval-{preset}" if preset is not None else f"eval-{name}-{hf_split}-{task}"
+        output_dir = output_dir if output_dir is not None else Path(default_dir)
+        manifest = hf_eval_manifest(hf_dataset, hf_split, _column_map(column), output_dir)
+    elif column:
+        raise UsageError("--column needs --hf-dataset")
+    if preset is not None:
+        from swv.eval_presets import get_preset, prepare_benchmark_manifest
+
+        bench = get_preset(preset)
+        if task is not None and task != bench.task:
+            raise UsageError(f"--task {task} contradicts --preset {preset} (task {bench.task})")
+        if normalize is not None or target_language is not None:
+            raise UsageError("--normalize/--target-language are fixed by --preset")
+        task = bench.task
+        out_dir = output_dir if output_dir is not None else Path(f"eval-{bench.name}")
+        manifest = prepare_benchmark_manifest(bench, out_dir, manifest=manifest, data=data, clips=clips, split=split)
+        normalize, target_language, benchmark = bench.normalize, bench.target_language, bench.describe()
+    else:
+        if data is not None or clips is not None or split is not None:
+            raise UsageError("--data, --clips and --split need --preset")
+        if manifest is None or task is None:
+            raise UsageError("--manifest and --task are required (or use --preset)")
+        out_dir = output_dir if output_dir is not None else Path(f"eval-{manifest.stem}-{task}")
     if task not in TASKS:
         raise UsageError(f"--task: unknown task {task!r}, expected one of {', '.join(TASKS)}")
     if normalize is not None and task != "asr":
@@ -80,15 +133,29 @@ def eval_cmd(
         raise UsageError(f"--normalize: unknown mode {normalize!r}, expected one of {', '.join(NORMALIZE_MODES)}")
     if target_language is not None and task != "st":
         raise UsageError("--target-language applies to --task st only")
-    out_dir = output_dir if output_dir is not None else Path(f"eval-{manifest.stem}-{task}")
     run = evaluate_model(
         model, manifest, task, out_dir,  # type: ignore[arg-type]
         predictions=predictions,
         settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed),
         system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
-        normalize=normalize, target_language=target_language, revision=revision,
+        normalize=normalize, target_language=target_language, revision=revision, benchmark=benchmark,
     )
     if run.generation is not None:
         print(f"eval: {run.generation.format()}", file=sys.stderr)
+    if benchmark is not None:
+        from swv.eval_presets import format_benchmark
+
+        typer.echo(format_benchmark(run.result), nl=False)
     typer.echo(format_table(run.result), nl=False)
     print(f"eval: report written to {run.report}", file=sys.stderr)
+
+
+def _column_map(pairs: list[str] | None) -> dict[str, str]:
+    """``["text=sentence", ...]`` -> ``{"text": "sentence"}``."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        field, sep, col = pair.partition("=")
+        if not sep or not field.strip() or not col.strip():
+            raise UsageError(f"--column: expected FIELD=COLUMN, got {pair!r}")
+        out[field.strip()] = col.strip()
+    return out

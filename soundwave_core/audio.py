@@ -71,14 +71,14 @@ def load_audio(source: AudioSource, sample_rate: int) -> np.ndarray:
     return resample(wav, sr, sample_rate)
 
 
-def audio_duration(path: str | os.PathLike[str]) -> float:
-    """Duration in seconds from the file header (no decoding)."""
+def audio_duration(path: str | os.PathLike[str] | bytes) -> float:
+    """Duration in seconds from the header of a file or of an encoded file's bytes (no decoding)."""
     import soundfile as sf
 
     try:
-        info = sf.info(str(path))
+        info = sf.info(io.BytesIO(path) if isinstance(path, bytes) else str(path))
     except Exception as exc:
-        raise InputError(f"{path}: not a readable audio file ({exc})") from None
+        raise InputError(f"{_name(path)}: not a readable audio file ({first_line(exc)})") from None
     return float(info.frames) / float(info.samplerate)
 
 

@@ -521,6 +521,7 @@ def evaluate_model(
     normalize: str | None = None,
     target_language: str | None = None,
     revision: str | None = None,
+    benchmark: Mapping[str, Any] | None = None,
 ) -> EvalRun:
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
@@ -528,9 +529,10 @@ def evaluate_model(
     already there are kept). Prompts: the record's instruction/prompt, else the task default of
     the model's instruction table (:func:`swv.infer.batch.task_prompt`); generation settings left
     open take the model's saved defaults. ``normalize`` and ``target_language`` go to
-    :func:`evaluate`; the report records the generation settings. ``model_dir`` may be a Hugging
-    Face Hub id (at ``revision``; :func:`swv.hub.resolve_model`): the report then records its
-    snapshot directory, which names the repository and the commit.
+    :func:`evaluate`; the report records the generation settings, and ``benchmark`` (a
+    preset's description, :mod:`swv.eval_presets`) under ``"benchmark"``. ``model_dir`` may be a
+    Hugging Face Hub id (at ``revision``; :func:`swv.hub.resolve_model`): the report then records
+    its snapshot directory, which names the repository and the commit.
     """
     from swv.infer import batch
     from swv.infer.pipeline import GenerationSettings
@@ -564,6 +566,8 @@ def evaluate_model(
     judge = out_dir / JUDGE_FILE if task == "open" else None
     result = evaluate(records, task, normalize=normalize, target_language=target_language, judge_path=judge)
     result["predictions_file"] = str(predictions.resolve())
+    if benchmark is not None:
+        result["benchmark"] = dict(benchmark)
     report = write_report(result, out_dir / REPORT_FILE, model_dir=model_dir, manifest_path=manifest,
                           generation_settings=generation)
     return EvalRun(result, report, summary)

@@ -106,7 +106,7 @@ class SpeechCollator:
         from swv.audio import load_audio
 
         try:
-            return load_audio(row["audio"], self.encoder.sample_rate)
+            return load_audio(row.get("audio_bytes") or row["audio"], self.encoder.sample_rate)
         except InputError as exc:
             where = f"{row.get('manifest', '?')}:{row.get('line', '?')}"
             if row.get("source") in self.skip_sources:

@@ -50,7 +50,7 @@ class Share:
     offset: int  # position of ``indices[0]`` inside the global batch
     epoch: int  # the epoch the batch belongs to
     batch: int  # its index in that epoch
-    after: SamplerPosition  # the position after this batch (what a checkpoint records)
+    after: dict[str, int]  # the sampler's state after this batch (what a checkpoint records)
 
 
 class MixtureBatchSampler:
@@ -172,7 +172,7 @@ class MixtureBatchSampler:
                 stop = len(rows) * (self.rank + 1) // self.world_size
                 self.position = SamplerPosition(epoch, index + 1)
                 after = SamplerPosition(epoch, index + 1) if index + 1 < len(batches) else SamplerPosition(epoch + 1, 0)
-                yield Share(rows[start:stop], len(rows), start, epoch, index, after)
+                yield Share(rows[start:stop], len(rows), start, epoch, index, {"epoch": after.epoch, "batch": after.batch})
             self.position = SamplerPosition(epoch + 1, 0)
             if not self.shuffle:
                 return

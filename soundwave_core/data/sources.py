@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from swv.errors import InputError
+from swv.errors import InputError, UsageError
 from swv.recipes.loader import ASSET_PREFIX
 from swv.recipes.schema import DatasetSpec
 
@@ -53,13 +53,17 @@ def _manifest_rows(manifest: str, name: str, task: str, instruction: str, on_err
                 continue
             raise
         row["source"] = name
+        row["audio_bytes"] = b""
         yield row
         emitted += 1
         if max_samples is not None and emitted >= max_samples:
             break
 
 
-def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, instruction: str, resolve_audio: Any, audio_duration: Any) -> dict[str, Any]:
+def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, instruction: str, resolve_audio: Any,
+               audio_duration: Any, embedded: tuple[str, float] | None = None) -> dict[str, Any]:
+    """One source record as a row of the shared columns. ``embedded`` is ``(name, duration)`` of
+    audio whose bytes travel with the row (Hugging Face datasets), instead of an ``audio`` path."""
     where = f"{manifest}:{line_no}"
     row: dict[str, Any] = {}
     for key in TEXT_FIELDS:
@@ -74,7 +78,9 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
     if not row["id"]:
         row["id"] = f"{Path(manifest).name}:{line_no}"
     audio = record.get("audio")
-    if audio not in (None, ""):
+    if embedded is not None:
+        row["audio"], row["duration"] = embedded
+    elif audio not in (None, ""):
         path = resolve_audio(manifest, record)
         if not path.is_file():
             raise InputError(f"{where}: audio file not found: {path}")
@@ -155,28 +161,39 @@ def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> A
             if skipped:
                 log.warning("data source %s: skipped %d bad record(s) of %s (on_error: skip)", name, skipped, manifest)
         return ds
-    assert spec.hf_dataset is not None
-    source = resolve_data_path(spec.hf_dataset)
-    if source.is_dir():
-        loaded = datasets.load_from_disk(str(source))
-        ds = loaded[spec.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    else:
-        ds = datasets.load_dataset(spec.hf_dataset, split=spec.split)
-    missing = [c for c in ("audio",) if c not in ds.column_names]
-    if missing and "instruction" not in ds.column_names:
-        raise InputError(f"data.datasets.{name}: dataset has neither 'audio' nor 'instruction' columns")
+    if spec.shards is not None:
+        return _load_shards(name, spec, cache_dir)
+    from swv.data.hf_sources import load_hf_source
 
-    def fix(record: dict[str, Any], idx: int) -> dict[str, Any]:
-        from swv.audio import audio_duration
+    if spec.streaming:
+        raise UsageError(f"data.datasets.{name}: a streaming source can only be a training stage's dataset "
+                         "(not an eval dataset, nor for cache-features or tags)")
+    return load_hf_source(name, spec)
 
-        rec = dict(record)
-        if isinstance(rec.get("audio"), dict):  # datasets Audio feature: keep the file path
-            rec["audio"] = rec["audio"].get("path") or ""
-        row = _normalise(rec, str(source), idx + 1, spec.task or "", spec.instruction or "", lambda m, r: Path(r["audio"]), audio_duration)
-        row["source"] = name
-        return row
 
-    ds = ds.map(fix, with_indices=True, remove_columns=ds.column_names)
-    if spec.max_samples is not None:
-        ds = ds.select(range(min(spec.max_samples, len(ds))))
-    return ds
+def _load_shards(name: str, spec: DatasetSpec, cache_dir: str | None) -> Any:
+    """A ``shards:`` source (:mod:`swv.data.shards`), read shard by shard into an Arrow table."""
+    import datasets
+
+    from swv.data.shards import shard_files, shard_rows
+
+    assert spec.shards is not None
+    try:
+        files = shard_files(resolve_data_path(spec.shards))
+    except InputError as exc:
+        raise InputError(f"data.datasets.{name}.shards: {exc}") from None
+    try:
+        return datasets.Dataset.from_generator(
+            shard_rows,
+            gen_kwargs={
+                "files": [str(f.resolve()) for f in files], "name": name, "task": spec.task or "",
+                "instruction": spec.instruction or "", "on_error": spec.on_error, "max_samples": spec.max_samples,
+                "stamps": [os.stat(f).st_mtime for f in files], "schema": ROW_SCHEMA,
+            },
+            cache_dir=cache_dir,
+        )
+    except datasets.exceptions.DatasetGenerationError as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, InputError):
+            raise cause from None
+        raise

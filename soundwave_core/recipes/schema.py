@@ -94,20 +94,31 @@ class ModelSection(StrictModel):
 
 
 class DatasetSpec(StrictModel):
-    """One named data source: a JSONL manifest or a Hugging Face ``datasets`` dataset."""
+    """One named data source: a JSONL manifest, a Hugging Face ``datasets`` dataset or tar shards."""
 
     manifest: str | None = None
     hf_dataset: str | None = None
+    shards: str | None = Field(default=None, description="a folder of webdataset-style .tar shards (swv data shard)")
     split: str = "train"
     task: str | None = None
     instruction: str | None = None
     max_samples: int | None = Field(default=None, ge=1)
     on_error: Literal["error", "skip"] = "error"
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="hf_dataset: swv field -> dataset column, e.g. {text: sentence, audio: speech}",
+    )
+    streaming: bool = Field(default=False, description="hf_dataset: read it as a stream (swv.data.streaming)")
+    num_rows: int | None = Field(
+        default=None, ge=1, description="streaming: the source's size for the mixture (default: the dataset's metadata)")
+    shuffle_buffer: int = Field(default=1000, ge=1, description="streaming: rows in the shuffle buffer")
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
-        if (self.manifest is None) == (self.hf_dataset is None):
-            raise ValueError("give exactly one of 'manifest' or 'hf_dataset'")
+        if [self.manifest, self.hf_dataset, self.shards].count(None) != 2:
+            raise ValueError("give exactly one of 'manifest', 'hf_dataset' or 'shards'")
+        if self.hf_dataset is None and (self.columns or self.streaming):
+            raise ValueError("'columns' and 'streaming' apply to 'hf_dataset' sources")
         return self
 
 

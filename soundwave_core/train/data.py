@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swv.data.sampler import MixtureBatchSampler
+from swv.data.streaming import StreamingMixtureSampler, StreamingStageData, load_streaming_stage_data
 from swv.data.sources import load_source
 from swv.errors import UsageError
 from swv.recipes.schema import DataSection, StageData
@@ -22,8 +23,18 @@ class StageDataset:
         return [{k: batch[k][i] for k in batch} for i in range(len(indices))]
 
 
-def load_stage_data(section: DataSection, names: list[str], where: str, cache_dir: str | None = None) -> StageDataset:
+def load_stage_data(section: DataSection, names: list[str], where: str, cache_dir: str | None = None,
+                    *, seed: int = 0, allow_streaming: bool = False) -> StageDataset | StreamingStageData:
+    """The stage's sources; streams (:mod:`swv.data.streaming`) when any of them is ``streaming``
+    (only where ``allow_streaming``: a stage's training data)."""
     import datasets
+
+    streaming = [name for name in names if section.datasets[name].streaming]
+    if streaming and not allow_streaming:
+        raise UsageError(f"{where}: data source {streaming[0]!r} is streaming; only a stage's training datasets "
+                         "can stream (not eval_datasets, nor cache-features)")
+    if streaming:
+        return load_streaming_stage_data(section, names, seed)
 
     parts = []
     sizes = []
@@ -44,12 +55,14 @@ def recipe_tags(section: DataSection, cache_dir: str | None = None) -> list[str]
 
     tags: set[str] = set()
     for name, spec in section.datasets.items():
+        if spec.streaming:  # not scanned: a stream is not read ahead of training
+            continue
         tags |= source_tags(load_source(name, spec, cache_dir=cache_dir))
     return sorted(tags)
 
 
 def make_sampler(
-    data: StageDataset,
+    data: StageDataset | StreamingStageData,
     stage_data: StageData,
     batch_size: int,
     *,
@@ -59,16 +72,23 @@ def make_sampler(
     max_frames_per_batch: int | None,
     frame_rate: float,
     shuffle: bool = True,
-) -> MixtureBatchSampler:
+) -> MixtureBatchSampler | StreamingMixtureSampler:
     """``batch_size`` is the global batch; ``max_frames_per_batch`` is a per-process budget
     (a global batch may hold ``world_size`` times as many frames)."""
+    frames = None if max_frames_per_batch is None else max_frames_per_batch * world_size
+    if isinstance(data, StreamingStageData):
+        return StreamingMixtureSampler(
+            data, batch_size, temperature=stage_data.mixture.temperature,
+            temperature_step=stage_data.mixture.temperature_step, max_frames_per_batch=frames,
+            frame_rate=frame_rate, seed=seed, rank=rank, world_size=world_size,
+        )
     return MixtureBatchSampler(
         data.sizes,
         data.dataset["duration"],
         batch_size,
         temperature=stage_data.mixture.temperature,
         temperature_step=stage_data.mixture.temperature_step,
-        max_frames_per_batch=None if max_frames_per_batch is None else max_frames_per_batch * world_size,
+        max_frames_per_batch=frames,
         frame_rate=frame_rate,
         seed=seed,
         rank=rank,

@@ -90,7 +90,7 @@ class CollateShare:
             "rows": len(share.indices),
             "global_rows": share.global_rows,
             "epoch": share.epoch,
-            "position": {"epoch": share.after.epoch, "batch": share.after.batch},
+            "position": dict(share.after),
         }
         try:
             out["inputs"] = self.collate(rows) if rows else {}

@@ -183,7 +183,8 @@ class StageRunner:
 
     def training_data(self, model: SpeechLM) -> tuple[StageDataset, MixtureBatchSampler]:
         s = self.stage.settings
-        data = load_stage_data(self.ctx.recipe.data, s.data.datasets, self.where)
+        data = load_stage_data(self.ctx.recipe.data, s.data.datasets, self.where,
+                               seed=self.ctx.recipe.seed + 1000 * self.stage.index, allow_streaming=True)
         sampler = make_sampler(
             data,
             s.data,

@@ -1,0 +1,194 @@
+"""Webdataset-style tar shards: many clips per file, for corpora of millions of clips.
+
+A shard ``shard-000000.tar`` holds, per clip, ``<key>.<ext>`` (the audio file's bytes as they
+were, e.g. ``00000000.flac``) and ``<key>.json`` (the manifest record without ``audio``, with
+its ``duration``); a text-only record has only the ``.json``. ``swv data shard`` writes them
+from a manifest (:func:`write_shards`); a recipe source ``shards: DIR`` reads every
+``*.tar`` of DIR in name order, sequentially, into the source's memory-mapped Arrow table (the
+audio bytes travel in the ``audio_bytes`` column, as for Hugging Face datasets), so training
+reads one table instead of opening one small file per clip, and the mixture sampler and its
+exact resume work per row as for any source.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swv.dataprep._common import Report, progress
+from swv.errors import InputError, UsageError
+
+#: Shard file names (``.format(index)``).
+SHARD_NAME = "shard-{:06d}.tar"
+#: Name given to a clip stored in a shard (for messages; not a file path).
+SHARD_AUDIO_PREFIX = "shard:"
+
+
+@dataclass
+class ShardReport(Report):
+    """What :func:`write_shards` wrote."""
+
+    shards: int = 0
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_shards(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, clips_per_shard: int = 1000,
+                 show_progress: bool = True) -> ShardReport:
+    """Write the records of ``manifest`` as tar shards of ``clips_per_shard`` records in ``out_dir``.
+
+    Every shard is written under a temporary name and renamed into place. Records whose audio
+    is missing or unreadable are dropped and reported.
+    """
+    from swv.audio import audio_duration
+    from swv.dataprep._common import count_lines
+    from swv.dataprep.manifest import read_manifest, record_label, resolve_audio
+
+    if clips_per_shard < 1:
+        raise UsageError(f"--clips-per-shard must be >= 1, got {clips_per_shard}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.glob("*.tar")):
+        raise UsageError(f"{out}: already holds .tar shards; write to an empty folder")
+    report = ShardReport(command="shard", output=out)
+    tar: tarfile.TarFile | None = None
+    tmp: Path | None = None
+    in_shard = 0
+    records = read_manifest(manifest, required=())
+    try:
+        for line_no, record in progress(records, total=count_lines(manifest), desc="shard", enabled=show_progress):
+            label = record_label(manifest, line_no, record)
+            meta = {k: v for k, v in record.items() if k != "audio"}
+            payload = b""
+            if record.get("audio"):
+                path = resolve_audio(manifest, record)
+                try:
+                    payload = path.read_bytes()
+                    meta.setdefault("duration", audio_duration(payload))
+                except (OSError, InputError) as exc:
+                    report.drop("unreadable audio", f"{label}: {' '.join(str(exc).split())}")
+                    continue
+                ext = path.suffix.lower() or ".wav"
+            if tar is None:
+                tmp = out / (SHARD_NAME.format(report.shards) + ".tmp")
+                tar = tarfile.open(tmp, "w")
+            key = f"{report.written:08d}"
+            if payload:
+                _add(tar, key + ext, payload)
+            _add(tar, key + ".json", json.dumps(meta, ensure_ascii=False).encode())
+            report.written += 1
+            in_shard += 1
+            if in_shard == clips_per_shard:
+                _close(tar, tmp, report)
+                tar, in_shard = None, 0
+        if tar is not None:
+            _close(tar, tmp, report)
+            tar = None
+    finally:
+        if tar is not None:
+            tar.close()
+            assert tmp is not None
+            tmp.unlink(missing_ok=True)
+    if not report.written:
+        raise InputError(f"{manifest}: no records to shard")
+    report.notes.append(f"{report.shards} shard(s) of up to {clips_per_shard} record(s)")
+    return report
+
+
+def _close(tar: tarfile.TarFile, tmp: Path | None, report: ShardReport) -> None:
+    assert tmp is not None
+    tar.close()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, tmp.with_suffix(""))
+    report.shards += 1
+
+
+def shard_files(ref: str | os.PathLike[str]) -> list[Path]:
+    """The ``*.tar`` shards of folder ``ref``, in name order."""
+    root = Path(ref)
+    if not root.is_dir():
+        raise InputError(f"{root}: shard folder not found")
+    files = sorted(root.glob("*.tar"))
+    if not files:
+        raise InputError(f"{root}: no .tar shards found")
+    return files
+
+
+def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any], bytes]]:
+    """``(key, record, audio bytes or b"")`` of every clip of one shard, in file order."""
+    path = Path(path)
+    current: str | None = None
+    record: dict[str, Any] | None = None
+    audio = b""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                if key != current:
+                    if current is not None:
+                        yield _clip(path, current, record, audio)
+                    current, record, audio = key, None, b""
+                fh = tar.extractfile(member)
+                assert fh is not None
+                data = fh.read()
+                if ext == "json":
+                    try:
+                        record = json.loads(data)
+                    except ValueError as exc:
+                        raise InputError(f"{path}: {member.name}: invalid JSON ({exc})") from None
+                else:
+                    audio = data
+            if current is not None:
+                yield _clip(path, current, record, audio)
+    except tarfile.TarError as exc:
+        raise InputError(f"{path}: not a readable tar shard ({exc})") from None
+
+
+def _clip(path: Path, key: str, record: dict[str, Any] | None, audio: bytes) -> tuple[str, dict[str, Any], bytes]:
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: clip {key!r} has no {key}.json record")
+    return key, record, audio
+
+
+def shard_rows(files: list[str], name: str, task: str, instruction: str, on_error: str, max_samples: int | None,
+               stamps: list[float], schema: int) -> Iterator[dict[str, Any]]:
+    """Generator for ``Dataset.from_generator`` (``stamps`` and ``schema`` only key the cache)."""
+    from swv.audio import audio_duration
+    from swv.data.sources import _normalise
+
+    del stamps, schema
+    emitted = 0
+    for file in files:
+        for index, (key, record, audio) in enumerate(read_shard(file)):
+            embedded = None
+            if audio:
+                duration = record.get("duration")
+                embedded = (f"{SHARD_AUDIO_PREFIX}{file}#{key}",
+                            float(duration) if isinstance(duration, (int, float)) else audio_duration(audio))
+            try:
+                row = _normalise({k: v for k, v in record.items() if k != "audio"}, file, index + 1, task,
+                                 instruction, None, audio_duration, embedded)
+            except InputError:
+                if on_error == "skip":
+                    continue
+                raise
+            row["source"] = name
+            row["audio_bytes"] = audio
+            yield row
+            emitted += 1
+            if max_samples is not None and emitted >= max_samples:
+                return
