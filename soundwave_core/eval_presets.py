@@ -58,13 +58,10 @@ class BenchmarkPreset:
 
     def prompt(self) -> str:
         """The instruction every record of the benchmark gets."""
-        from swv.infer.batch import TASK_PROMPTS, language_name
+        from swv.model.prompts import default_instruction, instruction_table
 
-        if self.task == "asr":
-            return TASK_PROMPTS["asr"]
-        if self.task == "st":
-            assert self.target_language is not None
-            return TASK_PROMPTS["st"].format(language=language_name(self.target_language))
+        if self.task in ("asr", "st"):
+            return default_instruction(instruction_table(), self.task, self.target_language)
         assert self.options is not None
         listed = " ".join(f"{chr(ord('A') + i)}. {option}" for i, option in enumerate(self.options))
         return f"What vocal sound does the person make? Pick one answer from: {listed}."
