@@ -19,9 +19,11 @@ from swv.cli.infer_cmd import (
     System,
     Temperature,
     TopP,
+    TrustRemoteCode,
     generation_settings,
 )
 from swv.errors import UsageError
+from swv.recipes.schema import DEFAULT_MAX_DURATION
 
 TASKS = ("asr", "st", "classification", "open")
 NORMALIZE_MODES = ("auto", "english", "basic", "none")
@@ -51,7 +53,8 @@ def eval_cmd(
     device: Device = "cpu",
     dtype: Dtype = None,
     batch_size: BatchSize = 8,
-    max_duration: MaxDuration = None,
+    max_duration: MaxDuration = DEFAULT_MAX_DURATION,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Evaluate a model on a test manifest and write a JSON report.
 
@@ -63,7 +66,7 @@ def eval_cmd(
     classification and open records need their own instruction.
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
-    windowed, never truncated (--max-duration rejects them instead); items
+    windowed, never truncated (clips longer than --max-duration are); items
     whose audio cannot be used count as failed.
     """
     from swv.evaluation import evaluate_model, format_table
@@ -82,7 +85,7 @@ def eval_cmd(
         predictions=predictions,
         settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed),
         system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
-        normalize=normalize, target_language=target_language,
+        normalize=normalize, target_language=target_language, trust_remote_code=trust_remote_code,
     )
     if run.generation is not None:
         print(f"eval: {run.generation.format()}", file=sys.stderr)

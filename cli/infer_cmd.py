@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.errors import InputError, UsageError
-from swv.recipes.schema import ASR_INSTRUCTION
+from swv.recipes.schema import ASR_INSTRUCTION, DEFAULT_MAX_DURATION
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings, Pipeline, Stats, Waveform
@@ -32,9 +32,14 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed torch's RNG on
 Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps...")]
 Dtype = Annotated[Optional[str], typer.Option(
     "--dtype", help="Cast the model to float32, float16 or bfloat16 (default: as saved).")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Let a model component that asks for it run the Python code its directory ships "
+    "(a model directory can never enable this itself). Review that code first.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs generated together.")]
-MaxDuration = Annotated[Optional[float], typer.Option(
-    "--max-duration", min=0.0, help="Reject clips longer than this many seconds instead of windowing them.")]
+MaxDuration = Annotated[float, typer.Option(
+    "--max-duration", min=0.0,
+    help="Longest clip accepted, in seconds; longer ones are an error. Memory grows linearly with the "
+    "duration: raise it for longer audio.")]
 
 
 def generation_settings(
@@ -87,7 +92,7 @@ def _print_stream(pipe: Pipeline, waveform: Waveform, prompt: str, settings: Gen
 
 def _run_files(
     sources: list[str], model_dir: Path, prompt: str, settings: GenerationSettings, *, system: str | None,
-    device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
+    device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool, trust_remote_code: bool,
 ) -> int:
     """Answer for each file; returns the number of files that failed."""
     if sources.count(STDIN) > 1:
@@ -105,7 +110,7 @@ def _run_files(
         return failed
     from swv.infer import batch
 
-    pipe = batch.load_pipeline(model_dir, device, dtype, system)
+    pipe = batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code)
     waveforms = []
     for samples, rate, name in decoded:
         try:
@@ -132,15 +137,21 @@ def _run_files(
 def _run_manifest(
     manifest: Path, output: Path, model_dir: Path, prompt: str, settings: GenerationSettings, *,
     system: str | None, device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
+    trust_remote_code: bool,
 ) -> None:
     from swv.infer import batch
 
     items = batch.read_items(manifest, lambda record, where: batch.record_instruction(record, where) or prompt)
     summary = batch.run_manifest(
-        lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, output, settings,
+        lambda: batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code), manifest, items, output, settings,
         batch_size=batch_size, max_duration=max_duration, with_stats=stats,
     )
     print(f"infer: {summary.format()}", file=sys.stderr)
+    if summary.failed:
+        raise InputError(
+            f"{manifest}: {summary.failed} of {summary.total} item(s) failed (their 'error' is in {output}); "
+            "rerun the same command to retry them"
+        )
 
 
 def infer(
@@ -168,7 +179,8 @@ def infer(
         "--stats", help="Report per request: audio seconds, encoder frames, audio tokens, compression ratio "
         "(audio tokens / encoder frames), time to first token, tokens/s (stderr; a 'stats' field in batch "
         "mode).")] = False,
-    max_duration: MaxDuration = None,
+    max_duration: MaxDuration = DEFAULT_MAX_DURATION,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -176,16 +188,18 @@ def infer(
     Several files: one 'FILE<TAB>answer' line per file; unreadable files
     are reported on stderr and the exit code is 1.
     Batch mode (--manifest, --output): one JSON line per record with 'id',
-    'prediction' (or 'error' for a bad item; the run goes on) and the
-    record's reference fields; rerun the same command to resume.
+    'prediction' (or 'error' for a bad item; the run goes on, then exits 1
+    with the count of failed items) and the record's reference fields; rerun
+    the same command to resume and retry the failed items.
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     split into consecutive windows whose encoder outputs are joined before
-    the adapters; nothing is truncated (--max-duration rejects them instead).
+    the adapters; nothing is truncated. Clips longer than --max-duration
+    (default 10 minutes) are rejected.
     """
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_p, seed)
     common = dict(system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
-                  stats=stats)
+                  stats=stats, trust_remote_code=trust_remote_code)
     if manifest is not None:
         if audio:
             raise UsageError("give AUDIO files or --manifest, not both")

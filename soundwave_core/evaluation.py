@@ -33,6 +33,7 @@ from . import metrics as M
 from .errors import InputError, UsageError
 from .config import CONFIG_NAME
 from .io import atomic_file, atomic_write_json
+from .recipes.schema import DEFAULT_MAX_DURATION
 
 if TYPE_CHECKING:
     from swv.infer.batch import ManifestItem, RunSummary
@@ -516,9 +517,10 @@ def evaluate_model(
     device: str = "cpu",
     dtype: str | None = None,
     batch_size: int = 8,
-    max_duration: float | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
     normalize: str | None = None,
     target_language: str | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalRun:
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
@@ -540,7 +542,8 @@ def evaluate_model(
         settings = settings if settings is not None else GenerationSettings()
         predictions = out_dir / PREDICTIONS_FILE
         summary = batch.run_manifest(
-            lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, predictions, settings,
+            lambda: batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code), manifest, items,
+            predictions, settings,
             batch_size=batch_size, max_duration=max_duration,
         )
         generation = {

@@ -30,7 +30,8 @@ class WindowedAudio:
 
     Attributes:
         state: ``embeds [B, N, D]`` and ``lengths [B]`` (the sum of each clip's windows' valid
-            encoder frames).
+            encoder frames), and ``window_frames`` (encoder frames of a full window) when a clip
+            has more than one window.
         num_windows: ``[B]`` windows per clip.
     """
 
@@ -134,4 +135,6 @@ def encode_windowed(
     lengths = torch.cat([out.lengths.to(device) for out in outputs], dim=0)
     joined, joined_lengths = join_windows(embeds, lengths, clip_index, len(waveforms))
     num_windows = torch.bincount(clip_index, minlength=len(waveforms))
-    return WindowedAudio(AudioState(embeds=joined, lengths=joined_lengths), num_windows)
+    # every window but a clip's last is full: its frame count is the window's
+    window_frames = int(lengths.max().item()) if int(num_windows.max().item()) > 1 else None
+    return WindowedAudio(AudioState(embeds=joined, lengths=joined_lengths, window_frames=window_frames), num_windows)

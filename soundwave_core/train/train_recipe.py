@@ -19,7 +19,10 @@ from swv.train.stages import recipe_stages
 
 
 def recipe_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    """The recipe's identity: everything but where the run lives (``output_dir``), so a run
+    directory that was moved resumes from its checkpoints."""
+    identity = {key: value for key, value in resolved.items() if key != "output_dir"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def select_stages(names: list[str], only: str | None, start: str | None) -> list[int]:
