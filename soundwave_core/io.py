@@ -41,6 +41,24 @@ def inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what:
     return Path(root) / relative
 
 
+def writable_directory(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` if needed and check that files can be created in it (by creating one:
+    permission bits do not stop root, a read-only file system does); a :class:`UsageError`
+    naming ``what`` (the setting or option) otherwise."""
+    from swv.errors import UsageError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what}: {path}: is a file, expected a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what}: {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
 def check_safetensors(path: str | os.PathLike[str]) -> None:
     """Raise :class:`~swv.errors.InputError` naming ``path`` unless it is a complete safetensors
     file (header readable, data covering the file exactly). Reads the header only."""

@@ -9,6 +9,7 @@ error naming the manifest and line, or, with ``on_error: skip``, a counted skip.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from swv.recipes.schema import DatasetSpec
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("id", "text", "instruction", "response", "task", "target_text", "language", "label")
+
+#: Longest text field a training record may have (characters). The paper's transcripts are at
+#: most 200 tokens; a runaway field (a whole book in ``text``) would make a huge CTC target.
+MAX_FIELD_CHARS = 20_000
 
 
 def resolve_data_path(text: str) -> Path:
@@ -35,7 +40,7 @@ def resolve_data_path(text: str) -> Path:
 
 
 #: Bump when the normalised columns change, so ``datasets`` does not reuse an older cache.
-ROW_SCHEMA = 2
+ROW_SCHEMA = 3
 
 
 def _manifest_rows(manifest: str, name: str, task: str, instruction: str, on_error: str, max_samples: int | None, mtime: float, schema: int) -> Any:
@@ -69,6 +74,11 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
         if not isinstance(value, (str, int, float)):
             raise InputError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
         row[key] = str(value)
+        if len(row[key]) > MAX_FIELD_CHARS:
+            raise InputError(
+                f"{where}: field '{key}' has {len(row[key])} characters, more than the {MAX_FIELD_CHARS} a training "
+                "record may have (split or filter the record)"
+            )
     row["task"] = task or row["task"] or ("asr" if row["text"] and not row["response"] else "")
     row["instruction"] = row["instruction"] or instruction
     if not row["id"]:
@@ -80,8 +90,8 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
             raise InputError(f"{where}: audio file not found: {path}")
         row["audio"] = str(path.resolve())
         duration = record.get("duration")
-        if isinstance(duration, (int, float)):
-            row["duration"] = float(duration)
+        if duration is not None:
+            row["duration"] = _duration(duration, where)
         else:
             try:
                 row["duration"] = audio_duration(path)
@@ -98,6 +108,13 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
     row["line"] = line_no
     row["manifest"] = str(manifest)
     return row
+
+
+def _duration(value: Any, where: str) -> float:
+    """A record's ``duration``: a finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{where}: field 'duration' must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _tags(value: Any, where: str) -> str:

@@ -284,8 +284,6 @@ def run_manifest(
     order; each batch is appended to ``output`` and fsynced. ``settings.seed`` seeds the RNG
     once at the start of the run.
     """
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     manifest, output = Path(manifest), Path(output)
@@ -298,15 +296,30 @@ def run_manifest(
     summary = RunSummary(output=output, total=len(items), skipped=len(items) - len(todo))
     if not todo:
         return summary
-    pipeline = pipe if isinstance(pipe, Pipeline) else pipe()
-    if settings.seed is not None:
-        import torch
+    try:  # opened first: an unwritable output fails before the model loads
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(output, "a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write the predictions here ({exc.strerror or exc})") from None
+    with fh:
+        pipeline = pipe if isinstance(pipe, Pipeline) else pipe()
+        if settings.seed is not None:
+            import torch
 
-        torch.manual_seed(settings.seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", encoding="utf-8") as fh, tqdm(
-        total=len(todo), desc="infer", unit="item", file=sys.stderr, disable=not show_progress, leave=False
-    ) as bar:
+            torch.manual_seed(settings.seed)
+        _generate_into(fh, pipeline, manifest, todo, settings, batch_size, max_duration, with_stats, show_progress,
+                       summary)
+    return summary
+
+
+def _generate_into(fh: Any, pipeline: Pipeline, manifest: Path, todo: Sequence[ManifestItem],
+                   settings: GenerationSettings, batch_size: int, max_duration: float | None, with_stats: bool,
+                   show_progress: bool, summary: RunSummary) -> None:
+    """Generate ``todo`` batch by batch, appending each batch's lines to ``fh``."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc="infer", unit="item", file=sys.stderr, disable=not show_progress,
+              leave=False) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             lines = _run_batch(pipeline, manifest, batch, settings, max_duration, with_stats)
@@ -315,4 +328,3 @@ def run_manifest(
             summary.failed += failed
             summary.generated += len(lines) - failed
             bar.update(len(batch))
-    return summary

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from swv.config import CONFIG_NAME
 from swv.errors import SwvError, UsageError
-from swv.io import atomic_write_json, atomic_write_text
+from swv.io import atomic_write_json, atomic_write_text, inside
 from swv.train.checkpoint import (
     TrainerState,
     checkpoint_recipe_hash,
@@ -67,7 +67,7 @@ class StageRunner:
         self.ctx = ctx
         self.stage = stage
         self.init_dir = init_dir
-        self.stage_dir = ctx.output_dir / stage.name
+        self.stage_dir = inside(ctx.output_dir, stage.name, f"stages[{stage.index}].name")
         self.ckpt_dir = self.stage_dir / "checkpoints"
         self.export_dir = self.stage_dir / "export"
         self.acc: Accelerator = ctx.accelerator

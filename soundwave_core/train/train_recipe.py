@@ -12,7 +12,7 @@ import yaml
 
 from swv.config import CONFIG_NAME
 from swv.errors import UsageError
-from swv.io import atomic_write_json, atomic_write_text
+from swv.io import atomic_write_json, atomic_write_text, writable_directory
 from swv.train.runner import RunContext, StageRunner, stage_done
 from swv.pluginmanager import default_registry
 from swv.train.stages import recipe_stages
@@ -71,6 +71,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
     if resume and not any((output_dir / names[i] / "checkpoints").is_dir() or stage_done(output_dir / names[i], digest) for i in selected):
         raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
 
+    writable_directory(output_dir, "output_dir")
     acc = _accelerator(recipe)
     set_seed(recipe.seed)
     if not sys.stderr.isatty():  # keep logs of non-interactive runs readable
