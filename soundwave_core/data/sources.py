@@ -161,9 +161,16 @@ def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> A
                 cache_dir=cache_dir,
             )
         except datasets.exceptions.DatasetGenerationError as exc:
+            from datasets.arrow_writer import SchemaInferenceError
+
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, InputError):
                 raise cause from None
+            if isinstance(cause, SchemaInferenceError):  # the generator yielded no row
+                raise InputError(
+                    f"data.datasets.{name}.manifest: {manifest}: no usable records"
+                    + (" (every line was skipped: on_error: skip)" if spec.on_error == "skip" else "")
+                ) from None
             raise
         if spec.on_error == "skip" and spec.max_samples is None:
             from swv.dataprep._common import count_lines

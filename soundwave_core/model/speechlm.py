@@ -23,7 +23,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.config import CONFIG_NAME
-from swv.errors import ComponentError, InputError, UsageError, first_line
+from swv.errors import ComponentError, InputError, SwvError, UsageError, first_line
 from swv.infer.windowing import encode_windowed, encoder_window_samples
 from swv.io import atomic_directory, check_safetensors
 from swv.model.losses import ctc_loss, lm_loss
@@ -498,10 +498,21 @@ class SpeechLM(PreTrainedModel):
         for key in ("encoder", "backbone"):
             data[key] = _resolve(registry, key, data[key], config_path, (key,))
         try:
-            config = SpeechLMConfig(**data)
-            model = cls(config, registry=registry)
+            return cls._build_and_load(SpeechLMConfig(**data), directory, registry, lora_trainable)
         except ComponentError as exc:
             raise InputError(f"{config_path}: {first_line(exc)}") from None
+        except SwvError:
+            raise
+        except Exception as exc:  # a library (tokenizers, peft, transformers) choking on a malformed file
+            raise InputError(
+                f"{directory}: cannot load the model, a file of the directory is malformed "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            ) from exc
+
+    @classmethod
+    def _build_and_load(cls, config: SpeechLMConfig, directory: Path, registry: Registry, lora_trainable: bool) -> SpeechLM:
+        """The model of a validated saved config, with the directory's weights loaded."""
+        model = cls(config, registry=registry)
         for name, adapter in model.adapters.items():
             path = directory / ADAPTER_DIR / f"{name}.safetensors"
             if not path.is_file():
