@@ -19,7 +19,7 @@ from swv.adapters.frames import stack_frames, stacked_lengths
 from swv.config import ComponentConfig
 from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
-from swv.model.state import AudioState, lengths_to_mask
+from swv.model.state import AudioState, lengths_to_mask, to_blocks
 from swv.model.vocab_logits import VocabLogits
 
 
@@ -53,8 +53,9 @@ class AlignmentConfig(ComponentConfig):
         default="paper",
         description=(
             "paper: the Transformer layer attends across the frames of each utterance that hold "
-            "audio (the padded tail of a pad_to_30s window masked); released: like the released "
-            "Soundwave weights, each frame is processed on its own (self-attention over a length-1 sequence)"
+            "audio (the padded tail of a pad_to_30s window masked; within each 30 s encoder window of "
+            "a longer clip at inference); released: like the released Soundwave weights, each frame "
+            "is processed on its own (self-attention over a length-1 sequence)"
         ),
     )
 
@@ -129,15 +130,27 @@ class AlignmentAdapter(Adapter):
         if self.config.compat == "released":
             hidden = self.layer(hidden.reshape(batch * time, 1, dim)).reshape(batch, time, dim)
         else:
-            # keys: the frames holding audio (the padded tail of a pad_to_30s window is masked)
-            pad_mask = ~lengths_to_mask(speech, time)
-            # rows of length 0 would make every key masked; let them attend to themselves
-            pad_mask[speech == 0] = False
-            hidden = self.layer(hidden, src_key_padding_mask=pad_mask)
+            # keys: the frames holding audio (the padded tail of a pad_to_30s window is masked),
+            # within each encoder window of a long clip
+            window = None if state.window_frames is None else int(self.output_lengths(torch.tensor([state.window_frames])).item())
+            hidden = self.attend_within_windows(hidden, speech, window)
         embeds = self.norm(hidden)
         ctc_logits = VocabLogits(embeds, self.effective_ctc_weight())
         return state.replace(embeds=embeds, lengths=lengths, ctc_logits=ctc_logits, ctc_lengths=lengths,
                              speech_lengths=speech)
+
+    def attend_within_windows(self, hidden: torch.Tensor, lengths: torch.Tensor, window: int | None) -> torch.Tensor:
+        """The Transformer layer over ``hidden [B, T, D]`` (``lengths [B]`` valid frames), each
+        frame attending to the valid frames of its own encoder window of ``window`` frames (the
+        whole row when ``None``): memory and time grow linearly with a long clip's duration. A
+        clip of one window (every training clip) attends across all its frames."""
+        batch, time, dim = hidden.shape
+        blocks, block_lengths, _ = to_blocks(hidden, lengths, window)
+        pad_mask = ~lengths_to_mask(block_lengths, blocks.shape[1])
+        # blocks without valid frames would make every key masked; let them attend to themselves
+        pad_mask[block_lengths == 0] = False
+        out = self.layer(blocks, src_key_padding_mask=pad_mask)
+        return out.reshape(batch, -1, dim)[:, :time]
 
     def effective_ctc_weight(self) -> torch.Tensor:
         """The CTC head's ``[V, D]`` weight, with the trained corrections of the added tokens'

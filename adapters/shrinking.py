@@ -24,7 +24,8 @@ from swv.adapters.base import Adapter
 from swv.config import ComponentConfig
 from swv.errors import ComponentError
 from swv.model.context import BackboneInfo
-from swv.model.state import AudioState, lengths_to_mask
+from swv.infer.windowing import join_windows
+from swv.model.state import AudioState, lengths_to_mask, to_blocks
 from swv.model.vocab_logits import VocabLogits
 
 
@@ -115,15 +116,21 @@ class ShrinkingAdapter(Adapter):
             raise ComponentError("shrinking adapter needs CTC logits from an earlier adapter (e.g. alignment)")
         frames, lengths = state.embeds, state.lengths
         keep = run_starts(state.ctc_logits.argmax(), lengths, self.blank_id, self.config.keep_blank_runs)
-        kept, kept_lengths = gather_kept(frames, keep)
+        # Each kept frame attends to the frames of its own encoder window (the whole row when the
+        # clip is one window): blocks of a long clip are attended separately, then re-joined.
+        blocks, _, owner = to_blocks(frames, lengths, state.window_frames)
+        size = blocks.shape[1]
+        block_keep = nn.functional.pad(keep, (0, blocks.shape[0] // keep.shape[0] * size - keep.shape[1])).reshape(-1, size)
+        kept, kept_in_block = gather_kept(blocks, block_keep)
         # paper: the frames not kept that hold audio (a pad_to_30s window's padded tail masked)
-        attendable = keep if self.config.compat == "released" else state.speech_mask() & ~keep
-        # Rows with nothing to attend to (every frame kept) get no auxiliary information.
+        speech = to_blocks(state.speech_mask()[..., None].to(frames.dtype), lengths, state.window_frames)[0][..., 0] > 0
+        attendable = block_keep if self.config.compat == "released" else speech & ~block_keep
+        # Blocks with nothing to attend to (every frame kept) get no auxiliary information.
         has_keys = attendable.any(dim=1)
         key_padding_mask = ~(attendable | ~has_keys[:, None])
-        gathered, _ = self.cross_attn(kept, frames, frames, key_padding_mask=key_padding_mask, need_weights=False)
+        gathered, _ = self.cross_attn(kept, blocks, blocks, key_padding_mask=key_padding_mask, need_weights=False)
         gathered = gathered * has_keys[:, None, None].to(gathered.dtype)
-        out = self.norm(kept + gathered)
+        out, kept_lengths = join_windows(self.norm(kept + gathered), kept_in_block, owner, frames.shape[0])
         if self.config.posterior_embedding:
             out = self.expected_embeddings(state.ctc_logits, keep, kept_lengths) + self.gate * out
         return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep, speech_lengths=None)

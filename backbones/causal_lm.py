@@ -26,7 +26,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from swv.backbones.base import AUDIO_TOKEN, Backbone
@@ -345,7 +345,7 @@ class CausalLMBackbone(Backbone):
                 attn_implementation=cfg.attn_implementation,
                 **load_kwargs,
             )
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError) as error:
             raise InputError(
                 f"backbone.{field}: cannot load a causal LM from {where} (safetensors or GGUF only): "
                 f"{first_line(error)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import warnings
@@ -29,6 +30,26 @@ def install_warning_format() -> None:
     if not debug_enabled():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+#: Errors of the environment rather than of swv (permissions, full or read-only disks, a file
+#: where a directory is expected...): reported as one line naming the path.
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR, errno.EISDIR,
+     errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE, errno.EIO}
+)
+
+
+def environment_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an :class:`OSError` about a named path that the user can fix."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS and exc.filename is not None
+
+
+def report_os_error(exc: OSError) -> int:
+    """Print an environment error as ``error: <path>: <reason>``; exit code 1."""
+    target = f" -> {exc.filename2}" if exc.filename2 else ""
+    print(f"error: {exc.filename}{target}: {exc.strerror or exc}", file=sys.stderr)
+    return 1
 
 
 def report(exc: SwvError) -> int:

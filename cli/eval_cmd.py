@@ -21,9 +21,11 @@ from swv.cli.infer_cmd import (
     System,
     Temperature,
     TopP,
+    TrustRemoteCode,
     generation_settings,
 )
 from swv.errors import UsageError
+from swv.recipes.schema import DEFAULT_MAX_DURATION
 
 TASKS = ("asr", "st", "classification", "open")
 NORMALIZE_MODES = ("auto", "english", "basic", "none")
@@ -71,8 +73,9 @@ def eval_cmd(
     device: Device = "cpu",
     dtype: Dtype = None,
     batch_size: BatchSize = 8,
-    max_duration: MaxDuration = None,
+    max_duration: MaxDuration = DEFAULT_MAX_DURATION,
     revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Evaluate a model on a test manifest and write a JSON report.
 
@@ -85,7 +88,7 @@ def eval_cmd(
     into <target language>.", ...). Generation defaults: the model's own.
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
-    windowed, never truncated (--max-duration rejects them instead); items
+    windowed, never truncated (clips longer than --max-duration are); items
     whose audio cannot be used count as failed.
 
     Benchmarks (--preset): the paper's benchmarks with their prompt, normaliser and
@@ -139,6 +142,7 @@ def eval_cmd(
         settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed),
         system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
         normalize=normalize, target_language=target_language, revision=revision, benchmark=benchmark,
+        trust_remote_code=trust_remote_code,
     )
     if run.generation is not None:
         print(f"eval: {run.generation.format()}", file=sys.stderr)

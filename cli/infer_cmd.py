@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.errors import InputError, UsageError
+from swv.recipes.schema import DEFAULT_MAX_DURATION
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline, Stats
@@ -34,13 +35,18 @@ Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed torch's RNG on
 Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps...")]
 Dtype = Annotated[Optional[str], typer.Option(
     "--dtype", help="Cast the model to float32, float16 or bfloat16 (default: as saved).")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Let a model component that asks for it run the Python code its directory ships "
+    "(a model directory can never enable this itself). Review that code first.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs generated together.")]
 ModelSource = Annotated[str, typer.Argument(
     metavar="MODEL", help="Model directory written by training / SpeechLM.save_pretrained, or a Hugging Face Hub id.")]
 Revision = Annotated[Optional[str], typer.Option(
     "--revision", help="Branch, tag or commit of a Hub id MODEL (offline with HF_HUB_OFFLINE=1: from the cache).")]
-MaxDuration = Annotated[Optional[float], typer.Option(
-    "--max-duration", min=0.0, help="Reject clips longer than this many seconds instead of windowing them.")]
+MaxDuration = Annotated[float, typer.Option(
+    "--max-duration", min=0.0,
+    help="Longest clip accepted, in seconds; longer ones are an error. Memory grows linearly with the "
+    "duration: raise it for longer audio.")]
 
 
 def generation_settings(
@@ -93,7 +99,7 @@ def _print_stream(pipe: Pipeline, request: ChatRequest, settings: GenerationSett
 
 def _run_files(
     sources: list[str], model_dir: Path, prompt: str | None, settings: GenerationSettings, *, system: str | None,
-    device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
+    device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool, trust_remote_code: bool,
 ) -> int:
     """Answer for each file; returns the number of files that failed."""
     if sources.count(STDIN) > 1:
@@ -111,7 +117,7 @@ def _run_files(
         return failed
     from swv.infer import batch
 
-    pipe = batch.load_pipeline(model_dir, device, dtype, system)
+    pipe = batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code)
     prompt = pipe.default_prompt() if prompt is None else prompt
     waveforms = []
     for samples, rate, name in decoded:
@@ -148,6 +154,7 @@ def _stored_path(source: str, base: Path) -> str:
 def _run_chat(
     conversation: Path, sources: list[str], model_dir: Path, prompt: str | None, settings: GenerationSettings, *,
     system: str | None, device: str, dtype: str | None, max_duration: float | None, stats: bool,
+    trust_remote_code: bool,
 ) -> None:
     """Continue the conversation in ``conversation``: AUDIO files and --prompt (when AUDIO is
     given or the last turn is the assistant's) form a new user turn; the answer is streamed and
@@ -162,7 +169,7 @@ def _run_chat(
     base = conversation.parent
     if sources or not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
         messages.append(user_turn([_stored_path(s, base) for s in sources], prompt))
-    pipe = batch.load_pipeline(model_dir, device, dtype, system)
+    pipe = batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code)
     request = pipe.chat_request(messages, max_duration=max_duration, base_dir=base)
     answer, result_stats = _print_stream(pipe, request, settings)
     if stats:
@@ -177,6 +184,7 @@ def _run_chat(
 def _run_manifest(
     manifest: Path, output: Path, model_dir: Path, prompt: str | None, settings: GenerationSettings, *,
     system: str | None, device: str, dtype: str | None, batch_size: int, max_duration: float | None, stats: bool,
+    trust_remote_code: bool,
 ) -> None:
     from swv.infer import batch
 
@@ -185,10 +193,15 @@ def _run_manifest(
         manifest, lambda record, where: batch.record_instruction(record, where) or prompt or batch.task_prompt(record, where, "asr", instructions=table)
     )
     summary = batch.run_manifest(
-        lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, output, settings,
+        lambda: batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code), manifest, items, output, settings,
         batch_size=batch_size, max_duration=max_duration, with_stats=stats,
     )
     print(f"infer: {summary.format()}", file=sys.stderr)
+    if summary.failed:
+        raise InputError(
+            f"{manifest}: {summary.failed} of {summary.total} item(s) failed (their 'error' is in {output}); "
+            "rerun the same command to retry them"
+        )
 
 
 def infer(
@@ -216,7 +229,7 @@ def infer(
         "--stats", help="Report per request: audio seconds, encoder frames, audio tokens, compression ratio "
         "(audio tokens / encoder frames), time to first token, tokens/s (stderr; a 'stats' field in batch "
         "mode).")] = False,
-    max_duration: MaxDuration = None,
+    max_duration: MaxDuration = DEFAULT_MAX_DURATION,
     cot: Annotated[bool, typer.Option(
         "--cot", help="The answer starts with a transcript (chain of thought): the token budget grows by the "
         "clip's audio tokens so the answer is not cut (manifest records with \"cot\": true get this anyway).")] = False,
@@ -225,6 +238,7 @@ def infer(
         "{'type': 'audio', 'path': ...} relative to the file, or input_audio): AUDIO and --prompt form a new "
         "user turn; the answer is streamed and appended to the file.")] = None,
     revision: Revision = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -232,15 +246,17 @@ def infer(
     Several files: one 'FILE<TAB>answer' line per file; unreadable files
     are reported on stderr and the exit code is 1.
     Batch mode (--manifest, --output): one JSON line per record with 'id',
-    'prediction' (or 'error' for a bad item; the run goes on) and the
-    record's reference fields; rerun the same command to resume.
+    'prediction' (or 'error' for a bad item; the run goes on, then exits 1
+    with the count of failed items) and the record's reference fields; rerun
+    the same command to resume and retry the failed items.
 
     Conversation (--chat FILE): continue a multi-turn audio chat saved as
     JSON; the new answer is appended to FILE, so the next call goes on.
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     split into consecutive windows whose encoder outputs are joined before
-    the adapters; nothing is truncated (--max-duration rejects them instead).
+    the adapters; nothing is truncated. Clips longer than --max-duration
+    (default 10 minutes) are rejected.
     """
     from swv.hub import resolve_model
 
@@ -251,12 +267,12 @@ def infer(
         settings = replace(settings, transcript_first=True)
     model_dir = resolve_model(model, revision)
     common = dict(system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
-                  stats=stats)
+                  stats=stats, trust_remote_code=trust_remote_code)
     if chat is not None:
         if manifest is not None or output is not None:
             raise UsageError("--chat cannot be combined with --manifest/--output")
         _run_chat(chat, list(audio or []), model_dir, prompt, settings, system=system, device=device, dtype=dtype,
-                  max_duration=max_duration, stats=stats)
+                  max_duration=max_duration, stats=stats, trust_remote_code=trust_remote_code)
         return
     if manifest is not None:
         if audio:

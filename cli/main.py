@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected errors become one line on stderr and a non-zero exit.
 
     Click handles usage errors itself (usage line, exit 2); ``SwvError`` becomes
-    ``error: <message>`` with the error's exit code; ``SWV_DEBUG=1`` keeps the traceback.
+    ``error: <message>`` with the error's exit code, and an ``OSError`` of the environment
+    (permissions, full or read-only disk, file vs directory) ``error: <path>: <reason>``
+    with exit 1; ``SWV_DEBUG=1`` keeps the traceback.
     """
-    from swv.cli.errors import debug_enabled, install_warning_format, report
+    from swv.cli.errors import debug_enabled, environment_error, install_warning_format, report, report_os_error
     from swv.errors import SwvError
 
     install_warning_format()
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         if debug_enabled():
             raise
         sys.exit(report(exc))
+    except OSError as exc:
+        if debug_enabled() or not environment_error(exc):
+            raise
+        sys.exit(report_os_error(exc))
 
 
 if __name__ == "__main__":

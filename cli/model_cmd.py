@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 
+from swv.cli.infer_cmd import TrustRemoteCode
 from swv.cli.options import WeightDtype
 from swv.config import CONFIG_NAME
 from swv.errors import InputError, UsageError
@@ -141,6 +142,7 @@ def export(
         bool, typer.Option("--bundle", help="Copy the encoder and backbone into DEST (a self-contained directory).")
     ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Export a trained model (or a run's last stage) as an swv model directory.
 
@@ -153,7 +155,7 @@ def export(
     _check_destination(model_dir, dest, overwrite)
     typer.echo(f"loading {model_dir} ({how})")
     with _quiet_transformers():
-        model = SpeechLM.from_pretrained(model_dir)
+        model = SpeechLM.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         written = model.save_pretrained(dest, bundle=bundle, merge_lora=merge_lora)
     typer.echo(f"wrote {written}{' (LoRA merged into backbone/)' if merge_lora else ''}:")
     for line in describe_written(written):

@@ -34,6 +34,7 @@ from .errors import InputError, UsageError
 from .config import CONFIG_NAME
 from .hub import resolve_model
 from .io import atomic_file, atomic_write_json
+from .recipes.schema import DEFAULT_MAX_DURATION
 
 if TYPE_CHECKING:
     from swv.infer.batch import ManifestItem, RunSummary
@@ -517,11 +518,12 @@ def evaluate_model(
     device: str = "cpu",
     dtype: str | None = None,
     batch_size: int = 8,
-    max_duration: float | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
     normalize: str | None = None,
     target_language: str | None = None,
     revision: str | None = None,
     benchmark: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
 ) -> EvalRun:
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
@@ -547,7 +549,8 @@ def evaluate_model(
         settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))
         predictions = out_dir / PREDICTIONS_FILE
         summary = batch.run_manifest(
-            lambda: batch.load_pipeline(model_dir, device, dtype, system), manifest, items, predictions, settings,
+            lambda: batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code), manifest, items,
+            predictions, settings,
             batch_size=batch_size, max_duration=max_duration,
         )
         generation = {

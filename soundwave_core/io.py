@@ -18,6 +18,61 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: str | os.PathLike[str]) -> None:
+    """Give ``path`` (a file, or every file under a directory) the permissions a new file gets
+    under the umask, keeping execute bits. Some writers (safetensors) create their files 0600."""
+    root = Path(path)
+    files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    mask = _umask()
+    for file in files:
+        mode = file.stat().st_mode & 0o777
+        os.chmod(file, (0o666 | (mode & 0o111)) & ~mask)
+
+
+def inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str) -> Path:
+    """``root / relative``, after checking that it lies inside ``root`` (symlinks resolved):
+    swv writes and deletes only inside the directories it owns. ``what`` names the setting."""
+    from swv.errors import UsageError
+
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if target == base or base not in target.parents:
+        raise UsageError(f"{what}: {relative!s} would put files outside {root} (at {target})")
+    return Path(root) / relative
+
+
+def writable_directory(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` if needed and check that files can be created in it (by creating one:
+    permission bits do not stop root, a read-only file system does); a :class:`UsageError`
+    naming ``what`` (the setting or option) otherwise."""
+    from swv.errors import UsageError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what}: {path}: is a file, expected a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what}: {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`~swv.errors.InputError` naming ``path`` unless it is a complete safetensors
+    file (header readable, data covering the file exactly). Reads the header only."""
+    from safetensors import SafetensorError, safe_open
+
+    from swv.errors import InputError, first_line
+
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a valid safetensors file, truncated or corrupt ({first_line(exc)})") from None
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     """A temporary file next to ``path`` with the permissions a new file would get."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +135,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    follow_umask(tmp)
     old: Path | None = None
     if path.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))

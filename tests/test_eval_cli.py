@@ -118,12 +118,14 @@ def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path,
     assert settings["prompts"] == {"Transcribe the speech.": 3, "Repeat after me.": 1}
     assert report["predictions_file"] == str((out_dir / "predictions.jsonl").resolve())
 
-    # resuming: everything is there, nothing is generated again, same numbers
+    # resuming: the predicted items are not generated again; the failed one is retried (and fails
+    # again: its audio is still missing), same numbers
     prompts.clear()
     code, out2, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir])
     assert code == 0, err
     assert prompts == [] and out2 == out
-    assert "0 generated, 0 failed, 4 already in predictions.jsonl" in err
+    assert "0 generated, 1 failed, 3 already in predictions.jsonl" in err
+    assert [p["id"] for p in read_jsonl(out_dir / "predictions.jsonl")] == ["a", "test_asr.jsonl:2", "c", "bad"]
 
 
 def test_eval_classification_end_to_end(cli, model_dir: Path, audio_dir: Path, tmp_path: Path) -> None:

@@ -404,7 +404,9 @@ def test_cli_manifest_with_bad_rows(cli, pipe: Pipeline, model_dir: Path, clips:
     out = tmp_path / "run" / "out.jsonl"
     code, stdout, err = cli(["infer", model_dir, "--manifest", manifest, "--output", out, "--max-new-tokens", 4,
                              "--batch-size", 3, "--stats", "--prompt", "Say it."])
-    assert code == 0, err
+    assert code == 1, err
+    assert error_lines(err) == [f"error: {manifest}: 6 of 8 item(s) failed (their 'error' is in {out}); "
+                                "rerun the same command to retry them"]
     lines = read_jsonl(out)
     assert [line["id"] for line in lines] == ["good", "test.jsonl:2", "notaudio", "empty", "nan", "header",
                                               "noaudio", "own"]

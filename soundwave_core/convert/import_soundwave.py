@@ -49,7 +49,7 @@ from torch import nn
 
 from swv.dtypes import DTYPE_NAMES
 from swv.errors import InputError, UsageError
-from swv.io import atomic_directory
+from swv.io import atomic_directory, check_safetensors
 
 __all__ = ["OUTPUT_DTYPES", "ImportSummary", "import_soundwave", "released_key"]
 
@@ -146,6 +146,7 @@ def _weight_map(src: Path) -> dict[str, Path]:
     """Key -> safetensors file, from ``model.safetensors`` or ``model.safetensors.index.json``."""
     single, index = src / "model.safetensors", src / "model.safetensors.index.json"
     if single.is_file():
+        check_safetensors(single)
         with safe_open(str(single), framework="pt") as handle:
             return {key: single for key in handle.keys()}
     if index.is_file():
@@ -157,6 +158,7 @@ def _weight_map(src: Path) -> dict[str, Path]:
         for file in sorted(set(files.values())):
             if not file.is_file():
                 raise InputError(f"{file}: shard listed in {index.name} does not exist")
+            check_safetensors(file)
         return files
     raise InputError(f"{src}: no safetensors weights (expected model.safetensors or model.safetensors.index.json)")
 

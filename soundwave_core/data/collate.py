@@ -106,7 +106,15 @@ class SpeechCollator:
         from swv.audio import load_audio
 
         try:
-            return load_audio(row.get("audio_bytes") or row["audio"], self.encoder.sample_rate)
+            wav = load_audio(row.get("audio_bytes") or row["audio"], self.encoder.sample_rate)
+            limit = self.encoder.max_samples
+            if limit is not None and wav.shape[0] > limit:
+                rate = self.encoder.sample_rate
+                raise InputError(
+                    f"{row['audio']}: {wav.shape[0] / rate:.2f} s is longer than the encoder's {limit / rate:g} s "
+                    "window that training takes per clip (drop or split long clips, e.g. swv data filter --max-duration)"
+                )
+            return wav
         except InputError as exc:
             where = f"{row.get('manifest', '?')}:{row.get('line', '?')}"
             if row.get("source") in self.skip_sources:

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from swv.io import atomic_write_json
+from swv.io import atomic_write_json, follow_umask
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -156,6 +156,7 @@ def build_cache(
         name = f"shard-{shard_no:05d}.safetensors"
         tmp = directory / f".{name}.tmp"
         save_file(pending, str(tmp))
+        follow_umask(tmp)
         os.replace(tmp, directory / name)
         for key, tensor in pending.items():
             entries[key] = [name, int(tensor.shape[0]), pending_speech[key]]

@@ -9,6 +9,7 @@ error naming the manifest and line, or, with ``on_error: skip``, a counted skip.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from swv.recipes.schema import DatasetSpec
 log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("id", "text", "instruction", "response", "task", "target_text", "language", "target_language", "label")
+
+#: Longest text field a training record may have (characters). The paper's transcripts are at
+#: most 200 tokens; a runaway field (a whole book in ``text``) would make a huge CTC target.
+MAX_FIELD_CHARS = 20_000
 
 
 def resolve_data_path(text: str) -> Path:
@@ -73,6 +78,11 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
         if not isinstance(value, (str, int, float)):
             raise InputError(f"{where}: field '{key}' must be a string, got {type(value).__name__}")
         row[key] = str(value)
+        if len(row[key]) > MAX_FIELD_CHARS:
+            raise InputError(
+                f"{where}: field '{key}' has {len(row[key])} characters, more than the {MAX_FIELD_CHARS} a training "
+                "record may have (split or filter the record)"
+            )
     row["task"] = task or row["task"] or ("asr" if row["text"] and not row["response"] else "")
     row["instruction"] = row["instruction"] or instruction
     if not row["id"]:
@@ -86,8 +96,8 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
             raise InputError(f"{where}: audio file not found: {path}")
         row["audio"] = str(path.resolve())
         duration = record.get("duration")
-        if isinstance(duration, (int, float)):
-            row["duration"] = float(duration)
+        if duration is not None:
+            row["duration"] = _duration(duration, where)
         else:
             try:
                 row["duration"] = audio_duration(path)
@@ -104,6 +114,13 @@ def _normalise(record: dict[str, Any], manifest: str, line_no: int, task: str, i
     row["line"] = line_no
     row["manifest"] = str(manifest)
     return row
+
+
+def _duration(value: Any, where: str) -> float:
+    """A record's ``duration``: a finite number of seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise InputError(f"{where}: field 'duration' must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _tags(value: Any, where: str) -> str:
@@ -150,9 +167,16 @@ def load_source(name: str, spec: DatasetSpec, cache_dir: str | None = None) -> A
                 cache_dir=cache_dir,
             )
         except datasets.exceptions.DatasetGenerationError as exc:
+            from datasets.arrow_writer import SchemaInferenceError
+
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, InputError):
                 raise cause from None
+            if isinstance(cause, SchemaInferenceError):  # the generator yielded no row
+                raise InputError(
+                    f"data.datasets.{name}.manifest: {manifest}: no usable records"
+                    + (" (every line was skipped: on_error: skip)" if spec.on_error == "skip" else "")
+                ) from None
             raise
         if spec.on_error == "skip" and spec.max_samples is None:
             from swv.dataprep._common import count_lines

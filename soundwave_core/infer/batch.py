@@ -5,9 +5,9 @@ Output: one JSON line per manifest item, ``{"id", "prediction" | "error", <refer
 "stats"?}``. ``id`` is the record's ``id`` or ``<manifest file name>:<line>``; the reference and
 descriptive fields (:data:`COPIED_FIELDS`) are copied from the manifest. Lines are appended
 and flushed + fsynced after every batch, so an interrupted run loses at most one batch; a
-rerun skips ids already in the output (a half-written last line is dropped first). An item
-whose audio is missing, unreadable, empty, non-finite or too long gets an ``error`` field and
-the run goes on.
+rerun skips ids already predicted in the output (a half-written last line is dropped first).
+An item whose audio is missing, unreadable, empty, non-finite or too long gets an ``error``
+field and the run goes on; a rerun removes the error lines (atomically) and retries them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 from swv.dataprep.manifest import read_manifest, resolve_audio
 from swv.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
+from swv.io import atomic_file
 from swv.model.prompts import default_instruction, instruction_table
-from swv.recipes.schema import GenerationDefaults
+from swv.recipes.schema import DEFAULT_MAX_DURATION, GenerationDefaults
 
 #: Manifest fields copied to every output line (references for evaluation and descriptions).
 COPIED_FIELDS = (
@@ -179,10 +180,15 @@ def read_output(path: str | os.PathLike[str], *, repair: bool = False) -> Iterat
 
 
 def done_ids(path: Path) -> set[str]:
-    """Ids already present in an output file (empty when it does not exist)."""
+    """Ids already predicted in an output file (empty when it does not exist). Lines of items
+    that failed (with ``error``) are removed from the file, atomically, so they are retried."""
     if not path.exists():
         return set()
-    return {str(record["id"]) for _, record in read_output(path, repair=True)}
+    records = [record for _, record in read_output(path, repair=True)]
+    if any("error" in record for record in records):
+        with atomic_file(path) as fh:
+            _append(fh, [record for record in records if "error" not in record])
+    return {str(record["id"]) for record in records if "error" not in record}
 
 
 def output_line(
@@ -248,7 +254,7 @@ def _run_batch(
 
 
 def load_pipeline(model_dir: str | os.PathLike[str], device: str = "cpu", dtype: str | None = None,
-                  system: str | None = None) -> Pipeline:
+                  system: str | None = None, trust_remote_code: bool = False) -> Pipeline:
     """Load the model quietly: no transformers progress bars, and not the deprecation warning
     peft triggers in transformers when it wraps a model with a LoRA (nothing a user can act on)."""
     import warnings
@@ -258,7 +264,8 @@ def load_pipeline(model_dir: str | os.PathLike[str], device: str = "cpu", dtype:
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, system_prompt=system)
+        return Pipeline.from_pretrained(model_dir, device=device, dtype=dtype, system_prompt=system,
+                                        trust_remote_code=trust_remote_code)
 
 
 def run_manifest(
@@ -269,7 +276,7 @@ def run_manifest(
     settings: GenerationSettings,
     *,
     batch_size: int = 8,
-    max_duration: float | None = None,
+    max_duration: float | None = DEFAULT_MAX_DURATION,
     with_stats: bool = False,
     show_progress: bool = True,
 ) -> RunSummary:
@@ -280,27 +287,42 @@ def run_manifest(
     order; each batch is appended to ``output`` and fsynced. ``settings.seed`` seeds the RNG
     once at the start of the run.
     """
-    from tqdm import tqdm
-
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     manifest, output = Path(manifest), Path(output)
     if output.is_dir():
         raise UsageError(f"{output}: is a directory; expected a JSONL output file")
+    if output.resolve() == manifest.resolve() or (output.exists() and os.path.samefile(output, manifest)):
+        raise UsageError(f"--output {output}: is the manifest itself; write the predictions to another file")
     done = done_ids(output)
     todo = [item for item in items if item.id not in done]
     summary = RunSummary(output=output, total=len(items), skipped=len(items) - len(todo))
     if not todo:
         return summary
-    pipeline = pipe if isinstance(pipe, Pipeline) else pipe()
-    if settings.seed is not None:
-        import torch
+    try:  # opened first: an unwritable output fails before the model loads
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(output, "a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write the predictions here ({exc.strerror or exc})") from None
+    with fh:
+        pipeline = pipe if isinstance(pipe, Pipeline) else pipe()
+        if settings.seed is not None:
+            import torch
 
-        torch.manual_seed(settings.seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "a", encoding="utf-8") as fh, tqdm(
-        total=len(todo), desc="infer", unit="item", file=sys.stderr, disable=not show_progress, leave=False
-    ) as bar:
+            torch.manual_seed(settings.seed)
+        _generate_into(fh, pipeline, manifest, todo, settings, batch_size, max_duration, with_stats, show_progress,
+                       summary)
+    return summary
+
+
+def _generate_into(fh: Any, pipeline: Pipeline, manifest: Path, todo: Sequence[ManifestItem],
+                   settings: GenerationSettings, batch_size: int, max_duration: float | None, with_stats: bool,
+                   show_progress: bool, summary: RunSummary) -> None:
+    """Generate ``todo`` batch by batch, appending each batch's lines to ``fh``."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(todo), desc="infer", unit="item", file=sys.stderr, disable=not show_progress,
+              leave=False) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             lines = _run_batch(pipeline, manifest, batch, settings, max_duration, with_stats)
@@ -309,4 +331,3 @@ def run_manifest(
             summary.failed += failed
             summary.generated += len(lines) - failed
             bar.update(len(batch))
-    return summary

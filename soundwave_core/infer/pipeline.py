@@ -19,8 +19,10 @@ Audio inputs are file paths, encoded file bytes, or 1-D float numpy arrays at ``
 
 Long audio: a clip longer than the encoder's window (:attr:`Pipeline.window_seconds`, 30 s for
 Whisper) is split into consecutive windows whose encoder outputs are joined along time before
-the adapter chain (see :mod:`swv.infer.windowing`), so nothing is truncated; pass
-``max_duration`` to reject long clips with an :class:`~swv.errors.InputError` instead.
+the adapter chain (see :mod:`swv.infer.windowing`), so nothing is truncated; attention in the
+adapters stays within a window, so memory grows linearly with the duration. Clips longer than
+``max_duration`` (default :data:`DEFAULT_MAX_DURATION`, 10 minutes; ``None`` for no limit) are
+rejected with an :class:`~swv.errors.InputError`.
 
 Batches: inputs are grouped ``batch_size`` at a time (in input order), the audio goes through
 :meth:`SpeechLM.encode_audio`, prompts are left-padded and :meth:`SpeechLM.generate` splices the
@@ -63,9 +65,10 @@ from swv.model.prompts import PromptBuilder, default_instruction
 from swv.model.speechlm import SpeechLM
 from swv.model.state import AudioState
 from swv.model.stopping import cut_at_stop, decode_answers, left_pad
-from swv.recipes.schema import ASR_INSTRUCTION, GenerationDefaults
+from swv.recipes.schema import ASR_INSTRUCTION, DEFAULT_MAX_DURATION, GenerationDefaults
 
 __all__ = [
+    "DEFAULT_MAX_DURATION",
     "DEFAULT_PROMPT",
     "ChatRequest",
     "GenerationSettings",
@@ -339,15 +342,18 @@ class Pipeline:
         dtype: str | torch.dtype | None = None,
         system_prompt: str | None = None,
         revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> Pipeline:
         """Load a model written by ``SpeechLM.save_pretrained`` (a directory, or a Hugging Face Hub
         id at ``revision``: see :func:`swv.hub.resolve_model`) onto ``device``, optionally cast to
-        ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype)."""
+        ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype).
+        ``trust_remote_code`` lets a component that asks for it run the Python code its
+        directory ships (see :meth:`SpeechLM.from_pretrained`)."""
         torch_device = _parse_device(device)
         weights_dtype = _parse_dtype(dtype)
         path = resolve_model(model_dir, revision)
         try:
-            model = SpeechLM.from_pretrained(path)
+            model = SpeechLM.from_pretrained(path, trust_remote_code=trust_remote_code)
         except SwvError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as exc:  # e.g. truncated safetensors
@@ -397,23 +403,26 @@ class Pipeline:
         *,
         sample_rate: int | None = None,
         name: str | None = None,
-        max_duration: float | None = None,
+        max_duration: float | None = DEFAULT_MAX_DURATION,
     ) -> Waveform:
         """Decode, mix to mono and resample one input to :attr:`sample_rate`.
 
         ``sample_rate`` is the rate of a numpy array (default: :attr:`sample_rate`). With
-        ``max_duration`` (seconds), a longer clip raises :class:`InputError`.
+        ``max_duration`` (seconds; ``None``: no limit), a longer clip raises :class:`InputError`.
         """
         rate = self.sample_rate if sample_rate is None else sample_rate
         wav, rate, name = decode_audio(audio, rate, name)
         return self.prepare(wav, rate, name, max_duration=max_duration)
 
-    def prepare(self, samples: np.ndarray, rate: int, name: str, *, max_duration: float | None = None) -> Waveform:
+    def prepare(self, samples: np.ndarray, rate: int, name: str, *, max_duration: float | None = DEFAULT_MAX_DURATION) -> Waveform:
         """Check an already decoded mono waveform at ``rate`` and resample it."""
         samples = _check_array(samples, name)
         seconds = samples.shape[0] / rate
         if max_duration is not None and seconds > max_duration:
-            raise InputError(f"{name}: {seconds:.2f} s of audio exceeds the maximum duration of {max_duration:g} s")
+            raise InputError(
+                f"{name}: {seconds:.2f} s of audio exceeds the maximum duration of {max_duration:g} s "
+                "(raise it with --max-duration / max_duration=)"
+            )
         return Waveform(resample(samples, rate, self.sample_rate), name)
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -563,14 +572,14 @@ class Pipeline:
         do_sample: bool | None = None,
         seed: int | None = None,
         batch_size: int = 8,
-        max_duration: float | None = None,
+        max_duration: float | None = DEFAULT_MAX_DURATION,
         return_stats: bool = False,
     ) -> str | Result | list[str] | list[Result]:
         """Answer ``prompt`` about ``audio`` (one input or a list; ``prompt`` may be a list of the
         same length; default: the model's ASR instruction). Generation settings left ``None`` take
         the model's saved defaults. Returns the text (or a :class:`Result` with ``return_stats``), or a list
-        for a list input. Clips longer than the encoder window are windowed (never truncated)
-        unless ``max_duration`` rejects them."""
+        for a list input. Clips longer than the encoder window are windowed (never truncated);
+        clips longer than ``max_duration`` seconds are rejected."""
         settings = GenerationSettings(
             max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
         )
@@ -603,7 +612,7 @@ class Pipeline:
         top_p: float | None = None,
         do_sample: bool | None = None,
         seed: int | None = None,
-        max_duration: float | None = None,
+        max_duration: float | None = DEFAULT_MAX_DURATION,
     ) -> TextStream:
         """Stream the answer for one input: iterate the returned :class:`TextStream` for text
         pieces as they are generated (transformers' ``TextIteratorStreamer``, generation in a

@@ -30,8 +30,9 @@ class WindowedAudio:
 
     Attributes:
         state: ``embeds [B, N, D]``, ``lengths [B]`` (the sum of each clip's windows' valid
-            encoder frames) and ``speech_lengths [B]`` (the same sum of frames holding audio:
-            every window but a clip's last is full, so its padding can only come last).
+            encoder frames), ``speech_lengths [B]`` (the same sum of frames holding audio: every
+            window but a clip's last is full, so its padding can only come last) and
+            ``window_frames`` (encoder frames of a full window) when a clip has more than one window.
         num_windows: ``[B]`` windows per clip.
     """
 
@@ -137,4 +138,7 @@ def encode_windowed(
     joined, joined_lengths = join_windows(embeds, lengths, clip_index, len(waveforms))
     joined_speech = torch.zeros_like(joined_lengths).index_add_(0, clip_index.to(device), speech)
     num_windows = torch.bincount(clip_index, minlength=len(waveforms))
-    return WindowedAudio(AudioState(embeds=joined, lengths=joined_lengths, speech_lengths=joined_speech), num_windows)
+    # every window but a clip's last is full: its frame count is the window's
+    window_frames = int(lengths.max().item()) if int(num_windows.max().item()) > 1 else None
+    state = AudioState(embeds=joined, lengths=joined_lengths, speech_lengths=joined_speech, window_frames=window_frames)
+    return WindowedAudio(state, num_windows)

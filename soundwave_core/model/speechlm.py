@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +16,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.config import CONFIG_NAME
+from swv.errors import ComponentError, InputError, SwvError, UsageError, first_line
 from swv.hub import resolve_model
-from swv.errors import ComponentError, InputError
 from swv.infer.windowing import encode_windowed, encoder_window_samples
-from swv.io import atomic_directory
+from swv.io import atomic_directory, check_safetensors
 from swv.model.card import render_model_card
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
@@ -236,8 +238,11 @@ class SpeechLM(PreTrainedModel):
             speech_lengths=None if state.speech_lengths is None else state.speech_lengths.to(target.device),
         )
         encoder_frames = state.lengths
+        window = state.window_frames
         for adapter in self.adapters.values():
-            state = adapter(state)
+            state = adapter(state.replace(window_frames=window))
+            if window is not None:
+                window = int(adapter.output_lengths(torch.tensor([window], device=encoder_frames.device)).item())
             if stop_after_ctc and state.ctc_logits is not None:
                 break
         return state.replace(encoder_lengths=encoder_frames, num_windows=num_windows.to(encoder_frames.device))
@@ -500,25 +505,55 @@ class SpeechLM(PreTrainedModel):
         revision: str | None = None,
         registry: Registry | None = None,
         lora_trainable: bool = False,
+        trust_remote_code: bool = False,
         **_: Any,
     ) -> SpeechLM:
         """Rebuild a model written by :meth:`save_pretrained` from a local directory or a
         Hugging Face Hub id (at ``revision``: branch, tag or commit), fetched into the Hugging
         Face cache through :func:`swv.hub.resolve_dir` (offline: ``HF_HUB_OFFLINE=1`` uses the
         cache only). Other keyword arguments (those transformers' ``AutoModel`` passes) are
-        ignored."""
+        ignored.
+
+        A model directory is data: its ``swv_config.json`` cannot enable code execution. A
+        component that asks for ``trust_remote_code`` loads only when the caller passes
+        ``trust_remote_code=True`` (``swv infer --trust-remote-code``), and then with a warning
+        naming the Python files it ships. Relative paths in the config must stay inside the
+        directory. Every ``*.safetensors`` file is checked to be complete before anything loads.
+        """
         directory = resolve_model(source, revision)
         config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise InputError(f"{directory}: not an swv model directory (missing {CONFIG_NAME})")
-        try:
-            data = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{config_path}: invalid JSON ({exc.msg})") from None
+        data = read_model_config(directory)
+        for file in sorted(directory.rglob("*.safetensors")):
+            check_safetensors(file)
         data.pop("model_type", None)
-        config = SpeechLMConfig(**data)
-        config.encoder = _localise(dict(config.encoder or {}), directory)
-        config.backbone = _localise(dict(config.backbone or {}), directory)
+        for key in ("encoder", "backbone"):
+            data[key] = _localise(_component_ref(data.get(key), config_path, key), directory, config_path, key)
+            _apply_trust(data[key], trust_remote_code, directory, config_path, key)
+        adapters = data.get("adapters")
+        if not isinstance(adapters, list) or not adapters:
+            raise InputError(f"{config_path}: adapters: expected a non-empty list of {{name, ...}} objects")
+        registry = _registry(registry)
+        data["adapters"] = [
+            _resolve(registry, "adapter", _component_ref(ref, config_path, f"adapters[{i}]"), config_path, ("adapters", i))
+            for i, ref in enumerate(adapters)
+        ]
+        for key in ("encoder", "backbone"):
+            data[key] = _resolve(registry, key, data[key], config_path, (key,))
+        try:
+            return cls._build_and_load(SpeechLMConfig(**data), directory, registry, lora_trainable)
+        except ComponentError as exc:
+            raise InputError(f"{config_path}: {first_line(exc)}") from None
+        except SwvError:
+            raise
+        except Exception as exc:  # a library (tokenizers, peft, transformers) choking on a malformed file
+            raise InputError(
+                f"{directory}: cannot load the model, a file of the directory is malformed "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            ) from exc
+
+    @classmethod
+    def _build_and_load(cls, config: SpeechLMConfig, directory: Path, registry: Registry, lora_trainable: bool) -> SpeechLM:
+        """The model of a validated saved config, with the directory's weights loaded."""
         model = cls(config, registry=registry)
         for name, adapter in model.adapters.items():
             path = directory / ADAPTER_DIR / f"{name}.safetensors"
@@ -530,6 +565,57 @@ class SpeechLM(PreTrainedModel):
         if (directory / LORA_CONFIG_FILE).is_file():
             model.backbone.load_lora(directory, trainable=lora_trainable)
         return model.eval()
+
+
+def read_model_config(directory: Path) -> dict[str, Any]:
+    """The JSON object of ``directory/swv_config.json`` (an :class:`InputError` naming the file otherwise)."""
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise InputError(f"{directory}: not an swv model directory (missing {CONFIG_NAME})")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{config_path}: invalid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{config_path}: cannot read ({first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{config_path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _component_ref(ref: Any, config_path: Path, key: str) -> dict[str, Any]:
+    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
+        raise InputError(f"{config_path}: {key}: expected an object with a 'name' (a registered component), got {ref!r}")
+    return dict(ref)
+
+
+def _resolve(registry: Registry, kind: str, ref: dict[str, Any], config_path: Path, loc: tuple[Any, ...]) -> Component:
+    """One component of a saved config, validated; errors name ``swv_config.json`` and the field."""
+    from swv.recipes.loader import describe_error, format_loc
+
+    try:
+        return registry.resolve(kind, ref)
+    except ComponentError as exc:
+        raise InputError(f"{config_path}: {format_loc((*loc, 'name'))}: {first_line(exc)}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InputError(f"{config_path}: {format_loc((*loc, *first.get('loc', ())))}: {describe_error(first)}") from None
+
+
+def _apply_trust(cfg: dict[str, Any], allowed: bool, directory: Path, config_path: Path, key: str) -> None:
+    """A component that asks for ``trust_remote_code`` needs the caller's consent (never the
+    config's); with it, warn naming the Python files that may run."""
+    if not cfg.get("trust_remote_code"):
+        return
+    source = Path(str(cfg.get("path") or directory))
+    files = sorted(str(f) for f in (source.rglob("*.py") if source.is_dir() else []))
+    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "") if files else "none found locally"
+    if not allowed:
+        raise UsageError(
+            f"{config_path}: {key}.trust_remote_code is true: this model directory asks to run Python code it ships "
+            f"({shown}); a model directory cannot enable that. Review the code, then pass --trust-remote-code"
+        )
+    warnings.warn(f"{key}: running the model's own Python code (--trust-remote-code): {shown}", stacklevel=2)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -557,11 +643,24 @@ def _point_lora_at_backbone(directory: Path, backbone: dict[str, Any]) -> None:
     file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
 
 
-def _localise(cfg: dict[str, Any], directory: Path) -> dict[str, Any]:
-    """Component paths saved relative to the model directory become absolute."""
-    path = cfg.get("path")
-    if isinstance(path, str) and not os.path.isabs(path) and (directory / path).exists():
-        cfg["path"] = str((directory / path).resolve())
+#: Component fields that name files or directories.
+PATH_FIELDS = ("path", "tokenizer")
+
+
+def _localise(cfg: dict[str, Any], directory: Path, config_path: Path, key: str) -> dict[str, Any]:
+    """Component paths saved relative to the model directory become absolute; a relative path
+    that leaves the directory (``../x``) is refused. Absolute paths and hub ids refer to base
+    weights the model was trained on (loaded as safetensors, never as code)."""
+    root = directory.resolve()
+    for field in PATH_FIELDS:
+        value = cfg.get(field)
+        if not isinstance(value, str) or os.path.isabs(value) or value.startswith("~"):
+            continue
+        target = (directory / value).resolve()
+        if target != root and root not in target.parents:
+            raise InputError(f"{config_path}: {key}.{field}: {value!r} points outside the model directory")
+        if target.exists():
+            cfg[field] = str(target)
     return cfg
 
 

@@ -33,6 +33,11 @@ class AudioState:
             ``lengths`` when the encoder counts padding as valid (Whisper ``pad_to_30s``: the
             padded tail of the 30 s window). ``None``: every valid frame is audio. Adapters that
             change the frame rate map it; paper-semantics attention masks the frames past it.
+        window_frames: frames of ``embeds`` per encoder window when long clips were windowed
+            (frame ``t`` of a row belongs to window ``t // window_frames``), ``None`` when every
+            row is one window. ``SpeechLM.encode_audio`` sets it before each adapter (the encoder
+            window's frames through the earlier adapters' ``output_lengths``); attention layers
+            attend within a window, so memory grows linearly with the clip's duration.
     """
 
     embeds: torch.Tensor
@@ -44,6 +49,7 @@ class AudioState:
     encoder_lengths: torch.Tensor | None = None
     num_windows: torch.Tensor | None = None
     speech_lengths: torch.Tensor | None = None
+    window_frames: int | None = None
 
     def replace(self, **changes: object) -> AudioState:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -62,3 +68,24 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.
     """``[B]`` lengths -> ``[B, T]`` bool mask, True where ``t < lengths[b]``."""
     max_len = int(lengths.max().item()) if max_len is None else max_len
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def to_blocks(embeds: torch.Tensor, lengths: torch.Tensor, block: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut each row of ``embeds [B, T, D]`` into consecutive blocks of ``block`` frames (the last
+    one zero-padded; one block per row when ``block`` is ``None`` or ``>= T``).
+
+    Returns ``blocks [B * K, S, D]`` (row-major: row ``b``'s blocks are ``b * K ... b * K + K - 1``),
+    their valid lengths ``[B * K]`` (from ``lengths [B]``) and ``owner [B * K]``, the row of each
+    block; ``K = ceil(T / S)``, ``S = min(block, T)``.
+    """
+    batch, time, dim = embeds.shape
+    size = time if block is None or block >= time else block
+    size = max(size, 1)
+    count = -(-time // size) if time else 1
+    padded = count * size
+    if padded != time:
+        embeds = torch.cat([embeds, embeds.new_zeros(batch, padded - time, dim)], dim=1)
+    starts = torch.arange(count, device=lengths.device) * size
+    block_lengths = (lengths[:, None].long() - starts[None, :]).clamp(min=0, max=size).reshape(-1)
+    owner = torch.arange(batch, device=lengths.device).repeat_interleave(count)
+    return embeds.reshape(batch * count, size, dim), block_lengths, owner

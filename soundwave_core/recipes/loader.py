@@ -68,7 +68,7 @@ def format_loc(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "(top level)"
 
 
-def _describe_error(err: dict[str, Any]) -> str:
+def describe_error(err: dict[str, Any]) -> str:
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown field"
@@ -82,11 +82,49 @@ def _describe_error(err: dict[str, Any]) -> str:
     return msg
 
 
+#: Most nodes (mappings, lists, scalars) a recipe may expand to once YAML aliases are
+#: followed; real recipes have a few hundred. Guards against alias bombs ("billion laughs").
+MAX_RECIPE_NODES = 100_000
+
+
+def expanded_size(data: Any, where: str, budget: int = MAX_RECIPE_NODES) -> int:
+    """Number of nodes of ``data`` with every shared (aliased) node counted each time it is
+    used, computed without expanding anything; a :class:`RecipeError` naming ``where`` if it
+    exceeds ``budget`` or an alias refers to itself."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    active: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        key = id(node)
+        children = [v for kv in node.items() for v in kv] if isinstance(node, dict) else node
+        if done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[key] > budget:
+                raise RecipeError(
+                    f"{where}: YAML aliases expand to more than {budget} nodes; refusing to load (an alias bomb?)"
+                )
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise RecipeError(f"{where}: a YAML alias refers to the mapping or list that contains it")
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if isinstance(c, (dict, list)) and id(c) not in sizes)
+    return sizes.get(id(data), 1)
+
+
 def _load_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save the recipe as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -98,6 +136,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    expanded_size(data, str(path))
     return data
 
 
@@ -144,6 +183,7 @@ def parse_override(text: str) -> Override:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    expanded_size(value, f"override {text!r}")
     return Override(text, key.split("."), value)
 
 
@@ -213,7 +253,7 @@ def _error_from_validation(source: Path, exc: ValidationError, prefix: tuple[Any
     first = errors[0]
     loc = (*prefix, *first.get("loc", ()))
     dotted = format_loc(loc)
-    msg = _describe_error(first)
+    msg = describe_error(first)
     origin = ""
     flat = ".".join(str(p) for p in loc)
     for ov in overrides:

@@ -8,6 +8,7 @@ component's own config model by :func:`swv.recipes.loader.validate_components`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -40,6 +41,14 @@ DEFAULT_INSTRUCTIONS: dict[str, str] = {
     "vocal_sound": "What vocal sound is this?",
     "scene": "What is the acoustic scene of this recording?",
 }
+
+#: Longest clip (seconds) ``swv infer``/``swv eval`` and :class:`swv.infer.Pipeline` accept unless
+#: told otherwise (``--max-duration``); inference memory grows linearly with the duration.
+DEFAULT_MAX_DURATION = 600.0
+
+
+#: A stage name is one path component of the run directory (``<output_dir>/<name>/``).
+STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 
 
 class StrictModel(BaseModel):
@@ -199,6 +208,17 @@ class StageSettings(StrictModel):
     keep_last: int = Field(default=2, ge=1)
     max_bad_steps: int = Field(default=10, ge=1)
 
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str) -> str:
+        """The stage's directory is ``<output_dir>/<name>``: a name must not leave the run directory."""
+        if not STAGE_NAME.fullmatch(name):
+            raise ValueError(
+                f"stage name {name!r} must be one directory name: 1-64 letters, digits, '_', '-' or '.', "
+                "not starting with '-' or '.' (no path separators)"
+            )
+        return name
+
     @model_validator(mode="after")
     def _length(self) -> StageSettings:
         if (self.max_steps is None) == (self.epochs is None):
@@ -220,6 +240,13 @@ class Recipe(StrictModel):
     model: ModelSection
     data: DataSection = Field(default_factory=DataSection)
     stages: list[StageSettings] = Field(min_length=1)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _non_empty_output_dir(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("output_dir must name a directory, got an empty string")
+        return value
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from swv.config import CONFIG_NAME
 from swv.errors import SwvError, UsageError
-from swv.io import atomic_write_json
+from swv.io import atomic_write_json, atomic_write_text, inside
 from swv.train.checkpoint import (
     TrainableWeightsHooks,
     TrainerState,
@@ -70,7 +70,7 @@ class StageRunner:
         self.ctx = ctx
         self.stage = stage
         self.init_dir = init_dir
-        self.stage_dir = ctx.output_dir / stage.name
+        self.stage_dir = inside(ctx.output_dir, stage.name, f"stages[{stage.index}].name")
         self.ckpt_dir = self.stage_dir / "checkpoints"
         self.export_dir = self.stage_dir / "export"
         self.acc: Accelerator = ctx.accelerator
@@ -529,7 +529,9 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     tags = recipe_tags(loaded.recipe.data)
     torch.manual_seed(loaded.recipe.seed)
     if init_dir is not None:
-        model = SpeechLM.from_pretrained(init_dir)
+        # remote code only if the recipe the user wrote enables it, never the export's own config
+        trusted = bool(loaded.recipe.model.backbone.args().get("trust_remote_code", False))
+        model = SpeechLM.from_pretrained(init_dir, trust_remote_code=trusted)
         model.config.instructions, model.config.generation = recipe_prompting(loaded.recipe)
         known = set(model.backbone.special_tokens)
         missing = [t for t in tags if t not in known]
@@ -587,7 +589,9 @@ def _mean(window: list[dict[str, float]]) -> dict[str, float]:
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per log event, appended and flushed."""
+    """``metrics.jsonl``: one JSON object per log event, appended and flushed. On resume the
+    records past the resumed step are dropped, and so is a line torn by a kill or a full disk
+    (reported); the file is rewritten atomically."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
         self.path = path
@@ -595,13 +599,32 @@ class MetricsLog:
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():  # drop records past the step we resume from
-                kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-                path.write_text("".join(k + "\n" for k in kept))
+                records = read_metrics_records(path)
+                kept = [json.dumps(r) + "\n" for r in records if r.get("step", 0) <= resume_step]
+                atomic_write_text(path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+def read_metrics_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``metrics.jsonl``; lines that are not one (a record torn by a kill
+    or a full disk) are dropped with a warning naming the file and line."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            print(f"warning: {path}:{number}: dropped a torn or invalid metrics record", file=sys.stderr)
+            continue
+        records.append(record)
+    return records
 
 
 class Progress:

@@ -14,7 +14,7 @@ import yaml
 
 from swv.config import CONFIG_NAME
 from swv.errors import UsageError
-from swv.io import atomic_write_json, atomic_write_text
+from swv.io import atomic_write_json, atomic_write_text, writable_directory
 from swv.train.lock import OutputDirLock
 from swv.train.runner import RunContext, StageRunner, stage_done
 from swv.pluginmanager import default_registry
@@ -22,7 +22,10 @@ from swv.train.stages import recipe_stages
 
 
 def recipe_hash(resolved: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    """The recipe's identity: everything but where the run lives (``output_dir``), so a run
+    directory that was moved resumes from its checkpoints."""
+    identity = {key: value for key, value in resolved.items() if key != "output_dir"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def select_stages(names: list[str], only: str | None, start: str | None) -> list[int]:
@@ -94,6 +97,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
     if resume and not any((output_dir / names[i] / "checkpoints").is_dir() or stage_done(output_dir / names[i], digest) for i in selected):
         raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
 
+    writable_directory(output_dir, "output_dir")
     acc = _accelerator(recipe)
     plan = batch_plan(recipe, acc.num_processes)
     with OutputDirLock(output_dir) if acc.is_main_process else contextlib.nullcontext() as lock:
