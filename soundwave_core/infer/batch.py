@@ -22,8 +22,8 @@ from typing import Any
 
 from swv.dataprep.manifest import read_manifest, resolve_audio
 from swv.errors import InputError, UsageError
-from swv.io import append_durably
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
+from swv.io import append_durably
 from swv.model.prompts import default_instruction, instruction_table
 from swv.recipes.schema import GenerationDefaults
 

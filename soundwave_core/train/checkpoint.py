@@ -9,8 +9,8 @@ falls back to the newest intact one. A write that fails (disk full, file-size li
 checkpoint behind, and a run killed while writing leaves temporary directories that the next
 run removes (:func:`remove_leftovers`).
 
-Checkpoints written by swv before this layout (``optimizer.pt``, ``rng_rank*.json``) are not
-read: resume such a run from its stage's export instead (``stages.N.init_from``).
+Checkpoints written by swv before this layout (no manifest) are not read: resume such a run
+from its stage's export instead (``stages.N.init_from``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 SCHEDULER_FILE = "scheduler.pt"
 RECIPE_FILE = "recipe.yaml"
-RNG_FILE = "random_states_{rank}.pkl"  # accelerate's name for a process's RNG states
 
 
 @dataclass
