@@ -5,11 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from swv.errors import SwvError, first_line
+
+#: what writers raise when a file cannot be written (disk full, file-size limit, I/O error):
+#: ``OSError``; ``RuntimeError`` from ``torch.save``; ``SafetensorError`` (an ``Exception``) from safetensors
+WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError)
 
 
 def _umask() -> int:
@@ -82,6 +89,73 @@ def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     return Path(name)
 
 
+def _safetensors_error() -> type[BaseException]:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+def write_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a failed write of a file raises (see :data:`WRITE_ERRORS`)."""
+    return (*WRITE_ERRORS, _safetensors_error())
+
+
+def write_failure(path: str | os.PathLike[str], what: str, error: BaseException) -> SwvError:
+    """The one-line error for ``what`` that could not be written at ``path``."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+    return SwvError(
+        f"{path}: could not write {what} ({reason}); nothing half-written was kept: free disk space "
+        "(or raise the file-size limit) and run the same command again to continue"
+    )
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make the entries of directory ``path`` (creations, renames) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | os.PathLike[str]) -> None:
+    """fsync every file and directory under ``path`` (itself included), deepest first."""
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(root)
+
+
+def append_durably(fd: int, data: bytes, path: str | os.PathLike[str], what: str) -> None:
+    """Append ``data`` to the file open as ``fd`` and fsync it. If the write fails (disk full,
+    file-size limit) the file is cut back to its previous length, so no torn record remains,
+    and a one-line :class:`SwvError` naming ``path`` is raised."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, start)
+        raise write_failure(path, what, exc) from exc
+
+
+def leftover_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """The temporary files and directories that :func:`atomic_directory` and the atomic file
+    writers create for ``path`` (``.<name>.<random>.tmp`` / ``.old``) left beside it by a kill."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temporary file next to ``path``, fsync it and rename it into place."""
     path = Path(path)
@@ -132,6 +206,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,5 +217,6 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.rmdir(old)
         os.replace(path, old)
     os.replace(tmp, path)
+    fsync_directory(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -23,7 +23,7 @@ from typing import Any
 from swv.dataprep.manifest import read_manifest, resolve_audio
 from swv.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
-from swv.io import atomic_file
+from swv.io import append_durably, atomic_file
 from swv.model.prompts import default_instruction, instruction_table
 from swv.recipes.schema import DEFAULT_MAX_DURATION, GenerationDefaults
 
@@ -207,10 +207,11 @@ def output_line(
 
 
 def _append(fh: Any, lines: Sequence[dict[str, Any]]) -> None:
-    for line in lines:
-        fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    """Append ``lines`` to the output and fsync; a batch that cannot be written whole (disk
+    full, file-size limit) is cut off again and the run stops with one line naming the file."""
+    data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8")
     fh.flush()
-    os.fsync(fh.fileno())
+    append_durably(fh.fileno(), data, fh.name, "the predictions")
 
 
 # ---------------------------------------------------------------------------------------------

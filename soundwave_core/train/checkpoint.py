@@ -2,15 +2,20 @@
 optimizer as the distributed setup shards them (FSDP, DeepSpeed ZeRO: each process's part;
 DDP and one process: the trainable weights only, ``trainable.safetensors``), every process's
 RNG states, plus the scheduler, the trainer state (step, sampler position) and the recipe.
-All processes write into a temporary directory that the main process renames into place once
-complete; the last ``keep_last`` are kept.
+All processes write into a temporary directory that the main process completes with
+``manifest.json`` (every file's size and sha256, written last), fsyncs and renames into place;
+the last ``keep_last`` are kept. Resuming verifies a checkpoint against its manifest first and
+falls back to the newest intact one. A write that fails (disk full, file-size limit) leaves no
+checkpoint behind, and a run killed while writing leaves temporary directories that the next
+run removes (:func:`remove_leftovers`).
 
-Checkpoints written by swv before this layout (``optimizer.pt``, ``rng_rank*.json``) are not
-read: resume such a run from its stage's export instead (``stages.N.init_from``).
+Checkpoints written by swv before this layout (no manifest) are not read: resume such a run
+from its stage's export instead (``stages.N.init_from``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -24,16 +29,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from swv.errors import InputError
+from swv.io import fsync_directory, fsync_tree, leftover_temporaries, write_errors, write_failure
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+TEMPORARY_DIR = re.compile(r"^\.step-\d+\.(tmp|old)$")  # save_checkpoint's and _replace_directory's names
+MANIFEST_FILE = "manifest.json"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 SCHEDULER_FILE = "scheduler.pt"
 RECIPE_FILE = "recipe.yaml"
-RNG_FILE = "random_states_{rank}.pkl"  # accelerate's name for a process's RNG states
 
 
 @dataclass
@@ -87,21 +94,84 @@ class TrainableWeightsHooks:
 
 def save_checkpoint(acc: Accelerator, target: Path, *, scheduler: Any, state: TrainerState, recipe_yaml: str) -> None:
     """Called by every process: ``acc.save_state`` into ``.<name>.tmp`` beside ``target``; the
-    main process adds the scheduler, recipe and trainer state (last: it marks the checkpoint
-    complete) and renames the directory to ``target``."""
+    main process adds the scheduler, recipe, trainer state and, last, the manifest, fsyncs
+    everything and renames the directory to ``target``. A failed write (disk full, file-size
+    limit) removes the temporary directory and raises a one-line error naming ``target``."""
     tmp = target.with_name(f".{target.name}.tmp")
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    try:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            (tmp / RECIPE_FILE).write_text(recipe_yaml)
+            (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+            write_manifest(tmp)
+            _replace_directory(tmp, target)
+    except write_errors() as exc:
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(target, "the checkpoint", exc) from exc
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        (tmp / RECIPE_FILE).write_text(recipe_yaml)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-        _replace_directory(tmp, target)
-    acc.wait_for_everyone()
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _checkpoint_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST_FILE)
+
+
+def write_manifest(directory: Path) -> None:
+    """fsync every file of the checkpoint in ``directory``, then write ``manifest.json``: each
+    file's size and sha256 (written last: a checkpoint without it is incomplete)."""
+    fsync_tree(directory)
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _file_digest(p)}
+        for p in _checkpoint_files(directory)
+    }
+    with open(directory / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+        json.dump({"files": files}, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_directory(directory)
+
+
+def verify_checkpoint(directory: Path) -> str | None:
+    """Why the checkpoint in ``directory`` cannot be used (a missing, truncated or altered
+    file, per its manifest; an unreadable trainer state), or None when it is intact."""
+    try:
+        files = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+        expected = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE} (incomplete, or written by an older swv)"
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    for name, (size, _) in expected.items():  # sizes first: cheap
+        try:
+            found = (directory / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if found != size:
+            return f"{name} has {found} bytes, expected {size}"
+    for name, (_, digest) in expected.items():
+        try:
+            if _file_digest(directory / name) != digest:
+                return f"{name} does not match its sha256 in {MANIFEST_FILE}"
+        except OSError as exc:
+            return f"{name} is unreadable ({exc.strerror})"
+    if STATE_FILE not in expected:
+        return f"{MANIFEST_FILE} does not list {STATE_FILE}"
+    try:
+        TrainerState(**json.loads((directory / STATE_FILE).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return f"{STATE_FILE} is unreadable"
+    return None
 
 
 def _replace_directory(tmp: Path, target: Path) -> None:
@@ -111,32 +181,57 @@ def _replace_directory(tmp: Path, target: Path) -> None:
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
+    fsync_directory(target.parent)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(acc: Accelerator, directory: Path, *, scheduler: Any) -> TrainerState:
     """Called by every process: restore what :func:`save_checkpoint` wrote (model, optimizer,
-    this process's RNG states, scheduler) and return the trainer state."""
-    if not (directory / RNG_FILE.format(rank=0)).is_file():
-        raise InputError(
-            f"{directory}: not a checkpoint of this swv version (no {RNG_FILE.format(rank=0)}); start the "
-            "stage again in a new output_dir, or continue from an export with stages.N.init_from"
-        )
+    this process's RNG states, scheduler) and return the trainer state. ``directory`` must have
+    passed :func:`verify_checkpoint`."""
     acc.load_state(str(directory))
     scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True, map_location="cpu"))
     return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
 
 
 def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints under ``root``, oldest first."""
+    """The checkpoint directories (``step-N``) under ``root``, oldest first; see
+    :func:`verify_checkpoint` for whether one is intact."""
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         m = STEP_DIR.match(child.name)
-        if m and (child / STATE_FILE).is_file():
+        if m and child.is_dir():
             found.append((int(m.group(1)), child))
     return [p for _, p in sorted(found)]
+
+
+def latest_intact_checkpoint(root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint under ``root`` that :func:`verify_checkpoint` accepts (None if
+    there is none), and the newer ones it skipped, each with the reason."""
+    skipped = []
+    for candidate in reversed(list_checkpoints(root)):
+        reason = verify_checkpoint(candidate)
+        if reason is None:
+            return candidate, skipped
+        skipped.append((candidate, reason))
+    return None, skipped
+
+
+def remove_leftovers(checkpoints: Path, export: Path) -> list[Path]:
+    """Remove the temporary directories a killed run left behind: ``.step-N.tmp``/``.old`` in
+    ``checkpoints`` and the atomic-write temporaries of ``export``; returns what was removed.
+    Call it only while holding the output directory's lock."""
+    found = leftover_temporaries(export)
+    if checkpoints.is_dir():
+        found += sorted(p for p in checkpoints.iterdir() if TEMPORARY_DIR.match(p.name))
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def prune_checkpoints(root: Path, keep_last: int) -> None:

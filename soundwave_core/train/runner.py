@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -19,13 +20,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from swv.config import CONFIG_NAME
-from swv.errors import SwvError, UsageError
-from swv.io import atomic_write_json, atomic_write_text, inside
+from swv.errors import InputError, SwvError, UsageError
+from swv.io import append_durably, atomic_write_json, atomic_write_text, inside, write_errors, write_failure
 from swv.train.checkpoint import (
     TrainableWeightsHooks,
     TrainerState,
     checkpoint_recipe_hash,
-    list_checkpoints,
+    latest_intact_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -392,10 +393,16 @@ class StageRunner:
         self.acc.wait_for_everyone()
 
     def maybe_resume(self, scheduler: LRScheduler, state: TrainerState) -> TrainerState:
-        found = list_checkpoints(self.ckpt_dir)
-        if not found:
+        latest, skipped = latest_intact_checkpoint(self.ckpt_dir)
+        for path, reason in skipped:
+            self.ctx.print(f"warning: skipping checkpoint {path}: {reason}")
+        if latest is None:
+            if skipped:
+                raise InputError(
+                    f"{self.ckpt_dir}: no intact checkpoint to resume from (every one is damaged, see the warnings "
+                    "above); move that directory aside to start the stage over"
+                )
             return state
-        latest = found[-1]
         if checkpoint_recipe_hash(latest) != self.ctx.recipe_hash:
             raise UsageError(
                 f"{self.ckpt_dir}: holds checkpoints of a different recipe; use another output_dir "
@@ -427,7 +434,10 @@ class StageRunner:
             unwrapped = acc.unwrap_model(model)
             earlier = [r for r in unwrapped.config.training or [] if r.get("stage") != self.stage.name]
             unwrapped.config.training = [*earlier, record]
-            unwrapped.save_pretrained(self.export_dir)
+            try:
+                unwrapped.save_pretrained(self.export_dir)
+            except write_errors() as exc:  # save_pretrained removed its temporary directory
+                raise write_failure(self.export_dir, "the export", exc) from exc
             self.ctx.print(f"exported {self.stage.name} -> {self.export_dir}")
         acc.wait_for_everyone()
 
@@ -604,9 +614,13 @@ class MetricsLog:
                 atomic_write_text(path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line; a line that cannot be written whole is not kept."""
         if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                append_durably(fd, (json.dumps(record) + "\n").encode("utf-8"), self.path, "the metrics")
+            finally:
+                os.close(fd)
 
 
 def read_metrics_records(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import yaml
 from swv.config import CONFIG_NAME
 from swv.errors import UsageError
 from swv.io import atomic_write_json, atomic_write_text, writable_directory
+from swv.train.checkpoint import remove_leftovers
 from swv.train.lock import OutputDirLock
 from swv.train.runner import RunContext, StageRunner, stage_done
 from swv.pluginmanager import default_registry
@@ -142,6 +143,9 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
     for i in selected:
         settings = recipe.stages[i]
         stage_dir = output_dir / settings.name
+        if acc.is_main_process:
+            for leftover in remove_leftovers(stage_dir / "checkpoints", stage_dir / "export"):
+                ctx.print(f"removed {leftover}, left behind by an interrupted run")
         if stage_done(stage_dir, digest):
             ctx.print(f"stage {settings.name} already done ({stage_dir / 'export'}); skipping")
             exports.append(stage_dir / "export")
