@@ -54,6 +54,18 @@ def test_unknown_tracker_is_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+def test_a_tracker_that_refuses_to_start_is_one_line_error(tmp_path: Path) -> None:
+    """mlflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE is set: the run stops with one
+    line naming the tracker, not the library's traceback."""
+    pytest.importorskip("mlflow")
+    env = {"MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "false"}
+    res = _train(tmp_path, "[mlflow]", env)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: trackers: could not start mlflow"), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+
+
 def test_tensorboard_and_mlflow_see_hparams_losses_held_out_and_mixture(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from swv.errors import UsageError
+from swv.errors import SwvError, UsageError, first_line
 
 #: accelerate's pseudo-tracker meaning "every installed tracker" (swv asks for explicit names)
 _ALL = "all"
@@ -65,3 +65,16 @@ def numeric(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[f"{prefix}/{key}"] = float(value)
     return out
+
+
+def start_trackers(accelerator: Any, project: str, names: list[str], config: Mapping[str, Any]) -> None:
+    """``accelerator.init_trackers`` with ``config`` as hyperparameters; a tracker library that
+    refuses to start (a bad tracking URI, a store it will not use, missing credentials) is one
+    :class:`SwvError` naming the trackers and the library's reason, not a traceback."""
+    try:
+        accelerator.init_trackers(project, config=flatten_hparams(config))
+    except Exception as exc:  # each tracker library raises its own errors
+        raise SwvError(
+            f"trackers: could not start {', '.join(names)} ({type(exc).__name__}: {first_line(exc)}); "
+            "check the tracker's settings (environment variables such as MLFLOW_TRACKING_URI or WANDB_API_KEY)"
+        ) from exc

@@ -135,9 +135,9 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
         ctx.print(f"{name}: global batch {entry['global_batch']} = {acc.num_processes} process(es) x "
                   f"{entry['per_device_batch']}, x {entry['grad_accum']} accumulation = {entry['rows_per_step']} rows per step")
     if recipe.trackers:
-        from swv.train.tracking import flatten_hparams
+        from swv.train.tracking import start_trackers
 
-        acc.init_trackers(Path(recipe.output_dir).name, config=flatten_hparams(resolved))
+        start_trackers(acc, Path(recipe.output_dir).name, list(recipe.trackers), resolved)
 
     exports = []
     for i in selected:
