@@ -73,6 +73,7 @@ def validate(
     from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
     from swv.train.stages import recipe_stages
+    from swv.train.tracking import check_trackers
 
     registry = default_registry()
     failed = 0
@@ -85,6 +86,7 @@ def validate(
             continue
         try:
             recipe_stages(loaded, registry)
+            check_trackers(list(loaded.recipe.trackers), installed_only=False)  # installed or not: the training machine's business
         except UsageError as exc:
             failed += 1
             typer.echo(f"error: {loaded.source}: {exc}", err=True)

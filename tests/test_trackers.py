@@ -54,6 +54,18 @@ def test_unknown_tracker_is_one_line_error(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+def test_recipe_validate_checks_tracker_names(tmp_path: Path) -> None:
+    from swv.recipes.loader import shipped_recipes
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"extends: {shipped_recipes()['tiny']}\ntrackers: [tensorboard, nope]\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWV_")}
+    res = subprocess.run([sys.executable, "-m", "swv.cli", "recipe", "validate", str(recipe)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2
+    assert "unknown tracker 'nope'" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_a_tracker_that_refuses_to_start_is_one_line_error(tmp_path: Path) -> None:
     """mlflow 3 refuses a file store unless MLFLOW_ALLOW_FILE_STORE is set: the run stops with one
     line naming the tracker, not the library's traceback."""

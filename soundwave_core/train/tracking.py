@@ -20,9 +20,9 @@ def supported_trackers() -> list[str]:
     return [t.value for t in LoggerType if t.value != _ALL]
 
 
-def check_trackers(names: list[str], field: str = "trackers") -> list[str]:
-    """``names`` if each is a tracker accelerate supports and finds installed; else a
-    :class:`UsageError` naming the tracker and what is known or installed."""
+def check_trackers(names: list[str], field: str = "trackers", *, installed_only: bool = True) -> list[str]:
+    """``names`` if each is a tracker accelerate supports and (with ``installed_only``) finds
+    installed; else a :class:`UsageError` naming the tracker and what is known or installed."""
     from accelerate.tracking import get_available_trackers
 
     known = supported_trackers()
@@ -30,7 +30,7 @@ def check_trackers(names: list[str], field: str = "trackers") -> list[str]:
     for name in names:
         if name not in known:
             raise UsageError(f"{field}: unknown tracker {name!r}; accelerate supports {', '.join(known)}")
-        if name not in installed:
+        if installed_only and name not in installed:
             found = ", ".join(sorted(installed)) or "none"
             raise UsageError(f"{field}: tracker {name!r} is not installed (pip install {name}); installed: {found}")
     if len(set(names)) != len(names):
