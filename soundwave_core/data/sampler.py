@@ -53,6 +53,31 @@ class Share:
     after: dict[str, int]  # the sampler's state after this batch (what a checkpoint records)
 
 
+def split_by_budget(durations: Sequence[float], batch_size: int, max_frames: int | None, frame_rate: float) -> list[list[int]]:
+    """Consecutive positions of duration-sorted rows grouped into batches of at most
+    ``batch_size`` rows and ``rows x longest x frame_rate <= max_frames`` (text-only rows have
+    duration -1, counted as 0)."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    longest = 0.0
+    for i, dur in enumerate(durations):
+        dur = max(dur, 0.0)
+        frames = max(longest, dur) * frame_rate * (len(current) + 1)
+        if current and (len(current) >= batch_size or (max_frames is not None and frames > max_frames)):
+            out.append(current)
+            current, longest = [], 0.0
+        current.append(i)
+        longest = max(longest, dur)
+    if current:
+        out.append(current)
+    return out
+
+
+def rank_share(rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(start, stop)`` of process ``rank``'s contiguous share of a global batch of ``rows``."""
+    return rows * rank // world_size, rows * (rank + 1) // world_size
+
+
 class MixtureBatchSampler:
     """Yields lists of global row indices into the concatenation of ``sizes`` groups.
 
@@ -139,20 +164,8 @@ class MixtureBatchSampler:
         return [batches[i] for i in order]
 
     def _split(self, rows: np.ndarray) -> list[list[int]]:
-        out: list[list[int]] = []
-        current: list[int] = []
-        longest = 0.0
-        for row in rows.tolist():
-            dur = max(self.durations[row], 0.0)
-            frames = max(longest, dur) * self.frame_rate * (len(current) + 1)
-            if current and (len(current) >= self.batch_size or (self.max_frames is not None and frames > self.max_frames)):
-                out.append(current)
-                current, longest = [], 0.0
-            current.append(row)
-            longest = max(longest, dur)
-        if current:
-            out.append(current)
-        return out
+        groups = split_by_budget(self.durations[rows].tolist(), self.batch_size, self.max_frames, self.frame_rate)
+        return [[int(rows[i]) for i in group] for group in groups]
 
     def __iter__(self) -> Iterator[list[int]]:
         """Endless iterator of this process's shares from the current position."""
@@ -168,8 +181,7 @@ class MixtureBatchSampler:
             while self.position.batch < len(batches):
                 index = self.position.batch
                 rows = batches[index]
-                start = len(rows) * self.rank // self.world_size
-                stop = len(rows) * (self.rank + 1) // self.world_size
+                start, stop = rank_share(len(rows), self.rank, self.world_size)
                 self.position = SamplerPosition(epoch, index + 1)
                 after = SamplerPosition(epoch, index + 1) if index + 1 < len(batches) else SamplerPosition(epoch + 1, 0)
                 yield Share(rows[start:stop], len(rows), start, epoch, index, {"epoch": after.epoch, "batch": after.batch})

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from swv.data.sampler import SamplerPosition, Share, mixture_probabilities
+from swv.data.sampler import SamplerPosition, Share, mixture_probabilities, rank_share, split_by_budget
 from swv.errors import InputError, UsageError
 from swv.recipes.schema import DataSection, DatasetSpec
 
@@ -132,25 +132,6 @@ def load_streaming_stage_data(section: DataSection, names: Sequence[str], seed: 
     return StreamingStageData(streams, list(names), [s.size for s in streams])
 
 
-def split_by_budget(durations: Sequence[float], batch_size: int, max_frames: int | None, frame_rate: float) -> list[list[int]]:
-    """Consecutive positions of duration-sorted rows grouped into batches of at most
-    ``batch_size`` rows and ``rows x longest x frame_rate <= max_frames``."""
-    out: list[list[int]] = []
-    current: list[int] = []
-    longest = 0.0
-    for i, dur in enumerate(durations):
-        dur = max(dur, 0.0)
-        frames = max(longest, dur) * frame_rate * (len(current) + 1)
-        if current and (len(current) >= batch_size or (max_frames is not None and frames > max_frames)):
-            out.append(current)
-            current, longest = [], 0.0
-        current.append(i)
-        longest = max(longest, dur)
-    if current:
-        out.append(current)
-    return out
-
-
 class StreamingMixtureSampler:
     """Batches of rows drawn from streams with the temperature mixture (see the module docstring).
 
@@ -228,8 +209,7 @@ class StreamingMixtureSampler:
             while self.position.batch < len(batches):
                 index = self.position.batch
                 rows = batches[index]
-                start = len(rows) * self.rank // self.world_size
-                stop = len(rows) * (self.rank + 1) // self.world_size
+                start, stop = rank_share(len(rows), self.rank, self.world_size)
                 self.position = SamplerPosition(epoch, index + 1)
                 if index + 1 < len(batches):
                     after = self._state(epoch, index + 1, self.pool, self.starts)
