@@ -90,3 +90,30 @@ def model_config_factory(tiny_whisper_dir: Path, tiny_llama_dir: Path):
         )
 
     return make
+
+
+@pytest.fixture
+def eval_cli(monkeypatch, capsys):
+    """``run(args) -> (exit code, stdout, stderr)`` of ``swv eval ARGS`` in this process, through
+    the CLI's own ``main`` (its error handling included)."""
+    import typer
+
+    import swv.cli.main as main_mod
+    from swv.cli import eval_cmd
+
+    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    app.command("eval")(eval_cmd.eval_cmd)
+    app.command("noop")(lambda: None)
+    monkeypatch.setattr(main_mod, "app", app)
+
+    def run(args: list) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main_mod.main(["eval", *[str(a) for a in args]])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import typer
 
 from swv.eval_presets import PRESETS, get_preset
 from swv.errors import UsageError
@@ -40,26 +39,8 @@ def model_dir(model_config_factory, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    import swv.cli.main as main_mod
-    from swv.cli import eval_cmd
-
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    app.command("eval")(eval_cmd.eval_cmd)
-    app.command("noop")(lambda: None)
-    monkeypatch.setattr(main_mod, "app", app)
-
-    def run(args: list) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main_mod.main(["eval", *[str(a) for a in args]])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def cli(eval_cli):
+    return eval_cli
 
 
 def librispeech(root: Path) -> Path:
