@@ -3,7 +3,7 @@
 frames ``[B, T, D_enc]`` -> stack pairs ``[B, T/2, 2 D_enc]`` -> Linear ``[B, T/2, D]`` ->
 one pre-norm Transformer encoder layer -> LayerNorm -> embeddings ``[B, T/2, D]``; a CTC head
 over the backbone vocabulary gives ``ctc_logits [B, T/2, V]`` (blank = audio placeholder id), handed on
-factored (the embeddings + the head weight, see :class:`~swv.model.vocab_logits.VocabLogits`).
+factored (the embeddings + the head weight, see :class:`~swv.nn.vocab_logits.VocabLogits`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from torch import nn
 
 from swv.adapters.base import Adapter
 from swv.adapters.frames import stack_frames, stacked_lengths
-from swv.config import ComponentConfig
-from swv.errors import ComponentError
-from swv.model.context import BackboneInfo
-from swv.model.state import AudioState, lengths_to_mask, to_blocks
-from swv.model.vocab_logits import VocabLogits
+from swv.core.config import ComponentConfig
+from swv.core.errors import ComponentError
+from swv.nn.context import BackboneInfo
+from swv.nn.state import AudioState, lengths_to_mask, to_blocks
+from swv.nn.vocab_logits import VocabLogits
 
 
 class AlignmentConfig(ComponentConfig):

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from swv.model.context import BackboneInfo
-from swv.model.state import AudioState
+from swv.nn.context import BackboneInfo
+from swv.nn.state import AudioState
 
 
 class Adapter(nn.Module, metaclass=ABCMeta):

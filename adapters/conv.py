@@ -15,9 +15,9 @@ from torch import nn
 
 from swv.adapters.base import Adapter
 from swv.adapters.frames import stacked_lengths
-from swv.config import ComponentConfig
-from swv.model.context import BackboneInfo
-from swv.model.state import AudioState, lengths_to_mask
+from swv.core.config import ComponentConfig
+from swv.nn.context import BackboneInfo
+from swv.nn.state import AudioState, lengths_to_mask
 
 
 class ConvConfig(ComponentConfig):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from swv.model.state import lengths_to_mask
+from swv.nn.state import lengths_to_mask
 
 
 def stacked_lengths(lengths: torch.Tensor, factor: int, *, drop_remainder: bool) -> torch.Tensor:

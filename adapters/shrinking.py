@@ -21,12 +21,12 @@ from pydantic import Field
 from torch import nn
 
 from swv.adapters.base import Adapter
-from swv.config import ComponentConfig
-from swv.errors import ComponentError
-from swv.model.context import BackboneInfo
-from swv.infer.windowing import join_windows
-from swv.model.state import AudioState, lengths_to_mask, to_blocks
-from swv.model.vocab_logits import VocabLogits
+from swv.core.config import ComponentConfig
+from swv.core.errors import ComponentError
+from swv.nn.context import BackboneInfo
+from swv.nn.state import AudioState, lengths_to_mask, to_blocks
+from swv.nn.vocab_logits import VocabLogits
+from swv.nn.windowing import join_windows
 
 
 class ShrinkingConfig(ComponentConfig):

@@ -10,15 +10,25 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from swv.errors import ComponentError
-from swv.model.context import BackboneInfo
-from swv.model.vocab_logits import VocabLogits
+from swv.core.errors import ComponentError
+from swv.nn.context import BackboneInfo
+from swv.nn.vocab_logits import VocabLogits
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 #: The special token that marks where a prompt's audio goes (also the CTC blank).
 AUDIO_TOKEN = "<audio_patch>"
+
+
+#: Name parts of the parameters a backbone's PEFT adapter holds: LoRA weights and the trained
+#: embedding rows of added tokens (PEFT trainable tokens, ``lora.train_added_tokens``).
+_PEFT_ADAPTER_MARKS = (".lora_", ".trainable_tokens_")
+
+
+def is_peft_adapter_weight(name: str) -> bool:
+    """Whether a parameter (or saved tensor) name belongs to a PEFT adapter rather than the base."""
+    return any(mark in name for mark in _PEFT_ADAPTER_MARKS)
 
 
 class Backbone(nn.Module, metaclass=ABCMeta):

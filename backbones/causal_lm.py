@@ -27,18 +27,27 @@ from huggingface_hub.errors import StrictDataclassError
 from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
-from swv.backbones.base import AUDIO_TOKEN, Backbone
-from swv.backbones.shared_prefix import MIN_SHARED_PREFIX, decode_with_shared_prefix, shared_prefix_length
-from swv.config import ComponentConfig
-from swv.dtypes import torch_dtype
-from swv.errors import ComponentError, InputError, UsageError, first_line
-from swv.hub import resolve_dir
-from swv.io import atomic_directory
-from swv.model.context import BackboneInfo
-from swv.model.vocab_logits import VocabLogits
-from swv.train.trainable import is_peft_adapter_weight
+from swv.backbones.base import AUDIO_TOKEN, Backbone, is_peft_adapter_weight
+from swv.backbones.shared_prefix import (
+    MIN_SHARED_PREFIX,
+    decode_with_shared_prefix,
+    shared_prefix_length,
+)
+from swv.core.config import ComponentConfig
+from swv.core.dtypes import torch_dtype
+from swv.core.errors import ComponentError, InputError, UsageError, first_line
+from swv.core.hub import resolve_dir
+from swv.core.io import atomic_directory
+from swv.nn.context import BackboneInfo
+from swv.nn.vocab_logits import VocabLogits
 
 #: Names PEFT gives the files of a saved adapter.
 LORA_CONFIG_FILE = "adapter_config.json"
@@ -246,7 +255,7 @@ class CausalLMBackbone(Backbone):
 
     def _resolve_checkpoint(self) -> str | None:
         """The local directory of ``path`` (a hub id at ``revision`` is fetched into the Hugging
-        Face cache by :func:`swv.hub.resolve_dir`, which sets :attr:`hub_commit`); ``None`` for
+        Face cache by :func:`swv.core.hub.resolve_dir`, which sets :attr:`hub_commit`); ``None`` for
         ``random_init``."""
         path, gguf_file = self.config.source()
         if path is None:

@@ -29,8 +29,8 @@ def last_rate(metrics: Path) -> float:
 
 
 def run_stage(overrides: list[str], workers: int, steps: int, output_dir: Path) -> float:
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import train
 
     settings = [f"output_dir={output_dir}", f"stages.0.max_steps={2 * steps}", f"stages.0.log_every={steps}",

@@ -22,9 +22,9 @@ tokens per second here, far more than a trained model (~1 per second): the worst
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import json
 import resource
 import subprocess
 import sys
@@ -41,8 +41,8 @@ SAMPLE_RATE = 16_000
 
 
 def build_model(directory: Path, recipe: str) -> None:
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.runner import build_model as build
 
     loaded = load_recipe(recipe, [], registry=default_registry())

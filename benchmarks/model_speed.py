@@ -39,11 +39,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from swv.assets import asset_path  # noqa: E402
+from swv.model.defaults import ASR_INSTRUCTION
 from swv.model.prompts import PromptBuilder  # noqa: E402
 from swv.model.speechlm import SpeechLM, SpeechLMConfig  # noqa: E402
-from swv.model.state import AudioState  # noqa: E402
-from swv.recipes.schema import ASR_INSTRUCTION  # noqa: E402
-from swv.model.vocab_logits import VocabLogits  # noqa: E402
+from swv.nn.state import AudioState  # noqa: E402
+from swv.nn.vocab_logits import VocabLogits  # noqa: E402
 
 AUDIO_TOKEN = "<audio_patch>"
 SOUNDWAVE = [{"name": "alignment", "compat": "released"}, {"name": "shrinking", "compat": "released"}]

@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=int, default=16000)
     args = parser.parse_args()
 
-    from swv.audio import load_audio
+    from swv.core.audio import load_audio
     from swv.data.shards import read_shard, shard_files, write_shards
     from swv.data.sources import load_source
     from swv.recipes.schema import DatasetSpec

@@ -77,8 +77,8 @@ def build(precision: str, workdir: Path) -> tuple[Any, Any, Any]:
     """(accelerator, the shrinking stage's runner, its model with the trainable set applied)."""
     from accelerate import Accelerator
 
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.runner import RunContext, StageRunner
     from swv.train.stages import recipe_stages
 

@@ -26,8 +26,8 @@ def last_rate(metrics: Path) -> float:
 
 
 def run_stage(overrides: list[str], stage: str, steps: int, output_dir: Path, extra: list[str]) -> float:
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import train
 
     names = ["alignment", "shrinking", "sft"]
@@ -47,8 +47,8 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="swv-bench-"))
     run = work / "run"
 
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import cache_stage_features
 
     rows: list[tuple[str, float]] = []

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from swv.model.losses import ctc_loss, lm_loss
-from swv.model.vocab_logits import VocabLogits
+from swv.nn.vocab_logits import VocabLogits
 
 
 @dataclass(frozen=True)

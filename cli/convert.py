@@ -16,7 +16,6 @@ import typer
 
 from swv.cli.options import WeightDtype
 
-
 app = typer.Typer(
     help="Convert CTranslate2 (faster-whisper) Whisper and GGUF LLM checkpoints to Hugging Face safetensors directories.",
     no_args_is_help=True,

@@ -2,7 +2,7 @@
 
 Each command is a thin wrapper over a library function in :mod:`swv.dataprep`; heavy
 modules are imported inside the commands so ``swv --help`` stays fast. Progress bars
-go to stderr, the summary to stdout; user errors are :class:`swv.errors.SwvError`.
+go to stderr, the summary to stdout; user errors are :class:`swv.core.errors.SwvError`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from swv.errors import UsageError
+from swv.core.errors import UsageError
 
 app = typer.Typer(
     help="Data engineering: build manifests, apply the paper's quality filters, splice multi-speaker "
@@ -95,7 +95,12 @@ def filter_cmd(
         "--verify-audio", help="Decode every file fully (slower) instead of reading headers only.")] = False,
 ) -> None:
     """Apply the paper's quality filters (duration, text length, frames per token, Whisper WER)."""
-    from swv.dataprep.filters import FilterConfig, WhisperTranscriber, filter_manifest, load_token_counter
+    from swv.dataprep.filters import (
+        FilterConfig,
+        WhisperTranscriber,
+        filter_manifest,
+        load_token_counter,
+    )
 
     cfg = FilterConfig(
         min_duration=min_duration if duration_filter else None,
@@ -226,8 +231,8 @@ def cache_features(
     settings (a stale cache is ignored and rebuilt here); the cache lives at
     data.feature_cache (default <output_dir>/feature_cache).
     """
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import cache_stage_features
 
     loaded = load_recipe(recipe, overrides or [], default_registry())

@@ -29,7 +29,7 @@ def env() -> None:
     else:
         typer.echo(f"cuda         not available (torch built with CUDA {torch.version.cuda or 'none'})")
     typer.echo(f"cpu threads  {torch.get_num_threads()}")
-    from swv.pluginmanager import default_plugins
+    from swv.registry.plugins import default_plugins
 
     plugins = default_plugins()
     listed = ", ".join(f"{p.name} ({p.status})" for p in plugins.plugins)

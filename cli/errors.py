@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Any
 
-from swv.errors import SwvError
+from swv.core.errors import SwvError
 
 
 def debug_enabled() -> bool:
@@ -16,7 +16,7 @@ def debug_enabled() -> bool:
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-    from swv.pluginmanager import PluginWarning
+    from swv.registry.plugins import PluginWarning
 
     if issubclass(category, PluginWarning) or not debug_enabled():
         print(f"warning: {message}", file=sys.stderr)

@@ -24,8 +24,8 @@ from swv.cli.infer_cmd import (
     TrustRemoteCode,
     generation_settings,
 )
-from swv.errors import UsageError
-from swv.recipes.schema import DEFAULT_MAX_DURATION
+from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.errors import UsageError
 
 TASKS = ("asr", "st", "classification", "open")
 NORMALIZE_MODES = ("auto", "english", "basic", "none")
@@ -95,7 +95,7 @@ def eval_cmd(
     metric; the data comes from --manifest or, with --data, from the benchmark's own
     layout; OUTPUT_DIR (default eval-<preset>) also holds the scored benchmark.jsonl.
     """
-    from swv.evaluation import evaluate_model, format_table
+    from swv.eval.evaluation import evaluate_model, format_table
 
     benchmark = None
     if hf_dataset is not None:
@@ -111,7 +111,7 @@ def eval_cmd(
     elif column:
         raise UsageError("--column needs --hf-dataset")
     if preset is not None:
-        from swv.eval_presets import get_preset, prepare_benchmark_manifest
+        from swv.eval.presets import get_preset, prepare_benchmark_manifest
 
         bench = get_preset(preset)
         if task is not None and task != bench.task:
@@ -147,7 +147,7 @@ def eval_cmd(
     if run.generation is not None:
         print(f"eval: {run.generation.format()}", file=sys.stderr)
     if benchmark is not None:
-        from swv.eval_presets import format_benchmark
+        from swv.eval.presets import format_benchmark
 
         typer.echo(format_benchmark(run.result), nl=False)
     typer.echo(format_table(run.result), nl=False)

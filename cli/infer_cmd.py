@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from swv.errors import InputError, UsageError
-from swv.recipes.schema import DEFAULT_MAX_DURATION
+from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline, Stats
@@ -159,9 +159,9 @@ def _run_chat(
     """Continue the conversation in ``conversation``: AUDIO files and --prompt (when AUDIO is
     given or the last turn is the assistant's) form a new user turn; the answer is streamed and
     the conversation, answer included, is written back to the file."""
+    from swv.core.io import atomic_write_text
     from swv.infer import batch
     from swv.infer.chat import load_conversation, user_turn
-    from swv.io import atomic_write_text
 
     if STDIN in sources:
         raise UsageError("--chat takes audio files, not '-' (stdin)")
@@ -258,7 +258,7 @@ def infer(
     the adapters; nothing is truncated. Clips longer than --max-duration
     (default 10 minutes) are rejected.
     """
-    from swv.hub import resolve_model
+    from swv.core.hub import resolve_model
 
     settings = generation_settings(max_new_tokens, do_sample, temperature, top_p, seed)
     if cot:

@@ -69,8 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     (permissions, full or read-only disk, file vs directory) ``error: <path>: <reason>``
     with exit 1; ``SWV_DEBUG=1`` keeps the traceback.
     """
-    from swv.cli.errors import debug_enabled, environment_error, install_warning_format, report, report_os_error
-    from swv.errors import SwvError
+    from swv.cli.errors import (
+        debug_enabled,
+        environment_error,
+        install_warning_format,
+        report,
+        report_os_error,
+    )
+    from swv.core.errors import SwvError
 
     install_warning_format()
     try:

@@ -23,8 +23,8 @@ import typer
 
 from swv.cli.infer_cmd import TrustRemoteCode
 from swv.cli.options import WeightDtype
-from swv.config import CONFIG_NAME
-from swv.errors import InputError, UsageError
+from swv.core.config import CONFIG_NAME
+from swv.core.errors import InputError, UsageError
 
 STAGE_EXPORT = "export"
 RUN_FILE = "run.json"

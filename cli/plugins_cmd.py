@@ -10,7 +10,7 @@ app = typer.Typer(help="Inspect plugins and the components they register.", no_a
 @app.command("list")
 def list_plugins() -> None:
     """List plugins (with distribution and version) and every registered component."""
-    from swv.pluginmanager import autoload_disabled, default_plugins
+    from swv.registry.plugins import autoload_disabled, default_plugins
 
     plugins = default_plugins()
     typer.echo("plugins:")

@@ -33,8 +33,8 @@ def show(
     """Print the fully resolved recipe (extends, overrides and every default filled in)."""
     import yaml
 
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
 
     loaded = load_recipe(recipe, overrides or [], default_registry())
     typer.echo(f"# resolved from {loaded.source}")
@@ -48,13 +48,13 @@ def cp(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Copy a shipped recipe to edit it."""
-    from swv.errors import UsageError
-    from swv.io import atomic_write_text
+    from swv.core.errors import UsageError
+    from swv.core.io import atomic_write_text
     from swv.recipes.loader import shipped_recipes
 
     shipped = shipped_recipes()
     if name not in shipped:
-        from swv.registry import suggest
+        from swv.registry.components import suggest
 
         raise UsageError(f"no shipped recipe {name!r}{suggest(name, shipped)}; shipped: {', '.join(shipped)}")
     target = dest / f"{name}.yaml" if dest.is_dir() else dest
@@ -69,9 +69,9 @@ def validate(
     recipes: Annotated[list[str], typer.Argument(help="Shipped recipe names or YAML paths.")],
 ) -> None:
     """Validate recipes, including every component's arguments. Exits 2 if any is invalid."""
-    from swv.errors import RecipeError, UsageError
-    from swv.pluginmanager import default_registry
+    from swv.core.errors import RecipeError, UsageError
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.stages import recipe_stages
     from swv.train.tracking import check_trackers
 

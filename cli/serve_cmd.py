@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from swv.cli.infer_cmd import Device, Dtype, System
-from swv.errors import UsageError
+from swv.core.errors import UsageError
 
 
 def serve(

@@ -17,8 +17,8 @@ def train(
     """Train every stage of a recipe in order (single process, or under `accelerate launch`)."""
     from accelerate import PartialState
 
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import train as run
 
     loaded = load_recipe(recipe, overrides or [], default_registry())

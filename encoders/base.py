@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABCMeta, abstractmethod
 from collections.abc import Sequence
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from safetensors.torch import save_file
 from torch import nn
 
-from swv.errors import ComponentError
-from swv.model.state import AudioState
+from swv.core.errors import ComponentError
+from swv.nn.state import AudioState
 
 
 class Encoder(nn.Module, metaclass=ABCMeta):

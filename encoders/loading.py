@@ -16,9 +16,9 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from torch import nn
 
+from swv.core.errors import ComponentError, InputError, first_line
+from swv.core.hub import Resolved, resolve_dir
 from swv.encoders.base import Encoder
-from swv.errors import ComponentError, InputError, first_line
-from swv.hub import Resolved, resolve_dir
 
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -31,7 +31,7 @@ _BIN_INDEX = "pytorch_model.bin.index.json"
 # ---------------------------------------------------------------------------------------------
 def resolve_checkpoint_dir(path: str, field: str, revision: str | None = None) -> Resolved:
     """A local checkpoint directory, or a Hugging Face Hub id (at ``revision``) fetched with
-    ``snapshot_download`` (:func:`swv.hub.resolve_dir`): config/JSON files and safetensors
+    ``snapshot_download`` (:func:`swv.core.hub.resolve_dir`): config/JSON files and safetensors
     weights, or legacy ``pytorch_model*.bin`` when the snapshot has no safetensors.
 
     The hub is contacted only when ``path`` is not an existing local path and looks like a hub

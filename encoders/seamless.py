@@ -35,10 +35,19 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from pydantic import model_validator
 from torch import nn
-from transformers import SeamlessM4TFeatureExtractor, SeamlessM4Tv2Config, Wav2Vec2BertConfig, Wav2Vec2BertModel
-from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
+from transformers import (
+    SeamlessM4TFeatureExtractor,
+    SeamlessM4Tv2Config,
+    Wav2Vec2BertConfig,
+    Wav2Vec2BertModel,
+)
+from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import (
+    SeamlessM4Tv2SpeechEncoder,
+)
 
-from swv.config import ComponentConfig
+from swv.core.config import ComponentConfig
+from swv.core.dtypes import torch_dtype
+from swv.core.errors import ComponentError, InputError, first_line
 from swv.encoders.loading import (
     CheckpointEncoder,
     as_waveforms,
@@ -50,9 +59,7 @@ from swv.encoders.loading import (
     read_state_dict,
     resolve_checkpoint_dir,
 )
-from swv.dtypes import torch_dtype
-from swv.errors import ComponentError, InputError, first_line
-from swv.model.state import lengths_to_mask
+from swv.nn.state import lengths_to_mask
 
 _W2V_BERT = "wav2vec2-bert"
 _M4T_V2 = "seamless_m4t_v2"

@@ -29,12 +29,16 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from pydantic import model_validator
 from torch import nn
-from transformers import WhisperFeatureExtractor
 from transformers import WhisperConfig as HFWhisperConfig
+from transformers import WhisperFeatureExtractor
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+from transformers.models.whisper.modeling_whisper import (
+    WhisperEncoder as HFWhisperEncoder,
+)
 
-from swv.config import ComponentConfig
+from swv.core.config import ComponentConfig
+from swv.core.dtypes import torch_dtype
+from swv.core.errors import ComponentError, InputError, first_line
 from swv.encoders.loading import (
     CheckpointEncoder,
     as_waveforms,
@@ -46,9 +50,8 @@ from swv.encoders.loading import (
     read_state_dict,
     resolve_checkpoint_dir,
 )
-from swv.dtypes import torch_dtype
-from swv.errors import ComponentError, InputError, first_line
-from swv.model.state import lengths_to_mask
+from swv.nn.state import lengths_to_mask
+
 
 # ---------------------------------------------------------------------------------------------
 # Component

@@ -5,8 +5,8 @@ Targets are import strings, so nothing here imports torch.
 
 from __future__ import annotations
 
-from swv.hookspecs import hookimpl
-from swv.registry import Registry
+from swv.registry.components import Registry
+from swv.registry.hookspecs import hookimpl
 
 _BUILTINS: list[tuple[str, str, str, str]] = [
     # kind, name, module, description

@@ -454,7 +454,15 @@ def tokenizer_corpus() -> list[str]:
 
 
 def build_tokenizer(out_dir: Path) -> dict[str, int]:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -536,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["speech", "tokenizer"], help="rebuild only one part")
     args = ap.parse_args(argv)
 
-    from swv.io import atomic_directory
+    from swv.core.io import atomic_directory
 
     if args.only in (None, "speech"):
         with atomic_directory(args.out / "tiny_speech") as tmp:

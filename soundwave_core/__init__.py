@@ -2,15 +2,15 @@
 
 Heavy objects are imported lazily so that ``import swv`` (and ``swv --help``) stays fast. Importing
 swv registers its model and the ``audio-text-to-text`` pipeline task with transformers as soon as
-transformers is imported (:mod:`swv.hf_auto`).
+transformers is imported (:mod:`swv.model.hf_auto`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from swv.hf_auto import install_hooks
-from swv.hookspecs import hookimpl
+from swv.model.hf_auto import install_hooks
+from swv.registry.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 

@@ -42,7 +42,11 @@ TINY_LLAMA = {
 def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A full (encoder + decoder) Whisper checkpoint directory."""
     import torch
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("whisper")

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from swv.adapters.shrinking import gather_kept, run_starts
-from swv.errors import ComponentError
-from swv.model.context import BackboneInfo
-from swv.model.state import AudioState
-from swv.model.vocab_logits import VocabLogits
-from swv.pluginmanager import load_plugins
+from swv.core.errors import ComponentError
+from swv.nn.context import BackboneInfo
+from swv.nn.state import AudioState
+from swv.nn.vocab_logits import VocabLogits
+from swv.registry.plugins import load_plugins
 
 HIDDEN, HEADS, VOCAB, BLANK = 16, 2, 20, 19
 

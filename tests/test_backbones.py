@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from swv.backbones.causal_lm import CausalLMBackbone, CausalLMConfig, LoraSettings
 from swv.backbones.llama import LlamaBackbone, LlamaConfig
 from swv.backbones.qwen2 import Qwen2Backbone, Qwen2Config
-from swv.errors import ComponentError, InputError, UsageError
+from swv.core.errors import ComponentError, InputError, UsageError
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 SENTENCES = [
@@ -620,7 +620,7 @@ def test_gguf_checkpoint(llama_gguf, llama_dir):
 
 def test_registry_builds_presets(llama_dir):
     from swv.plugins.builtin import swv_register_components
-    from swv.registry import Registry
+    from swv.registry.components import Registry
 
     registry = Registry()
     swv_register_components(registry)

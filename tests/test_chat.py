@@ -4,7 +4,6 @@ template, spliced in order, answered (and streamed) like one-turn requests; `swv
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from swv.errors import InputError
+from swv.core.errors import InputError
 from swv.infer.pipeline import GenerationSettings, Pipeline
 from swv.model.speechlm import SpeechLM
 

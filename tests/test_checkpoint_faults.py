@@ -20,7 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swv.train.checkpoint import MANIFEST_FILE, latest_intact_checkpoint, verify_checkpoint
+from swv.train.checkpoint import (
+    MANIFEST_FILE,
+    latest_intact_checkpoint,
+    verify_checkpoint,
+)
 
 ARGS = ["train", "--recipe", "tiny", "output_dir=run", "--stage", "alignment", "stages.0.max_steps=6",
         "stages.0.save_every=2", "stages.0.keep_last=5", "stages.0.batch_size=4", "data.num_workers=0"]
@@ -178,7 +182,7 @@ def test_file_size_limit_while_writing_checkpoint_and_export(trained: Path, tmp_
 APPEND_UNDER_LIMIT = """
 import resource, signal, sys
 from pathlib import Path
-from swv.errors import SwvError
+from swv.core.errors import SwvError
 from swv.infer.batch import _append
 from swv.train.runner import MetricsLog
 

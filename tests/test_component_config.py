@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from swv.errors import ComponentError
-from swv.pluginmanager import default_registry
+from swv.core.errors import ComponentError
 from swv.recipes.loader import load_recipe
-from swv.registry import ComponentSpec
+from swv.registry.components import ComponentSpec
+from swv.registry.plugins import default_registry
 
 
 def test_loaded_components_reach_the_model_without_a_second_validation(tmp_path: Path, monkeypatch) -> None:

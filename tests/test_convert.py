@@ -21,9 +21,13 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from swv.cli.convert import app, count_safetensors_parameters
-from swv.convert.ct2_whisper import convert_ct2_whisper, read_ct2_model, resolve_ct2_sources
+from swv.convert.ct2_whisper import (
+    convert_ct2_whisper,
+    read_ct2_model,
+    resolve_ct2_sources,
+)
 from swv.convert.gguf import convert_gguf
-from swv.errors import InputError, SwvError, UsageError
+from swv.core.errors import InputError, SwvError, UsageError
 
 RUN_DEMO = os.environ.get("SWV_RUN_DEMO_TESTS") == "1"
 demo = pytest.mark.skipif(not RUN_DEMO, reason="set SWV_RUN_DEMO_TESTS=1 to run tests on real packaged checkpoints")

@@ -12,9 +12,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from swv.cli.data import app
+from swv.core.errors import InputError, UsageError
+from swv.data.manifest import resolve_audio
 from swv.dataprep.corpora import CorpusOptions, build_corpus_manifest
-from swv.dataprep.manifest import resolve_audio
-from swv.errors import InputError, UsageError
 
 SR = 16000
 

@@ -11,6 +11,8 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from swv.cli.data import app
+from swv.core.errors import InputError, UsageError
+from swv.data.manifest import resolve_audio
 from swv.dataprep.filters import (
     FilterConfig,
     filter_manifest,
@@ -18,8 +20,6 @@ from swv.dataprep.filters import (
     normalize_for_wer,
     word_error_rate,
 )
-from swv.dataprep.manifest import resolve_audio
-from swv.errors import InputError, UsageError
 
 SR = 16000
 

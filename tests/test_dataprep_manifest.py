@@ -11,16 +11,15 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from swv.cli.data import app
-from swv.dataprep.manifest import (
+from swv.core.errors import InputError
+from swv.data.manifest import (
     audio_ref,
-    build_manifest,
     read_manifest,
-    read_transcript_table,
     rebase_record,
     resolve_audio,
     write_manifest,
 )
-from swv.errors import InputError
+from swv.dataprep.manifest import build_manifest, read_transcript_table
 
 SR = 16000
 

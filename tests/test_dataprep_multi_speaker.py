@@ -11,9 +11,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from swv.cli.data import app
-from swv.dataprep.manifest import resolve_audio
+from swv.core.errors import InputError, UsageError
+from swv.data.manifest import resolve_audio
 from swv.dataprep.multi_speaker import speaker_prefixes, splice_manifest
-from swv.errors import InputError, UsageError
 
 SR = 16000
 

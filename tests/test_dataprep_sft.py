@@ -11,9 +11,15 @@ import pytest
 from typer.testing import CliRunner
 
 from swv.cli.data import app
-from swv.dataprep.manifest import resolve_audio
-from swv.dataprep.sft import COT_REQUEST, TEMPLATES, build_sft, make_example, templates_for
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.data.manifest import resolve_audio
+from swv.dataprep.sft import (
+    COT_REQUEST,
+    TEMPLATES,
+    build_sft,
+    make_example,
+    templates_for,
+)
 
 LABELS = ["neutral", "fear", "surprise", "happiness"]
 

@@ -11,7 +11,8 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from swv.cli.data import app
-from swv.dataprep.manifest import resolve_audio
+from swv.core.errors import InputError, UsageError
+from swv.data.manifest import resolve_audio
 from swv.dataprep.sound_insert import (
     find_pause,
     label_to_tag,
@@ -20,7 +21,6 @@ from swv.dataprep.sound_insert import (
     standardize_sound,
     tagged_text,
 )
-from swv.errors import InputError, UsageError
 
 SR = 16000
 

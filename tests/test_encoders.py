@@ -23,12 +23,14 @@ from transformers import (
     WhisperModel,
 )
 from transformers import WhisperConfig as HFWhisperConfig
-from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+from transformers.models.whisper.modeling_whisper import (
+    WhisperEncoder as HFWhisperEncoder,
+)
 
+from swv.core.errors import ComponentError, InputError
 from swv.encoders.seamless import SeamlessConfig, SeamlessEncoder
 from swv.encoders.whisper import WhisperConfig, WhisperEncoder
-from swv.errors import ComponentError, InputError
-from swv.pluginmanager import load_plugins
+from swv.registry.plugins import load_plugins
 
 SR = 16000
 ATOL = 1e-5

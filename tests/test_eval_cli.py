@@ -11,11 +11,11 @@ import soundfile as sf
 import torch
 import typer
 
-from swv.evaluation import evaluate, format_table, sha256_file
-from swv.infer.pipeline import Pipeline
-from swv.model.speechlm import SpeechLM
+from swv.eval.evaluation import evaluate, format_table, sha256_file
 from swv.infer.batch import read_items, saved_instructions, task_prompt
-from swv.recipes.schema import DEFAULT_INSTRUCTIONS
+from swv.infer.pipeline import Pipeline
+from swv.model.defaults import DEFAULT_INSTRUCTIONS
+from swv.model.speechlm import SpeechLM
 
 SR = 16000
 

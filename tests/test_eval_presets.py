@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from swv.eval_presets import PRESETS, get_preset
-from swv.errors import UsageError
+from swv.core.errors import UsageError
+from swv.eval.presets import PRESETS, get_preset
 from swv.model.speechlm import SpeechLM
 
 SR = 16000

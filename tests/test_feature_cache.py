@@ -9,14 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from swv.data.feature_cache import FeatureCache, build_cache, encoder_identity
-from swv.pluginmanager import default_registry
 from swv.recipes.loader import load_recipe
-from swv.train.train_recipe import cache_stage_features
+from swv.registry.plugins import default_registry
 from swv.train.runner import build_model
+from swv.train.train_recipe import cache_stage_features
 
 
 def _loaded(tmp_path: Path, *extra: str):
@@ -32,13 +31,13 @@ def test_cache_used_when_valid_and_same_loss(tmp_path: Path) -> None:
     model = build_model(loaded, None).eval()
     cache = FeatureCache.open(target, model.encoder)
     assert cache is not None and len(cache) == 120
-    from swv.train.data import load_stage_data
+    from swv.data.stage_data import load_stage_data
 
     data = load_stage_data(loaded.recipe.data, ["asr"], "test")
     rows = data.rows(list(range(6)))
     paths = [r["audio"] for r in rows]
     cached, cached_len, cached_speech = cache.lookup(paths)
-    from swv.audio import load_audio
+    from swv.core.audio import load_audio
 
     feats, flen = model.encoder.extract_features([load_audio(p, 16000) for p in paths])
     live = model.encoder(feats, flen)

@@ -177,8 +177,8 @@ LINE = st.one_of(RECORD.map(lambda r: json.dumps(r, allow_nan=True)), st.text(ma
 @budget(20)
 @given(lines=st.lists(LINE, max_size=5))
 def test_manifests(cli, tmp_path: Path, lines: list[str]) -> None:
+    from swv.core.errors import SwvError
     from swv.data.sources import load_source
-    from swv.errors import SwvError
     from swv.recipes.schema import DatasetSpec
 
     manifest = tmp_path / "m.jsonl"

@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from swv.errors import InputError, RecipeError, UsageError
-from swv.pluginmanager import default_registry
+from swv.core.errors import InputError, RecipeError, UsageError
 from swv.recipes.loader import load_recipe
+from swv.registry.plugins import default_registry
 
 SR = 16_000
 
@@ -235,7 +235,7 @@ def _chain(model_config_factory):
 def test_alignment_and_shrinking_attend_within_encoder_windows(model_config_factory) -> None:
     """Frames of one encoder window do not see the frames of another (memory linear in the
     duration); a clip of one window still attends across all its frames."""
-    from swv.model.state import AudioState
+    from swv.nn.state import AudioState
 
     model = _chain(model_config_factory)
     window = 40  # encoder frames per window

@@ -89,7 +89,7 @@ def test_transformers_pipeline_answers_about_audio(export: Path) -> None:
     assert as_dict == {"generated_text": want}
     several = pipe([clip, other], sampling_rate=16000, max_new_tokens=6)
     assert [o["generated_text"] for o in several] == swv_pipe([clip, other], max_new_tokens=6)
-    with pytest.raises(swv.errors.UsageError, match="unknown argument"):
+    with pytest.raises(swv.core.errors.UsageError, match="unknown argument"):
         pipe(clip, sampling_rate=16000, num_beams=2)
 
 

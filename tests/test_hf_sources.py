@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from swv.audio import load_audio
+from swv.core.audio import load_audio
+from swv.core.errors import InputError
 from swv.data.hf_sources import EMBEDDED_AUDIO_PREFIX
 from swv.data.sources import load_source
-from swv.errors import InputError
 from swv.recipes.schema import DatasetSpec
 
 SR = 16000
@@ -105,11 +105,12 @@ def test_broken_embedded_audio_names_the_row(tmp_path: Path) -> None:
 
 
 def test_train_on_an_embedded_audio_dataset(tmp_path: Path) -> None:
-    from swv.assets import asset_path
-    from swv.pluginmanager import default_registry
-    from swv.recipes.loader import load_recipe
-    from swv.train.train_recipe import train
     import datasets
+
+    from swv.assets import asset_path
+    from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
+    from swv.train.train_recipe import train
 
     rows = [json.loads(line) for line in asset_path("tiny_speech/train_asr.jsonl").read_text().splitlines()[:8]]
     base = asset_path("tiny_speech")

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
 from swv.infer.pipeline import Pipeline
 from swv.model.speechlm import SpeechLM, SpeechLMConfig
 

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from swv.assets import asset_path
 from swv.cli import model_cmd
 from swv.cli.errors import report
-from swv.errors import InputError, SwvError, UsageError
+from swv.core.errors import InputError, SwvError, UsageError
 from swv.model.prompts import PromptBuilder
 from swv.model.speechlm import SpeechLM
 

@@ -14,11 +14,11 @@ import soundfile as sf
 import torch
 import typer
 
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline
-from swv.model.stopping import cut_at_stop
-from swv.infer.windowing import encode_windowed, join_windows, split_into_windows
 from swv.model.speechlm import SpeechLM
+from swv.model.stopping import cut_at_stop
+from swv.nn.windowing import encode_windowed, join_windows, split_into_windows
 
 SR = 16000
 
@@ -473,7 +473,7 @@ def test_cli_manifest_duplicate_ids_and_bad_json(cli, model_dir: Path, clips: di
 def test_float16_encoder_same_tokens_through_generate_pipeline_infer_and_eval(
     cli, model_config_factory, clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    from swv.audio import read_audio
+    from swv.core.audio import read_audio
     from swv.infer.pipeline import DEFAULT_PROMPT
     from swv.model.prompts import PromptBuilder
     from swv.model.stopping import cut_at_stop

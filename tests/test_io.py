@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from swv.io import atomic_directory, atomic_file, atomic_write_json, atomic_write_text
+from swv.core.io import (
+    atomic_directory,
+    atomic_file,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 
 def test_atomic_file_keeps_old_content_on_error(tmp_path: Path) -> None:

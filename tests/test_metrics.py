@@ -1,4 +1,4 @@
-"""Tests for swv.metrics and swv.evaluation; expected values are computed by hand in the comments."""
+"""Tests for swv.eval.metrics and swv.eval.evaluation; expected values are computed by hand in the comments."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import math
 
 import pytest
 
-from swv.errors import InputError, UsageError
-from swv.evaluation import evaluate, format_table, sha256_file, write_report
-from swv.metrics import (
+from swv.core.errors import InputError, UsageError
+from swv.eval.evaluation import evaluate, format_table, sha256_file, write_report
+from swv.eval.metrics import (
     bleu,
     bleu_tokenizer_for,
     canonical_language,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from swv.model.context import BackboneInfo
-from swv.model.state import AudioState
-from swv.model.vocab_logits import VocabLogits
-from swv.pluginmanager import load_plugins
+from swv.nn.context import BackboneInfo
+from swv.nn.state import AudioState
+from swv.nn.vocab_logits import VocabLogits
+from swv.registry.plugins import load_plugins
 
 HIDDEN, HEADS, VOCAB, BLANK = 16, 2, 20, 19
 TINY_WHISPER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64, num_mel_bins=80,
@@ -103,7 +103,7 @@ def test_speech_lengths_survive_windows_and_the_feature_cache(registry, tmp_path
     import soundfile as sf
 
     from swv.data.feature_cache import FeatureCache, build_cache
-    from swv.infer.windowing import encode_windowed
+    from swv.nn.windowing import encode_windowed
 
     encoder = registry.build("encoder", {"name": "whisper", "mode": "pad_to_30s", "random_init": TINY_WHISPER})
     windowed = encode_windowed(encoder, [tone(31.0), tone(1.0)])

@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 from swv.adapters.base import Adapter
 from swv.assets import asset_path
-from swv.errors import ComponentError
-from swv.model.context import BackboneInfo
+from swv.core.errors import ComponentError
 from swv.model.speechlm import SpeechLM
-from swv.pluginmanager import load_plugins
-from swv.registry import Registry
+from swv.nn.context import BackboneInfo
+from swv.registry.components import Registry
+from swv.registry.plugins import load_plugins
 
 PLUGIN = Path(__file__).parent / "data" / "plugins" / "third_party"
 

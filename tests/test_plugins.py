@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from swv.hookspecs import hookimpl
-from swv.pluginmanager import PluginWarning, load_plugins
+from swv.registry.hookspecs import hookimpl
+from swv.registry.plugins import PluginWarning, load_plugins
 
 DATA = Path(__file__).parent / "data" / "plugins"
 
@@ -99,8 +99,8 @@ def test_recipe_naming_plugin_adapter_validates(plugin_site: Path, tmp_path: Pat
 
 def test_plugin_adapter_builds_and_runs(plugin_site: Path) -> None:
     code = (
-        "import torch; from swv.pluginmanager import default_registry; from swv.model.context import BackboneInfo;"
-        "from swv.model.state import AudioState;"
+        "import torch; from swv.registry.plugins import default_registry; from swv.nn.context import BackboneInfo;"
+        "from swv.nn.state import AudioState;"
         "ad = default_registry().build('adapter', {'name': 'example-pool', 'factor': 2}, input_dim=4, backbone=BackboneInfo(8, 2, 10, 9, 0));"
         "out = ad(AudioState(torch.randn(2, 5, 4), torch.tensor([5, 3])));"
         "print(tuple(out.embeds.shape), out.lengths.tolist())"

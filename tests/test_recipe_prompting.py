@@ -4,23 +4,28 @@ export, chain-of-thought budgets, and Stage III mixing several SFT sources by te
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from swv.core.errors import InputError
 from swv.data.collate import SpeechCollator
-from swv.errors import InputError
-from swv.infer.batch import _run_batch, ManifestItem, saved_generation, saved_instructions, task_prompt
+from swv.data.stage_data import load_stage_data, make_sampler
+from swv.infer.batch import (
+    ManifestItem,
+    _run_batch,
+    saved_generation,
+    saved_instructions,
+    task_prompt,
+)
 from swv.infer.pipeline import GenerationSettings, Pipeline
+from swv.model.defaults import DEFAULT_INSTRUCTIONS
 from swv.model.prompts import PromptBuilder
-from swv.model.state import AudioState
-from swv.pluginmanager import default_registry
+from swv.nn.state import AudioState
 from swv.recipes.loader import load_recipe
-from swv.recipes.schema import DEFAULT_INSTRUCTIONS
-from swv.train.data import load_stage_data, make_sampler
+from swv.registry.plugins import default_registry
 from swv.train.runner import build_model
 
 OVERRIDES = ["model.instructions.asr=Write down what is said.", "model.instructions.pitch=Is the voice high or low?",

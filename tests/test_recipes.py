@@ -9,9 +9,9 @@ import yaml
 from typer.testing import CliRunner
 
 from swv.cli.main import app
-from swv.errors import RecipeError
-from swv.pluginmanager import load_plugins
+from swv.core.errors import RecipeError
 from swv.recipes.loader import load_recipe, merge, shipped_recipes
+from swv.registry.plugins import load_plugins
 
 runner = CliRunner()
 

@@ -7,9 +7,7 @@ Opt-in: ``SWV_BROWSER_TESTS=1 .venv/bin/pytest tests/test_serve_browser.py`` wit
 
 from __future__ import annotations
 
-import io
 import os
-import shutil
 import time
 from pathlib import Path
 

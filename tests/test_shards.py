@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from swv.audio import load_audio
 from swv.cli.data import app
+from swv.core.audio import load_audio
+from swv.core.errors import InputError, UsageError
 from swv.data.shards import SHARD_AUDIO_PREFIX, read_shard, write_shards
 from swv.data.sources import load_source
-from swv.errors import InputError, UsageError
 from swv.recipes.schema import DatasetSpec
 
 SR = 16000
@@ -87,8 +87,8 @@ def test_shard_command_and_errors(manifest: Path, tmp_path: Path) -> None:
 
 def test_train_from_shards(tmp_path: Path) -> None:
     from swv.assets import asset_path
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import train
 
     write_shards(asset_path("tiny_speech/train_asr.jsonl"), tmp_path / "shards", clips_per_shard=16,

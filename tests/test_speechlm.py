@@ -199,7 +199,7 @@ def test_bundle_and_merge_lora_are_self_contained(model_config_factory, tmp_path
 
 
 def test_chain_errors(model_config_factory, tmp_path: Path) -> None:
-    from swv.errors import ComponentError, InputError
+    from swv.core.errors import ComponentError, InputError
 
     with pytest.raises(ComponentError, match="needs CTC logits"):
         SpeechLM(model_config_factory([{"name": "shrinking"}]))

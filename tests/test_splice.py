@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from swv.errors import InputError
+from swv.core.errors import InputError
 from swv.model.splice import IGNORE_INDEX, splice_audio
 
 AUDIO = 7

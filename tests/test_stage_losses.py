@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from swv.adapters.base import Adapter
-from swv.config import ComponentConfig
-from swv.errors import UsageError
+from swv.core.config import ComponentConfig
+from swv.core.errors import UsageError
 from swv.model.prompts import PromptBuilder
-from swv.model.state import AudioState
-from swv.pluginmanager import default_registry
+from swv.nn.state import AudioState
 from swv.recipes.loader import load_recipe
-from swv.registry import Registry
+from swv.registry.components import Registry
+from swv.registry.plugins import default_registry
 
 
 class AuxTestConfig(ComponentConfig):
@@ -52,7 +52,7 @@ def registry(monkeypatch) -> Registry:
     for spec in default_registry().specs():
         reg.register(spec.kind, spec.name, target=spec.target, config=spec.config)
     reg.register("adapter", "aux_test", target=AuxTestAdapter, config=AuxTestConfig)
-    monkeypatch.setattr("swv.pluginmanager.default_registry", lambda: reg)
+    monkeypatch.setattr("swv.registry.plugins.default_registry", lambda: reg)
     monkeypatch.setattr("swv.train.train_recipe.default_registry", lambda: reg)
     return reg
 

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from swv.core.errors import UsageError
 from swv.data.streaming import StreamingMixtureSampler, load_streaming_stage_data
-from swv.errors import UsageError
 from swv.recipes.schema import DataSection, DatasetSpec
 
 SR = 16000
@@ -119,7 +119,7 @@ def test_streaming_source_needs_its_size(section: DataSection, tmp_path: Path) -
 
     with pytest.raises(UsageError, match="streaming source can only be a training stage's dataset"):
         load_source("big", section.datasets["big"])
-    from swv.train.data import load_stage_data
+    from swv.data.stage_data import load_stage_data
 
     with pytest.raises(UsageError, match=r"stages\[0\] eval: data source 'big' is streaming; only a stage's training"):
         load_stage_data(section, ["big"], "stages[0] eval")
@@ -128,11 +128,12 @@ def test_streaming_source_needs_its_size(section: DataSection, tmp_path: Path) -
 
 
 def test_train_and_resume_on_a_stream(tmp_path: Path, capsys) -> None:
-    from swv.assets import asset_path
-    from swv.pluginmanager import default_registry
-    from swv.recipes.loader import load_recipe
-    from swv.train.train_recipe import train
     import datasets
+
+    from swv.assets import asset_path
+    from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
+    from swv.train.train_recipe import train
 
     rows = [json.loads(line) for line in asset_path("tiny_speech/train_asr.jsonl").read_text().splitlines()[:12]]
     base = asset_path("tiny_speech")

@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from swv.errors import UsageError
-from swv.train.tracking import check_trackers, flatten_hparams, numeric, supported_trackers
+from swv.core.errors import UsageError
+from swv.train.tracking import (
+    check_trackers,
+    flatten_hparams,
+    numeric,
+    supported_trackers,
+)
 
 STEPS = ["--stage", "alignment", "stages.0.max_steps=4", "stages.0.log_every=2", "stages.0.save_every=2"]
 

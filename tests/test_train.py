@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from swv.core.errors import InputError, SwvError, UsageError
 from swv.data.sampler import MixtureBatchSampler, mixture_probabilities
-from swv.errors import InputError, SwvError, UsageError
-from swv.pluginmanager import default_registry
 from swv.recipes.loader import load_recipe
+from swv.registry.plugins import default_registry
 
 FAST = ["stages.0.max_steps=30", "stages.1.max_steps=16", "stages.2.max_steps=16",
         "stages.0.log_every=5", "stages.1.log_every=4", "stages.2.log_every=4"]

@@ -139,9 +139,9 @@ def test_two_process_kill_and_resume_is_bit_identical(runs: dict[str, Path], tmp
 
 
 def test_global_batch_must_divide_over_the_processes() -> None:
-    from swv.errors import UsageError
-    from swv.pluginmanager import default_registry
+    from swv.core.errors import UsageError
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
     from swv.train.train_recipe import batch_plan
 
     recipe = load_recipe("soundwave", [], default_registry()).recipe
@@ -175,7 +175,7 @@ def test_sampler_shares_and_epoch_do_not_depend_on_the_world_size() -> None:
 
 
 def test_output_dir_lock_names_the_holder_and_recovers_stale_locks(tmp_path: Path) -> None:
-    from swv.errors import UsageError
+    from swv.core.errors import UsageError
     from swv.train.lock import LOCK_NAME, OutputDirLock
 
     holder = subprocess.Popen(

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from swv.model import vocab_logits
 from swv.model.losses import ctc_loss, lm_loss
-from swv.model.vocab_logits import VocabLogits
+from swv.nn import vocab_logits
+from swv.nn.vocab_logits import VocabLogits
 
 RTOL = 1e-5
 

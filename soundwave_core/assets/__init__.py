@@ -12,7 +12,10 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 
-__all__ = ["TINY_SPEECH", "TINY_TOKENIZER", "asset_path"]
+__all__ = ["ASSET_PREFIX", "TINY_SPEECH", "TINY_TOKENIZER", "asset_path"]
+
+#: Recipe values and data paths that start with this prefix name a packaged asset (``asset:tiny_speech/...``).
+ASSET_PREFIX = "asset:"
 
 TINY_SPEECH = "tiny_speech"
 TINY_TOKENIZER = "tiny_tokenizer"

@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from swv.dtypes import DTYPE_NAMES
-from swv.errors import InputError, UsageError
-from swv.io import atomic_directory
+from swv.core.dtypes import DTYPE_NAMES
+from swv.core.errors import InputError, UsageError
+from swv.core.io import atomic_directory
 
 if TYPE_CHECKING:
     import torch

@@ -7,7 +7,7 @@ gives a normal directory (``config.json``, ``model.safetensors``, ``generation_c
 later loads fast with ``AutoModelForCausalLM.from_pretrained(dest)`` / ``AutoTokenizer``.
 
 Which architectures and tokenizers work is decided by the installed transformers (llama, mistral,
-qwen2, qwen3, gemma, phi3, ...); anything it cannot read becomes an :class:`~swv.errors.InputError`.
+qwen2, qwen3, gemma, phi3, ...); anything it cannot read becomes an :class:`~swv.core.errors.InputError`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from swv.dtypes import DTYPE_NAMES
-from swv.errors import InputError, UsageError, first_line
-from swv.io import atomic_directory
+from swv.core.dtypes import DTYPE_NAMES
+from swv.core.errors import InputError, UsageError, first_line
+from swv.core.io import atomic_directory
 
 __all__ = ["GGUF_MAGIC", "OUTPUT_DTYPES", "convert_gguf", "resolve_gguf_file"]
 

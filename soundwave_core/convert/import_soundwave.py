@@ -47,9 +47,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from swv.dtypes import DTYPE_NAMES
-from swv.errors import InputError, UsageError
-from swv.io import atomic_directory, check_safetensors
+from swv.core.dtypes import DTYPE_NAMES
+from swv.core.errors import InputError, UsageError
+from swv.core.io import atomic_directory, check_safetensors
 
 __all__ = ["OUTPUT_DTYPES", "ImportSummary", "import_soundwave", "released_key"]
 
@@ -364,7 +364,7 @@ def adapter_refs(plan: Plan, hidden: int, llm_heads: int, shrinking_heads: int |
 
 
 def _check_adapters(plan: Plan, refs: list[dict[str, Any]], encoder_dim: int, info: Any, src: Path) -> None:
-    from swv.pluginmanager import default_registry
+    from swv.registry.plugins import default_registry
 
     registry = default_registry()
     dim = encoder_dim
@@ -554,7 +554,12 @@ def _write_encoder(state: dict[str, torch.Tensor], hf_config: Any, directory: Pa
 
 
 def _swv_config(refs: list[dict[str, Any]], backbone_dtype: str) -> dict[str, Any]:
-    from swv.model.speechlm import BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, SpeechLMConfig, _versions
+    from swv.model.speechlm import (
+        BUNDLED_BACKBONE_DIR,
+        BUNDLED_ENCODER_DIR,
+        SpeechLMConfig,
+        _versions,
+    )
     config = SpeechLMConfig(
         encoder={"name": "whisper", "path": BUNDLED_ENCODER_DIR, "mode": "pad_to_30s"},
         adapters=refs,
@@ -604,9 +609,11 @@ def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dt
     """Route every key, derive the configs and check every part against its module's shapes
     (built on the meta device) before anything is read or written."""
     from transformers import LlamaForCausalLM
-    from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+    from transformers.models.whisper.modeling_whisper import (
+        WhisperEncoder as HFWhisperEncoder,
+    )
 
-    from swv.model.context import BackboneInfo
+    from swv.nn.context import BackboneInfo
 
     plan = plan_keys(_read_entries(src), src)
     whisper, encoder_source = whisper_config(plan, src, config.get("audio_tower"))
@@ -627,7 +634,12 @@ def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dt
 def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dtype: torch.dtype | None) -> int:
     """Write the swv model directory into ``tmp``; returns the audio token id. The tokenizer is
     checked first, so a mismatch fails before any weight is copied."""
-    from swv.model.speechlm import ADAPTER_DIR, BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, write_config_files
+    from swv.model.speechlm import (
+        ADAPTER_DIR,
+        BUNDLED_BACKBONE_DIR,
+        BUNDLED_ENCODER_DIR,
+        write_config_files,
+    )
 
     plan, llama = checked.plan, checked.llama
     backbone_dir = tmp / BUNDLED_BACKBONE_DIR
@@ -645,7 +657,7 @@ def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dt
     for name in ("alignment", "shrinking"):
         save_file(_load_part(plan[name], dtype), str(tmp / ADAPTER_DIR / f"{name}.safetensors"))
     _copy_tokenizer(backbone_dir, tmp)
-    from swv.recipes.schema import GenerationDefaults
+    from swv.model.defaults import GenerationDefaults
 
     GenerationDefaults(**RELEASED_GENERATION).to_generation_config().save_pretrained(str(tmp))
     swv_config = _swv_config(checked.adapters, checked.backbone_dtype)

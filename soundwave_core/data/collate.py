@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from swv.errors import InputError
+from swv.core.errors import InputError
 from swv.model.prompts import PromptBuilder
 from swv.model.splice import IGNORE_INDEX
 from swv.recipes.schema import SpecAugmentSettings
@@ -103,7 +103,7 @@ class SpeechCollator:
         self.skipped: Counter[str] = Counter()
 
     def _load(self, row: dict[str, Any]) -> Any:
-        from swv.audio import load_audio
+        from swv.core.audio import load_audio
 
         try:
             wav = load_audio(row.get("audio_bytes") or row["audio"], self.encoder.sample_rate)

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from swv.io import atomic_write_json, follow_umask
+from swv.core.io import atomic_write_json, follow_umask
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -125,7 +125,7 @@ def build_cache(
     """Encode every path not cached yet. Returns ``(newly_cached, already_cached)``."""
     from tqdm.auto import tqdm
 
-    from swv.audio import load_audio
+    from swv.core.audio import load_audio
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 ``datasets.Audio`` columns are cast to ``Audio(decode=False)``, so ``datasets`` hands over the
 encoded file (``{"bytes", "path"}``) and never decodes it (no torchcodec needed): audio stored
 as bytes (``save_to_disk``, Hub parquet files) travels with the row in the ``audio_bytes``
-column and is decoded by :func:`swv.audio.load_audio` (soundfile) when a batch is built; audio
+column and is decoded by :func:`swv.core.audio.load_audio` (soundfile) when a batch is built; audio
 stored as a path is used like a manifest's. A source is a ``save_to_disk`` folder, a single
 ``.parquet``/``.jsonl``/``.json``/``.csv``/``.arrow`` file, a folder of such files, or a dataset
 name (which ``datasets`` may download). ``columns`` maps swv fields to the dataset's columns
@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from swv.data.sources import TEXT_FIELDS, _normalise, resolve_data_path
-from swv.errors import InputError
+from swv.core.errors import InputError
+from swv.data.rows import TEXT_FIELDS, normalise_row, resolve_data_path
 from swv.recipes.schema import DatasetSpec
 
 #: Name given to audio carried as bytes in a row (for messages; it is not a file path).
@@ -104,9 +104,9 @@ def class_label_names(ds: Any) -> dict[str, list[str]]:
 
 def hf_row(record: dict[str, Any], index: int, *, source: str, base: str, name: str, task: str, instruction: str,
            labels: dict[str, list[str]], columns: dict[str, str]) -> dict[str, Any]:
-    """One dataset row as a source row (see :func:`swv.data.sources._normalise`) plus
+    """One dataset row as a source row (see :func:`swv.data.rows.normalise_row`) plus
     ``audio_bytes``; ``columns`` (field -> column) picks the columns of swv's fields."""
-    from swv.audio import audio_duration
+    from swv.core.audio import audio_duration
 
     rec = dict(record)
     for column, names in labels.items():
@@ -126,7 +126,7 @@ def hf_row(record: dict[str, Any], index: int, *, source: str, base: str, name: 
             embedded = (label, audio_duration(data))
         except InputError as exc:
             raise InputError(f"{source}: row {index}: {label}: {exc}") from None
-    row = _normalise(rec, source, index + 1, task, instruction,
+    row = normalise_row(rec, source, index + 1, task, instruction,
                      lambda _m, r: Path(base, str(r["audio"])).expanduser(), audio_duration, embedded)
     row["source"] = name
     row["audio_bytes"] = data
@@ -174,8 +174,8 @@ def hf_eval_manifest(ref: str, split: str, columns: dict[str, str], out_dir: str
 
     import soundfile as sf
 
-    from swv.dataprep.manifest import audio_ref, write_manifest
-    from swv.io import atomic_file
+    from swv.core.io import atomic_file
+    from swv.data.manifest import audio_ref, write_manifest
 
     spec = DatasetSpec(hf_dataset=ref, split=split, columns=columns)
     rows = load_hf_source("eval", spec)

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swv.dataprep._common import Report, progress
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.core.progress import Report, progress
+from swv.data.rows import normalise_row
 
 #: Shard file names (``.format(index)``).
 SHARD_NAME = "shard-{:06d}.tar"
@@ -51,9 +52,9 @@ def write_shards(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[st
     Every shard is written under a temporary name and renamed into place. Records whose audio
     is missing or unreadable are dropped and reported.
     """
-    from swv.audio import audio_duration
-    from swv.dataprep._common import count_lines
-    from swv.dataprep.manifest import read_manifest, record_label, resolve_audio
+    from swv.core.audio import audio_duration
+    from swv.core.progress import count_lines
+    from swv.data.manifest import read_manifest, record_label, resolve_audio
 
     if clips_per_shard < 1:
         raise UsageError(f"--clips-per-shard must be >= 1, got {clips_per_shard}")
@@ -167,8 +168,7 @@ def _clip(path: Path, key: str, record: dict[str, Any] | None, audio: bytes) -> 
 def shard_rows(files: list[str], name: str, task: str, instruction: str, on_error: str, max_samples: int | None,
                stamps: list[float], schema: int) -> Iterator[dict[str, Any]]:
     """Generator for ``Dataset.from_generator`` (``stamps`` and ``schema`` only key the cache)."""
-    from swv.audio import audio_duration
-    from swv.data.sources import _normalise
+    from swv.core.audio import audio_duration
 
     del stamps, schema
     emitted = 0
@@ -180,7 +180,7 @@ def shard_rows(files: list[str], name: str, task: str, instruction: str, on_erro
                 embedded = (f"{SHARD_AUDIO_PREFIX}{file}#{key}",
                             float(duration) if isinstance(duration, (int, float)) else audio_duration(audio))
             try:
-                row = _normalise({k: v for k, v in record.items() if k != "audio"}, file, index + 1, task,
+                row = normalise_row({k: v for k, v in record.items() if k != "audio"}, file, index + 1, task,
                                  instruction, None, audio_duration, embedded)
             except InputError:
                 if on_error == "skip":

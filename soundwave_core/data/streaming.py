@@ -33,8 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from swv.data.sampler import SamplerPosition, Share, mixture_probabilities, rank_share, split_by_budget
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.data.rows import resolve_data_path
+from swv.data.sampler import (
+    SamplerPosition,
+    Share,
+    mixture_probabilities,
+    rank_share,
+    split_by_budget,
+)
 from swv.recipes.schema import DataSection, DatasetSpec
 
 
@@ -52,8 +59,13 @@ class SourceStream:
 
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> None:
-        from swv.data.hf_sources import check_columns, class_label_names, open_hf_dataset, undecoded_audio
-        from swv.data.sources import load_source, resolve_data_path
+        from swv.data.hf_sources import (
+            check_columns,
+            class_label_names,
+            open_hf_dataset,
+            undecoded_audio,
+        )
+        from swv.data.sources import load_source
 
         where = f"data.datasets.{self.name}"
         if not self.spec.streaming:
@@ -116,7 +128,7 @@ def _recorded_size(stream: Any, split: str) -> int | None:
 
 @dataclass
 class StreamingStageData:
-    """A stage's sources as streams (the counterpart of :class:`swv.train.data.StageDataset`)."""
+    """A stage's sources as streams (the counterpart of :class:`swv.data.stage_data.StageDataset`)."""
 
     streams: list[SourceStream]
     names: list[str] = field(default_factory=list)

@@ -40,9 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swv.dataprep.manifest import ManifestReport, audio_ref, write_manifest
-from swv.dataprep._common import progress
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.core.progress import progress
+from swv.data.manifest import audio_ref, write_manifest
+from swv.dataprep.manifest import ManifestReport
 
 #: One corpus entry: where it comes from (for messages), its audio file and its manifest fields.
 CorpusEntry = tuple[str, Path, dict[str, Any]]
@@ -274,7 +275,7 @@ def build_corpus_manifest(
     Entries whose audio file is missing or unreadable are dropped and reported; a corpus
     with no usable entry is an error. Durations come from the audio headers.
     """
-    from swv.audio import audio_duration
+    from swv.core.audio import audio_duration
 
     out = Path(out)
     report = ManifestReport(command=f"manifest ({fmt})", output=out)

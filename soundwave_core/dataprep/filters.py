@@ -40,11 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from swv.audio import audio_duration, load_audio, read_audio
-from swv.dataprep._common import Report, count_lines, progress
-from swv.dataprep.manifest import dump_record, read_manifest, rebase_record, record_label, resolve_audio
-from swv.errors import InputError, UsageError, first_line
-from swv.io import atomic_file
+from swv.core.audio import audio_duration, load_audio, read_audio
+from swv.core.errors import InputError, UsageError, first_line
+from swv.core.io import atomic_file
+from swv.core.progress import Report, count_lines, progress
+from swv.data.manifest import (
+    dump_record,
+    read_manifest,
+    rebase_record,
+    record_label,
+    resolve_audio,
+)
 
 #: Sample rate of the waveforms handed to a ``transcribe`` callable.
 WER_SAMPLE_RATE = 16000

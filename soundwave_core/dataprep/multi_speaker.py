@@ -26,9 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from swv.dataprep._common import Report, count_lines, progress
-from swv.dataprep.manifest import audio_ref, read_manifest, record_label, resolve_audio, write_manifest
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.core.progress import Report, count_lines, progress
+from swv.data.manifest import (
+    audio_ref,
+    read_manifest,
+    record_label,
+    resolve_audio,
+    write_manifest,
+)
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
 DEFAULT_TEMPLATE = "The {ordinal} speaker says"
@@ -152,7 +158,7 @@ def splice_manifest(
     Output records carry ``id`` (``splice-000001``...), ``audio``, ``text``, ``task``,
     ``duration``, ``num_speakers`` and ``sources`` (the ids, or file:line, of the parts).
     """
-    from swv.audio import audio_duration, load_audio, write_audio
+    from swv.core.audio import audio_duration, load_audio, write_audio
 
     if speakers < 2:
         raise UsageError(f"--speakers must be at least 2, got {speakers}")

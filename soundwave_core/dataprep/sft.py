@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swv.dataprep._common import Report, count_lines, progress
-from swv.dataprep.manifest import read_manifest, rebase_record, record_label, write_manifest
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.core.progress import Report, count_lines, progress
+from swv.data.manifest import read_manifest, rebase_record, record_label, write_manifest
 
 FORMATS = ("direct", "choice", "sentence")
 COT_REQUEST = "First write down what is said in the audio, then answer."

@@ -37,9 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from swv.dataprep._common import Report, progress
-from swv.dataprep.manifest import audio_ref, read_manifest, record_label, resolve_audio, write_manifest
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
+from swv.core.progress import Report, progress
+from swv.data.manifest import (
+    audio_ref,
+    read_manifest,
+    record_label,
+    resolve_audio,
+    write_manifest,
+)
 
 MODES = ("concat", "split")
 _TAG_OK = re.compile(r"^\w+$")
@@ -150,7 +156,7 @@ class _SoundPool:
         self.order: list[_Sound] = []
 
     def next(self) -> tuple[_Sound, np.ndarray]:
-        from swv.audio import load_audio
+        from swv.core.audio import load_audio
 
         while self.sounds:
             if not self.order:
@@ -224,8 +230,8 @@ def sound_insert(
     In ``concat`` mode speech rows are paired in a seeded random order (an odd one out is
     reported). Unreadable speech or sound files are skipped and reported.
     """
-    from swv.audio import load_audio, write_audio
-    from swv.io import atomic_write_text
+    from swv.core.audio import load_audio, write_audio
+    from swv.core.io import atomic_write_text
 
     if mode not in MODES:
         raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swv.dataprep._common import count_lines, progress
-from swv.dataprep.manifest import read_manifest, resolve_audio
-from swv.errors import InputError
+from swv.core.errors import InputError
+from swv.core.progress import count_lines, progress
+from swv.data.manifest import read_manifest, resolve_audio
 
 #: Histogram bin edges; each bin is ``[lo, hi)``.
 DURATION_BINS: tuple[float, ...] = (0, 1, 3, 5, 10, 15, 20, 25, 30, math.inf)
@@ -89,7 +89,7 @@ def histogram(values: list[float] | list[int], edges: tuple[float, ...]) -> list
 
 def compute_stats(manifest: str | os.PathLike[str], *, show_progress: bool = True) -> ManifestStats:
     """Read ``manifest`` once and gather :class:`ManifestStats`."""
-    from swv.audio import audio_duration
+    from swv.core.audio import audio_duration
 
     manifest = Path(manifest)
     stats = ManifestStats(manifest=manifest)
@@ -163,7 +163,7 @@ def plot_stats(stats: ManifestStats, path: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from swv.io import atomic_write_bytes
+    from swv.core.io import atomic_write_bytes
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
@@ -183,7 +183,7 @@ def plot_stats(stats: ManifestStats, path: str | os.PathLike[str]) -> Path:
         try:
             fig.savefig(buf, format=fmt)
         except ValueError as exc:
-            from swv.errors import UsageError
+            from swv.core.errors import UsageError
 
             raise UsageError(f"--plot {path}: unsupported image format ({exc})") from None
     finally:

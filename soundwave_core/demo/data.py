@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swv.core.io import atomic_write_json
 from swv.demo.synth import SAMPLE_RATE, Synthesizer, Voice, plan_voice
 from swv.demo.text import DemoText
-from swv.io import atomic_write_json
-from swv.recipes.schema import ASR_INSTRUCTION
+from swv.model.defaults import ASR_INSTRUCTION
 
 PITCH_OPTIONS = ["high", "low"]
 PITCH_INSTRUCTIONS = (
@@ -104,7 +104,7 @@ def plan_clips(text: DemoText, renditions: int, seed: int = 0, corpus_limit: int
 
 def write_clip(root: Path, clip: Clip, synthesize: Synthesizer) -> float:
     """Synthesize one clip to ``root / clip.relpath`` (atomically); returns its duration."""
-    from swv.audio import write_audio
+    from swv.core.audio import write_audio
 
     wav = synthesize(clip.text, clip.voice)
     path = root / clip.relpath
@@ -169,7 +169,7 @@ def build_dataset(
 ) -> dict[str, Any]:
     """Synthesize the clips and write the manifests under ``root``; returns the ``data.json``
     summary. Skips everything when ``root/data.json`` describes the same clips."""
-    from swv.dataprep.manifest import write_manifest
+    from swv.data.manifest import write_manifest
 
     clips = plan_clips(text, renditions, seed, corpus_limit)
     digest = _fingerprint(clips)

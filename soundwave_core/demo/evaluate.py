@@ -1,7 +1,7 @@
 """Held-out evaluation of the demo's models.
 
 * the alignment adapter's CTC head: greedy CTC transcripts (the LLM does not run), scored with
-  :func:`swv.metrics.wer`;
+  :func:`swv.eval.metrics.wer`;
 * the whole model: ``swv eval`` (ASR WER, pitch classification accuracy, and the answers to the
   spoken questions, which :func:`qa_keyword_accuracy` scores: an answer is right when it
   contains one of the question's keywords);
@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from swv.dataprep.manifest import read_manifest, rebase_record, resolve_audio, write_manifest
+from swv.data.manifest import (
+    read_manifest,
+    rebase_record,
+    resolve_audio,
+    write_manifest,
+)
 
 
 @dataclass
@@ -34,7 +39,7 @@ class Items:
 
     @classmethod
     def load(cls, manifest: Path, limit: int | None = None) -> Items:
-        from swv.audio import load_audio
+        from swv.core.audio import load_audio
 
         records = [r for _, r in read_manifest(manifest)][:limit]
         return cls(manifest, records, [load_audio(resolve_audio(manifest, r), 16_000) for r in records])
@@ -48,7 +53,7 @@ class Items:
 def ctc_wer(model: Any, items: Items) -> dict[str, Any]:
     """WER of the alignment adapter's greedy CTC transcripts."""
     from swv.demo.ctc import transcribe_ctc
-    from swv.metrics import wer
+    from swv.eval.metrics import wer
 
     start = time.perf_counter()
     hypotheses = transcribe_ctc(model, items.waveforms)
@@ -86,7 +91,7 @@ def swv_eval(model_dir: Path, items: Items, task: str, out_dir: Path, max_new_to
 
     Returns ``(report, predictions)``: the JSON report (with the score ``table`` swv eval prints)
     and the prediction records."""
-    from swv.evaluation import PREDICTIONS_FILE, evaluate_model, format_table
+    from swv.eval.evaluation import PREDICTIONS_FILE, evaluate_model, format_table
     from swv.infer.pipeline import GenerationSettings
 
     if out_dir.exists():  # eval resumes from existing predictions: never reuse another model's

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from swv.io import atomic_write_bytes, atomic_write_json
+from swv.core.io import atomic_write_bytes, atomic_write_json
 
 LOSS_KEYS = ("loss", "lm_loss", "ctc_loss")
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swv.errors import UsageError
+from swv.core.errors import UsageError
 
 #: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
 MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "qa": "train_qa.jsonl",
@@ -134,8 +134,8 @@ def precision_overrides(log: Callable[[str], None] = print) -> list[str]:
 
 
 def load_demo_recipe(options: DemoOptions, whisper_dir: Path, llm_dir: Path, log: Callable[[str], None] = print) -> Any:
-    from swv.pluginmanager import default_registry
     from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
 
     overrides = (path_overrides(options.workdir, whisper_dir, llm_dir, options.suffix) + precision_overrides(log)
                  + list(options.overrides))
@@ -267,7 +267,7 @@ def _report(title: str, result: dict[str, Any], log: Callable[[str], None]) -> d
 
 def _infer_one(model_dir: Path, items: Any, log: Callable[[str], None]) -> dict[str, Any]:
     """What ``swv infer`` answers on the first held-out question clip with three prompts."""
-    from swv.dataprep.manifest import resolve_audio
+    from swv.data.manifest import resolve_audio
     from swv.demo.data import EVAL_PROMPTS
     from swv.infer.batch import load_pipeline
 

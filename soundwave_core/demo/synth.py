@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
 
 SAMPLE_RATE = 16_000
 #: The espeak-ng voices and rates Whisper tiny.en transcribes best (measured on the demo's
@@ -112,7 +112,7 @@ class EspeakSynthesizer:
         self.program = found
 
     def __call__(self, text: str, voice: Voice) -> np.ndarray:
-        from swv.audio import read_audio, resample
+        from swv.core.audio import read_audio, resample
 
         with tempfile.TemporaryDirectory(prefix="swv-espeak-") as tmp:
             out = Path(tmp) / "speech.wav"

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from swv.errors import InputError
+from swv.core.errors import InputError
 
 TEXT_DIR = "demo_text"
 CORPUS_DIR = "corpus"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from swv.errors import UsageError
+from swv.core.errors import UsageError
 
 
 @dataclass(frozen=True)

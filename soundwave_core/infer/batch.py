@@ -20,12 +20,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from swv.dataprep.manifest import read_manifest, resolve_audio
-from swv.errors import InputError, UsageError
+from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.errors import InputError, UsageError
+from swv.core.io import append_durably, atomic_file
+from swv.data.manifest import read_manifest, resolve_audio
 from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
-from swv.io import append_durably, atomic_file
+from swv.model.defaults import GenerationDefaults
 from swv.model.prompts import default_instruction, instruction_table
-from swv.recipes.schema import DEFAULT_MAX_DURATION, GenerationDefaults
 
 #: Manifest fields copied to every output line (references for evaluation and descriptions).
 COPIED_FIELDS = (
@@ -89,7 +90,7 @@ def record_instruction(record: dict[str, Any], where: str) -> str | None:
 def _saved_field(model_dir: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
     """A mapping field of a model's ``swv_config.json`` (None when absent or unreadable: the
     model loader reports unreadable configs)."""
-    from swv.config import CONFIG_NAME
+    from swv.core.config import CONFIG_NAME
 
     try:
         saved = json.loads((Path(model_dir) / CONFIG_NAME).read_text(encoding="utf-8")).get(name)

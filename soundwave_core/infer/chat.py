@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swv.errors import InputError
+from swv.core.errors import InputError
 
 #: Audio formats accepted in ``input_audio`` parts.
 INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac")

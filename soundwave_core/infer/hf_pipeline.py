@@ -1,7 +1,7 @@
 """The ``audio-text-to-text`` task of ``transformers.pipeline`` for swv models.
 
 Importing this module registers the task; ``import swv`` imports it as soon as
-``transformers.pipelines`` is imported (:mod:`swv.hf_auto`), so that::
+``transformers.pipelines`` is imported (:mod:`swv.model.hf_auto`), so that::
 
     pipe = transformers.pipeline("audio-text-to-text", model="path/to/export")
     pipe("clip.wav", prompt="Transcribe the speech.")          # {"generated_text": "..."}
@@ -25,9 +25,15 @@ from transformers import AutoModel
 from transformers import Pipeline as HFPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from swv.errors import UsageError
-from swv.hf_auto import PIPELINE_TASK
-from swv.infer.pipeline import DEFAULT_PROMPT, GenerationSettings, Pipeline, Result, Waveform
+from swv.core.errors import UsageError
+from swv.infer.pipeline import (
+    DEFAULT_PROMPT,
+    GenerationSettings,
+    Pipeline,
+    Result,
+    Waveform,
+)
+from swv.model.hf_auto import PIPELINE_TASK
 from swv.model.speechlm import SpeechLM
 
 #: Generation arguments the task takes at call time (:class:`GenerationSettings` fields).
@@ -99,7 +105,7 @@ class AudioTextToTextPipeline(HFPipeline):
         return {"generated_text": result.text}
 
 
-# transformers.pipeline(PIPELINE_TASK, model=...) builds this pipeline (see swv.hf_auto)
+# transformers.pipeline(PIPELINE_TASK, model=...) builds this pipeline (see swv.model.hf_auto)
 PIPELINE_REGISTRY.register_pipeline(
     PIPELINE_TASK, pipeline_class=AudioTextToTextPipeline, pt_model=AutoModel, type="multimodal"
 )

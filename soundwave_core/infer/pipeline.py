@@ -19,10 +19,10 @@ Audio inputs are file paths, encoded file bytes, or 1-D float numpy arrays at ``
 
 Long audio: a clip longer than the encoder's window (:attr:`Pipeline.window_seconds`, 30 s for
 Whisper) is split into consecutive windows whose encoder outputs are joined along time before
-the adapter chain (see :mod:`swv.infer.windowing`), so nothing is truncated; attention in the
+the adapter chain (see :mod:`swv.nn.windowing`), so nothing is truncated; attention in the
 adapters stays within a window, so memory grows linearly with the duration. Clips longer than
 ``max_duration`` (default :data:`DEFAULT_MAX_DURATION`, 10 minutes; ``None`` for no limit) are
-rejected with an :class:`~swv.errors.InputError`.
+rejected with an :class:`~swv.core.errors.InputError`.
 
 Batches: inputs are grouped ``batch_size`` at a time (in input order), the audio goes through
 :meth:`SpeechLM.encode_audio`, prompts are left-padded and :meth:`SpeechLM.generate` splices the
@@ -56,16 +56,16 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
-from swv.audio import read_audio, resample
-from swv.dtypes import DTYPE_NAMES, torch_dtype
-from swv.errors import InputError, SwvError, UsageError, first_line
-from swv.hub import resolve_model
+from swv.core.audio import DEFAULT_MAX_DURATION, read_audio, resample
+from swv.core.dtypes import DTYPE_NAMES, torch_dtype
+from swv.core.errors import InputError, SwvError, UsageError, first_line
+from swv.core.hub import resolve_model
 from swv.infer.chat import AudioPart, parse_messages
+from swv.model.defaults import ASR_INSTRUCTION, GenerationDefaults
 from swv.model.prompts import PromptBuilder, default_instruction
 from swv.model.speechlm import SpeechLM
-from swv.model.state import AudioState
 from swv.model.stopping import cut_at_stop, decode_answers, left_pad
-from swv.recipes.schema import ASR_INSTRUCTION, DEFAULT_MAX_DURATION, GenerationDefaults
+from swv.nn.state import AudioState
 
 __all__ = [
     "DEFAULT_MAX_DURATION",
@@ -216,7 +216,7 @@ def decode_audio(
 ) -> tuple[np.ndarray, int, str]:
     """Decode one input without resampling: ``(samples [S] float32, rate, name)``.
 
-    Paths and bytes go through :func:`swv.audio.read_audio` (mono mix); arrays need
+    Paths and bytes go through :func:`swv.core.audio.read_audio` (mono mix); arrays need
     ``sample_rate``. Raises :class:`InputError` naming the input for a missing, empty,
     unreadable or non-finite input.
     """
@@ -345,7 +345,7 @@ class Pipeline:
         trust_remote_code: bool = False,
     ) -> Pipeline:
         """Load a model written by ``SpeechLM.save_pretrained`` (a directory, or a Hugging Face Hub
-        id at ``revision``: see :func:`swv.hub.resolve_model`) onto ``device``, optionally cast to
+        id at ``revision``: see :func:`swv.core.hub.resolve_model`) onto ``device``, optionally cast to
         ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype).
         ``trust_remote_code`` lets a component that asks for it run the Python code its
         directory ships (see :meth:`SpeechLM.from_pretrained`)."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from swv.config import CONFIG_NAME
-from swv.hf_auto import PIPELINE_TASK
-from swv.hub import HUB_ID
+from swv.core.config import CONFIG_NAME
+from swv.core.hub import HUB_ID
+from swv.model.hf_auto import PIPELINE_TASK
 
 
 def _source(component: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Training losses of the composed model.
 
-Both losses take their vocabulary-sized logits as :class:`~swv.model.vocab_logits.VocabLogits`
+Both losses take their vocabulary-sized logits as :class:`~swv.nn.vocab_logits.VocabLogits`
 (hidden states + head) so that neither ever holds ``[B, T, V]``: only the per-position
 log-normaliser (computed in blocks over the vocabulary) and the logits of the ids the loss
 needs are computed. :func:`lm_loss` also takes materialised logits (evaluation).
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from swv.model.splice import IGNORE_INDEX
-from swv.model.state import lengths_to_mask
-from swv.model.vocab_logits import VocabLogits
+from swv.nn.state import lengths_to_mask
+from swv.nn.vocab_logits import VocabLogits
 
 
 def lm_loss(logits: torch.Tensor | VocabLogits, labels: torch.Tensor) -> torch.Tensor:

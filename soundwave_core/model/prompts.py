@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from swv.errors import InputError
+from swv.core.errors import InputError
+from swv.model.defaults import DEFAULT_INSTRUCTIONS
 from swv.model.splice import IGNORE_INDEX
-from swv.recipes.schema import DEFAULT_INSTRUCTIONS
 
 #: Task of records that carry only a transcript.
 TRANSCRIPT_TASK = "asr"
@@ -28,7 +28,7 @@ def language_name(language: str) -> str:
 
 
 def instruction_table(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The default instruction of each task: :data:`~swv.recipes.schema.DEFAULT_INSTRUCTIONS`
+    """The default instruction of each task: :data:`~swv.model.defaults.DEFAULT_INSTRUCTIONS`
     with a model's (recipe's) own entries over it."""
     return {**DEFAULT_INSTRUCTIONS, **(overrides or {})}
 

@@ -22,19 +22,19 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from swv.config import CONFIG_NAME
-from swv.errors import ComponentError, InputError, SwvError, UsageError, first_line
-from swv.hub import resolve_model
-from swv.infer.windowing import encode_windowed, encoder_window_samples
-from swv.io import atomic_directory, check_safetensors
+from swv.core.config import CONFIG_NAME
+from swv.core.errors import ComponentError, InputError, SwvError, UsageError, first_line
+from swv.core.hub import resolve_model
+from swv.core.io import atomic_directory, check_safetensors
 from swv.model.card import render_model_card
+from swv.model.defaults import PAPER_SYSTEM_PROMPT, GenerationDefaults
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.splice import Spliced, splice_audio
-from swv.model.state import AudioState
 from swv.model.stopping import stop_token_ids
-from swv.model.vocab_logits import VocabLogits
-from swv.recipes.schema import PAPER_SYSTEM_PROMPT, GenerationDefaults
-from swv.registry import Component, Registry
+from swv.nn.state import AudioState
+from swv.nn.vocab_logits import VocabLogits
+from swv.nn.windowing import encode_windowed, encoder_window_samples
+from swv.registry.components import Component, Registry
 
 ENCODER_WEIGHTS = "encoder.safetensors"
 ADAPTER_DIR = "adapters"
@@ -48,7 +48,7 @@ LORA_CONFIG_FILE = "adapter_config.json"
 
 
 class SpeechLMConfig(PreTrainedConfig):
-    """Every component (a validated :class:`~swv.registry.Component`, or a ``{name, **args}``
+    """Every component (a validated :class:`~swv.registry.components.Component`, or a ``{name, **args}``
     dict that :class:`SpeechLM` validates once and replaces by its Component), plus the prompt
     defaults. ``to_dict()`` writes components as ``{name, **args}``, the ``swv_config.json`` form."""
 
@@ -59,7 +59,7 @@ class SpeechLMConfig(PreTrainedConfig):
     system_prompt: str = PAPER_SYSTEM_PROMPT
     #: task -> default instruction (see :func:`swv.model.prompts.instruction_table`); None: the defaults
     instructions: dict | None = None
-    #: decoding defaults (:class:`~swv.recipes.schema.GenerationDefaults` fields); None: greedy, 256 tokens
+    #: decoding defaults (:class:`~swv.model.defaults.GenerationDefaults` fields); None: greedy, 256 tokens
     generation: dict | None = None
     encoder_trained: bool = False
     backbone_trained: bool = False
@@ -89,7 +89,7 @@ class SpeechLMOutput(ModelOutput):
     :meth:`SpeechLM.forward`); ``lm_loss``, ``ctc_loss`` and ``aux_losses`` (name -> scalar,
     reported by adapters) are unweighted. ``logits [B, L', V]`` (None when the backbone did not
     run, and in training with labels, where the LM head runs on the labelled positions only),
-    ``ctc_logits [B_a, T, V]`` (a :class:`~swv.model.vocab_logits.VocabLogits`: call
+    ``ctc_logits [B_a, T, V]`` (a :class:`~swv.nn.vocab_logits.VocabLogits`: call
     ``.materialise()`` for the tensor), ``keep_mask [B_a, T]``, ``audio_embeds [B_a, N, D]``,
     ``audio_lengths [B_a]``."""
 
@@ -118,7 +118,7 @@ def _versions() -> dict[str, str]:
 def _registry(registry: Registry | None) -> Registry:
     if registry is not None:
         return registry
-    from swv.pluginmanager import default_registry
+    from swv.registry.plugins import default_registry
 
     return default_registry()
 
@@ -191,7 +191,7 @@ class SpeechLM(PreTrainedModel):
 
         * ``waveforms``: mono float arrays at ``encoder.sample_rate``, of any length. Clips longer
           than :attr:`audio_window_samples` are cut into consecutive windows whose valid encoder
-          frames are joined along time before the chain (:mod:`swv.infer.windowing`), windows
+          frames are joined along time before the chain (:mod:`swv.nn.windowing`), windows
           encoded ``window_batch_size`` at a time (all at once when ``None``);
         * ``input_features [B, ...]`` with ``feature_lengths [B]`` (the encoder's own features);
         * ``encoder_embeds [B, T, D_enc]`` with ``encoder_lengths [B]`` (e.g. the feature cache):
@@ -445,7 +445,7 @@ class SpeechLM(PreTrainedModel):
         """Per-module export, written to a temporary directory and renamed into place.
 
         Layout: ``swv_config.json`` and the same config as ``config.json`` (``model_type``
-        ``swv_speechlm``, for transformers' Auto classes, see :mod:`swv.hf_auto`);
+        ``swv_speechlm``, for transformers' Auto classes, see :mod:`swv.model.hf_auto`);
         ``adapters/<name>.safetensors``; LoRA in PEFT format (``adapter_model.safetensors`` +
         ``adapter_config.json``, whose base model is the export's own backbone: ``backbone``,
         relative to the export, when bundled, else the backbone's ``path`` and ``revision``);
@@ -510,7 +510,7 @@ class SpeechLM(PreTrainedModel):
     ) -> SpeechLM:
         """Rebuild a model written by :meth:`save_pretrained` from a local directory or a
         Hugging Face Hub id (at ``revision``: branch, tag or commit), fetched into the Hugging
-        Face cache through :func:`swv.hub.resolve_dir` (offline: ``HF_HUB_OFFLINE=1`` uses the
+        Face cache through :func:`swv.core.hub.resolve_dir` (offline: ``HF_HUB_OFFLINE=1`` uses the
         cache only). Other keyword arguments (those transformers' ``AutoModel`` passes) are
         ignored.
 
@@ -591,7 +591,7 @@ def _component_ref(ref: Any, config_path: Path, key: str) -> dict[str, Any]:
 
 def _resolve(registry: Registry, kind: str, ref: dict[str, Any], config_path: Path, loc: tuple[Any, ...]) -> Component:
     """One component of a saved config, validated; errors name ``swv_config.json`` and the field."""
-    from swv.recipes.loader import describe_error, format_loc
+    from swv.core.validation import describe_error, format_loc
 
     try:
         return registry.resolve(kind, ref)
@@ -673,6 +673,6 @@ def _load_into(module: nn.Module, path: Path) -> None:
         raise InputError(f"{path}: weights do not match the configured module ({detail})")
 
 
-# transformers' Auto classes know swv models (see swv.hf_auto): no trust_remote_code needed
+# transformers' Auto classes know swv models (see swv.model.hf_auto): no trust_remote_code needed
 AutoConfig.register(SpeechLMConfig.model_type, SpeechLMConfig, exist_ok=True)
 AutoModel.register(SpeechLMConfig, SpeechLM, exist_ok=True)

@@ -13,8 +13,8 @@ from typing import Literal
 
 import torch
 
-from swv.errors import InputError
-from swv.model.state import lengths_to_mask
+from swv.core.errors import InputError
+from swv.nn.state import lengths_to_mask
 
 IGNORE_INDEX = -100
 

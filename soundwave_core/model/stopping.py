@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from swv.errors import InputError
+from swv.core.errors import InputError
 from swv.model.prompts import PromptBuilder
 from swv.model.splice import IGNORE_INDEX
 

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import ValidationError
 
-from swv.errors import ComponentError, RecipeError
+from swv.assets import ASSET_PREFIX
+from swv.core.errors import ComponentError, RecipeError
+from swv.core.validation import describe_error, format_loc
 from swv.recipes.schema import ComponentRef, Recipe
-from swv.registry import Component
+from swv.registry.components import Component
 
 if TYPE_CHECKING:
-    from swv.registry import Registry
+    from swv.registry.components import Registry
 
 
 def shipped_recipe_dir() -> Path:
@@ -55,31 +57,6 @@ def resolve_recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
     close = difflib.get_close_matches(stem, list(shipped), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise RecipeError(f"{text}: no such recipe file or shipped recipe{hint}; shipped: {', '.join(shipped)}")
-
-
-def format_loc(loc: tuple[Any, ...] | list[Any]) -> str:
-    """``('stages', 1, 'optimizer', 'lr')`` -> ``stages[1].optimizer.lr``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def describe_error(err: dict[str, Any]) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "required field is missing"
-    msg = str(err.get("msg", "invalid value"))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {err['input']!r})"
-    return msg
 
 
 #: Most nodes (mappings, lists, scalars) a recipe may expand to once YAML aliases are
@@ -289,7 +266,6 @@ def _resolve_ref(
     return _resolve_assets(component, f"{source}: {where}")
 
 
-ASSET_PREFIX = "asset:"
 
 
 def _resolve_assets(component: Component, where: str) -> Component:

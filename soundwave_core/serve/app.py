@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from swv.errors import InputError, SwvError, UsageError
+from swv.core.errors import InputError, SwvError, UsageError
 from swv.infer.pipeline import Pipeline
 from swv.serve.batcher import Batcher, Delta, Failed, Finished, Job, Started
 from swv.serve.openai_api import (

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from swv.errors import SwvError, first_line
+from swv.core.errors import SwvError, first_line
 from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline
 from swv.model.stopping import cut_at_stop
 

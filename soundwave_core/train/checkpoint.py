@@ -28,8 +28,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from swv.errors import InputError
-from swv.io import fsync_directory, fsync_tree, leftover_temporaries, write_errors, write_failure
+from swv.core.errors import InputError
+from swv.core.io import (
+    fsync_directory,
+    fsync_tree,
+    leftover_temporaries,
+    write_errors,
+    write_failure,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -14,7 +14,7 @@ import os
 import socket
 from pathlib import Path
 
-from swv.errors import UsageError
+from swv.core.errors import UsageError
 
 LOCK_NAME = ".swv-train.lock"
 

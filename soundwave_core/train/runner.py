@@ -19,9 +19,19 @@ from accelerate.utils import DistributedType
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from swv.config import CONFIG_NAME
-from swv.errors import InputError, SwvError, UsageError
-from swv.io import append_durably, atomic_write_json, atomic_write_text, inside, write_errors, write_failure
+from swv.backbones.base import is_peft_adapter_weight
+from swv.core.config import CONFIG_NAME
+from swv.core.errors import InputError, SwvError, UsageError
+from swv.core.io import (
+    append_durably,
+    atomic_write_json,
+    atomic_write_text,
+    inside,
+    write_errors,
+    write_failure,
+)
+from swv.data.loader import BatchLog, default_num_workers, next_batch, training_loader
+from swv.data.stage_data import StageDataset, load_stage_data, make_sampler
 from swv.train.checkpoint import (
     TrainableWeightsHooks,
     TrainerState,
@@ -31,10 +41,8 @@ from swv.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from swv.train.data import StageDataset, load_stage_data, make_sampler
-from swv.train.data_loader import BatchLog, default_num_workers, next_batch, training_loader
 from swv.train.stages import CTC, LM, Stage
-from swv.train.trainable import apply_trainable, format_counts, is_peft_adapter_weight
+from swv.train.trainable import apply_trainable, format_counts
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -532,9 +540,9 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
     """The stage's starting model: an export to continue from, or fresh from the recipe.
 
     A fresh model's tokenizer also gets every tag the recipe's data sources carry (see
-    :func:`swv.train.data.recipe_tags`) as special tokens; an export must already have them."""
+    :func:`swv.data.stage_data.recipe_tags`) as special tokens; an export must already have them."""
+    from swv.data.stage_data import recipe_tags
     from swv.model.speechlm import SpeechLM, SpeechLMConfig
-    from swv.train.data import recipe_tags
 
     tags = recipe_tags(loaded.recipe.data)
     torch.manual_seed(loaded.recipe.seed)

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 
-from swv.errors import UsageError
+from swv.core.errors import UsageError
 from swv.recipes.schema import StageSettings
-from swv.registry import Registry
+from swv.registry.components import Registry
 
 if TYPE_CHECKING:
     from swv.recipes.loader import LoadedRecipe

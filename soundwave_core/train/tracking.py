@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from swv.errors import SwvError, UsageError, first_line
+from swv.core.errors import SwvError, UsageError, first_line
 
 #: accelerate's pseudo-tracker meaning "every installed tracker" (swv asks for explicit names)
 _ALL = "all"

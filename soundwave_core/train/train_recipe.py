@@ -12,13 +12,13 @@ from typing import Any
 
 import yaml
 
-from swv.config import CONFIG_NAME
-from swv.errors import UsageError
-from swv.io import atomic_write_json, atomic_write_text, writable_directory
+from swv.core.config import CONFIG_NAME
+from swv.core.errors import UsageError
+from swv.core.io import atomic_write_json, atomic_write_text, writable_directory
+from swv.registry.plugins import default_registry
 from swv.train.checkpoint import remove_leftovers
 from swv.train.lock import OutputDirLock
 from swv.train.runner import RunContext, StageRunner, stage_done
-from swv.pluginmanager import default_registry
 from swv.train.stages import recipe_stages
 
 
@@ -184,7 +184,7 @@ def cache_stage_features(loaded: Any, stage: str, *, batch_size: int = 8, device
     from swv.data.feature_cache import build_cache
     from swv.data.hf_sources import EMBEDDED_AUDIO_PREFIX
     from swv.data.shards import SHARD_AUDIO_PREFIX
-    from swv.train.data import load_stage_data
+    from swv.data.stage_data import load_stage_data
     from swv.train.runner import build_model, feature_cache_dir
 
     recipe = loaded.recipe

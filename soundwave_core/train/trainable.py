@@ -6,22 +6,13 @@ import fnmatch
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from swv.errors import UsageError
+from swv.backbones.base import is_peft_adapter_weight
+from swv.core.errors import UsageError
 
 if TYPE_CHECKING:
     from swv.model.speechlm import SpeechLM
 
 LORA = "lora"
-#: Name parts of the parameters a backbone's PEFT adapter holds: LoRA weights and the trained
-#: embedding rows of added tokens (PEFT trainable tokens, ``lora.train_added_tokens``).
-_PEFT_ADAPTER_MARKS = (".lora_", ".trainable_tokens_")
-
-
-def is_peft_adapter_weight(name: str) -> bool:
-    """Whether a parameter (or saved tensor) name belongs to a PEFT adapter rather than the base."""
-    return any(mark in name for mark in _PEFT_ADAPTER_MARKS)
-
-
 def _matches(name: str, pattern: str) -> bool:
     if pattern == LORA:
         return is_peft_adapter_weight(name)

@@ -5,7 +5,7 @@ from pydantic import Field
 
 from swv.adapters.base import Adapter
 from swv.adapters.frames import stack_frames, stacked_lengths
-from swv.config import ComponentConfig
+from swv.core.config import ComponentConfig
 
 
 class ExamplePoolConfig(ComponentConfig):

@@ -6,7 +6,7 @@ from pydantic import Field
 from torch import nn
 
 from swv.adapters.base import Adapter
-from swv.config import ComponentConfig
+from swv.core.config import ComponentConfig
 
 
 class GatedProjectionConfig(ComponentConfig):

@@ -12,8 +12,8 @@ from pydantic import Field, model_validator
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from swv.backbones.base import AUDIO_TOKEN, Backbone
-from swv.config import ComponentConfig
-from swv.model.context import BackboneInfo
+from swv.core.config import ComponentConfig
+from swv.nn.context import BackboneInfo
 
 
 class TinyLlamaConfig(ComponentConfig):

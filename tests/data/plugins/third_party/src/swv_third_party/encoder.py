@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from swv.config import ComponentConfig
+from swv.core.config import ComponentConfig
 from swv.encoders.base import Encoder
 
 

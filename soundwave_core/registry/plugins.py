@@ -19,8 +19,8 @@ from types import ModuleType
 
 import pluggy
 
-from swv import hookspecs
-from swv.registry import Registry
+import swv.registry.hookspecs as hookspecs
+from swv.registry.components import Registry
 
 BUILTIN_PLUGIN = "swv.plugins.builtin"
 AUTOLOAD_ENV = "SWV_DISABLE_PLUGIN_AUTOLOAD"

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
 
 __all__ = [
     "NormalizeMode",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from swv.registry import Registry
+    from swv.registry.components import Registry
 
 PROJECT_NAME = "swv"
 ENTRY_POINT_GROUP = "swv.plugins"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from swv.errors import InputError, UsageError
+from swv.core.errors import InputError, UsageError
 
 #: The manifest a preset run scores, in its output directory.
 BENCHMARK_MANIFEST = "benchmark.jsonl"
@@ -39,10 +39,10 @@ class PaperResult:
 class BenchmarkPreset:
     """One benchmark: what it is called, how the data is laid out, how the model is asked and scored.
 
-    ``task`` is an :data:`swv.evaluation.Task`; ``corpus_format``/``split`` are the
+    ``task`` is an :data:`swv.eval.evaluation.Task`; ``corpus_format``/``split`` are the
     ``--format``/``--split`` of :mod:`swv.dataprep.corpora` used with ``--data``; ``options``
     (classification) are the choices in order A, B, ...; ``normalize`` (asr) and
-    ``target_language`` (st) go to :func:`swv.evaluation.evaluate`.
+    ``target_language`` (st) go to :func:`swv.eval.evaluation.evaluate`.
     """
 
     name: str
@@ -123,8 +123,13 @@ def prepare_benchmark_manifest(
     Exactly one of ``manifest`` (a swv manifest) and ``data`` (the benchmark in its own layout;
     ``split`` overrides the preset's, ``clips`` is CoVoST 2's CommonVoice folder) is needed.
     """
+    from swv.data.manifest import (
+        audio_ref,
+        read_manifest,
+        rebase_record,
+        write_manifest,
+    )
     from swv.dataprep.corpora import CorpusOptions, corpus_entries
-    from swv.dataprep.manifest import audio_ref, read_manifest, rebase_record, write_manifest
 
     if (manifest is None) == (data is None):
         raise UsageError(f"--preset {preset.name}: give either --manifest or --data (the benchmark in its own layout)")

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from . import metrics as M
-from .errors import InputError, UsageError
-from .config import CONFIG_NAME
-from .hub import resolve_model
-from .io import atomic_file, atomic_write_json
-from .recipes.schema import DEFAULT_MAX_DURATION
+import swv.eval.metrics as M
+from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.config import CONFIG_NAME
+from swv.core.errors import InputError, UsageError
+from swv.core.hub import resolve_model
+from swv.core.io import atomic_file, atomic_write_json
 
 if TYPE_CHECKING:
     from swv.infer.batch import ManifestItem, RunSummary
@@ -297,15 +297,15 @@ def evaluate(records: Iterable[Mapping[str, Any]], task: Task, **settings: Any) 
         English normaliser for records whose ``language`` is English or missing, the basic
         normaliser for other languages; or force ``"english"``, ``"basic"``, ``"none"``) and
         ``spelling_mapping`` (Whisper's ``normalizer.json`` or a mapping, see
-        :mod:`swv.metrics`). ``per_language`` holds the scores for each language.
+        :mod:`swv.eval.metrics`). ``per_language`` holds the scores for each language.
     ``"st"``
         BLEU and chrF against ``target_text`` (or ``response``), grouped by target language
         (``target_language``, else ``language``, or the ``target_language`` setting); the
-        tokenizer follows :func:`swv.metrics.bleu_tokenizer_for`. With several target languages
+        tokenizer follows :func:`swv.eval.metrics.bleu_tokenizer_for`. With several target languages
         the overall scores are the unweighted mean of the per-language corpus scores.
     ``"classification"``
         accuracy of ``prediction`` against ``label`` (and ``options`` when present), see
-        :func:`swv.metrics.classification_accuracy`. Records are grouped by their ``task`` field;
+        :func:`swv.eval.metrics.classification_accuracy`. Records are grouped by their ``task`` field;
         answers are only matched against labels of their own group, and with several groups
         ``per_task`` holds each group's result.
     ``"open"``
@@ -532,8 +532,8 @@ def evaluate_model(
     the model's instruction table (:func:`swv.infer.batch.task_prompt`); generation settings left
     open take the model's saved defaults. ``normalize`` and ``target_language`` go to
     :func:`evaluate`; the report records the generation settings, and ``benchmark`` (a
-    preset's description, :mod:`swv.eval_presets`) under ``"benchmark"``. ``model_dir`` may be a
-    Hugging Face Hub id (at ``revision``; :func:`swv.hub.resolve_model`): the report then records
+    preset's description, :mod:`swv.eval.presets`) under ``"benchmark"``. ``model_dir`` may be a
+    Hugging Face Hub id (at ``revision``; :func:`swv.core.hub.resolve_model`): the report then records
     its snapshot directory, which names the repository and the commit.
     """
     from swv.infer import batch

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from swv.core.errors import SwvError
 from swv.data.collate import AUGMENT_SEED
 from swv.data.sampler import MixtureBatchSampler, Share
-from swv.errors import SwvError
 
 if TYPE_CHECKING:
     from swv.data.collate import SpeechCollator
-    from swv.train.data import StageDataset
+    from swv.data.stage_data import StageDataset
 
 
 def default_num_workers(world_size: int) -> int:

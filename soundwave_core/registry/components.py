@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from swv.errors import ComponentError
+from swv.core.errors import ComponentError
 
 DEFAULT_KINDS: tuple[str, ...] = ("encoder", "adapter", "backbone")
 

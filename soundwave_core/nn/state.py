@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from swv.model.vocab_logits import VocabLogits
+from swv.nn.vocab_logits import VocabLogits
 
 
 @dataclass

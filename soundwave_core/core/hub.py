@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from swv.errors import InputError, UsageError, first_line
+from swv.core.errors import InputError, UsageError, first_line
 
 #: What a Hub repository id looks like (``name`` or ``org/name``).
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from swv.encoders.base import Encoder
-from swv.errors import UsageError
-from swv.model.state import AudioState, lengths_to_mask
+from swv.core.errors import UsageError
+from swv.nn.state import AudioState, lengths_to_mask
+
+if TYPE_CHECKING:
+    from swv.encoders.base import Encoder
 
 
 @dataclass

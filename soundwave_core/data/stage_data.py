@@ -5,10 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from swv.core.errors import UsageError
 from swv.data.sampler import MixtureBatchSampler
-from swv.data.streaming import StreamingMixtureSampler, StreamingStageData, load_streaming_stage_data
 from swv.data.sources import load_source
-from swv.errors import UsageError
+from swv.data.streaming import (
+    StreamingMixtureSampler,
+    StreamingStageData,
+    load_streaming_stage_data,
+)
 from swv.recipes.schema import DataSection, StageData
 
 

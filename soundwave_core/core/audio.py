@@ -1,6 +1,6 @@
 """Audio reading: soundfile for decoding, torchaudio for resampling.
 
-Every failure is an :class:`~swv.errors.InputError` naming the input.
+Every failure is an :class:`~swv.core.errors.InputError` naming the input.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from swv.errors import InputError, first_line
+from swv.core.errors import InputError, first_line
+
+#: Longest clip (seconds) ``swv infer``/``swv eval`` and :class:`swv.infer.Pipeline` accept unless
+#: told otherwise (``--max-duration``); inference memory grows linearly with the duration.
+DEFAULT_MAX_DURATION = 600.0
+
 
 AudioSource = str | os.PathLike[str] | bytes | BinaryIO
 
@@ -86,7 +91,7 @@ def write_audio(path: str | os.PathLike[str], wav: np.ndarray, sample_rate: int)
     """Write a waveform atomically (format from the file extension)."""
     import soundfile as sf
 
-    from swv.io import atomic_file
+    from swv.core.io import atomic_file
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").upper() or "WAV"

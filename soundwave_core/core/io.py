@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from swv.errors import SwvError, first_line
+from swv.core.errors import SwvError, first_line
 
 #: what writers raise when a file cannot be written (disk full, file-size limit, I/O error):
 #: ``OSError``; ``RuntimeError`` from ``torch.save``; ``SafetensorError`` (an ``Exception``) from safetensors
@@ -39,7 +39,7 @@ def follow_umask(path: str | os.PathLike[str]) -> None:
 def inside(root: str | os.PathLike[str], relative: str | os.PathLike[str], what: str) -> Path:
     """``root / relative``, after checking that it lies inside ``root`` (symlinks resolved):
     swv writes and deletes only inside the directories it owns. ``what`` names the setting."""
-    from swv.errors import UsageError
+    from swv.core.errors import UsageError
 
     base = Path(root).resolve()
     target = (base / relative).resolve()
@@ -52,7 +52,7 @@ def writable_directory(path: str | os.PathLike[str], what: str) -> Path:
     """Create ``path`` if needed and check that files can be created in it (by creating one:
     permission bits do not stop root, a read-only file system does); a :class:`UsageError`
     naming ``what`` (the setting or option) otherwise."""
-    from swv.errors import UsageError
+    from swv.core.errors import UsageError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -67,11 +67,11 @@ def writable_directory(path: str | os.PathLike[str], what: str) -> Path:
 
 
 def check_safetensors(path: str | os.PathLike[str]) -> None:
-    """Raise :class:`~swv.errors.InputError` naming ``path`` unless it is a complete safetensors
+    """Raise :class:`~swv.core.errors.InputError` naming ``path`` unless it is a complete safetensors
     file (header readable, data covering the file exactly). Reads the header only."""
     from safetensors import SafetensorError, safe_open
 
-    from swv.errors import InputError, first_line
+    from swv.core.errors import InputError, first_line
 
     try:
         with safe_open(str(path), framework="pt"):

@@ -1,0 +1,1 @@
+"""Evaluation: scoring predictions (metrics), eval runs and benchmark presets."""

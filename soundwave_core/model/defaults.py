@@ -1,0 +1,56 @@
+"""What a model is saved with unless its recipe says otherwise: the system prompt, the default
+instruction of each task and the decoding defaults. Kept free of torch imports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: The system prompt of the Soundwave paper (appendix C), used for training and decoding.
+PAPER_SYSTEM_PROMPT = (
+    "You are a helpful language and speech assistant. You are able to understand the speech "
+    "content that the user provides and assist the user with a variety of tasks using natural language."
+)
+
+#: The transcription instruction: the default for records that carry only a transcript, for
+#: ``swv infer`` and for ``swv eval --task asr``.
+ASR_INSTRUCTION = "Transcribe the speech."
+
+#: The default instruction of each task, for records without an ``instruction``: used alike by
+#: training, ``swv infer`` and ``swv eval`` (saved with every model; ``model.instructions`` in a
+#: recipe overrides or extends it). ``{language}`` is filled with the record's target language.
+DEFAULT_INSTRUCTIONS: dict[str, str] = {
+    "asr": ASR_INSTRUCTION,
+    "st": "Translate the speech into {language}.",
+    "sound": "What sound events can you hear in this audio?",
+    "emotion": "What is the emotion of the speaker?",
+    "gender": "What is the gender of the speaker?",
+    "age": "How old is the speaker?",
+    "language_id": "Which language is spoken in this audio?",
+    "intent": "What is the intent of the speaker?",
+    "entity": "Which named entities are mentioned in the speech?",
+    "speaker_count": "How many speakers are there in this audio?",
+    "synthetic_voice": "Is this voice real or synthesized?",
+    "vocal_sound": "What vocal sound is this?",
+    "scene": "What is the acoustic scene of this recording?",
+}
+
+
+class GenerationDefaults(BaseModel):
+    """Decoding defaults of a model, saved with every export (``swv_config.json`` and
+    ``generation_config.json``) and used by ``swv infer``/``swv eval`` unless overridden."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=256, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+
+    def to_generation_config(self) -> Any:
+        """A ``transformers.GenerationConfig`` (sampling knobs only when ``do_sample``)."""
+        from transformers import GenerationConfig
+
+        knobs = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {}
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, **knobs)

@@ -1,0 +1,1 @@
+"""Component registries and plugin discovery (pluggy hooks, entry points)."""
