@@ -38,6 +38,7 @@ Name mapping (CT2 -> transformers ``WhisperForConditionalGeneration``):
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import struct
@@ -372,17 +373,44 @@ class Ct2Model:
         return value.to(torch.float32)
 
 
-def read_ct2_model(parts: Sequence[str | Path]) -> Ct2Model:
-    """Parse a CTranslate2 ``model.bin`` given as one file or as ordered parts that concatenate to it."""
+def _read_variable(stream: _PartStream, index: int) -> tuple[str, torch.Tensor]:
+    """Variable ``index`` of a model.bin: its name and tensor (checked against its declared size)."""
     import torch
 
+    label = stream.label
+    name = stream.string(f"variable #{index} name")
+    rank = stream.u8(f"the rank of {name!r}")
+    dims = [stream.u32(f"the shape of {name!r}") for _ in range(rank)]
+    dtype_id = stream.u8(f"the dtype of {name!r}")
+    nbytes = stream.u32(f"the size of {name!r}")
+    if dtype_id not in _CT2_DTYPES:
+        raise InputError(f"{label}: {name!r} has unknown dtype id {dtype_id} (known: 0-5)")
+    dtype_name, itemsize = _CT2_DTYPES[dtype_id]
+    numel = math.prod(dims)
+    if numel * itemsize != nbytes:
+        raise InputError(f"{label}: {name!r} declares {nbytes} bytes but shape {dims} x {dtype_name} needs {numel * itemsize}")
+    raw = stream.read(nbytes, f"the data of {name!r}")
+    dtype = getattr(torch, dtype_name)
+    tensor = torch.frombuffer(raw, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
+    return name, tensor.reshape(dims)
+
+
+def _read_aliases(stream: _PartStream) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for index in range(stream.u32("the alias count")):
+        alias = stream.string(f"alias #{index}")
+        aliases[alias] = stream.string(f"the target of alias {alias!r}")
+    return aliases
+
+
+def read_ct2_model(parts: Sequence[str | Path]) -> Ct2Model:
+    """Parse a CTranslate2 ``model.bin`` given as one file or as ordered parts that concatenate to it."""
     if sys.byteorder != "little":
         raise UsageError("reading CTranslate2 model.bin needs a little-endian machine")
     paths = [Path(p) for p in parts]
     if not paths:
         raise UsageError("no model.bin part given")
     variables: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
     with _PartStream(paths) as stream:
         label = stream.label
         version = stream.u32("the binary version")
@@ -393,47 +421,19 @@ def read_ct2_model(parts: Sequence[str | Path]) -> Ct2Model:
             )
         spec_name = stream.string("the spec name")
         spec_revision = stream.u32("the spec revision")
-        count = stream.u32("the variable count")
-        for index in range(count):
-            name = stream.string(f"variable #{index} name")
-            rank = stream.u8(f"the rank of {name!r}")
-            dims = [stream.u32(f"the shape of {name!r}") for _ in range(rank)]
-            dtype_id = stream.u8(f"the dtype of {name!r}")
-            nbytes = stream.u32(f"the size of {name!r}")
-            if dtype_id not in _CT2_DTYPES:
-                raise InputError(f"{label}: {name!r} has unknown dtype id {dtype_id} (known: 0-5)")
-            dtype_name, itemsize = _CT2_DTYPES[dtype_id]
-            numel = 1
-            for d in dims:
-                numel *= d
-            if numel * itemsize != nbytes:
-                raise InputError(
-                    f"{label}: {name!r} declares {nbytes} bytes but shape {dims} x {dtype_name} needs {numel * itemsize}"
-                )
-            raw = stream.read(nbytes, f"the data of {name!r}")
-            dtype = getattr(torch, dtype_name)
-            tensor = torch.frombuffer(raw, dtype=dtype) if nbytes else torch.empty(0, dtype=dtype)
+        for index in range(stream.u32("the variable count")):
+            name, tensor = _read_variable(stream, index)
             if name in variables:
                 raise InputError(f"{label}: variable {name!r} appears twice")
-            variables[name] = tensor.reshape(dims)
-        alias_count = stream.u32("the alias count")
-        for index in range(alias_count):
-            alias = stream.string(f"alias #{index}")
-            target = stream.string(f"the target of alias {alias!r}")
-            aliases[alias] = target
+            variables[name] = tensor
+        aliases = _read_aliases(stream)
         if not stream.at_end():
             raise InputError(f"{label}: unexpected data after the last alias (extra part, or parts out of order?)")
     for alias, target in aliases.items():
         if target not in variables and target not in aliases:
             raise InputError(f"{label}: alias {alias!r} points to missing variable {target!r}")
-    return Ct2Model(
-        binary_version=version,
-        spec_name=spec_name,
-        spec_revision=spec_revision,
-        variables=variables,
-        aliases=aliases,
-        source=label,
-    )
+    return Ct2Model(binary_version=version, spec_name=spec_name, spec_revision=spec_revision,
+                    variables=variables, aliases=aliases, source=label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,40 +478,34 @@ def _fused(model: Ct2Model, src: str, dsts: Sequence[str | None], key_index: int
             out[f"{dst}.bias"] = b.contiguous()
 
 
-def _encoder_layer(model: Ct2Model, i: int, out: dict[str, torch.Tensor]) -> None:
-    src, dst = f"encoder/layer_{i}", f"layers.{i}"
+def _self_attention(model: Ct2Model, src: str, dst: str, out: dict[str, torch.Tensor]) -> None:
+    """A layer's self-attention block (pre-norm, fused Q/K/V without a K bias)."""
     _layer_norm(model, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm", out)
-    _fused(
-        model,
-        f"{src}/self_attention/linear_0",
-        [f"{dst}.self_attn.q_proj", f"{dst}.self_attn.k_proj", f"{dst}.self_attn.v_proj"],
-        1,
-        out,
-    )
+    qkv = [f"{dst}.self_attn.q_proj", f"{dst}.self_attn.k_proj", f"{dst}.self_attn.v_proj"]
+    _fused(model, f"{src}/self_attention/linear_0", qkv, 1, out)
     _linear(model, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj", out)
+
+
+def _feed_forward(model: Ct2Model, src: str, dst: str, out: dict[str, torch.Tensor]) -> None:
     _layer_norm(model, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm", out)
     _linear(model, f"{src}/ffn/linear_0", f"{dst}.fc1", out)
     _linear(model, f"{src}/ffn/linear_1", f"{dst}.fc2", out)
+
+
+def _encoder_layer(model: Ct2Model, i: int, out: dict[str, torch.Tensor]) -> None:
+    src, dst = f"encoder/layer_{i}", f"layers.{i}"
+    _self_attention(model, src, dst, out)
+    _feed_forward(model, src, dst, out)
 
 
 def _decoder_layer(model: Ct2Model, i: int, out: dict[str, torch.Tensor]) -> None:
     src, dst = f"decoder/layer_{i}", f"layers.{i}"
-    _layer_norm(model, f"{src}/self_attention/layer_norm", f"{dst}.self_attn_layer_norm", out)
-    _fused(
-        model,
-        f"{src}/self_attention/linear_0",
-        [f"{dst}.self_attn.q_proj", f"{dst}.self_attn.k_proj", f"{dst}.self_attn.v_proj"],
-        1,
-        out,
-    )
-    _linear(model, f"{src}/self_attention/linear_1", f"{dst}.self_attn.out_proj", out)
+    _self_attention(model, src, dst, out)
     _layer_norm(model, f"{src}/attention/layer_norm", f"{dst}.encoder_attn_layer_norm", out)
     _linear(model, f"{src}/attention/linear_0", f"{dst}.encoder_attn.q_proj", out)
     _fused(model, f"{src}/attention/linear_1", [f"{dst}.encoder_attn.k_proj", f"{dst}.encoder_attn.v_proj"], 0, out)
     _linear(model, f"{src}/attention/linear_2", f"{dst}.encoder_attn.out_proj", out)
-    _layer_norm(model, f"{src}/ffn/layer_norm", f"{dst}.final_layer_norm", out)
-    _linear(model, f"{src}/ffn/linear_0", f"{dst}.fc1", out)
-    _linear(model, f"{src}/ffn/linear_1", f"{dst}.fc2", out)
+    _feed_forward(model, src, dst, out)
 
 
 def _check_settings(model: Ct2Model) -> None:
