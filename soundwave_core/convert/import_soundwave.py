@@ -39,7 +39,6 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -380,7 +379,7 @@ def _audio_token_id(config: dict[str, Any], tokenizer_dir: Path, src: Path) -> i
     from transformers import AutoTokenizer
 
     from swv.backbones.base import AUDIO_TOKEN
-    from swv.backbones.causal_lm import CausalLMBackbone
+    from swv.backbones.hf_loading import register_audio_token
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -392,8 +391,7 @@ def _audio_token_id(config: dict[str, Any], tokenizer_dir: Path, src: Path) -> i
         raise InputError(f"{src}: the tokenizer has no {AUDIO_TOKEN} token and config.json no audio_patch_token")
     if not isinstance(expected, int) or isinstance(expected, bool):
         raise InputError(f"{src}/config.json: audio_patch_token must be a token id, got {expected!r}")
-    fake_backbone = SimpleNamespace(tokenizer=tokenizer, config=SimpleNamespace(audio_token=AUDIO_TOKEN))
-    swv_id = CausalLMBackbone._register_audio_token(fake_backbone)  # type: ignore[arg-type]
+    swv_id = register_audio_token(tokenizer, AUDIO_TOKEN)
     if swv_id != expected:
         raise InputError(
             f"{src}: the tokenizer gives {AUDIO_TOKEN} id {swv_id} but config.json audio_patch_token is {expected} "
