@@ -9,13 +9,16 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
+from pydantic import model_validator
 from torch import nn
 
+from swv.core.config import ComponentConfig
+from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.core.hub import Resolved, resolve_dir
 from swv.encoders.base import Encoder
@@ -252,14 +255,71 @@ def load_feature_extractor(directory: Path, extractor_cls: type[FE], default: Ca
 # ---------------------------------------------------------------------------------------------
 # Common base of the built-in encoders
 # ---------------------------------------------------------------------------------------------
+class CheckpointEncoderConfig(ComponentConfig):
+    """Fields every checkpoint-backed encoder config has: exactly one of ``path`` (a checkpoint
+    directory or hub id, optionally pinned to ``revision``) and ``random_init`` (kwargs of the
+    architecture's transformers config, for a randomly initialised encoder); ``frozen``;
+    ``dtype`` (``None`` keeps float32). Subclasses name their checkpoints and config class in
+    ``path_hint`` and ``random_init_hint`` for the error message."""
+
+    #: What ``path`` and ``random_init`` take, in the message when neither or both are set.
+    path_hint: ClassVar[str] = "a checkpoint directory or hub id"
+    random_init_hint: ClassVar[str] = "transformers config kwargs"
+
+    path: str | None = None
+    #: Branch, tag or commit of a hub id ``path`` (exports record the commit used).
+    revision: str | None = None
+    random_init: dict[str, Any] | None = None
+    frozen: bool = True
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+
+    @model_validator(mode="after")
+    def _check_source(self) -> CheckpointEncoderConfig:
+        if (self.path is None) == (self.random_init is None):
+            raise ValueError(
+                f"exactly one of 'path' ({self.path_hint}) or 'random_init' ({self.random_init_hint}) must be set"
+            )
+        if self.path is not None and not self.path.strip():
+            raise ValueError("'path' must be a non-empty checkpoint directory or hub id")
+        if self.revision is not None and self.path is None:
+            raise ValueError("'revision' pins a hub id given as 'path'; it cannot go with 'random_init'")
+        return self
+
+
 class CheckpointEncoder(Encoder):
     """An encoder whose config has ``path`` (a checkpoint) or ``random_init`` (a random model,
     which exports bundle), and ``frozen``; subclasses implement the :class:`Encoder` methods and
     ``checkpoint_parts`` (for the default ``save_pretrained``)."""
 
+    #: The local checkpoint directory (``None`` for ``random_init``), set by :meth:`_resolve_path`.
+    checkpoint_dir: Path | None = None
+
     @property
     def frozen(self) -> bool:
         return self.config.frozen
+
+    def _resolve_path(self) -> Path:
+        """The local directory of ``config.path`` (a hub id at ``revision`` is fetched into the
+        Hugging Face cache); sets ``checkpoint_dir`` and ``hub_commit``."""
+        assert self.config.path is not None  # guaranteed by CheckpointEncoderConfig
+        resolved = resolve_checkpoint_dir(self.config.path, "encoder.path", self.config.revision)
+        self.checkpoint_dir, self.hub_commit = resolved.path, resolved.commit
+        return resolved.path
+
+    def _finish_loading(self, module: nn.Module) -> None:
+        """Cast ``module`` (the transformers encoder) to ``config.dtype`` and freeze it when ``frozen``."""
+        if self.config.dtype is not None:
+            module.to(torch_dtype(self.config.dtype))
+        if self.frozen:
+            module.requires_grad_(False)
+            self.eval()
+
+    def checkpoint_identity(self) -> str:
+        """What the weights are, for feature-cache identities: the checkpoint directory, or a
+        digest of the ``random_init`` kwargs."""
+        if self.checkpoint_dir is not None:
+            return str(self.checkpoint_dir)
+        return random_init_digest(dict(self.config.random_init or {}))
 
     @property
     def needs_bundle(self) -> bool:

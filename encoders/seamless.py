@@ -28,12 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from pydantic import model_validator
 from torch import nn
 from transformers import (
     SeamlessM4TFeatureExtractor,
@@ -45,19 +44,16 @@ from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import (
     SeamlessM4Tv2SpeechEncoder,
 )
 
-from swv.core.config import ComponentConfig
-from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.encoders.loading import (
     CheckpointEncoder,
+    CheckpointEncoderConfig,
     as_waveforms,
     build_hf_config,
     load_feature_extractor,
     load_state_dict_strict,
-    random_init_digest,
     read_config_json,
     read_state_dict,
-    resolve_checkpoint_dir,
 )
 from swv.nn.state import lengths_to_mask
 
@@ -69,7 +65,7 @@ _FRAME_SAMPLES = 400
 _HOP_SAMPLES = 160
 
 
-class SeamlessConfig(ComponentConfig):
+class SeamlessConfig(CheckpointEncoderConfig):
     """Config of the ``seamless`` encoder.
 
     Exactly one of ``path`` (a w2v-BERT 2.0 or SeamlessM4T v2 checkpoint directory or hub id)
@@ -78,26 +74,10 @@ class SeamlessConfig(ComponentConfig):
     (``0..num_layers``, negative values count from the end as in Python).
     """
 
-    path: str | None = None
-    #: Branch, tag or commit of a hub id ``path`` (exports record the commit used).
-    revision: str | None = None
-    random_init: dict[str, Any] | None = None
-    frozen: bool = True
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    layer: int | None = None
+    path_hint: ClassVar[str] = "a w2v-BERT 2.0 / SeamlessM4T v2 checkpoint directory or hub id"
+    random_init_hint: ClassVar[str] = "transformers Wav2Vec2BertConfig kwargs"
 
-    @model_validator(mode="after")
-    def _check_source(self) -> SeamlessConfig:
-        if (self.path is None) == (self.random_init is None):
-            raise ValueError(
-                "exactly one of 'path' (a w2v-BERT 2.0 / SeamlessM4T v2 checkpoint directory or hub id) or "
-                "'random_init' (transformers Wav2Vec2BertConfig kwargs) must be set"
-            )
-        if self.path is not None and not self.path.strip():
-            raise ValueError("'path' must be a non-empty checkpoint directory or hub id")
-        if self.revision is not None and self.path is None:
-            raise ValueError("'revision' pins a hub id given as 'path'; it cannot go with 'random_init'")
-        return self
+    layer: int | None = None
 
 
 def _without_spec_augment(hf_config: Any) -> Any:
@@ -124,7 +104,6 @@ class SeamlessEncoder(CheckpointEncoder):
         if not isinstance(config, SeamlessConfig):
             config = SeamlessConfig.model_validate(config)
         super().__init__(config)
-        self.checkpoint_dir: Path | None = None
         if config.random_init is not None:
             hf_config = build_hf_config(Wav2Vec2BertConfig, dict(config.random_init), "encoder.random_init")
             self.architecture = _W2V_BERT
@@ -133,11 +112,9 @@ class SeamlessEncoder(CheckpointEncoder):
             )
             self.feature_extractor = self._default_feature_extractor()
         else:
-            assert config.path is not None  # guaranteed by SeamlessConfig
-            resolved = resolve_checkpoint_dir(config.path, "encoder.path", config.revision)
-            self.checkpoint_dir, self.hub_commit = resolved.path, resolved.commit
-            self.architecture, self.speech_encoder = self._load_checkpoint(self.checkpoint_dir)
-            self.feature_extractor = self._load_feature_extractor(self.checkpoint_dir)
+            directory = self._resolve_path()
+            self.architecture, self.speech_encoder = self._load_checkpoint(directory)
+            self.feature_extractor = self._load_feature_extractor(directory)
         hf_config = self.speech_encoder.config
         fe = self.feature_extractor
         if fe.num_mel_bins * fe.stride != hf_config.feature_projection_input_dim:
@@ -154,11 +131,7 @@ class SeamlessEncoder(CheckpointEncoder):
         if self.layer is not None:
             self._drop_above(self.layer)
         self.output_dim = int(self._output_size())
-        if config.dtype is not None:
-            self.speech_encoder.to(torch_dtype(config.dtype))
-        if self.frozen:
-            self.speech_encoder.requires_grad_(False)
-            self.eval()
+        self._finish_loading(self.speech_encoder)
 
     # -- loading ------------------------------------------------------------------------------
     def _load_checkpoint(self, directory: Path) -> tuple[str, Wav2Vec2BertModel | SeamlessM4Tv2SpeechEncoder]:
@@ -343,14 +316,9 @@ class SeamlessEncoder(CheckpointEncoder):
 
     def identity(self) -> dict[str, Any]:
         fe = self.feature_extractor
-        checkpoint = (
-            str(self.checkpoint_dir)
-            if self.checkpoint_dir is not None
-            else random_init_digest(dict(self.config.random_init or {}))
-        )
         return {
             "encoder": "seamless",
-            "checkpoint": checkpoint,
+            "checkpoint": self.checkpoint_identity(),
             "architecture": self.architecture,
             "layer": self.layer,
             "num_mel_bins": int(fe.num_mel_bins),

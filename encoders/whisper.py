@@ -27,7 +27,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from pydantic import model_validator
 from torch import nn
 from transformers import WhisperConfig as HFWhisperConfig
 from transformers import WhisperFeatureExtractor
@@ -36,19 +35,16 @@ from transformers.models.whisper.modeling_whisper import (
     WhisperEncoder as HFWhisperEncoder,
 )
 
-from swv.core.config import ComponentConfig
-from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.encoders.loading import (
     CheckpointEncoder,
+    CheckpointEncoderConfig,
     as_waveforms,
     build_hf_config,
     load_feature_extractor,
     load_state_dict_strict,
-    random_init_digest,
     read_config_json,
     read_state_dict,
-    resolve_checkpoint_dir,
 )
 from swv.nn.state import lengths_to_mask
 
@@ -56,7 +52,7 @@ from swv.nn.state import lengths_to_mask
 # ---------------------------------------------------------------------------------------------
 # Component
 # ---------------------------------------------------------------------------------------------
-class WhisperConfig(ComponentConfig):
+class WhisperConfig(CheckpointEncoderConfig):
     """Config of the ``whisper`` encoder.
 
     Exactly one of ``path`` (a checkpoint directory or hub id: full Whisper or encoder-only) and
@@ -64,26 +60,10 @@ class WhisperConfig(ComponentConfig):
     ``dtype`` casts the encoder weights (``None`` keeps float32).
     """
 
-    path: str | None = None
-    #: Branch, tag or commit of a hub id ``path`` (exports record the commit used).
-    revision: str | None = None
-    random_init: dict[str, Any] | None = None
-    mode: Literal["pad_to_30s", "trim"] = "pad_to_30s"
-    frozen: bool = True
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    path_hint: ClassVar[str] = "a Whisper checkpoint directory or hub id"
+    random_init_hint: ClassVar[str] = "transformers WhisperConfig kwargs"
 
-    @model_validator(mode="after")
-    def _check_source(self) -> WhisperConfig:
-        if (self.path is None) == (self.random_init is None):
-            raise ValueError(
-                "exactly one of 'path' (a Whisper checkpoint directory or hub id) or 'random_init' "
-                "(transformers WhisperConfig kwargs) must be set"
-            )
-        if self.path is not None and not self.path.strip():
-            raise ValueError("'path' must be a non-empty checkpoint directory or hub id")
-        if self.revision is not None and self.path is None:
-            raise ValueError("'revision' pins a hub id given as 'path'; it cannot go with 'random_init'")
-        return self
+    mode: Literal["pad_to_30s", "trim"] = "pad_to_30s"
 
 
 class WhisperEncoder(CheckpointEncoder):
@@ -102,17 +82,14 @@ class WhisperEncoder(CheckpointEncoder):
         if not isinstance(config, WhisperConfig):
             config = WhisperConfig.model_validate(config)
         super().__init__(config)
-        self.checkpoint_dir: Path | None = None
         if config.random_init is not None:
             hf_config = build_hf_config(HFWhisperConfig, dict(config.random_init), "encoder.random_init")
             self.whisper = HFWhisperEncoder(hf_config)
             self.feature_extractor = WhisperFeatureExtractor(feature_size=hf_config.num_mel_bins)
         else:
-            assert config.path is not None  # guaranteed by WhisperConfig
-            resolved = resolve_checkpoint_dir(config.path, "encoder.path", config.revision)
-            self.checkpoint_dir, self.hub_commit = resolved.path, resolved.commit
-            self.whisper = self._load_checkpoint(self.checkpoint_dir)
-            self.feature_extractor = self._load_feature_extractor(self.checkpoint_dir)
+            directory = self._resolve_path()
+            self.whisper = self._load_checkpoint(directory)
+            self.feature_extractor = self._load_feature_extractor(directory)
         hf_config = self.whisper.config
         fe = self.feature_extractor
         if fe.feature_size != hf_config.num_mel_bins:
@@ -138,11 +115,7 @@ class WhisperEncoder(CheckpointEncoder):
                     f"{self.max_feature_frames} (max_source_positions={self.max_source_positions}); use mode: trim"
                 )
             self.fixed_num_frames = self.max_feature_frames
-        if config.dtype is not None:
-            self.whisper.to(torch_dtype(config.dtype))
-        if self.frozen:
-            self.whisper.requires_grad_(False)
-            self.eval()
+        self._finish_loading(self.whisper)
 
     # -- loading ------------------------------------------------------------------------------
     def _load_checkpoint(self, directory: Path) -> HFWhisperEncoder:
@@ -275,14 +248,9 @@ class WhisperEncoder(CheckpointEncoder):
 
     def identity(self) -> dict[str, Any]:
         fe = self.feature_extractor
-        checkpoint = (
-            str(self.checkpoint_dir)
-            if self.checkpoint_dir is not None
-            else random_init_digest(dict(self.config.random_init or {}))
-        )
         return {
             "encoder": "whisper",
-            "checkpoint": checkpoint,
+            "checkpoint": self.checkpoint_identity(),
             "mode": self.config.mode,
             "num_mel_bins": int(self.whisper.config.num_mel_bins),
             "sampling_rate": self.sample_rate,
