@@ -248,3 +248,20 @@ def test_half_precision_encoder_feeds_float32_adapters(model_config_factory) -> 
     b = batch(model)
     out = model(**b)
     assert out.ctc_logits.hidden.dtype == torch.float32 and torch.isfinite(out.loss)
+
+
+def test_frozen_adapters_stay_in_eval_mode_when_the_model_trains(model_config_factory) -> None:
+    """A stage that freezes the alignment adapter must not run its dropout: the frames the
+    shrinking adapter keeps in training are the ones it keeps at inference."""
+    model = SpeechLM(model_config_factory([{"name": "alignment", "dropout": 0.1}, {"name": "shrinking"}]))
+    alignment, shrinking = model.adapters["alignment"], model.adapters["shrinking"]
+    alignment.requires_grad_(False)
+    shrinking.requires_grad_(True)
+    model.train()
+    assert model.training and not alignment.training and shrinking.training
+    assert all(not m.training for m in alignment.modules())
+    alignment.requires_grad_(True)
+    model.train()
+    assert alignment.training
+    model.eval()
+    assert not alignment.training and not shrinking.training

@@ -158,6 +158,16 @@ class SpeechLM(PreTrainedModel):
     def init_weights(self) -> None:
         return None
 
+    def train(self, mode: bool = True) -> SpeechLM:
+        """Train mode for what a stage trains: an adapter none of whose parameters require grad
+        stays in eval mode (its dropout off), as a frozen encoder does. So a frozen alignment
+        adapter keeps the same frames in training as at inference (Stage II of the paper)."""
+        super().train(mode)
+        for adapter in self.adapters.values():
+            if mode and not any(parameter.requires_grad for parameter in adapter.parameters()):
+                adapter.eval()
+        return self
+
     def _init_weights(self, module: nn.Module) -> None:
         return None
 
