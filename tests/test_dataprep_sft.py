@@ -18,6 +18,7 @@ from swv.dataprep.sft import (
     TEMPLATES,
     build_sft,
     make_example,
+    parse_templates,
     templates_for,
 )
 
@@ -84,6 +85,28 @@ def test_every_builtin_task_has_several_wordings() -> None:
     for task, tpl in TEMPLATES.items():
         assert len(tpl.direct) >= 2 and len(tpl.choice) >= 2 and len(tpl.sentence) >= 2, task
         assert all("{label}" in answer for _, answer in tpl.sentence), task
+
+
+def test_packaged_wordings_table_is_loaded_and_validated() -> None:
+    assert {"emotion", "gender", "age", "language", "intent", "sound", "scene"} <= set(TEMPLATES)
+    assert TEMPLATES["emotion"].sentence[0] == ("How would you describe the speaker's mood?",
+                                                "The speaker sounds {label}.")
+    assert templates_for("gender") is TEMPLATES["gender"]
+    good = {"direct": ["q?"], "choice": ["c?"], "sentence": [{"question": "s?", "answer": "It is {label}."}]}
+    assert parse_templates({"t": good}, "x.yaml")["t"].sentence == (("s?", "It is {label}."),)
+    bad_tables = [
+        ([], "expected a mapping"),
+        ({"t": {k: v for k, v in good.items() if k != "choice"}}, "task 't': expected exactly the keys"),
+        ({"t": {**good, "direct": []}}, "t.direct: expected a non-empty list"),
+        ({"t": {**good, "choice": ["ok", 3]}}, "t.choice: expected a non-empty list"),
+        ({"t": {**good, "sentence": [{"question": "s?"}]}}, "t.sentence[0]: expected exactly the keys"),
+        ({"t": {**good, "sentence": [{"question": "s?", "answer": "no label"}]}}, "t.sentence[0].answer"),
+        ({"t": {**good, "sentence": [{"question": "s?", "answer": "{label} {other}"}]}}, "t.sentence[0].answer"),
+        ({"t": {**good, "sentence": [{"question": "s?", "answer": "{{label}}"}]}}, "t.sentence[0].answer"),
+    ]
+    for data, message in bad_tables:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_templates(data, "x.yaml")
 
 
 # --------------------------------------------------------------------------- command

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,70 @@ class FeatureCache:
         return out, lengths, torch.minimum(speech, lengths)
 
 
+def _reusable_entries(directory: Path, identity: dict[str, Any]) -> dict[str, list[Any]]:
+    """The entries of an existing cache built for ``identity``; a stale cache's shards are deleted."""
+    index_path = directory / INDEX
+    if not index_path.is_file():
+        return {}
+    data = json.loads(index_path.read_text())
+    if data.get("identity") == identity:
+        return data.get("entries", {})
+    log.warning("feature cache %s is stale (encoder or settings changed); rebuilding", directory)
+    for old in directory.glob("shard-*.safetensors"):
+        old.unlink()
+    return {}
+
+
+@dataclass
+class _ShardWriter:
+    """Collects encoder outputs and writes them as shards, updating the index after each shard."""
+
+    directory: Path
+    identity: dict[str, Any]
+    entries: dict[str, list[Any]]
+    pending: dict[str, torch.Tensor] = field(default_factory=dict)
+    pending_speech: dict[str, int] = field(default_factory=dict)
+    shard_no: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shard_no = len({entry[0] for entry in self.entries.values()})
+
+    def add(self, key: str, tensor: torch.Tensor, audio_frames: int) -> None:
+        self.pending[key] = tensor
+        self.pending_speech[key] = audio_frames
+
+    def write_index(self) -> None:
+        atomic_write_json(self.directory / INDEX, {"identity": self.identity, "entries": self.entries})
+
+    def flush(self) -> None:
+        """Write the pending outputs as the next shard (atomically) and record them in the index."""
+        if not self.pending:
+            return
+        name = f"shard-{self.shard_no:05d}.safetensors"
+        tmp = self.directory / f".{name}.tmp"
+        save_file(self.pending, str(tmp))
+        follow_umask(tmp)
+        os.replace(tmp, self.directory / name)
+        for key, tensor in self.pending.items():
+            self.entries[key] = [name, int(tensor.shape[0]), self.pending_speech[key]]
+        self.write_index()
+        self.shard_no += 1
+        self.pending, self.pending_speech = {}, {}
+
+
+def _encode_into(writer: _ShardWriter, encoder: Any, chunk: list[tuple[str, str]], device: str) -> None:
+    """Encode the ``(path, key)`` pairs of ``chunk`` in one batch and add each clip's frames to ``writer``."""
+    from swv.core.audio import load_audio
+
+    waves = [load_audio(p, encoder.sample_rate) for p, _ in chunk]
+    features, lengths = encoder.extract_features(waves)
+    with torch.no_grad():
+        state = encoder(features.to(device), lengths.to(device))
+    speech = state.speech_mask().sum(dim=1).tolist()
+    for (_, key), emb, n, audio_frames in zip(chunk, state.embeds, state.lengths.tolist(), speech):
+        writer.add(key, emb[:n].to(CACHE_DTYPE).cpu().contiguous(), int(audio_frames))
+
+
 def build_cache(
     directory: str | os.PathLike[str],
     encoder: Any,
@@ -125,61 +190,26 @@ def build_cache(
     """Encode every path not cached yet. Returns ``(newly_cached, already_cached)``."""
     from tqdm.auto import tqdm
 
-    from swv.core.audio import load_audio
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     identity = encoder_identity(encoder)
-    index_path = directory / INDEX
-    entries: dict[str, list[Any]] = {}
-    if index_path.is_file():
-        data = json.loads(index_path.read_text())
-        if data.get("identity") == identity:
-            entries = data.get("entries", {})
-        else:
-            log.warning("feature cache %s is stale (encoder or settings changed); rebuilding", directory)
-            for old in directory.glob("shard-*.safetensors"):
-                old.unlink()
+    entries = _reusable_entries(directory, identity)
     unique = list(dict.fromkeys(str(p) for p in audio_paths))
     todo = [(p, audio_key(p)) for p in unique]
     todo = [(p, k) for p, k in todo if k not in entries]
     already = len(unique) - len(todo)
     encoder = encoder.to(device).eval()
-    shard_no = len({entry[0] for entry in entries.values()})
-    pending: dict[str, torch.Tensor] = {}
-    pending_speech: dict[str, int] = {}
-
-    def flush() -> None:
-        nonlocal shard_no, pending
-        if not pending:
-            return
-        name = f"shard-{shard_no:05d}.safetensors"
-        tmp = directory / f".{name}.tmp"
-        save_file(pending, str(tmp))
-        follow_umask(tmp)
-        os.replace(tmp, directory / name)
-        for key, tensor in pending.items():
-            entries[key] = [name, int(tensor.shape[0]), pending_speech[key]]
-        atomic_write_json(index_path, {"identity": identity, "entries": entries})
-        shard_no += 1
-        pending = {}
+    writer = _ShardWriter(directory, identity, entries)
 
     bar = tqdm(total=len(todo), desc="caching encoder outputs", disable=not progress, unit="clip")
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        waves = [load_audio(p, encoder.sample_rate) for p, _ in chunk]
-        features, lengths = encoder.extract_features(waves)
-        with torch.no_grad():
-            state = encoder(features.to(device), lengths.to(device))
-        speech = state.speech_mask().sum(dim=1).tolist()
-        for (_, key), emb, n, audio_frames in zip(chunk, state.embeds, state.lengths.tolist(), speech):
-            pending[key] = emb[:n].to(CACHE_DTYPE).cpu().contiguous()
-            pending_speech[key] = int(audio_frames)
-        if len(pending) >= shard_size:
-            flush()
+        _encode_into(writer, encoder, chunk, device)
+        if len(writer.pending) >= shard_size:
+            writer.flush()
         bar.update(len(chunk))
-    flush()
+    writer.flush()
     bar.close()
-    if not index_path.is_file():
-        atomic_write_json(index_path, {"identity": identity, "entries": entries})
+    if not (directory / INDEX).is_file():
+        writer.write_index()
     return len(todo), already

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,60 @@ class _Checker:
                 row.reject("high_wer", f"WER {wer:.3f} >= {self.cfg.max_wer:g} (hypothesis: {hyp[:80]!r})")
 
 
+@dataclass
+class _Output:
+    """Writes checked rows in input order to the kept (and rejected) files, holding rows back
+    until the WER batch they wait for is complete."""
+
+    checker: _Checker
+    manifest: Path
+    out: Path
+    rejected_path: Path | None
+    kept_fh: Any
+    rej_fh: Any
+    report: FilterReport
+    batch_size: int
+    buffer: list[_Row] = field(default_factory=list)  # rows in input order, waiting for a WER batch
+    n_pending: int = 0
+
+    def add(self, row: _Row) -> None:
+        self.buffer.append(row)
+        self.n_pending += row.pending
+        if self.n_pending == 0 or self.n_pending >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Run the WER check on the buffered pending rows, then write every buffered row."""
+        pending = [r for r in self.buffer if r.pending]
+        if pending:
+            self.checker.run_wer(pending)
+        for row in self.buffer:
+            self.write(row)
+        self.buffer.clear()
+        self.n_pending = 0
+
+    def write(self, row: _Row) -> None:
+        if row.reason is None:
+            self.kept_fh.write(dump_record(rebase_record(row.record, self.manifest, self.out)))
+            self.report.written += 1
+            return
+        self.report.drop(row.reason, f"{row.label}: {row.detail}")
+        if self.rejected_path is not None:
+            rec = rebase_record(row.record, self.manifest, self.rejected_path)
+            rec["reject_reason"], rec["reject_detail"] = row.reason, row.detail
+            self.rej_fh.write(dump_record(rec))
+
+
+def _add_notes(report: FilterReport, cfg: FilterConfig, token_unit: str, wer_on: bool, wer_model_name: str,
+               rejected_path: Path | None) -> None:
+    report.notes.append(f"text length counted in {token_unit}")
+    if cfg.max_frames_per_token is not None:
+        report.notes.append(f"frames counted at {cfg.frame_rate:g} per second of audio")
+    report.notes.append(f"WER filter: {'on, ' + wer_model_name if wer_on else 'off'}")
+    if rejected_path is not None:
+        report.notes.append(f"rejected rows -> {rejected_path}")
+
+
 def filter_manifest(
     manifest: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -334,42 +388,15 @@ def filter_manifest(
     total = count_lines(manifest) if manifest.is_file() else None
 
     with atomic_file(out) as kept_fh, (atomic_file(rejected_path) if rejected_path else _NullFile()) as rej_fh:
-        buffer: list[_Row] = []  # rows in input order, waiting for a WER batch to complete
-        n_pending = 0
-
-        def flush() -> None:
-            pending = [r for r in buffer if r.pending]
-            if pending:
-                checker.run_wer(pending)
-            for row in buffer:
-                if row.reason is None:
-                    kept_fh.write(dump_record(rebase_record(row.record, manifest, out)))
-                    report.written += 1
-                else:
-                    report.drop(row.reason, f"{row.label}: {row.detail}")
-                    if rejected_path is not None:
-                        rec = rebase_record(row.record, manifest, rejected_path)
-                        rec["reject_reason"], rec["reject_detail"] = row.reason, row.detail
-                        rej_fh.write(dump_record(rec))
-            buffer.clear()
-
+        output = _Output(checker, manifest, out, rejected_path, kept_fh, rej_fh, report, cfg.wer_batch_size)
         for line_no, record in progress(read_manifest(manifest), total=total, desc="filter", enabled=show_progress):
             row = _Row(record=dict(record), label=record_label(manifest, line_no, record),
                        audio=resolve_audio(manifest, record))
             checker.check(row)
-            buffer.append(row)
-            n_pending += row.pending
-            if n_pending == 0 or n_pending >= cfg.wer_batch_size:
-                flush()
-                n_pending = 0
-        flush()
+            output.add(row)
+        output.flush()
 
-    report.notes.append(f"text length counted in {token_unit}")
-    if cfg.max_frames_per_token is not None:
-        report.notes.append(f"frames counted at {cfg.frame_rate:g} per second of audio")
-    report.notes.append(f"WER filter: {'on, ' + wer_model_name if transcribe is not None else 'off'}")
-    if rejected_path is not None:
-        report.notes.append(f"rejected rows -> {rejected_path}")
+    _add_notes(report, cfg, token_unit, transcribe is not None, wer_model_name, rejected_path)
     return report
 
 

@@ -100,6 +100,79 @@ def _sidecar_text(audio: Path) -> str | None:
     return None
 
 
+def _stem_counts(root: Path, files: list[Path]) -> dict[str, int]:
+    """How many of ``files`` share each relative path without extension."""
+    stems: dict[str, int] = {}
+    for f in files:
+        stem = f.relative_to(root).with_suffix("").as_posix()
+        stems[stem] = stems.get(stem, 0) + 1
+    return stems
+
+
+@dataclass
+class _RecordBuilder:
+    """Turns one audio file of the folder into a manifest record, or reports why it cannot."""
+
+    root: Path
+    out: Path
+    task: str
+    language: str | None
+    stems: dict[str, int]
+    table: dict[str, tuple[int, str]] | None
+    report: ManifestReport
+    used_keys: set[str] = field(default_factory=set)
+
+    def table_text(self, table: dict[str, tuple[int, str]], f: Path, rel: str, stem: str) -> str | None:
+        """The table's transcript of ``f`` (looked up by relative path, stem or absolute path)."""
+        key = next((k for k in (rel, stem, str(f.absolute())) if k in table), None)
+        if key is None:
+            return None
+        self.used_keys.add(key)
+        return table[key][1]
+
+    def record(self, f: Path) -> dict[str, Any] | None:
+        from swv.core.audio import audio_duration
+
+        rel = f.relative_to(self.root).as_posix()
+        stem = f.relative_to(self.root).with_suffix("").as_posix()
+        if self.table is not None:
+            text = self.table_text(self.table, f, rel, stem)
+        else:
+            try:
+                text = _sidecar_text(f)
+            except InputError as exc:
+                self.report.drop("unreadable transcript", str(exc))
+                return None
+        if text is None:
+            self.report.drop("no transcript", rel)
+            return None
+        if not text:
+            self.report.drop("empty transcript", rel)
+            return None
+        try:
+            duration = audio_duration(f)
+        except InputError as exc:
+            self.report.drop("unreadable audio", str(exc))
+            return None
+        record: dict[str, Any] = {
+            "id": stem if self.stems[stem] == 1 else rel,
+            "audio": audio_ref(f, self.out),
+            "text": text,
+            "task": self.task,
+            "duration": round(duration, 6),
+        }
+        if self.language:
+            record["language"] = self.language
+        return record
+
+
+def _check_inputs(root: Path, task: str) -> None:
+    if not root.is_dir():
+        raise InputError(f"{root}: audio folder not found" if not root.exists() else f"{root}: not a folder")
+    if not task.strip():
+        raise UsageError("--task must not be empty")
+
+
 def build_manifest(
     audio_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -119,65 +192,24 @@ def build_manifest(
     without a transcript, with an empty one, or with an unreadable header are
     skipped and reported; table rows naming no audio file are reported too.
     """
-    from swv.core.audio import audio_duration
-
     root = Path(audio_dir)
-    if not root.is_dir():
-        raise InputError(f"{root}: audio folder not found" if not root.exists() else f"{root}: not a folder")
-    if not task.strip():
-        raise UsageError("--task must not be empty")
+    _check_inputs(root, task)
     out = Path(out)
     report = ManifestReport(command="manifest", output=out)
     table = read_transcript_table(transcripts) if transcripts is not None else None
-    used_keys: set[str] = set()
 
     files = _find_audio(root)
     if not files:
         raise InputError(f"{root}: no audio files found (looked for {', '.join(sorted(audio_extensions()))})")
-    stems: dict[str, int] = {}
-    for f in files:
-        stem = f.relative_to(root).with_suffix("").as_posix()
-        stems[stem] = stems.get(stem, 0) + 1
-
+    builder = _RecordBuilder(root, out, task, language, _stem_counts(root, files), table, report)
     for f in progress(files, total=len(files), desc="manifest", enabled=show_progress):
-        rel = f.relative_to(root).as_posix()
-        stem = f.relative_to(root).with_suffix("").as_posix()
-        if table is not None:
-            key = next((k for k in (rel, stem, str(f.absolute())) if k in table), None)
-            text = None if key is None else table[key][1]
-            if key is not None:
-                used_keys.add(key)
-        else:
-            try:
-                text = _sidecar_text(f)
-            except InputError as exc:
-                report.drop("unreadable transcript", str(exc))
-                continue
-        if text is None:
-            report.drop("no transcript", rel)
-            continue
-        if not text:
-            report.drop("empty transcript", rel)
-            continue
-        try:
-            duration = audio_duration(f)
-        except InputError as exc:
-            report.drop("unreadable audio", str(exc))
-            continue
-        record: dict[str, Any] = {
-            "id": stem if stems[stem] == 1 else rel,
-            "audio": audio_ref(f, out),
-            "text": text,
-            "task": task,
-            "duration": round(duration, 6),
-        }
-        if language:
-            record["language"] = language
-        report.records.append(record)
+        record = builder.record(f)
+        if record is not None:
+            report.records.append(record)
 
     if table is not None:
         for key, (line_no, _) in table.items():
-            if key not in used_keys:
+            if key not in builder.used_keys:
                 report.drop("table row without audio file", f"{Path(transcripts).name}:{line_no}: {key}")  # type: ignore[arg-type]
     if not report.records:
         raise InputError(f"{root}: none of the {len(files)} audio file(s) has a usable transcript"

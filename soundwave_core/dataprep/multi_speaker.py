@@ -73,53 +73,88 @@ class SpliceReport(Report):
     speakers_found: int = 0
 
 
-def _plan(utts: list[_Utt], speakers: int, max_duration: float | None, gap: float, num_samples: int | None,
-          rng: random.Random, report: SpliceReport) -> list[list[_Utt]]:
-    queues: dict[str, list[_Utt]] = {}
-    for u in utts:
-        queues.setdefault(u.speaker, []).append(u)
-    tie = {k: rng.random() for k in queues}
-    for q in queues.values():
-        rng.shuffle(q)
-    heap = [(-len(q), tie[k], k) for k, q in queues.items()]
-    heapq.heapify(heap)
+class _SpeakerQueues:
+    """Each speaker's unused utterances (seeded shuffle), in a heap that yields the speaker
+    with the most utterances left (ties broken by a seeded random key)."""
 
-    def pop_valid() -> str | None:
-        while heap:
-            neg, _, k = heapq.heappop(heap)
-            if queues[k] and -neg == len(queues[k]):
+    def __init__(self, utts: list[_Utt], rng: random.Random) -> None:
+        self.queues: dict[str, list[_Utt]] = {}
+        for u in utts:
+            self.queues.setdefault(u.speaker, []).append(u)
+        self.tie = {k: rng.random() for k in self.queues}
+        for q in self.queues.values():
+            rng.shuffle(q)
+        self.heap = [(-len(q), self.tie[k], k) for k, q in self.queues.items()]
+        heapq.heapify(self.heap)
+
+    def pop_largest(self) -> str | None:
+        """Remove and return the speaker with the most utterances left (``None`` when all are used)."""
+        while self.heap:
+            neg, _, k = heapq.heappop(self.heap)
+            if self.queues[k] and -neg == len(self.queues[k]):
                 return k
         return None
 
+    def push(self, keys: list[str]) -> None:
+        """Put popped speakers that still have utterances back into the heap."""
+        for k in keys:
+            if self.queues[k]:
+                heapq.heappush(self.heap, (-len(self.queues[k]), self.tie[k], k))
+
+    def take_fitting(self, k: str, budget: float) -> _Utt | None:
+        """Remove and return speaker ``k``'s last queued utterance no longer than ``budget``."""
+        q = self.queues[k]
+        idx = next((i for i in range(len(q) - 1, -1, -1) if q[i].duration <= budget), None)
+        return None if idx is None else q.pop(idx)
+
+    def put_back(self, utts: list[_Utt]) -> None:
+        for u in utts:
+            self.queues[u.speaker].append(u)
+
+    def leftover(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+
+def _fill(qs: _SpeakerQueues, first: str, speakers: int, limit: float) -> tuple[list[_Utt], list[str], bool]:
+    """One utterance of ``first`` plus partners of other speakers within ``limit`` seconds of audio.
+
+    Returns the chosen utterances, the speakers popped from the heap and whether a partner
+    speaker was skipped because none of its utterances fit."""
+    u1 = qs.queues[first].pop()
+    chosen, taken, popped = [u1], {first}, [first]
+    budget = limit - u1.duration
+    misfit = False
+    while len(chosen) < speakers:
+        k = qs.pop_largest()
+        if k is None:
+            break
+        if k in taken:
+            continue
+        taken.add(k)
+        popped.append(k)
+        u = qs.take_fitting(k, budget)
+        if u is None:
+            misfit = True
+        else:
+            chosen.append(u)
+            budget -= u.duration
+    return chosen, popped, misfit
+
+
+def _plan(utts: list[_Utt], speakers: int, max_duration: float | None, gap: float, num_samples: int | None,
+          rng: random.Random, report: SpliceReport) -> list[list[_Utt]]:
+    qs = _SpeakerQueues(utts, rng)
     plans: list[list[_Utt]] = []
     total_gap = gap * (speakers - 1)
+    limit = (max_duration - total_gap) if max_duration is not None else float("inf")
     while num_samples is None or len(plans) < num_samples:
-        first = pop_valid()
+        first = qs.pop_largest()
         if first is None:
             break
-        u1 = queues[first].pop()
-        chosen, taken, popped = [u1], {first}, [first]
-        budget = (max_duration - total_gap - u1.duration) if max_duration is not None else float("inf")
-        misfit = False
-        while len(chosen) < speakers:
-            k = pop_valid()
-            if k is None:
-                break
-            if k in taken:
-                continue
-            taken.add(k)
-            popped.append(k)
-            q = queues[k]
-            idx = next((i for i in range(len(q) - 1, -1, -1) if q[i].duration <= budget), None)
-            if idx is None:
-                misfit = True
-            else:
-                u = q.pop(idx)
-                chosen.append(u)
-                budget -= u.duration
+        chosen, popped, misfit = _fill(qs, first, speakers, limit)
+        u1 = chosen[0]
         if len(chosen) < speakers:
-            for u in chosen[1:]:
-                queues[u.speaker].append(u)
+            qs.put_back(chosen[1:])
             if misfit:
                 report.drop("no partner fits --max-duration", f"{u1.label} ({u1.duration:.2f} s)")
             else:
@@ -127,13 +162,98 @@ def _plan(utts: list[_Utt], speakers: int, max_duration: float | None, gap: floa
         else:
             rng.shuffle(chosen)
             plans.append(chosen)
-        for k in popped:
-            if queues[k]:
-                heapq.heappush(heap, (-len(queues[k]), tie[k], k))
-    leftover = sum(len(q) for q in queues.values())
+        qs.push(popped)
+    leftover = qs.leftover()
     if leftover:
         report.notes.append(f"{leftover} utterance(s) left unused after {len(plans)} sample(s) (--num-samples reached)")
     return plans
+
+
+def _check_options(speakers: int, gap: float, sample_rate: int, num_samples: int | None,
+                   max_duration: float | None) -> None:
+    if speakers < 2:
+        raise UsageError(f"--speakers must be at least 2, got {speakers}")
+    if gap < 0:
+        raise UsageError(f"--gap must be >= 0 seconds, got {gap}")
+    if sample_rate <= 0:
+        raise UsageError(f"--sample-rate must be > 0, got {sample_rate}")
+    if num_samples is not None and num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
+    if max_duration is not None and max_duration <= 0:
+        raise UsageError(f"--max-duration must be > 0, got {max_duration}")
+
+
+def _scan(manifest: Path, report: SpliceReport, show_progress: bool) -> list[_Utt]:
+    """The usable utterances of ``manifest``; rows without text or readable audio are reported."""
+    from swv.core.audio import audio_duration
+
+    total = count_lines(manifest) if manifest.is_file() else None
+    utts: list[_Utt] = []
+    for line_no, rec in progress(read_manifest(manifest), total=total, desc="splice: scan", enabled=show_progress):
+        label = record_label(manifest, line_no, rec)
+        text = rec.get("text")
+        if not isinstance(text, str) or not text.strip():
+            report.drop("no transcript", label)
+            continue
+        path = resolve_audio(manifest, rec)
+        try:
+            duration = audio_duration(path)
+        except InputError as exc:
+            report.drop("unreadable audio", str(exc))
+            continue
+        spk = rec.get("speaker")
+        key = f"speaker:{spk}" if spk not in (None, "") else f"file:{path.absolute()}"
+        rid = str(rec["id"]) if rec.get("id") is not None else f"{manifest.name}:{line_no}"
+        utts.append(_Utt(label, rid, path, " ".join(text.split()), key, duration))
+    return utts
+
+
+@dataclass
+class _Splicer:
+    """Writes one spliced sample (audio file + manifest record) per plan."""
+
+    prefixes: list[str]
+    gap_wav: np.ndarray
+    sample_rate: int
+    task: str
+    out: Path
+    audio_dir: Path
+    report: SpliceReport
+
+    def record(self, i: int, parts: list[_Utt]) -> dict[str, Any] | None:
+        """Write sample ``i`` and return its record; ``None`` (reported) when a part is unreadable."""
+        from swv.core.audio import load_audio, write_audio
+
+        try:
+            wavs = [load_audio(u.audio, self.sample_rate) for u in parts]
+        except InputError as exc:
+            self.report.drop("unreadable audio", str(exc))
+            return None
+        pieces: list[np.ndarray] = []
+        for j, w in enumerate(wavs):
+            if j:
+                pieces.append(self.gap_wav)
+            pieces.append(w)
+        wav = np.concatenate(pieces)
+        rid = f"splice-{i:06d}"
+        path = self.audio_dir / f"{rid}.wav"
+        write_audio(path, wav, self.sample_rate)
+        self.report.utterances_used += len(parts)
+        return {
+            "id": rid,
+            "audio": audio_ref(path, self.out),
+            "text": " ".join(f"{p} {u.text}" for p, u in zip(self.prefixes, parts)),
+            "task": self.task,
+            "duration": round(len(wav) / self.sample_rate, 6),
+            "num_speakers": len(parts),
+            "sources": [u.rid for u in parts],
+        }
+
+    def records(self, plans: list[list[_Utt]], show_progress: bool) -> Iterator[dict[str, Any]]:
+        for i, parts in enumerate(progress(plans, total=len(plans), desc="splice: write", enabled=show_progress), 1):
+            rec = self.record(i, parts)
+            if rec is not None:
+                yield rec
 
 
 def splice_manifest(
@@ -158,40 +278,11 @@ def splice_manifest(
     Output records carry ``id`` (``splice-000001``...), ``audio``, ``text``, ``task``,
     ``duration``, ``num_speakers`` and ``sources`` (the ids, or file:line, of the parts).
     """
-    from swv.core.audio import audio_duration, load_audio, write_audio
-
-    if speakers < 2:
-        raise UsageError(f"--speakers must be at least 2, got {speakers}")
-    if gap < 0:
-        raise UsageError(f"--gap must be >= 0 seconds, got {gap}")
-    if sample_rate <= 0:
-        raise UsageError(f"--sample-rate must be > 0, got {sample_rate}")
-    if num_samples is not None and num_samples < 1:
-        raise UsageError(f"--num-samples must be >= 1, got {num_samples}")
-    if max_duration is not None and max_duration <= 0:
-        raise UsageError(f"--max-duration must be > 0, got {max_duration}")
+    _check_options(speakers, gap, sample_rate, num_samples, max_duration)
     prefixes = speaker_prefixes(speakers, template=template, phrases=phrases)
     manifest, out, audio_dir = Path(manifest), Path(out), Path(audio_dir)
     report = SpliceReport(command="splice", output=out)
-    total = count_lines(manifest) if manifest.is_file() else None
-
-    utts: list[_Utt] = []
-    for line_no, rec in progress(read_manifest(manifest), total=total, desc="splice: scan", enabled=show_progress):
-        label = record_label(manifest, line_no, rec)
-        text = rec.get("text")
-        if not isinstance(text, str) or not text.strip():
-            report.drop("no transcript", label)
-            continue
-        path = resolve_audio(manifest, rec)
-        try:
-            duration = audio_duration(path)
-        except InputError as exc:
-            report.drop("unreadable audio", str(exc))
-            continue
-        spk = rec.get("speaker")
-        key = f"speaker:{spk}" if spk not in (None, "") else f"file:{path.absolute()}"
-        rid = str(rec["id"]) if rec.get("id") is not None else f"{manifest.name}:{line_no}"
-        utts.append(_Utt(label, rid, path, " ".join(text.split()), key, duration))
+    utts = _scan(manifest, report, show_progress)
     report.speakers_found = len({u.speaker for u in utts})
     if report.speakers_found < speakers:
         raise InputError(f"{manifest}: need utterances of at least {speakers} different speakers, "
@@ -199,38 +290,8 @@ def splice_manifest(
 
     plans = _plan(utts, speakers, max_duration, gap, num_samples, random.Random(seed), report)
     gap_wav = np.zeros(int(round(gap * sample_rate)), dtype=np.float32)
-
-    def records() -> Iterator[dict[str, Any]]:
-        for i, parts in enumerate(progress(plans, total=len(plans), desc="splice: write", enabled=show_progress), 1):
-            wavs: list[np.ndarray] = []
-            try:
-                for u in parts:
-                    wavs.append(load_audio(u.audio, sample_rate))
-            except InputError as exc:
-                report.drop("unreadable audio", str(exc))
-                continue
-            pieces: list[np.ndarray] = []
-            for j, w in enumerate(wavs):
-                if j:
-                    pieces.append(gap_wav)
-                pieces.append(w)
-            wav = np.concatenate(pieces)
-            rid = f"splice-{i:06d}"
-            path = audio_dir / f"{rid}.wav"
-            write_audio(path, wav, sample_rate)
-            report.utterances_used += len(parts)
-            rec = {
-                "id": rid,
-                "audio": audio_ref(path, out),
-                "text": " ".join(f"{p} {u.text}" for p, u in zip(prefixes, parts)),
-                "task": task,
-                "duration": round(len(wav) / sample_rate, 6),
-                "num_speakers": len(parts),
-                "sources": [u.rid for u in parts],
-            }
-            yield rec
-
-    report.written = write_manifest(out, records())
+    splicer = _Splicer(prefixes, gap_wav, sample_rate, task, out, audio_dir, report)
+    report.written = write_manifest(out, splicer.records(plans, show_progress))
     report.notes.append(f"{report.speakers_found} speaker(s) found (rows without 'speaker' count one per file); "
                         f"{report.utterances_used} utterance(s) used; gap {gap:g} s; audio -> {audio_dir}")
     return report

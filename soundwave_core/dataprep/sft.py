@@ -8,8 +8,8 @@ Three question-answer formats, one per record, picked at random (seeded) from ``
   ``shuffle_options`` is false.
 * ``sentence``: the response is a natural sentence containing the label.
 
-Each task has several question wordings per format; unknown tasks get generic wordings
-built from the task name. With ``cot`` (chain of thought) the instruction also asks for
+Each task has several question wordings per format (the packaged table ``sft_templates.yaml``);
+unknown tasks get generic wordings built from the task name. With ``cot`` (chain of thought) the instruction also asks for
 a transcription first and the response is ``"Transcription: <text>\\nAnswer: <answer>"``.
 Records keep their fields and get ``instruction``, ``response``, ``task``, ``label``
 (the canonical spelling from ``labels``), ``options`` (in the order shown, or the label
@@ -24,8 +24,11 @@ import string
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from swv.core.errors import InputError, UsageError
 from swv.core.progress import Report, count_lines, progress
@@ -45,55 +48,66 @@ class TaskTemplates:
     sentence: tuple[tuple[str, str], ...]
 
 
-TEMPLATES: dict[str, TaskTemplates] = {
-    "emotion": TaskTemplates(
-        direct=("Which emotion comes through in this speech?",
-                "How does the speaker feel, judging from their voice?",
-                "Name the emotion expressed by the speaker."),
-        choice=("Which emotion best describes the speaker?",
-                "What is the speaker's emotional state?",
-                "Listen to the voice. Which emotion is it?"),
-        sentence=(("How would you describe the speaker's mood?", "The speaker sounds {label}."),
-                  ("What emotion can you hear in this recording?", "I can hear {label} in the speaker's voice."),
-                  ("Tell me the emotion conveyed in this clip.", "The emotion conveyed here is {label}.")),
-    ),
-    "gender": TaskTemplates(
-        direct=("What is the speaker's gender?", "Is the voice male or female?"),
-        choice=("Which gender does the voice belong to?", "Identify the speaker's gender."),
-        sentence=(("Who is talking, a man or a woman?", "The speaker's voice is {label}."),
-                  ("What gender is the person speaking?", "The person speaking is {label}.")),
-    ),
-    "age": TaskTemplates(
-        direct=("How old does the speaker sound?", "Estimate the speaker's age group."),
-        choice=("Which age group does the speaker belong to?", "What is the likely age of the speaker?"),
-        sentence=(("Guess the age of the person talking.", "The speaker sounds like they are in their {label}."),
-                  ("What age range fits this voice?", "This voice fits the {label} age range.")),
-    ),
-    "language": TaskTemplates(
-        direct=("Which language is spoken in this audio?", "Identify the spoken language."),
-        choice=("What language is the speaker using?", "Which language do you hear?"),
-        sentence=(("What language is this recording in?", "The recording is in {label}."),
-                  ("Tell me which language the person speaks.", "The person speaks {label}.")),
-    ),
-    "intent": TaskTemplates(
-        direct=("What does the speaker want to do?", "What is the intent of this request?"),
-        choice=("Which intent matches the spoken request?", "Classify the intent of the utterance."),
-        sentence=(("What is the user asking for?", "The user's intent is {label}."),
-                  ("Describe the purpose of this utterance.", "The purpose of this utterance is {label}.")),
-    ),
-    "sound": TaskTemplates(
-        direct=("What sound can be heard in this clip?", "Identify the sound event in the audio."),
-        choice=("Which sound is present in the recording?", "What kind of sound is this?"),
-        sentence=(("Describe the sound you hear.", "The clip contains {label}."),
-                  ("What is making noise in this audio?", "The sound in this audio is {label}.")),
-    ),
-    "scene": TaskTemplates(
-        direct=("Where was this audio recorded?", "What acoustic scene is this?"),
-        choice=("Which place does this recording come from?", "Classify the acoustic environment."),
-        sentence=(("Describe the environment of the recording.", "This was recorded in a {label} environment."),
-                  ("What setting do the background sounds suggest?", "The background suggests {label}.")),
-    ),
-}
+#: The packaged wordings table (package data of :mod:`swv.dataprep`).
+TEMPLATES_FILE = "sft_templates.yaml"
+_SENTENCE_KEYS = ("question", "answer")
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    """A non-empty list of non-empty strings, as a tuple."""
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"{where}: expected a non-empty list of non-empty strings")
+    return tuple(value)
+
+
+def _fills_label(pattern: str) -> bool:
+    """Whether ``pattern.format(label=...)`` works and puts the label in."""
+    try:
+        return "\0" in pattern.format(label="\0")
+    except (KeyError, IndexError, ValueError):
+        return False
+
+
+def _sentence_pairs(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """``[{question, answer}, ...]`` as ``((question, answer), ...)``; each answer fills in ``{label}``."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: expected a non-empty list of {{question, answer}} entries")
+    pairs = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or sorted(entry) != sorted(_SENTENCE_KEYS):
+            raise ValueError(f"{where}[{i}]: expected exactly the keys {', '.join(_SENTENCE_KEYS)}")
+        question, answer = _strings([entry["question"], entry["answer"]], f"{where}[{i}]")
+        if not _fills_label(answer):
+            raise ValueError(f"{where}[{i}].answer: must contain {{label}} and no other {{...}} field")
+        pairs.append((question, answer))
+    return tuple(pairs)
+
+
+def parse_templates(data: Any, where: str) -> dict[str, TaskTemplates]:
+    """Validate the wordings table (``{task: {direct, choice, sentence}}``)."""
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{where}: expected a mapping of task name to wordings")
+    table = {}
+    for task, entry in data.items():
+        if not isinstance(entry, dict) or sorted(entry) != sorted(FORMATS):
+            raise ValueError(f"{where}: task {task!r}: expected exactly the keys {', '.join(FORMATS)}")
+        table[str(task)] = TaskTemplates(
+            direct=_strings(entry["direct"], f"{where}: {task}.direct"),
+            choice=_strings(entry["choice"], f"{where}: {task}.choice"),
+            sentence=_sentence_pairs(entry["sentence"], f"{where}: {task}.sentence"),
+        )
+    return table
+
+
+def load_templates() -> dict[str, TaskTemplates]:
+    """The per-task wordings shipped in :data:`TEMPLATES_FILE`, validated; a :class:`ValueError`
+    naming the file and entry if the packaged table is malformed."""
+    resource = resources.files(__package__) / TEMPLATES_FILE
+    return parse_templates(yaml.safe_load(resource.read_text(encoding="utf-8")), TEMPLATES_FILE)
+
+
+#: The built-in task wordings, loaded once at import.
+TEMPLATES: dict[str, TaskTemplates] = load_templates()
 
 
 def templates_for(task: str) -> TaskTemplates:
@@ -151,6 +165,87 @@ class SftReport(Report):
     labels: Counter[str] = field(default_factory=Counter)
 
 
+def _check_formats(formats: list[str] | tuple[str, ...]) -> list[str]:
+    """The requested formats, stripped; a :class:`UsageError` for none or an unknown one."""
+    formats = [f.strip() for f in formats if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise UsageError(f"--formats: unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}"
+                         if bad else "--formats must name at least one format")
+    return formats
+
+
+def _label_set(labels: list[str] | None, manifest: Path, label_field: str) -> list[str]:
+    """``labels`` stripped and checked for case-insensitive duplicates, or every distinct value
+    of ``label_field`` in ``manifest`` (sorted case-insensitively)."""
+    if labels is not None:
+        labels = [lab.strip() for lab in labels if lab.strip()]
+        lowered = [lab.lower() for lab in labels]
+        dup = next((lab for i, lab in enumerate(lowered) if lab in lowered[:i]), None)
+        if dup is not None or not labels:
+            raise UsageError(f"--labels: duplicate label {dup!r}" if dup else "--labels must not be empty")
+        return labels
+    found = {str(rec[label_field]).strip() for _, rec in read_manifest(manifest)
+             if rec.get(label_field) not in (None, "")}
+    labels = sorted(found, key=str.lower)
+    if not labels:
+        raise InputError(f"{manifest}: no row has a {label_field!r} field")
+    return labels
+
+
+@dataclass
+class _SftWriter:
+    """Turns one labelled manifest row into an instruction record, or reports why it cannot."""
+
+    manifest: Path
+    out: Path
+    task: str
+    label_field: str
+    labels: list[str]
+    formats: list[str]
+    cot: bool
+    shuffle_options: bool
+    rng: random.Random
+    report: SftReport
+
+    canonical: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.canonical = {lab.lower(): lab for lab in self.labels}
+
+    def record(self, line_no: int, rec: dict[str, Any]) -> dict[str, Any] | None:
+        name = record_label(self.manifest, line_no, rec)
+        raw = rec.get(self.label_field)
+        if raw in (None, ""):
+            self.report.drop(f"no {self.label_field!r} field", name)
+            return None
+        label = self.canonical.get(str(raw).strip().lower())
+        if label is None:
+            self.report.drop("label not in --labels", f"{name}: {raw!r}")
+            return None
+        transcript = None
+        if self.cot:
+            text = rec.get("text")
+            if not isinstance(text, str) or not text.strip():
+                self.report.drop("no 'text' transcript for --cot", name)
+                return None
+            transcript = " ".join(text.split())
+        fmt = self.rng.choice(self.formats)
+        example = make_example(label, self.labels, fmt, self.rng, task=self.task, transcript=transcript,
+                               shuffle_options=self.shuffle_options)
+        out_rec = rebase_record(rec, self.manifest, self.out)
+        out_rec.update(example, task=self.task, label=label, format=fmt, cot=self.cot)
+        self.report.formats[fmt] += 1
+        self.report.labels[label] += 1
+        return out_rec
+
+    def records(self, total: int | None, show_progress: bool) -> Iterator[dict[str, Any]]:
+        for line_no, rec in progress(read_manifest(self.manifest), total=total, desc="sft", enabled=show_progress):
+            out_rec = self.record(line_no, rec)
+            if out_rec is not None:
+                yield out_rec
+
+
 def build_sft(
     manifest: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -172,59 +267,16 @@ def build_sft(
     """
     if not task.strip():
         raise UsageError("--task must not be empty")
-    formats = [f.strip() for f in formats if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise UsageError(f"--formats: unknown format {bad[0]!r}; choose from {', '.join(FORMATS)}"
-                         if bad else "--formats must name at least one format")
+    formats = _check_formats(formats)
     manifest, out = Path(manifest), Path(out)
-    if labels is not None:
-        labels = [lab.strip() for lab in labels if lab.strip()]
-        lowered = [lab.lower() for lab in labels]
-        dup = next((lab for i, lab in enumerate(lowered) if lab in lowered[:i]), None)
-        if dup is not None or not labels:
-            raise UsageError(f"--labels: duplicate label {dup!r}" if dup else "--labels must not be empty")
-    else:
-        found = {str(rec[label_field]).strip() for _, rec in read_manifest(manifest)
-                 if rec.get(label_field) not in (None, "")}
-        labels = sorted(found, key=str.lower)
-        if not labels:
-            raise InputError(f"{manifest}: no row has a {label_field!r} field")
+    labels = _label_set(labels, manifest, label_field)
     if "choice" in formats and len(labels) > 26:
         raise UsageError(f"the choice format supports up to 26 labels, got {len(labels)}")
-    canonical = {lab.lower(): lab for lab in labels}
     rng = random.Random(seed)
     report = SftReport(command="sft", output=out)
     total = count_lines(manifest) if manifest.is_file() else None
-
-    def records() -> Iterator[dict[str, Any]]:
-        for line_no, rec in progress(read_manifest(manifest), total=total, desc="sft", enabled=show_progress):
-            name = record_label(manifest, line_no, rec)
-            raw = rec.get(label_field)
-            if raw in (None, ""):
-                report.drop(f"no {label_field!r} field", name)
-                continue
-            label = canonical.get(str(raw).strip().lower())
-            if label is None:
-                report.drop("label not in --labels", f"{name}: {raw!r}")
-                continue
-            transcript = None
-            if cot:
-                text = rec.get("text")
-                if not isinstance(text, str) or not text.strip():
-                    report.drop("no 'text' transcript for --cot", name)
-                    continue
-                transcript = " ".join(text.split())
-            fmt = rng.choice(formats)
-            example = make_example(label, labels, fmt, rng, task=task, transcript=transcript,
-                                   shuffle_options=shuffle_options)
-            out_rec = rebase_record(rec, manifest, out)
-            out_rec.update(example, task=task, label=label, format=fmt, cot=cot)
-            report.formats[fmt] += 1
-            report.labels[label] += 1
-            yield out_rec
-
-    report.written = write_manifest(out, records())
+    writer = _SftWriter(manifest, out, task, label_field, labels, formats, cot, shuffle_options, rng, report)
+    report.written = write_manifest(out, writer.records(total, show_progress))
     report.notes.append("formats: " + ", ".join(f"{f} {report.formats[f]}" for f in formats))
     report.notes.append("labels: " + ", ".join(f"{lab} {report.labels[lab]}" for lab in labels)
                         + (" (chain of thought: transcription first)" if cot else ""))

@@ -207,6 +207,100 @@ def _read_sounds(manifest: Path, report: SoundInsertReport) -> list[_Sound]:
     return out
 
 
+def _check_options(mode: str, sound_seconds: float, sample_rate: int, sound_dbfs: float) -> None:
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if sound_seconds <= 0:
+        raise UsageError(f"--sound-seconds must be > 0, got {sound_seconds}")
+    if sample_rate <= 0:
+        raise UsageError(f"--sample-rate must be > 0, got {sample_rate}")
+    if sound_dbfs >= 0:
+        raise UsageError(f"--sound-dbfs must be below 0 dBFS, got {sound_dbfs}")
+
+
+def _speech_groups(speech_rows: list[_Speech], mode: str, rng: random.Random,
+                   report: SoundInsertReport) -> list[list[_Speech]]:
+    """Pairs of speech rows in seeded random order (``concat``) or one row per group (``split``)."""
+    if mode != "concat":
+        return [[s] for s in speech_rows]
+    order = list(speech_rows)
+    rng.shuffle(order)
+    groups = [order[i:i + 2] for i in range(0, len(order) - 1, 2)]
+    if len(order) % 2:
+        report.drop("odd speech row left without a partner", order[-1].label)
+    return groups
+
+
+@dataclass
+class _Inserter:
+    """Builds one output sample (audio file + manifest record) per speech group."""
+
+    mode: str
+    sample_rate: int
+    task: str
+    out: Path
+    audio_dir: Path
+    pool: _SoundPool
+    report: SoundInsertReport
+
+    def halves(self, group: list[_Speech], wavs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, str, str]:
+        """Left and right audio and transcripts around the inserted sound."""
+        if self.mode == "concat":
+            return wavs[0], wavs[1], group[0].text, group[1].text
+        cut = find_pause(wavs[0], self.sample_rate)
+        left_text, right_text = split_text(group[0].text, cut / len(wavs[0]))
+        return wavs[0][:cut], wavs[0][cut:], left_text, right_text
+
+    def record(self, i: int, group: list[_Speech]) -> dict[str, Any] | None:
+        """Write sample ``i`` and return its record; ``None`` (reported) when the speech is unreadable."""
+        from swv.core.audio import load_audio, write_audio
+
+        try:
+            wavs = [load_audio(s.audio, self.sample_rate) for s in group]
+        except InputError as exc:
+            self.report.drop("unreadable speech", str(exc))
+            return None
+        left_wav, right_wav, left_text, right_text = self.halves(group, wavs)
+        sound, sound_wav = self.pool.next()
+        wav = np.concatenate([left_wav, sound_wav, right_wav])
+        rid = f"sound-{i:06d}"
+        path = self.audio_dir / f"{rid}.wav"
+        write_audio(path, wav, self.sample_rate)
+        self.report.tags.add(sound.tag)
+        self.report.tag_counts[sound.tag] = self.report.tag_counts.get(sound.tag, 0) + 1
+        return {
+            "id": rid,
+            "audio": audio_ref(path, self.out),
+            "text": tagged_text(left_text, sound.tag, right_text),
+            "task": self.task,
+            "duration": round(len(wav) / self.sample_rate, 6),
+            "label": sound.tag[1:-1],
+            "tags": [sound.tag],
+            "sources": [s.rid for s in group] + [sound.rid],
+        }
+
+    def records(self, groups: list[list[_Speech]], show_progress: bool) -> Iterator[dict[str, Any]]:
+        for i, group in enumerate(progress(groups, total=len(groups), desc="sound-insert", enabled=show_progress), 1):
+            rec = self.record(i, group)
+            if rec is not None:
+                yield rec
+
+
+def _note_tags(report: SoundInsertReport, mode: str, sound_seconds: float, sound_dbfs: float,
+               audio_dir: Path, tags_out: str | os.PathLike[str] | None) -> None:
+    """Add the summary notes to ``report`` and write the tag list to ``tags_out`` if given."""
+    from swv.core.io import atomic_write_text
+
+    tags = sorted(report.tags)
+    report.notes.append(f"mode {mode}; sounds standardised to {sound_seconds:g} s at {sound_dbfs:g} dBFS RMS; "
+                        f"audio -> {audio_dir}")
+    report.notes.append("tags (add as special tokens): "
+                        + (", ".join(f"{t} x{report.tag_counts[t]}" for t in tags) or "none"))
+    if tags_out is not None:
+        atomic_write_text(tags_out, "".join(f"{t}\n" for t in tags))
+        report.notes.append(f"tags -> {tags_out}")
+
+
 def sound_insert(
     speech: str | os.PathLike[str],
     sounds: str | os.PathLike[str],
@@ -230,17 +324,7 @@ def sound_insert(
     In ``concat`` mode speech rows are paired in a seeded random order (an odd one out is
     reported). Unreadable speech or sound files are skipped and reported.
     """
-    from swv.core.audio import load_audio, write_audio
-    from swv.core.io import atomic_write_text
-
-    if mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if sound_seconds <= 0:
-        raise UsageError(f"--sound-seconds must be > 0, got {sound_seconds}")
-    if sample_rate <= 0:
-        raise UsageError(f"--sample-rate must be > 0, got {sample_rate}")
-    if sound_dbfs >= 0:
-        raise UsageError(f"--sound-dbfs must be below 0 dBFS, got {sound_dbfs}")
+    _check_options(mode, sound_seconds, sample_rate, sound_dbfs)
     speech, sounds, out, audio_dir = Path(speech), Path(sounds), Path(out), Path(audio_dir)
     report = SoundInsertReport(command="sound-insert", output=out)
     rng = random.Random(seed)
@@ -254,56 +338,8 @@ def sound_insert(
         raise InputError(f"{speech}: {mode} mode needs at least {need} speech row(s) with a transcript, "
                          f"found {len(speech_rows)}")
     pool = _SoundPool(sound_rows, rng, sample_rate, sound_seconds, sound_dbfs, report)
-
-    if mode == "concat":
-        order = list(speech_rows)
-        rng.shuffle(order)
-        groups = [order[i:i + 2] for i in range(0, len(order) - 1, 2)]
-        if len(order) % 2:
-            report.drop("odd speech row left without a partner", order[-1].label)
-    else:
-        groups = [[s] for s in speech_rows]
-
-    def records() -> Iterator[dict[str, Any]]:
-        for i, group in enumerate(progress(groups, total=len(groups), desc="sound-insert", enabled=show_progress), 1):
-            try:
-                wavs = [load_audio(s.audio, sample_rate) for s in group]
-            except InputError as exc:
-                report.drop("unreadable speech", str(exc))
-                continue
-            if mode == "concat":
-                left_wav, right_wav = wavs
-                left_text, right_text = group[0].text, group[1].text
-            else:
-                cut = find_pause(wavs[0], sample_rate)
-                left_wav, right_wav = wavs[0][:cut], wavs[0][cut:]
-                left_text, right_text = split_text(group[0].text, cut / len(wavs[0]))
-            sound, sound_wav = pool.next()
-            wav = np.concatenate([left_wav, sound_wav, right_wav])
-            rid = f"sound-{i:06d}"
-            path = audio_dir / f"{rid}.wav"
-            write_audio(path, wav, sample_rate)
-            report.tags.add(sound.tag)
-            report.tag_counts[sound.tag] = report.tag_counts.get(sound.tag, 0) + 1
-            rec = {
-                "id": rid,
-                "audio": audio_ref(path, out),
-                "text": tagged_text(left_text, sound.tag, right_text),
-                "task": task,
-                "duration": round(len(wav) / sample_rate, 6),
-                "label": sound.tag[1:-1],
-                "tags": [sound.tag],
-                "sources": [s.rid for s in group] + [sound.rid],
-            }
-            yield rec
-
-    report.written = write_manifest(out, records())
-    tags = sorted(report.tags)
-    report.notes.append(f"mode {mode}; sounds standardised to {sound_seconds:g} s at {sound_dbfs:g} dBFS RMS; "
-                        f"audio -> {audio_dir}")
-    report.notes.append("tags (add as special tokens): "
-                        + (", ".join(f"{t} x{report.tag_counts[t]}" for t in tags) or "none"))
-    if tags_out is not None:
-        atomic_write_text(tags_out, "".join(f"{t}\n" for t in tags))
-        report.notes.append(f"tags -> {tags_out}")
+    groups = _speech_groups(speech_rows, mode, rng, report)
+    inserter = _Inserter(mode, sample_rate, task, out, audio_dir, pool, report)
+    report.written = write_manifest(out, inserter.records(groups, show_progress))
+    _note_tags(report, mode, sound_seconds, sound_dbfs, audio_dir, tags_out)
     return report

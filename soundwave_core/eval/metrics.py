@@ -493,47 +493,31 @@ def _resolve_label(label: Any, options: Sequence[str] | None, item: str) -> str:
     raise InputError(f"{item}: label {str(label)!r} is not one of its options {list(options)!r}")
 
 
-def classification_accuracy(
-    predictions: Sequence[str],
-    labels: Sequence[str],
-    options: Sequence[str] | Sequence[Sequence[str] | None] | None = None,
-    *,
-    ids: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Accuracy of free-text answers against labels, matched with :func:`match_answer`.
+def _item_name(ids: Sequence[str] | None, i: int) -> str:
+    return f"item {ids[i]!r}" if ids is not None else f"item {i}"
 
-    ``options`` is either one list of choices shared by every item (in order A, B, C, ...), or
-    one entry per item (a list of choices or ``None``). Items with options accept option letters
-    and option texts; a label may itself be the option text or its letter. Items without options
-    are matched against the set of distinct labels in ``labels`` (so an answer naming two known
-    labels is ambiguous). Ambiguous and unmatched answers are wrong.
 
-    Returns ``accuracy`` (``None`` when there is nothing to score), ``correct``, ``total``,
-    ``ambiguous``, ``unmatched`` and ``per_label`` (normalised label -> ``correct``, ``total``,
-    ``accuracy``). ``ids`` (optional, one per item) only name items in error messages.
-    """
-    _check_parallel(labels, predictions, "predictions")
-    n = len(labels)
-    if ids is not None and len(ids) != n:
-        raise UsageError(f"got {n} labels but {len(ids)} ids")
-    per_item: list[Sequence[str] | None]
+def _per_item_options(
+    options: Sequence[str] | Sequence[Sequence[str] | None] | None, n: int, ids: Sequence[str] | None,
+) -> list[Sequence[str] | None]:
+    """``options`` as one entry per item: the shared list of choices, the item's own list, or ``None``."""
     if options is None:
-        per_item = [None] * n
-    elif all(isinstance(o, str) for o in options):
-        per_item = [options] * n  # type: ignore[list-item]
-    else:
-        if len(options) != n:
-            raise UsageError(f"got {n} labels but {len(options)} per-item option lists")
-        per_item = [None if o is None else list(o) for o in options]  # type: ignore[union-attr]
-        for i, o in enumerate(per_item):
-            if o is not None and not all(isinstance(x, str) for x in o):
-                name = f"item {ids[i]!r}" if ids is not None else f"item {i}"
-                raise InputError(f"{name}: field 'options' must be a list of strings")
+        return [None] * n
+    if all(isinstance(o, str) for o in options):
+        return [options] * n  # type: ignore[list-item]
+    if len(options) != n:
+        raise UsageError(f"got {n} labels but {len(options)} per-item option lists")
+    per_item: list[Sequence[str] | None] = [None if o is None else list(o) for o in options]  # type: ignore[union-attr]
+    for i, o in enumerate(per_item):
+        if o is not None and not all(isinstance(x, str) for x in o):
+            raise InputError(f"{_item_name(ids, i)}: field 'options' must be a list of strings")
+    return per_item
 
-    names = [f"item {ids[i]!r}" if ids is not None else f"item {i}" for i in range(n)]
-    gold = [_resolve_label(labels[i], per_item[i], names[i]) for i in range(n)]
+
+def _score_items(predictions: Sequence[str], gold: list[str], per_item: list[Sequence[str] | None]) -> dict[str, Any]:
+    """Match every prediction (:func:`match_answer`) and count the outcomes, overall and per label."""
+    n = len(gold)
     known_labels = sorted(set(gold))
-
     correct = ambiguous = unmatched = 0
     per_label: dict[str, dict[str, Any]] = {}
     for i in range(n):
@@ -560,3 +544,31 @@ def classification_accuracy(
         "unmatched": unmatched,
         "per_label": dict(sorted(per_label.items())),
     }
+
+
+def classification_accuracy(
+    predictions: Sequence[str],
+    labels: Sequence[str],
+    options: Sequence[str] | Sequence[Sequence[str] | None] | None = None,
+    *,
+    ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy of free-text answers against labels, matched with :func:`match_answer`.
+
+    ``options`` is either one list of choices shared by every item (in order A, B, C, ...), or
+    one entry per item (a list of choices or ``None``). Items with options accept option letters
+    and option texts; a label may itself be the option text or its letter. Items without options
+    are matched against the set of distinct labels in ``labels`` (so an answer naming two known
+    labels is ambiguous). Ambiguous and unmatched answers are wrong.
+
+    Returns ``accuracy`` (``None`` when there is nothing to score), ``correct``, ``total``,
+    ``ambiguous``, ``unmatched`` and ``per_label`` (normalised label -> ``correct``, ``total``,
+    ``accuracy``). ``ids`` (optional, one per item) only name items in error messages.
+    """
+    _check_parallel(labels, predictions, "predictions")
+    n = len(labels)
+    if ids is not None and len(ids) != n:
+        raise UsageError(f"got {n} labels but {len(ids)} ids")
+    per_item = _per_item_options(options, n, ids)
+    gold = [_resolve_label(labels[i], per_item[i], _item_name(ids, i)) for i in range(n)]
+    return _score_items(predictions, gold, per_item)

@@ -55,42 +55,38 @@ def _stage_section(training: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def render_model_card(config: dict[str, Any]) -> str:
-    """The ``README.md`` text of an export whose ``swv_config.json`` holds ``config``."""
+def _lora_text(lora: dict[str, Any] | None) -> str:
+    if not lora:
+        return "none (or merged into `backbone/`)"
+    return (f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')} on {', '.join(lora.get('target_modules') or [])} "
+            "(PEFT format: `adapter_config.json`, `adapter_model.safetensors`)")
+
+
+def _components_section(config: dict[str, Any]) -> list[str]:
+    """The encoder, adapters, backbone (with its LoRA), library versions and system prompt."""
     encoder = config.get("encoder") or {}
     backbone = config.get("backbone") or {}
     adapters = [a.get("name", "?") for a in config.get("adapters") or []]
-    lora = backbone.get("lora")
-    lora_text = (
-        f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')} on {', '.join(lora.get('target_modules') or [])} "
-        "(PEFT format: `adapter_config.json`, `adapter_model.safetensors`)"
-        if lora else "none (or merged into `backbone/`)"
-    )
     bundled = config.get("bundled") or []
     system = config.get("system_prompt") or ""
     versions = ", ".join(f"{k} {v}" for k, v in sorted((config.get("versions") or {}).items())) or "unknown"
-    lines = [
-        _front_matter(config),
-        "",
-        "# swv speech language model",
-        "",
-        "A speech LLM in the Soundwave style, built with swv: an audio encoder, "
-        "an adapter chain that aligns and shrinks its frames into the LLM's embedding space, and a causal LLM "
-        "that answers instructions about the audio.",
-        "",
+    return [
         "## Components",
         "",
         f"- Audio encoder: {_source(encoder)}{' (bundled in `encoder/`)' if 'encoder' in bundled else ''}",
         f"- Adapters: {' -> '.join(f'`{a}`' for a in adapters)} (`adapters/<name>.safetensors`)",
         f"- LLM backbone: {_source(backbone)}{' (bundled in `backbone/`)' if 'backbone' in bundled else ''}",
-        f"- Backbone adapter: {lora_text}",
+        f"- Backbone adapter: {_lora_text(backbone.get('lora'))}",
         f"- Saved with: {versions}",
         "",
         "System prompt:" if system else "No system prompt.",
         *(["", "```text", system, "```"] if system else []),
-        "",
-        *_stage_section(config.get("training") or []),
-        "",
+    ]
+
+
+def _loading_section() -> list[str]:
+    """How to load the export with swv, through transformers and from the command line."""
+    return [
         "## How to load it",
         "",
         "With swv installed; `MODEL` is this directory or its Hub id:",
@@ -116,20 +112,45 @@ def render_model_card(config: dict[str, Any]) -> str:
         "",
         f"The configuration is `{CONFIG_NAME}` (also `config.json`, for transformers).",
     ]
-    if lora:
-        base = "backbone" if "backbone" in bundled else backbone.get("path")
-        pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and "backbone" not in bundled else ""
-        lines += [
-            "",
-            "The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as "
-            f"`{base}`" + (" (relative to this directory)." if "backbone" in bundled else "."),
-            "",
-            "```python",
-            "from peft import PeftModel",
-            "from transformers import AutoModelForCausalLM",
-            "",
-            f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if "backbone" in bundled else base}"{pin})',
-            'llm = PeftModel.from_pretrained(base, "path/to/MODEL")',
-            "```",
-        ]
+
+
+def _peft_section(backbone: dict[str, Any], bundled: list[str]) -> list[str]:
+    """How to load the LLM with its LoRA through plain PEFT."""
+    base = "backbone" if "backbone" in bundled else backbone.get("path")
+    pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and "backbone" not in bundled else ""
+    return [
+        "",
+        "The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as "
+        f"`{base}`" + (" (relative to this directory)." if "backbone" in bundled else "."),
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if "backbone" in bundled else base}"{pin})',
+        'llm = PeftModel.from_pretrained(base, "path/to/MODEL")',
+        "```",
+    ]
+
+
+def render_model_card(config: dict[str, Any]) -> str:
+    """The ``README.md`` text of an export whose ``swv_config.json`` holds ``config``."""
+    backbone = config.get("backbone") or {}
+    lines = [
+        _front_matter(config),
+        "",
+        "# swv speech language model",
+        "",
+        "A speech LLM in the Soundwave style, built with swv: an audio encoder, "
+        "an adapter chain that aligns and shrinks its frames into the LLM's embedding space, and a causal LLM "
+        "that answers instructions about the audio.",
+        "",
+        *_components_section(config),
+        "",
+        *_stage_section(config.get("training") or []),
+        "",
+        *_loading_section(),
+    ]
+    if backbone.get("lora"):
+        lines += _peft_section(backbone, config.get("bundled") or [])
     return "\n".join(lines) + "\n"
