@@ -40,13 +40,13 @@ def manifest_cmd(
         help="CSV/TSV table of path,text (paths relative to AUDIO_DIR) instead of sidecar .txt/.lab files.")] = None,
     language: Annotated[Optional[str], typer.Option(help="Value of the 'language' field (omitted if not given).")] = None,
     corpus_format: Annotated[Optional[str], typer.Option(
-        "--format", help="Read a corpus in its own layout: librispeech, commonvoice, covost2, fleurs, vocalsound, "
-        "csv or tsv (see docs in swv.dataprep.corpora).")] = None,
+        "--format", help="Read a corpus in its own layout: a registered corpus layout, e.g. librispeech or csv "
+        "(`swv plugins list` shows them all with their layouts).")] = None,
     split: Annotated[Optional[str], typer.Option(
-        help="--format: the split (librispeech: sub-folder such as test-clean; commonvoice/covost2/fleurs: "
-        "train/dev/test; vocalsound: te/tr/val).")] = None,
+        help="--format: the split, as the layout names it (e.g. librispeech: a sub-folder such as test-clean; "
+        "commonvoice: a table such as dev).")] = None,
     clips: Annotated[Optional[Path], typer.Option(
-        help="--format covost2/commonvoice: the CommonVoice clips folder.")] = None,
+        help="--format: the layout's clips folder (covost2, commonvoice: the CommonVoice clips).")] = None,
 ) -> None:
     """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table,
     or (--format) from a standard corpus in its own layout."""
