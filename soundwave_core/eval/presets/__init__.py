@@ -25,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from swv.core.errors import ComponentError, InputError, UsageError
 from swv.eval.presets.base import METRIC_KEYS, BenchmarkPreset, PaperResult, PresetConfig
 from swv.registry.components import EVAL_PRESET_KIND
@@ -47,7 +49,12 @@ def get_preset(name: str) -> BenchmarkPreset:
     registry = default_registry()
     if (EVAL_PRESET_KIND, name) not in registry:
         raise UsageError(f"--preset: unknown benchmark {name!r}, expected one of {', '.join(preset_names())}")
-    preset = registry.build(EVAL_PRESET_KIND, {"name": name}, name=name)
+    try:
+        preset = registry.build(EVAL_PRESET_KIND, {"name": name}, name=name)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ComponentError(f"eval_preset {name!r}: {where + ': ' if where else ''}{error['msg']}") from None
     if not isinstance(preset, BenchmarkPreset) or not isinstance(preset.config, PresetConfig):
         raise ComponentError(f"eval_preset {name!r}: expected a BenchmarkPreset with a PresetConfig, "
                              f"got {type(preset).__qualname__}")

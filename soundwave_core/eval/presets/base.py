@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from swv.core.config import ComponentConfig
-from swv.eval.evaluation import Task
-from swv.eval.metrics import NormalizeMode
+from swv.eval.evaluation import TASKS, Task
+from swv.eval.metrics import NORMALIZE_MODES, NormalizeMode
 
 #: The metric each preset reports, and its key in the report's ``metrics``.
 METRIC_KEYS = {"WER": "wer", "BLEU": "bleu", "accuracy": "accuracy"}
@@ -54,9 +54,14 @@ class PresetConfig(ComponentConfig):
     paper: PaperResult | None = None
 
     @model_validator(mode="after")
-    def _prompt_parts(self) -> PresetConfig:
+    def _consistent(self) -> PresetConfig:
+        # checked here too, since a subclass may re-annotate a field with a plain ``str``
+        for field, value, choices in (("task", self.task, TASKS), ("metric", self.metric, tuple(METRIC_KEYS)),
+                                      ("normalize", self.normalize or NORMALIZE_MODES[0], NORMALIZE_MODES)):
+            if value not in choices:
+                raise ValueError(f"{field}: {value!r} is not one of {', '.join(choices)}")
         if self.task in ("classification", "open") and not self.question:
-            raise ValueError(f"a {self.task} preset needs a 'question'")
+            raise ValueError(f"the {self.task} task needs a 'question'")
         if (self.task == "classification") != bool(self.options):
             raise ValueError("'options' are needed for classification presets, and only for them")
         return self
