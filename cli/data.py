@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from swv.core.errors import UsageError
+from swv.dataprep.sft import FORMATS, TEMPLATES
 
 app = typer.Typer(
     help="Data engineering: build manifests, apply the paper's quality filters, splice multi-speaker "
@@ -180,12 +181,13 @@ def sound_insert_cmd(
 def sft_cmd(
     manifest: Annotated[Path, typer.Argument(help="Labelled input manifest.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Instruction manifest to write.")],
-    task: Annotated[str, typer.Option(help="Task name (emotion, gender, age, language, intent, sound, scene, ...).")],
+    task: Annotated[str, typer.Option(help=f"Task name; {', '.join(TEMPLATES)} have question wordings of their "
+                                           "own, any other task gets generic ones.")],
     label_field: Annotated[str, typer.Option(help="Field holding the label.")] = "label",
     labels: Annotated[Optional[str], typer.Option(
         help="Comma-separated label set (default: every label found).")] = None,
-    formats: Annotated[str, typer.Option(help="Comma-separated formats: direct, choice, sentence.")]
-    = "direct,choice,sentence",
+    formats: Annotated[str, typer.Option(help=f"Comma-separated formats: {', '.join(FORMATS)}.")]
+    = ",".join(FORMATS),
     cot: Annotated[bool, typer.Option("--cot", help="Chain of thought: transcription first, then the answer.")]
     = False,
     shuffle_options: Annotated[bool, typer.Option(

@@ -27,7 +27,7 @@ from swv.cli.infer_cmd import (
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import UsageError
 
-from swv.eval.evaluation import TASKS
+from swv.eval.evaluation import EVAL_TASKS
 from swv.eval.metrics import NORMALIZE_CHOICES
 
 
@@ -36,7 +36,7 @@ def eval_cmd(
     manifest: Annotated[Optional[Path], typer.Option(
         "--manifest", help="Test manifest (JSONL) with reference fields.")] = None,
     task: Annotated[Optional[str], typer.Option(
-        "--task", help=f"One of {', '.join(TASKS)} (asr: WER/CER, st: BLEU/chrF, classification: accuracy, "
+        "--task", help=f"One of {', '.join(EVAL_TASKS)} (asr: WER/CER, st: BLEU/chrF, classification: accuracy, "
         "open: judge inputs, no score); set by --preset.")] = None,
     preset: Annotated[Optional[str], typer.Option(
         "--preset", help="A registered benchmark preset, e.g. the paper's librispeech-test-clean (`swv plugins list` "
@@ -130,8 +130,8 @@ def eval_cmd(
         if manifest is None or task is None:
             raise UsageError("--manifest and --task are required (or use --preset)")
         out_dir = output_dir if output_dir is not None else Path(f"eval-{manifest.stem}-{task}")
-    if task not in TASKS:
-        raise UsageError(f"--task: unknown task {task!r}, expected one of {', '.join(TASKS)}")
+    if task not in EVAL_TASKS:
+        raise UsageError(f"--task: unknown task {task!r}, expected one of {', '.join(EVAL_TASKS)}")
     if normalize is not None and task != "asr":
         raise UsageError("--normalize applies to --task asr only")
     if normalize is not None and normalize not in NORMALIZE_CHOICES:

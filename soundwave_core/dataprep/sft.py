@@ -45,6 +45,7 @@ class TaskTemplates:
     sentence: tuple[tuple[str, str], ...]
 
 
+#: Question wordings of some of the tasks of :data:`swv.model.defaults.TASKS`.
 TEMPLATES: dict[str, TaskTemplates] = {
     "emotion": TaskTemplates(
         direct=("Which emotion comes through in this speech?",
@@ -69,7 +70,7 @@ TEMPLATES: dict[str, TaskTemplates] = {
         sentence=(("Guess the age of the person talking.", "The speaker sounds like they are in their {label}."),
                   ("What age range fits this voice?", "This voice fits the {label} age range.")),
     ),
-    "language": TaskTemplates(
+    "language_id": TaskTemplates(
         direct=("Which language is spoken in this audio?", "Identify the spoken language."),
         choice=("What language is the speaker using?", "Which language do you hear?"),
         sentence=(("What language is this recording in?", "The recording is in {label}."),

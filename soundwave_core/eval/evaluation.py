@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings
 
 __all__ = [
-    "REFERENCE_FIELDS", "TASKS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file", "write_report",
+    "REFERENCE_FIELDS", "EVAL_TASKS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file", "write_report",
 ]
 
 #: Files :func:`evaluate_model` writes in its output directory.
@@ -51,7 +51,7 @@ JUDGE_FILE = "judge_inputs.jsonl"
 
 #: What ``swv eval --task`` scores (the one list: the CLI and the presets use it).
 Task = Literal["asr", "st", "classification", "open"]
-TASKS: tuple[str, ...] = get_args(Task)
+EVAL_TASKS: tuple[str, ...] = get_args(Task)
 
 #: Reference field(s) looked up for each task, first present wins.
 REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -323,8 +323,8 @@ def evaluate(records: Iterable[Mapping[str, Any]], task: Task, **settings: Any) 
     scored record without its reference field or ``prediction`` raises :class:`InputError`.
     """
     settings = {k: v for k, v in settings.items() if v is not None}
-    if task not in TASKS:
-        raise UsageError(f"task: unknown task {task!r}, expected one of {', '.join(TASKS)}")
+    if task not in EVAL_TASKS:
+        raise UsageError(f"task: unknown task {task!r}, expected one of {', '.join(EVAL_TASKS)}")
     unknown = sorted(set(settings) - _TASK_SETTINGS[task])
     if unknown:
         allowed = ", ".join(sorted(_TASK_SETTINGS[task]))

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from swv.core.config import ComponentConfig
-from swv.eval.evaluation import TASKS, Task
+from swv.eval.evaluation import EVAL_TASKS, Task
 from swv.eval.metrics import NORMALIZE_MODES, NormalizeMode
 
 #: The metric each preset reports, and its key in the report's ``metrics``.
@@ -56,7 +56,7 @@ class PresetConfig(ComponentConfig):
     @model_validator(mode="after")
     def _consistent(self) -> PresetConfig:
         # checked here too, since a subclass may re-annotate a field with a plain ``str``
-        for field, value, choices in (("task", self.task, TASKS), ("metric", self.metric, tuple(METRIC_KEYS)),
+        for field, value, choices in (("task", self.task, EVAL_TASKS), ("metric", self.metric, tuple(METRIC_KEYS)),
                                       ("normalize", self.normalize or NORMALIZE_MODES[0], NORMALIZE_MODES)):
             if value not in choices:
                 raise ValueError(f"{field}: {value!r} is not one of {', '.join(choices)}")
