@@ -26,7 +26,6 @@ from swv.cli.infer_cmd import (
 )
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import UsageError
-
 from swv.eval.evaluation import EVAL_TASKS
 from swv.eval.metrics import NORMALIZE_CHOICES
 

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings
 
 __all__ = [
-    "REFERENCE_FIELDS", "EVAL_TASKS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file", "write_report",
+    "EVAL_TASKS", "REFERENCE_FIELDS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file",
+    "write_report",
 ]
 
 #: Files :func:`evaluate_model` writes in its output directory.
@@ -177,7 +178,8 @@ def _evaluate_asr(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str
     all_refs = [r for refs, _ in groups.values() for r in refs]
     all_hyps = [h for _, hyps in groups.values() for h in hyps]
     result_metrics = score(all_refs, all_hyps)
-    result_metrics["normalize"] = mode if mode != M.AUTO_NORMALIZE else f"{M.AUTO_NORMALIZE} (" + "+".join(sorted(modes_used)) + ")"
+    used = "+".join(sorted(modes_used))
+    result_metrics["normalize"] = mode if mode != M.AUTO_NORMALIZE else f"{M.AUTO_NORMALIZE} ({used})"
     notes = []
     if spelling is None and "english" in modes_used:
         notes.append("English normaliser used without a British->American spelling mapping")
