@@ -23,6 +23,15 @@ class Adapter(nn.Module, metaclass=ABCMeta):
     end at the LLM width.
     """
 
+    #: Every member swv's core reads or calls on an adapter (docs/plugins.md lists each one;
+    #: tests/test_plugin_docs.py checks this list against the core's code and the doc).
+    CORE_MEMBERS: ClassVar[tuple[str, ...]] = (
+        "config", "forward", "output_lengths", "input_dim", "output_dim", "produces_ctc", "needs_ctc",
+        "aux_loss_names", "always_frozen",
+    )
+    #: Config fields the core reads when an adapter's config declares them.
+    CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("path", "trust_remote_code")
+
     config_class: ClassVar[type]
     #: Whether this adapter consumes CTC logits produced earlier in the chain.
     needs_ctc: ClassVar[bool] = False

@@ -42,6 +42,18 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     LoRA parameter names contain ``.lora_`` (PEFT's naming): stages select them with ``lora``.
     """
 
+    #: Every member swv's core reads or calls on a backbone (docs/plugins.md lists each one;
+    #: tests/test_plugin_docs.py checks this list against the core's code and the doc).
+    CORE_MEMBERS: ClassVar[tuple[str, ...]] = (
+        "config", "model", "tokenizer", "audio_token_id", "hf_model", "info", "embed_tokens", "forward",
+        "factored_logits", "generate", "audio_token", "special_tokens", "save_lora", "load_lora", "needs_bundle",
+        "save_base", "bundled_config", "hub_commit",
+    )
+    #: Config fields the core reads, or sets, when a backbone's config declares them.
+    CONFIG_FIELDS: ClassVar[tuple[str, ...]] = (
+        "path", "tokenizer", "gguf_file", "random_init", "revision", "lora", "special_tokens", "trust_remote_code",
+    )
+
     config_class: ClassVar[type]
     #: The validated config (an instance of the component's registered pydantic model).
     config: BaseModel

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from swv.core.errors import UsageError
+from swv.dataprep.sft import FORMATS, TEMPLATES
 
 app = typer.Typer(
     help="Data engineering: build manifests, apply the paper's quality filters, splice multi-speaker "
@@ -40,13 +41,13 @@ def manifest_cmd(
         help="CSV/TSV table of path,text (paths relative to AUDIO_DIR) instead of sidecar .txt/.lab files.")] = None,
     language: Annotated[Optional[str], typer.Option(help="Value of the 'language' field (omitted if not given).")] = None,
     corpus_format: Annotated[Optional[str], typer.Option(
-        "--format", help="Read a corpus in its own layout: librispeech, commonvoice, covost2, fleurs, vocalsound, "
-        "csv or tsv (see docs in swv.dataprep.corpora).")] = None,
+        "--format", help="Read a corpus in its own layout: a registered corpus layout, e.g. librispeech or csv "
+        "(`swv plugins list` shows them all with their layouts).")] = None,
     split: Annotated[Optional[str], typer.Option(
-        help="--format: the split (librispeech: sub-folder such as test-clean; commonvoice/covost2/fleurs: "
-        "train/dev/test; vocalsound: te/tr/val).")] = None,
+        help="--format: the split, as the layout names it (e.g. librispeech: a sub-folder such as test-clean; "
+        "commonvoice: a table such as dev).")] = None,
     clips: Annotated[Optional[Path], typer.Option(
-        help="--format covost2/commonvoice: the CommonVoice clips folder.")] = None,
+        help="--format: the layout's clips folder (covost2, commonvoice: the CommonVoice clips).")] = None,
 ) -> None:
     """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table,
     or (--format) from a standard corpus in its own layout."""
@@ -180,12 +181,13 @@ def sound_insert_cmd(
 def sft_cmd(
     manifest: Annotated[Path, typer.Argument(help="Labelled input manifest.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Instruction manifest to write.")],
-    task: Annotated[str, typer.Option(help="Task name (emotion, gender, age, language, intent, sound, scene, ...).")],
+    task: Annotated[str, typer.Option(help=f"Task name; {', '.join(TEMPLATES)} have question wordings of their "
+                                           "own, any other task gets generic ones.")],
     label_field: Annotated[str, typer.Option(help="Field holding the label.")] = "label",
     labels: Annotated[Optional[str], typer.Option(
         help="Comma-separated label set (default: every label found).")] = None,
-    formats: Annotated[str, typer.Option(help="Comma-separated formats: direct, choice, sentence.")]
-    = "direct,choice,sentence",
+    formats: Annotated[str, typer.Option(help=f"Comma-separated formats: {', '.join(FORMATS)}.")]
+    = ",".join(FORMATS),
     cot: Annotated[bool, typer.Option("--cot", help="Chain of thought: transcription first, then the answer.")]
     = False,
     shuffle_options: Annotated[bool, typer.Option(

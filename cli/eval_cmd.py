@@ -26,9 +26,8 @@ from swv.cli.infer_cmd import (
 )
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import UsageError
-
-TASKS = ("asr", "st", "classification", "open")
-NORMALIZE_MODES = ("auto", "english", "basic", "none")
+from swv.eval.evaluation import EVAL_TASKS
+from swv.eval.metrics import NORMALIZE_CHOICES
 
 
 def eval_cmd(
@@ -36,16 +35,16 @@ def eval_cmd(
     manifest: Annotated[Optional[Path], typer.Option(
         "--manifest", help="Test manifest (JSONL) with reference fields.")] = None,
     task: Annotated[Optional[str], typer.Option(
-        "--task", help="asr (WER/CER), st (BLEU/chrF), classification (accuracy) or open (judge inputs, no score); "
-        "set by --preset.")] = None,
+        "--task", help=f"One of {', '.join(EVAL_TASKS)} (asr: WER/CER, st: BLEU/chrF, classification: accuracy, "
+        "open: judge inputs, no score); set by --preset.")] = None,
     preset: Annotated[Optional[str], typer.Option(
-        "--preset", help="A paper benchmark: librispeech-test-clean, librispeech-test-other, covost2-en-de, "
-        "covost2-en-zh or vocalsound (prompt, normaliser and metric fixed; the report names the benchmark).")] = None,
+        "--preset", help="A registered benchmark preset, e.g. the paper's librispeech-test-clean (`swv plugins list` "
+        "shows them all; prompt, normaliser and metric fixed; the report names the benchmark).")] = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="--preset: the benchmark in its own layout (as for swv data manifest --format) "
         "instead of --manifest.")] = None,
     clips: Annotated[Optional[Path], typer.Option(
-        "--clips", help="--preset covost2-*: the CommonVoice clips folder.")] = None,
+        "--clips", help="--preset with --data: the layout's clips folder (covost2: the CommonVoice clips).")] = None,
     split: Annotated[Optional[str], typer.Option(
         "--split", help="--hf-dataset: the split (default test); --preset with --data: override the benchmark's "
         "split.")] = None,
@@ -60,7 +59,8 @@ def eval_cmd(
         "--output-dir", help="Where predictions.jsonl (resumable) and report.json go "
         "(default: eval-<manifest name>-<task>).")] = None,
     normalize: Annotated[Optional[str], typer.Option(
-        "--normalize", help="asr: text normalisation auto (default), english, basic or none.")] = None,
+        "--normalize", help=f"asr: text normalisation, one of {', '.join(NORMALIZE_CHOICES)} (default: "
+        f"{NORMALIZE_CHOICES[0]}).")] = None,
     target_language: Annotated[Optional[str], typer.Option(
         "--target-language", help="st: target language for the default prompt and the BLEU tokenizer "
         "(default: each record's target_language/language).")] = None,
@@ -114,26 +114,27 @@ def eval_cmd(
         from swv.eval.presets import get_preset, prepare_benchmark_manifest
 
         bench = get_preset(preset)
-        if task is not None and task != bench.task:
-            raise UsageError(f"--task {task} contradicts --preset {preset} (task {bench.task})")
+        fixed = bench.config
+        if task is not None and task != fixed.task:
+            raise UsageError(f"--task {task} contradicts --preset {preset} (task {fixed.task})")
         if normalize is not None or target_language is not None:
             raise UsageError("--normalize/--target-language are fixed by --preset")
-        task = bench.task
+        task = fixed.task
         out_dir = output_dir if output_dir is not None else Path(f"eval-{bench.name}")
         manifest = prepare_benchmark_manifest(bench, out_dir, manifest=manifest, data=data, clips=clips, split=split)
-        normalize, target_language, benchmark = bench.normalize, bench.target_language, bench.describe()
+        normalize, target_language, benchmark = fixed.normalize, fixed.target_language, bench.describe()
     else:
         if data is not None or clips is not None or split is not None:
             raise UsageError("--data, --clips and --split need --preset")
         if manifest is None or task is None:
             raise UsageError("--manifest and --task are required (or use --preset)")
         out_dir = output_dir if output_dir is not None else Path(f"eval-{manifest.stem}-{task}")
-    if task not in TASKS:
-        raise UsageError(f"--task: unknown task {task!r}, expected one of {', '.join(TASKS)}")
+    if task not in EVAL_TASKS:
+        raise UsageError(f"--task: unknown task {task!r}, expected one of {', '.join(EVAL_TASKS)}")
     if normalize is not None and task != "asr":
         raise UsageError("--normalize applies to --task asr only")
-    if normalize is not None and normalize not in NORMALIZE_MODES:
-        raise UsageError(f"--normalize: unknown mode {normalize!r}, expected one of {', '.join(NORMALIZE_MODES)}")
+    if normalize is not None and normalize not in NORMALIZE_CHOICES:
+        raise UsageError(f"--normalize: unknown mode {normalize!r}, expected one of {', '.join(NORMALIZE_CHOICES)}")
     if target_language is not None and task != "st":
         raise UsageError("--target-language applies to --task st only")
     run = evaluate_model(

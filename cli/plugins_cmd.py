@@ -23,11 +23,12 @@ def list_plugins() -> None:
     if autoload_disabled():
         typer.echo("  (third-party discovery disabled by SWV_DISABLE_PLUGIN_AUTOLOAD)")
     registry = plugins.registry
+    width = max([16, *(len(spec.name) for spec in registry.specs())])
     for kind in registry.kinds:
-        typer.echo(f"{kind}s:")
+        typer.echo(f"{registry.plural(kind)}:")
         specs = registry.specs(kind)
         if not specs:
             typer.echo("  (none)")
         for spec in specs:
             extra = f" (overrides {spec.overrides})" if spec.overrides else ""
-            typer.echo(f"  {spec.name:<16} [{spec.plugin}]{extra} {spec.description}")
+            typer.echo(f"  {spec.name:<{width}} [{spec.plugin}]{extra} {spec.description}")

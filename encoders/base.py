@@ -32,6 +32,17 @@ class Encoder(nn.Module, metaclass=ABCMeta):
     trainable parameters.
     """
 
+    #: Every member swv's core reads or calls on an encoder (docs/plugins.md lists each one;
+    #: tests/test_plugin_docs.py checks this list against the core's code and the doc).
+    CORE_MEMBERS: ClassVar[tuple[str, ...]] = (
+        "config", "sample_rate", "frame_rate", "output_dim", "extract_features", "output_lengths", "encode",
+        "speech_lengths", "feature_time_axis", "max_samples", "fixed_num_frames", "frozen", "identity",
+        "needs_bundle", "save_pretrained", "bundled_config", "checkpoint_parts", "feature_extractor", "hub_commit",
+        "forward", "train",
+    )
+    #: Config fields the core reads, or sets, when an encoder's config declares them.
+    CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("path", "random_init", "revision", "trust_remote_code")
+
     config_class: ClassVar[type]
     #: The validated config (an instance of the component's registered pydantic model).
     config: BaseModel

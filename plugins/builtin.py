@@ -1,6 +1,7 @@
 """Registers swv's built-in components through the same hook third-party plugins implement.
 
-Targets are import strings, so nothing here imports torch.
+One row per component: kind, name, class and config model (import strings, so nothing here
+imports torch), and the description ``swv plugins list`` shows.
 """
 
 from __future__ import annotations
@@ -8,38 +9,53 @@ from __future__ import annotations
 from swv.registry.components import Registry
 from swv.registry.hookspecs import hookimpl
 
-_BUILTINS: list[tuple[str, str, str, str]] = [
-    # kind, name, module, description
-    ("encoder", "whisper", "swv.encoders.whisper", "Whisper encoder (frozen); 30 s padded or trimmed input"),
-    ("encoder", "seamless", "swv.encoders.seamless", "w2v-BERT 2.0 speech encoder of SeamlessM4T v2 (frozen)"),
-    ("adapter", "alignment", "swv.adapters.alignment", "Soundwave alignment adapter: pair frames, project, Transformer layer, CTC head"),
-    ("adapter", "shrinking", "swv.adapters.shrinking", "Soundwave shrinking adapter: keep CTC peaks, cross-attend to all frames"),
-    ("adapter", "conv", "swv.adapters.conv", "Qwen2-Audio-style conv/pool downsampling x n baseline"),
-    ("adapter", "stack", "swv.adapters.stack", "Frame stacking x n + MLP projection baseline"),
-    ("backbone", "llama", "swv.backbones.llama", "Llama-architecture causal LM (transformers), optional LoRA"),
-    ("backbone", "qwen2", "swv.backbones.qwen2", "Qwen2-architecture causal LM (transformers), optional LoRA"),
-]
+_CORPUS_OPTIONS = "swv.dataprep.corpora.base:CorpusOptions"
+_TABLE_LAYOUT = "swv.dataprep.corpora.table:TableLayout"
+_PRESET = "swv.eval.presets.base:BenchmarkPreset"
 
-_CLASS_NAMES = {
-    "whisper": ("WhisperEncoder", "WhisperConfig"),
-    "seamless": ("SeamlessEncoder", "SeamlessConfig"),
-    "alignment": ("AlignmentAdapter", "AlignmentConfig"),
-    "shrinking": ("ShrinkingAdapter", "ShrinkingConfig"),
-    "conv": ("ConvAdapter", "ConvConfig"),
-    "stack": ("StackAdapter", "StackConfig"),
-    "llama": ("LlamaBackbone", "LlamaConfig"),
-    "qwen2": ("Qwen2Backbone", "Qwen2Config"),
-}
+BUILTINS: tuple[tuple[str, str, str, str, str], ...] = (
+    # kind, name, class, config model, description
+    ("encoder", "whisper", "swv.encoders.whisper:WhisperEncoder", "swv.encoders.whisper:WhisperConfig",
+     "Whisper encoder (frozen); 30 s padded or trimmed input"),
+    ("encoder", "seamless", "swv.encoders.seamless:SeamlessEncoder", "swv.encoders.seamless:SeamlessConfig",
+     "w2v-BERT 2.0 speech encoder of SeamlessM4T v2 (frozen)"),
+    ("adapter", "alignment", "swv.adapters.alignment:AlignmentAdapter", "swv.adapters.alignment:AlignmentConfig",
+     "Soundwave alignment adapter: pair frames, project, Transformer layer, CTC head"),
+    ("adapter", "shrinking", "swv.adapters.shrinking:ShrinkingAdapter", "swv.adapters.shrinking:ShrinkingConfig",
+     "Soundwave shrinking adapter: keep CTC peaks, cross-attend to all frames"),
+    ("adapter", "conv", "swv.adapters.conv:ConvAdapter", "swv.adapters.conv:ConvConfig",
+     "Qwen2-Audio-style conv/pool downsampling x n baseline"),
+    ("adapter", "stack", "swv.adapters.stack:StackAdapter", "swv.adapters.stack:StackConfig",
+     "Frame stacking x n + MLP projection baseline"),
+    ("backbone", "llama", "swv.backbones.llama:LlamaBackbone", "swv.backbones.llama:LlamaConfig",
+     "Llama-architecture causal LM (transformers), optional LoRA"),
+    ("backbone", "qwen2", "swv.backbones.qwen2:Qwen2Backbone", "swv.backbones.qwen2:Qwen2Config",
+     "Qwen2-architecture causal LM (transformers), optional LoRA"),
+    ("corpus", "librispeech", "swv.dataprep.corpora.librispeech:LibriSpeechLayout", _CORPUS_OPTIONS,
+     "LibriSpeech: <split>/<speaker>/<chapter>/*.trans.txt and .flac files (asr)"),
+    ("corpus", "commonvoice", "swv.dataprep.corpora.commonvoice:CommonVoiceLayout", _CORPUS_OPTIONS,
+     "Common Voice: <split>.tsv and clips/ (asr)"),
+    ("corpus", "covost2", "swv.dataprep.corpora.covost2:CoVoST2Layout", _CORPUS_OPTIONS,
+     "CoVoST 2: a covost_v2.<src>_<tgt>.tsv table and the Common Voice clips (st)"),
+    ("corpus", "fleurs", "swv.dataprep.corpora.fleurs:FleursLayout", _CORPUS_OPTIONS,
+     "FLEURS: one language folder with <split>.tsv and audio/<split>/ (asr)"),
+    ("corpus", "vocalsound", "swv.dataprep.corpora.vocalsound:VocalSoundLayout", _CORPUS_OPTIONS,
+     "VocalSound: audio_16k/<spk>_<n>_<label>.wav, splits in datafiles/ (vocal_sound)"),
+    ("corpus", "csv", _TABLE_LAYOUT, _CORPUS_OPTIONS, "a CSV table with an audio column and text/label columns"),
+    ("corpus", "tsv", _TABLE_LAYOUT, _CORPUS_OPTIONS, "a TSV table with an audio column and text/label columns"),
+    ("eval_preset", "librispeech-test-clean", _PRESET, "swv.eval.presets.librispeech:LibriSpeechTestClean",
+     "LibriSpeech test-clean, WER (paper Table 5)"),
+    ("eval_preset", "librispeech-test-other", _PRESET, "swv.eval.presets.librispeech:LibriSpeechTestOther",
+     "LibriSpeech test-other, WER (paper Table 5)"),
+    ("eval_preset", "covost2-en-de", _PRESET, "swv.eval.presets.covost2:CoVoST2EnDe",
+     "CoVoST 2 En->De test, BLEU (paper Table 5)"),
+    ("eval_preset", "covost2-en-zh", _PRESET, "swv.eval.presets.covost2:CoVoST2EnZh", "CoVoST 2 En->Zh test, BLEU"),
+    ("eval_preset", "vocalsound", _PRESET, "swv.eval.presets.vocalsound:VocalSoundTest",
+     "VocalSound test, multiple-choice accuracy (paper Table 5)"),
+)
 
 
 @hookimpl
 def swv_register_components(registry: Registry) -> None:
-    for kind, name, module, description in _BUILTINS:
-        cls_name, cfg_name = _CLASS_NAMES[name]
-        registry.register(
-            kind,
-            name,
-            target=f"{module}:{cls_name}",
-            config=f"{module}:{cfg_name}",
-            description=description,
-        )
+    for kind, name, target, config, description in BUILTINS:
+        registry.register(kind, name, target=target, config=config, description=description)

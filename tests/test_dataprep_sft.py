@@ -88,7 +88,7 @@ def test_every_builtin_task_has_several_wordings() -> None:
 
 
 def test_packaged_wordings_table_is_loaded_and_validated() -> None:
-    assert {"emotion", "gender", "age", "language", "intent", "sound", "scene"} <= set(TEMPLATES)
+    assert {"emotion", "gender", "age", "language_id", "intent", "sound", "scene"} <= set(TEMPLATES)
     assert TEMPLATES["emotion"].sentence[0] == ("How would you describe the speaker's mood?",
                                                 "The speaker sounds {label}.")
     assert templates_for("gender") is TEMPLATES["gender"]

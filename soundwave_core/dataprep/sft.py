@@ -107,6 +107,7 @@ def load_templates() -> dict[str, TaskTemplates]:
 
 
 #: The built-in task wordings, loaded once at import.
+#: Question wordings of some of the tasks of :data:`swv.model.defaults.TASKS`.
 TEMPLATES: dict[str, TaskTemplates] = load_templates()
 
 

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings
 
 __all__ = [
-    "REFERENCE_FIELDS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file", "write_report",
+    "EVAL_TASKS", "REFERENCE_FIELDS", "EvalRun", "Task", "evaluate", "evaluate_model", "format_table", "sha256_file",
+    "write_report",
 ]
 
 #: Files :func:`evaluate_model` writes in its output directory.
@@ -49,7 +50,9 @@ PREDICTIONS_FILE = "predictions.jsonl"
 REPORT_FILE = "report.json"
 JUDGE_FILE = "judge_inputs.jsonl"
 
+#: What ``swv eval --task`` scores (the one list: the CLI and the presets use it).
 Task = Literal["asr", "st", "classification", "open"]
+EVAL_TASKS: tuple[str, ...] = get_args(Task)
 
 #: Reference field(s) looked up for each task, first present wins.
 REFERENCE_FIELDS: dict[str, tuple[str, ...]] = {
@@ -139,9 +142,9 @@ def _jsonable_setting(value: Any) -> Any:
 
 
 def _evaluate_asr(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str, Any]) -> dict[str, Any]:
-    mode = settings.get("normalize", "auto")
-    if mode not in ("auto", "english", "basic", "none"):
-        raise UsageError(f"normalize: unknown mode {mode!r}, expected 'auto', 'english', 'basic' or 'none'")
+    mode = settings.get("normalize", M.AUTO_NORMALIZE)
+    if mode not in M.NORMALIZE_CHOICES:
+        raise UsageError(f"normalize: unknown mode {mode!r}, expected one of {', '.join(M.NORMALIZE_CHOICES)}")
     fields = (settings["reference_field"],) if settings.get("reference_field") else REFERENCE_FIELDS["asr"]
     spelling = settings.get("spelling_mapping")
     normalizers: dict[str, Any] = {}
@@ -152,7 +155,7 @@ def _evaluate_asr(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str
         reference = _text_field(record, index, fields, "the reference transcript for task 'asr'")
         prediction = _prediction(record, index)
         lang = M.canonical_language(record.get("language"))
-        if mode == "auto":
+        if mode == M.AUTO_NORMALIZE:
             record_mode = "english" if lang in (None, "en") else "basic"
         else:
             record_mode = mode
@@ -175,7 +178,8 @@ def _evaluate_asr(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str
     all_refs = [r for refs, _ in groups.values() for r in refs]
     all_hyps = [h for _, hyps in groups.values() for h in hyps]
     result_metrics = score(all_refs, all_hyps)
-    result_metrics["normalize"] = mode if mode != "auto" else "auto (" + "+".join(sorted(modes_used)) + ")"
+    used = "+".join(sorted(modes_used))
+    result_metrics["normalize"] = mode if mode != M.AUTO_NORMALIZE else f"{M.AUTO_NORMALIZE} ({used})"
     notes = []
     if spelling is None and "english" in modes_used:
         notes.append("English normaliser used without a British->American spelling mapping")
@@ -321,8 +325,8 @@ def evaluate(records: Iterable[Mapping[str, Any]], task: Task, **settings: Any) 
     scored record without its reference field or ``prediction`` raises :class:`InputError`.
     """
     settings = {k: v for k, v in settings.items() if v is not None}
-    if task not in get_args(Task):
-        raise UsageError(f"task: unknown task {task!r}, expected one of {', '.join(get_args(Task))}")
+    if task not in EVAL_TASKS:
+        raise UsageError(f"task: unknown task {task!r}, expected one of {', '.join(EVAL_TASKS)}")
     unknown = sorted(set(settings) - _TASK_SETTINGS[task])
     if unknown:
         allowed = ", ".join(sorted(_TASK_SETTINGS[task]))

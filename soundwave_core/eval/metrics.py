@@ -31,11 +31,14 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from swv.core.errors import InputError, UsageError
 
 __all__ = [
+    "AUTO_NORMALIZE",
+    "NORMALIZE_CHOICES",
+    "NORMALIZE_MODES",
     "NormalizeMode",
     "bleu",
     "bleu_tokenizer_for",
@@ -49,7 +52,13 @@ __all__ = [
     "wer",
 ]
 
+#: The text normalisers (the one list: ``swv eval --normalize``, presets and the scorers use it).
 NormalizeMode = Literal["english", "basic", "none"]
+NORMALIZE_MODES: tuple[str, ...] = get_args(NormalizeMode)
+#: Per record: ``english`` for English (or unknown) language, ``basic`` otherwise.
+AUTO_NORMALIZE = "auto"
+#: What ``swv eval --normalize`` and :func:`swv.eval.evaluation.evaluate` accept.
+NORMALIZE_CHOICES: tuple[str, ...] = (AUTO_NORMALIZE, *NORMALIZE_MODES)
 SpellingMapping = Mapping[str, str] | str | os.PathLike[str]
 
 # ---------------------------------------------------------------------------------------------
@@ -176,7 +185,7 @@ def get_normalizer(mode: NormalizeMode, spelling_mapping: SpellingMapping | None
         return normalize_basic
     if mode == "none":
         return _normalize_none
-    raise UsageError(f"normalize: unknown mode {mode!r}, expected 'english', 'basic' or 'none'")
+    raise UsageError(f"normalize: unknown mode {mode!r}, expected one of {', '.join(NORMALIZE_MODES)}")
 
 
 # ---------------------------------------------------------------------------------------------

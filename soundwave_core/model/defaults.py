@@ -36,6 +36,10 @@ DEFAULT_INSTRUCTIONS: dict[str, str] = {
     "scene": "What is the acoustic scene of this recording?",
 }
 
+#: The tasks of swv's data (the one list: SFT question wordings, the CLI's help and the README's
+#: table follow it); a recipe's ``model.instructions`` may add more.
+TASKS: tuple[str, ...] = tuple(DEFAULT_INSTRUCTIONS)
+
 
 class GenerationDefaults(BaseModel):
     """Decoding defaults of a model, saved with every export (``swv_config.json`` and

@@ -18,7 +18,14 @@ from pydantic import BaseModel
 
 from swv.core.errors import ComponentError
 
-DEFAULT_KINDS: tuple[str, ...] = ("encoder", "adapter", "backbone")
+#: The kinds every registry starts with: model components, corpus layouts (``swv data manifest
+#: --format``) and benchmark presets (``swv eval --preset``).
+CORPUS_KIND = "corpus"
+EVAL_PRESET_KIND = "eval_preset"
+DEFAULT_KINDS: tuple[str, ...] = ("encoder", "adapter", "backbone", CORPUS_KIND, EVAL_PRESET_KIND)
+
+#: Plurals that are not ``kind + "s"`` (for listings and messages).
+_PLURALS = {CORPUS_KIND: "corpora"}
 
 
 def import_object(ref: str | Any) -> Any:
@@ -119,6 +126,7 @@ class Registry:
 
     kinds: list[str] = field(default_factory=lambda: list(DEFAULT_KINDS))
     _specs: dict[str, dict[str, ComponentSpec]] = field(default_factory=dict)
+    _plurals: dict[str, str] = field(default_factory=lambda: dict(_PLURALS))
     _origin: _Origin = field(default_factory=_Origin)
 
     def __post_init__(self) -> None:
@@ -126,11 +134,18 @@ class Registry:
             self._specs.setdefault(kind, {})
 
     # -- registration -------------------------------------------------------------------
-    def add_kind(self, kind: str) -> None:
-        """Declare a new kind of component (e.g. ``task`` or ``metric``)."""
+    def add_kind(self, kind: str, plural: str | None = None) -> None:
+        """Declare a new kind of component (e.g. ``task`` or ``metric``); ``plural`` names it in
+        listings when it is not ``kind + "s"``."""
         if kind not in self._specs:
             self.kinds.append(kind)
             self._specs[kind] = {}
+        if plural:
+            self._plurals[kind] = plural
+
+    def plural(self, kind: str) -> str:
+        """``"adapters"``, ``"corpora"``: how listings and messages name several of ``kind``."""
+        return self._plurals.get(kind, f"{kind}s")
 
     def register(
         self,
@@ -182,7 +197,7 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             raise ComponentError(
-                f"unknown {kind} {name!r}{suggest(name, known)}; registered {kind}s: "
+                f"unknown {kind} {name!r}{suggest(name, known)}; registered {self.plural(kind)}: "
                 f"{', '.join(known) if known else '(none)'}"
             ) from None
 

@@ -1,0 +1,80 @@
+"""What a corpus layout is (a registered ``corpus`` component) and the table readers layouts share."""
+
+from __future__ import annotations
+
+import csv
+from abc import ABCMeta, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ConfigDict
+
+from swv.core.config import ComponentConfig
+from swv.core.errors import InputError
+
+#: One corpus entry: where it comes from (for messages), its audio file and its manifest fields.
+CorpusEntry = tuple[str, Path, dict[str, Any]]
+
+
+class CorpusOptions(ComponentConfig):
+    """What a layout reader may need besides the corpus root (``swv data manifest --split
+    --language --clips``): the config model of every corpus layout (a plugin's layout may
+    register a subclass with more fields, all with defaults)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    split: str | None = None
+    language: str | None = None
+    clips: Path | None = None
+
+
+class CorpusLayout(metaclass=ABCMeta):
+    """One corpus as it is distributed (``swv data manifest --format NAME``).
+
+    Constructed as ``cls(options)`` by the registry; :meth:`entries` walks the corpus at
+    ``source`` and yields ``(where, audio file, fields)``; the audio is checked and the manifest
+    written by :func:`swv.dataprep.corpora.build_corpus_manifest`.
+    """
+
+    def __init__(self, config: CorpusOptions) -> None:
+        self.config = config
+
+    @abstractmethod
+    def entries(self, source: Path) -> Iterator[CorpusEntry]:
+        """The corpus's entries; one-line :class:`~swv.core.errors.InputError` for a bad layout."""
+
+
+def read_tsv(path: Path, *, header: bool = True) -> Iterator[tuple[int, dict[str, str] | list[str]]]:
+    """Rows of a tab-separated file without quoting (as the corpora write them)."""
+    csv.field_size_limit(1 << 24)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+        names: list[str] | None = None
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            if header and names is None:
+                names = [c.strip() for c in row]
+                continue
+            if names is None:
+                yield reader.line_num, row
+                continue
+            if len(row) != len(names):
+                raise InputError(f"{path}:{reader.line_num}: expected {len(names)} tab-separated columns, got {len(row)}")
+            yield reader.line_num, dict(zip(names, row))
+
+
+def require_columns(path: Path, row: dict[str, str], needed: tuple[str, ...]) -> None:
+    missing = [c for c in needed if c not in row]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(row)})")
+
+
+def split_dir(root: Path, split: str | None) -> Path:
+    if split is None:
+        return root
+    sub = root / split
+    if not sub.is_dir():
+        raise InputError(f"{sub}: split folder not found")
+    return sub
