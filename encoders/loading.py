@@ -29,18 +29,30 @@ _BIN_INDEX = "pytorch_model.bin.index.json"
 # ---------------------------------------------------------------------------------------------
 # Checkpoint helpers (shared by the built-in encoders)
 # ---------------------------------------------------------------------------------------------
-def resolve_checkpoint_dir(path: str, field: str, revision: str | None = None) -> Resolved:
+def resolve_checkpoint_dir(path: str, field: str, revision: str | None = None, *, code: bool = False) -> Resolved:
     """A local checkpoint directory, or a Hugging Face Hub id (at ``revision``) fetched with
     ``snapshot_download`` (:func:`swv.core.hub.resolve_dir`): config/JSON files and safetensors
-    weights, or legacy ``pytorch_model*.bin`` when the snapshot has no safetensors.
+    weights, or legacy ``pytorch_model*.bin`` when the snapshot has no safetensors; with
+    ``code`` also the repository's Python files (remote code the user chose to trust).
 
     The hub is contacted only when ``path`` is not an existing local path and looks like a hub
     id (``name`` or ``org/name``); ``field`` (e.g. ``"encoder.path"``) prefixes error messages.
     """
-    resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+    extra = ["*.py"] if code else []
+    resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "*.safetensors", *extra])
     if resolved.repo_id is not None and not any(resolved.path.glob("*.safetensors")):
-        resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "pytorch_model*.bin"])
+        resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "pytorch_model*.bin", *extra])
     return resolved
+
+
+def without_spec_augment(hf_config: Any) -> Any:
+    """Turn off the SpecAugment a transformers speech encoder applies to itself in training mode
+    (and with it the ``masked_spec_embed`` weight, which checkpoints may still carry): the
+    encoders are deterministic feature extractors."""
+    hf_config.apply_spec_augment = False
+    hf_config.mask_time_prob = 0.0
+    hf_config.mask_feature_prob = 0.0
+    return hf_config
 
 
 def read_config_json(directory: Path, field: str) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from swv.encoders.loading import (
     read_config_json,
     read_state_dict,
     resolve_checkpoint_dir,
+    without_spec_augment,
 )
 from swv.nn.state import lengths_to_mask
 
@@ -100,13 +101,6 @@ class SeamlessConfig(ComponentConfig):
         return self
 
 
-def _without_spec_augment(hf_config: Any) -> Any:
-    hf_config.apply_spec_augment = False
-    hf_config.mask_time_prob = 0.0
-    hf_config.mask_feature_prob = 0.0
-    return hf_config
-
-
 class SeamlessEncoder(CheckpointEncoder):
     """w2v-BERT 2.0 Conformer: 16 kHz waveform -> fbank ``[B, T, C]`` -> ``[B, T', D]``.
 
@@ -129,7 +123,7 @@ class SeamlessEncoder(CheckpointEncoder):
             hf_config = build_hf_config(Wav2Vec2BertConfig, dict(config.random_init), "encoder.random_init")
             self.architecture = _W2V_BERT
             self.speech_encoder: Wav2Vec2BertModel | SeamlessM4Tv2SpeechEncoder = Wav2Vec2BertModel(
-                _without_spec_augment(hf_config)
+                without_spec_augment(hf_config)
             )
             self.feature_extractor = self._default_feature_extractor()
         else:
@@ -177,7 +171,7 @@ class SeamlessEncoder(CheckpointEncoder):
             )
         config_cls = Wav2Vec2BertConfig if model_type == _W2V_BERT else SeamlessM4Tv2Config
         try:
-            hf_config = _without_spec_augment(config_cls.from_dict(data))
+            hf_config = without_spec_augment(config_cls.from_dict(data))
         except (TypeError, ValueError, StrictDataclassError) as error:
             raise InputError(f"{directory}/config.json: invalid {config_cls.__name__} ({first_line(error)})") from error
         if model_type == _W2V_BERT:
