@@ -15,7 +15,8 @@ normalised on its own valid samples, zero padding), so ``input_features`` is the
 ``[B, S]``. Models whose feature encoder uses group norm (``feat_extract_norm: group``,
 wav2vec2-base style) get no attention mask, as transformers documents for them: their batched
 outputs depend on the padding, as in transformers. Every other model gets one, and a clip's
-valid frames do not depend on the batch.
+valid frames do not depend on the batch (except data2vec-audio's last few frames: its stacked
+positional convolutions let the padding through, as in transformers).
 
 ``layer`` picks ``hidden_states[layer]`` in transformers' numbering (``0``: the projected
 features before the first Transformer layer, ``k``: the output of layer ``k``; ``-1``, the
@@ -152,7 +153,9 @@ class SSLEncoder(CheckpointEncoder):
         try:
             hf_config = AutoConfig.from_pretrained(str(directory), trust_remote_code=trust, local_files_only=True)
         except (OSError, TypeError, ValueError, KeyError, StrictDataclassError) as error:
-            raise InputError(f"encoder.path: {directory}/config.json: not a loadable transformers config ({first_line(error)})") from error
+            raise InputError(
+                f"encoder.path: {directory}/config.json: not a loadable transformers config ({first_line(error)})"
+            ) from error
         model = self._build(hf_config, "encoder.path")
         prefixes = ("", model.base_model_prefix + ".")
         anchor = next(iter(model.state_dict()))
@@ -170,7 +173,9 @@ class SSLEncoder(CheckpointEncoder):
         try:
             return AutoFeatureExtractor.from_pretrained(str(directory), trust_remote_code=self.config.trust_remote_code)
         except (OSError, TypeError, ValueError, KeyError) as error:
-            raise InputError(f"{directory}/preprocessor_config.json: not a usable feature extractor ({first_line(error)})") from error
+            raise InputError(
+                f"{directory}/preprocessor_config.json: not a usable feature extractor ({first_line(error)})"
+            ) from error
 
     @staticmethod
     def _conv_geometry(hf: dict[str, Any]) -> list[tuple[int, int]]:

@@ -185,8 +185,12 @@ def test_ssl_random_init_bundles_and_legacy_weight_norm_keys(registry, ssl_dirs,
     for file in ("config.json", "preprocessor_config.json"):
         (legacy / file).write_text((ssl_dirs["hubert"] / file).read_text())
     state = load_file(str(ssl_dirs["hubert"] / "model.safetensors"))
-    renamed = {k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v"): v
-               for k, v in state.items()}
+    legacy_names = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}
+    renamed = {}
+    for key, value in state.items():
+        for new, old in legacy_names.items():
+            key = key.replace(new, old)
+        renamed[key] = value
     assert renamed.keys() != state.keys()
     save_file(renamed, str(legacy / "model.safetensors"))
     old = registry.build("encoder", {"name": "ssl", "path": str(legacy)})
