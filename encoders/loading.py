@@ -211,6 +211,17 @@ def build_hf_config(config_cls: type, kwargs: dict[str, Any], field: str) -> Any
     return hf_config
 
 
+def normalise_layer(layer: int, count: int) -> int:
+    """A ``hidden_states`` index of a ``count``-layer encoder (``0..count``, or ``-(count + 1)..-1``
+    counted from the end) as ``0..count``; a ``ComponentError`` naming ``encoder.layer`` if out of range."""
+    if not -(count + 1) <= layer <= count:
+        raise ComponentError(
+            f"encoder.layer: {layer} is out of range for a {count}-layer encoder "
+            f"(expected 0..{count}, or -{count + 1}..-1 counted from the end)"
+        )
+    return layer % (count + 1)
+
+
 def random_init_digest(kwargs: dict[str, Any]) -> str:
     text = json.dumps(kwargs, sort_keys=True, default=str)
     return "random_init:sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

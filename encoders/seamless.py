@@ -54,6 +54,7 @@ from swv.encoders.loading import (
     build_hf_config,
     load_feature_extractor,
     load_state_dict_strict,
+    normalise_layer,
     random_init_digest,
     read_config_json,
     read_state_dict,
@@ -208,15 +209,7 @@ class SeamlessEncoder(CheckpointEncoder):
         return self.speech_encoder.encoder.layers
 
     def _check_layer(self, layer: int | None) -> int | None:
-        if layer is None:
-            return None
-        count = self.num_layers
-        if not -(count + 1) <= layer <= count:
-            raise ComponentError(
-                f"encoder.layer: {layer} is out of range for a {count}-layer encoder "
-                f"(expected 0..{count}, or -{count + 1}..-1 counted from the end)"
-            )
-        return layer % (count + 1)
+        return None if layer is None else normalise_layer(layer, self.num_layers)
 
     def _drop_above(self, layer: int) -> None:
         """Keep Conformer layers ``< layer`` and nothing after them (final norm, FFN, adaptor)."""

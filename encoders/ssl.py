@@ -46,6 +46,7 @@ from swv.encoders.loading import (
     as_waveforms,
     build_hf_config,
     load_state_dict_strict,
+    normalise_layer,
     random_init_digest,
     read_state_dict,
     resolve_checkpoint_dir,
@@ -125,7 +126,7 @@ class SSLEncoder(CheckpointEncoder):
         self.frame_rate = float(self.sample_rate)  # input_features are samples
         self.min_samples = self._min_samples()
         self.num_layers = int(hf["num_hidden_layers"])
-        self.layer = self._check_layer(config.layer)
+        self.layer = normalise_layer(config.layer, self.num_layers)
         self.output_dim = int(hf["hidden_size"])
         if config.dtype is not None:
             self.model.to(torch_dtype(config.dtype))
@@ -186,15 +187,6 @@ class SSLEncoder(CheckpointEncoder):
                 "conv_stride); the ssl encoder takes wav2vec2-style models (wav2vec2, hubert, wavlm, data2vec-audio)"
             )
         return [(int(k), int(s)) for k, s in zip(kernels, strides, strict=True)]
-
-    def _check_layer(self, layer: int) -> int:
-        count = self.num_layers
-        if not -(count + 1) <= layer <= count:
-            raise ComponentError(
-                f"encoder.layer: {layer} is out of range for a {count}-layer encoder "
-                f"(expected 0..{count}, or -{count + 1}..-1 counted from the end)"
-            )
-        return layer % (count + 1)
 
     # -- lengths ------------------------------------------------------------------------------
     def output_lengths(self, feature_lengths: torch.Tensor) -> torch.Tensor:
