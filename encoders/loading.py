@@ -32,18 +32,30 @@ _BIN_INDEX = "pytorch_model.bin.index.json"
 # ---------------------------------------------------------------------------------------------
 # Checkpoint helpers (shared by the built-in encoders)
 # ---------------------------------------------------------------------------------------------
-def resolve_checkpoint_dir(path: str, field: str, revision: str | None = None) -> Resolved:
+def resolve_checkpoint_dir(path: str, field: str, revision: str | None = None, *, code: bool = False) -> Resolved:
     """A local checkpoint directory, or a Hugging Face Hub id (at ``revision``) fetched with
     ``snapshot_download`` (:func:`swv.core.hub.resolve_dir`): config/JSON files and safetensors
-    weights, or legacy ``pytorch_model*.bin`` when the snapshot has no safetensors.
+    weights, or legacy ``pytorch_model*.bin`` when the snapshot has no safetensors; with
+    ``code`` also the repository's Python files (remote code the user chose to trust).
 
     The hub is contacted only when ``path`` is not an existing local path and looks like a hub
     id (``name`` or ``org/name``); ``field`` (e.g. ``"encoder.path"``) prefixes error messages.
     """
-    resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "*.safetensors"])
+    extra = ["*.py"] if code else []
+    resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "*.safetensors", *extra])
     if resolved.repo_id is not None and not any(resolved.path.glob("*.safetensors")):
-        resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "pytorch_model*.bin"])
+        resolved = resolve_dir(path, field, revision=revision, allow_patterns=["*.json", "pytorch_model*.bin", *extra])
     return resolved
+
+
+def without_spec_augment(hf_config: Any) -> Any:
+    """Turn off the SpecAugment a transformers speech encoder applies to itself in training mode
+    (and with it the ``masked_spec_embed`` weight, which checkpoints may still carry): the
+    encoders are deterministic feature extractors."""
+    hf_config.apply_spec_augment = False
+    hf_config.mask_time_prob = 0.0
+    hf_config.mask_feature_prob = 0.0
+    return hf_config
 
 
 def read_config_json(directory: Path, field: str) -> dict[str, Any]:
@@ -202,6 +214,17 @@ def build_hf_config(config_cls: type, kwargs: dict[str, Any], field: str) -> Any
     return hf_config
 
 
+def normalise_layer(layer: int, count: int) -> int:
+    """A ``hidden_states`` index of a ``count``-layer encoder (``0..count``, or ``-(count + 1)..-1``
+    counted from the end) as ``0..count``; a ``ComponentError`` naming ``encoder.layer`` if out of range."""
+    if not -(count + 1) <= layer <= count:
+        raise ComponentError(
+            f"encoder.layer: {layer} is out of range for a {count}-layer encoder "
+            f"(expected 0..{count}, or -{count + 1}..-1 counted from the end)"
+        )
+    return layer % (count + 1)
+
+
 def random_init_digest(kwargs: dict[str, Any]) -> str:
     text = json.dumps(kwargs, sort_keys=True, default=str)
     return "random_init:sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
@@ -298,11 +321,12 @@ class CheckpointEncoder(Encoder):
     def frozen(self) -> bool:
         return self.config.frozen
 
-    def _resolve_path(self) -> Path:
+    def _resolve_path(self, code: bool = False) -> Path:
         """The local directory of ``config.path`` (a hub id at ``revision`` is fetched into the
-        Hugging Face cache); sets ``checkpoint_dir`` and ``hub_commit``."""
+        Hugging Face cache, with its Python files when ``code``: remote code the user trusts);
+        sets ``checkpoint_dir`` and ``hub_commit``."""
         assert self.config.path is not None  # guaranteed by CheckpointEncoderConfig
-        resolved = resolve_checkpoint_dir(self.config.path, "encoder.path", self.config.revision)
+        resolved = resolve_checkpoint_dir(self.config.path, "encoder.path", self.config.revision, code=code)
         self.checkpoint_dir, self.hub_commit = resolved.path, resolved.commit
         return resolved.path
 

@@ -52,8 +52,10 @@ from swv.encoders.loading import (
     build_hf_config,
     load_feature_extractor,
     load_state_dict_strict,
+    normalise_layer,
     read_config_json,
     read_state_dict,
+    without_spec_augment,
 )
 from swv.nn.state import lengths_to_mask
 
@@ -80,13 +82,6 @@ class SeamlessConfig(CheckpointEncoderConfig):
     layer: int | None = None
 
 
-def _without_spec_augment(hf_config: Any) -> Any:
-    hf_config.apply_spec_augment = False
-    hf_config.mask_time_prob = 0.0
-    hf_config.mask_feature_prob = 0.0
-    return hf_config
-
-
 class SeamlessEncoder(CheckpointEncoder):
     """w2v-BERT 2.0 Conformer: 16 kHz waveform -> fbank ``[B, T, C]`` -> ``[B, T', D]``.
 
@@ -108,7 +103,7 @@ class SeamlessEncoder(CheckpointEncoder):
             hf_config = build_hf_config(Wav2Vec2BertConfig, dict(config.random_init), "encoder.random_init")
             self.architecture = _W2V_BERT
             self.speech_encoder: Wav2Vec2BertModel | SeamlessM4Tv2SpeechEncoder = Wav2Vec2BertModel(
-                _without_spec_augment(hf_config)
+                without_spec_augment(hf_config)
             )
             self.feature_extractor = self._default_feature_extractor()
         else:
@@ -150,7 +145,7 @@ class SeamlessEncoder(CheckpointEncoder):
             )
         config_cls = Wav2Vec2BertConfig if model_type == _W2V_BERT else SeamlessM4Tv2Config
         try:
-            hf_config = _without_spec_augment(config_cls.from_dict(data))
+            hf_config = without_spec_augment(config_cls.from_dict(data))
         except (TypeError, ValueError, StrictDataclassError) as error:
             raise InputError(f"{directory}/config.json: invalid {config_cls.__name__} ({first_line(error)})") from error
         if model_type == _W2V_BERT:
@@ -187,15 +182,7 @@ class SeamlessEncoder(CheckpointEncoder):
         return self.speech_encoder.encoder.layers
 
     def _check_layer(self, layer: int | None) -> int | None:
-        if layer is None:
-            return None
-        count = self.num_layers
-        if not -(count + 1) <= layer <= count:
-            raise ComponentError(
-                f"encoder.layer: {layer} is out of range for a {count}-layer encoder "
-                f"(expected 0..{count}, or -{count + 1}..-1 counted from the end)"
-            )
-        return layer % (count + 1)
+        return None if layer is None else normalise_layer(layer, self.num_layers)
 
     def _drop_above(self, layer: int) -> None:
         """Keep Conformer layers ``< layer`` and nothing after them (final norm, FFN, adaptor)."""

@@ -45,7 +45,7 @@ def write(path: Path, data: dict) -> Path:
 
 def test_shipped_recipes_validate(registry) -> None:
     names = set(shipped_recipes())
-    assert {"soundwave", "soundwave-qwen2", "conv4-baseline"} <= names
+    assert {"soundwave", "soundwave-qwen2", "conv4-baseline", "qformer-baseline"} <= names
     for name in names:
         loaded = load_recipe(name, [], registry)
         assert loaded.recipe.stages
@@ -58,6 +58,8 @@ def test_shipped_recipes_validate(registry) -> None:
     assert sw.stages[1].data.mixture.temperature == 1.0 and sw.stages[1].data.mixture.temperature_step == 5.0
     conv = load_recipe("conv4-baseline", [], registry).recipe
     assert conv.stages[1].data == sw.stages[2].data  # the ablation fine-tunes on the same SFT mixture
+    qformer = load_recipe("qformer-baseline", [], registry).recipe
+    assert [a.name for a in qformer.model.adapters] == ["qformer"] and qformer.stages[1].data == sw.stages[2].data
     lora = sw.model.backbone.args()["lora"]
     assert lora["r"] == 64 and lora["alpha"] == 16 and lora["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
     qwen = load_recipe("soundwave-qwen2", [], registry).recipe
@@ -130,7 +132,7 @@ def test_validation_errors_name_file_and_dotted_path(tmp_path: Path, registry) -
         load_recipe(path, [], registry)
     text = str(info.value)
     assert "model.adapters[0].name: unknown adapter 'alignmnt' (did you mean 'alignment'?)" in text
-    assert "registered adapters: alignment, conv, shrinking, stack" in text
+    assert "registered adapters: alignment, conv, qformer, shrinking, stack" in text
 
     missing_ds = {**BASE, "stages": [{**BASE["stages"][0], "data": {"datasets": ["nope"]}}]}
     with pytest.raises(RecipeError, match="dataset 'nope' is not defined under data.datasets"):

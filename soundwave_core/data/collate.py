@@ -39,6 +39,11 @@ class SpecAugment:
         """``features [B, ...]`` with time on ``time_axis`` of each sample. With ``seeds`` (one
         per sample), sample b's masks come from ``seeds[b]`` alone (the global RNG is left as it
         was): the same masks in any worker process, on any number of processes, after a resume."""
+        if features.dim() != 3:
+            raise InputError(
+                f"data.spec_augment: masks [B, freq, time] features, but this encoder's input_features have shape "
+                f"{tuple(features.shape)} (e.g. a raw waveform); set data.spec_augment.enabled: false"
+            )
         out = features.clone()
         axis = self.time_axis if self.time_axis < 0 else self.time_axis - 1  # within one sample
         for b in range(out.shape[0]):  # data pipeline, not the model's forward pass
