@@ -8,8 +8,9 @@ from __future__ import annotations
 from itertools import islice
 
 import numpy as np
+import pytest
 
-from swv.data.sampler import MixtureBatchSampler
+from swv.data.sampler import MixtureSampler
 
 SIZES = [23, 9, 14]
 
@@ -20,9 +21,13 @@ def durations() -> list[float]:
     return values.tolist()
 
 
-def sampler(**kwargs) -> MixtureBatchSampler:
-    return MixtureBatchSampler(SIZES, durations(), 4, temperature=1.0, temperature_step=3.0, max_frames_per_batch=1500,
-                               frame_rate=100.0, seed=11, pool_batches=3, **kwargs)
+@pytest.fixture
+def sampler(memory_rows):
+    def make(**kwargs) -> MixtureSampler:
+        return MixtureSampler(memory_rows(SIZES, durations()), 4, temperature=1.0, temperature_step=3.0,
+                              max_frames_per_batch=1500, frame_rate=100.0, seed=11, pool_batches=3, **kwargs)
+
+    return make
 
 
 # (indices, epoch, batch, epoch after, batch after) of the first 30 global batches
@@ -43,7 +48,7 @@ PINNED = [
 PINNED_RANK1 = [([8], 1, 4), ([23], 0, 2), ([44], 0, 2), ([], 0, 1), ([], 0, 1), ([16], 1, 3), ([], 0, 1), ([32], 1, 4)]
 
 
-def test_batches_and_positions_are_pinned() -> None:
+def test_batches_and_positions_are_pinned(sampler) -> None:
     s = sampler()
     got = [(sh.indices, sh.epoch, sh.batch, sh.after["epoch"], sh.after["batch"]) for sh in islice(s.shares(), 30)]
     assert got == PINNED
@@ -52,12 +57,12 @@ def test_batches_and_positions_are_pinned() -> None:
     assert [i for batch in s.epoch_batches(1)[:12] for i in batch] == [i for p in PINNED[18:] for i in p[0]]
 
 
-def test_process_shares_are_pinned() -> None:
+def test_process_shares_are_pinned(sampler) -> None:
     s = sampler(rank=1, world_size=3)
     assert [(sh.indices, sh.offset, sh.global_rows) for sh in islice(s.shares(), 8)] == PINNED_RANK1
 
 
-def test_resume_from_every_recorded_position() -> None:
+def test_resume_from_every_recorded_position(sampler) -> None:
     for k, (_, _, _, epoch, batch) in enumerate(PINNED[:-1]):
         s = sampler()
         s.load_state_dict({"epoch": epoch, "batch": batch})
