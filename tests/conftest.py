@@ -121,3 +121,19 @@ def eval_cli(monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def memory_rows():
+    """``make(sizes, durations) -> StageDataset``: an in-memory row source of tasks of ``sizes``
+    rows whose only column is ``duration`` (what the mixture sampler reads)."""
+    import datasets
+
+    from swv.data.stage_data import StageDataset
+
+    def make(sizes: list[int], durations: list[float]) -> StageDataset:
+        assert len(durations) == sum(sizes)
+        names = [f"task{k}" for k in range(len(sizes))]
+        return StageDataset(datasets.Dataset.from_dict({"duration": list(durations)}), names, list(sizes))
+
+    return make

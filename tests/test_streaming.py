@@ -15,7 +15,8 @@ import soundfile as sf
 import torch
 
 from swv.core.errors import UsageError
-from swv.data.streaming import StreamingMixtureSampler, load_streaming_stage_data
+from swv.data.sampler import MixtureSampler
+from swv.data.streaming import load_streaming_stage_data
 from swv.recipes.schema import DataSection, DatasetSpec
 
 SR = 16000
@@ -61,13 +62,97 @@ def section(tmp_path_factory) -> DataSection:
     })
 
 
-def sampler(section: DataSection, **kwargs) -> StreamingMixtureSampler:
+def sampler(section: DataSection, **kwargs) -> MixtureSampler:
     data = load_streaming_stage_data(section, ["big", "small"], seed=3)
-    return StreamingMixtureSampler(data, 4, seed=5, pool_batches=2, **kwargs)
+    return MixtureSampler(data, 4, seed=5, pool_batches=2, **kwargs)
 
 
 def take(it, n: int) -> list[list[str]]:
     return [[row["id"] for row in next(it)] for _ in range(n)]
+
+
+def table(text: str) -> list[tuple[str, int, int, tuple[int, ...]]]:
+    """Lines ``row ids | epoch batch | the state after it`` as tuples."""
+    out = []
+    for line in text.strip().splitlines():
+        ids, where, after = (part.strip() for part in line.split("|"))
+        epoch, batch = map(int, where.split())
+        out.append((ids, epoch, batch, tuple(map(int, after.split()))))
+    return out
+
+
+# the first 25 global batches: row ids | epoch, batch | state after: epoch, batch, pool, big.pass,
+# big.offset, small.pass, small.offset; T = 1 growing by 5 per epoch
+PINNED = table("""
+    big6 big1 big4 small9       | 0 0 | 0 1 0 0 0 0 0
+    big2 big7 small1 big10      | 0 1 | 0 0 1 0 6 0 2
+    small5 big0 big8 big14      | 0 0 | 0 1 1 0 6 0 2
+    small4 big15 big5 big12     | 0 1 | 0 0 2 0 12 0 4
+    big22 big13 big3 big16      | 0 0 | 0 1 2 0 12 0 4
+    big17 small2 small7 big19   | 0 1 | 0 0 3 0 18 0 6
+    small3 big20 big29 big24    | 0 0 | 0 1 3 0 18 0 6
+    big9 big21 big11 big23      | 0 1 | 0 0 4 0 25 0 7
+    big18 big26 big27 small0    | 0 0 | 0 1 4 0 25 0 7
+    big25 big28 small8 big1     | 0 1 | 1 0 0 1 1 0 9
+    big8 small6 small6 big5     | 1 0 | 1 1 0 1 1 0 9
+    big2 big7 small3 big0       | 1 1 | 1 0 1 1 6 1 2
+    small1 small8 small4 big3   | 1 0 | 1 1 1 1 6 1 2
+    big4 small2 small7 small0   | 1 1 | 1 0 2 1 8 1 8
+    small2 small0 small9 small9 | 1 0 | 1 1 2 1 8 1 8
+    small5 small3 small8 small6 | 1 1 | 1 0 3 1 8 2 6
+    small5 small1 big10 big6    | 1 0 | 1 1 3 1 8 2 6
+    big13 small4 big9 big15     | 1 1 | 1 0 4 1 13 2 9
+    big19 big12 big26 big23     | 1 0 | 1 1 4 1 13 2 9
+    big14 big18 big16 big17     | 1 1 | 2 0 0 1 21 2 9
+    big21 small7 small7 big27   | 2 0 | 2 1 0 1 21 2 9
+    big22 big20 big28 big24     | 2 1 | 2 0 1 1 27 3 1
+    small8 big1 big11 big4      | 2 0 | 2 1 1 1 27 3 1
+    big25 small3 small1 big29   | 2 1 | 2 0 2 2 2 3 4
+    big3 small2 small0 small9   | 2 0 | 2 1 2 2 2 3 4
+""")
+# T = 2 and a frame budget of 90 frames (some pools split into more, smaller batches)
+PINNED_BUDGET = table("""
+    big4                   | 0 0 | 0 1 0 0 0 0 0
+    small9                 | 0 1 | 0 2 0 0 0 0 0
+    big6 big1              | 0 2 | 0 3 0 0 0 0 0
+    big2 big7 small1 big10 | 0 3 | 0 0 1 0 6 0 2
+    small7 big5            | 0 0 | 0 1 1 0 6 0 2
+    small5 big0 big8       | 0 1 | 0 2 1 0 6 0 2
+    big12                  | 0 2 | 0 3 1 0 6 0 2
+    small4 small2          | 0 3 | 0 0 2 0 10 0 6
+    big3 big16             | 0 0 | 0 1 2 0 10 0 6
+    small0                 | 0 1 | 0 2 2 0 10 0 6
+    small3 big14           | 0 2 | 0 3 2 0 10 0 6
+    big17 big15            | 0 3 | 0 4 2 0 10 0 6
+    big19                  | 0 4 | 0 0 3 0 16 0 8
+    big22 big20 big13      | 0 0 | 0 1 3 0 16 0 8
+    small6                 | 0 1 | 0 2 3 0 16 0 8
+    big9 big11             | 0 2 | 0 3 3 0 16 0 8
+    small8 big24           | 0 3 | 0 0 4 0 22 0 10
+    big21 small6           | 0 0 | 0 1 4 0 22 0 10
+    small3 big29 small4    | 0 1 | 0 2 4 0 22 0 10
+    small0                 | 0 2 | 0 3 4 0 22 0 10
+    small2                 | 0 3 | 0 4 4 0 22 0 10
+    big23                  | 0 4 | 1 0 0 0 25 1 5
+    big26                  | 1 0 | 1 1 0 0 25 1 5
+    small7                 | 1 1 | 1 2 0 0 25 1 5
+    small8 big18           | 1 2 | 1 3 0 0 25 1 5
+""")
+AFTER_KEYS = ["epoch", "batch", "pool", "big.pass", "big.offset", "small.pass", "small.offset"]
+
+
+@pytest.mark.parametrize(("kwargs", "pinned"), [({"temperature": 1.0, "temperature_step": 5.0}, PINNED),
+                                                ({"temperature": 2.0, "max_frames_per_batch": 90}, PINNED_BUDGET)])
+def test_batches_and_positions_are_pinned(section: DataSection, kwargs: dict, pinned: list) -> None:
+    s = sampler(section, **kwargs)
+    shares = s.shares()
+    got = []
+    for _ in range(len(pinned)):
+        share = next(shares)
+        assert list(share.after) == AFTER_KEYS
+        got.append((" ".join(row["id"] for row in share.indices), share.epoch, share.batch, tuple(share.after.values())))
+    assert got == pinned
+    assert s.batches_per_epoch() == 10
 
 
 def test_exact_resume_mid_pool(section: DataSection) -> None:
@@ -90,7 +175,7 @@ def test_mixture_and_passes(section: DataSection) -> None:
     assert abs(counts["big"] / len(rows) - 0.75) < 0.08  # p ∝ n at T = 1
     big = Counter(row["id"] for row in rows if row["source"] == "big")
     assert len(big) == 30 and max(big.values()) - min(big.values()) <= 1  # pass after pass, each row once per pass
-    stream = load_streaming_stage_data(DataSection(datasets={"big": s.data.streams[0].spec}), ["big"], 3)
+    stream = load_streaming_stage_data(DataSection(datasets={"big": s.source.streams[0].spec}), ["big"], 3)
     first = [stream.streams[0].next_row()["id"] for _ in range(60)]
     assert sorted(first[:30]) == sorted(first[30:]) == sorted(big)
     assert first[:30] != [f"big{i}" for i in range(30)]  # shuffled within the buffer

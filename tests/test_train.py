@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from swv.core.errors import InputError, SwvError, UsageError
-from swv.data.sampler import MixtureBatchSampler, mixture_probabilities
+from swv.data.sampler import MixtureSampler, mixture_probabilities
 from swv.recipes.loader import load_recipe
 from swv.registry.plugins import default_registry
 
@@ -165,30 +165,29 @@ def test_mixture_probabilities() -> None:
         mixture_probabilities([3, 0], 1.0)
 
 
-def test_sampler_follows_mixture_sharding_and_resume() -> None:
-    sizes = [800, 200]
-    durations = [1.0] * 1000
-    s = MixtureBatchSampler(sizes, durations, 10, temperature=1.0, temperature_step=100.0, seed=3)
+def test_sampler_follows_mixture_sharding_and_resume(memory_rows) -> None:
+    rows = memory_rows([800, 200], [1.0] * 1000)
+    s = MixtureSampler(rows, 10, temperature=1.0, temperature_step=100.0, seed=3)
     epoch0 = [i for b in s.epoch_batches(0) for i in b]
     epoch1 = [i for b in s.epoch_batches(1) for i in b]
     assert len(epoch0) == 1000
     assert abs(np.mean(np.array(epoch0) < 800) - 0.8) < 0.05  # T=1: proportional to size
     assert abs(np.mean(np.array(epoch1) < 800) - 0.5) < 0.06  # T=101: close to uniform over tasks
-    r0 = MixtureBatchSampler(sizes, durations, 10, seed=3, rank=0, world_size=2)
-    r1 = MixtureBatchSampler(sizes, durations, 10, seed=3, rank=1, world_size=2)
+    r0 = MixtureSampler(rows, 10, seed=3, rank=0, world_size=2)
+    r1 = MixtureSampler(rows, 10, seed=3, rank=1, world_size=2)
     it0, it1 = iter(r0), iter(r1)
     b0, b1 = [next(it0) for _ in range(3)], [next(it1) for _ in range(3)]
     full = s.epoch_batches(0)  # the global batches: each process takes half of each
     assert b0 == [full[0][:5], full[1][:5], full[2][:5]] and b1 == [full[0][5:], full[1][5:], full[2][5:]]
     state = r0.state_dict()
-    r0b = MixtureBatchSampler(sizes, durations, 10, seed=3, rank=0, world_size=2)
+    r0b = MixtureSampler(rows, 10, seed=3, rank=0, world_size=2)
     r0b.load_state_dict(state)
     assert next(iter(r0b)) == next(it0)
 
 
-def test_bucketing_respects_frame_budget() -> None:
+def test_bucketing_respects_frame_budget(memory_rows) -> None:
     durations = list(np.linspace(1, 10, 100))
-    s = MixtureBatchSampler([100], durations, 16, max_frames_per_batch=3000, frame_rate=100, seed=0)
+    s = MixtureSampler(memory_rows([100], durations), 16, max_frames_per_batch=3000, frame_rate=100, seed=0)
     for batch in s.epoch_batches(0):
         longest = max(durations[i] for i in batch)
         assert len(batch) <= 16 and (len(batch) == 1 or longest * 100 * len(batch) <= 3000)

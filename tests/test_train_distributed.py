@@ -155,12 +155,12 @@ def test_global_batch_must_divide_over_the_processes() -> None:
                               "use a multiple of 3 or another number of processes")
 
 
-def test_sampler_shares_and_epoch_do_not_depend_on_the_world_size() -> None:
-    from swv.data.sampler import MixtureBatchSampler
+def test_sampler_shares_and_epoch_do_not_depend_on_the_world_size(memory_rows) -> None:
+    from swv.data.sampler import MixtureSampler
 
-    sizes, durations = [70, 30], [1.0] * 100
-    whole = MixtureBatchSampler(sizes, durations, 8, temperature_step=5.0, seed=1)
-    parts = [MixtureBatchSampler(sizes, durations, 8, temperature_step=5.0, seed=1, rank=r, world_size=3) for r in range(3)]
+    rows = memory_rows([70, 30], [1.0] * 100)
+    whole = MixtureSampler(rows, 8, temperature_step=5.0, seed=1)
+    parts = [MixtureSampler(rows, 8, temperature_step=5.0, seed=1, rank=r, world_size=3) for r in range(3)]
     its = [p.shares() for p in parts]
     seen = 0
     for full in whole.shares():

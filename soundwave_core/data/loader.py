@@ -22,11 +22,10 @@ import torch
 
 from swv.core.errors import SwvError
 from swv.data.collate import AUGMENT_SEED
-from swv.data.sampler import MixtureBatchSampler, Share
+from swv.data.sampler import MixtureSampler, RowSource, Share
 
 if TYPE_CHECKING:
     from swv.data.collate import SpeechCollator
-    from swv.data.stage_data import StageDataset
 
 
 def default_num_workers(world_size: int) -> int:
@@ -46,7 +45,7 @@ class ShareSampler:
     """The DataLoader's batch sampler: this process's :class:`Share` of each global batch,
     from the mixture sampler's current position on (endless)."""
 
-    def __init__(self, sampler: MixtureBatchSampler) -> None:
+    def __init__(self, sampler: MixtureSampler) -> None:
         self.sampler = sampler
 
     def __iter__(self) -> Iterator[Share]:
@@ -57,12 +56,12 @@ class ShareDataset(torch.utils.data.Dataset):
     """The stage's rows as the DataLoader fetches them: ``__getitems__`` receives a whole
     :class:`Share` and returns it with its rows (each with its SpecAugment seed)."""
 
-    def __init__(self, data: StageDataset, seed: int) -> None:
+    def __init__(self, data: RowSource, seed: int) -> None:
         self.data = data
         self.seed = seed
 
     def __len__(self) -> int:
-        return len(self.data.dataset)
+        return sum(self.data.sizes)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.data.rows([index])[0]
@@ -100,8 +99,8 @@ class CollateShare:
 
 
 def training_loader(
-    data: StageDataset,
-    sampler: MixtureBatchSampler,
+    data: RowSource,
+    sampler: MixtureSampler,
     collate: SpeechCollator,
     *,
     seed: int,

@@ -1,26 +1,49 @@
-"""A stage's training data: the recipe's sources concatenated, sampled by the mixture sampler."""
+"""A stage's training data: the recipe's sources concatenated (or streamed, :mod:`swv.data.streaming`),
+sampled by the mixture sampler."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
 
 from swv.core.errors import UsageError
-from swv.data.sampler import MixtureBatchSampler
+from swv.data.sampler import MixtureSampler, RowSource
 from swv.data.sources import load_source
-from swv.data.streaming import (
-    StreamingMixtureSampler,
-    StreamingStageData,
-    load_streaming_stage_data,
-)
+from swv.data.streaming import StreamingStageData, load_streaming_stage_data
 from swv.recipes.schema import DataSection, StageData
 
 
 @dataclass
-class StageDataset:
+class StageDataset(RowSource):
+    """The random-access row source: the stage's sources loaded and concatenated; a row is its
+    index in the concatenation."""
+
     dataset: Any  # datasets.Dataset: the concatenation of the sources, in stage order
     names: list[str]
     sizes: list[int]
+    random_access: ClassVar[bool] = True
+
+    @cached_property
+    def durations(self) -> np.ndarray:
+        return np.asarray(self.dataset["duration"], dtype=np.float64)
+
+    def take(self, tasks: np.ndarray, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
+        """Each task's rows in a fresh permutation per pass over it (as many passes as its count
+        of ``tasks`` needs), then all of them in one permutation."""
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        picks: list[np.ndarray] = []
+        for k, count in enumerate(np.bincount(tasks, minlength=len(self.sizes)).tolist()):
+            if count == 0:
+                continue
+            reps = math.ceil(count / self.sizes[k])
+            perm = np.concatenate([rng.permutation(self.sizes[k]) for _ in range(reps)])[:count]
+            picks.append(perm + offsets[k])
+        rows = rng.permutation(np.concatenate(picks))
+        return rows.tolist(), self.durations[rows]
 
     def rows(self, indices: list[int]) -> list[dict[str, Any]]:
         batch = self.dataset[indices]
@@ -66,7 +89,7 @@ def recipe_tags(section: DataSection, cache_dir: str | None = None) -> list[str]
 
 
 def make_sampler(
-    data: StageDataset | StreamingStageData,
+    data: RowSource,
     stage_data: StageData,
     batch_size: int,
     *,
@@ -75,20 +98,12 @@ def make_sampler(
     world_size: int,
     max_frames_per_batch: int | None,
     frame_rate: float,
-    shuffle: bool = True,
-) -> MixtureBatchSampler | StreamingMixtureSampler:
+) -> MixtureSampler:
     """``batch_size`` is the global batch; ``max_frames_per_batch`` is a per-process budget
     (a global batch may hold ``world_size`` times as many frames)."""
     frames = None if max_frames_per_batch is None else max_frames_per_batch * world_size
-    if isinstance(data, StreamingStageData):
-        return StreamingMixtureSampler(
-            data, batch_size, temperature=stage_data.mixture.temperature,
-            temperature_step=stage_data.mixture.temperature_step, max_frames_per_batch=frames,
-            frame_rate=frame_rate, seed=seed, rank=rank, world_size=world_size,
-        )
-    return MixtureBatchSampler(
-        data.sizes,
-        data.dataset["duration"],
+    return MixtureSampler(
+        data,
         batch_size,
         temperature=stage_data.mixture.temperature,
         temperature_step=stage_data.mixture.temperature_step,
@@ -97,5 +112,4 @@ def make_sampler(
         seed=seed,
         rank=rank,
         world_size=world_size,
-        shuffle=shuffle,
     )

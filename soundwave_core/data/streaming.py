@@ -1,47 +1,37 @@
 """Training on sources too large to hold: ``streaming: true`` Hugging Face datasets.
 
-A stage with a streaming source draws its batches with :class:`StreamingMixtureSampler`
-instead of :class:`swv.data.sampler.MixtureBatchSampler`; the rules are the same where a
-stream allows them:
+A stage with a streaming source reads its rows through :class:`StreamingStageData`, the
+sequential row source of :class:`swv.data.sampler.MixtureSampler` (whose module docstring has
+the mixture, the pools and the sharding); what a stream changes:
 
-* **Mixture.** Task k is drawn with ``p_k ∝ (n_k / Σ n)^(1/T)`` and T grows by
-  ``temperature_step`` per epoch (an epoch = Σ n rows drawn). ``n_k`` of a streaming source is
-  its ``num_rows`` or the size its metadata records (one of them is required).
+* **Sizes.** ``n_k`` of a streaming source is its ``num_rows`` or the size its metadata records
+  (one of them is required).
 * **Order.** Each source is read pass after pass; pass p of a streaming source is the dataset
   shuffled by ``datasets`` with seed ``seed + p`` in a buffer of ``shuffle_buffer`` rows (so
   rows far apart in the files rarely meet in one batch: shuffling is local to the buffer);
   a non-streaming source in the same stage is read in a fresh random permutation per pass.
-* **Length bucketing** happens within a *pool* of ``pool_batches x batch_size`` drawn rows
-  (sorted by duration, split by ``batch_size`` and the frame budget, batches shuffled), not
-  over the whole source.
-* **Exact resume.** The state is the epoch, the pool, the batches of that pool already taken
-  and, per source, its pass and the rows it had delivered when the pool began. Resuming
-  reopens each stream at that point (reading and discarding the rows before it, without
-  decoding audio) and redraws the pool: the batches that follow are the ones an
-  uninterrupted run would have produced.
+* **Draws.** The sampler draws a pool (``pool_batches x batch_size`` rows) at a time, so length
+  bucketing and the batch shuffle happen within a pool, not over the whole epoch.
+* **Exact resume.** The source's position is, per source, its pass and the rows it had
+  delivered; the sampler records it as the pool begins. Resuming reopens each stream at that
+  point (reading and discarding the rows before it, without decoding audio) and redraws the
+  pool: the batches that follow are the ones an uninterrupted run would have produced.
 * ``batches_per_epoch`` (used for ``epochs:``) assumes every batch is full (Σ n / batch_size).
 
-A batch of this sampler is its list of rows already (``StreamingStageData.rows`` returns it).
+A row of this source is the row itself (:meth:`StreamingStageData.rows` returns a batch as is).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from swv.core.errors import InputError, UsageError
 from swv.data.rows import resolve_data_path
-from swv.data.sampler import (
-    SamplerPosition,
-    Share,
-    mixture_probabilities,
-    rank_share,
-    split_by_budget,
-)
+from swv.data.sampler import RowSource
 from swv.recipes.schema import DataSection, DatasetSpec
 
 
@@ -127,128 +117,37 @@ def _recorded_size(stream: Any, split: str) -> int | None:
 
 
 @dataclass
-class StreamingStageData:
-    """A stage's sources as streams (the counterpart of :class:`swv.data.stage_data.StageDataset`)."""
+class StreamingStageData(RowSource):
+    """The sequential row source: a stage's sources as streams (a source that does not stream is
+    read in memory, pass after pass, like one)."""
 
     streams: list[SourceStream]
-    names: list[str] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
+    names: list[str]
+    sizes: list[int]
+    random_access: ClassVar[bool] = False
+
+    def take(self, tasks: np.ndarray, rng: np.random.Generator) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The next row of each task's stream, in the order of ``tasks``."""
+        rows = [self.streams[k].next_row() for k in tasks.tolist()]
+        return rows, np.asarray([row["duration"] for row in rows], dtype=np.float64)
 
     def rows(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A streaming batch already holds its rows."""
         return batch
 
+    def tell(self) -> dict[str, int]:
+        """``<source>.pass`` and ``<source>.offset`` of every stream."""
+        state: dict[str, int] = {}
+        for stream in self.streams:
+            state[f"{stream.name}.pass"] = stream.pass_
+            state[f"{stream.name}.offset"] = stream.offset
+        return state
+
+    def seek(self, state: Mapping[str, int]) -> None:
+        for stream in self.streams:
+            stream.seek(int(state.get(f"{stream.name}.pass", 0)), int(state.get(f"{stream.name}.offset", 0)))
+
 
 def load_streaming_stage_data(section: DataSection, names: Sequence[str], seed: int) -> StreamingStageData:
     streams = [SourceStream(name, section.datasets[name], seed + 7919 * k) for k, name in enumerate(names)]
     return StreamingStageData(streams, list(names), [s.size for s in streams])
-
-
-class StreamingMixtureSampler:
-    """Batches of rows drawn from streams with the temperature mixture (see the module docstring).
-
-    Same schedule arguments as :class:`swv.data.sampler.MixtureBatchSampler`: ``batch_size`` is
-    the global batch, and process ``rank`` of ``world_size`` takes the ``rank``-th contiguous
-    share of each.
-    """
-
-    def __init__(
-        self,
-        data: StreamingStageData,
-        batch_size: int,
-        *,
-        temperature: float = 1.0,
-        temperature_step: float = 0.0,
-        max_frames_per_batch: int | None = None,
-        frame_rate: float = 100.0,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        pool_batches: int = 50,
-    ) -> None:
-        self.data = data
-        self.sizes = list(data.sizes)
-        self.batch_size = batch_size
-        self.temperature = temperature
-        self.temperature_step = temperature_step
-        self.max_frames = max_frames_per_batch
-        self.frame_rate = frame_rate
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.pool_rows = pool_batches * batch_size
-        self.position = SamplerPosition()
-        self.pool = 0
-        self.starts = [(0, 0) for _ in data.streams]  # (pass, offset) of every stream when the pool began
-
-    @property
-    def total(self) -> int:
-        return sum(self.sizes)
-
-    def temperature_at(self, epoch: int) -> float:
-        return self.temperature + self.temperature_step * epoch
-
-    def probabilities(self, epoch: int) -> np.ndarray:
-        return mixture_probabilities(self.sizes, self.temperature_at(epoch))
-
-    def batches_per_epoch(self) -> int:
-        return max(1, math.ceil(self.total / self.batch_size))
-
-    def pool_batches_of(self, epoch: int, pool: int) -> list[list[dict[str, Any]]]:
-        """The global batches of one pool, reading its rows from the streams' current positions."""
-        count = min(self.pool_rows, self.total - pool * self.pool_rows)
-        rng = np.random.default_rng([self.seed, epoch, pool])
-        tasks = rng.choice(len(self.sizes), size=count, p=self.probabilities(epoch))
-        rows = [self.data.streams[k].next_row() for k in tasks.tolist()]
-        order = np.argsort([r["duration"] for r in rows], kind="stable")
-        ordered = [rows[i] for i in order.tolist()]
-        groups = split_by_budget([r["duration"] for r in ordered], self.batch_size, self.max_frames, self.frame_rate)
-        batches = [[ordered[i] for i in group] for group in groups]
-        return [batches[i] for i in rng.permutation(len(batches)).tolist()]
-
-    def shares(self) -> Iterator[Share]:
-        """Endless: this process's :class:`Share` of each global batch (its ``indices`` are the
-        rows themselves) from the current position; ``after`` is the state right after it, and
-        ``state_dict()`` taken between two shares resumes right after the last one."""
-        pools_per_epoch = math.ceil(self.total / self.pool_rows)
-        while True:
-            for stream, (pass_, offset) in zip(self.data.streams, self.starts):
-                stream.seek(pass_, offset)
-            epoch = self.position.epoch
-            batches = self.pool_batches_of(epoch, self.pool)
-            read = [(s.pass_, s.offset) for s in self.data.streams]  # the pool's rows are all read
-            last_pool = self.pool + 1 >= pools_per_epoch
-            while self.position.batch < len(batches):
-                index = self.position.batch
-                rows = batches[index]
-                start, stop = rank_share(len(rows), self.rank, self.world_size)
-                self.position = SamplerPosition(epoch, index + 1)
-                if index + 1 < len(batches):
-                    after = self._state(epoch, index + 1, self.pool, self.starts)
-                else:
-                    after = self._state(epoch + 1 if last_pool else epoch, 0, 0 if last_pool else self.pool + 1, read)
-                yield Share(rows[start:stop], len(rows), start, epoch, index, after)
-            self.starts = read
-            self.pool = 0 if last_pool else self.pool + 1
-            self.position = SamplerPosition(epoch + 1 if last_pool else epoch, 0)
-
-    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        """Endless: the rows of this process's share of each global batch (see :meth:`shares`)."""
-        for share in self.shares():
-            yield share.indices
-
-    def _state(self, epoch: int, batch: int, pool: int, starts: Sequence[tuple[int, int]]) -> dict[str, int]:
-        state = {"epoch": epoch, "batch": batch, "pool": pool}
-        for stream, (pass_, offset) in zip(self.data.streams, starts):
-            state[f"{stream.name}.pass"] = pass_
-            state[f"{stream.name}.offset"] = offset
-        return state
-
-    def state_dict(self) -> dict[str, int]:
-        return self._state(self.position.epoch, self.position.batch, self.pool, self.starts)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.position = SamplerPosition(int(state["epoch"]), int(state["batch"]))
-        self.pool = int(state.get("pool", 0))
-        self.starts = [(int(state.get(f"{s.name}.pass", 0)), int(state.get(f"{s.name}.offset", 0)))
-                       for s in self.data.streams]

@@ -31,6 +31,7 @@ from swv.core.io import (
     write_failure,
 )
 from swv.data.loader import BatchLog, default_num_workers, next_batch, training_loader
+from swv.data.sampler import sequential_batches
 from swv.data.stage_data import StageDataset, load_stage_data, make_sampler
 from swv.train.checkpoint import (
     TrainableWeightsHooks,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
     from swv.data.collate import SpeechCollator
     from swv.data.feature_cache import FeatureCache
-    from swv.data.sampler import MixtureBatchSampler
+    from swv.data.sampler import MixtureSampler, RowSource
     from swv.model.speechlm import SpeechLM
     from swv.recipes.loader import LoadedRecipe
     from swv.recipes.schema import Recipe
@@ -190,7 +191,7 @@ class StageRunner:
         self.ctx.print(format_counts(counts))
         return model
 
-    def training_data(self, model: SpeechLM) -> tuple[StageDataset, MixtureBatchSampler]:
+    def training_data(self, model: SpeechLM) -> tuple[RowSource, MixtureSampler]:
         s = self.stage.settings
         data = load_stage_data(self.ctx.recipe.data, s.data.datasets, self.where,
                                seed=self.ctx.recipe.seed + 1000 * self.stage.index, allow_streaming=True)
@@ -331,11 +332,9 @@ class StageRunner:
         if not s.data.eval_datasets:
             return None
         data = load_stage_data(self.ctx.recipe.data, s.data.eval_datasets, self.where + " eval")
-        sampler = make_sampler(data, s.data, s.batch_size // self.acc.num_processes, seed=0, rank=self.acc.process_index,
-                               world_size=self.acc.num_processes, max_frames_per_batch=None,
-                               frame_rate=model.encoder.frame_rate, shuffle=False)
         collate = self.build_collator(model, training=False, feature_cache=feature_cache)
-        batches = sampler.epoch_batches(0)[self.acc.process_index :: self.acc.num_processes]
+        per_process = s.batch_size // self.acc.num_processes
+        batches = sequential_batches(sum(data.sizes), per_process)[self.acc.process_index :: self.acc.num_processes]
         return HeldOutEvaluator(self.stage, self.acc, data, collate, batches)
 
     def train_step(self, loop: _Loop, max_norm: float | None) -> tuple[dict[str, float], bool, int]:
@@ -466,8 +465,8 @@ class _Loop:
     model: nn.Module  # the SpeechLM, wrapped by accelerate
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
-    data: StageDataset
-    sampler: MixtureBatchSampler
+    data: RowSource
+    sampler: MixtureSampler
     collate: SpeechCollator
     evaluator: HeldOutEvaluator | None
     state: TrainerState
