@@ -119,6 +119,8 @@ def test_an_array_without_its_sample_rate_is_refused(pipe: Pipeline, export: Pat
     assert isinstance(hf.processor, SpeechLMProcessor) and hf.processor.fields() == pipe.processor.fields()
     with pytest.raises(UsageError, match="sample rate"):
         hf(noise(0.5, 4))
+    from_object = transformers.pipeline("audio-text-to-text", model=pipe.model, device="cpu")
+    assert isinstance(from_object.processor, SpeechLMProcessor)
     with pytest.raises(UsageError, match="positive"):
         pipe.processor(noise(0.5, 4), sampling_rate=0)
     with pytest.raises(InputError, match="exceeds the maximum duration of 1 s"):

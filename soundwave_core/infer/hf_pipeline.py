@@ -44,7 +44,7 @@ class AudioTextToTextPipeline(HFPipeline):
     """transformers ``Pipeline`` answering an instruction about audio with a :class:`SpeechLM`
     (``model``) and its processor; ``system_prompt`` at construction overrides the saved one."""
 
-    _load_processor = True
+    _load_processor = None  # AutoProcessor for a model directory; a model object brings its own
     _load_image_processor = False
     _load_video_processor = False
     _load_feature_extractor = False
