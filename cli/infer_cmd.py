@@ -65,7 +65,7 @@ def _err(message: str) -> None:
 # -- single files and stdin --------------------------------------------------------------------
 def _decode(source: str) -> tuple[Any, int, str]:
     """Decode a path or ``-`` (a WAV on stdin): ``(samples, rate, name)``."""
-    from swv.infer.pipeline import decode_audio
+    from swv.model.processor import decode_audio
 
     if source == STDIN:
         return decode_audio(sys.stdin.buffer.read(), name="<stdin>")

@@ -81,14 +81,14 @@ def test_transformers_pipeline_answers_about_audio(export: Path) -> None:
     assert isinstance(pipe.model, SpeechLM)
     clip, other = _clip(1.0, 0), _clip(0.7, 1)
     swv_pipe = Pipeline.from_pretrained(export)
-    want = swv_pipe(clip, prompt="Describe the audio.", max_new_tokens=6)
+    want = swv_pipe(clip, prompt="Describe the audio.", sample_rate=16000, max_new_tokens=6)
     assert want  # the random model says something
     out = pipe(clip, sampling_rate=16000, prompt="Describe the audio.", max_new_tokens=6)
     assert out == {"generated_text": want}
     as_dict = pipe({"array": clip, "sampling_rate": 16000, "prompt": "Describe the audio."}, max_new_tokens=6)
     assert as_dict == {"generated_text": want}
     several = pipe([clip, other], sampling_rate=16000, max_new_tokens=6)
-    assert [o["generated_text"] for o in several] == swv_pipe([clip, other], max_new_tokens=6)
+    assert [o["generated_text"] for o in several] == swv_pipe([clip, other], sample_rate=16000, max_new_tokens=6)
     with pytest.raises(swv.core.errors.UsageError, match="unknown argument"):
         pipe(clip, sampling_rate=16000, num_beams=2)
 

@@ -97,8 +97,8 @@ def test_whole_model_by_hub_id_and_revision(hub_cache: Path, two_versions: tuple
     assert not torch.equal(*(next(iter(_lora_state(m).values())) for m in (local_new, local_old)))
 
     clip = _clip()
-    answer = Pipeline.from_pretrained("org/tiny", revision="v1")(clip, max_new_tokens=6)
-    assert answer == Pipeline.from_pretrained(old)(clip, max_new_tokens=6)
+    answer = Pipeline.from_pretrained("org/tiny", revision="v1")(clip, sample_rate=16000, max_new_tokens=6)
+    assert answer == Pipeline.from_pretrained(old)(clip, sample_rate=16000, max_new_tokens=6)
 
     with pytest.raises(InputError, match=r"org/tiny .*revision nope"):
         SpeechLM.from_pretrained("org/tiny", revision="nope")
@@ -173,7 +173,7 @@ def test_infer_and_eval_take_a_hub_id(two_versions: tuple[Path, Path], tmp_path:
     add_snapshot(cache, "org/tiny", new, COMMIT_A)
     clip = _clip(3)
     sf.write(tmp_path / "clip.wav", clip, 16000)
-    want = Pipeline.from_pretrained(old)(clip, prompt="Transcribe the speech.", max_new_tokens=5)
+    want = Pipeline.from_pretrained(old)(clip, sample_rate=16000, prompt="Transcribe the speech.", max_new_tokens=5)
 
     res = _cli("infer", "org/tiny", "clip.wav", "--revision", "v1", "--max-new-tokens", "5", cache=cache, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]

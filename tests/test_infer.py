@@ -82,7 +82,10 @@ def test_path_bytes_array_and_list_inputs_agree(pipe: Pipeline, clips: dict[str,
     text = pipe(str(clips["a"]), **kw)
     assert isinstance(text, str)
     assert pipe(clips["a"].read_bytes(), **kw) == text
-    assert pipe(sf.read(clips["a"], dtype="float32")[0], **kw) == text  # default rate: the encoder's
+    samples, rate = sf.read(clips["a"], dtype="float32")
+    assert pipe(samples, sample_rate=rate, **kw) == text
+    with pytest.raises(UsageError, match="needs its sample rate"):  # never a silent 16 kHz assumption
+        pipe(samples, **kw)
     # an 8 kHz array with its sample rate == the 8 kHz file
     wav8, rate = sf.read(clips["b"], dtype="float32")
     assert rate == 8000
@@ -111,8 +114,8 @@ def test_stats_are_consistent(pipe: Pipeline, clips: dict[str, Path]) -> None:
 def test_batched_generation_equals_one_at_a_time(pipe: Pipeline, clips: dict[str, Path]) -> None:
     audio = [clips["a"], noise(2.3, 7), clips["b"], noise(0.4, 8), clips["c"]]
     prompts = ["Transcribe the speech.", "What is the emotion?", "Say it.", "Who speaks?", "Transcribe the speech."]
-    singles = pipe(audio, prompts, batch_size=1, max_new_tokens=6, return_stats=True)
-    batched = pipe(audio, prompts, batch_size=3, max_new_tokens=6, return_stats=True)
+    singles = pipe(audio, prompts, sample_rate=SR, batch_size=1, max_new_tokens=6, return_stats=True)
+    batched = pipe(audio, prompts, sample_rate=SR, batch_size=3, max_new_tokens=6, return_stats=True)
     assert [r.text for r in batched] == [r.text for r in singles]
     assert [r.stats.audio_tokens for r in batched] == [r.stats.audio_tokens for r in singles]
     assert [r.stats.new_tokens for r in batched] == [r.stats.new_tokens for r in singles]
@@ -230,11 +233,11 @@ def test_70s_clip_is_windowed_not_truncated(pipe: Pipeline) -> None:
     torch.testing.assert_close(windowed.state.embeds[0], expected)
     torch.testing.assert_close(chunked.state.embeds, windowed.state.embeds)
 
-    result = pipe(long, max_new_tokens=2, return_stats=True)
+    result = pipe(long, sample_rate=SR, max_new_tokens=2, return_stats=True)
     assert result.stats.num_windows == 3 and result.stats.encoder_frames == 3500
     assert result.stats.audio_seconds == pytest.approx(70.0)
     with pytest.raises(InputError, match="exceeds the maximum duration of 60 s"):
-        pipe(long, max_duration=60)
+        pipe(long, sample_rate=SR, max_duration=60)
 
 
 def test_pad_to_30s_windows_count_all_frames(model_config_factory) -> None:
@@ -295,7 +298,7 @@ def test_cli_generation_options(cli, monkeypatch, pipe: Pipeline, clips: dict[st
             "--top-p", 0.9, "--seed", 4, "--system", "Be brief.", "--device", "cpu", "--dtype", "bfloat16"]
     code, out, err = cli(args)
     assert code == 0, err
-    assert loaded[0].system_prompt == "Be brief." and loaded[0].prompts.system_prompt == "Be brief."
+    assert loaded[0].system_prompt == "Be brief." and loaded[0].processor.prompts.system_prompt == "Be brief."
     assert next(loaded[0].model.parameters()).dtype == torch.bfloat16
     assert out == loaded[0](clips["a"], do_sample=True, temperature=1.5, top_p=0.9, seed=4, max_new_tokens=8) + "\n"
     assert cli(args)[1] == out  # same seed, same sample

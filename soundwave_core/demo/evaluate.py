@@ -66,20 +66,18 @@ def ctc_wer(model: Any, items: Items) -> dict[str, Any]:
 def text_qa_accuracy(model: Any, questions: Sequence[Any], batch_size: int = 8) -> dict[str, Any]:
     """The backbone answering ``questions`` (:class:`swv.demo.text.Question`) as text, no audio,
     greedy, with the model's system prompt and chat template, through :meth:`SpeechLM.generate`."""
-    from swv.model.prompts import PromptBuilder
-    from swv.model.stopping import decode_answers, left_pad
+    from swv.model.processor import SpeechLMProcessor
+    from swv.model.stopping import left_pad
 
-    tokenizer = model.tokenizer
-    builder = PromptBuilder(tokenizer, model.config.system_prompt or None, tokenizer.convert_ids_to_tokens(model.audio_token_id))
-    stops = torch.tensor(model.stop_token_ids(), dtype=torch.long)
-    pad_id = int(model.backbone.info().pad_token_id)
+    processor = SpeechLMProcessor.from_model(model)
+    builder, pad_id = processor.prompts, processor.pad_token_id
     start = time.perf_counter()
     answers: list[str] = []
     for i in range(0, len(questions), batch_size):
         rows = [builder.generation_ids(q.text[0].upper() + q.text[1:] + "?", has_audio=False) for q in questions[i : i + batch_size]]
         ids, mask = left_pad(rows, pad_id)
         new = model.generate(ids, mask, max_new_tokens=24, do_sample=False)
-        answers += decode_answers(tokenizer, new, stops)[0]
+        answers += processor.batch_decode(new)
     hits = [q.is_answered_by(a) for q, a in zip(questions, answers)]
     return {"accuracy": sum(hits) / max(1, len(hits)), "correct": sum(hits), "total": len(hits),
             "seconds": round(time.perf_counter() - start, 2),

@@ -9,11 +9,13 @@ Importing this module registers the task; ``import swv`` imports it as soon as
 
 answers with swv's own generation path (:class:`swv.infer.pipeline.Pipeline`: chat template,
 windowing of long clips, stop tokens). Inputs: a path, encoded file bytes, a 1-D float numpy
-array (with ``sampling_rate``, default the encoder's rate), or a dict with ``array`` (or
-``raw``), ``sampling_rate`` and optionally ``prompt``/``text``; a list of them gives a list of
-answers. Call arguments: ``prompt``, ``sampling_rate``, ``max_new_tokens``, ``do_sample``,
-``temperature``, ``top_p``, ``max_duration``. The tokenizer and audio features come from the
-model itself: transformers loads no tokenizer or processor for this task.
+array (with its ``sampling_rate``, required), or a dict with ``array`` (or ``raw``),
+``sampling_rate`` and optionally ``prompt``/``text``; a list of them gives a list of answers.
+Call arguments: ``prompt`` (default: the model's ASR instruction), ``sampling_rate``,
+``max_new_tokens``, ``do_sample``, ``temperature``, ``top_p``, ``max_duration``. Inputs and
+answers go through the export's :class:`~swv.model.processor.SpeechLMProcessor`, which
+transformers loads with ``AutoProcessor`` (or the model's own when the pipeline is built from a
+model object without one).
 """
 
 from __future__ import annotations
@@ -26,14 +28,9 @@ from transformers import Pipeline as HFPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from swv.core.errors import UsageError
-from swv.infer.pipeline import (
-    DEFAULT_PROMPT,
-    GenerationSettings,
-    Pipeline,
-    Result,
-    Waveform,
-)
+from swv.infer.pipeline import GenerationSettings, Pipeline, Result, Waveform
 from swv.model.hf_auto import PIPELINE_TASK
+from swv.model.processor import SpeechLMProcessor
 from swv.model.speechlm import SpeechLM
 
 #: Generation arguments the task takes at call time (:class:`GenerationSettings` fields).
@@ -45,9 +42,9 @@ _PROMPT_KEYS = ("prompt", "text")
 
 class AudioTextToTextPipeline(HFPipeline):
     """transformers ``Pipeline`` answering an instruction about audio with a :class:`SpeechLM`
-    (``model``); ``system_prompt`` at construction overrides the model's saved one."""
+    (``model``) and its processor; ``system_prompt`` at construction overrides the saved one."""
 
-    _load_processor = False
+    _load_processor = None  # AutoProcessor for a model directory; a model object brings its own
     _load_image_processor = False
     _load_video_processor = False
     _load_feature_extractor = False
@@ -57,7 +54,9 @@ class AudioTextToTextPipeline(HFPipeline):
         if not isinstance(model, SpeechLM):
             raise UsageError(f"the audio-text-to-text task needs an swv model, got {type(model).__name__}")
         super().__init__(model, *args, **kwargs)
-        self.swv = Pipeline(self.model, system_prompt=system_prompt)
+        processor = self.processor if isinstance(self.processor, SpeechLMProcessor) else None
+        self.swv = Pipeline(self.model, system_prompt=system_prompt, processor=processor)
+        self.processor = self.swv.processor
         self.tokenizer = self.swv.tokenizer
 
     def _sanitize_parameters(
@@ -92,7 +91,7 @@ class AudioTextToTextPipeline(HFPipeline):
             sampling_rate = inputs.get("sampling_rate", sampling_rate)
             inputs = np.asarray(samples)
         waveform = self.swv.load(inputs, sample_rate=sampling_rate, max_duration=max_duration)
-        return {"waveform": waveform, "prompt": DEFAULT_PROMPT if prompt is None else prompt}
+        return {"waveform": waveform, "prompt": self.swv.default_prompt() if prompt is None else prompt}
 
     def _forward(self, model_inputs: dict[str, Any], settings: dict[str, Any] | None = None) -> dict[str, Any]:
         waveform: Waveform = model_inputs["waveform"]

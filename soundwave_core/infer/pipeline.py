@@ -14,8 +14,11 @@ Conversations (:meth:`Pipeline.chat`): OpenAI-style messages whose user turns mi
 audio parts (several clips, each at its place; see :mod:`swv.infer.chat`) are rendered with the
 backbone's chat template; every clip's audio embeddings replace its placeholder.
 
-Audio inputs are file paths, encoded file bytes, or 1-D float numpy arrays at ``sample_rate``
-(default: the encoder's rate); everything is mixed to mono and resampled to the encoder's rate.
+Inputs go through the model's :class:`~swv.model.processor.SpeechLMProcessor` (:attr:`Pipeline.processor`),
+the one road from audio + text to the model's inputs and from generated ids to text: audio
+inputs are file paths, encoded file bytes, or 1-D float numpy arrays with their explicit
+``sample_rate``; everything is mixed to mono and resampled to the encoder's rate, and prompts are
+rendered with the model's system prompt and chat template.
 
 Long audio: a clip longer than the encoder's window (:attr:`Pipeline.window_seconds`, 30 s for
 Whisper) is split into consecutive windows whose encoder outputs are joined along time before
@@ -24,9 +27,10 @@ adapters stays within a window, so memory grows linearly with the duration. Clip
 ``max_duration`` (default :data:`DEFAULT_MAX_DURATION`, 10 minutes; ``None`` for no limit) are
 rejected with an :class:`~swv.core.errors.InputError`.
 
-Batches: inputs are grouped ``batch_size`` at a time (in input order), the audio goes through
-:meth:`SpeechLM.encode_audio`, prompts are left-padded and :meth:`SpeechLM.generate` splices the
-audio in and lets the backbone generate with its KV cache. Each row is cut at its first stop
+Batches: inputs are grouped ``batch_size`` at a time (in input order), the processor left-pads
+the prompts (:meth:`SpeechLMProcessor.collate`), the audio goes through
+:meth:`SpeechLM.encode_audio` and :meth:`SpeechLM.generate` splices the audio in and lets the
+backbone generate with its KV cache. The processor cuts each row at its first stop
 token (:mod:`swv.model.stopping`: the tokenizer's eos, the generation config's eos ids and the
 chat template's end-of-turn token) and decoded with ``skip_special_tokens``. With greedy
 decoding a batch gives the same text as one input at a time.
@@ -56,15 +60,15 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
-from swv.core.audio import DEFAULT_MAX_DURATION, read_audio, resample
+from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.dtypes import DTYPE_NAMES, torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.infer.chat import AudioPart, parse_messages
 from swv.model.defaults import ASR_INSTRUCTION, GenerationDefaults
-from swv.model.prompts import PromptBuilder, default_instruction
+from swv.model.processor import AudioInput, ChatRequest, SpeechLMProcessor, Waveform, decode_audio, input_name
 from swv.model.speechlm import SpeechLM
-from swv.model.stopping import cut_at_stop, decode_answers, left_pad
+from swv.model.stopping import cut_at_stop
 from swv.nn.state import AudioState
 
 __all__ = [
@@ -77,12 +81,11 @@ __all__ = [
     "Stats",
     "TextStream",
     "Waveform",
+    "decode_audio",
 ]
 
 #: Instruction used when none is given.
 DEFAULT_PROMPT = ASR_INSTRUCTION
-
-AudioInput = str | os.PathLike[str] | bytes | bytearray | np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,78 +167,6 @@ class Result:
 
     text: str
     stats: Stats
-
-
-@dataclass(frozen=True)
-class Waveform:
-    """A decoded input: mono float32 ``samples [S]`` at the encoder's rate, and a name for messages."""
-
-    samples: np.ndarray
-    name: str
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    """One request ready to batch: its chat-template prompt ids (ending with the assistant
-    header; one audio placeholder per clip) and its decoded clips, in placeholder order."""
-
-    ids: list[int]
-    waveforms: list[Waveform]
-
-
-# ---------------------------------------------------------------------------------------------
-# Audio inputs
-# ---------------------------------------------------------------------------------------------
-def _input_name(audio: Any, index: int | None) -> str:
-    if isinstance(audio, (str, os.PathLike)):
-        return os.fspath(audio)
-    kind = "bytes" if isinstance(audio, (bytes, bytearray)) else "array"
-    return f"<{kind}>" if index is None else f"<{kind} #{index}>"
-
-
-def _check_array(array: Any, name: str) -> np.ndarray:
-    """A 1-D, non-empty, finite float waveform as float32."""
-    if not isinstance(array, np.ndarray):
-        raise UsageError(
-            f"{name}: unsupported audio input of type {type(array).__name__} "
-            "(expected a path, file bytes or a 1-D numpy array)"
-        )
-    if array.ndim != 1:
-        raise InputError(f"{name}: expected a 1-D mono waveform, got an array of shape {tuple(array.shape)}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise InputError(f"{name}: expected float samples in [-1, 1], got dtype {array.dtype}")
-    if array.size == 0:
-        raise InputError(f"{name}: audio has zero samples")
-    if not np.isfinite(array).all():
-        raise InputError(f"{name}: audio contains NaN or infinite samples")
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
-def decode_audio(
-    audio: AudioInput, sample_rate: int | None = None, name: str | None = None
-) -> tuple[np.ndarray, int, str]:
-    """Decode one input without resampling: ``(samples [S] float32, rate, name)``.
-
-    Paths and bytes go through :func:`swv.core.audio.read_audio` (mono mix); arrays need
-    ``sample_rate``. Raises :class:`InputError` naming the input for a missing, empty,
-    unreadable or non-finite input.
-    """
-    name = name or _input_name(audio, None)
-    if isinstance(audio, (str, os.PathLike)):
-        wav, rate = read_audio(Path(audio))
-        return wav, rate, name
-    if isinstance(audio, (bytes, bytearray)):
-        if not audio:
-            raise InputError(f"{name}: empty audio input")
-        import io
-
-        stream = io.BytesIO(bytes(audio))
-        stream.name = name  # read_audio names streams by their ``name``
-        wav, rate = read_audio(stream)
-        return wav, rate, name
-    if sample_rate is None:
-        raise UsageError(f"{name}: a numpy waveform needs its sample_rate")
-    return _check_array(audio, name), int(sample_rate), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,18 +252,31 @@ class Pipeline:
     """Speech + instruction -> text with a :class:`~swv.model.speechlm.SpeechLM`.
 
     Build with :meth:`from_pretrained` (a saved model directory) or ``Pipeline(model)``. The
-    model is put in eval mode. ``system_prompt=None`` uses the model's saved system prompt (the
-    paper's by default); ``""`` uses none.
+    model is put in eval mode. Inputs and answers go through ``processor`` (default: the
+    model's, :meth:`SpeechLMProcessor.from_model`). ``system_prompt=None`` uses the
+    processor's (the model's saved system prompt, the paper's by default); ``""`` uses none.
     """
 
-    def __init__(self, model: SpeechLM, system_prompt: str | None = None) -> None:
+    def __init__(
+        self, model: SpeechLM, system_prompt: str | None = None, processor: SpeechLMProcessor | None = None
+    ) -> None:
         self.model = model.eval()
-        self.system_prompt = model.config.system_prompt if system_prompt is None else system_prompt
-        self.tokenizer = model.tokenizer
-        audio_token = self.tokenizer.convert_ids_to_tokens(model.audio_token_id)
-        self.prompts = PromptBuilder(self.tokenizer, self.system_prompt or None, audio_token, model.config.instructions)
-        self.stop_ids = torch.tensor(model.stop_token_ids(), dtype=torch.long)
-        self.pad_id = int(model.backbone.info().pad_token_id)
+        if processor is None:
+            processor = SpeechLMProcessor.from_model(model)
+        self.processor = processor.with_system_prompt(system_prompt)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def stop_ids(self) -> torch.Tensor:
+        """``[K]`` ids that end an answer (the processor's)."""
+        return self.processor.stop_ids
+
+    @property
+    def system_prompt(self) -> str | None:
+        return self.processor.system_prompt
 
     @classmethod
     def from_pretrained(
@@ -348,12 +292,14 @@ class Pipeline:
         id at ``revision``: see :func:`swv.core.hub.resolve_model`) onto ``device``, optionally cast to
         ``dtype`` (``"float32"``, ``"float16"``, ``"bfloat16"`` or a torch dtype).
         ``trust_remote_code`` lets a component that asks for it run the Python code its
-        directory ships (see :meth:`SpeechLM.from_pretrained`)."""
+        directory ships (see :meth:`SpeechLM.from_pretrained`). The processor is the one saved
+        in the directory (:meth:`SpeechLMProcessor.from_pretrained`)."""
         torch_device = _parse_device(device)
         weights_dtype = _parse_dtype(dtype)
         path = resolve_model(model_dir, revision)
         try:
             model = SpeechLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+            processor = SpeechLMProcessor.from_pretrained(path, model=model)
         except SwvError:
             raise
         except (OSError, ValueError, RuntimeError, KeyError) as exc:  # e.g. truncated safetensors
@@ -362,13 +308,13 @@ class Pipeline:
             model.to(device=torch_device, dtype=weights_dtype)
         except (RuntimeError, AssertionError) as exc:
             raise UsageError(f"device {device}: not usable here ({first_line(exc)})") from None
-        return cls(model, system_prompt=system_prompt)
+        return cls(model, system_prompt=system_prompt, processor=processor)
 
     # -- properties -------------------------------------------------------------------------
     @property
     def sample_rate(self) -> int:
         """Sample rate (Hz) the encoder expects; inputs are resampled to it."""
-        return int(self.model.encoder.sample_rate)
+        return self.processor.sampling_rate
 
     @property
     def device(self) -> torch.device:
@@ -394,7 +340,7 @@ class Pipeline:
 
     def default_prompt(self, task: str = "asr", language: str | None = None) -> str:
         """The model's default instruction for ``task`` (the table training used)."""
-        return default_instruction(self.prompts.instructions, task, language)
+        return self.processor.default_instruction(task, language)
 
     # -- inputs -----------------------------------------------------------------------------
     def load(
@@ -405,36 +351,24 @@ class Pipeline:
         name: str | None = None,
         max_duration: float | None = DEFAULT_MAX_DURATION,
     ) -> Waveform:
-        """Decode, mix to mono and resample one input to :attr:`sample_rate`.
-
-        ``sample_rate`` is the rate of a numpy array (default: :attr:`sample_rate`). With
-        ``max_duration`` (seconds; ``None``: no limit), a longer clip raises :class:`InputError`.
-        """
-        rate = self.sample_rate if sample_rate is None else sample_rate
-        wav, rate, name = decode_audio(audio, rate, name)
-        return self.prepare(wav, rate, name, max_duration=max_duration)
+        """Decode, mix to mono and resample one input to :attr:`sample_rate`
+        (:meth:`SpeechLMProcessor.load`: ``sample_rate`` is the rate of a numpy array, required
+        for one; with ``max_duration`` (seconds; ``None``: no limit), a longer clip raises
+        :class:`InputError`)."""
+        return self.processor.load(audio, sample_rate=sample_rate, name=name, max_duration=max_duration)
 
     def prepare(self, samples: np.ndarray, rate: int, name: str, *, max_duration: float | None = DEFAULT_MAX_DURATION) -> Waveform:
         """Check an already decoded mono waveform at ``rate`` and resample it."""
-        samples = _check_array(samples, name)
-        seconds = samples.shape[0] / rate
-        if max_duration is not None and seconds > max_duration:
-            raise InputError(
-                f"{name}: {seconds:.2f} s of audio exceeds the maximum duration of {max_duration:g} s "
-                "(raise it with --max-duration / max_duration=)"
-            )
-        return Waveform(resample(samples, rate, self.sample_rate), name)
+        return self.processor.prepare(samples, rate, name, max_duration=max_duration)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Chat-template ids of one request: system prompt, user turn (audio + ``prompt``),
         assistant header."""
-        if not isinstance(prompt, str):
-            raise UsageError(f"prompt must be a string, got {type(prompt).__name__}")
-        return self.prompts.generation_ids(prompt, has_audio=True)
+        return self.processor.prompt_ids(prompt)
 
     def request(self, waveform: Waveform, prompt: str) -> ChatRequest:
         """A one-turn request: ``waveform`` followed by the instruction ``prompt``."""
-        return ChatRequest(self.prompt_ids(prompt), [waveform])
+        return self.processor.request(waveform, prompt)
 
     def chat_request(
         self, messages: Any, *, max_duration: float | None = None, base_dir: str | os.PathLike[str] | None = None,
@@ -444,26 +378,25 @@ class Pipeline:
         prompt ids with one placeholder per clip, and the clips. ``base_dir`` resolves relative
         audio paths; ``max_duration`` rejects long clips; ``local_audio=False`` accepts only
         ``input_audio`` parts (no file paths)."""
-        parsed = parse_messages(messages, self.prompts.audio_token, None if base_dir is None else Path(base_dir),
+        parsed = parse_messages(messages, self.processor.audio_token, None if base_dir is None else Path(base_dir),
                                 local_audio=local_audio)
         waveforms = [self._load_part(part, max_duration) for part in parsed.audio]
-        return ChatRequest(self.prompts.conversation_ids(parsed.messages), waveforms)
+        return ChatRequest(self.processor.conversation_ids(parsed.messages), waveforms)
 
     def _load_part(self, part: AudioPart, max_duration: float | None) -> Waveform:
         return self.load(part.source, sample_rate=part.sample_rate, name=part.where, max_duration=max_duration)
 
     # -- generation -------------------------------------------------------------------------
     def encode_requests(self, requests: Sequence[ChatRequest], window_batch_size: int | None = None) -> Prepared:
-        """Encode every request's clips (windowed) in one :meth:`SpeechLM.encode_audio` call and
-        left-pad the prompts."""
+        """The processor's batch of the requests (:meth:`SpeechLMProcessor.collate`: left-padded
+        prompts, clips) with every clip encoded (windowed) in one :meth:`SpeechLM.encode_audio` call."""
         requests = list(requests)
-        ids, mask = left_pad([r.ids for r in requests], self.pad_id)
-        clips = [w.samples for r in requests for w in r.waveforms]
-        owner = torch.tensor([i for i, r in enumerate(requests) for _ in r.waveforms], dtype=torch.long)
+        inputs = self.processor.collate(requests)
+        clips = inputs["audio"]
         state = None
         if clips:
             state = self.model.encode_audio(waveforms=clips, window_batch_size=window_batch_size or len(clips))
-        return Prepared(requests, ids, mask, state, owner)
+        return Prepared(requests, inputs["input_ids"], inputs["attention_mask"], state, inputs["clip_owner"])
 
     def generate_prepared(
         self,
@@ -529,7 +462,7 @@ class Pipeline:
             prepared = self.encode_requests(requests)
             new_tokens = self.generate_prepared(prepared, settings, clock)
         end = time.perf_counter()
-        texts, generated = decode_answers(self.tokenizer, new_tokens, self.stop_ids)
+        texts, generated, _ = self.processor.decode_generated(new_tokens)
         stats = self._stats(prepared, generated, start, clock.first_token_time, end)
         return [Result(text, s) for text, s in zip(texts, stats)]
 
@@ -593,7 +526,7 @@ class Pipeline:
         if len(prompts) != len(items):
             raise UsageError(f"got {len(items)} audio input(s) but {len(prompts)} prompt(s)")
         waveforms = [
-            self.load(item, sample_rate=sample_rate, name=_input_name(item, None if single else i),
+            self.load(item, sample_rate=sample_rate, name=input_name(item, None if single else i),
                       max_duration=max_duration)
             for i, item in enumerate(items)
         ]

@@ -8,7 +8,8 @@ is), so that importing swv itself stays free of torch and transformers:
   :class:`SpeechLMConfig` with ``AutoConfig`` (the ``model_type`` ``swv_speechlm`` of an export's
   ``config.json``) and :class:`SpeechLM` with ``AutoModel``, so that
   ``AutoModel.from_pretrained(export_dir)`` works without ``trust_remote_code`` (no code is
-  read from the model directory);
+  read from the model directory), and :class:`~swv.model.processor.SpeechLMProcessor` with
+  ``AutoProcessor`` (``AutoProcessor.from_pretrained(export_dir)``);
 * when ``transformers.pipelines`` is imported, :mod:`swv.infer.hf_pipeline`, which registers the
   ``audio-text-to-text`` task.
 

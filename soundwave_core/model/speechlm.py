@@ -19,7 +19,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.core.config import CONFIG_NAME
@@ -29,6 +29,7 @@ from swv.core.io import atomic_directory, check_safetensors
 from swv.model.card import render_model_card
 from swv.model.defaults import PAPER_SYSTEM_PROMPT, GenerationDefaults
 from swv.model.losses import ctc_loss, lm_loss
+from swv.model.processor import SpeechLMProcessor
 from swv.model.splice import Spliced, splice_audio
 from swv.model.stopping import stop_token_ids
 from swv.nn.state import AudioState
@@ -459,7 +460,8 @@ class SpeechLM(PreTrainedModel):
         ``adapters/<name>.safetensors``; LoRA in PEFT format (``adapter_model.safetensors`` +
         ``adapter_config.json``, whose base model is the export's own backbone: ``backbone``,
         relative to the export, when bundled, else the backbone's ``path`` and ``revision``);
-        the tokenizer; the model card ``README.md`` (:mod:`swv.model.card`);
+        the processor (:class:`~swv.model.processor.SpeechLMProcessor`: the tokenizer and
+        ``processor_config.json``); the model card ``README.md`` (:mod:`swv.model.card`);
         ``encoder.safetensors`` only if the encoder was trained (or ``save_encoder``).
         A referenced (not bundled) encoder or backbone loaded from the Hugging Face Hub is
         recorded with the commit it was loaded at as its ``revision``.
@@ -500,7 +502,7 @@ class SpeechLM(PreTrainedModel):
                 backbone = backbone.replace(revision=self.backbone.hub_commit)
             if not merge_lora and self.backbone.save_lora(tmp):
                 _point_lora_at_backbone(tmp, backbone.to_dict())
-            self.backbone.tokenizer.save_pretrained(str(tmp))
+            SpeechLMProcessor.from_model(self).save_pretrained(str(tmp))  # the tokenizer and processor_config.json
             self.generation_defaults().to_generation_config().save_pretrained(str(tmp))
             saved = config.to_dict()
             saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
@@ -686,3 +688,4 @@ def _load_into(module: nn.Module, path: Path) -> None:
 # transformers' Auto classes know swv models (see swv.model.hf_auto): no trust_remote_code needed
 AutoConfig.register(SpeechLMConfig.model_type, SpeechLMConfig, exist_ok=True)
 AutoModel.register(SpeechLMConfig, SpeechLM, exist_ok=True)
+AutoProcessor.register(SpeechLMConfig, SpeechLMProcessor, exist_ok=True)

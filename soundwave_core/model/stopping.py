@@ -72,10 +72,3 @@ def cut_at_stop(
     rows = new_tokens.tolist()
     return [row[:n] for row, n in zip(rows, first.tolist())], generated.tolist()
 
-
-def decode_answers(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: torch.Tensor) -> tuple[list[str], list[int]]:
-    """``[B, N]`` generated ids -> each row's answer (cut at its first stop token, special
-    tokens skipped, surrounding spaces stripped) and its generated-token count (see
-    :func:`cut_at_stop`)."""
-    kept, generated = cut_at_stop(new_tokens, stop_ids)
-    return [text.strip() for text in tokenizer.batch_decode(kept, skip_special_tokens=True)], generated

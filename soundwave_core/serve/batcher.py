@@ -24,7 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from swv.core.errors import SwvError, first_line
 from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline
-from swv.model.stopping import cut_at_stop
+from swv.model.processor import SpeechLMProcessor
 
 log = logging.getLogger("swv.serve")
 
@@ -100,10 +100,10 @@ class _RowStreamer(BaseStreamer):
     """Receives each step's ``[B]`` new tokens and sends every job the new part of its text
     (decoded, stripped; held back while it ends in an incomplete character)."""
 
-    def __init__(self, tokenizer: Any, stop_ids: torch.Tensor, jobs: Sequence[Job], limits: Sequence[int],
+    def __init__(self, processor: SpeechLMProcessor, jobs: Sequence[Job], limits: Sequence[int],
                  stop: threading.Event) -> None:
-        self.tokenizer = tokenizer
-        self.stop_set = set(stop_ids.tolist())
+        self.processor = processor
+        self.stop_set = set(processor.stop_token_ids)
         self.jobs = list(jobs)
         self.limits = list(limits)
         self.stop = stop
@@ -124,7 +124,7 @@ class _RowStreamer(BaseStreamer):
                 continue
             self.tokens[row].append(token)
             self.done[row] = len(self.tokens[row]) >= self.limits[row]
-            self._send(row, self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).strip())
+            self._send(row, self.processor.decode(self.tokens[row]))
         if all(job.cancelled.is_set() for job in self.jobs):
             self.stop.set()
 
@@ -242,12 +242,11 @@ class Batcher:
             limits = [job.settings.max_new_tokens for job in jobs]
             settings = replace(jobs[0].settings, max_new_tokens=max(limits))
             stop = threading.Event()
-            streamer = _RowStreamer(pipe.tokenizer, pipe.stop_ids, jobs, limits, stop)
+            streamer = _RowStreamer(pipe.processor, jobs, limits, stop)
             new_tokens = pipe.generate_prepared(prepared, settings, streamer, stop=stop, row_limits=limits)
-        kept, generated = cut_at_stop(new_tokens, pipe.stop_ids, torch.tensor(limits))
-        texts = [text.strip() for text in pipe.tokenizer.batch_decode(kept, skip_special_tokens=True)]
+        texts, generated, stopped = pipe.processor.decode_generated(new_tokens, torch.tensor(limits))
         streamer.finish(texts)
         self.batches_served += 1
-        for job, text, n_kept, n_gen, n_prompt in zip(jobs, texts, kept, generated, prompt_tokens):
-            reason = "stop" if n_gen > len(n_kept) else "length"
+        for job, text, ended, n_gen, n_prompt in zip(jobs, texts, stopped, generated, prompt_tokens):
+            reason = "stop" if ended else "length"
             job.emit(Finished(text, reason, n_prompt, n_gen))
