@@ -37,7 +37,8 @@ from swv.model.hf_auto import PIPELINE_TASK
 from swv.model.speechlm import SpeechLM
 
 #: Generation arguments the task takes at call time (:class:`GenerationSettings` fields).
-_GENERATION_ARGS = ("max_new_tokens", "do_sample", "temperature", "top_p")
+_GENERATION_ARGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "no_repeat_ngram_size", "repetition_penalty",
+                    "length_bound")
 #: Keys of a dict input holding the samples, and the instruction.
 _SAMPLE_KEYS = ("array", "raw")
 _PROMPT_KEYS = ("prompt", "text")

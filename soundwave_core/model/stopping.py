@@ -5,6 +5,9 @@ strings written here: the generation config's ``eos_token_id`` (an id or a list)
 tokenizer's eos, and the end-of-turn token the chat template puts after an assistant answer
 (found by rendering a one-turn conversation). :meth:`swv.model.speechlm.SpeechLM.generate`
 stops on them; :func:`cut_at_stop` cuts generated rows at the first one.
+
+An answer that renders the speech (a transcript, a translation) also ends where the audio
+runs out: :func:`length_bound` is the most new tokens such an answer can need.
 """
 
 from __future__ import annotations
@@ -44,6 +47,32 @@ def stop_token_ids(tokenizer: Any, generation_config: Any, audio_token: str) -> 
     return sorted({int(i) for i in ids})
 
 
+def length_bound(
+    seconds: torch.Tensor,
+    audio_tokens: torch.Tensor,
+    max_new_tokens: int | torch.Tensor,
+    *,
+    tokens_per_second: float,
+    per_audio_token: float,
+    margin: int,
+) -> torch.Tensor:
+    """The most new tokens a transcript (or translation) of each row's audio can need, ``[B]``
+    int64, per row and vectorised::
+
+        min(max_new_tokens, ceil(max(tokens_per_second * seconds, per_audio_token * audio_tokens)) + margin)
+
+    ``seconds [B]`` is the row's audio duration, ``audio_tokens [B]`` the audio embeddings the
+    adapter chain hands to the LLM (``AudioState.lengths`` summed over the row's clips; after a
+    shrinking adapter one per kept frame, about one per transcript token). The duration term
+    holds when the adapter chain keeps few frames, the audio-token term when the tokenizer spends
+    many tokens per second of speech; ``margin`` covers very short clips and the stop token.
+    ``max_new_tokens`` (an int or ``[B]``) is never exceeded."""
+    by_rate = torch.as_tensor(seconds, dtype=torch.float64) * tokens_per_second
+    by_tokens = torch.as_tensor(audio_tokens, dtype=torch.float64) * per_audio_token
+    bound = torch.ceil(torch.maximum(by_rate, by_tokens)).long() + margin
+    return torch.minimum(bound, torch.as_tensor(max_new_tokens, dtype=torch.long))
+
+
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists -> left-padded ``input_ids [B, L]`` and ``attention_mask [B, L]``."""
     longest = max(len(row) for row in rows)
@@ -73,9 +102,11 @@ def cut_at_stop(
     return [row[:n] for row, n in zip(rows, first.tolist())], generated.tolist()
 
 
-def decode_answers(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: torch.Tensor) -> tuple[list[str], list[int]]:
-    """``[B, N]`` generated ids -> each row's answer (cut at its first stop token, special
-    tokens skipped, surrounding spaces stripped) and its generated-token count (see
-    :func:`cut_at_stop`)."""
-    kept, generated = cut_at_stop(new_tokens, stop_ids)
+def decode_answers(
+    tokenizer: Any, new_tokens: torch.Tensor, stop_ids: torch.Tensor, limits: torch.Tensor | None = None
+) -> tuple[list[str], list[int]]:
+    """``[B, N]`` generated ids -> each row's answer (cut at its first stop token or after its
+    ``limits[b]`` tokens, special tokens skipped, surrounding spaces stripped) and its
+    generated-token count (see :func:`cut_at_stop`)."""
+    kept, generated = cut_at_stop(new_tokens, stop_ids, limits)
     return [text.strip() for text in tokenizer.batch_decode(kept, skip_special_tokens=True)], generated
