@@ -458,7 +458,7 @@ class Pipeline:
             return limits
         bounded = torch.tensor([r.transcription and bool(r.waveforms) for r in prepared.requests], dtype=torch.bool)
         bound = length_bound(
-            torch.tensor(prepared.seconds(self.sample_rate)),
+            torch.tensor(prepared.seconds(self.sample_rate), dtype=torch.float64),
             torch.tensor(prepared.per_request(prepared.state.lengths)),
             limits,
             tokens_per_second=float(resolved.length_bound_tokens_per_second),  # type: ignore[arg-type]

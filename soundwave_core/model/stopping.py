@@ -47,6 +47,9 @@ def stop_token_ids(tokenizer: Any, generation_config: Any, audio_token: str) -> 
     return sorted({int(i) for i in ids})
 
 
+_ROUNDING = 1e-6
+
+
 def length_bound(
     seconds: torch.Tensor,
     audio_tokens: torch.Tensor,
@@ -66,10 +69,11 @@ def length_bound(
     shrinking adapter one per kept frame, about one per transcript token). The duration term
     holds when the adapter chain keeps few frames, the audio-token term when the tokenizer spends
     many tokens per second of speech; ``margin`` covers very short clips and the stop token.
-    ``max_new_tokens`` (an int or ``[B]``) is never exceeded."""
+    ``max_new_tokens`` (an int or ``[B]``) is never exceeded. The ceiling forgives float
+    rounding (a float32 0.2 s at 10 tokens per second is 2 tokens, not 3)."""
     by_rate = torch.as_tensor(seconds, dtype=torch.float64) * tokens_per_second
     by_tokens = torch.as_tensor(audio_tokens, dtype=torch.float64) * per_audio_token
-    bound = torch.ceil(torch.maximum(by_rate, by_tokens)).long() + margin
+    bound = torch.ceil(torch.maximum(by_rate, by_tokens) - _ROUNDING).long() + margin
     return torch.minimum(bound, torch.as_tensor(max_new_tokens, dtype=torch.long))
 
 
