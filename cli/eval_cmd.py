@@ -13,9 +13,12 @@ from swv.cli.infer_cmd import (
     Device,
     DoSample,
     Dtype,
+    LengthBound,
     MaxDuration,
     MaxNewTokens,
     ModelSource,
+    NoRepeatNgramSize,
+    RepetitionPenalty,
     Revision,
     Seed,
     System,
@@ -68,6 +71,9 @@ def eval_cmd(
     temperature: Temperature = None,
     top_p: TopP = None,
     do_sample: DoSample = None,
+    length_bound: LengthBound = None,
+    no_repeat_ngram_size: NoRepeatNgramSize = None,
+    repetition_penalty: RepetitionPenalty = None,
     system: System = None,
     seed: Seed = None,
     device: Device = "cpu",
@@ -85,7 +91,10 @@ def eval_cmd(
     Prompts: the record's instruction/prompt, else the default instruction
     of the record's task (or --task) in the model's table (the one its
     training used: asr "Transcribe the speech.", st "Translate the speech
-    into <target language>.", ...). Generation defaults: the model's own.
+    into <target language>.", ...). Generation defaults: the model's own,
+    the decoding controls included (transcripts and translations capped by
+    the audio's length, no long repeated runs of tokens); the report records them
+    and counts the answers longer than 2x their reference ('overlong').
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     windowed, never truncated (clips longer than --max-duration are); items
@@ -140,7 +149,8 @@ def eval_cmd(
     run = evaluate_model(
         model, manifest, task, out_dir,  # type: ignore[arg-type]
         predictions=predictions,
-        settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed),
+        settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed, length_bound,
+                                     no_repeat_ngram_size, repetition_penalty),
         system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
         normalize=normalize, target_language=target_language, revision=revision, benchmark=benchmark,
         trust_remote_code=trust_remote_code,

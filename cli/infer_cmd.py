@@ -14,6 +14,7 @@ import typer
 
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import InputError, UsageError
+from swv.model.defaults import GenerationDefaults
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline, Stats
@@ -29,6 +30,22 @@ TopP = Annotated[Optional[float], typer.Option(
     "--top-p", help="Nucleus sampling mass in (0, 1] (with --do-sample; default: the model's).")]
 DoSample = Annotated[Optional[bool], typer.Option(
     "--do-sample/--greedy", help="Sample instead of greedy decoding (default: the model's; greedy unless it says otherwise).")]
+_DECODING = GenerationDefaults()
+LengthBound = Annotated[Optional[bool], typer.Option(
+    "--length-bound/--no-length-bound",
+    help="Cap transcripts and translations (task asr/st, or the model's default instruction of one) at what the "
+    f"audio can hold: ceil(max({_DECODING.length_bound_tokens_per_second:g} tokens per second of audio, "
+    f"{_DECODING.length_bound_per_audio_token:g} per audio token)) + {_DECODING.length_bound_margin} new tokens "
+    "unless the model says otherwise, never above --max-new-tokens (default: the model's; on for swv-trained "
+    "models, off for imported released ones).")]
+NoRepeatNgramSize = Annotated[Optional[int], typer.Option(
+    "--no-repeat-ngram-size", min=0,
+    help="Never repeat a run of this many tokens within an answer; 0: off (default: the model's; "
+    f"{_DECODING.no_repeat_ngram_size} for swv-trained models, 0 for imported released ones).")]
+RepetitionPenalty = Annotated[Optional[float], typer.Option(
+    "--repetition-penalty",
+    help="Divide the scores of tokens already in the answer by this (> 0; 1.0: off, the default unless the "
+    "model says otherwise; above 1 discourages repeats, also of words a normal answer repeats).")]
 System = Annotated[Optional[str], typer.Option(
     "--system", help="System prompt (default: the one saved with the model, i.e. the paper's; '' for none).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed torch's RNG once before generating.")]
@@ -50,12 +67,14 @@ MaxDuration = Annotated[float, typer.Option(
 
 
 def generation_settings(
-    max_new_tokens: int | None, do_sample: bool | None, temperature: float | None, top_p: float | None, seed: int | None
+    max_new_tokens: int | None, do_sample: bool | None, temperature: float | None, top_p: float | None, seed: int | None,
+    length_bound: bool | None = None, no_repeat_ngram_size: int | None = None, repetition_penalty: float | None = None,
 ) -> GenerationSettings:
     from swv.infer.pipeline import GenerationSettings
 
     return GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                              top_p=top_p, seed=seed)
+                              top_p=top_p, seed=seed, length_bound=length_bound,
+                              no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty)
 
 
 def _err(message: str) -> None:
@@ -191,7 +210,7 @@ def _run_manifest(
     table = batch.saved_instructions(model_dir)
     items = batch.read_items(
         manifest, lambda record, where: batch.record_instruction(record, where) or prompt or batch.task_prompt(record, where, "asr", instructions=table)
-    )
+    )  # a record's task is its own 'task' field; without one its instruction decides (the length bound)
     summary = batch.run_manifest(
         lambda: batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code), manifest, items, output, settings,
         batch_size=batch_size, max_duration=max_duration, with_stats=stats,
@@ -220,6 +239,9 @@ def infer(
     temperature: Temperature = None,
     top_p: TopP = None,
     do_sample: DoSample = None,
+    length_bound: LengthBound = None,
+    no_repeat_ngram_size: NoRepeatNgramSize = None,
+    repetition_penalty: RepetitionPenalty = None,
     system: System = None,
     seed: Seed = None,
     device: Device = "cpu",
@@ -257,10 +279,15 @@ def infer(
     split into consecutive windows whose encoder outputs are joined before
     the adapters; nothing is truncated. Clips longer than --max-duration
     (default 10 minutes) are rejected.
+
+    Runaway answers: a transcript or translation stops where the audio runs
+    out (--length-bound), and no answer repeats a long run of tokens
+    (--no-repeat-ngram-size); both are the model's defaults, see the options.
     """
     from swv.core.hub import resolve_model
 
-    settings = generation_settings(max_new_tokens, do_sample, temperature, top_p, seed)
+    settings = generation_settings(max_new_tokens, do_sample, temperature, top_p, seed, length_bound,
+                                   no_repeat_ngram_size, repetition_penalty)
     if cot:
         from dataclasses import replace
 

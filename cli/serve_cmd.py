@@ -8,7 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from swv.cli.infer_cmd import Device, Dtype, System
+from swv.cli.infer_cmd import (
+    Device,
+    Dtype,
+    LengthBound,
+    NoRepeatNgramSize,
+    RepetitionPenalty,
+    System,
+    generation_settings,
+)
 from swv.core.errors import UsageError
 
 
@@ -28,6 +36,9 @@ def serve(
         "(default: the backbone's max_position_embeddings).")] = None,
     max_tokens: Annotated[int, typer.Option(
         "--max-tokens", min=1, help="max_tokens of requests that do not set it.")] = 256,
+    length_bound: LengthBound = None,
+    no_repeat_ngram_size: NoRepeatNgramSize = None,
+    repetition_penalty: RepetitionPenalty = None,
     system: System = None,
     device: Device = "cpu",
     dtype: Dtype = None,
@@ -38,6 +49,10 @@ def serve(
 
     Concurrent requests are batched: requests arriving within --batch-window-ms
     of each other (up to --max-batch) are generated together.
+
+    Runaway answers: a transcript or translation stops where its audio runs
+    out (finish_reason "length"), and no answer repeats a long run of tokens;
+    the model's defaults, changed for every request by the options.
     """
     try:
         import uvicorn
@@ -58,6 +73,8 @@ def serve(
         batch_window_seconds=batch_window_ms / 1000,
         max_audio_seconds=max_audio_seconds,
         default_max_tokens=max_tokens,
+        generation=generation_settings(None, None, None, None, None, length_bound, no_repeat_ngram_size,
+                                       repetition_penalty),
     )
     app = create_app(pipe, settings)
     print(f"serve: model {settings.model_id!r}, context {context} tokens, batches of up to {max_batch}", file=sys.stderr)

@@ -41,6 +41,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, AutoFeatureExtractor, AutoM
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.encoders.loading import (
     CheckpointEncoder,
+    CheckpointEncoderConfig,
     as_waveforms,
     build_hf_config,
     load_state_dict_strict,

@@ -91,9 +91,9 @@ def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path,
     prompts: list[str] = []
     original = Pipeline.generate_batch
 
-    def recording(self, waveforms, batch_prompts, settings):
+    def recording(self, waveforms, batch_prompts, settings, tasks=None):
         prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings)
+        return original(self, waveforms, batch_prompts, settings, tasks)
 
     monkeypatch.setattr(Pipeline, "generate_batch", recording)
     code, out, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir,
@@ -227,9 +227,9 @@ def test_eval_st_prompts_and_usage_errors(cli, monkeypatch, model_dir: Path, aud
     prompts: list[str] = []
     original = Pipeline.generate_batch
 
-    def recording(self, waveforms, batch_prompts, settings):
+    def recording(self, waveforms, batch_prompts, settings, tasks=None):
         prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings)
+        return original(self, waveforms, batch_prompts, settings, tasks)
 
     monkeypatch.setattr(Pipeline, "generate_batch", recording)
     code, _, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "st", "--output-dir", tmp_path / "o",

@@ -58,9 +58,9 @@ def test_librispeech_preset_runs_the_model_with_the_preset_prompt(cli, model_dir
     prompts: list[str] = []
     original = Pipeline.generate_batch
 
-    def recording(self, waveforms, batch_prompts, settings):
+    def recording(self, waveforms, batch_prompts, settings, tasks=None):
         prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings)
+        return original(self, waveforms, batch_prompts, settings, tasks)
 
     monkeypatch.setattr(Pipeline, "generate_batch", recording)
     out_dir = tmp_path / "ls"

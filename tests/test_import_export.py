@@ -474,7 +474,9 @@ def test_import_writes_the_released_prompt_and_sampling_defaults(imported: Path,
     for directory in (imported, imported / "backbone"):
         config = GenerationConfig.from_pretrained(str(directory))
         assert {k: getattr(config, k) for k in expected} == expected
-    assert model.generation_defaults().model_dump() == expected
+    # and none of swv's runaway controls: the released decoding as it was
+    assert model.generation_defaults().model_dump().items() >= {
+        **expected, "no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "length_bound": False}.items()
 
 
 def test_import_reads_the_audio_tower_config(tmp_path: Path, released) -> None:

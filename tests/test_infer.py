@@ -438,9 +438,9 @@ def test_cli_manifest_resumes(cli, monkeypatch, model_dir: Path, clips: dict[str
     generated: list[str] = []
     original = Pipeline.generate_batch
 
-    def counting(self, waveforms, prompts, settings):
+    def counting(self, waveforms, prompts, settings, tasks=None):
         generated.extend(w.name for w in waveforms)
-        return original(self, waveforms, prompts, settings)
+        return original(self, waveforms, prompts, settings, tasks)
 
     monkeypatch.setattr(Pipeline, "generate_batch", counting)
     code, _, err = cli(["infer", model_dir, "--manifest", manifest, "--output", out, "--max-new-tokens", 3,

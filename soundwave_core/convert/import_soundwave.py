@@ -22,7 +22,8 @@ cannot be read, the head count is guessed as ``d_model / 64`` and the summary sa
 
 The released inference builds its prompt by hand (:func:`released_chat_template` reproduces it
 token for token) and samples with top_p 0.9, temperature 0.2, up to 512 new tokens
-(:data:`RELEASED_GENERATION`); both are written into the import.
+(:data:`RELEASED_GENERATION`), without swv's repetition control or length bound
+(:data:`RELEASED_CONTROLS`); both are written into the import.
 
 Every key of the checkpoint must belong to one of these parts and every part must be complete
 with the shapes its swv module expects (checked from the safetensors headers before anything
@@ -65,6 +66,8 @@ RELEASED_SYSTEM_PROMPT = (
 )
 #: The released inference's decoding settings.
 RELEASED_GENERATION = {"do_sample": True, "top_p": 0.9, "temperature": 0.2, "max_new_tokens": 512}
+#: The released inference has no repetition control and no length bound: an import keeps it so.
+RELEASED_CONTROLS = {"no_repeat_ngram_size": 0, "repetition_penalty": 1.0, "length_bound": False}
 
 ENCODER_PREFIX = "model.audio_tower."
 #: released key prefix -> (swv adapter, key prefix inside it)
@@ -563,7 +566,7 @@ def _swv_config(refs: list[dict[str, Any]], backbone_dtype: str) -> dict[str, An
         adapters=refs,
         backbone={"name": "llama", "path": BUNDLED_BACKBONE_DIR, "dtype": backbone_dtype},
         system_prompt=RELEASED_SYSTEM_PROMPT,
-        generation=dict(RELEASED_GENERATION),
+        generation={**RELEASED_GENERATION, **RELEASED_CONTROLS},
         encoder_trained=False,
         versions=_versions(),
     )
@@ -657,7 +660,7 @@ def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dt
     _copy_tokenizer(backbone_dir, tmp)
     from swv.model.defaults import GenerationDefaults
 
-    GenerationDefaults(**RELEASED_GENERATION).to_generation_config().save_pretrained(str(tmp))
+    GenerationDefaults(**RELEASED_GENERATION, **RELEASED_CONTROLS).to_generation_config().save_pretrained(str(tmp))
     swv_config = _swv_config(checked.adapters, checked.backbone_dtype)
     write_config_files(tmp, swv_config)
     return audio_id

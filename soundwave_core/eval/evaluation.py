@@ -69,6 +69,10 @@ _TASK_SETTINGS: dict[str, set[str]] = {
     "open": {"judge_path", "reference_field"},
 }
 
+#: An answer longer than this many times its reference (in characters) is a runaway answer,
+#: counted in the result's ``overlong`` (tasks asr and st).
+OVERLONG_RATIO = 2.0
+
 OPEN_TASK_NOTE = (
     "open-ended task: no automatic score is computed; the (instruction, prediction, reference) "
     "items are provided for an external judge (an LLM judge or human raters)"
@@ -136,6 +140,18 @@ def _jsonable_setting(value: Any) -> Any:
     return value
 
 
+def _overlong(items: list[tuple[int, Mapping[str, Any]]], fields: Sequence[str], purpose: str) -> dict[str, Any]:
+    """Runaway answers: predictions longer than :data:`OVERLONG_RATIO` times their reference, in
+    characters (whitespace runs counted as one space)."""
+    ids = []
+    for index, record in items:
+        reference = " ".join(_text_field(record, index, fields, purpose).split())
+        prediction = " ".join(_prediction(record, index).split())
+        if len(prediction) > OVERLONG_RATIO * len(reference):
+            ids.append(_record_id(record, index))
+    return {"count": len(ids), "ratio": OVERLONG_RATIO, "unit": "characters", "ids": ids}
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-task scoring
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +205,7 @@ def _evaluate_asr(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str
     return {
         "metrics": result_metrics,
         "per_language": {lang: score(*groups[lang]) for lang in sorted(groups)},
+        "overlong": _overlong(items, fields, "the reference transcript for task 'asr'"),
         "notes": notes,
     }
 
@@ -223,7 +240,8 @@ def _evaluate_st(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str,
         notes.append("several target languages: overall BLEU/chrF is the unweighted mean of the per-language scores")
     if "unknown" in groups:
         notes.append("records without 'target_language'/'language' were scored with the default '13a' tokenizer")
-    return {"metrics": result_metrics, "per_language": per_language, "notes": notes}
+    overlong = _overlong(items, fields, "the reference translation for task 'st'")
+    return {"metrics": result_metrics, "per_language": per_language, "overlong": overlong, "notes": notes}
 
 
 def _evaluate_classification(items: list[tuple[int, Mapping[str, Any]]], settings: dict[str, Any]) -> dict[str, Any]:
@@ -317,6 +335,10 @@ def evaluate(records: Iterable[Mapping[str, Any]], task: Task, **settings: Any) 
         ``prediction``, ``reference`` from ``response``/``target_text``) for an external judge,
         ``scored: False`` and a note saying so; the ``judge_path`` setting also writes them as
         JSONL.
+
+    For ``"asr"`` and ``"st"``, ``overlong`` counts the runaway answers: ``count`` predictions
+    longer than ``ratio`` (:data:`OVERLONG_RATIO`, 2) times their reference in characters, and
+    their ``ids``.
 
     Every task accepts ``reference_field`` to read the reference from another field; settings
     passed as ``None`` are ignored (so a CLI can forward all its options). Records without a
@@ -425,6 +447,9 @@ def format_table(result: Mapping[str, Any]) -> str:
             parts.append(_grid(["label", "n", "accuracy", "correct"], label_rows))
     elif task == "open":
         parts.append(f"{len(result.get('judge_inputs', []))} item(s) for an external judge; no score computed")
+    if "overlong" in result:
+        overlong = result["overlong"]
+        parts.append(f"overlong answers (longer than {overlong['ratio']:g}x the reference): {overlong['count']}")
     if result.get("notes"):
         parts.append("\n".join(f"note: {note}" for note in result["notes"]))
     return "\n\n".join(parts) + "\n"
@@ -535,7 +560,9 @@ def evaluate_model(
     already there are kept). Prompts: the record's instruction/prompt, else the task default of
     the model's instruction table (:func:`swv.infer.batch.task_prompt`); generation settings left
     open take the model's saved defaults. ``normalize`` and ``target_language`` go to
-    :func:`evaluate`; the report records the generation settings, and ``benchmark`` (a
+    :func:`evaluate`; the report records the generation settings (the decoding controls
+    included: ``no_repeat_ngram_size``, ``repetition_penalty``, ``length_bound`` and its
+    factors), and ``benchmark`` (a
     preset's description, :mod:`swv.eval.presets`) under ``"benchmark"``. ``model_dir`` may be a
     Hugging Face Hub id (at ``revision``; :func:`swv.core.hub.resolve_model`): the report then records
     its snapshot directory, which names the repository and the commit.
@@ -549,7 +576,9 @@ def evaluate_model(
     if predictions is None:
         model_dir = resolve_model(model_dir, revision)
         table = batch.saved_instructions(model_dir)
-        items = batch.read_items(manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table))
+        items = batch.read_items(
+            manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table), task
+        )
         settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))
         predictions = out_dir / PREDICTIONS_FILE
         summary = batch.run_manifest(

@@ -45,13 +45,17 @@ COPIED_FIELDS = (
 
 @dataclass(frozen=True)
 class ManifestItem:
-    """One manifest line: ``id``, ``where`` (``file:line`` for messages), the record, and its
-    instruction (``None`` when no prompt is needed, e.g. when only reading predictions)."""
+    """One manifest line: ``id``, ``where`` (``file:line`` for messages), the record, its
+    instruction (``None`` when no prompt is needed, e.g. when only reading predictions) and its
+    task (the record's ``task`` field, else the run's; ``None`` when neither says: then the
+    instruction decides whether the answer renders the speech, see
+    :func:`swv.model.prompts.renders_speech`)."""
 
     id: str
     where: str
     record: dict[str, Any]
     prompt: str | None
+    task: str | None = None
 
 
 @dataclass
@@ -132,9 +136,11 @@ def task_prompt(record: dict[str, Any], where: str, task: str, target_language: 
 # Manifest and output files
 # ---------------------------------------------------------------------------------------------
 def read_items(
-    manifest: str | os.PathLike[str], prompt_for: Callable[[dict[str, Any], str], str] | None
+    manifest: str | os.PathLike[str], prompt_for: Callable[[dict[str, Any], str], str] | None,
+    task: str | None = None,
 ) -> list[ManifestItem]:
-    """Every manifest record with its id and (when ``prompt_for`` is given) its instruction.
+    """Every manifest record with its id, (when ``prompt_for`` is given) its instruction, and
+    its task: the record's ``task`` field, else ``task``.
 
     Raises :class:`InputError` for an unreadable manifest, an invalid line, a missing prompt
     or a duplicate id (resuming relies on unique ids).
@@ -149,7 +155,9 @@ def read_items(
         if item_id in seen:
             raise InputError(f"{where}: duplicate id {item_id!r} (first at {seen[item_id]})")
         seen[item_id] = where
-        items.append(ManifestItem(item_id, where, record, prompt_for(record, where) if prompt_for else None))
+        own = record.get("task")
+        item_task = own if isinstance(own, str) and own.strip() else task
+        items.append(ManifestItem(item_id, where, record, prompt_for(record, where) if prompt_for else None, item_task))
     if not items:
         raise InputError(f"{manifest}: manifest has no records")
     return items
@@ -243,7 +251,7 @@ def _run_batch(
         prompts = [batch[i].prompt or "" for i in order]
         if any(batch[i].record.get("cot") is True for i in order):  # answers that start with a transcript
             settings = replace(settings, transcript_first=True)
-        generated = pipe.generate_batch([loaded[i] for i in order], prompts, settings)
+        generated = pipe.generate_batch([loaded[i] for i in order], prompts, settings, [batch[i].task for i in order])
         results = dict(zip(order, generated))
     lines = []
     for i, item in enumerate(batch):

@@ -34,7 +34,8 @@ from swv.model.processor import SpeechLMProcessor
 from swv.model.speechlm import SpeechLM
 
 #: Generation arguments the task takes at call time (:class:`GenerationSettings` fields).
-_GENERATION_ARGS = ("max_new_tokens", "do_sample", "temperature", "top_p")
+_GENERATION_ARGS = ("max_new_tokens", "do_sample", "temperature", "top_p", "no_repeat_ngram_size", "repetition_penalty",
+                    "length_bound")
 #: Keys of a dict input holding the samples, and the instruction.
 _SAMPLE_KEYS = ("array", "raw")
 _PROMPT_KEYS = ("prompt", "text")

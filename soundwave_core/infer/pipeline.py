@@ -35,6 +35,15 @@ token (:mod:`swv.model.stopping`: the tokenizer's eos, the generation config's e
 chat template's end-of-turn token) and decoded with ``skip_special_tokens``. With greedy
 decoding a batch gives the same text as one input at a time.
 
+Runaway answers: an answer that renders the speech (a transcript or translation: the request's
+task is ``asr`` or ``st``, or its instruction is the model's default instruction of one of
+them, :func:`swv.model.prompts.renders_speech`) gets at most the audio-derived
+:func:`swv.model.stopping.length_bound` of new tokens, per row (transformers
+``StoppingCriteria``); every answer goes through the repetition controls
+(``no_repeat_ngram_size``, ``repetition_penalty``: transformers' logits processors). Their
+defaults are the model's (:class:`~swv.model.defaults.GenerationDefaults`); ``length_bound=False``,
+``no_repeat_ngram_size=0`` and ``repetition_penalty=1.0`` turn them off.
+
 Stats (:class:`Stats`, per request): ``audio_seconds``; ``num_windows``; ``encoder_frames`` (valid
 encoder frames, summed over windows); ``audio_tokens`` (audio embeddings given to the LLM after
 the adapter chain); ``compression_ratio = audio_tokens / encoder_frames``;
@@ -57,7 +66,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from pydantic import ValidationError
+from transformers import (
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.audio import DEFAULT_MAX_DURATION
@@ -68,7 +85,7 @@ from swv.infer.chat import AudioPart, parse_messages
 from swv.model.defaults import ASR_INSTRUCTION, GenerationDefaults
 from swv.model.processor import AudioInput, ChatRequest, SpeechLMProcessor, Waveform, decode_audio, input_name
 from swv.model.speechlm import SpeechLM
-from swv.model.stopping import cut_at_stop
+from swv.model.stopping import cut_at_stop, length_bound
 from swv.nn.state import AudioState
 
 __all__ = [
@@ -94,27 +111,38 @@ DEFAULT_PROMPT = ASR_INSTRUCTION
 @dataclass(frozen=True)
 class GenerationSettings:
     """Decoding settings; a field left ``None`` takes the model's saved default
-    (``SpeechLM.generation_defaults()``: greedy, 256 new tokens unless the model says otherwise;
-    see :meth:`Pipeline.resolve`). ``temperature`` and ``top_p`` apply only with ``do_sample``.
-    ``seed`` seeds torch's RNG once at the start of each call. ``transcript_first``: the answer
-    starts with a transcript of the audio (chain of thought, ``swv data sft --cot``), so the
-    token budget grows by the audio tokens of the longest clip of the batch (the shrinking
-    adapter keeps about one frame per transcript token), and the answer after it is not cut."""
+    (``SpeechLM.generation_defaults()``, :class:`~swv.model.defaults.GenerationDefaults`: greedy,
+    256 new tokens, no repeated runs of ``no_repeat_ngram_size`` tokens, the length bound on,
+    unless the model says otherwise; see :meth:`Pipeline.resolve`). ``temperature`` and ``top_p`` apply only with
+    ``do_sample``. ``no_repeat_ngram_size`` (0: off) and ``repetition_penalty`` (1.0: off) act on
+    every answer, ``length_bound`` and its ``length_bound_*`` factors on answers that render the
+    speech (see the module docstring). ``seed`` seeds torch's RNG once at the start of each call.
+    ``transcript_first``: the answer starts with a transcript of the audio (chain of thought,
+    ``swv data sft --cot``), so the token budget grows by the audio tokens of the longest clip of
+    the batch (the shrinking adapter keeps about one frame per transcript token), and the answer
+    after it is not cut (no length bound)."""
 
     max_new_tokens: int | None = None
     do_sample: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
+    no_repeat_ngram_size: int | None = None
+    repetition_penalty: float | None = None
+    length_bound: bool | None = None
+    length_bound_tokens_per_second: float | None = None
+    length_bound_per_audio_token: float | None = None
+    length_bound_margin: int | None = None
     seed: int | None = None
     transcript_first: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise UsageError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise UsageError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"top_p must be in (0, 1], got {self.top_p}")
+        """The fields a model's defaults also hold are checked by the same rules."""
+        given = {k: v for k, v in asdict(self).items() if v is not None and k in GenerationDefaults.model_fields}
+        try:
+            GenerationDefaults.model_validate(given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise UsageError(f"{error['loc'][0]}: {error['msg'].lower()} (got {error['input']!r})") from None
 
     def over(self, defaults: GenerationDefaults) -> GenerationSettings:
         """These settings with every ``None`` taken from ``defaults``."""
@@ -125,10 +153,25 @@ class GenerationSettings:
         """Keyword arguments for transformers' ``generate`` (of resolved settings)."""
         if self.max_new_tokens is None or self.do_sample is None:
             raise UsageError("generation settings are not resolved against a model's defaults (Pipeline.resolve)")
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
+                                  "logits_processor": self.repetition_processors(),
+                                  # off in the config: the processors above are the ones used
+                                  "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         return kwargs
+
+    def repetition_processors(self) -> LogitsProcessorList:
+        """transformers' ``NoRepeatNGramLogitsProcessor``/``RepetitionPenaltyLogitsProcessor`` for
+        these (resolved) settings, over the answer's tokens. Built here rather than from
+        ``generate``'s own arguments: generating from ``inputs_embeds``, transformers' penalty
+        would skip as many of a left-padded row's first answer tokens as the row has padding."""
+        processors = LogitsProcessorList()
+        if self.no_repeat_ngram_size:
+            processors.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
+        if self.repetition_penalty is not None and self.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty)))
+        return processors
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,6 +284,10 @@ class Prepared:
             out.index_add_(0, self.clip_owner, values.detach().cpu().long())
         return out.tolist()
 
+    def seconds(self, sample_rate: int) -> list[float]:
+        """Audio seconds of each request (its clips summed)."""
+        return [sum(len(w.samples) for w in r.waveforms) / sample_rate for r in self.requests]
+
     @property
     def prompt_tokens(self) -> list[int]:
         """Sequence length the LLM sees per request: text tokens plus audio embeddings."""
@@ -338,6 +385,31 @@ class Pipeline:
         extra = int(state.lengths.max()) if settings.transcript_first and state.lengths.numel() else 0
         return resolved.max_new_tokens + extra
 
+    def row_limits(
+        self, prepared: Prepared, settings: GenerationSettings, requested: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """Most new tokens of each row of a prepared batch, ``[B]``: ``requested[b]`` (default:
+        :meth:`token_budget`), and for a request whose answer renders its speech
+        (``ChatRequest.transcription``, with audio) at most the
+        :func:`~swv.model.stopping.length_bound` of its audio, unless the resolved
+        ``length_bound`` is off or the answer starts with a transcript (``transcript_first``)."""
+        resolved = self.resolve(settings)
+        rows = len(prepared.requests)
+        default = self.token_budget(settings, prepared.state) if requested is None else 0
+        limits = torch.tensor(list(requested) if requested is not None else [default] * rows, dtype=torch.long)
+        if not resolved.length_bound or resolved.transcript_first or prepared.state is None:
+            return limits
+        bounded = torch.tensor([r.transcription and bool(r.waveforms) for r in prepared.requests], dtype=torch.bool)
+        bound = length_bound(
+            torch.tensor(prepared.seconds(self.sample_rate), dtype=torch.float64),
+            torch.tensor(prepared.per_request(prepared.state.lengths)),
+            limits,
+            tokens_per_second=float(resolved.length_bound_tokens_per_second),  # type: ignore[arg-type]
+            per_audio_token=float(resolved.length_bound_per_audio_token),  # type: ignore[arg-type]
+            margin=int(resolved.length_bound_margin),  # type: ignore[arg-type]
+        )
+        return torch.where(bounded, bound, limits)
+
     def default_prompt(self, task: str = "asr", language: str | None = None) -> str:
         """The model's default instruction for ``task`` (the table training used)."""
         return self.processor.default_instruction(task, language)
@@ -366,9 +438,10 @@ class Pipeline:
         assistant header."""
         return self.processor.prompt_ids(prompt)
 
-    def request(self, waveform: Waveform, prompt: str) -> ChatRequest:
-        """A one-turn request: ``waveform`` followed by the instruction ``prompt``."""
-        return self.processor.request(waveform, prompt)
+    def request(self, waveform: Waveform, prompt: str, task: str | None = None) -> ChatRequest:
+        """A one-turn request: ``waveform`` followed by the instruction ``prompt`` (see
+        :meth:`SpeechLMProcessor.request`: ``task`` decides whether the length bound applies)."""
+        return self.processor.request(waveform, prompt, task)
 
     def chat_request(
         self, messages: Any, *, max_duration: float | None = None, base_dir: str | os.PathLike[str] | None = None,
@@ -381,7 +454,7 @@ class Pipeline:
         parsed = parse_messages(messages, self.processor.audio_token, None if base_dir is None else Path(base_dir),
                                 local_audio=local_audio)
         waveforms = [self._load_part(part, max_duration) for part in parsed.audio]
-        return ChatRequest(self.processor.conversation_ids(parsed.messages), waveforms)
+        return self.processor.chat_request(parsed.messages, waveforms)
 
     def _load_part(self, part: AudioPart, max_duration: float | None) -> Waveform:
         return self.load(part.source, sample_rate=part.sample_rate, name=part.where, max_duration=max_duration)
@@ -407,17 +480,16 @@ class Pipeline:
         row_limits: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids. ``stop``
-        ends every row once set; ``row_limits`` caps each row's new tokens (a row past its
-        limit is finished and padded, the others go on up to ``settings.max_new_tokens``)."""
+        ends every row once set; ``row_limits`` caps each row's new tokens, and so does the
+        length bound (:meth:`row_limits`): a row past its limit is finished and padded, the
+        others go on (cut the rows with the same :meth:`row_limits`)."""
         kwargs = self.resolve(settings).generate_kwargs()
-        kwargs["max_new_tokens"] = self.token_budget(settings, prepared.state)
-        criteria: list[StoppingCriteria] = []
+        limits = self.row_limits(prepared, settings, row_limits)
+        kwargs["max_new_tokens"] = int(limits.max())
+        criteria: list[StoppingCriteria] = [_RowLimits(limits)]
         if stop is not None:
             criteria.append(_StopFlag(stop))
-        if row_limits is not None:
-            criteria.append(_RowLimits(row_limits))
-        if criteria:
-            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         return self.model.generate(
             prepared.input_ids,
             prepared.attention_mask,
@@ -436,7 +508,7 @@ class Pipeline:
         frames = prepared.per_request(None if state is None else state.encoder_lengths)
         tokens = prepared.per_request(None if state is None else state.lengths)
         windows = prepared.per_request(None if state is None else state.num_windows)
-        seconds = [sum(len(w.samples) for w in r.waveforms) / self.sample_rate for r in prepared.requests]
+        seconds = prepared.seconds(self.sample_rate)
         return [
             Stats(
                 audio_seconds=secs,
@@ -460,19 +532,24 @@ class Pipeline:
         start = time.perf_counter()
         with torch.inference_mode():
             prepared = self.encode_requests(requests)
-            new_tokens = self.generate_prepared(prepared, settings, clock)
+            limits = self.row_limits(prepared, settings)
+            new_tokens = self.generate_prepared(prepared, settings, clock, row_limits=limits.tolist())
         end = time.perf_counter()
-        texts, generated, _ = self.processor.decode_generated(new_tokens)
+        texts, generated, _ = self.processor.decode_generated(new_tokens, limits)
         stats = self._stats(prepared, generated, start, clock.first_token_time, end)
         return [Result(text, s) for text, s in zip(texts, stats)]
 
     def generate_batch(
-        self, waveforms: Sequence[Waveform], prompts: Sequence[str], settings: GenerationSettings
+        self, waveforms: Sequence[Waveform], prompts: Sequence[str], settings: GenerationSettings,
+        tasks: Sequence[str | None] | None = None,
     ) -> list[Result]:
-        """One batch (no seeding, no splitting): all ``waveforms`` are generated together."""
-        if len(waveforms) != len(prompts) or not waveforms:
+        """One batch (no seeding, no splitting): all ``waveforms`` are generated together;
+        ``tasks`` (one per waveform, ``None`` for unknown) decide which answers render the speech
+        (see :meth:`request`)."""
+        if len(waveforms) != len(prompts) or not waveforms or (tasks is not None and len(tasks) != len(prompts)):
             raise UsageError(f"generate_batch: got {len(waveforms)} waveform(s) and {len(prompts)} prompt(s)")
-        return self.generate_requests([self.request(w, p) for w, p in zip(waveforms, prompts)], settings)
+        kinds = list(tasks) if tasks is not None else [None] * len(prompts)
+        return self.generate_requests([self.request(w, p, t) for w, p, t in zip(waveforms, prompts, kinds)], settings)
 
     def generate(
         self,
@@ -504,17 +581,23 @@ class Pipeline:
         top_p: float | None = None,
         do_sample: bool | None = None,
         seed: int | None = None,
+        no_repeat_ngram_size: int | None = None,
+        repetition_penalty: float | None = None,
+        length_bound: bool | None = None,
         batch_size: int = 8,
         max_duration: float | None = DEFAULT_MAX_DURATION,
         return_stats: bool = False,
     ) -> str | Result | list[str] | list[Result]:
         """Answer ``prompt`` about ``audio`` (one input or a list; ``prompt`` may be a list of the
         same length; default: the model's ASR instruction). Generation settings left ``None`` take
-        the model's saved defaults. Returns the text (or a :class:`Result` with ``return_stats``), or a list
+        the model's saved defaults (see :class:`GenerationSettings`; an answer to the model's
+        transcription or translation instruction is capped by the audio's length bound unless
+        ``length_bound=False``). Returns the text (or a :class:`Result` with ``return_stats``), or a list
         for a list input. Clips longer than the encoder window are windowed (never truncated);
         clips longer than ``max_duration`` seconds are rejected."""
         settings = GenerationSettings(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, length_bound=length_bound,
         )
         single = not isinstance(audio, (list, tuple))
         items = [audio] if single else list(audio)
@@ -545,6 +628,9 @@ class Pipeline:
         top_p: float | None = None,
         do_sample: bool | None = None,
         seed: int | None = None,
+        no_repeat_ngram_size: int | None = None,
+        repetition_penalty: float | None = None,
+        length_bound: bool | None = None,
         max_duration: float | None = DEFAULT_MAX_DURATION,
     ) -> TextStream:
         """Stream the answer for one input: iterate the returned :class:`TextStream` for text
@@ -552,7 +638,8 @@ class Pipeline:
         background thread); afterwards ``.text`` and ``.stats`` hold the whole answer. The
         input is decoded (and checked) right away."""
         settings = GenerationSettings(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, length_bound=length_bound,
         )
         waveform = self.load(audio, sample_rate=sample_rate, max_duration=max_duration)
         return TextStream(self, self.request(waveform, self.default_prompt() if prompt is None else prompt), settings)
@@ -566,6 +653,9 @@ class Pipeline:
         top_p: float | None = None,
         do_sample: bool | None = None,
         seed: int | None = None,
+        no_repeat_ngram_size: int | None = None,
+        repetition_penalty: float | None = None,
+        length_bound: bool | None = None,
         max_duration: float | None = None,
         stream: bool = False,
         return_stats: bool = False,
@@ -578,7 +668,8 @@ class Pipeline:
         ``[audio, prompt]`` gives the same answer as ``pipe(audio, prompt)``.
         """
         settings = GenerationSettings(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+            no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty, length_bound=length_bound,
         )
         request = self.chat_request(list(messages), max_duration=max_duration)
         if stream:

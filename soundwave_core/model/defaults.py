@@ -40,10 +40,33 @@ DEFAULT_INSTRUCTIONS: dict[str, str] = {
 #: table follow it); a recipe's ``model.instructions`` may add more.
 TASKS: tuple[str, ...] = tuple(DEFAULT_INSTRUCTIONS)
 
+#: Tasks whose answer renders the speech itself (a transcript, a translation): their answers are
+#: capped by the audio-derived length bound (``GenerationDefaults.length_bound``).
+TRANSCRIPTION_TASKS = ("asr", "st")
+
 
 class GenerationDefaults(BaseModel):
     """Decoding defaults of a model, saved with every export (``swv_config.json`` and
-    ``generation_config.json``) and used by ``swv infer``/``swv eval`` unless overridden."""
+    ``generation_config.json``) and used by ``swv infer``/``swv eval``/``swv serve`` and
+    ``Pipeline`` unless overridden.
+
+    Against runaway answers (an answer looping to ``max_new_tokens``):
+
+    * ``no_repeat_ngram_size`` (0: off) and ``repetition_penalty`` (1.0: off): transformers'
+      ``NoRepeatNGramLogitsProcessor`` and ``RepetitionPenaltyLogitsProcessor`` over the
+      answer's tokens. The default 10 forbids only exact repeats of 10 tokens (about seven
+      words), which stops a loop after a few turns and leaves normal transcripts alone; a
+      penalty above 1 also lowers every word already said, so it is off.
+    * ``length_bound``: the answer of a transcription-like request (``TRANSCRIPTION_TASKS``)
+      gets at most ``ceil(max(length_bound_tokens_per_second * seconds,
+      length_bound_per_audio_token * audio_tokens)) + length_bound_margin`` new tokens (never
+      more than ``max_new_tokens``): ``seconds`` of audio, ``audio_tokens`` the embeddings the
+      adapter chain hands to the LLM (one per kept frame after a shrinking adapter, about one per
+      transcript token). See :func:`swv.model.stopping.length_bound`.
+
+    Imported released checkpoints (``swv import soundwave``) keep the released decoding: no
+    repetition control, no length bound.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,10 +74,19 @@ class GenerationDefaults(BaseModel):
     do_sample: bool = False
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    no_repeat_ngram_size: int = Field(default=10, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    length_bound: bool = True
+    length_bound_tokens_per_second: float = Field(default=10.0, gt=0)
+    length_bound_per_audio_token: float = Field(default=2.0, gt=0)
+    length_bound_margin: int = Field(default=16, ge=0)
 
     def to_generation_config(self) -> Any:
-        """A ``transformers.GenerationConfig`` (sampling knobs only when ``do_sample``)."""
+        """A ``transformers.GenerationConfig`` (sampling knobs only when ``do_sample``; the
+        repetition controls under transformers' names)."""
         from transformers import GenerationConfig
 
         knobs = {"temperature": self.temperature, "top_p": self.top_p} if self.do_sample else {}
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, **knobs)
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
+                                no_repeat_ngram_size=self.no_repeat_ngram_size,
+                                repetition_penalty=self.repetition_penalty, **knobs)

@@ -51,7 +51,7 @@ from transformers import AutoModel, AutoTokenizer, BatchFeature, ProcessorMixin
 from swv.core.audio import DEFAULT_MAX_DURATION, read_audio, resample
 from swv.core.errors import InputError, UsageError, first_line
 from swv.core.hub import resolve_model
-from swv.model.prompts import TRANSCRIPT_TASK, PromptBuilder, default_instruction
+from swv.model.prompts import TRANSCRIPT_TASK, PromptBuilder, default_instruction, renders_speech
 from swv.model.stopping import cut_at_stop, left_pad
 
 if TYPE_CHECKING:
@@ -89,10 +89,13 @@ class Waveform:
 @dataclass(frozen=True)
 class ChatRequest:
     """One request ready to batch: its chat-template prompt ids (ending with the assistant
-    header; one audio placeholder per clip) and its decoded clips, in placeholder order."""
+    header; one audio placeholder per clip) and its decoded clips, in placeholder order.
+    ``transcription``: the answer renders the speech (a transcript or translation), so the
+    audio-derived length bound applies to it."""
 
     ids: list[int]
     waveforms: list[Waveform]
+    transcription: bool = False
 
 
 class Answers(NamedTuple):
@@ -297,9 +300,19 @@ class SpeechLMProcessor(ProcessorMixin):
         clip's place (see :meth:`PromptBuilder.conversation_ids`)."""
         return self.prompts.conversation_ids(messages)
 
-    def request(self, waveform: Waveform, prompt: str) -> ChatRequest:
-        """A one-turn request: ``waveform`` followed by the instruction ``prompt``."""
-        return ChatRequest(self.prompt_ids(prompt), [waveform])
+    def request(self, waveform: Waveform, prompt: str, task: str | None = None) -> ChatRequest:
+        """A one-turn request: ``waveform`` followed by the instruction ``prompt``. Its answer
+        renders the speech (length bound) when ``task`` is a transcription-like task, or, without
+        ``task``, when ``prompt`` is the model's default instruction of one
+        (:func:`~swv.model.prompts.renders_speech`)."""
+        return ChatRequest(self.prompt_ids(prompt), [waveform], renders_speech(self.prompts.instructions, prompt, task))
+
+    def chat_request(self, messages: list[dict[str, str]], waveforms: list[Waveform]) -> ChatRequest:
+        """A conversation (user turns hold :attr:`audio_token` at each clip's place) with its clips;
+        its answer renders the speech when its last turn is a transcription-like instruction."""
+        last_turn = messages[-1]["content"].replace(self.audio_token, "")
+        transcription = bool(waveforms) and renders_speech(self.prompts.instructions, last_turn)
+        return ChatRequest(self.conversation_ids(messages), waveforms, transcription)
 
     def collate(self, requests: Sequence[ChatRequest]) -> BatchFeature:
         """Requests -> the model's inputs: left-padded ``input_ids``/``attention_mask [B, L]``,

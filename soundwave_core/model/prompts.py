@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from swv.core.errors import InputError
-from swv.model.defaults import DEFAULT_INSTRUCTIONS
+from swv.model.defaults import DEFAULT_INSTRUCTIONS, TRANSCRIPTION_TASKS
 from swv.model.splice import IGNORE_INDEX
 
 #: Task of records that carry only a transcript.
@@ -49,6 +50,21 @@ def default_instruction(table: Mapping[str, str], task: str, language: str | Non
             raise InputError(f"{prefix}task {key!r} needs an 'instruction' or a target language ('target_language' field)")
         text = text.replace(LANGUAGE_SLOT, language_name(language))
     return text
+
+
+def renders_speech(table: Mapping[str, str], instruction: str, task: str | None = None) -> bool:
+    """Whether the answer to ``instruction`` renders the speech (a transcript or translation,
+    :data:`~swv.model.defaults.TRANSCRIPTION_TASKS`): decided by ``task`` when given, else by
+    ``instruction`` being the default instruction of such a task in ``table`` (surrounding
+    spaces ignored; ``{language}`` stands for any language name)."""
+    if task:
+        return task in TRANSCRIPTION_TASKS
+    text = instruction.strip()
+    for name in TRANSCRIPTION_TASKS:
+        template = table.get(name)
+        if template and re.fullmatch(".+".join(re.escape(part) for part in template.split(LANGUAGE_SLOT)), text):
+            return True
+    return False
 
 
 class PromptBuilder:

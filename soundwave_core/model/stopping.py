@@ -5,6 +5,9 @@ strings written here: the generation config's ``eos_token_id`` (an id or a list)
 tokenizer's eos, and the end-of-turn token the chat template puts after an assistant answer
 (found by rendering a one-turn conversation). :meth:`swv.model.speechlm.SpeechLM.generate`
 stops on them; :func:`cut_at_stop` cuts generated rows at the first one.
+
+An answer that renders the speech (a transcript, a translation) also ends where the audio
+runs out: :func:`length_bound` is the most new tokens such an answer can need.
 """
 
 from __future__ import annotations
@@ -42,6 +45,36 @@ def stop_token_ids(tokenizer: Any, generation_config: Any, audio_token: str) -> 
         ids.append(tokenizer.eos_token_id)
     ids.extend(end_of_turn_ids(tokenizer, audio_token))
     return sorted({int(i) for i in ids})
+
+
+_ROUNDING = 1e-6
+
+
+def length_bound(
+    seconds: torch.Tensor,
+    audio_tokens: torch.Tensor,
+    max_new_tokens: int | torch.Tensor,
+    *,
+    tokens_per_second: float,
+    per_audio_token: float,
+    margin: int,
+) -> torch.Tensor:
+    """The most new tokens a transcript (or translation) of each row's audio can need, ``[B]``
+    int64, per row and vectorised::
+
+        min(max_new_tokens, ceil(max(tokens_per_second * seconds, per_audio_token * audio_tokens)) + margin)
+
+    ``seconds [B]`` is the row's audio duration, ``audio_tokens [B]`` the audio embeddings the
+    adapter chain hands to the LLM (``AudioState.lengths`` summed over the row's clips; after a
+    shrinking adapter one per kept frame, about one per transcript token). The duration term
+    holds when the adapter chain keeps few frames, the audio-token term when the tokenizer spends
+    many tokens per second of speech; ``margin`` covers very short clips and the stop token.
+    ``max_new_tokens`` (an int or ``[B]``) is never exceeded. The ceiling forgives float
+    rounding (a float32 0.2 s at 10 tokens per second is 2 tokens, not 3)."""
+    by_rate = torch.as_tensor(seconds, dtype=torch.float64) * tokens_per_second
+    by_tokens = torch.as_tensor(audio_tokens, dtype=torch.float64) * per_audio_token
+    bound = torch.ceil(torch.maximum(by_rate, by_tokens) - _ROUNDING).long() + margin
+    return torch.minimum(bound, torch.as_tensor(max_new_tokens, dtype=torch.long))
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

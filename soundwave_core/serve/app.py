@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 
 from fastapi import FastAPI, Request
@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swv.core.errors import InputError, SwvError, UsageError
-from swv.infer.pipeline import Pipeline
+from swv.infer.pipeline import GenerationSettings, Pipeline
 from swv.serve.batcher import Batcher, Delta, Failed, Finished, Job, Started
 from swv.serve.openai_api import (
     ChatCompletionParams,
@@ -42,7 +42,9 @@ log = logging.getLogger("swv.serve")
 @dataclass(frozen=True)
 class ServeSettings:
     """Server limits. ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``;
-    ``max_audio_seconds`` bounds every clip; ``max_body_bytes`` the request body."""
+    ``max_audio_seconds`` bounds every clip; ``max_body_bytes`` the request body.
+    ``generation``: the decoding controls of every request (length bound, repetition controls;
+    ``None`` fields take the model's defaults)."""
 
     model_id: str
     max_context: int
@@ -51,6 +53,7 @@ class ServeSettings:
     max_audio_seconds: float = 60.0
     default_max_tokens: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -156,7 +159,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
         if params.model != settings.model_id:
             raise _unknown_model(params.model)
         try:
-            generation = params.settings(settings.default_max_tokens)
+            generation = params.settings(settings.default_max_tokens, settings.generation)
             chat_request = await run_in_threadpool(
                 pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds, local_audio=False
             )

@@ -3,7 +3,8 @@
 group in one :meth:`~swv.infer.pipeline.Pipeline.generate_prepared` call.
 
 Each request gets its own answer: a row stops at its own stop token or its own token limit
-(``max_tokens``), and its text streams to it piece by piece. With greedy decoding the answer is
+(``max_tokens``, lowered for a transcript or translation to its audio's length bound, see
+:meth:`~swv.infer.pipeline.Pipeline.row_limits`), and its text streams to it piece by piece. With greedy decoding the answer is
 the one the request gets alone (left padding does not change it; the server tests check this).
 Events reach the request's asyncio queue through its event loop, thread-safely.
 """
@@ -16,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -93,7 +94,7 @@ class Job:
 
 def _group_key(settings: GenerationSettings) -> tuple[Any, ...]:
     """Requests whose settings differ only in ``max_new_tokens`` share a batch."""
-    return settings.do_sample, settings.temperature, settings.top_p
+    return tuple(value for name, value in sorted(asdict(settings).items()) if name != "max_new_tokens")
 
 
 class _RowStreamer(BaseStreamer):
@@ -239,8 +240,9 @@ class Batcher:
             prompt_tokens = prepared.prompt_tokens
             for job, n in zip(jobs, prompt_tokens):
                 job.emit(Started(n))
-            limits = [job.settings.max_new_tokens for job in jobs]
-            settings = replace(jobs[0].settings, max_new_tokens=max(limits))
+            requested = [job.settings.max_new_tokens for job in jobs]
+            settings = replace(jobs[0].settings, max_new_tokens=max(requested))
+            limits = pipe.row_limits(prepared, settings, requested).tolist()
             stop = threading.Event()
             streamer = _RowStreamer(pipe.processor, jobs, limits, stop)
             new_tokens = pipe.generate_prepared(prepared, settings, streamer, stop=stop, row_limits=limits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,10 +61,13 @@ class ChatCompletionParams(BaseModel):
         if self.modalities is not None and set(self.modalities) - {"text"}:
             raise RequestError(400, "only the 'text' output modality is supported", param="modalities")
 
-    def settings(self, default_max_tokens: int) -> GenerationSettings:
+    def settings(self, default_max_tokens: int, base: GenerationSettings | None = None) -> GenerationSettings:
+        """The request's settings over the server's ``base`` (its decoding controls; what both
+        leave open takes the model's defaults)."""
         max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens
         sample = bool(self.temperature)
-        return GenerationSettings(
+        return replace(
+            base or GenerationSettings(),
             max_new_tokens=max_tokens,
             do_sample=sample,
             temperature=self.temperature if sample else 1.0,
