@@ -21,7 +21,7 @@ from torch import nn
 from swv.adapters.base import Adapter
 from swv.backbones.base import Backbone
 from swv.encoders.base import Encoder
-from swv.model.speechlm import PATH_FIELDS
+from swv.model.directory import PATH_FIELDS
 from swv.nn.context import BackboneInfo
 from swv.nn.state import AudioState
 from swv.recipes.schema import ComponentRef
@@ -137,7 +137,7 @@ def test_declared_members_exist_on_the_base_class_and_in_the_doc(kind: str) -> N
 def test_every_config_field_the_core_reads_is_declared_and_documented(found) -> None:
     _, fields = found
     for field in PATH_FIELDS:
-        fields[("any", field)].add("swv.model.speechlm.PATH_FIELDS")
+        fields[("any", field)].add("swv.model.directory.PATH_FIELDS")
     everywhere = set().union(*(set(cls.CONFIG_FIELDS) for cls in BASES.values()))
     undeclared = {f"{kind}.{name}": sorted(places)[:2] for (kind, name), places in fields.items()
                   if name not in (everywhere if kind == "any" else BASES[kind].CONFIG_FIELDS)}

@@ -555,12 +555,8 @@ def _write_encoder(state: dict[str, torch.Tensor], hf_config: Any, directory: Pa
 
 
 def _swv_config(refs: list[dict[str, Any]], backbone_dtype: str) -> dict[str, Any]:
-    from swv.model.speechlm import (
-        BUNDLED_BACKBONE_DIR,
-        BUNDLED_ENCODER_DIR,
-        SpeechLMConfig,
-        _versions,
-    )
+    from swv.model.directory import BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, model_versions
+    from swv.model.speechlm import SpeechLMConfig
     config = SpeechLMConfig(
         encoder={"name": "whisper", "path": BUNDLED_ENCODER_DIR, "mode": "pad_to_30s"},
         adapters=refs,
@@ -568,7 +564,7 @@ def _swv_config(refs: list[dict[str, Any]], backbone_dtype: str) -> dict[str, An
         system_prompt=RELEASED_SYSTEM_PROMPT,
         generation={**RELEASED_GENERATION, **RELEASED_CONTROLS},
         encoder_trained=False,
-        versions=_versions(),
+        versions=model_versions(),
     )
     return config.to_dict()
 
@@ -635,12 +631,7 @@ def _validate(src: Path, config: dict[str, Any], shrinking_heads: int | None, dt
 def _write(checked: _Validated, src: Path, config: dict[str, Any], tmp: Path, dtype: torch.dtype | None) -> int:
     """Write the swv model directory into ``tmp``; returns the audio token id. The tokenizer is
     checked first, so a mismatch fails before any weight is copied."""
-    from swv.model.speechlm import (
-        ADAPTER_DIR,
-        BUNDLED_BACKBONE_DIR,
-        BUNDLED_ENCODER_DIR,
-        write_config_files,
-    )
+    from swv.model.directory import ADAPTER_DIR, BUNDLED_BACKBONE_DIR, BUNDLED_ENCODER_DIR, write_config_files
 
     plan, llama = checked.plan, checked.llama
     backbone_dir = tmp / BUNDLED_BACKBONE_DIR

@@ -5,10 +5,7 @@ Submodule prefixes are stable: ``encoder.``, ``adapters.<name>.`` (chain order),
 
 from __future__ import annotations
 
-import importlib.metadata as md
-import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +13,14 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from swv.core.config import CONFIG_NAME
-from swv.core.errors import ComponentError, InputError, SwvError, UsageError, first_line
-from swv.core.hub import resolve_model
-from swv.core.io import atomic_directory, check_safetensors
-from swv.model.card import render_model_card
+from swv.core.errors import ComponentError, InputError, SwvError, first_line
 from swv.model.defaults import PAPER_SYSTEM_PROMPT, GenerationDefaults
+from swv.model.directory import load_weights, read_saved_config, save_model
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.processor import SpeechLMProcessor
 from swv.model.splice import Spliced, splice_audio
@@ -36,16 +29,6 @@ from swv.nn.state import AudioState
 from swv.nn.vocab_logits import VocabLogits
 from swv.nn.windowing import encode_windowed, encoder_window_samples
 from swv.registry.components import Component, Registry
-
-ENCODER_WEIGHTS = "encoder.safetensors"
-ADAPTER_DIR = "adapters"
-BUNDLED_ENCODER_DIR = "encoder"
-BUNDLED_BACKBONE_DIR = "backbone"
-#: transformers' config file (the same content as ``swv_config.json``) and the model card.
-HF_CONFIG_NAME = "config.json"
-MODEL_CARD = "README.md"
-#: PEFT's adapter config file, and its field naming the base model.
-LORA_CONFIG_FILE = "adapter_config.json"
 
 
 class SpeechLMConfig(PreTrainedConfig):
@@ -104,16 +87,6 @@ class SpeechLMOutput(ModelOutput):
     audio_embeds: torch.Tensor | None = None
     audio_lengths: torch.Tensor | None = None
     aux_losses: dict[str, torch.Tensor] | None = None
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for dist in ("swv", "torch", "transformers", "peft"):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def _registry(registry: Registry | None) -> Registry:
@@ -443,7 +416,7 @@ class SpeechLM(PreTrainedModel):
             **generate_kwargs,
         )
 
-    # ---------------------------------------------------------------------------------------
+    # -- the model directory (swv.model.directory) --------------------------------------------
     def save_pretrained(  # type: ignore[override]
         self,
         save_directory: str | os.PathLike[str],
@@ -471,43 +444,7 @@ class SpeechLM(PreTrainedModel):
         (their ``save_pretrained``/``save_base`` and ``bundled_config``). ``merge_lora`` writes
         the LoRA-merged backbone to ``backbone/``.
         """
-        target = Path(save_directory)
-        config = self.config
-        encoder, backbone = config.encoder, config.backbone
-        with atomic_directory(target) as tmp:
-            (tmp / ADAPTER_DIR).mkdir()
-            for name, adapter in self.adapters.items():
-                save_file(_contiguous(adapter.state_dict()), str(tmp / ADAPTER_DIR / f"{name}.safetensors"))
-            was_bundled = set(config.bundled or [])
-            bundled: list[str] = []
-            if bundle or "encoder" in was_bundled or self.encoder.needs_bundle:
-                self.encoder.save_pretrained(tmp / BUNDLED_ENCODER_DIR)
-                encoder = encoder.replace(**self.encoder.bundled_config(BUNDLED_ENCODER_DIR))
-                bundled.append("encoder")
-            elif save_encoder or (save_encoder is None and config.encoder_trained):
-                save_file(_contiguous(self.encoder.state_dict()), str(tmp / ENCODER_WEIGHTS))
-            if (
-                merge_lora
-                or bundle
-                or config.backbone_trained
-                or "backbone" in was_bundled
-                or self.backbone.needs_bundle
-            ):
-                self.backbone.save_base(tmp / BUNDLED_BACKBONE_DIR, merged=merge_lora)
-                backbone = backbone.replace(**self.backbone.bundled_config(BUNDLED_BACKBONE_DIR, merged=merge_lora))
-                bundled.append("backbone")
-            if "encoder" not in bundled and self.encoder.hub_commit is not None:
-                encoder = encoder.replace(revision=self.encoder.hub_commit)
-            if "backbone" not in bundled and self.backbone.hub_commit is not None:
-                backbone = backbone.replace(revision=self.backbone.hub_commit)
-            if not merge_lora and self.backbone.save_lora(tmp):
-                _point_lora_at_backbone(tmp, backbone.to_dict())
-            SpeechLMProcessor.from_model(self).save_pretrained(str(tmp))  # the tokenizer and processor_config.json
-            self.generation_defaults().to_generation_config().save_pretrained(str(tmp))
-            saved = config.to_dict()
-            saved.update(encoder=encoder.to_dict(), backbone=backbone.to_dict(), bundled=bundled, versions=_versions())
-            write_config_files(tmp, saved)
-        return target
+        return save_model(self, Path(save_directory), bundle=bundle, merge_lora=merge_lora, save_encoder=save_encoder)
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -532,29 +469,13 @@ class SpeechLM(PreTrainedModel):
         naming the Python files it ships. Relative paths in the config must stay inside the
         directory. Every ``*.safetensors`` file is checked to be complete before anything loads.
         """
-        directory = resolve_model(source, revision)
-        config_path = directory / CONFIG_NAME
-        data = read_model_config(directory)
-        for file in sorted(directory.rglob("*.safetensors")):
-            check_safetensors(file)
-        data.pop("model_type", None)
-        for key in ("encoder", "backbone"):
-            data[key] = _localise(_component_ref(data.get(key), config_path, key), directory, config_path, key)
-            _apply_trust(data[key], trust_remote_code, directory, config_path, key)
-        adapters = data.get("adapters")
-        if not isinstance(adapters, list) or not adapters:
-            raise InputError(f"{config_path}: adapters: expected a non-empty list of {{name, ...}} objects")
         registry = _registry(registry)
-        data["adapters"] = [
-            _resolve(registry, "adapter", _component_ref(ref, config_path, f"adapters[{i}]"), config_path, ("adapters", i))
-            for i, ref in enumerate(adapters)
-        ]
-        for key in ("encoder", "backbone"):
-            data[key] = _resolve(registry, key, data[key], config_path, (key,))
+        directory, data = read_saved_config(source, revision, registry, trust_remote_code)
         try:
-            return cls._build_and_load(SpeechLMConfig(**data), directory, registry, lora_trainable)
+            model = cls(SpeechLMConfig(**data), registry=registry)
+            load_weights(model, directory, lora_trainable)
         except ComponentError as exc:
-            raise InputError(f"{config_path}: {first_line(exc)}") from None
+            raise InputError(f"{directory / CONFIG_NAME}: {first_line(exc)}") from None
         except SwvError:
             raise
         except Exception as exc:  # a library (tokenizers, peft, transformers) choking on a malformed file
@@ -562,127 +483,7 @@ class SpeechLM(PreTrainedModel):
                 f"{directory}: cannot load the model, a file of the directory is malformed "
                 f"({type(exc).__name__}: {first_line(exc)})"
             ) from exc
-
-    @classmethod
-    def _build_and_load(cls, config: SpeechLMConfig, directory: Path, registry: Registry, lora_trainable: bool) -> SpeechLM:
-        """The model of a validated saved config, with the directory's weights loaded."""
-        model = cls(config, registry=registry)
-        for name, adapter in model.adapters.items():
-            path = directory / ADAPTER_DIR / f"{name}.safetensors"
-            if not path.is_file():
-                raise InputError(f"{directory}: missing adapter weights {ADAPTER_DIR}/{name}.safetensors")
-            _load_into(adapter, path)
-        if (directory / ENCODER_WEIGHTS).is_file():
-            _load_into(model.encoder, directory / ENCODER_WEIGHTS)
-        if (directory / LORA_CONFIG_FILE).is_file():
-            model.backbone.load_lora(directory, trainable=lora_trainable)
         return model.eval()
-
-
-def read_model_config(directory: Path) -> dict[str, Any]:
-    """The JSON object of ``directory/swv_config.json`` (an :class:`InputError` naming the file otherwise)."""
-    config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
-        raise InputError(f"{directory}: not an swv model directory (missing {CONFIG_NAME})")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{config_path}: invalid JSON ({exc.msg})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{config_path}: cannot read ({first_line(exc)})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{config_path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _component_ref(ref: Any, config_path: Path, key: str) -> dict[str, Any]:
-    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str):
-        raise InputError(f"{config_path}: {key}: expected an object with a 'name' (a registered component), got {ref!r}")
-    return dict(ref)
-
-
-def _resolve(registry: Registry, kind: str, ref: dict[str, Any], config_path: Path, loc: tuple[Any, ...]) -> Component:
-    """One component of a saved config, validated; errors name ``swv_config.json`` and the field."""
-    from swv.core.validation import describe_error, format_loc
-
-    try:
-        return registry.resolve(kind, ref)
-    except ComponentError as exc:
-        raise InputError(f"{config_path}: {format_loc((*loc, 'name'))}: {first_line(exc)}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InputError(f"{config_path}: {format_loc((*loc, *first.get('loc', ())))}: {describe_error(first)}") from None
-
-
-def _apply_trust(cfg: dict[str, Any], allowed: bool, directory: Path, config_path: Path, key: str) -> None:
-    """A component that asks for ``trust_remote_code`` needs the caller's consent (never the
-    config's); with it, warn naming the Python files that may run."""
-    if not cfg.get("trust_remote_code"):
-        return
-    source = Path(str(cfg.get("path") or directory))
-    files = sorted(str(f) for f in (source.rglob("*.py") if source.is_dir() else []))
-    shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "") if files else "none found locally"
-    if not allowed:
-        raise UsageError(
-            f"{config_path}: {key}.trust_remote_code is true: this model directory asks to run Python code it ships "
-            f"({shown}); a model directory cannot enable that. Review the code, then pass --trust-remote-code"
-        )
-    warnings.warn(f"{key}: running the model's own Python code (--trust-remote-code): {shown}", stacklevel=2)
-
-
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous() for k, v in state.items()}
-
-
-def write_config_files(directory: Path, saved: dict[str, Any]) -> None:
-    """Write a model directory's config (``SpeechLMConfig.to_dict()`` form) as ``swv_config.json``
-    and, for transformers, as ``config.json``, and its model card ``README.md``."""
-    text = json.dumps(saved, indent=2, sort_keys=True) + "\n"
-    (directory / CONFIG_NAME).write_text(text)
-    (directory / HF_CONFIG_NAME).write_text(text)
-    (directory / MODEL_CARD).write_text(render_model_card(saved))
-
-
-def _point_lora_at_backbone(directory: Path, backbone: dict[str, Any]) -> None:
-    """Make the saved LoRA's ``base_model_name_or_path`` the export's own backbone (PEFT records
-    the path the weights were loaded from, e.g. the previous stage's export): its ``path`` as
-    saved (``backbone``, relative to the export, when bundled; a hub id or a local path when
-    referenced) and its ``revision``."""
-    file = directory / LORA_CONFIG_FILE
-    adapter_config = json.loads(file.read_text(encoding="utf-8"))
-    adapter_config["base_model_name_or_path"] = backbone.get("path")
-    adapter_config["revision"] = backbone.get("revision")
-    file.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-
-
-#: Component fields that name files or directories.
-PATH_FIELDS = ("path", "tokenizer")
-
-
-def _localise(cfg: dict[str, Any], directory: Path, config_path: Path, key: str) -> dict[str, Any]:
-    """Component paths saved relative to the model directory become absolute; a relative path
-    that leaves the directory (``../x``) is refused. Absolute paths and hub ids refer to base
-    weights the model was trained on (loaded as safetensors, never as code)."""
-    root = directory.resolve()
-    for field in PATH_FIELDS:
-        value = cfg.get(field)
-        if not isinstance(value, str) or os.path.isabs(value) or value.startswith("~"):
-            continue
-        target = (directory / value).resolve()
-        if target != root and root not in target.parents:
-            raise InputError(f"{config_path}: {key}.{field}: {value!r} points outside the model directory")
-        if target.exists():
-            cfg[field] = str(target)
-    return cfg
-
-
-def _load_into(module: nn.Module, path: Path) -> None:
-    state = load_file(str(path))
-    result = module.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys]
-    if missing or result.unexpected_keys:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
-        raise InputError(f"{path}: weights do not match the configured module ({detail})")
 
 
 # transformers' Auto classes know swv models (see swv.model.hf_auto): no trust_remote_code needed
