@@ -56,13 +56,13 @@ class WhisperReference:
         return texts
 
 
-def whisper_wer(reference: WhisperReference, items: Any) -> dict[str, Any]:
+def whisper_wer(reference: WhisperReference, items: Any, max_length: int = 128) -> dict[str, Any]:
     """WER of ``reference`` on :class:`swv.demo.evaluate.Items` (their ``text``), with examples."""
     from swv.demo.evaluate import examples
     from swv.eval.metrics import wer
 
     start = time.perf_counter()
-    hypotheses = reference.transcribe(items.waveforms)
+    hypotheses = reference.transcribe(items.waveforms, max_length=max_length)
     score = wer([r["text"] for r in items.records], hypotheses)
     return {"wer": score["wer"], "num_ref_words": score["num_ref_words"], "seconds": round(time.perf_counter() - start, 2),
             "examples": examples(items.records, hypotheses, "text")}
