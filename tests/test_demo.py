@@ -320,13 +320,12 @@ def test_engine_synthesizer_dispatches_by_engine() -> None:
         synth("a b", Voice("en-US", 20, 115, engine=PICO))
 
 
-def test_manifests_load_as_swv_sources(tmp_path: Path) -> None:
+def test_manifests_load_as_swv_sources(demo_data: Path, tmp_path: Path) -> None:
     from swv.data.sources import load_source
     from swv.recipes.schema import DatasetSpec
 
-    build_dataset(tmp_path, _small_text(), FakeSynthesizer(), renditions=1, log=lambda _: None)
-    for name in ("train_asr", "train_asr_sft", "train_qa", "dev_asr"):
-        ds = load_source(name, DatasetSpec(manifest=str(tmp_path / f"{name}.jsonl")), cache_dir=str(tmp_path / "hf"))
+    for name in ("train_asr", "train_asr_sft", "train_qa", "train_pitch", "train_sex", "train_rate", "dev_asr", "dev_noisy_asr"):
+        ds = load_source(name, DatasetSpec(manifest=str(demo_data / f"{name}.jsonl")), cache_dir=str(tmp_path / "hf"))
         assert len(ds) > 0 and all(Path(a).is_file() for a in ds["audio"])
 
 
@@ -387,6 +386,27 @@ def test_write_results_and_plot(tmp_path: Path) -> None:
     assert data["loss_curves"]["shrinking"]["lm_loss"] == [[5, 2.0], [10, 1.5]]
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_summary_has_every_condition_and_label() -> None:
+    from swv.demo.run import CONDITIONS, _summary, _summary_text
+
+    results = {
+        "mode": "quick", "timings_s": {"total": 90.0},
+        "reference": {c: {"wer": 0.1} for c in CONDITIONS},
+        "before": {"ctc": {"heldout": {"wer": 0.5}, "dev": {"wer": 0.6}}, "labels": {"pitch": {"accuracy": 0.0}, "sex": {"accuracy": 0.5}},
+                   "qa": {"accuracy": 0.25}, "text_qa_base": {"accuracy": 1.0}},
+        "after": {"ctc": {c: {"wer": 0.4} for c in CONDITIONS}, "asr": {"heldout": {"wer": 0.3}},
+                  "labels": {"pitch": {"accuracy": 0.75}, "rate": {"accuracy": 1.0}}},
+    }
+    head = _summary(results)["headline"]
+    assert head["wer"]["heldout"] == {"whisper_decoder": 0.1, "ctc_after_stage1": 0.5, "ctc_final": 0.4, "final_model": 0.3}
+    assert head["wer"]["dev_noisy"] == {"whisper_decoder": 0.1, "ctc_after_stage1": None, "ctc_final": 0.4, "final_model": None}
+    assert head["labels"] == {"pitch": {"before": 0.0, "after": 0.75}, "rate": {"before": None, "after": 1.0},
+                              "sex": {"before": 0.5, "after": None}}
+    assert head["pitch_accuracy_before"] == 0.0 and head["asr_wer_final"] == 0.3 and head["whisper_wer_heldout"] == 0.1
+    text = _summary_text(results)
+    assert "dev_noisy" in text and "pitch accuracy (held-out): 0.0% before -> 75.0% after" in text
 
 
 def test_plot_without_metrics(tmp_path: Path) -> None:
