@@ -127,3 +127,43 @@ def test_warp_changes_duration_and_pitch() -> None:
 def test_bad_settings_are_one_clear_error(bad: dict) -> None:
     with pytest.raises(InputError, match="augmentation"):
         Augmentation(**bad)
+
+
+def _write_manifest(root) -> object:
+    import json
+
+    import soundfile as sf
+
+    (root / "wav").mkdir(parents=True)
+    lines = []
+    for i in range(3):
+        sf.write(str(root / "wav" / f"{i}.wav"), _speech(0.6 + 0.2 * i, i), SR)
+        lines.append(json.dumps({"id": f"utt{i}", "audio": f"wav/{i}.wav", "text": f"words {i}", "speaker": "s"}))
+    manifest = root / "in.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def test_augment_manifest_writes_deterministic_copies(tmp_path) -> None:
+    import json
+
+    import soundfile as sf
+
+    from swv.dataprep.augment import augment_manifest
+
+    manifest = _write_manifest(tmp_path / "src")
+    spec = Augmentation(noise_prob=1.0, reverb_prob=1.0, speed_prob=1.0)
+    assert augment_manifest(manifest, tmp_path / "a" / "out.jsonl", spec, copies=2) == 6
+    assert augment_manifest(manifest, tmp_path / "b" / "out.jsonl", spec, copies=2) == 6
+    rows = [json.loads(line) for line in (tmp_path / "a" / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"utt{i}-aug{k}" for i in range(3) for k in range(2)]
+    assert [r["text"] for r in rows] == [f"words {i}" for i in range(3) for _ in range(2)]
+    for row in rows:
+        first, second = tmp_path / "a" / row["audio"], tmp_path / "b" / row["audio"]
+        assert first.read_bytes() == second.read_bytes()
+        info = sf.info(str(first))
+        assert info.samplerate == SR and abs(info.frames / SR - row["duration"]) < 1e-3
+    copies = [sf.read(str(tmp_path / "a" / r["audio"]), dtype="float32")[0] for r in rows[:2]]
+    assert len(copies[0]) != len(copies[1]) or not np.allclose(copies[0], copies[1])
+    with pytest.raises(InputError, match="copies"):
+        augment_manifest(manifest, tmp_path / "c.jsonl", spec, copies=0)

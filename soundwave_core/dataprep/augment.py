@@ -17,6 +17,7 @@ and two clips never share a draw. What it does, in order, each with its own prob
 * gain, then a clip to [-1, 1].
 
 Waveforms are mono float32 numpy arrays or 1-D tensors; the result has the input's type.
+:func:`augment_manifest` applies an :class:`Augmentation` to every clip of a JSONL manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,3 +166,36 @@ def augment(wav: np.ndarray | torch.Tensor, sample_rate: int, spec: Augmentation
         x = add_noise(x, _noise(kind, len(x), sources, talkers, g), snr)
     x = (x * gain).clamp(-1.0, 1.0)
     return x.numpy().astype(np.float32) if as_numpy else x
+
+
+def augment_manifest(manifest: str | Path, out_manifest: str | Path, spec: Augmentation, *, seed: int = 0, copies: int = 1,
+                     sample_rate: int = 16_000, babble_pool: int = 16) -> int:
+    """Write ``copies`` augmented versions of every clip of ``manifest``: FLAC files under
+    ``<out_manifest's folder>/audio/`` and their records (the original's fields, ``id`` suffixed
+    ``-aug<k>``, new ``audio`` and ``duration``, ``augment`` = the copy's key) in ``out_manifest``.
+    Copy ``k`` of the clip on line ``n`` is drawn from ``clip_generator(seed, "<id or n>/<k>")``,
+    so a rerun writes the same audio; babble comes from the first ``babble_pool`` clips (never
+    the clip itself). Returns the number of records written."""
+    from swv.core.audio import load_audio, write_audio
+    from swv.data.manifest import audio_ref, read_manifest, resolve_audio, write_manifest
+
+    if copies < 1:
+        raise InputError(f"augment: copies must be at least 1, got {copies}")
+    manifest, out_manifest = Path(manifest), Path(out_manifest)
+    records = list(read_manifest(manifest))
+    pool = [(n, load_audio(resolve_audio(manifest, r), sample_rate)) for n, r in records[:babble_pool]]
+    audio_dir = out_manifest.parent / "audio"
+    out: list[dict] = []
+    for n, record in records:
+        wav = load_audio(resolve_audio(manifest, record), sample_rate)
+        others = [w for m, w in pool if m != n]
+        name = str(record.get("id", n))
+        for k in range(copies):
+            key = f"{name}/{k}"
+            result = augment(wav, sample_rate, spec, clip_generator(seed, key), others)
+            path = audio_dir / f"{n:06d}-{k}.flac"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_audio(path, result, sample_rate)
+            out.append({**record, "id": f"{name}-aug{k}", "audio": audio_ref(path, out_manifest),
+                        "duration": round(len(result) / sample_rate, 3), "augment": key})
+    return write_manifest(out_manifest, out)
