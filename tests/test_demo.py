@@ -1,6 +1,9 @@
-"""``swv demo``: the shipped text, data generation (with a fake synthesizer), CTC greedy decoding,
-results/plot writing, recipe wiring. The opt-in ``demo`` test (SWV_RUN_DEMO_TESTS=1, weight
-packages and espeak-ng installed) runs a few steps of the quick demo's first stage on real weights."""
+"""``swv demo``: the shipped text, voice planning over the engines (the dev engine never in a
+training manifest, held-out voices unseen), data generation with a fake synthesizer (labels
+balanced, augmentation deterministic, the noisy dev split), CTC greedy decoding, results/plot
+writing, recipe wiring. Opt-in (SWV_RUN_DEMO_TESTS=1): the real engines speak with their
+settings; with the weight packages too, a few steps of the quick demo's first stage, and the
+quick demo end to end."""
 
 from __future__ import annotations
 
