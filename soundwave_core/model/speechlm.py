@@ -89,6 +89,17 @@ class SpeechLMOutput(ModelOutput):
     aux_losses: dict[str, torch.Tensor] | None = None
 
 
+def _cached_state(
+    encoder_embeds: torch.Tensor | None, encoder_lengths: torch.Tensor | None, speech_lengths: torch.Tensor | None
+) -> AudioState:
+    """Cached encoder outputs as the encoder's :class:`AudioState`."""
+    assert encoder_embeds is not None
+    if encoder_lengths is None:
+        raise InputError("encoder_lengths is required with encoder_embeds")
+    speech = None if speech_lengths is None else speech_lengths.long().to(encoder_lengths.device)
+    return AudioState(embeds=encoder_embeds, lengths=encoder_lengths.long(), speech_lengths=speech)
+
+
 def _registry(registry: Registry | None) -> Registry:
     if registry is not None:
         return registry
@@ -196,31 +207,38 @@ class SpeechLM(PreTrainedModel):
                 "encode_audio takes exactly one of waveforms, input_features (with feature_lengths) or "
                 f"encoder_embeds (with encoder_lengths); got {', '.join(given) or 'none'}"
             )
-        encoder_device = next(self.encoder.parameters()).device
         if waveforms is not None:
-            windowed = encode_windowed(self.encoder, waveforms, window_batch_size=window_batch_size, device=encoder_device)
+            windowed = encode_windowed(self.encoder, waveforms, window_batch_size=window_batch_size,
+                                       device=next(self.encoder.parameters()).device)
             state, num_windows = windowed.state, windowed.num_windows
         elif input_features is not None:
-            if feature_lengths is None:
-                raise InputError("feature_lengths is required with input_features")
-            state = self.encoder(input_features.to(encoder_device), feature_lengths.to(encoder_device))
+            state = self._encode_features(input_features, feature_lengths)
             num_windows = torch.ones_like(state.lengths)
         else:
-            assert encoder_embeds is not None
-            if encoder_lengths is None:
-                raise InputError("encoder_lengths is required with encoder_embeds")
-            speech = None if encoder_speech_lengths is None else encoder_speech_lengths.long().to(encoder_lengths.device)
-            state = AudioState(embeds=encoder_embeds, lengths=encoder_lengths.long(), speech_lengths=speech)
+            state = _cached_state(encoder_embeds, encoder_lengths, encoder_speech_lengths)
             num_windows = torch.ones_like(state.lengths)
-        # the adapters' dtype and device (the backbone's for a chain without parameters)
+        return self._run_chain(self._to_adapters(state), stop_after_ctc, num_windows)
+
+    def _encode_features(self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None) -> AudioState:
+        if feature_lengths is None:
+            raise InputError("feature_lengths is required with input_features")
+        device = next(self.encoder.parameters()).device
+        return self.encoder(input_features.to(device), feature_lengths.to(device))
+
+    def _to_adapters(self, state: AudioState) -> AudioState:
+        """``state`` cast to the adapters' dtype and device (the backbone's for a chain without parameters)."""
         target = next(iter(self.adapters.parameters()), None)
         if target is None:
             target = next(self.backbone.parameters())
-        state = state.replace(
+        return state.replace(
             embeds=state.embeds.to(device=target.device, dtype=target.dtype),
             lengths=state.lengths.to(target.device),
             speech_lengths=None if state.speech_lengths is None else state.speech_lengths.to(target.device),
         )
+
+    def _run_chain(self, state: AudioState, stop_after_ctc: bool, num_windows: torch.Tensor) -> AudioState:
+        """The adapter chain over the encoder's ``state`` (each adapter told the window length in
+        its input frames); ``encoder_lengths`` and ``num_windows`` set on the result."""
         encoder_frames = state.lengths
         window = state.window_frames
         for adapter in self.adapters.values():
@@ -319,24 +337,25 @@ class SpeechLM(PreTrainedModel):
         if run_backbone:
             assert input_ids is not None
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            spliced = self.splice(state, input_ids, mask, labels)
-            lm_logits: torch.Tensor | VocabLogits | None = None
-            if self.training and spliced.labels is not None:
-                # the loss runs the LM head on the labelled positions only
-                lm_logits = self.backbone.factored_logits(
-                    spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids
-                )
-            if lm_logits is None:
-                lm_out = self.backbone(
-                    inputs_embeds=spliced.inputs_embeds,
-                    attention_mask=spliced.attention_mask,
-                    position_ids=spliced.position_ids,
-                )
-                out.logits = lm_logits = lm_out.logits
-            if spliced.labels is not None:
-                out.lm_loss = lm_loss(lm_logits, spliced.labels)
-                out.loss = out.lm_loss
+            self._language_model(out, self.splice(state, input_ids, mask, labels))
         return out
+
+    def _language_model(self, out: SpeechLMOutput, spliced: Spliced) -> None:
+        """Run the backbone on the spliced inputs; set ``logits`` (unless training with labels,
+        where the LM head runs on the labelled positions only) and ``lm_loss``/``loss``."""
+        lm_logits: torch.Tensor | VocabLogits | None = None
+        if self.training and spliced.labels is not None:
+            lm_logits = self.backbone.factored_logits(spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids)
+        if lm_logits is None:
+            lm_out = self.backbone(
+                inputs_embeds=spliced.inputs_embeds,
+                attention_mask=spliced.attention_mask,
+                position_ids=spliced.position_ids,
+            )
+            out.logits = lm_logits = lm_out.logits
+        if spliced.labels is not None:
+            out.lm_loss = lm_loss(lm_logits, spliced.labels)
+            out.loss = out.lm_loss
 
     def _ctc_loss(
         self, state: AudioState, ctc_targets: torch.Tensor, ctc_target_lengths: torch.Tensor | None
