@@ -220,6 +220,8 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     final = run_dir / stages[-1] / "export"
     with clock.phase("4. final model on every condition (swv eval)"):
         results["after"] = measure_final(final, run_dir / "eval", items, text, log)
+    with clock.phase("4b. ablation: the shrinking adapter's acoustic path zeroed"):
+        results["ablation"] = measure_ablation(final, run_dir / "eval", items, log)
     with clock.phase("5. swv infer on one held-out clip"):
         results["inference"] = _infer_one(final, items["qa"], log)
     results["timings_s"] = {**clock.phases, "total": clock.total()}
@@ -295,6 +297,21 @@ def measure_final(final: Path, eval_dir: Path, items: dict[str, Any], text: Any,
     return out
 
 
+def measure_ablation(final: Path, eval_dir: Path, items: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """The final model with its acoustic path zeroed (:mod:`swv.demo.ablation`): held-out ASR WER
+    and the label tasks."""
+    from swv.demo import evaluate as ev
+    from swv.demo.ablation import acoustic_path_ablated
+
+    ablated = acoustic_path_ablated(final, eval_dir.parent / "ablated-export")
+    heldout = items["asr"]["heldout"]
+    return {
+        "asr": {"heldout": _report("heldout ASR WER, acoustic path zeroed", ev.eval_task(ablated, heldout, "asr",
+                                                                                       eval_dir / "ablated-asr", 32), log)},
+        "labels": _label_accuracy(ablated, items, eval_dir, "ablated", log),
+    }
+
+
 def _report(title: str, result: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     key = "wer" if "wer" in result else "accuracy"
     value = result[key]
@@ -330,6 +347,7 @@ def _infer_one(model_dir: Path, items: Any, log: Callable[[str], None]) -> dict[
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
     """``results`` with a ``headline``: every number per condition and per label task."""
     before, after, reference = results.get("before") or {}, results.get("after") or {}, results.get("reference") or {}
+    ablation = results.get("ablation") or {}
 
     def pick(part: Any, *keys: str) -> Any:
         for key in keys:
@@ -339,7 +357,8 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     wer = {c: {"whisper_decoder": pick(reference, c, "wer"), "ctc_after_stage1": pick(before, "ctc", c, "wer"),
                "ctc_final": pick(after, "ctc", c, "wer"), "final_model": pick(after, "asr", c, "wer")}
            for c in CONDITIONS}
-    labels = {t: {"before": pick(before, "labels", t, "accuracy"), "after": pick(after, "labels", t, "accuracy")}
+    labels = {t: {"before": pick(before, "labels", t, "accuracy"), "after": pick(after, "labels", t, "accuracy"),
+                  "acoustic_path_zeroed": pick(ablation, "labels", t, "accuracy")}
               for t in sorted({*(before.get("labels") or {}), *(after.get("labels") or {})})}
     return {
         **results,
@@ -353,6 +372,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
             "spoken_qa_accuracy_before": pick(before, "qa", "accuracy"),
             "spoken_qa_accuracy_after": pick(after, "qa", "accuracy"),
             "text_qa_accuracy_base_llm": pick(before, "text_qa_base", "accuracy"),
+            "asr_wer_final_acoustic_path_zeroed": pick(ablation, "asr", "heldout", "wer"),
             "wer": wer,
             "labels": labels,
         },
