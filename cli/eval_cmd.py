@@ -3,82 +3,88 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from swv.cli.infer_cmd import (
-    BatchSize,
-    Device,
-    DoSample,
-    Dtype,
-    LengthBound,
+from swv.cli.options import (
+    GenerationOptions,
     MaxDuration,
-    MaxNewTokens,
     ModelSource,
-    NoRepeatNgramSize,
-    RepetitionPenalty,
     Revision,
-    Seed,
-    System,
-    Temperature,
-    TopP,
+    RunOptions,
     TrustRemoteCode,
-    generation_settings,
+    with_option_groups,
 )
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import UsageError
 from swv.eval.evaluation import EVAL_TASKS
 from swv.eval.metrics import NORMALIZE_CHOICES
 
+if TYPE_CHECKING:
+    from swv.eval.evaluation import EvalRun
 
-def eval_cmd(
-    model: ModelSource,
+
+@dataclass(frozen=True)
+class EvalInputs:
+    """What ``swv eval`` scores and how: the test data, its task or benchmark, where results go."""
+
     manifest: Annotated[Optional[Path], typer.Option(
-        "--manifest", help="Test manifest (JSONL) with reference fields.")] = None,
+        "--manifest", help="Test manifest (JSONL) with reference fields.")] = None
     task: Annotated[Optional[str], typer.Option(
         "--task", help=f"One of {', '.join(EVAL_TASKS)} (asr: WER/CER, st: BLEU/chrF, classification: accuracy, "
-        "open: judge inputs, no score); set by --preset.")] = None,
+        "open: judge inputs, no score); set by --preset.")] = None
     preset: Annotated[Optional[str], typer.Option(
         "--preset", help="A registered benchmark preset, e.g. the paper's librispeech-test-clean (`swv plugins list` "
-        "shows them all; prompt, normaliser and metric fixed; the report names the benchmark).")] = None,
+        "shows them all; prompt, normaliser and metric fixed; the report names the benchmark).")] = None
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="--preset: the benchmark in its own layout (as for swv data manifest --format) "
-        "instead of --manifest.")] = None,
+        "instead of --manifest.")] = None
     clips: Annotated[Optional[Path], typer.Option(
-        "--clips", help="--preset with --data: the layout's clips folder (covost2: the CommonVoice clips).")] = None,
+        "--clips", help="--preset with --data: the layout's clips folder (covost2: the CommonVoice clips).")] = None
     split: Annotated[Optional[str], typer.Option(
         "--split", help="--hf-dataset: the split (default test); --preset with --data: override the benchmark's "
-        "split.")] = None,
+        "split.")] = None
     hf_dataset: Annotated[Optional[str], typer.Option(
         "--hf-dataset", help="A Hugging Face dataset (save_to_disk folder, parquet/json/csv file, folder of data "
-        "files, or name) instead of --manifest; datasets.Audio columns are read with swv's soundfile reader.")] = None,
+        "files, or name) instead of --manifest; datasets.Audio columns are read with swv's soundfile reader.")] = None
     column: Annotated[Optional[list[str]], typer.Option(
-        "--column", help="--hf-dataset: FIELD=COLUMN, e.g. text=sentence (repeatable).")] = None,
+        "--column", help="--hf-dataset: FIELD=COLUMN, e.g. text=sentence (repeatable).")] = None
     predictions: Annotated[Optional[Path], typer.Option(
-        "--predictions", help="Score this existing predictions JSONL instead of running the model.")] = None,
+        "--predictions", help="Score this existing predictions JSONL instead of running the model.")] = None
     output_dir: Annotated[Optional[Path], typer.Option(
         "--output-dir", help="Where predictions.jsonl (resumable) and report.json go "
-        "(default: eval-<manifest name>-<task>).")] = None,
+        "(default: eval-<manifest name>-<task>).")] = None
     normalize: Annotated[Optional[str], typer.Option(
         "--normalize", help=f"asr: text normalisation, one of {', '.join(NORMALIZE_CHOICES)} (default: "
-        f"{NORMALIZE_CHOICES[0]}).")] = None,
+        f"{NORMALIZE_CHOICES[0]}).")] = None
     target_language: Annotated[Optional[str], typer.Option(
         "--target-language", help="st: target language for the default prompt and the BLEU tokenizer "
-        "(default: each record's target_language/language).")] = None,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = None,
-    top_p: TopP = None,
-    do_sample: DoSample = None,
-    length_bound: LengthBound = None,
-    no_repeat_ngram_size: NoRepeatNgramSize = None,
-    repetition_penalty: RepetitionPenalty = None,
-    system: System = None,
-    seed: Seed = None,
-    device: Device = "cpu",
-    dtype: Dtype = None,
-    batch_size: BatchSize = 8,
+        "(default: each record's target_language/language).")] = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The checked inputs: the manifest to run, its task, the output directory, the scoring options
+    and the benchmark's description (``--preset``)."""
+
+    manifest: Path
+    task: str
+    out_dir: Path
+    normalize: str | None
+    target_language: str | None
+    benchmark: dict[str, Any] | None = None
+
+
+@with_option_groups
+def eval_cmd(
+    model: ModelSource,
+    *,
+    inputs: EvalInputs,
+    generation: GenerationOptions,
+    run: RunOptions,
     max_duration: MaxDuration = DEFAULT_MAX_DURATION,
     revision: Revision = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -104,60 +110,90 @@ def eval_cmd(
     metric; the data comes from --manifest or, with --data, from the benchmark's own
     layout; OUTPUT_DIR (default eval-<preset>) also holds the scored benchmark.jsonl.
     """
-    from swv.eval.evaluation import evaluate_model, format_table
+    from swv.eval.evaluation import evaluate_model
 
-    benchmark = None
-    if hf_dataset is not None:
-        from swv.data.hf_sources import hf_eval_manifest
-
-        if manifest is not None or data is not None:
-            raise UsageError("--hf-dataset replaces --manifest/--data; give one of them")
-        hf_split, split = split or "test", None
-        name = Path(hf_dataset).name or "dataset"
-        default_dir = f"eval-{preset}" if preset is not None else f"eval-{name}-{hf_split}-{task}"
-        output_dir = output_dir if output_dir is not None else Path(default_dir)
-        manifest = hf_eval_manifest(hf_dataset, hf_split, _column_map(column), output_dir)
-    elif column:
-        raise UsageError("--column needs --hf-dataset")
-    if preset is not None:
-        from swv.eval.presets import get_preset, prepare_benchmark_manifest
-
-        bench = get_preset(preset)
-        fixed = bench.config
-        if task is not None and task != fixed.task:
-            raise UsageError(f"--task {task} contradicts --preset {preset} (task {fixed.task})")
-        if normalize is not None or target_language is not None:
-            raise UsageError("--normalize/--target-language are fixed by --preset")
-        task = fixed.task
-        out_dir = output_dir if output_dir is not None else Path(f"eval-{bench.name}")
-        manifest = prepare_benchmark_manifest(bench, out_dir, manifest=manifest, data=data, clips=clips, split=split)
-        normalize, target_language, benchmark = fixed.normalize, fixed.target_language, bench.describe()
-    else:
-        if data is not None or clips is not None or split is not None:
-            raise UsageError("--data, --clips and --split need --preset")
-        if manifest is None or task is None:
-            raise UsageError("--manifest and --task are required (or use --preset)")
-        out_dir = output_dir if output_dir is not None else Path(f"eval-{manifest.stem}-{task}")
-    if task not in EVAL_TASKS:
-        raise UsageError(f"--task: unknown task {task!r}, expected one of {', '.join(EVAL_TASKS)}")
-    if normalize is not None and task != "asr":
-        raise UsageError("--normalize applies to --task asr only")
-    if normalize is not None and normalize not in NORMALIZE_CHOICES:
-        raise UsageError(f"--normalize: unknown mode {normalize!r}, expected one of {', '.join(NORMALIZE_CHOICES)}")
-    if target_language is not None and task != "st":
-        raise UsageError("--target-language applies to --task st only")
-    run = evaluate_model(
-        model, manifest, task, out_dir,  # type: ignore[arg-type]
-        predictions=predictions,
-        settings=generation_settings(max_new_tokens, do_sample, temperature, top_p, seed, length_bound,
-                                     no_repeat_ngram_size, repetition_penalty),
-        system=system, device=device, dtype=dtype, batch_size=batch_size, max_duration=max_duration,
-        normalize=normalize, target_language=target_language, revision=revision, benchmark=benchmark,
+    plan = _plan(inputs)
+    result = evaluate_model(
+        model, plan.manifest, plan.task, plan.out_dir,  # type: ignore[arg-type]
+        predictions=inputs.predictions, settings=generation.settings(), system=generation.system,
+        device=run.device, dtype=run.dtype, batch_size=run.batch_size, max_duration=max_duration,
+        normalize=plan.normalize, target_language=plan.target_language, revision=revision, benchmark=plan.benchmark,
         trust_remote_code=trust_remote_code,
     )
+    _print_result(result, plan)
+
+
+def _plan(inputs: EvalInputs) -> _Plan:
+    """Check the options and find the manifest (read from --hf-dataset or from a benchmark's
+    own layout when asked) and the output directory."""
+    if inputs.hf_dataset is not None:
+        inputs = _from_hf_dataset(inputs)
+    elif inputs.column:
+        raise UsageError("--column needs --hf-dataset")
+    plan = _preset_plan(inputs) if inputs.preset is not None else _manifest_plan(inputs)
+    if plan.task not in EVAL_TASKS:
+        raise UsageError(f"--task: unknown task {plan.task!r}, expected one of {', '.join(EVAL_TASKS)}")
+    if plan.normalize is not None and plan.task != "asr":
+        raise UsageError("--normalize applies to --task asr only")
+    if plan.normalize is not None and plan.normalize not in NORMALIZE_CHOICES:
+        raise UsageError(
+            f"--normalize: unknown mode {plan.normalize!r}, expected one of {', '.join(NORMALIZE_CHOICES)}")
+    if plan.target_language is not None and plan.task != "st":
+        raise UsageError("--target-language applies to --task st only")
+    return plan
+
+
+def _from_hf_dataset(inputs: EvalInputs) -> EvalInputs:
+    """``inputs`` with --hf-dataset's split written as a manifest (in the output directory, which
+    gets its default here); --split is used up."""
+    from swv.data.hf_sources import hf_eval_manifest
+
+    if inputs.manifest is not None or inputs.data is not None:
+        raise UsageError("--hf-dataset replaces --manifest/--data; give one of them")
+    assert inputs.hf_dataset is not None
+    hf_split = inputs.split or "test"
+    name = Path(inputs.hf_dataset).name or "dataset"
+    default_dir = f"eval-{inputs.preset}" if inputs.preset is not None else f"eval-{name}-{hf_split}-{inputs.task}"
+    output_dir = inputs.output_dir if inputs.output_dir is not None else Path(default_dir)
+    manifest = hf_eval_manifest(inputs.hf_dataset, hf_split, _column_map(inputs.column), output_dir)
+    return replace(inputs, manifest=manifest, output_dir=output_dir, split=None)
+
+
+def _preset_plan(inputs: EvalInputs) -> _Plan:
+    """--preset: the benchmark fixes the task and the scoring; its manifest is prepared from
+    --manifest or from its own layout (--data)."""
+    from swv.eval.presets import get_preset, prepare_benchmark_manifest
+
+    assert inputs.preset is not None
+    bench = get_preset(inputs.preset)
+    fixed = bench.config
+    if inputs.task is not None and inputs.task != fixed.task:
+        raise UsageError(f"--task {inputs.task} contradicts --preset {inputs.preset} (task {fixed.task})")
+    if inputs.normalize is not None or inputs.target_language is not None:
+        raise UsageError("--normalize/--target-language are fixed by --preset")
+    out_dir = inputs.output_dir if inputs.output_dir is not None else Path(f"eval-{bench.name}")
+    manifest = prepare_benchmark_manifest(bench, out_dir, manifest=inputs.manifest, data=inputs.data,
+                                          clips=inputs.clips, split=inputs.split)
+    return _Plan(manifest, fixed.task, out_dir, fixed.normalize, fixed.target_language, bench.describe())
+
+
+def _manifest_plan(inputs: EvalInputs) -> _Plan:
+    """--manifest and --task: the scoring options as given."""
+    if inputs.data is not None or inputs.clips is not None or inputs.split is not None:
+        raise UsageError("--data, --clips and --split need --preset")
+    if inputs.manifest is None or inputs.task is None:
+        raise UsageError("--manifest and --task are required (or use --preset)")
+    out_dir = inputs.output_dir if inputs.output_dir is not None else Path(f"eval-{inputs.manifest.stem}-{inputs.task}")
+    return _Plan(inputs.manifest, inputs.task, out_dir, inputs.normalize, inputs.target_language)
+
+
+def _print_result(run: EvalRun, plan: _Plan) -> None:
+    """The generation summary and the report's path on stderr, the score table(s) on stdout."""
+    from swv.eval.evaluation import format_table
+
     if run.generation is not None:
         print(f"eval: {run.generation.format()}", file=sys.stderr)
-    if benchmark is not None:
+    if plan.benchmark is not None:
         from swv.eval.presets import format_benchmark
 
         typer.echo(format_benchmark(run.result), nl=False)

@@ -21,8 +21,7 @@ from typing import Annotated
 
 import typer
 
-from swv.cli.infer_cmd import TrustRemoteCode
-from swv.cli.options import WeightDtype
+from swv.cli.options import TrustRemoteCode, WeightDtype
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import InputError, UsageError
 

@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from swv.cli.infer_cmd import (
+from swv.cli.options import (
     Device,
     Dtype,
+    GenerationOptions,
     LengthBound,
     NoRepeatNgramSize,
     RepetitionPenalty,
     System,
-    generation_settings,
 )
 from swv.core.errors import UsageError
 
@@ -73,8 +73,8 @@ def serve(
         batch_window_seconds=batch_window_ms / 1000,
         max_audio_seconds=max_audio_seconds,
         default_max_tokens=max_tokens,
-        generation=generation_settings(None, None, None, None, None, length_bound, no_repeat_ngram_size,
-                                       repetition_penalty),
+        generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
+                                     repetition_penalty=repetition_penalty).settings(),
     )
     app = create_app(pipe, settings)
     print(f"serve: model {settings.model_id!r}, context {context} tokens, batches of up to {max_batch}", file=sys.stderr)

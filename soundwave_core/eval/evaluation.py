@@ -568,33 +568,15 @@ def evaluate_model(
     its snapshot directory, which names the repository and the commit.
     """
     from swv.infer import batch
-    from swv.infer.pipeline import GenerationSettings
 
     model_dir, manifest, out_dir = Path(model_dir), Path(manifest), Path(out_dir)
     generation: dict[str, Any] | None = None
     summary = None
     if predictions is None:
         model_dir = resolve_model(model_dir, revision)
-        table = batch.saved_instructions(model_dir)
-        items = batch.read_items(
-            manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table), task
-        )
-        settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))
         predictions = out_dir / PREDICTIONS_FILE
-        summary = batch.run_manifest(
-            lambda: batch.load_pipeline(model_dir, device, dtype, system, trust_remote_code), manifest, items,
-            predictions, settings,
-            batch_size=batch_size, max_duration=max_duration,
-        )
-        generation = {
-            **settings.as_dict(),
-            "system_prompt": system if system is not None else _saved_system_prompt(model_dir),
-            "batch_size": batch_size,
-            "device": device,
-            "dtype": dtype,
-            "max_duration": max_duration,
-            "prompts": dict(Counter(item.prompt for item in items)),
-        }
+        load = _Loading(system, device, dtype, batch_size, max_duration, trust_remote_code)
+        items, generation, summary = _generate(model_dir, manifest, task, predictions, settings, load, target_language)
     else:
         items = batch.read_items(manifest, None)
     predictions = Path(predictions)
@@ -607,6 +589,49 @@ def evaluate_model(
     report = write_report(result, out_dir / REPORT_FILE, model_dir=model_dir, manifest_path=manifest,
                           generation_settings=generation)
     return EvalRun(result, report, summary)
+
+
+@dataclass(frozen=True)
+class _Loading:
+    """How :func:`evaluate_model` loads and runs the model (its keyword arguments of that name)."""
+
+    system: str | None
+    device: str
+    dtype: str | None
+    batch_size: int
+    max_duration: float | None
+    trust_remote_code: bool
+
+
+def _generate(
+    model_dir: Path, manifest: Path, task: Task, predictions: Path, settings: GenerationSettings | None,
+    load: _Loading, target_language: str | None,
+) -> tuple[list[ManifestItem], dict[str, Any], RunSummary]:
+    """Generate the answers of the manifest's items into ``predictions`` (resumable): the items,
+    the generation settings as the report records them, and the run's summary."""
+    from swv.infer import batch
+    from swv.infer.pipeline import GenerationSettings
+
+    table = batch.saved_instructions(model_dir)
+    items = batch.read_items(
+        manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table), task
+    )
+    settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))
+    summary = batch.run_manifest(
+        lambda: batch.load_pipeline(model_dir, load.device, load.dtype, load.system, load.trust_remote_code),
+        manifest, items, predictions, settings,
+        batch_size=load.batch_size, max_duration=load.max_duration,
+    )
+    generation = {
+        **settings.as_dict(),
+        "system_prompt": load.system if load.system is not None else _saved_system_prompt(model_dir),
+        "batch_size": load.batch_size,
+        "device": load.device,
+        "dtype": load.dtype,
+        "max_duration": load.max_duration,
+        "prompts": dict(Counter(item.prompt for item in items)),
+    }
+    return items, generation, summary
 
 
 def _saved_system_prompt(model_dir: Path) -> str | None:
