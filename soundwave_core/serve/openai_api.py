@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swv.core.errors import InputError
-from swv.infer.pipeline import GenerationSettings
+from swv.infer.settings import GenerationSettings
 
 #: Request fields swv serve does not implement, with the value that means "not used".
 UNSUPPORTED = {
