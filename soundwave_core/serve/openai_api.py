@@ -96,6 +96,17 @@ def error_body(message: str, type: str = "invalid_request_error", param: str | N
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def unknown_model(name: str) -> RequestError:
+    """404 for a request naming a model this server does not serve."""
+    return RequestError(404, f"the model {name!r} does not exist (GET /v1/models lists it)",
+                        code="model_not_found", param="model")
+
+
+def model_card(model_id: str, created: int) -> dict[str, Any]:
+    """The ``/v1/models`` entry of the served model."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "swv"}
+
+
 def parse_params(body: bytes) -> ChatCompletionParams:
     """JSON body -> parameters; :class:`RequestError` (400) for anything malformed."""
     try:
