@@ -64,7 +64,9 @@ def _status_mb(field: str) -> float:
 def worker(model_dir: Path, clip: Path, seconds: float) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     from swv.infer.batch import load_pipeline
-    from swv.infer.pipeline import GenerationSettings, TextStream, decode_audio
+    from swv.infer.settings import GenerationSettings
+    from swv.infer.streaming import TextStream
+    from swv.model.processor import decode_audio
 
     pipe = load_pipeline(model_dir)
     loaded = _status_mb("VmRSS")

@@ -38,8 +38,9 @@ import torch  # noqa: E402
 from swv.assets import asset_path  # noqa: E402
 from swv.infer.pipeline import Pipeline  # noqa: E402
 from swv.model.speechlm import SpeechLM, SpeechLMConfig  # noqa: E402
-from swv.serve.app import ServeSettings, create_app  # noqa: E402
+from swv.serve.app import create_app  # noqa: E402
 from swv.serve.background import BackgroundServer  # noqa: E402
+from swv.serve.settings import ServeSettings  # noqa: E402
 
 SR = 16000
 MODEL_ID = "bench"

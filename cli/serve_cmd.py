@@ -57,7 +57,8 @@ def serve(
     try:
         import uvicorn
 
-        from swv.serve.app import ServeSettings, create_app, model_context_length
+        from swv.serve.app import create_app
+        from swv.serve.settings import ServeSettings, model_context_length
     except ImportError as exc:
         raise UsageError(f"swv serve needs the 'serve' extra (pip install 'swv[serve]'): {exc}") from None
     from swv.infer import batch

@@ -347,8 +347,9 @@ def wav_turn(path: Path, text: str) -> dict:
 def test_swv_serve_stops_at_the_bound(loop: Pipeline, loop_dir: Path, clips: dict[str, Path]) -> None:
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    from swv.serve.app import ServeSettings, create_app
+    from swv.serve.app import create_app
     from swv.serve.background import BackgroundServer
+    from swv.serve.settings import ServeSettings
 
     alone = loop(clips["short"], return_stats=True)
     pipe = Pipeline.from_pretrained(loop_dir)

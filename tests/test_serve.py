@@ -29,8 +29,9 @@ openai = pytest.importorskip("openai")
 
 from swv.infer.pipeline import Pipeline  # noqa: E402
 from swv.model.speechlm import SpeechLM  # noqa: E402
-from swv.serve.app import ServeSettings, create_app, model_context_length  # noqa: E402
+from swv.serve.app import create_app  # noqa: E402
 from swv.serve.background import BackgroundServer  # noqa: E402
+from swv.serve.settings import ServeSettings, model_context_length  # noqa: E402
 
 SR = 16000
 MODEL_ID = "tiny-swv"
@@ -109,6 +110,20 @@ def test_models_health_and_page(server, client) -> None:
     with urllib.request.urlopen(server.url + "/", timeout=30) as response:
         page = response.read().decode()
     assert response.headers["content-type"].startswith("text/html") and 'id="record"' in page
+
+
+def test_model_lookup_and_body_limit(server, reference: Pipeline) -> None:
+    status, listed = post(server, b"", "/v1/models", "GET")
+    status, card = post(server, b"", f"/v1/models/{MODEL_ID}", "GET")
+    assert status == 200 and card == listed["data"][0] and card["id"] == MODEL_ID
+    status, reply = post(server, b"", "/v1/models/gpt-4o", "GET")
+    assert status == 404 and reply["error"]["code"] == "model_not_found" and reply["error"]["param"] == "model"
+    settings = ServeSettings(model_id=MODEL_ID, max_context=model_context_length(reference), max_body_bytes=256)
+    with BackgroundServer(create_app(reference, settings)) as small:
+        status, reply = post(small, {"model": MODEL_ID, "messages": [{"role": "user", "content": "x" * 1000}]})
+        assert status == 413 and "exceeds 256 bytes" in reply["error"]["message"]
+        status, health = post(small, b"", "/health", "GET")
+        assert status == 200 and health["pending"] == 0 and health["batches_served"] == 0
 
 
 def test_completion_equals_the_pipeline_answer(server, client, reference: Pipeline) -> None:

@@ -38,8 +38,9 @@ def clip(path: Path, seconds: float, seed: int, rate: int = SR) -> Path:
 def served(model_config_factory, tmp_path_factory):
     from swv.infer.pipeline import Pipeline
     from swv.model.speechlm import SpeechLM
-    from swv.serve.app import ServeSettings, create_app
+    from swv.serve.app import create_app
     from swv.serve.background import BackgroundServer
+    from swv.serve.settings import ServeSettings
 
     torch.manual_seed(0)
     model_dir = tmp_path_factory.mktemp("browser_model") / "model"

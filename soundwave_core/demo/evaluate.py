@@ -90,7 +90,7 @@ def swv_eval(model_dir: Path, items: Items, task: str, out_dir: Path, max_new_to
     Returns ``(report, predictions)``: the JSON report (with the score ``table`` swv eval prints)
     and the prediction records."""
     from swv.eval.evaluation import PREDICTIONS_FILE, evaluate_model, format_table
-    from swv.infer.pipeline import GenerationSettings
+    from swv.infer.settings import GenerationSettings
 
     if out_dir.exists():  # eval resumes from existing predictions: never reuse another model's
         shutil.rmtree(out_dir)

@@ -24,8 +24,10 @@ from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import InputError, UsageError
 from swv.core.io import append_durably, atomic_file
 from swv.data.manifest import read_manifest, resolve_audio
-from swv.infer.pipeline import GenerationSettings, Pipeline, Waveform
+from swv.infer.pipeline import Pipeline
+from swv.infer.settings import GenerationSettings
 from swv.model.defaults import GenerationDefaults
+from swv.model.processor import Waveform
 from swv.model.prompts import default_instruction, instruction_table
 
 #: Manifest fields copied to every output line (references for evaluation and descriptions).

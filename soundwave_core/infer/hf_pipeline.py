@@ -28,9 +28,11 @@ from transformers import Pipeline as HFPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from swv.core.errors import UsageError
-from swv.infer.pipeline import GenerationSettings, Pipeline, Result, Waveform
+from swv.infer.batching import Result
+from swv.infer.pipeline import Pipeline
+from swv.infer.settings import GenerationSettings
 from swv.model.hf_auto import PIPELINE_TASK
-from swv.model.processor import SpeechLMProcessor
+from swv.model.processor import SpeechLMProcessor, Waveform
 from swv.model.speechlm import SpeechLM
 
 #: Generation arguments the task takes at call time (:class:`GenerationSettings` fields).

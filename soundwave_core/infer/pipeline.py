@@ -59,41 +59,36 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
-from transformers import (
-    LogitsProcessorList,
-    NoRepeatNGramLogitsProcessor,
-    RepetitionPenaltyLogitsProcessor,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.dtypes import DTYPE_NAMES, torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
+from swv.infer.batching import Prepared, Result, Stats, encode_requests, generate_prepared, token_budget
 from swv.infer.chat import AudioPart, parse_messages
-from swv.model.defaults import ASR_INSTRUCTION, GenerationDefaults
+from swv.infer.settings import GenerationSettings
+from swv.infer.streaming import TextStream, TokenClock
+from swv.model.defaults import ASR_INSTRUCTION
 from swv.model.processor import AudioInput, ChatRequest, SpeechLMProcessor, Waveform, decode_audio, input_name
 from swv.model.speechlm import SpeechLM
-from swv.model.stopping import cut_at_stop, length_bound
 from swv.nn.state import AudioState
 
+# The names of Pipeline's API (its arguments and results) are importable from here, where they
+# are defined in swv.infer.settings / batching / streaming and swv.model.processor.
 __all__ = [
     "DEFAULT_MAX_DURATION",
     "DEFAULT_PROMPT",
     "ChatRequest",
     "GenerationSettings",
     "Pipeline",
+    "Prepared",
     "Result",
     "Stats",
     "TextStream",
@@ -103,196 +98,6 @@ __all__ = [
 
 #: Instruction used when none is given.
 DEFAULT_PROMPT = ASR_INSTRUCTION
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings and results
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings; a field left ``None`` takes the model's saved default
-    (``SpeechLM.generation_defaults()``, :class:`~swv.model.defaults.GenerationDefaults`: greedy,
-    256 new tokens, no repeated runs of ``no_repeat_ngram_size`` tokens, the length bound on,
-    unless the model says otherwise; see :meth:`Pipeline.resolve`). ``temperature`` and ``top_p`` apply only with
-    ``do_sample``. ``no_repeat_ngram_size`` (0: off) and ``repetition_penalty`` (1.0: off) act on
-    every answer, ``length_bound`` and its ``length_bound_*`` factors on answers that render the
-    speech (see the module docstring). ``seed`` seeds torch's RNG once at the start of each call.
-    ``transcript_first``: the answer starts with a transcript of the audio (chain of thought,
-    ``swv data sft --cot``), so the token budget grows by the audio tokens of the longest clip of
-    the batch (the shrinking adapter keeps about one frame per transcript token), and the answer
-    after it is not cut (no length bound)."""
-
-    max_new_tokens: int | None = None
-    do_sample: bool | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    no_repeat_ngram_size: int | None = None
-    repetition_penalty: float | None = None
-    length_bound: bool | None = None
-    length_bound_tokens_per_second: float | None = None
-    length_bound_per_audio_token: float | None = None
-    length_bound_margin: int | None = None
-    seed: int | None = None
-    transcript_first: bool | None = None
-
-    def __post_init__(self) -> None:
-        """The fields a model's defaults also hold are checked by the same rules."""
-        given = {k: v for k, v in asdict(self).items() if v is not None and k in GenerationDefaults.model_fields}
-        try:
-            GenerationDefaults.model_validate(given)
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            raise UsageError(f"{error['loc'][0]}: {error['msg'].lower()} (got {error['input']!r})") from None
-
-    def over(self, defaults: GenerationDefaults) -> GenerationSettings:
-        """These settings with every ``None`` taken from ``defaults``."""
-        given = {k: v for k, v in asdict(self).items() if v is not None}
-        return GenerationSettings(**{**defaults.model_dump(), **given})
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for transformers' ``generate`` (of resolved settings)."""
-        if self.max_new_tokens is None or self.do_sample is None:
-            raise UsageError("generation settings are not resolved against a model's defaults (Pipeline.resolve)")
-        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-                                  "logits_processor": self.repetition_processors(),
-                                  # off in the config: the processors above are the ones used
-                                  "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p)
-        return kwargs
-
-    def repetition_processors(self) -> LogitsProcessorList:
-        """transformers' ``NoRepeatNGramLogitsProcessor``/``RepetitionPenaltyLogitsProcessor`` for
-        these (resolved) settings, over the answer's tokens. Built here rather than from
-        ``generate``'s own arguments: generating from ``inputs_embeds``, transformers' penalty
-        would skip as many of a left-padded row's first answer tokens as the row has padding."""
-        processors = LogitsProcessorList()
-        if self.no_repeat_ngram_size:
-            processors.append(NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
-        if self.repetition_penalty is not None and self.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(float(self.repetition_penalty)))
-        return processors
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Per-request measurements (see the module docstring for the definitions)."""
-
-    audio_seconds: float
-    num_windows: int
-    encoder_frames: int
-    audio_tokens: int
-    compression_ratio: float
-    time_to_first_token: float | None
-    new_tokens: int
-    total_seconds: float
-    tokens_per_second: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def format(self) -> str:
-        """One human-readable line."""
-        ttft = "-" if self.time_to_first_token is None else f"{self.time_to_first_token:.3f} s"
-        return (
-            f"audio {self.audio_seconds:.2f} s ({self.num_windows} window(s)), encoder frames {self.encoder_frames}, "
-            f"audio tokens {self.audio_tokens}, compression {self.compression_ratio:.3f}, TTFT {ttft}, "
-            f"{self.new_tokens} new token(s) at {self.tokens_per_second:.1f} tok/s"
-        )
-
-
-@dataclass(frozen=True)
-class Result:
-    """One answer and its :class:`Stats`."""
-
-    text: str
-    stats: Stats
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation helpers
-# ---------------------------------------------------------------------------------------------
-class _TokenClock(BaseStreamer):
-    """Records when generate() hands over its first new tokens (the first ``put`` is the prompt)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.first_token_time: float | None = None
-
-    def put(self, value: torch.Tensor) -> None:
-        self.calls += 1
-        if self.calls == 2:
-            self.first_token_time = time.perf_counter()
-
-    def end(self) -> None:
-        return None
-
-
-class _TimedTextStreamer(TextIteratorStreamer):
-    """``TextIteratorStreamer`` (prompt skipped) that also records the first-token time and drops
-    stop tokens, so a stop token that is not a special token never reaches the text."""
-
-    def __init__(self, tokenizer: Any, stop_ids: torch.Tensor) -> None:
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.stop_ids = stop_ids
-        self.clock = _TokenClock()
-
-    def put(self, value: torch.Tensor) -> None:
-        self.clock.put(value)
-        if self.clock.calls == 1:
-            super().put(value)  # the (empty) prompt: skipped by skip_prompt
-            return
-        tokens = value.reshape(-1)
-        tokens = tokens[~torch.isin(tokens, self.stop_ids)]
-        if tokens.numel():
-            super().put(tokens)
-
-
-class _StopFlag(StoppingCriteria):
-    """Stops every row once ``event`` is set (a stream whose consumer went away)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pipeline
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """A batch ready to generate: left-padded prompts ``input_ids``/``attention_mask [B, L]``,
-    the clips' adapter-chain output (``None`` when no request has audio;
-    ``encoder_lengths``/``num_windows`` feed the stats) and ``clip_owner [P]`` (the request of
-    each clip)."""
-
-    requests: list[ChatRequest]
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    state: AudioState | None
-    clip_owner: torch.Tensor
-
-    def per_request(self, values: torch.Tensor | None) -> list[int]:
-        """Sum a per-clip ``[P]`` quantity over each request's clips."""
-        out = torch.zeros(len(self.requests), dtype=torch.long)
-        if values is not None and self.clip_owner.numel():
-            out.index_add_(0, self.clip_owner, values.detach().cpu().long())
-        return out.tolist()
-
-    def seconds(self, sample_rate: int) -> list[float]:
-        """Audio seconds of each request (its clips summed)."""
-        return [sum(len(w.samples) for w in r.waveforms) / sample_rate for r in self.requests]
-
-    @property
-    def prompt_tokens(self) -> list[int]:
-        """Sequence length the LLM sees per request: text tokens plus audio embeddings."""
-        audio = self.per_request(None if self.state is None else self.state.lengths)
-        return [len(r.ids) - len(r.waveforms) + n for r, n in zip(self.requests, audio)]
 
 
 class Pipeline:
@@ -380,35 +185,15 @@ class Pipeline:
     def token_budget(self, settings: GenerationSettings, state: AudioState) -> int:
         """Most new tokens for a batch: ``max_new_tokens`` (resolved), plus the audio tokens of the
         longest clip (``state.lengths``) when the answer starts with a transcript."""
-        resolved = self.resolve(settings)
-        assert resolved.max_new_tokens is not None
-        extra = int(state.lengths.max()) if settings.transcript_first and state.lengths.numel() else 0
-        return resolved.max_new_tokens + extra
+        return token_budget(self.resolve(settings), state)
 
     def row_limits(
         self, prepared: Prepared, settings: GenerationSettings, requested: Sequence[int] | None = None
     ) -> torch.Tensor:
-        """Most new tokens of each row of a prepared batch, ``[B]``: ``requested[b]`` (default:
-        :meth:`token_budget`), and for a request whose answer renders its speech
-        (``ChatRequest.transcription``, with audio) at most the
-        :func:`~swv.model.stopping.length_bound` of its audio, unless the resolved
-        ``length_bound`` is off or the answer starts with a transcript (``transcript_first``)."""
-        resolved = self.resolve(settings)
-        rows = len(prepared.requests)
-        default = self.token_budget(settings, prepared.state) if requested is None else 0
-        limits = torch.tensor(list(requested) if requested is not None else [default] * rows, dtype=torch.long)
-        if not resolved.length_bound or resolved.transcript_first or prepared.state is None:
-            return limits
-        bounded = torch.tensor([r.transcription and bool(r.waveforms) for r in prepared.requests], dtype=torch.bool)
-        bound = length_bound(
-            torch.tensor(prepared.seconds(self.sample_rate), dtype=torch.float64),
-            torch.tensor(prepared.per_request(prepared.state.lengths)),
-            limits,
-            tokens_per_second=float(resolved.length_bound_tokens_per_second),  # type: ignore[arg-type]
-            per_audio_token=float(resolved.length_bound_per_audio_token),  # type: ignore[arg-type]
-            margin=int(resolved.length_bound_margin),  # type: ignore[arg-type]
-        )
-        return torch.where(bounded, bound, limits)
+        """Most new tokens of each row of a prepared batch, ``[B]`` (:meth:`Prepared.row_limits`
+        with the resolved settings): ``requested[b]`` (default: :meth:`token_budget`), and for a
+        request whose answer renders its speech at most the length bound of its audio."""
+        return prepared.row_limits(self.resolve(settings), self.sample_rate, requested)
 
     def default_prompt(self, task: str = "asr", language: str | None = None) -> str:
         """The model's default instruction for ``task`` (the table training used)."""
@@ -463,13 +248,7 @@ class Pipeline:
     def encode_requests(self, requests: Sequence[ChatRequest], window_batch_size: int | None = None) -> Prepared:
         """The processor's batch of the requests (:meth:`SpeechLMProcessor.collate`: left-padded
         prompts, clips) with every clip encoded (windowed) in one :meth:`SpeechLM.encode_audio` call."""
-        requests = list(requests)
-        inputs = self.processor.collate(requests)
-        clips = inputs["audio"]
-        state = None
-        if clips:
-            state = self.model.encode_audio(waveforms=clips, window_batch_size=window_batch_size or len(clips))
-        return Prepared(requests, inputs["input_ids"], inputs["attention_mask"], state, inputs["clip_owner"])
+        return encode_requests(self.model, self.processor, requests, window_batch_size)
 
     def generate_prepared(
         self,
@@ -483,52 +262,15 @@ class Pipeline:
         ends every row once set; ``row_limits`` caps each row's new tokens, and so does the
         length bound (:meth:`row_limits`): a row past its limit is finished and padded, the
         others go on (cut the rows with the same :meth:`row_limits`)."""
-        kwargs = self.resolve(settings).generate_kwargs()
-        limits = self.row_limits(prepared, settings, row_limits)
-        kwargs["max_new_tokens"] = int(limits.max())
-        criteria: list[StoppingCriteria] = [_RowLimits(limits)]
-        if stop is not None:
-            criteria.append(_StopFlag(stop))
-        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
-        return self.model.generate(
-            prepared.input_ids,
-            prepared.attention_mask,
-            audio_state=prepared.state,
-            streamer=streamer,
-            **kwargs,
-        )
-
-    def _stats(
-        self, prepared: Prepared, generated: Sequence[int], start: float, first_token: float | None, end: float
-    ) -> list[Stats]:
-        """Per-request stats; a request's clips are summed."""
-        total = max(end - start, 1e-9)
-        ttft = None if first_token is None else first_token - start
-        state = prepared.state
-        frames = prepared.per_request(None if state is None else state.encoder_lengths)
-        tokens = prepared.per_request(None if state is None else state.lengths)
-        windows = prepared.per_request(None if state is None else state.num_windows)
-        seconds = prepared.seconds(self.sample_rate)
-        return [
-            Stats(
-                audio_seconds=secs,
-                num_windows=int(n_win),
-                encoder_frames=int(n_frames),
-                audio_tokens=int(n_tokens),
-                compression_ratio=n_tokens / n_frames if n_frames else 0.0,
-                time_to_first_token=ttft,
-                new_tokens=int(n_new),
-                total_seconds=total,
-                tokens_per_second=n_new / total,
-            )
-            for secs, n_win, n_frames, n_tokens, n_new in zip(seconds, windows, frames, tokens, generated)
-        ]
+        resolved = self.resolve(settings)
+        limits = prepared.row_limits(resolved, self.sample_rate, row_limits)
+        return generate_prepared(self.model, prepared, resolved, limits, streamer, stop)
 
     def generate_requests(self, requests: Sequence[ChatRequest], settings: GenerationSettings) -> list[Result]:
         """One batch (no seeding, no splitting): all ``requests`` are generated together."""
         if not requests:
             raise UsageError("generate_requests: no requests")
-        clock = _TokenClock()
+        clock = TokenClock()
         start = time.perf_counter()
         with torch.inference_mode():
             prepared = self.encode_requests(requests)
@@ -536,7 +278,7 @@ class Pipeline:
             new_tokens = self.generate_prepared(prepared, settings, clock, row_limits=limits.tolist())
         end = time.perf_counter()
         texts, generated, _ = self.processor.decode_generated(new_tokens, limits)
-        stats = self._stats(prepared, generated, start, clock.first_token_time, end)
+        stats = prepared.stats(generated, self.sample_rate, start, clock.first_token_time, end)
         return [Result(text, s) for text, s in zip(texts, stats)]
 
     def generate_batch(
@@ -678,76 +420,6 @@ class Pipeline:
             torch.manual_seed(seed)
         result = self.generate_requests([request], settings)[0]
         return result if return_stats else result.text
-
-
-class _RowLimits(StoppingCriteria):
-    """Finishes each row once it has generated its own ``limits[b]`` tokens (generation from
-    embeddings: ``input_ids`` holds only the new tokens)."""
-
-    def __init__(self, limits: Sequence[int]) -> None:
-        self.limits = torch.tensor(list(limits), dtype=torch.long)
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        return input_ids.shape[1] >= self.limits.to(input_ids.device)
-
-
-class TextStream:
-    """Iterate once for the text pieces of one answer; then ``text`` (stripped, equal to what
-    :class:`Pipeline` returns for the same greedy request) and ``stats`` are set. Leaving the
-    loop early stops the generation."""
-
-    def __init__(self, pipeline: Pipeline, request: ChatRequest, settings: GenerationSettings) -> None:
-        self._pipeline = pipeline
-        self._request = request
-        self._settings = settings
-        self._started = False
-        self._error: BaseException | None = None
-        self._outcome: tuple[Prepared, torch.Tensor, float, float] | None = None
-        self.text: str | None = None
-        self.stats: Stats | None = None
-
-    def _work(self, streamer: _TimedTextStreamer, stop: threading.Event) -> None:
-        pipe = self._pipeline
-        try:
-            if self._settings.seed is not None:
-                torch.manual_seed(self._settings.seed)
-            start = time.perf_counter()
-            with torch.inference_mode():  # thread-local: entered in this thread
-                prepared = pipe.encode_requests([self._request], window_batch_size=1)
-                new_tokens = pipe.generate_prepared(prepared, self._settings, streamer, stop)
-            self._outcome = (prepared, new_tokens, start, time.perf_counter())
-        except BaseException as exc:  # re-raised in the consuming thread
-            self._error = exc
-            streamer.text_queue.put(streamer.stop_signal)
-
-    def __iter__(self) -> Iterator[str]:
-        if self._started:
-            raise UsageError("a TextStream can be iterated only once")
-        self._started = True
-        return self._pieces()
-
-    def _pieces(self) -> Iterator[str]:
-        pipe = self._pipeline
-        streamer = _TimedTextStreamer(pipe.tokenizer, pipe.stop_ids)
-        stop = threading.Event()
-        worker = threading.Thread(target=self._work, args=(streamer, stop), daemon=True)
-        worker.start()
-        pieces: list[str] = []
-        try:
-            for piece in streamer:
-                if piece:
-                    pieces.append(piece)
-                    yield piece
-        finally:
-            stop.set()
-            worker.join()
-        if self._error is not None:
-            raise self._error
-        assert self._outcome is not None
-        prepared, new_tokens, start, end = self._outcome
-        _, generated = cut_at_stop(new_tokens, pipe.stop_ids)
-        self.text = "".join(pieces).strip()
-        self.stats = pipe._stats(prepared, generated, start, streamer.clock.first_token_time, end)[0]
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

@@ -24,8 +24,9 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.errors import SwvError, first_line
-from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline
-from swv.model.processor import SpeechLMProcessor
+from swv.infer.pipeline import Pipeline
+from swv.infer.settings import GenerationSettings
+from swv.model.processor import ChatRequest, SpeechLMProcessor
 
 log = logging.getLogger("swv.serve")
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swv.core.errors import InputError
-from swv.infer.pipeline import GenerationSettings
+from swv.infer.settings import GenerationSettings
 
 #: Request fields swv serve does not implement, with the value that means "not used".
 UNSUPPORTED = {
@@ -94,6 +94,17 @@ class RequestError(Exception):
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def unknown_model(name: str) -> RequestError:
+    """404 for a request naming a model this server does not serve."""
+    return RequestError(404, f"the model {name!r} does not exist (GET /v1/models lists it)",
+                        code="model_not_found", param="model")
+
+
+def model_card(model_id: str, created: int) -> dict[str, Any]:
+    """The ``/v1/models`` entry of the served model."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "swv"}
 
 
 def parse_params(body: bytes) -> ChatCompletionParams:

@@ -1,0 +1,125 @@
+"""``POST /v1/chat/completions``: check the request, decode its audio, queue it on the batcher
+and answer with the whole completion or, with ``stream: true``, server-sent events. A refused
+request raises :class:`~swv.serve.openai_api.RequestError` (the app renders it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from swv.core.errors import InputError, SwvError
+from swv.infer.pipeline import Pipeline
+from swv.serve.batcher import Delta, Failed, Finished, Job, Started
+from swv.serve.openai_api import (
+    ChatCompletionParams,
+    CompletionIds,
+    RequestError,
+    error_body,
+    input_error,
+    parse_params,
+    sse,
+    unknown_model,
+)
+from swv.serve.routes.deps import BatcherDep, PipelineDep, SettingsDep
+from swv.serve.settings import ServeSettings
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep
+) -> JSONResponse | StreamingResponse:
+    params = parse_params(await _read_body(request, settings.max_body_bytes))
+    if params.model != settings.model_id:
+        raise unknown_model(params.model)
+    job = await _submit(params, settings, pipeline)
+    batcher.submit(job)
+    await _started(job)
+    ids = CompletionIds(settings.model_id)
+    if params.stream:
+        return StreamingResponse(_stream(job, ids, params.include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    try:
+        finished = await _finish(job)
+    finally:
+        job.cancelled.set()
+    return JSONResponse(ids.completion(finished.text, finished.finish_reason, finished.prompt_tokens,
+                                       finished.completion_tokens))
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) once it exceeds ``limit`` bytes (by its declared length
+    before it is read)."""
+    too_large = RequestError(413, f"the request body exceeds {limit} bytes")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_large
+    body = await request.body()
+    if len(body) > limit:
+        raise too_large
+    return body
+
+
+async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipeline: Pipeline) -> Job:
+    """The batcher's job for a request: its settings over the server's, its audio decoded."""
+    try:
+        generation = params.settings(settings.default_max_tokens, settings.generation)
+        chat_request = await run_in_threadpool(
+            pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds, local_audio=False
+        )
+    except InputError as exc:
+        raise input_error(exc) from None
+    except SwvError as exc:
+        raise RequestError(400, " ".join(str(exc).split())) from None
+    return Job(chat_request, generation, asyncio.get_running_loop())
+
+
+async def _started(job: Job) -> None:
+    """Wait until generation of ``job`` starts (a client that goes away cancels it)."""
+    try:
+        first = await job.next_event()
+    except asyncio.CancelledError:
+        job.cancelled.set()
+        raise
+    if isinstance(first, Failed):
+        raise _failed(first)
+    assert isinstance(first, Started)
+
+
+def _failed(event: Failed) -> RequestError:
+    return RequestError(event.status, event.message, type=event.type, code=event.code, param=event.param)
+
+
+async def _finish(job: Job) -> Finished:
+    while True:
+        event = await job.next_event()
+        if isinstance(event, Finished):
+            return event
+        if isinstance(event, Failed):
+            raise _failed(event)
+
+
+async def _stream(job: Job, ids: CompletionIds, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events: a role chunk, content chunks, a finish chunk, usage (if asked), [DONE]."""
+    try:
+        yield sse(ids.chunk({"role": "assistant", "content": ""}))
+        while True:
+            event = await job.next_event()
+            if isinstance(event, Delta):
+                yield sse(ids.chunk({"content": event.text}))
+            elif isinstance(event, Finished):
+                yield sse(ids.chunk({}, event.finish_reason))
+                if include_usage:
+                    yield sse(ids.usage_chunk(event.prompt_tokens, event.completion_tokens))
+                break
+            elif isinstance(event, Failed):
+                yield sse(error_body(event.message, event.type, event.param, event.code))
+                break
+        yield sse("[DONE]")
+    finally:
+        job.cancelled.set()

@@ -1,0 +1,45 @@
+"""The objects every route shares, kept on ``app.state`` by :func:`attach` and handed to the
+handlers as FastAPI dependencies (``BatcherDep``, ``PipelineDep``, ``SettingsDep``,
+``ModelCardDep``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+
+from swv.infer.pipeline import Pipeline
+from swv.serve.batcher import Batcher
+from swv.serve.openai_api import model_card
+from swv.serve.settings import ServeSettings
+
+
+def attach(app: FastAPI, pipeline: Pipeline, settings: ServeSettings, batcher: Batcher) -> None:
+    """Keep the shared objects on ``app.state`` (the model card is dated now)."""
+    app.state.pipeline = pipeline
+    app.state.settings = settings
+    app.state.batcher = batcher
+    app.state.model_card = model_card(settings.model_id, int(time.time()))
+
+
+def get_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+def get_settings(request: Request) -> ServeSettings:
+    return request.app.state.settings
+
+
+def get_batcher(request: Request) -> Batcher:
+    return request.app.state.batcher
+
+
+def get_model_card(request: Request) -> dict[str, Any]:
+    return request.app.state.model_card
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+ModelCardDep = Annotated[dict[str, Any], Depends(get_model_card)]
