@@ -67,12 +67,22 @@ def renders_speech(table: Mapping[str, str], instruction: str, task: str | None 
     return False
 
 
+#: Brackets of the markers that stand for special-token text of a message while its template
+#: is rendered (Unicode private-use characters).
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+_MARK = re.compile(f"{_MARK_OPEN}(\\d+){_MARK_CLOSE}")
+
+
 class PromptBuilder:
     """Renders ``system / user(audio + instruction) / assistant(response)`` conversations.
 
     The user turn is ``"<audio_patch>\\n<instruction>"`` for audio records (just the
     instruction for text-only ones). Training labels cover the assistant turn only
     (including the template's end-of-turn token).
+
+    Message text cannot create special tokens: text spelling one (``<|start_header_id|>``...;
+    the audio placeholder excepted, the only one a message may hold) is tokenized as plain text
+    (see :meth:`_ids`), so a user cannot open a turn of another role.
     """
 
     def __init__(self, tokenizer: Any, system_prompt: str | None, audio_token: str,
@@ -84,6 +94,9 @@ class PromptBuilder:
         self.instructions = instruction_table(instructions)
         if not getattr(tokenizer, "chat_template", None):
             raise InputError("the backbone tokenizer has no chat template; set model.backbone.chat_template")
+        specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        specials = sorted((specials | set(tokenizer.all_special_tokens)) - {audio_token}, key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     def messages(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[dict[str, str]]:
         """An audio record without ``instruction`` gets its task's default (:func:`default_instruction`)."""
@@ -96,10 +109,29 @@ class PromptBuilder:
         return msgs
 
     def _ids(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
-        if isinstance(out, dict) or hasattr(out, "keys"):
-            out = out["input_ids"]
-        return list(out)
+        """The template's ids of ``messages``. Special-token text inside a message is first
+        replaced by a marker; the rendered text is then tokenized between markers (special
+        tokens parsed: the template's own) and each marker as its text with special tokens split.
+        Without such text (every ordinary message) this is the template's own tokenization."""
+        found = self._specials is not None and any(self._specials.search(m["content"]) for m in messages)
+        if not found:
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
+            return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        texts: list[str] = []
+
+        def mark(match: re.Match[str]) -> str:
+            texts.append(match.group(0))
+            return f"{_MARK_OPEN}{len(texts) - 1}{_MARK_CLOSE}"
+
+        marked = [{**m, "content": self._specials.sub(mark, m["content"])} for m in messages]  # type: ignore[union-attr]
+        rendered = self.tokenizer.apply_chat_template(marked, add_generation_prompt=generation_prompt, tokenize=False)
+        ids: list[int] = []
+        for i, piece in enumerate(_MARK.split(rendered)):
+            split = i % 2 == 1
+            text = texts[int(piece)] if split else piece
+            if text:
+                ids.extend(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"])
+        return ids
 
     def generation_ids(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[int]:
         """Prompt ids ending with the assistant header, ready for generation."""
