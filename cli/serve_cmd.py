@@ -29,14 +29,17 @@ class RequestBounds:
     :class:`swv.serve.settings.ServeSettings` of the same names)."""
 
     max_audio_seconds: Annotated[float, typer.Option(
-        "--max-audio-seconds", min=0.0, help="Reject clips longer than this (400; read from the header).")] = limits.MAX_AUDIO_SECONDS
+        "--max-audio-seconds", min=0.0,
+        help="Reject clips longer than this (400; read from the header).")] = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: Annotated[float, typer.Option(
-        "--max-request-audio-seconds", min=0.0, help="Reject requests whose clips last longer than this together.")] = limits.MAX_REQUEST_AUDIO_SECONDS
+        "--max-request-audio-seconds", min=0.0,
+        help="Reject requests whose clips last longer than this together.")] = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: Annotated[int, typer.Option("--max-clips", min=1, help="Most audio clips per request.")] = limits.MAX_CLIPS
     max_audio_channels: Annotated[int, typer.Option(
         "--max-audio-channels", min=1, help="Reject clips with more channels than this.")] = limits.MAX_AUDIO_CHANNELS
     max_text_chars: Annotated[int, typer.Option(
-        "--max-text-chars", min=0, help="Most characters of text per request (checked before tokenizing).")] = limits.MAX_TEXT_CHARS
+        "--max-text-chars", min=0,
+        help="Most characters of text per request (checked before tokenizing).")] = limits.MAX_TEXT_CHARS
     max_body_bytes: Annotated[int, typer.Option(
         "--max-body-bytes", min=0, help="Largest request body (413), chunked bodies included.")] = limits.MAX_BODY_BYTES
     max_json_depth: Annotated[int, typer.Option(

@@ -80,9 +80,11 @@ class PromptBuilder:
     instruction for text-only ones). Training labels cover the assistant turn only
     (including the template's end-of-turn token).
 
-    Message text cannot create special tokens: text spelling one (``<|start_header_id|>``...;
-    the audio placeholder excepted, the only one a message may hold) is tokenized as plain text
-    (see :meth:`_ids`), so a user cannot open a turn of another role.
+    In a conversation (:meth:`conversation_ids`: messages a client sent) text cannot create
+    special tokens: text spelling one (``<|start_header_id|>``...; the audio placeholder
+    excepted, the only one a message may hold) is tokenized as plain text (see :meth:`_ids`), so
+    a user cannot open a turn of another role. Records and instructions (training, one-turn
+    requests) keep their special tokens: a recipe's answers may be added special tags.
     """
 
     def __init__(self, tokenizer: Any, system_prompt: str | None, audio_token: str,
@@ -108,12 +110,13 @@ class PromptBuilder:
         msgs.append({"role": "user", "content": user})
         return msgs
 
-    def _ids(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-        """The template's ids of ``messages``. Special-token text inside a message is first
-        replaced by a marker; the rendered text is then tokenized between markers (special
-        tokens parsed: the template's own) and each marker as its text with special tokens split.
-        Without such text (every ordinary message) this is the template's own tokenization."""
-        found = self._specials is not None and any(self._specials.search(m["content"]) for m in messages)
+    def _ids(self, messages: list[dict[str, str]], generation_prompt: bool, plain_text: bool = False) -> list[int]:
+        """The template's ids of ``messages``. With ``plain_text``, special-token text inside a
+        message is first replaced by a marker; the rendered text is then tokenized between
+        markers (special tokens parsed: the template's own) and each marker as its text with
+        special tokens split. Without such text (every ordinary message) this is the template's
+        own tokenization."""
+        found = plain_text and self._specials is not None and any(self._specials.search(m["content"]) for m in messages)
         if not found:
             out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
@@ -151,7 +154,8 @@ class PromptBuilder:
     def conversation_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt ids of a multi-turn conversation (``{"role", "content"}`` text messages whose
         user turns already hold the audio token at each clip's place), ending with the
-        assistant header; the system prompt is put first unless the conversation has one."""
+        assistant header; the system prompt is put first unless the conversation has one.
+        Special-token text in the messages is tokenized as plain text."""
         if self.system_prompt and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return self._ids(messages, True)
+        return self._ids(messages, True, plain_text=True)

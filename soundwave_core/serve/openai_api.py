@@ -41,7 +41,10 @@ IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "pr
 #: Below this (and above 0), ``temperature`` is taken as this (vLLM's rule): dividing the
 #: logits by less overflows them.
 MIN_TEMPERATURE = 1e-2
-_OPEN, _CLOSE, _QUOTE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8), ord('"')
+_QUOTE = ord('"')
+#: The nesting step of each byte outside strings: +1 for ``[{``, -1 for ``]}``.
+_STEP = np.zeros(256, np.int8)
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
 class ChatCompletionParams(BaseModel):
@@ -129,23 +132,25 @@ def model_card(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "swv"}
 
 
-def json_shape(body: bytes, chunk: int = 1 << 20) -> tuple[int, int]:
+def json_shape(body: bytes, max_depth: int, max_structure_bytes: int, chunk: int = 1 << 20) -> tuple[int, int]:
     """``(deepest nesting, bytes outside strings)`` of a JSON text, measured without parsing it
     (escaped backslashes and quotes dropped, then quotes counted ``chunk`` bytes at a time, so
-    memory stays a few MB)."""
+    memory stays a few MB); it stops at the first chunk passing ``max_depth`` or
+    ``max_structure_bytes`` (the values it returns then are lower bounds)."""
     text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    depth = deepest = outside = 0
-    inside = 0
+    depth = deepest = outside = inside = 0
     for start in range(0, len(text), chunk):
         block = np.frombuffer(text, np.uint8, count=min(chunk, len(text) - start), offset=start)
         quotes = block == _QUOTE
-        in_string = (np.cumsum(quotes, dtype=np.int64) + inside) % 2 == 1
-        structure = block[~in_string & ~quotes]
-        levels = depth + np.cumsum(np.isin(structure, _OPEN).astype(np.int64) - np.isin(structure, _CLOSE))
+        in_string = (np.cumsum(quotes, dtype=np.int32) + inside) & 1
+        structure = block[(in_string == 0) & ~quotes]
+        levels = depth + np.cumsum(_STEP[structure], dtype=np.int64)
         if levels.size:
             deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
         outside += int(structure.size)
-        inside = (inside + int(quotes.sum())) % 2
+        inside = (inside + int(np.count_nonzero(quotes))) & 1
+        if deepest > max_depth or outside > max_structure_bytes:
+            break
     return deepest, outside
 
 
@@ -157,12 +162,12 @@ def parse_json(body: bytes, max_depth: int, max_structure_bytes: int) -> Any:
     """A JSON body, its shape (:func:`json_shape`) checked before it is parsed; :class:`RequestError`
     (400) for one nested deeper than ``max_depth``, with more than ``max_structure_bytes``
     outside its strings, not UTF-8, not JSON, or using ``NaN``/``Infinity``."""
-    depth, structure = json_shape(body)
+    depth, structure = json_shape(body, max_depth, max_structure_bytes)
     if depth > max_depth:
-        raise RequestError(400, f"the request body is nested {depth} levels deep (the limit is {max_depth})")
+        raise RequestError(400, f"the request body is nested more than {max_depth} levels deep")
     if structure > max_structure_bytes:
-        raise RequestError(400, f"the request body has {structure} bytes of JSON outside its strings "
-                                f"(the limit is {max_structure_bytes})")
+        raise RequestError(400, f"the request body has more than {max_structure_bytes} bytes of JSON outside "
+                                "its strings (keys, numbers, brackets)")
     try:
         return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
