@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,10 +17,41 @@ from swv.cli.options import (
     NoRepeatNgramSize,
     RepetitionPenalty,
     System,
+    with_option_groups,
 )
 from swv.core.errors import UsageError
+from swv.serve import limits
 
 
+@dataclasses.dataclass(frozen=True)
+class RequestBounds:
+    """What one request may cost, each checked before the work it bounds (the fields of
+    :class:`swv.serve.settings.ServeSettings` of the same names)."""
+
+    max_audio_seconds: Annotated[float, typer.Option(
+        "--max-audio-seconds", min=0.0,
+        help="Reject clips longer than this (400; read from the header).")] = limits.MAX_AUDIO_SECONDS
+    max_request_audio_seconds: Annotated[float, typer.Option(
+        "--max-request-audio-seconds", min=0.0,
+        help="Reject requests whose clips last longer than this together.")] = limits.MAX_REQUEST_AUDIO_SECONDS
+    max_clips: Annotated[int, typer.Option("--max-clips", min=1, help="Most audio clips per request.")] = limits.MAX_CLIPS
+    max_audio_channels: Annotated[int, typer.Option(
+        "--max-audio-channels", min=1, help="Reject clips with more channels than this.")] = limits.MAX_AUDIO_CHANNELS
+    max_text_chars: Annotated[int, typer.Option(
+        "--max-text-chars", min=0,
+        help="Most characters of text per request (checked before tokenizing).")] = limits.MAX_TEXT_CHARS
+    max_body_bytes: Annotated[int, typer.Option(
+        "--max-body-bytes", min=0, help="Largest request body (413), chunked bodies included.")] = limits.MAX_BODY_BYTES
+    max_json_depth: Annotated[int, typer.Option(
+        "--max-json-depth", min=1, help="Deepest JSON nesting of a request body.")] = limits.MAX_JSON_DEPTH
+    max_json_structure_bytes: Annotated[int, typer.Option(
+        "--max-json-structure-bytes", min=0,
+        help="Most bytes of a body's JSON outside its strings (keys, numbers, brackets).")] = limits.MAX_JSON_STRUCTURE_BYTES
+    work_threads: Annotated[int, typer.Option(
+        "--work-threads", min=1, help="Requests parsed, decoded and tokenized at once.")] = limits.WORK_THREADS
+
+
+@with_option_groups
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by training / SpeechLM.save_pretrained.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
@@ -29,8 +61,6 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests generated together.")] = 8,
     batch_window_ms: Annotated[float, typer.Option(
         "--batch-window-ms", min=0.0, help="How long to collect concurrent requests into one batch.")] = 10.0,
-    max_audio_seconds: Annotated[float, typer.Option(
-        "--max-audio-seconds", min=0.0, help="Reject clips longer than this (400).")] = 60.0,
     max_context: Annotated[Optional[int], typer.Option(
         "--max-context", min=2, help="Most prompt tokens (text + audio) + max_tokens per request "
         "(default: the backbone's max_position_embeddings).")] = None,
@@ -42,6 +72,8 @@ def serve(
     system: System = None,
     device: Device = "cpu",
     dtype: Dtype = None,
+    *,
+    bounds: RequestBounds,
 ) -> None:
     """Serve a model over HTTP: POST /v1/chat/completions (OpenAI-compatible,
     audio as input_audio parts, stream: true for server-sent events),
@@ -49,6 +81,8 @@ def serve(
 
     Concurrent requests are batched: requests arriving within --batch-window-ms
     of each other (up to --max-batch) are generated together.
+
+    Each cost of a request is bounded before it is paid (the --max-* options).
 
     Runaway answers: a transcript or translation stops where its audio runs
     out (finish_reason "length"), and no answer repeats a long run of tokens;
@@ -68,12 +102,8 @@ def serve(
     if context is None:
         raise UsageError("the backbone config has no max_position_embeddings; give --max-context")
     settings = ServeSettings(
-        model_id=model_name or model_dir.resolve().name,
-        max_context=context,
-        max_batch=max_batch,
-        batch_window_seconds=batch_window_ms / 1000,
-        max_audio_seconds=max_audio_seconds,
-        default_max_tokens=max_tokens,
+        model_id=model_name or model_dir.resolve().name, max_context=context, max_batch=max_batch,
+        batch_window_seconds=batch_window_ms / 1000, default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
         generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
                                      repetition_penalty=repetition_penalty).settings(),
     )

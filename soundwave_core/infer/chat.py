@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swv.core.audio import AudioInfo, audio_info, check_info
 from swv.core.errors import InputError
 
 #: Audio formats accepted in ``input_audio`` parts.
@@ -52,6 +53,47 @@ class ParsedConversation:
 
     messages: list[dict[str, str]]
     audio: list[AudioPart]
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on one conversation (``None``: no limit), all checked by :meth:`check` before its
+    text is tokenized or any clip decoded: ``max_text_chars`` characters of text over all
+    messages, ``max_clips`` audio parts, ``max_total_seconds`` of audio over all clips and
+    ``max_channels`` per clip (both from the clips' headers)."""
+
+    max_text_chars: int | None = None
+    max_clips: int | None = None
+    max_total_seconds: float | None = None
+    max_channels: int | None = None
+
+    def check(self, parsed: ParsedConversation, audio_token: str, max_duration: float | None = None) -> None:
+        """Refuse a conversation over a limit; every clip's header is checked against
+        ``max_duration`` (seconds per clip) and :attr:`max_channels` on the way."""
+        chars = sum(len(m["content"]) for m in parsed.messages) - len(parsed.audio) * len(audio_token)
+        if self.max_text_chars is not None and chars > self.max_text_chars:
+            raise InputError(f"messages: {chars} characters of text exceed the limit of {self.max_text_chars} per request")
+        if self.max_clips is not None and len(parsed.audio) > self.max_clips:
+            raise InputError(f"messages: {len(parsed.audio)} audio clips exceed the limit of {self.max_clips} per request")
+        total = 0.0
+        for part in parsed.audio:
+            info = _header(part)
+            if info is None:
+                continue
+            check_info(info, part.where, max_duration, self.max_channels)
+            total += info.seconds
+        if self.max_total_seconds is not None and total > self.max_total_seconds:
+            raise InputError(
+                f"messages: {total:.2f} s of audio in {len(parsed.audio)} clips exceed the limit of "
+                f"{self.max_total_seconds:g} s per request"
+            )
+
+
+def _header(part: AudioPart) -> AudioInfo | None:
+    """A clip's header (a file or encoded bytes), without decoding; ``None`` for an array."""
+    if isinstance(part.source, (bytes, bytearray, str, os.PathLike)):
+        return audio_info(bytes(part.source) if isinstance(part.source, bytearray) else part.source, part.where)
+    return None
 
 
 def _text(value: Any, where: str) -> str:
@@ -120,6 +162,10 @@ def _user_content(
 
 
 def _checked_text(text: str, where: str, audio_token: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{where}: not valid Unicode (a lone surrogate at character {exc.start})") from None
     if audio_token in text:
         raise InputError(f"{where}: text may not contain the audio placeholder {audio_token!r}; send audio as an audio part")
     return text

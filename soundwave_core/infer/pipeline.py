@@ -72,7 +72,7 @@ from swv.core.dtypes import DTYPE_NAMES, torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.infer.batching import Prepared, Result, Stats, encode_requests, generate_prepared, token_budget
-from swv.infer.chat import AudioPart, parse_messages
+from swv.infer.chat import AudioPart, RequestLimits, parse_messages
 from swv.infer.settings import GenerationSettings
 from swv.infer.streaming import TextStream, TokenClock
 from swv.model.defaults import ASR_INSTRUCTION
@@ -207,12 +207,14 @@ class Pipeline:
         sample_rate: int | None = None,
         name: str | None = None,
         max_duration: float | None = DEFAULT_MAX_DURATION,
+        max_channels: int | None = None,
     ) -> Waveform:
         """Decode, mix to mono and resample one input to :attr:`sample_rate`
         (:meth:`SpeechLMProcessor.load`: ``sample_rate`` is the rate of a numpy array, required
-        for one; with ``max_duration`` (seconds; ``None``: no limit), a longer clip raises
-        :class:`InputError`)."""
-        return self.processor.load(audio, sample_rate=sample_rate, name=name, max_duration=max_duration)
+        for one; with ``max_duration`` (seconds; ``None``: no limit) or ``max_channels``, a
+        clip over them raises :class:`InputError`, a file's before it is decoded)."""
+        return self.processor.load(audio, sample_rate=sample_rate, name=name, max_duration=max_duration,
+                                   max_channels=max_channels)
 
     def prepare(self, samples: np.ndarray, rate: int, name: str, *, max_duration: float | None = DEFAULT_MAX_DURATION) -> Waveform:
         """Check an already decoded mono waveform at ``rate`` and resample it."""
@@ -230,19 +232,24 @@ class Pipeline:
 
     def chat_request(
         self, messages: Any, *, max_duration: float | None = None, base_dir: str | os.PathLike[str] | None = None,
-        local_audio: bool = True,
+        local_audio: bool = True, limits: RequestLimits | None = None,
     ) -> ChatRequest:
         """Check, render and decode an OpenAI-style conversation (see :mod:`swv.infer.chat`):
         prompt ids with one placeholder per clip, and the clips. ``base_dir`` resolves relative
         audio paths; ``max_duration`` rejects long clips; ``local_audio=False`` accepts only
-        ``input_audio`` parts (no file paths)."""
+        ``input_audio`` parts (no file paths); ``limits`` bound the text, the clips, their
+        channels and total duration (:class:`RequestLimits`), checked from the clips' headers
+        before any clip is decoded or any text tokenized."""
         parsed = parse_messages(messages, self.processor.audio_token, None if base_dir is None else Path(base_dir),
                                 local_audio=local_audio)
-        waveforms = [self._load_part(part, max_duration) for part in parsed.audio]
+        limits = limits or RequestLimits()
+        limits.check(parsed, self.processor.audio_token, max_duration)
+        waveforms = [self._load_part(part, max_duration, limits.max_channels) for part in parsed.audio]
         return self.processor.chat_request(parsed.messages, waveforms)
 
-    def _load_part(self, part: AudioPart, max_duration: float | None) -> Waveform:
-        return self.load(part.source, sample_rate=part.sample_rate, name=part.where, max_duration=max_duration)
+    def _load_part(self, part: AudioPart, max_duration: float | None, max_channels: int | None) -> Waveform:
+        return self.load(part.source, sample_rate=part.sample_rate, name=part.where, max_duration=max_duration,
+                         max_channels=max_channels)
 
     # -- generation -------------------------------------------------------------------------
     def encode_requests(self, requests: Sequence[ChatRequest], window_batch_size: int | None = None) -> Prepared:

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from swv.core.audio import DEFAULT_MAX_DURATION, read_audio, resample
+from swv.core.audio import DEFAULT_MAX_DURATION, read_audio, resample, too_long
 from swv.core.errors import InputError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.model.prompts import TRANSCRIPT_TASK, PromptBuilder, default_instruction, renders_speech
@@ -138,24 +138,27 @@ def check_waveform(array: Any, name: str) -> np.ndarray:
 
 
 def decode_audio(
-    audio: AudioInput, sample_rate: int | None = None, name: str | None = None
+    audio: AudioInput, sample_rate: int | None = None, name: str | None = None, *,
+    max_duration: float | None = None, max_channels: int | None = None,
 ) -> tuple[np.ndarray, int, str]:
     """Decode one input without resampling: ``(samples [S] float32, rate, name)``.
 
-    Paths and bytes go through :func:`swv.core.audio.read_audio` (mono mix; their own rate);
-    an array needs its ``sample_rate`` (never assumed). Raises :class:`InputError` naming the
-    input for a missing, empty, unreadable or non-finite input.
+    Paths and bytes go through :func:`swv.core.audio.read_audio` (mono mix; their own rate;
+    a header over ``max_duration`` seconds or ``max_channels`` channels is refused before
+    decoding); an array needs its ``sample_rate`` (never assumed). Raises :class:`InputError`
+    naming the input for a missing, empty, unreadable, too long or non-finite input.
     """
     name = name or input_name(audio, None)
+    limits = {"max_seconds": max_duration, "max_channels": max_channels}
     if isinstance(audio, (str, os.PathLike)):
-        wav, rate = read_audio(Path(audio))
+        wav, rate = read_audio(Path(audio), **limits)
         return wav, rate, name
     if isinstance(audio, (bytes, bytearray)):
         if not audio:
             raise InputError(f"{name}: empty audio input")
         stream = io.BytesIO(bytes(audio))
         stream.name = name  # read_audio names streams by their ``name``
-        wav, rate = read_audio(stream)
+        wav, rate = read_audio(stream, **limits)
         return wav, rate, name
     samples = check_waveform(audio, name)
     if sample_rate is None:
@@ -264,11 +267,14 @@ class SpeechLMProcessor(ProcessorMixin):
         sample_rate: int | None = None,
         name: str | None = None,
         max_duration: float | None = DEFAULT_MAX_DURATION,
+        max_channels: int | None = None,
     ) -> Waveform:
         """Decode one input (``sample_rate``: the rate of a numpy array, required for one),
         mix it to mono and resample it to :attr:`sampling_rate`; with ``max_duration``
-        (seconds; ``None``: no limit) a longer clip raises :class:`InputError`."""
-        samples, rate, name = decode_audio(audio, sample_rate, name)
+        (seconds; ``None``: no limit) a longer clip raises :class:`InputError` (a file's or
+        bytes' before decoding, from its header), as does one of more than ``max_channels``."""
+        samples, rate, name = decode_audio(audio, sample_rate, name, max_duration=max_duration,
+                                           max_channels=max_channels)
         return self.prepare(samples, rate, name, max_duration=max_duration)
 
     def prepare(
@@ -278,10 +284,7 @@ class SpeechLMProcessor(ProcessorMixin):
         samples = check_waveform(samples, name)
         seconds = samples.shape[0] / rate
         if max_duration is not None and seconds > max_duration:
-            raise InputError(
-                f"{name}: {seconds:.2f} s of audio exceeds the maximum duration of {max_duration:g} s "
-                "(raise it with --max-duration / max_duration=)"
-            )
+            raise too_long(name, seconds, max_duration)
         return Waveform(resample(samples, rate, self.sampling_rate), name)
 
     def default_instruction(self, task: str = TRANSCRIPT_TASK, language: str | None = None) -> str:

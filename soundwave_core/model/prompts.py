@@ -67,12 +67,24 @@ def renders_speech(table: Mapping[str, str], instruction: str, task: str | None 
     return False
 
 
+#: Brackets of the markers that stand for special-token text of a message while its template
+#: is rendered (Unicode private-use characters).
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+_MARK = re.compile(f"{_MARK_OPEN}(\\d+){_MARK_CLOSE}")
+
+
 class PromptBuilder:
     """Renders ``system / user(audio + instruction) / assistant(response)`` conversations.
 
     The user turn is ``"<audio_patch>\\n<instruction>"`` for audio records (just the
     instruction for text-only ones). Training labels cover the assistant turn only
     (including the template's end-of-turn token).
+
+    In a conversation (:meth:`conversation_ids`: messages a client sent) text cannot create
+    special tokens: text spelling one (``<|start_header_id|>``...; the audio placeholder
+    excepted, the only one a message may hold) is tokenized as plain text (see :meth:`_ids`), so
+    a user cannot open a turn of another role. Records and instructions (training, one-turn
+    requests) keep their special tokens: a recipe's answers may be added special tags.
     """
 
     def __init__(self, tokenizer: Any, system_prompt: str | None, audio_token: str,
@@ -84,6 +96,9 @@ class PromptBuilder:
         self.instructions = instruction_table(instructions)
         if not getattr(tokenizer, "chat_template", None):
             raise InputError("the backbone tokenizer has no chat template; set model.backbone.chat_template")
+        specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+        specials = sorted((specials | set(tokenizer.all_special_tokens)) - {audio_token}, key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
 
     def messages(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[dict[str, str]]:
         """An audio record without ``instruction`` gets its task's default (:func:`default_instruction`)."""
@@ -95,11 +110,31 @@ class PromptBuilder:
         msgs.append({"role": "user", "content": user})
         return msgs
 
-    def _ids(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
-        out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
-        if isinstance(out, dict) or hasattr(out, "keys"):
-            out = out["input_ids"]
-        return list(out)
+    def _ids(self, messages: list[dict[str, str]], generation_prompt: bool, plain_text: bool = False) -> list[int]:
+        """The template's ids of ``messages``. With ``plain_text``, special-token text inside a
+        message is first replaced by a marker; the rendered text is then tokenized between
+        markers (special tokens parsed: the template's own) and each marker as its text with
+        special tokens split. Without such text (every ordinary message) this is the template's
+        own tokenization."""
+        found = plain_text and self._specials is not None and any(self._specials.search(m["content"]) for m in messages)
+        if not found:
+            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
+            return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        texts: list[str] = []
+
+        def mark(match: re.Match[str]) -> str:
+            texts.append(match.group(0))
+            return f"{_MARK_OPEN}{len(texts) - 1}{_MARK_CLOSE}"
+
+        marked = [{**m, "content": self._specials.sub(mark, m["content"])} for m in messages]  # type: ignore[union-attr]
+        rendered = self.tokenizer.apply_chat_template(marked, add_generation_prompt=generation_prompt, tokenize=False)
+        ids: list[int] = []
+        for i, piece in enumerate(_MARK.split(rendered)):
+            split = i % 2 == 1
+            text = texts[int(piece)] if split else piece
+            if text:
+                ids.extend(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"])
+        return ids
 
     def generation_ids(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[int]:
         """Prompt ids ending with the assistant header, ready for generation."""
@@ -119,7 +154,8 @@ class PromptBuilder:
     def conversation_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Prompt ids of a multi-turn conversation (``{"role", "content"}`` text messages whose
         user turns already hold the audio token at each clip's place), ending with the
-        assistant header; the system prompt is put first unless the conversation has one."""
+        assistant header; the system prompt is put first unless the conversation has one.
+        Special-token text in the messages is tokenized as plain text."""
         if self.system_prompt and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return self._ids(messages, True)
+        return self._ids(messages, True, plain_text=True)

@@ -9,9 +9,10 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from swv.core.errors import InputError
+from swv.core.errors import InputError, first_line
 from swv.infer.settings import GenerationSettings
 
 #: Request fields swv serve does not implement, with the value that means "not used".
@@ -30,13 +31,28 @@ UNSUPPORTED = {
     "frequency_penalty": 0,
     "audio": None,
     "prediction": None,
+    "reasoning_effort": None,
+    "verbosity": None,
+    "web_search_options": None,
 }
+#: OpenAI request fields that only inform (logging, storage, routing), accepted and ignored.
+IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+           "parallel_tool_calls")
+#: Below this (and above 0), ``temperature`` is taken as this (vLLM's rule): dividing the
+#: logits by less overflows them.
+MIN_TEMPERATURE = 1e-2
+_QUOTE = ord('"')
+#: The nesting step of each byte outside strings: +1 for ``[{``, -1 for ``]}``.
+_STEP = np.zeros(256, np.int8)
+_STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
 class ChatCompletionParams(BaseModel):
     """``POST /v1/chat/completions`` body. ``temperature`` 0 or absent means greedy decoding
-    (deterministic); above 0 it samples. ``max_completion_tokens`` is the newer name of
-    ``max_tokens``. Unknown informational fields (``user``, ``metadata``...) are ignored."""
+    (deterministic); above 0 it samples, at least at :data:`MIN_TEMPERATURE`.
+    ``max_completion_tokens`` is the newer name of ``max_tokens``. OpenAI's informational
+    fields (:data:`IGNORED`) are ignored; those of :data:`UNSUPPORTED` refused unless they keep
+    their neutral value; any other field is refused with a 400 naming it (OpenAI's policy)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -53,6 +69,9 @@ class ChatCompletionParams(BaseModel):
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
+        for name in extra:
+            if name not in UNSUPPORTED and name not in IGNORED:
+                raise RequestError(400, f"Unrecognized request argument supplied: {name}", param=name)
         for name, unused in UNSUPPORTED.items():
             if name in extra and extra[name] is not None and extra[name] != unused:
                 raise RequestError(400, f"'{name}' is not supported by swv serve", param=name)
@@ -70,7 +89,7 @@ class ChatCompletionParams(BaseModel):
             base or GenerationSettings(),
             max_new_tokens=max_tokens,
             do_sample=sample,
-            temperature=self.temperature if sample else 1.0,
+            temperature=max(self.temperature or 0.0, MIN_TEMPERATURE) if sample else 1.0,
             top_p=self.top_p if (sample and self.top_p is not None) else 1.0,
         )
 
@@ -84,11 +103,17 @@ class RequestError(Exception):
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  code: str | None = None, param: str | None = None) -> None:
+        message, param = _printable(message), None if param is None else _printable(param)
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
+
+
+def _printable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (lone surrogates a client sent) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
@@ -107,14 +132,56 @@ def model_card(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "swv"}
 
 
-def parse_params(body: bytes) -> ChatCompletionParams:
-    """JSON body -> parameters; :class:`RequestError` (400) for anything malformed."""
+def json_shape(body: bytes, max_depth: int, max_structure_bytes: int, chunk: int = 1 << 20) -> tuple[int, int]:
+    """``(deepest nesting, bytes outside strings)`` of a JSON text, measured without parsing it
+    (escaped backslashes and quotes dropped, then quotes counted ``chunk`` bytes at a time, so
+    memory stays a few MB); it stops at the first chunk passing ``max_depth`` or
+    ``max_structure_bytes`` (the values it returns then are lower bounds)."""
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    depth = deepest = outside = inside = 0
+    for start in range(0, len(text), chunk):
+        block = np.frombuffer(text, np.uint8, count=min(chunk, len(text) - start), offset=start)
+        quotes = block == _QUOTE
+        in_string = (np.cumsum(quotes, dtype=np.int32) + inside) & 1
+        structure = block[(in_string == 0) & ~quotes]
+        levels = depth + np.cumsum(_STEP[structure], dtype=np.int64)
+        if levels.size:
+            deepest, depth = max(deepest, int(levels.max())), int(levels[-1])
+        outside += int(structure.size)
+        inside = (inside + int(np.count_nonzero(quotes))) & 1
+        if deepest > max_depth or outside > max_structure_bytes:
+            break
+    return deepest, outside
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def parse_json(body: bytes, max_depth: int, max_structure_bytes: int) -> Any:
+    """A JSON body, its shape (:func:`json_shape`) checked before it is parsed; :class:`RequestError`
+    (400) for one nested deeper than ``max_depth``, with more than ``max_structure_bytes``
+    outside its strings, not UTF-8, not JSON, or using ``NaN``/``Infinity``."""
+    depth, structure = json_shape(body, max_depth, max_structure_bytes)
+    if depth > max_depth:
+        raise RequestError(400, f"the request body is nested more than {max_depth} levels deep")
+    if structure > max_structure_bytes:
+        raise RequestError(400, f"the request body has more than {max_structure_bytes} bytes of JSON outside "
+                                "its strings (keys, numbers, brackets)")
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the request body is not valid JSON ({exc})") from None
+        return json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(400, f"the request body is not valid JSON ({first_line(exc)})") from None
+
+
+def parse_params(body: bytes, max_depth: int = 32, max_structure_bytes: int = 1 << 20) -> ChatCompletionParams:
+    """JSON body -> parameters; :class:`RequestError` (400) for anything malformed (see :func:`parse_json`)."""
+    payload = parse_json(body, max_depth, max_structure_bytes)
     if not isinstance(payload, dict):
         raise RequestError(400, "the request body must be a JSON object")
+    for name in payload:
+        if _printable(name) != name:
+            raise RequestError(400, f"the field name {name!r} is not a valid Unicode string", param=name)
     try:
         params = ChatCompletionParams.model_validate(payload)
     except ValidationError as exc:

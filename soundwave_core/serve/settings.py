@@ -5,33 +5,62 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from swv.core.errors import UsageError
+from swv.infer.chat import RequestLimits
 from swv.infer.pipeline import Pipeline
 from swv.infer.settings import GenerationSettings
+from swv.serve import limits
+
+#: The bounds that must be at least 1 (the others: at least 0).
+_POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads")
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Server limits. ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``;
-    ``max_audio_seconds`` bounds every clip; ``max_body_bytes`` the request body.
-    ``generation``: the decoding controls of every request (length bound, repetition controls;
-    ``None`` fields take the model's defaults)."""
+    """Server limits, each checked before the work it bounds.
+
+    ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
+    request body (a body without Content-Length is cut off once it passes it); ``max_json_depth``
+    the body's nesting and ``max_json_structure_bytes`` its JSON outside strings (keys, numbers,
+    brackets: what parsing turns into objects), both measured before it is parsed;
+    ``max_text_chars`` the characters of text over all messages (before tokenizing);
+    ``max_clips`` the audio clips of a request, ``max_audio_seconds`` each clip,
+    ``max_request_audio_seconds`` all of them and ``max_audio_channels`` each clip's channels (all
+    read from the clips' headers before decoding); ``work_threads`` the requests parsed, decoded
+    and tokenized at once (in worker threads, never in the event loop). ``generation``: the
+    decoding controls of every request (length bound, repetition controls; ``None`` fields take
+    the model's defaults)."""
 
     model_id: str
     max_context: int
     max_batch: int = 8
     batch_window_seconds: float = 0.01
-    max_audio_seconds: float = 60.0
+    max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
+    max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
+    max_clips: int = limits.MAX_CLIPS
+    max_audio_channels: int = limits.MAX_AUDIO_CHANNELS
+    max_text_chars: int = limits.MAX_TEXT_CHARS
     default_max_tokens: int = 256
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = limits.MAX_BODY_BYTES
+    max_json_depth: int = limits.MAX_JSON_DEPTH
+    max_json_structure_bytes: int = limits.MAX_JSON_STRUCTURE_BYTES
+    work_threads: int = limits.WORK_THREADS
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
-        if self.batch_window_seconds < 0:
-            raise UsageError(f"batch window must be >= 0, got {self.batch_window_seconds}")
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("batch_window_seconds", "max_audio_seconds", "max_request_audio_seconds", "max_text_chars",
+                     "max_body_bytes", "max_json_structure_bytes"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_context < 2:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
+
+    def request_limits(self) -> RequestLimits:
+        """The per-conversation bounds :meth:`Pipeline.chat_request` checks."""
+        return RequestLimits(max_text_chars=self.max_text_chars, max_clips=self.max_clips,
+                             max_total_seconds=self.max_request_audio_seconds, max_channels=self.max_audio_channels)
 
 
 def model_context_length(pipeline: Pipeline) -> int | None:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from functools import partial
+
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from swv.core.errors import InputError, SwvError
 from swv.infer.pipeline import Pipeline
@@ -24,7 +26,7 @@ from swv.serve.openai_api import (
     sse,
     unknown_model,
 )
-from swv.serve.routes.deps import BatcherDep, PipelineDep, SettingsDep
+from swv.serve.routes.deps import BatcherDep, LimiterDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
 router = APIRouter()
@@ -32,12 +34,15 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep
+    request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep, limiter: LimiterDep
 ) -> JSONResponse | StreamingResponse:
-    params = parse_params(await _read_body(request, settings.max_body_bytes))
+    body = await _read_body(request, settings.max_body_bytes)
+    params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
+                                              settings.max_json_structure_bytes), limiter=limiter)
+    del body
     if params.model != settings.model_id:
         raise unknown_model(params.model)
-    job = await _submit(params, settings, pipeline)
+    job = await _submit(params, settings, pipeline, limiter)
     batcher.submit(job)
     await _started(job)
     ids = CompletionIds(settings.model_id)
@@ -53,25 +58,32 @@ async def chat_completions(
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) once it exceeds ``limit`` bytes (by its declared length
-    before it is read)."""
+    """The request body, refused (413) once it exceeds ``limit`` bytes: by its declared length
+    before it is read, and while it is read (a chunked body declares none)."""
     too_large = RequestError(413, f"the request body exceeds {limit} bytes")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_large
-    body = await request.body()
-    if len(body) > limit:
-        raise too_large
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipeline: Pipeline) -> Job:
-    """The batcher's job for a request: its settings over the server's, its audio decoded."""
+async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipeline: Pipeline,
+                  limiter: CapacityLimiter) -> Job:
+    """The batcher's job for a request: its settings over the server's, its audio decoded and its
+    prompt tokenized in a worker thread (at most ``limiter``'s number at once), every bound of
+    :meth:`ServeSettings.request_limits` checked first."""
     try:
         generation = params.settings(settings.default_max_tokens, settings.generation)
-        chat_request = await run_in_threadpool(
-            pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds, local_audio=False
-        )
+        load = partial(pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds,
+                       local_audio=False, limits=settings.request_limits())
+        chat_request = await to_thread.run_sync(load, limiter=limiter)
     except InputError as exc:
         raise input_error(exc) from None
     except SwvError as exc:

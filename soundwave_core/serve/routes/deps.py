@@ -1,12 +1,13 @@
 """The objects every route shares, kept on ``app.state`` by :func:`attach` and handed to the
 handlers as FastAPI dependencies (``BatcherDep``, ``PipelineDep``, ``SettingsDep``,
-``ModelCardDep``)."""
+``ModelCardDep``, ``LimiterDep``: the worker threads that parse, decode and tokenize requests)."""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated, Any
 
+from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request
 
 from swv.infer.pipeline import Pipeline
@@ -21,6 +22,7 @@ def attach(app: FastAPI, pipeline: Pipeline, settings: ServeSettings, batcher: B
     app.state.settings = settings
     app.state.batcher = batcher
     app.state.model_card = model_card(settings.model_id, int(time.time()))
+    app.state.limiter = CapacityLimiter(settings.work_threads)
 
 
 def get_pipeline(request: Request) -> Pipeline:
@@ -39,7 +41,12 @@ def get_model_card(request: Request) -> dict[str, Any]:
     return request.app.state.model_card
 
 
+def get_limiter(request: Request) -> CapacityLimiter:
+    return request.app.state.limiter
+
+
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 ModelCardDep = Annotated[dict[str, Any], Depends(get_model_card)]
+LimiterDep = Annotated[CapacityLimiter, Depends(get_limiter)]
