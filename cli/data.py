@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.core.errors import UsageError
 from swv.dataprep.sft import FORMATS, TEMPLATES
 
@@ -247,10 +248,13 @@ def shard_cmd(
     manifest: Annotated[Path, typer.Argument(help="Manifest whose records (and audio files) to pack.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Empty folder for the shard-NNNNNN.tar files.")],
     clips_per_shard: Annotated[int, typer.Option(help="Records per shard.")] = 1000,
+    max_audio_bytes: Annotated[int, typer.Option(
+        help="Largest audio file packed (bytes); larger ones, and anything not a regular file, are dropped "
+        "and reported.")] = DEFAULT_MAX_AUDIO_BYTES,
 ) -> None:
     """Pack a manifest into webdataset-style tar shards (<key>.<ext> audio + <key>.json record);
     a recipe reads them with a `shards: DIR` source."""
     from swv.data.shards import write_shards
 
-    report = write_shards(manifest, out, clips_per_shard=clips_per_shard)
+    report = write_shards(manifest, out, clips_per_shard=clips_per_shard, max_audio_bytes=max_audio_bytes)
     typer.echo(report.format())

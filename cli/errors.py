@@ -8,7 +8,7 @@ import sys
 import warnings
 from typing import Any
 
-from swv.core.errors import SwvError
+from swv.core.errors import InputError, SwvError, first_line, unpickling_detail
 
 
 def debug_enabled() -> bool:
@@ -57,3 +57,28 @@ def report(exc: SwvError) -> int:
     text = " ".join(str(exc).split()) or type(exc).__name__
     print(f"error: {text}", file=sys.stderr)
     return exc.exit_code
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from or while handling (a short chain)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def refusal(exc: BaseException) -> SwvError | None:
+    """A one-line error for a refusal that reached the CLI from a library without a swv message:
+    a weights-only unpickling refusal (a pickle that would import code) or the chat template
+    sandbox's refusal. None for anything else (a bug keeps its traceback)."""
+    import pickle
+
+    jinja = sys.modules.get("jinja2.exceptions")
+    for cause in _causes(exc):
+        if isinstance(cause, pickle.UnpicklingError):
+            return InputError(unpickling_detail(cause))
+        if jinja is not None and isinstance(cause, jinja.SecurityError):
+            return InputError(f"chat template: refused by the template sandbox ({first_line(cause)})")
+    return None

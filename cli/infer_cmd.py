@@ -6,6 +6,7 @@ The generation options are shared with ``swv eval`` (:mod:`swv.cli.options`). He
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,8 +23,9 @@ from swv.cli.options import (
     TrustRemoteCode,
     with_option_groups,
 )
-from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_DURATION
 from swv.core.errors import InputError, UsageError
+from swv.infer.chat import DEFAULT_MAX_CHAT_BYTES
 
 if TYPE_CHECKING:
     from swv.infer.pipeline import ChatRequest, GenerationSettings, Pipeline, Stats
@@ -52,6 +54,10 @@ Chat = Annotated[Optional[Path], typer.Option(
     "--chat", help="Continue the conversation in this JSON file (OpenAI-style messages; audio parts as "
     "{'type': 'audio', 'path': ...} relative to the file, or input_audio): AUDIO and --prompt form a new "
     "user turn; the answer is streamed and appended to the file.")]
+MaxAudioBytes = Annotated[int, typer.Option(
+    "--max-audio-bytes", min=1, help="Largest audio read from stdin ('-'), in bytes; more is an error.")]
+MaxChatBytes = Annotated[int, typer.Option(
+    "--max-chat-bytes", min=1, help="Largest --chat conversation file read, in bytes; larger is an error.")]
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class _Job:
     max_duration: float | None
     stats: bool
     trust_remote_code: bool
+    max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES
+    max_chat_bytes: int = DEFAULT_MAX_CHAT_BYTES
 
     def load(self) -> Pipeline:
         from swv.infer import batch
@@ -77,12 +85,14 @@ def _err(message: str) -> None:
 
 
 # -- single files and stdin --------------------------------------------------------------------
-def _decode(source: str) -> tuple[Any, int, str]:
-    """Decode a path or ``-`` (a WAV on stdin): ``(samples, rate, name)``."""
+def _decode(source: str, max_audio_bytes: int) -> tuple[Any, int, str]:
+    """Decode a path or ``-`` (a WAV on stdin, at most ``max_audio_bytes``): ``(samples, rate, name)``."""
+    from swv.core.io import read_stdin
     from swv.model.processor import decode_audio
 
     if source == STDIN:
-        return decode_audio(sys.stdin.buffer.read(), name="<stdin>")
+        data = read_stdin(sys.stdin.buffer, "audio on stdin", max_audio_bytes, "--max-audio-bytes")
+        return decode_audio(data, name="<stdin>")
     return decode_audio(Path(source))
 
 
@@ -118,7 +128,7 @@ def _run_files(sources: list[str], prompt: str | None, job: _Job) -> int:
     decoded, failed = [], 0
     for source in sources:
         try:
-            decoded.append(_decode(source))
+            decoded.append(_decode(source, job.max_audio_bytes))
         except InputError as exc:
             if len(sources) == 1:
                 raise
@@ -169,7 +179,7 @@ def _run_chat(conversation: Path, sources: list[str], prompt: str | None, job: _
 
     if STDIN in sources:
         raise UsageError("--chat takes audio files, not '-' (stdin)")
-    messages = load_conversation(conversation)
+    messages = load_conversation(conversation, job.max_chat_bytes)
     base = conversation.parent
     if sources or not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
         messages.append(user_turn([_stored_path(s, base) for s in sources], prompt))
@@ -181,7 +191,8 @@ def _run_chat(conversation: Path, sources: list[str], prompt: str | None, job: _
     messages.append({"role": "assistant", "content": answer})
     import json
 
-    atomic_write_text(conversation, json.dumps({"messages": messages}, indent=2, ensure_ascii=False) + "\n")
+    # written where a symlink points: the link stays a link
+    atomic_write_text(os.path.realpath(conversation), json.dumps({"messages": messages}, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- manifest ----------------------------------------------------------------------------------
@@ -220,6 +231,8 @@ def infer(
     chat: Chat = None,
     revision: Revision = None,
     trust_remote_code: TrustRemoteCode = False,
+    max_audio_bytes: MaxAudioBytes = DEFAULT_MAX_AUDIO_BYTES,
+    max_chat_bytes: MaxChatBytes = DEFAULT_MAX_CHAT_BYTES,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -232,21 +245,21 @@ def infer(
     the same command to resume and retry the failed items.
 
     Conversation (--chat FILE): continue a multi-turn audio chat saved as
-    JSON; the new answer is appended to FILE, so the next call goes on.
+    JSON; the new answer is appended to FILE (a symlink stays one).
 
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     split into consecutive windows whose encoder outputs are joined before
     the adapters; nothing is truncated. Clips longer than --max-duration
     (default 10 minutes) are rejected.
 
-    Runaway answers: a transcript or translation stops where the audio runs
-    out (--length-bound), and no answer repeats a long run of tokens
-    (--no-repeat-ngram-size); both are the model's defaults, see the options.
+    Runaway answers: a transcript or translation stops where the audio runs out
+    (--length-bound), no answer repeats a long run of tokens (--no-repeat-ngram-size).
     """
     from swv.core.hub import resolve_model
 
     settings = replace(generation.settings(), transcript_first=True) if cot else generation.settings()
-    job = _Job(resolve_model(model, revision), settings, generation.system, run, max_duration, stats, trust_remote_code)
+    job = _Job(resolve_model(model, revision), settings, generation.system, run, max_duration, stats, trust_remote_code,
+               max_audio_bytes, max_chat_bytes)
     if chat is not None:
         if manifest is not None or output is not None:
             raise UsageError("--chat cannot be combined with --manifest/--output")

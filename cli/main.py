@@ -65,14 +65,16 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; expected errors become one line on stderr and a non-zero exit.
 
     Click handles usage errors itself (usage line, exit 2); ``SwvError`` becomes
-    ``error: <message>`` with the error's exit code, and an ``OSError`` of the environment
+    ``error: <message>`` with the error's exit code, an ``OSError`` of the environment
     (permissions, full or read-only disk, file vs directory) ``error: <path>: <reason>``
-    with exit 1; ``SWV_DEBUG=1`` keeps the traceback.
+    with exit 1, and an unpickling or template-sandbox refusal one line too (:func:`refusal`);
+    ``SWV_DEBUG=1`` keeps the traceback.
     """
     from swv.cli.errors import (
         debug_enabled,
         environment_error,
         install_warning_format,
+        refusal,
         report,
         report_os_error,
     )
@@ -89,6 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug_enabled() or not environment_error(exc):
             raise
         sys.exit(report_os_error(exc))
+    except Exception as exc:
+        refused = refusal(exc)
+        if debug_enabled() or refused is None:
+            raise
+        sys.exit(report(refused))
 
 
 if __name__ == "__main__":

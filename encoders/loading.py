@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -19,7 +20,7 @@ from torch import nn
 
 from swv.core.config import ComponentConfig
 from swv.core.dtypes import torch_dtype
-from swv.core.errors import ComponentError, InputError, first_line
+from swv.core.errors import ComponentError, InputError, first_line, unpickling_detail
 from swv.core.hub import Resolved, resolve_dir
 from swv.encoders.base import Encoder
 
@@ -95,7 +96,9 @@ def _safetensors_tensors(file: Path, keys: Sequence[str]) -> dict[str, torch.Ten
 def _torch_bin(file: Path) -> dict[str, torch.Tensor]:
     try:
         data = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # UnpicklingError (unsafe content), RuntimeError, OSError
+    except pickle.UnpicklingError as error:  # unsafe content: a global weights-only loading refuses
+        raise InputError(f"{file}: {unpickling_detail(error)}; convert it to safetensors") from None
+    except Exception as error:  # RuntimeError, OSError
         raise InputError(f"{file}: not a loadable weights-only PyTorch checkpoint ({first_line(error)})") from error
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise InputError(f"{file}: expected a state dict of tensors")

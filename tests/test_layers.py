@@ -7,6 +7,7 @@ remap) and counts imports inside functions; only ``if TYPE_CHECKING:`` imports a
 
 from __future__ import annotations
 
+import importlib
 import pkgutil
 import subprocess
 import sys
@@ -49,3 +50,16 @@ def test_no_loose_modules_at_the_root() -> None:
 def test_the_cli_is_the_top_layer() -> None:
     (layers,) = [c["layers"] for c in _contracts() if c["type"] == "layers"]
     assert layers[0] == "swv.cli"
+
+
+def test_every_model_module_imports_first(tmp_path: Path) -> None:
+    """Each module of swv.model imports as the first swv import of a process: transformers'
+    post-import hook (swv.model.hf_auto) fires mid-way and must not hit a half-imported module."""
+    names = [f"swv.model.{m.name}" for m in pkgutil.iter_modules(importlib.import_module("swv.model").__path__)]
+    code = "import importlib, sys\nimportlib.import_module(sys.argv[1])\n"
+    failed = {}
+    for name in names:
+        res = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, cwd=tmp_path)
+        if res.returncode != 0:
+            failed[name] = res.stderr.strip().splitlines()[-1:]
+    assert len(names) >= 10 and not failed, failed

@@ -33,6 +33,9 @@ MAX_SAMPLE_RATE = 192_000
 MAX_RATIO_TERM = 1_024
 #: Samples (all channels together) decoded per block: the decoder's working memory (4 MB).
 BLOCK_SAMPLES = 1 << 20
+#: Largest encoded audio file (bytes) swv reads whole into memory (``swv data shard``, ``swv infer -``
+#: on stdin, a tar shard's members) unless told otherwise (``--max-audio-bytes``).
+DEFAULT_MAX_AUDIO_BYTES = 1 << 30
 
 
 AudioSource = str | os.PathLike[str] | bytes | BinaryIO
@@ -86,14 +89,11 @@ def check_info(info: AudioInfo, name: str, max_seconds: float | None = None, max
 def _opened(source: AudioSource, name: str) -> Any:
     """A path (checked to be a non-empty file) or a readable stream for soundfile."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"{name}: audio file not found")
-        if path.is_dir():
-            raise InputError(f"{name}: expected an audio file, got a directory")
-        if path.stat().st_size == 0:
+        from swv.core.io import regular_file
+
+        if regular_file(source, "audio file").st_size == 0:
             raise InputError(f"{name}: file is empty (0 bytes)")
-        return str(path)
+        return os.fspath(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise InputError(f"{name}: empty audio input")
@@ -206,6 +206,10 @@ def audio_duration(path: str | os.PathLike[str] | bytes) -> float:
     """Duration in seconds from the header of a file or of an encoded file's bytes (no decoding)."""
     import soundfile as sf
 
+    from swv.core.io import regular_file
+
+    if not isinstance(path, bytes):
+        regular_file(path, "audio file")
     try:
         info = sf.info(io.BytesIO(path) if isinstance(path, bytes) else str(path))
     except Exception as exc:

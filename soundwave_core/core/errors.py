@@ -37,3 +37,14 @@ def first_line(error: BaseException) -> str:
     quoting a library's error inside a one-line swv message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def unpickling_detail(error: BaseException) -> str:
+    """Why a weights-only ``torch.load`` refused a pickle, as one line: torch's own reason (the
+    global or opcode it would not accept), without its advice to load the file unsafely."""
+    marker = "WeightsUnpickler error:"
+    text = str(error).split(marker, 1)[1] if marker in str(error) else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    reasons = [line for line in lines if not line.startswith(boilerplate)]
+    return f"unpickling refused: {reasons[0] if reasons else first_line(error)}"

@@ -3,16 +3,109 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from swv.core.errors import SwvError, first_line
+from swv.core.errors import InputError, SwvError, first_line
+
+#: What a non-regular file is called in messages, by its ``stat`` type test.
+_SPECIAL_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"))
+#: Bytes read at a time from a stream whose size is not known in advance.
+_CHUNK = 1 << 20
+
+
+def _over_limit(name: str, what: str, size: int, max_bytes: int, flag: str | None) -> InputError:
+    raise_it = f"; raise {flag}" if flag else ""
+    return InputError(f"{name}: {what} is over the limit of {max_bytes:,} bytes ({size:,}{raise_it})")
+
+
+def check_stat(name: str, st: os.stat_result, what: str, max_bytes: int | None = None,
+               flag: str | None = None) -> None:
+    """Refuse (one-line :class:`InputError`) a ``stat`` result that is not a regular file
+    (directories, FIFOs, devices, sockets) or is larger than ``max_bytes``; ``flag`` names the
+    option that raises the limit."""
+    for test, kind in _SPECIAL_KINDS:
+        if test(st.st_mode):
+            raise InputError(f"{name}: {what} is {kind}, expected a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise _over_limit(name, what, st.st_size, max_bytes, flag)
+
+
+def regular_file(path: str | os.PathLike[str], what: str, max_bytes: int | None = None,
+                 flag: str | None = None) -> os.stat_result:
+    """``os.stat(path)`` after checking that ``path`` (symlinks followed) is a regular file of
+    at most ``max_bytes``: for files another library opens by name. Never blocks (a FIFO is
+    not opened)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    check_stat(str(path), st, what, max_bytes, flag)
+    return st
+
+
+def open_regular(path: str | os.PathLike[str], what: str, max_bytes: int | None = None,
+                 flag: str | None = None) -> Any:
+    """Open ``path`` for binary reading, refusing anything but a regular file of at most
+    ``max_bytes`` (checked with ``fstat`` on the open descriptor; opening never blocks on a
+    FIFO). One-line :class:`InputError` naming ``path`` and ``what`` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        check_stat(str(path), os.fstat(fd), what, max_bytes, flag)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def read_capped(stream: Any, name: str, what: str, max_bytes: int, flag: str | None = None) -> bytes:
+    """All of binary ``stream`` (a pipe, stdin...), refused once it passes ``max_bytes``."""
+    chunks, total = [], 0
+    while True:
+        chunk = stream.read(min(_CHUNK, max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            raise _over_limit(name, what, total, max_bytes, flag)
+
+
+def read_regular(path: str | os.PathLike[str], what: str, max_bytes: int, flag: str | None = None) -> bytes:
+    """The bytes of regular file ``path`` (see :func:`open_regular`), at most ``max_bytes``
+    even if the file grows while it is read."""
+    with open_regular(path, what, max_bytes, flag) as fh:
+        return read_capped(fh, str(path), what, max_bytes, flag)
+
+
+def read_stdin(stream: Any, what: str, max_bytes: int, flag: str | None = None) -> bytes:
+    """Standard input (binary ``stream``): a directory or a device (``< /dev/zero``, a terminal)
+    is refused at once; a regular file by its size; a pipe or socket once it passes ``max_bytes``."""
+    try:
+        st: os.stat_result | None = os.fstat(stream.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # an in-memory stream has no descriptor
+        st = None
+    if st is not None and not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+        check_stat("<stdin>", st, what, max_bytes, flag)
+    return read_capped(stream, "<stdin>", what, max_bytes, flag)
 
 #: what writers raise when a file cannot be written (disk full, file-size limit, I/O error):
 #: ``OSError``; ``RuntimeError`` from ``torch.save``; ``SafetensorError`` (an ``Exception``) from safetensors

@@ -9,6 +9,7 @@ manifest's own directory (or absolute); the other fields are ``text`` and/or
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -48,10 +49,10 @@ def read_manifest(
     Raises :class:`InputError` naming the file and line for invalid JSON, a line
     that is not a JSON object, or a missing/empty ``required`` field.
     """
+    from swv.core.io import open_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: manifest not found" if not path.exists() else f"{path}: not a file")
-    with open(path, "rb") as fh:
+    with open_regular(path, "manifest") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
@@ -104,8 +105,14 @@ def record_label(path: str | os.PathLike[str], line_no: int, record: dict[str, A
 
 
 def dump_record(record: dict[str, Any]) -> str:
-    """One manifest line (with the trailing newline)."""
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    """One manifest line (with the trailing newline): strict JSON, so a NaN or infinite number
+    is refused (one line naming the record) rather than written as ``NaN``/``Infinity``."""
+    try:
+        return json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError:
+        bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+        raise InputError(f"record {record.get('id', '?')!r}: field(s) {', '.join(bad) or '?'} are not finite "
+                         "numbers; a manifest is strict JSON") from None
 
 
 def write_manifest(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.core.errors import InputError, UsageError
 from swv.core.progress import Report, progress
 from swv.data.rows import normalise_row
@@ -29,6 +30,8 @@ from swv.data.rows import normalise_row
 SHARD_NAME = "shard-{:06d}.tar"
 #: Name given to a clip stored in a shard (for messages; not a file path).
 SHARD_AUDIO_PREFIX = "shard:"
+#: How far (seconds) a shard record's ``duration`` may be from its audio header's.
+DURATION_TOLERANCE = 0.05
 
 
 @dataclass
@@ -46,18 +49,20 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 
 def write_shards(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, clips_per_shard: int = 1000,
-                 show_progress: bool = True) -> ShardReport:
+                 show_progress: bool = True, max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES) -> ShardReport:
     """Write the records of ``manifest`` as tar shards of ``clips_per_shard`` records in ``out_dir``.
 
     Every shard is written under a temporary name and renamed into place. Records whose audio
-    is missing or unreadable are dropped and reported.
+    is missing, unreadable, not a regular file or over ``max_audio_bytes`` are dropped and
+    reported. A record's ``duration`` is the one its audio header gives.
     """
-    from swv.core.audio import audio_duration
     from swv.core.progress import count_lines
-    from swv.data.manifest import read_manifest, record_label, resolve_audio
+    from swv.data.manifest import read_manifest, record_label
 
     if clips_per_shard < 1:
         raise UsageError(f"--clips-per-shard must be >= 1, got {clips_per_shard}")
+    if max_audio_bytes < 1:
+        raise UsageError(f"--max-audio-bytes must be >= 1, got {max_audio_bytes}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("*.tar")):
@@ -69,18 +74,15 @@ def write_shards(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[st
     records = read_manifest(manifest, required=())
     try:
         for line_no, record in progress(records, total=count_lines(manifest), desc="shard", enabled=show_progress):
-            label = record_label(manifest, line_no, record)
             meta = {k: v for k, v in record.items() if k != "audio"}
-            payload = b""
+            payload, ext = b"", ""
             if record.get("audio"):
-                path = resolve_audio(manifest, record)
                 try:
-                    payload = path.read_bytes()
-                    meta.setdefault("duration", audio_duration(payload))
+                    payload, ext = _audio(manifest, record, meta, max_audio_bytes)
                 except (OSError, InputError) as exc:
+                    label = record_label(manifest, line_no, record)
                     report.drop("unreadable audio", f"{label}: {' '.join(str(exc).split())}")
                     continue
-                ext = path.suffix.lower() or ".wav"
             if tar is None:
                 tmp = out / (SHARD_NAME.format(report.shards) + ".tmp")
                 tar = tarfile.open(tmp, "w")
@@ -102,9 +104,30 @@ def write_shards(manifest: str | os.PathLike[str], out_dir: str | os.PathLike[st
             assert tmp is not None
             tmp.unlink(missing_ok=True)
     if not report.written:
-        raise InputError(f"{manifest}: no records to shard")
+        raise _nothing_written(manifest, report)
     report.notes.append(f"{report.shards} shard(s) of up to {clips_per_shard} record(s)")
     return report
+
+
+def _nothing_written(manifest: str | os.PathLike[str], report: ShardReport) -> InputError:
+    """The error for a manifest none of whose records could be packed, with why (one example)."""
+    first = next((examples[0] for examples in report.examples.values() if examples), None)
+    dropped = f" ({report.total_dropped} dropped, e.g. {first})" if first else ""
+    return InputError(f"{manifest}: no records to shard{dropped}")
+
+
+def _audio(manifest: str | os.PathLike[str], record: dict[str, Any], meta: dict[str, Any],
+           max_audio_bytes: int) -> tuple[bytes, str]:
+    """The bytes and extension of ``record``'s audio file (a regular file of at most
+    ``max_audio_bytes``); sets ``meta["duration"]`` from its header."""
+    from swv.core.audio import audio_duration
+    from swv.core.io import read_regular
+    from swv.data.manifest import resolve_audio
+
+    path = resolve_audio(manifest, record)
+    payload = read_regular(path, "audio file", max_audio_bytes, "--max-audio-bytes")
+    meta["duration"] = audio_duration(payload)
+    return payload, path.suffix.lower() or ".wav"
 
 
 def _close(tar: tarfile.TarFile, tmp: Path | None, report: ShardReport) -> None:
@@ -127,8 +150,25 @@ def shard_files(ref: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any], bytes]]:
-    """``(key, record, audio bytes or b"")`` of every clip of one shard, in file order."""
+def _check_member(path: Path, member: tarfile.TarInfo, max_member_bytes: int) -> bool:
+    """Whether ``member`` holds data to read (a directory does not); a special member (link,
+    device, FIFO, sparse file) or one whose header claims more than ``max_member_bytes`` is
+    refused before anything is read."""
+    if member.isdir():
+        return False
+    if not member.isreg() or member.issparse():
+        kind = "sparse file" if member.issparse() else "link" if member.islnk() or member.issym() else "special file"
+        raise InputError(f"{path}: {member.name}: a {kind} member; a shard holds only regular files")
+    if member.size > max_member_bytes:
+        raise InputError(f"{path}: {member.name}: member of {member.size:,} bytes is over the limit of "
+                         f"{max_member_bytes:,} bytes (the source's max_member_bytes)")
+    return True
+
+
+def read_shard(path: str | os.PathLike[str], max_member_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
+               ) -> Iterator[tuple[str, dict[str, Any], bytes]]:
+    """``(key, record, audio bytes or b"")`` of every clip of one shard, in file order. Member
+    sizes are checked from their tar headers before any is read (see :func:`_check_member`)."""
     path = Path(path)
     current: str | None = None
     record: dict[str, Any] | None = None
@@ -136,7 +176,7 @@ def read_shard(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, An
     try:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
-                if not member.isfile():
+                if not _check_member(path, member, max_member_bytes):
                     continue
                 key, _, ext = member.name.rpartition(".")
                 if key != current:
@@ -165,23 +205,35 @@ def _clip(path: Path, key: str, record: dict[str, Any] | None, audio: bytes) -> 
     return key, record, audio
 
 
+def _embedded(file: str, key: str, record: dict[str, Any], audio: bytes) -> tuple[str, float]:
+    """The clip's name and its duration from the audio header; a record whose ``duration``
+    disagrees with the header is refused (filtering and bucketing never trust it)."""
+    from swv.core.audio import audio_duration
+
+    name = f"{SHARD_AUDIO_PREFIX}{file}#{key}"
+    header = audio_duration(audio)
+    claimed = record.get("duration")
+    if claimed is not None and not (isinstance(claimed, (int, float)) and abs(float(claimed) - header)
+                                    <= DURATION_TOLERANCE):
+        raise InputError(f"{name}: 'duration' is {claimed!r} but the audio header says {header:.3f} s")
+    return name, header
+
+
 def shard_rows(files: list[str], name: str, task: str, instruction: str, on_error: str, max_samples: int | None,
-               stamps: list[float], schema: int) -> Iterator[dict[str, Any]]:
-    """Generator for ``Dataset.from_generator`` (``stamps`` and ``schema`` only key the cache)."""
+               stamps: list[float], schema: int, max_member_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
+               ) -> Iterator[dict[str, Any]]:
+    """Generator for ``Dataset.from_generator`` (``stamps`` and ``schema`` only key the cache;
+    ``max_member_bytes`` is the source's ``max_member_bytes``, see :func:`read_shard`)."""
     from swv.core.audio import audio_duration
 
     del stamps, schema
     emitted = 0
     for file in files:
-        for index, (key, record, audio) in enumerate(read_shard(file)):
-            embedded = None
-            if audio:
-                duration = record.get("duration")
-                embedded = (f"{SHARD_AUDIO_PREFIX}{file}#{key}",
-                            float(duration) if isinstance(duration, (int, float)) else audio_duration(audio))
+        for index, (key, record, audio) in enumerate(read_shard(file, max_member_bytes)):
             try:
+                embedded = _embedded(file, key, record, audio) if audio else None
                 row = normalise_row({k: v for k, v in record.items() if k != "audio"}, file, index + 1, task,
-                                 instruction, None, audio_duration, embedded)
+                                    instruction, None, audio_duration, embedded)
             except InputError:
                 if on_error == "skip":
                     continue

@@ -121,6 +121,7 @@ def _load_shards(name: str, spec: DatasetSpec, cache_dir: str | None) -> Any:
             gen_kwargs={
                 "files": [str(f.resolve()) for f in files], "name": name, "task": spec.task or "",
                 "instruction": spec.instruction or "", "on_error": spec.on_error, "max_samples": spec.max_samples,
+                "max_member_bytes": spec.max_member_bytes,
                 "stamps": [os.stat(f).st_mtime for f in files], "schema": ROW_SCHEMA,
             },
             cache_dir=cache_dir,

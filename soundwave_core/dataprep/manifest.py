@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,34 @@ def _table_dialect(path: Path, sample: str) -> tuple[str, int]:
     return ",", csv.QUOTE_MINIMAL
 
 
+def text_lines(path: Path, what: str = "table") -> Iterator[str]:
+    """The lines of text file ``path`` (a regular file), line endings kept (CRLF as written):
+    UTF-8, a byte-order mark on the first line dropped; an undecodable line is a one-line
+    :class:`InputError` naming the file and line."""
+    from swv.core.io import open_regular
+
+    with open_regular(path, what) as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                yield raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}:{line_no}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                 "re-encode the file as UTF-8") from None
+
+
+def csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The rows of ``csv`` ``reader`` over ``path``; a malformed row (a field over the csv
+    module's size limit, a stray quote or NUL) is one line naming the file and line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise InputError(f"{path}:{reader.line_num}: malformed table row ({exc})") from None
+        yield row
+
+
 def read_transcript_table(path: str | os.PathLike[str]) -> dict[str, tuple[int, str]]:
     """Read a ``path,text`` table (CSV, or TSV for ``.tsv`` / tab-separated files).
 
@@ -47,40 +76,38 @@ def read_transcript_table(path: str | os.PathLike[str]) -> dict[str, tuple[int, 
     ``{path: (line_no, text)}``; duplicate paths and malformed rows raise :class:`InputError`.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InputError(f"{path}: transcript table not found")
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        sample = fh.read(4096)
-        fh.seek(0)
-        delimiter, quoting = _table_dialect(path, sample)
-        sep = "<TAB>" if delimiter == "\t" else ","
-        rows = csv.reader(fh, delimiter=delimiter, quoting=quoting)
-        table: dict[str, tuple[int, str]] = {}
-        cols: tuple[int, int] | None = None
-        width = 2
-        for row in rows:
-            line_no = rows.line_num
-            if not row or all(not c.strip() for c in row):
+    lines = list(text_lines(path, "transcript table"))
+    delimiter, quoting = _table_dialect(path, "".join(lines)[:4096])
+    sep = "<TAB>" if delimiter == "\t" else ","
+    rows = csv.reader(lines, delimiter=delimiter, quoting=quoting)
+    table: dict[str, tuple[int, str]] = {}
+    cols: tuple[int, int] | None = None
+    width = 2
+    for row in csv_rows(rows, path):
+        line_no = rows.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if cols is None:
+            names = [c.strip().lower() for c in row]
+            cols = (0, 1)
+            if "path" in names and "text" in names:
+                cols = (names.index("path"), names.index("text"))
+                width = len(row)
                 continue
-            if cols is None:
-                names = [c.strip().lower() for c in row]
-                cols = (0, 1)
-                if "path" in names and "text" in names:
-                    cols = (names.index("path"), names.index("text"))
-                    width = len(row)
-                    continue
-            if len(row) != width:
-                raise InputError(
-                    f"{path}:{line_no}: expected {width} columns (path{sep}text), got {len(row)}"
-                    + (" (quote texts that contain commas)" if delimiter == "," and len(row) > width else "")
-                )
-            key, text = row[cols[0]].strip(), _clean_text(row[cols[1]])
-            if not key:
-                raise InputError(f"{path}:{line_no}: empty path")
-            key = Path(key).as_posix()
-            if key in table:
-                raise InputError(f"{path}:{line_no}: duplicate path {key!r} (first on line {table[key][0]})")
-            table[key] = (line_no, text)
+        if len(row) != width:
+            raise InputError(
+                f"{path}:{line_no}: expected {width} columns (path{sep}text), got {len(row)}"
+                + (" (quote texts that contain commas)" if delimiter == "," and len(row) > width else "")
+            )
+        key, text = row[cols[0]].strip(), _clean_text(row[cols[1]])
+        if not key:
+            raise InputError(f"{path}:{line_no}: empty path")
+        key = Path(key).as_posix()
+        if key in table:
+            raise InputError(f"{path}:{line_no}: duplicate path {key!r} (first on line {table[key][0]})")
+        table[key] = (line_no, text)
     return table
 
 

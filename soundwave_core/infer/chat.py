@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,12 @@ from swv.core.errors import InputError
 #: Audio formats accepted in ``input_audio`` parts.
 INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac")
 _SYSTEM_ROLES = ("system", "developer")
+#: Largest conversation file ``swv infer --chat`` reads (bytes; ``--max-chat-bytes``).
+DEFAULT_MAX_CHAT_BYTES = 64 << 20
+#: Deepest nesting of arrays and objects a conversation file may have.
+MAX_CHAT_DEPTH = 64
+#: A JSON string (skipped) or a bracket (counted) when measuring a conversation file's nesting.
+_BRACKETS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 
 
 @dataclass(frozen=True)
@@ -222,22 +229,43 @@ def parse_messages(
     return ParsedConversation(out, audio)
 
 
-def load_conversation(path: Path) -> list[dict[str, Any]]:
-    """Messages from a conversation JSON file: a list of messages or ``{"messages": [...]}``."""
+def load_conversation(path: Path, max_bytes: int = DEFAULT_MAX_CHAT_BYTES) -> list[dict[str, Any]]:
+    """Messages from a conversation JSON file: a list of messages or ``{"messages": [...]}``.
+    The file must be a regular file of at most ``max_bytes`` (``--max-chat-bytes``), UTF-8, JSON
+    nested at most :data:`MAX_CHAT_DEPTH` deep and free of lone surrogates."""
     import json
 
+    from swv.core.io import read_regular
+
+    raw = read_regular(path, "conversation file", max_bytes, "--max-chat-bytes")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: conversation file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the conversation ({exc})") from None
+        text = raw.decode("utf-8")
+        _check_depth(text, path)
+        data = json.loads(text)
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{path}: a string holds a lone surrogate ({exc.reason}); it cannot be UTF-8") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     messages = data.get("messages") if isinstance(data, dict) else data
     if not isinstance(messages, list):
         raise InputError(f"{path}: expected a list of messages or an object with 'messages'")
     return messages
+
+
+def _check_depth(text: str, path: Path) -> None:
+    """Refuse JSON whose arrays/objects nest deeper than :data:`MAX_CHAT_DEPTH` (the parser
+    would recurse past Python's limit), before parsing it; brackets inside strings do not count."""
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        depth += 1 if token in "[{" else -1
+        if depth > MAX_CHAT_DEPTH:
+            raise InputError(f"{path}: JSON nested more than {MAX_CHAT_DEPTH} levels deep")
 
 
 def user_turn(audio_paths: Sequence[str], prompt: str | None) -> dict[str, Any]:

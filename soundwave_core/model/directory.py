@@ -27,7 +27,7 @@ from torch import nn
 
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import ComponentError, InputError, UsageError, first_line
-from swv.core.hub import resolve_model
+from swv.core.hub import HUB_ID, resolve_model
 from swv.core.io import atomic_directory, check_safetensors
 from swv.core.validation import describe_error, format_loc
 from swv.model.card import render_model_card
@@ -46,6 +46,10 @@ HF_CONFIG_NAME = "config.json"
 MODEL_CARD = "README.md"
 #: PEFT's adapter config file, and its field naming the base model.
 LORA_CONFIG_FILE = "adapter_config.json"
+#: PEFT's LoRA weight files (one of them, beside :data:`LORA_CONFIG_FILE`).
+LORA_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+#: Files whose contents are loaded as weights: each must lie inside the model directory.
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".gguf", ".pt", ".pth"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,11 +125,12 @@ def read_saved_config(source: str | os.PathLike[str], revision: str | None, regi
     directory = resolve_model(source, revision)
     config_path = directory / CONFIG_NAME
     data = read_model_config(directory)
-    for file in sorted(directory.rglob("*.safetensors")):
-        check_safetensors(file)
+    _check_weight_files(directory)
     data.pop("model_type", None)
+    bundled = data.get("bundled") if isinstance(data.get("bundled"), list) else []
     for key in ("encoder", "backbone"):
-        data[key] = _localise(_component_ref(data.get(key), config_path, key), directory, config_path, key)
+        data[key] = _localise(_component_ref(data.get(key), config_path, key), directory, config_path, key,
+                              key in bundled)
         _apply_trust(data[key], trust_remote_code, directory, config_path, key)
     adapters = data.get("adapters")
     if not isinstance(adapters, list) or not adapters:
@@ -150,6 +155,34 @@ def load_weights(model: SpeechLM, directory: Path, lora_trainable: bool) -> None
         _load_into(model.encoder, directory / ENCODER_WEIGHTS)
     if (directory / LORA_CONFIG_FILE).is_file():
         model.backbone.load_lora(directory, trainable=lora_trainable)
+        return
+    orphans = [name for name in LORA_WEIGHT_FILES if (directory / name).exists()]
+    if orphans:
+        raise InputError(f"{directory}: has LoRA weights ({orphans[0]}) but no {LORA_CONFIG_FILE}, without which "
+                         "the LoRA cannot be applied; restore it from the export the weights came from")
+
+
+def _containing_root(directory: Path) -> Path:
+    """What a model directory's files may resolve into: the directory itself, or for a Hub
+    snapshot in the Hugging Face cache (whose files link to ``../../blobs``) its repository folder."""
+    root = directory.resolve()
+    if root.parent.name == "snapshots":
+        return root.parent.parent
+    return root
+
+
+def _check_weight_files(directory: Path) -> None:
+    """Every weight file of ``directory`` (:data:`WEIGHT_SUFFIXES`) must resolve inside it (a
+    symlink to a file elsewhere is refused) and every ``*.safetensors`` be complete."""
+    root = _containing_root(directory)
+    for file in sorted(directory.rglob("*")):
+        if file.suffix not in WEIGHT_SUFFIXES:
+            continue
+        target = file.resolve()
+        if root not in target.parents:
+            raise InputError(f"{file}: weight file resolves outside the model directory (to {target})")
+        if file.suffix == ".safetensors":
+            check_safetensors(file)
 
 
 def read_model_config(directory: Path) -> dict[str, Any]:
@@ -230,11 +263,14 @@ def _point_lora_at_backbone(directory: Path, backbone: dict[str, Any]) -> None:
 PATH_FIELDS = ("path", "tokenizer")
 
 
-def _localise(cfg: dict[str, Any], directory: Path, config_path: Path, key: str) -> dict[str, Any]:
+def _localise(cfg: dict[str, Any], directory: Path, config_path: Path, key: str, bundled: bool) -> dict[str, Any]:
     """Component paths saved relative to the model directory become absolute; a relative path
-    that leaves the directory (``../x``) is refused. Absolute paths and hub ids refer to base
-    weights the model was trained on (loaded as safetensors, never as code)."""
-    root = directory.resolve()
+    that leaves the directory (``../x``, symlinks resolved) is refused, and so is one missing
+    from the directory unless it is an ``org/name`` Hub id of a component not ``bundled`` (it is
+    never looked up in the current directory). Absolute paths and Hub ids refer to base weights
+    the model was trained on (loaded as safetensors, never as code); ``gguf_file`` is confined
+    like the path it is in."""
+    root = _containing_root(directory)
     for field in PATH_FIELDS:
         value = cfg.get(field)
         if not isinstance(value, str) or os.path.isabs(value) or value.startswith("~"):
@@ -244,7 +280,29 @@ def _localise(cfg: dict[str, Any], directory: Path, config_path: Path, key: str)
             raise InputError(f"{config_path}: {key}.{field}: {value!r} points outside the model directory")
         if target.exists():
             cfg[field] = str(target)
+        elif bundled or "/" not in value or not HUB_ID.match(value):
+            raise InputError(f"{config_path}: {key}.{field}: {value!r} is missing from the model directory "
+                             f"({directory / value} does not exist) and is not a Hub id (org/name)")
+        elif Path(value).exists():  # the loaders would take ./org/name for the Hub id
+            raise InputError(f"{config_path}: {key}.{field}: Hub id {value!r} is also a path in the current "
+                             f"directory ({Path(value).resolve()}); run from another directory")
+    _confine_gguf(cfg, root, config_path, key)
     return cfg
+
+
+def _confine_gguf(cfg: dict[str, Any], root: Path, config_path: Path, key: str) -> None:
+    """A relative ``gguf_file`` names a file inside ``path``: refused when it leaves it, or
+    leaves the model directory when ``path`` is inside it (symlinks resolved)."""
+    gguf, path = cfg.get("gguf_file"), cfg.get("path")
+    if not isinstance(gguf, str) or os.path.isabs(gguf) or not isinstance(path, str):
+        return
+    inside_model = os.path.isabs(path) and (Path(path) == root or root in Path(path).parents)
+    if inside_model:
+        target = (Path(path) / gguf).resolve()
+        if root not in target.parents:
+            raise InputError(f"{config_path}: {key}.gguf_file: {gguf!r} resolves outside the model directory")
+    elif ".." in Path(gguf).parts:
+        raise InputError(f"{config_path}: {key}.gguf_file: {gguf!r} leaves the checkpoint it names a file of")
 
 
 def _load_into(module: nn.Module, path: Path) -> None:

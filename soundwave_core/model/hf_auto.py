@@ -15,7 +15,10 @@ is), so that importing swv itself stays free of torch and transformers:
 
 The hooks only import those modules; the modules register themselves once fully executed, so a
 hook that fires while one of them is still being imported (it is the one importing
-transformers) is harmless.
+transformers) is harmless. A hook that fires while another swv module that the registering
+module needs is still being imported (``import swv.model.processor`` as the very first import,
+say) cannot import it yet: it leaves the registration to the registering module's own import,
+which then happens on first use of :class:`SpeechLM`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,12 @@ _REGISTERING = {"transformers": "swv.model.speechlm", "transformers.pipelines": 
 
 
 def _import_registering_module(module: ModuleType) -> None:
-    importlib.import_module(_REGISTERING[module.__name__])
+    try:
+        importlib.import_module(_REGISTERING[module.__name__])
+    except ImportError as exc:
+        # transformers was imported from inside a module the registering module imports
+        if "partially initialized module 'swv." not in str(exc):
+            raise
 
 
 def install_hooks() -> None:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from swv.core.errors import InputError
+from swv.core.errors import InputError, first_line
 from swv.model.defaults import DEFAULT_INSTRUCTIONS, TRANSCRIPTION_TASKS
 from swv.model.splice import IGNORE_INDEX
 
@@ -118,7 +118,7 @@ class PromptBuilder:
         own tokenization."""
         found = plain_text and self._specials is not None and any(self._specials.search(m["content"]) for m in messages)
         if not found:
-            out = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
+            out = self._render(messages, generation_prompt, tokenize=True)
             return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
         texts: list[str] = []
 
@@ -127,7 +127,7 @@ class PromptBuilder:
             return f"{_MARK_OPEN}{len(texts) - 1}{_MARK_CLOSE}"
 
         marked = [{**m, "content": self._specials.sub(mark, m["content"])} for m in messages]  # type: ignore[union-attr]
-        rendered = self.tokenizer.apply_chat_template(marked, add_generation_prompt=generation_prompt, tokenize=False)
+        rendered = self._render(marked, generation_prompt, tokenize=False)
         ids: list[int] = []
         for i, piece in enumerate(_MARK.split(rendered)):
             split = i % 2 == 1
@@ -135,6 +135,18 @@ class PromptBuilder:
             if text:
                 ids.extend(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"])
         return ids
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool, tokenize: bool) -> Any:
+        """``apply_chat_template``, its template errors and sandbox refusals one line each."""
+        from jinja2 import TemplateError
+        from jinja2.exceptions import SecurityError
+
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=tokenize)
+        except SecurityError as exc:
+            raise InputError(f"chat template: refused by the template sandbox ({first_line(exc)})") from None
+        except TemplateError as exc:
+            raise InputError(f"chat template: {first_line(exc)}") from None
 
     def generation_ids(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[int]:
         """Prompt ids ending with the assistant header, ready for generation."""

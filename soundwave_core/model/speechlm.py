@@ -19,8 +19,11 @@ from transformers.utils import ModelOutput
 
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import ComponentError, InputError, SwvError, first_line
+
+# a module import: transformers' post-import hook (swv.model.hf_auto) may import this module while
+# swv.model.directory is still initialising
+from swv.model import directory as model_directory
 from swv.model.defaults import PAPER_SYSTEM_PROMPT, GenerationDefaults
-from swv.model.directory import load_weights, read_saved_config, save_model
 from swv.model.losses import ctc_loss, lm_loss
 from swv.model.processor import SpeechLMProcessor
 from swv.model.splice import Spliced, splice_audio
@@ -463,7 +466,7 @@ class SpeechLM(PreTrainedModel):
         (their ``save_pretrained``/``save_base`` and ``bundled_config``). ``merge_lora`` writes
         the LoRA-merged backbone to ``backbone/``.
         """
-        return save_model(self, Path(save_directory), bundle=bundle, merge_lora=merge_lora, save_encoder=save_encoder)
+        return model_directory.save_model(self, Path(save_directory), bundle=bundle, merge_lora=merge_lora, save_encoder=save_encoder)
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -489,10 +492,10 @@ class SpeechLM(PreTrainedModel):
         directory. Every ``*.safetensors`` file is checked to be complete before anything loads.
         """
         registry = _registry(registry)
-        directory, data = read_saved_config(source, revision, registry, trust_remote_code)
+        directory, data = model_directory.read_saved_config(source, revision, registry, trust_remote_code)
         try:
             model = cls(SpeechLMConfig(**data), registry=registry)
-            load_weights(model, directory, lora_trainable)
+            model_directory.load_weights(model, directory, lora_trainable)
         except ComponentError as exc:
             raise InputError(f"{directory / CONFIG_NAME}: {first_line(exc)}") from None
         except SwvError:

@@ -53,6 +53,10 @@ def resolve_recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
     if stem in shipped and os.sep not in text:
         return shipped[stem]
     if path.suffix in (".yaml", ".yml") or os.sep in text:
+        if path.exists():  # a directory, FIFO or device: say which
+            from swv.core.io import regular_file
+
+            regular_file(path, "recipe")
         raise RecipeError(f"{text}: recipe file not found")
     close = difflib.get_close_matches(stem, list(shipped), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -96,8 +100,11 @@ def expanded_size(data: Any, where: str, budget: int = MAX_RECIPE_NODES) -> int:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
+    from swv.core.io import open_regular
+
     try:
-        text = path.read_text(encoding="utf-8")
+        with open_regular(path, "recipe") as fh:  # a FIFO or device is refused, not read forever
+            text = fh.read().decode("utf-8")
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.model.defaults import (
     PAPER_SYSTEM_PROMPT,
     GenerationDefaults,
@@ -75,6 +76,9 @@ class DatasetSpec(StrictModel):
     num_rows: int | None = Field(
         default=None, ge=1, description="streaming: the source's size for the mixture (default: the dataset's metadata)")
     shuffle_buffer: int = Field(default=1000, ge=1, description="streaming: rows in the shuffle buffer")
+    max_member_bytes: int = Field(
+        default=DEFAULT_MAX_AUDIO_BYTES, ge=1,
+        description="shards: largest tar member read (bytes), checked from its tar header before reading")
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:

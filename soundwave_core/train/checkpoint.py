@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from swv.core.errors import InputError
+from swv.core.errors import InputError, unpickling_detail
 from swv.core.io import (
     fsync_directory,
     fsync_tree,
@@ -195,8 +196,11 @@ def load_checkpoint(acc: Accelerator, directory: Path, *, scheduler: Any) -> Tra
     """Called by every process: restore what :func:`save_checkpoint` wrote (model, optimizer,
     this process's RNG states, scheduler) and return the trainer state. ``directory`` must have
     passed :func:`verify_checkpoint`."""
-    acc.load_state(str(directory))
-    scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True, map_location="cpu"))
+    try:
+        acc.load_state(str(directory))
+        scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True, map_location="cpu"))
+    except pickle.UnpicklingError as exc:
+        raise InputError(f"{directory}: {unpickling_detail(exc)}; this checkpoint was not written by swv") from None
     return TrainerState(**json.loads((directory / STATE_FILE).read_text()))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,10 @@ from pydantic import ConfigDict
 
 from swv.core.config import ComponentConfig
 from swv.core.errors import InputError
+from swv.dataprep.manifest import csv_rows, text_lines
+
+__all__ = ["CorpusEntry", "CorpusLayout", "CorpusOptions", "corpus_file", "csv_rows", "finite_duration", "read_tsv",
+           "require_columns", "split_dir", "text_lines"]
 
 #: One corpus entry: where it comes from (for messages), its audio file and its manifest fields.
 CorpusEntry = tuple[str, Path, dict[str, Any]]
@@ -47,22 +52,42 @@ class CorpusLayout(metaclass=ABCMeta):
 
 def read_tsv(path: Path, *, header: bool = True) -> Iterator[tuple[int, dict[str, str] | list[str]]]:
     """Rows of a tab-separated file without quoting (as the corpora write them)."""
-    csv.field_size_limit(1 << 24)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        names: list[str] | None = None
-        for row in reader:
-            if not row or all(not c.strip() for c in row):
-                continue
-            if header and names is None:
-                names = [c.strip() for c in row]
-                continue
-            if names is None:
-                yield reader.line_num, row
-                continue
-            if len(row) != len(names):
-                raise InputError(f"{path}:{reader.line_num}: expected {len(names)} tab-separated columns, got {len(row)}")
-            yield reader.line_num, dict(zip(names, row))
+    reader = csv.reader(text_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
+    names: list[str] | None = None
+    for row in csv_rows(reader, path):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if header and names is None:
+            names = [c.strip() for c in row]
+            continue
+        if names is None:
+            yield reader.line_num, row
+            continue
+        if len(row) != len(names):
+            raise InputError(f"{path}:{reader.line_num}: expected {len(names)} tab-separated columns, got {len(row)}")
+        yield reader.line_num, dict(zip(names, row))
+
+
+def corpus_file(root: Path, folder: Path, name: str, where: str) -> Path:
+    """``folder / name`` for a file a corpus table names, refused (one line naming ``where``)
+    when it would lie outside ``root`` once ``..`` and symlinks are resolved: a hostile
+    utterance id cannot point a manifest at files outside the corpus."""
+    path = folder / name
+    base = root.resolve()
+    if base not in path.resolve().parents:
+        raise InputError(f"{where}: {name!r} points outside the corpus folder {root}")
+    return path
+
+
+def finite_duration(value: str, where: str) -> float:
+    """A ``duration`` column as seconds: a finite number >= 0, else one line naming ``where``."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InputError(f"{where}: column 'duration' must be a number, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"{where}: column 'duration' must be a finite number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def require_columns(path: Path, row: dict[str, str], needed: tuple[str, ...]) -> None:

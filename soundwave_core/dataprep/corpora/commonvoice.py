@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from swv.core.errors import InputError
-from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, read_tsv, require_columns
+from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, corpus_file, read_tsv, require_columns
 
 
 class CommonVoiceLayout(CorpusLayout):
@@ -31,4 +31,5 @@ class CommonVoiceLayout(CorpusLayout):
             for name, column in (("speaker", "client_id"), ("gender", "gender"), ("age", "age")):
                 if row.get(column):
                     fields[name] = row[column]
-            yield f"{table}:{line_no}", clips / row["path"], fields
+            where = f"{table}:{line_no}"
+            yield where, corpus_file(clips, clips, row["path"], where), fields

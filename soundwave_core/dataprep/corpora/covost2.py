@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from swv.core.errors import InputError, UsageError
-from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, read_tsv, require_columns
+from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, corpus_file, read_tsv, require_columns
 
 _COVOST_NAME = re.compile(r"covost_v2\.(?P<src>[A-Za-z-]+)_(?P<tgt>[A-Za-z-]+)(?:\.(?P<split>\w+))?\.tsv$")
 
@@ -39,4 +39,5 @@ class CoVoST2Layout(CorpusLayout):
             }
             if row.get("client_id"):
                 fields["speaker"] = row["client_id"]
-            yield f"{source}:{line_no}", clips / row["path"], fields
+            where = f"{source}:{line_no}"
+            yield where, corpus_file(clips, clips, row["path"], where), fields

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from swv.core.errors import InputError
-from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, read_tsv
+from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, corpus_file, read_tsv
 
 
 class FleursLayout(CorpusLayout):
@@ -29,4 +29,5 @@ class FleursLayout(CorpusLayout):
                                  f"got {len(row)}")
             fields = {"id": Path(row[1]).stem, "text": " ".join(row[2].split()), "task": "asr",
                       "language": language, "gender": row[6].strip().lower()}
-            yield f"{table}:{line_no}", audio_dir / row[1], fields
+            where = f"{table}:{line_no}"
+            yield where, corpus_file(audio_dir, audio_dir, row[1], where), fields

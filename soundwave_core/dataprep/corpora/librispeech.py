@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from swv.core.errors import InputError
-from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, split_dir
+from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, corpus_file, split_dir, text_lines
 
 
 class LibriSpeechLayout(CorpusLayout):
@@ -19,7 +19,7 @@ class LibriSpeechLayout(CorpusLayout):
         if not tables:
             raise InputError(f"{base}: no LibriSpeech *.trans.txt files found")
         for table in tables:
-            for line_no, line in enumerate(table.read_text(encoding="utf-8").splitlines(), start=1):
+            for line_no, line in enumerate(text_lines(table, "transcript table"), start=1):
                 if not line.strip():
                     continue
                 utt, _, text = line.strip().partition(" ")
@@ -27,4 +27,5 @@ class LibriSpeechLayout(CorpusLayout):
                     raise InputError(f"{table}:{line_no}: expected '<utterance id> <transcript>'")
                 fields = {"id": utt, "text": " ".join(text.split()), "task": "asr",
                           "language": self.config.language or "en", "speaker": utt.split("-")[0]}
-                yield f"{table}:{line_no}", table.parent / f"{utt}.flac", fields
+                where = f"{table}:{line_no}"
+                yield where, corpus_file(base, table.parent, f"{utt}.flac", where), fields
