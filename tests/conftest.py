@@ -137,3 +137,44 @@ def memory_rows():
         return StageDataset(datasets.Dataset.from_dict({"duration": list(durations)}), names, list(sizes))
 
     return make
+
+
+def _runner(main, capsys):
+    """``run(args) -> (exit code, stdout, stderr)`` of ``main(args)`` (SystemExit mapped to its code)."""
+
+    def run(args: list) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def cli(capsys):
+    """``run(args) -> (exit code, stdout, stderr)`` through swv's real entry point (every command);
+    a test module with a ``cli`` fixture of its own overrides this one."""
+    from swv.cli.main import main
+
+    return _runner(main, capsys)
+
+
+@pytest.fixture
+def infer_eval_cli(monkeypatch, capsys):
+    """Like ``cli``, through swv's ``main`` with only ``infer`` and ``eval`` mounted (as in
+    cli/main.py) and typer's pretty exceptions off."""
+    import typer
+
+    import swv.cli.main as main_mod
+    from swv.cli import eval_cmd, infer_cmd
+
+    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    app.command("infer")(infer_cmd.infer)
+    app.command("eval")(eval_cmd.eval_cmd)
+    monkeypatch.setattr(main_mod, "app", app)
+    return _runner(main_mod.main, capsys)

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import typer
 
 from swv.infer.pipeline import GenerationSettings, Pipeline
 from swv.model.defaults import ASR_INSTRUCTION, GenerationDefaults
@@ -238,27 +237,8 @@ def test_defaults_are_saved_with_the_model(loop_dir: Path) -> None:
 # swv infer and swv eval
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """``run(args) -> (exit code, stdout, stderr)`` through swv's ``main``."""
-    import swv.cli.main as main_mod
-    from swv.cli import eval_cmd, infer_cmd
-
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    app.command("infer")(infer_cmd.infer)
-    app.command("eval")(eval_cmd.eval_cmd)
-    monkeypatch.setattr(main_mod, "app", app)
-
-    def run(args: list) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main_mod.main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def cli(infer_eval_cli):
+    return infer_eval_cli
 
 
 def write_manifest(path: Path, clips: dict[str, Path], rows: list[dict]) -> Path:

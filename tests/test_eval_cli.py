@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import typer
 
 from swv.eval.evaluation import evaluate, format_table, sha256_file
 from swv.infer.batch import read_items, saved_instructions, task_prompt
@@ -38,28 +37,8 @@ def audio_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """``run(args) -> (exit_code, stdout, stderr)`` through swv's ``main`` with the commands
-    mounted as in cli/main.py; runs in ``tmp_path`` is the caller's business."""
-    import swv.cli.main as main_mod
-    from swv.cli import eval_cmd, infer_cmd
-
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    app.command("infer")(infer_cmd.infer)
-    app.command("eval")(eval_cmd.eval_cmd)
-    monkeypatch.setattr(main_mod, "app", app)
-
-    def run(args: list) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main_mod.main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+def cli(infer_eval_cli):
+    return infer_eval_cli
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -25,24 +25,6 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
 
 
-@pytest.fixture
-def cli(capsys):
-    """``run(args) -> (exit_code, stdout, stderr)`` through swv's real entry point."""
-    from swv.cli.main import main
-
-    def run(args: list) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def one_error(code: int, err: str) -> str:
     """The single ``error:`` line of a failed command (no traceback)."""
     assert code != 0, err
