@@ -27,6 +27,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # every command and sub-command inherits -h as well as --help
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 

@@ -40,7 +40,7 @@ TrustRemoteCode = Annotated[bool, typer.Option(
     "(a model directory can never enable this itself). Review that code first.")]
 Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps...")]
 Dtype = Annotated[Optional[str], typer.Option(
-    "--dtype", help="Cast the model to float32, float16 or bfloat16 (default: as saved).")]
+    "--dtype", help="Cast the model to float32, float16 or bfloat16, or fp32/fp16/bf16/half (default: as saved).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs generated together.")]
 MaxDuration = Annotated[float, typer.Option(
     "--max-duration", min=0.0,

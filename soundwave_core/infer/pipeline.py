@@ -68,7 +68,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.audio import DEFAULT_MAX_DURATION
-from swv.core.dtypes import DTYPE_NAMES, torch_dtype
+from swv.core.dtypes import torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.infer.batching import Prepared, Result, Stats, encode_requests, generate_prepared, token_budget
@@ -432,9 +432,10 @@ class Pipeline:
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPE_NAMES:
-        raise UsageError(f"dtype: unknown dtype {dtype!r}, expected one of {', '.join(DTYPE_NAMES)}")
-    return torch_dtype(dtype)
+    try:
+        return torch_dtype(dtype)
+    except ValueError as exc:
+        raise UsageError(f"dtype: {exc}") from None
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
