@@ -233,8 +233,11 @@ def random_init_digest(kwargs: dict[str, Any]) -> str:
     return "random_init:sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def as_waveforms(waveforms: Sequence[np.ndarray | torch.Tensor], sample_rate: int) -> list[np.ndarray]:
-    """Validate a batch of mono waveforms and return them as float32 numpy arrays."""
+def as_waveforms(
+    waveforms: Sequence[np.ndarray | torch.Tensor], sample_rate: int, *, min_samples: int = 1, encoder: str = ""
+) -> list[np.ndarray]:
+    """Validate a batch of mono waveforms and return them as float32 numpy arrays; each must hold
+    at least ``min_samples`` (the ``encoder``'s receptive field, named in the error)."""
     if len(waveforms) == 0:
         raise InputError("extract_features: expected at least one waveform, got an empty batch")
     out: list[np.ndarray] = []
@@ -252,6 +255,12 @@ def as_waveforms(waveforms: Sequence[np.ndarray | torch.Tensor], sample_rate: in
         if not np.isfinite(array).all():
             raise InputError(f"waveform {index}: contains NaN or infinite samples")
         out.append(np.ascontiguousarray(array, dtype=np.float32))
+    for index, wav in enumerate(out):
+        if wav.shape[0] < min_samples:
+            raise InputError(
+                f"waveform {index}: {wav.shape[0]} samples is too short; the {encoder} encoder needs at least "
+                f"{min_samples} ({1000 * min_samples / sample_rate:g} ms)"
+            )
     return out
 
 

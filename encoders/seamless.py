@@ -217,13 +217,7 @@ class SeamlessEncoder(CheckpointEncoder):
         Each clip is normalised on its own, so a row does not depend on the rest of the batch;
         ``T`` is the longest clip's stacked frame count (rounded up to even by the extractor).
         """
-        waves = as_waveforms(waveforms, self.sample_rate)
-        for index, wav in enumerate(waves):
-            if wav.shape[0] < self.min_samples:
-                raise InputError(
-                    f"waveform {index}: {wav.shape[0]} samples is too short; the seamless encoder needs at least "
-                    f"{self.min_samples} ({1000 * self.min_samples / self.sample_rate:g} ms)"
-                )
+        waves = as_waveforms(waveforms, self.sample_rate, min_samples=self.min_samples, encoder="seamless")
         batch = self.feature_extractor(
             waves,
             sampling_rate=self.sample_rate,

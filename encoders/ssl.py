@@ -186,13 +186,7 @@ class SSLEncoder(CheckpointEncoder):
     # -- features -----------------------------------------------------------------------------
     def extract_features(self, waveforms: Sequence[np.ndarray | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mono waveforms -> (``input_features`` ``[B, S]`` float32, ``feature_lengths`` ``[B]`` samples)."""
-        waves = as_waveforms(waveforms, self.sample_rate)
-        for index, wav in enumerate(waves):
-            if wav.shape[0] < self.min_samples:
-                raise InputError(
-                    f"waveform {index}: {wav.shape[0]} samples is too short; the ssl encoder needs at least "
-                    f"{self.min_samples} ({1000 * self.min_samples / self.sample_rate:g} ms)"
-                )
+        waves = as_waveforms(waveforms, self.sample_rate, min_samples=self.min_samples, encoder="ssl")
         # the mask makes the extractor normalise each clip over its own samples only
         batch = self.feature_extractor(
             waves, sampling_rate=self.sample_rate, padding=True, return_attention_mask=True, return_tensors="np"

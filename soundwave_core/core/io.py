@@ -252,16 +252,8 @@ def leftover_temporaries(path: str | os.PathLike[str]) -> list[Path]:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temporary file next to ``path``, fsync it and rename it into place."""
     path = Path(path)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
     return path
 
 
