@@ -4,6 +4,8 @@ loading code (no downloads)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,20 @@ def infer_eval_cli(monkeypatch, capsys):
     app.command("eval")(eval_cmd.eval_cmd)
     monkeypatch.setattr(main_mod, "app", app)
     return _runner(main_mod.main, capsys)
+
+
+def install_plugins(site: Path, *packages: Path) -> Path:
+    """pip-install test plugin distributions (no dependencies) into the private site dir ``site``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(site), *map(str, packages)],
+        check=True,
+        capture_output=True,
+    )
+    return site
+
+
+@pytest.fixture(scope="session")
+def plugin_installer():
+    """``install_plugins(site, *packages) -> site``."""
+    return install_plugins

@@ -68,15 +68,8 @@ stages:
 """
 
 @pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(PLUGIN)],
-        check=True,
-        capture_output=True,
-    )
-    return site
+def plugin_site(tmp_path_factory: pytest.TempPathFactory, plugin_installer) -> Path:
+    return plugin_installer(tmp_path_factory.mktemp("site"), str(PLUGIN))
 
 
 def run(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

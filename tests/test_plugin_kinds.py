@@ -18,15 +18,8 @@ PLUGIN = Path(__file__).parent / "data" / "plugins" / "toy_benchmark"
 
 
 @pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(PLUGIN)],
-        check=True,
-        capture_output=True,
-    )
-    return site
+def plugin_site(tmp_path_factory: pytest.TempPathFactory, plugin_installer) -> Path:
+    return plugin_installer(tmp_path_factory.mktemp("site"), str(PLUGIN))
 
 
 def swv(site: Path, *args: object, disable: bool = False) -> subprocess.CompletedProcess[str]:

@@ -17,16 +17,9 @@ DATA = Path(__file__).parent / "data" / "plugins"
 
 
 @pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def plugin_site(tmp_path_factory: pytest.TempPathFactory, plugin_installer) -> Path:
     """Install the two test distributions (one good, one broken) into a private site dir."""
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(DATA / "example_pool"), str(DATA / "broken_plugin")],
-        check=True,
-        capture_output=True,
-    )
-    return site
+    return plugin_installer(tmp_path_factory.mktemp("site"), str(DATA / "example_pool"), str(DATA / "broken_plugin"))
 
 
 def swv(site: Path | None, *args: str, disable: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
