@@ -45,6 +45,14 @@ class ShrinkingConfig(ComponentConfig):
         ),
     )
     posterior_temperature: float = Field(default=1.0, gt=0, description="softmax temperature of posterior_embedding")
+    gate_init: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "initial value of posterior_embedding's per-channel gate on the adapter's own output; 0 starts "
+            "from the CTC tokens alone, about the LLM's embedding scale lets the acoustic path in from the start"
+        ),
+    )
     compat: Literal["paper", "released"] = Field(
         default="paper",
         description=(
@@ -103,7 +111,7 @@ class ShrinkingAdapter(Adapter):
         if config.posterior_embedding:
             if backbone.input_embedding is None:
                 raise ComponentError("shrinking adapter: posterior_embedding needs a backbone that exposes its input embeddings")
-            self.gate = nn.Parameter(torch.zeros(input_dim))
+            self.gate = nn.Parameter(torch.full((input_dim,), config.gate_init))
 
     def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
         """Upper bound (every frame kept); the actual lengths depend on the CTC predictions."""

@@ -60,8 +60,9 @@ _DECODING = GenerationDefaults()
 LengthBound = Annotated[Optional[bool], typer.Option(
     "--length-bound/--no-length-bound",
     help="Cap transcripts and translations (task asr/st, or the model's default instruction of one) at what the "
-    f"audio can hold: ceil(max({_DECODING.length_bound_tokens_per_second:g} tokens per second of audio, "
-    f"{_DECODING.length_bound_per_audio_token:g} per audio token)) + {_DECODING.length_bound_margin} new tokens "
+    f"audio can hold: {_DECODING.length_bound_per_audio_token:g} per audio token, kept within "
+    f"{_DECODING.length_bound_min_tokens_per_second:g}-{_DECODING.length_bound_tokens_per_second:g} tokens per second of "
+    f"audio, + {_DECODING.length_bound_margin} new tokens "
     "unless the model says otherwise, never above --max-new-tokens (default: the model's; on for swv-trained "
     "models, off for imported released ones).")]
 NoRepeatNgramSize = Annotated[Optional[int], typer.Option(

@@ -95,8 +95,8 @@ def loop(loop_dir: Path) -> Pipeline:
 def clips(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
     files = {"short": root / "short.wav", "long": root / "long.wav"}
-    sf.write(files["short"], noise(0.3, 1), SR)
-    sf.write(files["long"], noise(0.8, 2), SR)
+    sf.write(files["short"], noise(1.5, 1), SR)
+    sf.write(files["long"], noise(4.0, 2), SR)
     return files
 
 
@@ -104,6 +104,7 @@ def bound_of(stats, max_new_tokens: int = DEFAULTS.max_new_tokens) -> int:
     """The length bound of a request, from its stats and the default factors."""
     return int(length_bound(torch.tensor([stats.audio_seconds]), torch.tensor([stats.audio_tokens]), max_new_tokens,
                             tokens_per_second=DEFAULTS.length_bound_tokens_per_second,
+                            min_tokens_per_second=DEFAULTS.length_bound_min_tokens_per_second,
                             per_audio_token=DEFAULTS.length_bound_per_audio_token,
                             margin=DEFAULTS.length_bound_margin)[0])
 
@@ -114,14 +115,19 @@ def bound_of(stats, max_new_tokens: int = DEFAULTS.max_new_tokens) -> int:
 def test_length_bound_is_a_pure_per_row_function() -> None:
     seconds = torch.tensor([1.0, 2.5, 0.2, 30.0])
     audio_tokens = torch.tensor([3, 40, 0, 10])
-    factors = dict(tokens_per_second=10.0, per_audio_token=2.0, margin=16)
-    # ceil(max(10 * s, 2 * n)) + 16, at most max_new_tokens
-    assert length_bound(seconds, audio_tokens, 256, **factors).tolist() == [26, 96, 18, 256]
-    assert length_bound(seconds, audio_tokens, torch.tensor([256, 50, 256, 400]), **factors).tolist() == [26, 50, 18, 316]
+    factors = dict(tokens_per_second=10.0, min_tokens_per_second=2.0, per_audio_token=2.0, margin=16)
+    # ceil(clamp(2 * n, 2 * s, 10 * s)) + 16, at most max_new_tokens: 6; 80 -> 25; 0 -> 0.4 -> 1; 20 -> 60
+    assert length_bound(seconds, audio_tokens, 256, **factors).tolist() == [22, 41, 17, 76]
+    assert length_bound(seconds, audio_tokens, torch.tensor([256, 30, 256, 50]), **factors).tolist() == [22, 30, 17, 50]
     rows = [int(length_bound(seconds[i : i + 1], audio_tokens[i : i + 1], 256, **factors)[0]) for i in range(4)]
     assert rows == length_bound(seconds, audio_tokens, 256, **factors).tolist()  # each row on its own
-    assert length_bound(torch.tensor([0.33]), torch.tensor([1]), 256, tokens_per_second=10.0, per_audio_token=2.0,
-                        margin=0).tolist() == [4]  # rounded up
+    assert length_bound(torch.tensor([0.33]), torch.tensor([1]), 256, tokens_per_second=10.0, min_tokens_per_second=10.0,
+                        per_audio_token=2.0, margin=0).tolist() == [4]  # rounded up
+
+
+def test_length_bound_rates_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="length_bound_min_tokens_per_second"):
+        GenerationDefaults(length_bound_min_tokens_per_second=8.0, length_bound_tokens_per_second=6.0)
     assert (DEFAULTS.length_bound, DEFAULTS.no_repeat_ngram_size, DEFAULTS.repetition_penalty) == (True, 10, 1.0)
 
 
@@ -143,7 +149,7 @@ def test_a_looping_answer_stops_at_the_bound_in_the_pipeline(loop: Pipeline, cli
     result = loop(clips["short"], return_stats=True)
     bound = bound_of(result.stats)
     assert result.stats.new_tokens == bound < DEFAULTS.max_new_tokens
-    assert result.text.startswith("turn left at the past the past the past")
+    assert result.text.startswith("turn left at the past the")  # then cut mid-loop
     # one batch: two transcripts with their own bounds, and an answer that is not a transcript
     batch = loop([clips["short"], clips["long"], clips["short"]], [ASR_INSTRUCTION, ASR_INSTRUCTION, EMOTION],
                  max_new_tokens=70, return_stats=True)

@@ -117,6 +117,7 @@ class Prepared:
             torch.tensor(self.per_request(self.state.lengths)),
             limits,
             tokens_per_second=float(resolved.length_bound_tokens_per_second),  # type: ignore[arg-type]
+            min_tokens_per_second=float(resolved.length_bound_min_tokens_per_second),  # type: ignore[arg-type]
             per_audio_token=float(resolved.length_bound_per_audio_token),  # type: ignore[arg-type]
             margin=int(resolved.length_bound_margin),  # type: ignore[arg-type]
         )

@@ -38,6 +38,7 @@ class GenerationSettings:
     repetition_penalty: float | None = None
     length_bound: bool | None = None
     length_bound_tokens_per_second: float | None = None
+    length_bound_min_tokens_per_second: float | None = None
     length_bound_per_audio_token: float | None = None
     length_bound_margin: int | None = None
     seed: int | None = None

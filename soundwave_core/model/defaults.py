@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: The system prompt of the Soundwave paper (appendix C), used for training and decoding.
 PAPER_SYSTEM_PROMPT = (
@@ -58,11 +58,13 @@ class GenerationDefaults(BaseModel):
       words), which stops a loop after a few turns and leaves normal transcripts alone; a
       penalty above 1 also lowers every word already said, so it is off.
     * ``length_bound``: the answer of a transcription-like request (``TRANSCRIPTION_TASKS``)
-      gets at most ``ceil(max(length_bound_tokens_per_second * seconds,
-      length_bound_per_audio_token * audio_tokens)) + length_bound_margin`` new tokens (never
-      more than ``max_new_tokens``): ``seconds`` of audio, ``audio_tokens`` the embeddings the
-      adapter chain hands to the LLM (one per kept frame after a shrinking adapter, about one per
-      transcript token). See :func:`swv.model.stopping.length_bound`.
+      gets at most ``ceil(clamp(length_bound_per_audio_token * audio_tokens,
+      length_bound_min_tokens_per_second * seconds, length_bound_tokens_per_second * seconds))
+      + length_bound_margin`` new tokens (never more than ``max_new_tokens``): ``seconds`` of
+      audio, ``audio_tokens`` the embeddings the adapter chain hands to the LLM (one per kept
+      frame after a shrinking adapter, about one per transcript token). English speech runs at
+      about 1.5-5.5 tokens per second (measured on the demo's four engines at 110-180 words per
+      minute), hence 2 and 6. See :func:`swv.model.stopping.length_bound`.
 
     Imported released checkpoints (``swv import soundwave``) keep the released decoding: no
     repetition control, no length bound.
@@ -77,9 +79,19 @@ class GenerationDefaults(BaseModel):
     no_repeat_ngram_size: int = Field(default=10, ge=0)
     repetition_penalty: float = Field(default=1.0, gt=0)
     length_bound: bool = True
-    length_bound_tokens_per_second: float = Field(default=10.0, gt=0)
-    length_bound_per_audio_token: float = Field(default=2.0, gt=0)
-    length_bound_margin: int = Field(default=16, ge=0)
+    length_bound_tokens_per_second: float = Field(default=6.0, gt=0)
+    length_bound_min_tokens_per_second: float = Field(default=2.0, gt=0)
+    length_bound_per_audio_token: float = Field(default=1.5, gt=0)
+    length_bound_margin: int = Field(default=4, ge=0)
+
+    @model_validator(mode="after")
+    def _rates_in_order(self) -> GenerationDefaults:
+        if self.length_bound_min_tokens_per_second > self.length_bound_tokens_per_second:
+            raise ValueError(
+                f"length_bound_min_tokens_per_second ({self.length_bound_min_tokens_per_second:g}) must not exceed "
+                f"length_bound_tokens_per_second ({self.length_bound_tokens_per_second:g})"
+            )
+        return self
 
     def to_generation_config(self) -> Any:
         """A ``transformers.GenerationConfig`` (sampling knobs only when ``do_sample``; the

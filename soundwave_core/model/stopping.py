@@ -56,24 +56,31 @@ def length_bound(
     max_new_tokens: int | torch.Tensor,
     *,
     tokens_per_second: float,
+    min_tokens_per_second: float,
     per_audio_token: float,
     margin: int,
 ) -> torch.Tensor:
     """The most new tokens a transcript (or translation) of each row's audio can need, ``[B]``
     int64, per row and vectorised::
 
-        min(max_new_tokens, ceil(max(tokens_per_second * seconds, per_audio_token * audio_tokens)) + margin)
+        min(max_new_tokens,
+            ceil(clamp(per_audio_token * audio_tokens,
+                       min_tokens_per_second * seconds, tokens_per_second * seconds)) + margin)
 
     ``seconds [B]`` is the row's audio duration, ``audio_tokens [B]`` the audio embeddings the
     adapter chain hands to the LLM (``AudioState.lengths`` summed over the row's clips; after a
-    shrinking adapter one per kept frame, about one per transcript token). The duration term
-    holds when the adapter chain keeps few frames, the audio-token term when the tokenizer spends
-    many tokens per second of speech; ``margin`` covers very short clips and the stop token.
-    ``max_new_tokens`` (an int or ``[B]``) is never exceeded. The ceiling forgives float
-    rounding (a float32 0.2 s at 10 tokens per second is 2 tokens, not 3)."""
-    by_rate = torch.as_tensor(seconds, dtype=torch.float64) * tokens_per_second
+    shrinking adapter one per kept frame, about one per transcript token). The audio-token term
+    follows the speech actually heard (slow speech keeps few frames, fast speech many); the
+    duration clamps it from both sides: no answer longer than the fastest speech could say
+    (``tokens_per_second``; it also bounds chains that hand the LLM many frames per token), none
+    shorter than the slowest (``min_tokens_per_second``, for a chain that keeps too few frames).
+    ``margin`` covers very short clips and the stop token. ``max_new_tokens`` (an int or ``[B]``)
+    is never exceeded. The ceiling forgives float rounding (a float32 0.2 s at 10 tokens per
+    second is 2 tokens, not 3)."""
+    seconds = torch.as_tensor(seconds, dtype=torch.float64)
     by_tokens = torch.as_tensor(audio_tokens, dtype=torch.float64) * per_audio_token
-    bound = torch.ceil(torch.maximum(by_rate, by_tokens) - _ROUNDING).long() + margin
+    bounded = torch.minimum(torch.maximum(by_tokens, seconds * min_tokens_per_second), seconds * tokens_per_second)
+    bound = torch.ceil(bounded - _ROUNDING).long() + margin
     return torch.minimum(bound, torch.as_tensor(max_new_tokens, dtype=torch.long))
 
 
