@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -66,6 +66,11 @@ class Access:
         "--allowed-hosts", help="Host header names answered besides the loopback ones (repeat or comma-separate; "
         "a non-loopback --host answers any Host unless some are given).")] = None
 
+    def settings_fields(self) -> dict[str, Any]:
+        """The ServeSettings fields of these options."""
+        return {"api_key": self.api_key, "allowed_origins": _names(self.allowed_origins),
+                "allowed_hosts": _names(self.allowed_hosts)}
+
 
 @dataclasses.dataclass(frozen=True)
 class Connections:
@@ -83,10 +88,27 @@ class Connections:
         "--drain-timeout", min=0.001, help="On SIGTERM, seconds in-flight requests get to finish (new ones: 503).")
     ] = limits.DRAIN_TIMEOUT_SECONDS
 
+    def server_options(self) -> Any:
+        """swv.serve.server.ServerOptions of these options (the serve extra is imported by then)."""
+        from swv.serve.server import ServerOptions
+
+        return ServerOptions(keep_alive_seconds=self.keep_alive, max_header_bytes=self.max_header_bytes,
+                             max_connections=self.max_connections, drain_timeout_seconds=self.drain_timeout)
+
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:
     """Repeated and comma-separated option values, as one tuple."""
     return tuple(name.strip() for value in values or () for name in value.split(",") if name.strip())
+
+
+def _context_length(pipe: Any) -> int:
+    """The backbone's context (its max_position_embeddings)."""
+    from swv.serve.settings import model_context_length
+
+    context = model_context_length(pipe)
+    if context is None:
+        raise UsageError("the backbone config has no max_position_embeddings; give --max-context")
+    return context
 
 
 @with_option_groups
@@ -117,45 +139,36 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: POST /v1/chat/completions (OpenAI-compatible,
     audio as input_audio parts, stream: true for server-sent events),
-    GET /v1/models, GET /health, and a web page at /.
+    GET /v1/models, GET /health, GET /metrics (Prometheus), a web page at /.
 
-    Concurrent requests are batched: requests arriving within --batch-window-ms
-    of each other (up to --max-batch) are generated together.
-
-    Each cost of a request is bounded before it is paid (the --max-* options).
+    Concurrent requests arriving within --batch-window-ms of each other (up
+    to --max-batch) are generated together. Each cost of a request is bounded
+    before it is paid (the --max-* options).
 
     Runaway answers: a transcript or translation stops where its audio runs
     out (finish_reason "length"), and no answer repeats a long run of tokens;
     the model's defaults, changed for every request by the options.
 
-    Access: --api-key (or SWV_API_KEY) guards /v1/; browsers of other sites are
-    refused unless --allowed-origins names them; on a loopback --host only
-    loopback Host headers are answered (--allowed-hosts adds names).
-    GET /metrics gives Prometheus metrics; SIGTERM drains (--drain-timeout).
+    Who may call: --api-key (or SWV_API_KEY), --allowed-origins, --allowed-hosts.
+    SIGTERM drains: in-flight requests finish (--drain-timeout), new ones get 503.
     """
     try:
         from swv.serve.app import create_app
-        from swv.serve.server import ServerOptions, run
-        from swv.serve.settings import ServeSettings, model_context_length
+        from swv.serve.server import run
+        from swv.serve.settings import ServeSettings
     except ImportError as exc:
         raise UsageError(f"swv serve needs the 'serve' extra (pip install 'swv[serve]'): {exc}") from None
     from swv.infer import batch
 
     pipe = batch.load_pipeline(model_dir, device, dtype, system)
-    context = max_context or model_context_length(pipe)
-    if context is None:
-        raise UsageError("the backbone config has no max_position_embeddings; give --max-context")
+    context = max_context or _context_length(pipe)
     settings = ServeSettings(
         model_id=model_name or model_dir.resolve().name, max_context=context, max_batch=max_batch,
         batch_window_seconds=batch_window_ms / 1000, default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
-        body_timeout_seconds=connections.body_timeout, api_key=access.api_key,
-        allowed_origins=_names(access.allowed_origins), bind_host=host, allowed_hosts=_names(access.allowed_hosts),
+        body_timeout_seconds=connections.body_timeout, bind_host=host, **access.settings_fields(),
         generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
                                      repetition_penalty=repetition_penalty).settings(),
     )
     app = create_app(pipe, settings)
     print(f"serve: model {settings.model_id!r}, context {context} tokens, batches of up to {max_batch}", file=sys.stderr)
-    run(app, host, port, ServerOptions(keep_alive_seconds=connections.keep_alive,
-                                       max_header_bytes=connections.max_header_bytes,
-                                       max_connections=connections.max_connections,
-                                       drain_timeout_seconds=connections.drain_timeout))
+    run(app, host, port, connections.server_options())

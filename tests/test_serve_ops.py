@@ -11,11 +11,13 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,7 @@ def serving(pipeline: Pipeline, options: ServerOptions | None = None, **fields) 
     return BackgroundServer(create_app(pipeline, settings), options=options)
 
 
-def call(server: BackgroundServer, method: str, path: str, body: bytes | dict | None = None,
+def call(server: BackgroundServer | Listening, method: str, path: str, body: bytes | dict | None = None,
          **headers: str) -> tuple[int, http.client.HTTPMessage, bytes]:
     """One request; ``headers`` with ``_`` for ``-`` (``Host`` replaces the real one)."""
     data = json.dumps(body).encode() if isinstance(body, dict) else body
@@ -116,6 +118,63 @@ def test_the_right_key_is_served_and_open_routes_stay_open(keyed) -> None:
     assert call(keyed, "GET", "/health")[0] == 200
     status, _, page = call(keyed, "GET", "/")
     assert status == 200 and b'id="api-key"' in page and b"Authorization: `Bearer ${state.key}`" in page
+
+
+#: Runs the page's script in node with a minimal DOM against a real server (argv: the script, the
+#: server's URL, the key): it loads, is refused, gets the key typed in, then chats.
+PAGE_DRIVER = r"""
+// Runs the page's script with a minimal DOM against a real server: argv = page.js, base url, key.
+const fs = require("fs");
+const [script, base, key] = process.argv.slice(2);
+const elements = {};
+function element(id) {
+  const el = { id, hidden: id === "key-row", value: "", textContent: id === "model-id" ? "…" : "", children: [],
+    className: "", dataset: {}, disabled: false, listeners: {},
+    classList: { add(name) { el.className += ` ${name}`; } },
+    addEventListener(kind, fn) { el.listeners[kind] = fn; }, focus() {},
+    appendChild(child) { el.children.push(child); return child; },
+    querySelector(sel) { return el.children.find((c) => `.${c.className}` === sel); },
+    set innerHTML(v) { el.children = []; } };
+  return el;
+}
+globalThis.document = {
+  getElementById: (id) => (elements[id] ||= element(id)),
+  createElement: () => element(""),
+};
+const store = {};
+globalThis.sessionStorage = { getItem: (k) => store[k] ?? null, setItem: (k, v) => { store[k] = v; } };
+const realFetch = fetch;
+globalThis.fetch = (url, opts) => realFetch(base + url, opts);
+const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  eval(fs.readFileSync(script, "utf8"));
+  await wait(1000);
+  const $ = document.getElementById;
+  const before = { keyRowHidden: $("key-row").hidden, model: $("model-id").textContent, status: $("status").textContent };
+  $("api-key").value = ` ${key} `;
+  $("api-key").listeners.change();
+  await wait(1000);
+  const after = { model: $("model-id").textContent, stored: store["swv-api-key"] };
+  $("prompt").value = "Say something."; $("max-tokens").value = "4";
+  await $("send").listeners.click();
+  const turn = $("log").children[1];
+  console.log(JSON.stringify({ before, after, done: turn.dataset.done, reply: turn.children[0].textContent }));
+})();
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (the page's script runs in it)")
+def test_the_page_asks_for_the_key_then_chats(keyed, tmp_path: Path) -> None:
+    page = call(keyed, "GET", "/")[2].decode()
+    (tmp_path / "page.js").write_text(page.split("<script>", 1)[1].split("</script>", 1)[0], encoding="utf-8")
+    (tmp_path / "driver.js").write_text(PAGE_DRIVER, encoding="utf-8")
+    done = subprocess.run(["node", str(tmp_path / "driver.js"), str(tmp_path / "page.js"), f"http://127.0.0.1:{keyed.port}",
+                           KEY], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["before"] == {"keyRowHidden": False, "model": "\u2026", "status": "enter the server's API key"}
+    assert seen["after"] == {"model": MODEL_ID, "stored": KEY}
+    assert seen["done"] == "1" and isinstance(seen["reply"], str)
 
 
 @pytest.mark.parametrize("key", ["", " padded", "tab\tkey", "cl\u00e9"])
@@ -333,3 +392,67 @@ def test_request_ids_are_returned_and_logged(plain, keyed, caplog) -> None:
 
     assert logged("trace-/v1/models", 401) and logged("trace-/v1/models/%0Aforged", 404)
     assert logged(second["x-request-id"], 400)
+
+
+# -- drain on SIGTERM (a `swv serve` subprocess) ------------------------------------------------
+@dataclass(frozen=True)
+class Listening:
+    """A server known by its port (what :func:`call` needs)."""
+
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "swv serve did not come up"
+        time.sleep(0.3)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(model_dir: Path) -> None:
+    port = free_port()
+    swv = Path(sys.executable).with_name("swv")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SWV_API_KEY": KEY}
+    proc = subprocess.Popen([str(swv), "serve", str(model_dir), "--port", str(port), "--model-name", MODEL_ID,
+                             "--max-tokens", "4", "--drain-timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    server = Listening(port)
+    try:
+        wait_until_up(proc, port)
+        assert call(server, "GET", "/v1/models")[0] == 401  # the key came from SWV_API_KEY
+        body = json.dumps(chat_body()).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            time.sleep(0.5)  # the request is in flight: its body is half sent
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            status, headers, reply = call(server, "GET", "/health")
+            assert status == 503 and json.loads(reply)["error"]["code"] == "shutting_down"
+            assert proc.poll() is None
+            slow.sendall(body[100:])
+            answer = b""
+            while chunk := slow.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["choices"][0]["finish_reason"] in ("stop", "length")
+        assert proc.wait(timeout=60) == 0, proc.stdout.read().decode()
+        log = proc.stdout.read().decode()  # one line per request, with its id
+        assert re.search(r"request [0-9a-f]{32}: POST '/v1/chat/completions' -> 200 ", log), log
+        assert re.search(r"request [0-9a-f]{32}: GET '/health' -> 503 ", log), log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)

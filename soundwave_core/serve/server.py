@@ -8,8 +8,9 @@ server behind a reverse proxy where that matters. The body's deadline is the app
 (``ServeSettings.body_timeout_seconds``).
 
 On SIGTERM the server drains: new requests get 503, the requests in flight get
-``drain_timeout_seconds`` to finish, then the server stops and the process exits 0. A second
-SIGTERM, or Ctrl-C, stops it at once (uvicorn's own shutdown)."""
+``drain_timeout_seconds`` to finish, then the server stops and the process exits 0 (what still
+runs then gets uvicorn's graceful shutdown, as long again, before it is cancelled). A second
+SIGTERM, or Ctrl-C, goes straight to uvicorn's shutdown."""
 
 from __future__ import annotations
 
