@@ -4,9 +4,10 @@ Routes (one module per group in :mod:`swv.serve.routes`): ``POST /v1/chat/comple
 (OpenAI-compatible; ``stream: true`` answers with server-sent events), ``GET /v1/models`` and
 ``/v1/models/{id}``, ``GET /health``, ``GET /metrics`` (Prometheus), and the web page at ``/``.
 Around them: the access controls of :mod:`swv.serve.security` and the request ids, metrics and
-drain of :mod:`swv.serve.ops`. Every error, including malformed
-JSON and unknown routes, is an OpenAI-style ``{"error": {...}}`` body with a 4xx status; a bug
-inside generation answers 500 for the requests concerned and the server goes on.
+drain of :mod:`swv.serve.ops`. Every error, including malformed JSON and unknown routes, is an
+OpenAI-style ``{"error": {...}}`` body with a 4xx status (but for a Host outside the allow-list:
+starlette's plain-text 400); a bug inside generation answers 500 for the requests concerned and
+the server goes on.
 """
 
 from __future__ import annotations
