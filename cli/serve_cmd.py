@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -51,6 +51,66 @@ class RequestBounds:
         "--work-threads", min=1, help="Requests parsed, decoded and tokenized at once.")] = limits.WORK_THREADS
 
 
+@dataclasses.dataclass(frozen=True)
+class Access:
+    """Who may use the server (see swv.serve.security)."""
+
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="SWV_API_KEY", show_envvar=True,
+        help="Require 'Authorization: Bearer KEY' on /v1/ routes (prefer the environment variable: "
+             "a flag shows in the process list).")] = None
+    allowed_origins: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-origins", help="Web origins allowed to call the API from a browser (CORS; repeat or "
+        "comma-separate; default: none).")] = None
+    allowed_hosts: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-hosts", help="Host header names answered besides the loopback ones (repeat or comma-separate; "
+        "a non-loopback --host answers any Host unless some are given).")] = None
+
+    def settings_fields(self) -> dict[str, Any]:
+        """The ServeSettings fields of these options."""
+        return {"api_key": self.api_key, "allowed_origins": _names(self.allowed_origins),
+                "allowed_hosts": _names(self.allowed_hosts)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Connections:
+    """Bounds on slow or many clients, and the drain on SIGTERM (see swv.serve.server)."""
+
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", min=0.001, help="Seconds a request body may take to arrive (408).")] = limits.BODY_TIMEOUT_SECONDS
+    keep_alive: Annotated[float, typer.Option(
+        "--keep-alive", min=1.0, help="Seconds an idle connection stays open.")] = limits.KEEP_ALIVE_SECONDS
+    max_header_bytes: Annotated[int, typer.Option(
+        "--max-header-bytes", min=1, help="Largest request line + headers (400).")] = limits.MAX_HEADER_BYTES
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=1, help="Connections at once; past it requests get 503.")] = limits.MAX_CONNECTIONS
+    drain_timeout: Annotated[float, typer.Option(
+        "--drain-timeout", min=0.001, help="On SIGTERM, seconds in-flight requests get to finish (new ones: 503).")
+    ] = limits.DRAIN_TIMEOUT_SECONDS
+
+    def server_options(self) -> Any:
+        """swv.serve.server.ServerOptions of these options (the serve extra is imported by then)."""
+        from swv.serve.server import ServerOptions
+
+        return ServerOptions(keep_alive_seconds=self.keep_alive, max_header_bytes=self.max_header_bytes,
+                             max_connections=self.max_connections, drain_timeout_seconds=self.drain_timeout)
+
+
+def _names(values: Optional[list[str]]) -> tuple[str, ...]:
+    """Repeated and comma-separated option values, as one tuple."""
+    return tuple(name.strip() for value in values or () for name in value.split(",") if name.strip())
+
+
+def _context_length(pipe: Any) -> int:
+    """The backbone's context (its max_position_embeddings)."""
+    from swv.serve.settings import model_context_length
+
+    context = model_context_length(pipe)
+    if context is None:
+        raise UsageError("the backbone config has no max_position_embeddings; give --max-context")
+    return context
+
+
 @with_option_groups
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="Model directory written by training / SpeechLM.save_pretrained.")],
@@ -74,39 +134,41 @@ def serve(
     dtype: Dtype = None,
     *,
     bounds: RequestBounds,
+    access: Access,
+    connections: Connections,
 ) -> None:
     """Serve a model over HTTP: POST /v1/chat/completions (OpenAI-compatible,
     audio as input_audio parts, stream: true for server-sent events),
-    GET /v1/models, GET /health, and a web page at /.
+    GET /v1/models, GET /health, GET /metrics (Prometheus), a web page at /.
 
-    Concurrent requests are batched: requests arriving within --batch-window-ms
-    of each other (up to --max-batch) are generated together.
-
-    Each cost of a request is bounded before it is paid (the --max-* options).
+    Concurrent requests arriving within --batch-window-ms of each other (up
+    to --max-batch) are generated together. Each cost of a request is bounded
+    before it is paid (the --max-* options).
 
     Runaway answers: a transcript or translation stops where its audio runs
     out (finish_reason "length"), and no answer repeats a long run of tokens;
     the model's defaults, changed for every request by the options.
+
+    Who may call: --api-key (or SWV_API_KEY), --allowed-origins, --allowed-hosts.
+    SIGTERM drains: in-flight requests finish (--drain-timeout), new ones get 503.
     """
     try:
-        import uvicorn
-
         from swv.serve.app import create_app
-        from swv.serve.settings import ServeSettings, model_context_length
+        from swv.serve.server import run
+        from swv.serve.settings import ServeSettings
     except ImportError as exc:
         raise UsageError(f"swv serve needs the 'serve' extra (pip install 'swv[serve]'): {exc}") from None
     from swv.infer import batch
 
     pipe = batch.load_pipeline(model_dir, device, dtype, system)
-    context = max_context or model_context_length(pipe)
-    if context is None:
-        raise UsageError("the backbone config has no max_position_embeddings; give --max-context")
+    context = max_context or _context_length(pipe)
     settings = ServeSettings(
         model_id=model_name or model_dir.resolve().name, max_context=context, max_batch=max_batch,
         batch_window_seconds=batch_window_ms / 1000, default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
+        body_timeout_seconds=connections.body_timeout, bind_host=host, **access.settings_fields(),
         generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
                                      repetition_penalty=repetition_penalty).settings(),
     )
     app = create_app(pipe, settings)
     print(f"serve: model {settings.model_id!r}, context {context} tokens, batches of up to {max_batch}", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    run(app, host, port, connections.server_options())

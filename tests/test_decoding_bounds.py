@@ -360,12 +360,11 @@ def test_swv_serve_stops_at_the_bound(loop: Pipeline, loop_dir: Path, clips: dic
 
 def test_swv_serve_options_set_the_decoding(loop_dir: Path, monkeypatch) -> None:
     pytest.importorskip("uvicorn")
-    import uvicorn
-
     from swv.cli.serve_cmd import serve
+    from swv.serve import server
 
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    monkeypatch.setattr(server, "run", lambda app, *args: apps.append(app))
     serve(loop_dir, max_context=2048, length_bound=False, no_repeat_ngram_size=4, repetition_penalty=1.1)
     generation = apps[0].state.settings.generation
     assert (generation.length_bound, generation.no_repeat_ngram_size, generation.repetition_penalty) == (False, 4, 1.1)

@@ -8,15 +8,16 @@ from types import TracebackType
 
 from fastapi import FastAPI
 
+from swv.serve.server import ServerOptions, build_server
+
 
 class BackgroundServer:
     """``with BackgroundServer(app) as server: server.url`` -- uvicorn on ``host`` (default
-    127.0.0.1) and a free port, stopped on exit."""
+    127.0.0.1) and a free port, with ``options`` (:class:`ServerOptions`), stopped on exit."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 60.0,
+                 options: ServerOptions | None = None) -> None:
+        self.server = build_server(app, host, port, options or ServerOptions(), log_level="warning")
         self.host = host
         self.startup_timeout = startup_timeout
         self._thread = threading.Thread(target=self.server.run, name="swv-serve", daemon=True)

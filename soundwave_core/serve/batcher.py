@@ -72,10 +72,13 @@ Event = Started | Delta | Finished | Failed
 
 
 class Job:
-    """One request in the batcher: what to generate, and the queue its events go to."""
+    """One request in the batcher: what to generate, the queue its events go to, and the
+    request's id (for the log)."""
 
-    def __init__(self, request: ChatRequest, settings: GenerationSettings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: ChatRequest, settings: GenerationSettings, loop: asyncio.AbstractEventLoop,
+                 request_id: str = "-") -> None:
         self.request = request
+        self.request_id = request_id
         self.settings = settings
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
@@ -207,7 +210,7 @@ class Batcher:
             for job in jobs:
                 job.emit(Failed(400, " ".join(str(exc).split())))
         except Exception as exc:  # a bug: report it to the clients, keep serving
-            log.exception("generation failed")
+            log.exception("generation failed for requests %s", ", ".join(job.request_id for job in jobs))
             for job in jobs:
                 job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
 

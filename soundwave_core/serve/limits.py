@@ -11,3 +11,15 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 MAX_JSON_STRUCTURE_BYTES = 1024 * 1024
 WORK_THREADS = 2
+#: The whole body of a request must arrive within this many seconds (408 otherwise).
+BODY_TIMEOUT_SECONDS = 60.0
+#: An idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).
+KEEP_ALIVE_SECONDS = 5.0
+#: The request line and headers of a request, at most (uvicorn's h11_max_incomplete_event_size; 400).
+MAX_HEADER_BYTES = 16 * 1024
+#: Open connections and requests at once; past it new requests get 503 (uvicorn's limit_concurrency).
+MAX_CONNECTIONS = 256
+#: On SIGTERM, in-flight requests get this many seconds to finish (new ones get 503 meanwhile).
+DRAIN_TIMEOUT_SECONDS = 30.0
+#: An incoming X-Request-Id longer than this (or not printable ASCII) is replaced by a new id.
+MAX_REQUEST_ID_CHARS = 128

@@ -26,7 +26,14 @@ class ServeSettings:
     ``max_clips`` the audio clips of a request, ``max_audio_seconds`` each clip,
     ``max_request_audio_seconds`` all of them and ``max_audio_channels`` each clip's channels (all
     read from the clips' headers before decoding); ``work_threads`` the requests parsed, decoded
-    and tokenized at once (in worker threads, never in the event loop). ``generation``: the
+    and tokenized at once (in worker threads, never in the event loop); ``body_timeout_seconds``
+    the time a body may take to arrive (408).
+
+    Access (see :mod:`swv.serve.security`): ``api_key``, when set, is required as
+    ``Authorization: Bearer <key>`` on every ``/v1/`` route; ``allowed_origins`` are the web
+    origins answered with CORS headers (none by default); a server bound to a loopback
+    ``bind_host`` answers only requests whose Host header names a loopback address or one of
+    ``allowed_hosts`` (another bind checks ``allowed_hosts`` when any are given). ``generation``: the
     decoding controls of every request (length bound, repetition controls; ``None`` fields take
     the model's defaults)."""
 
@@ -44,6 +51,11 @@ class ServeSettings:
     max_json_depth: int = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: int = limits.MAX_JSON_STRUCTURE_BYTES
     work_threads: int = limits.WORK_THREADS
+    body_timeout_seconds: float = limits.BODY_TIMEOUT_SECONDS
+    api_key: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    bind_host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     def __post_init__(self) -> None:
@@ -56,6 +68,11 @@ class ServeSettings:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_context < 2:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
+        if self.body_timeout_seconds <= 0:
+            raise UsageError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
+        if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
+                                             and self.api_key.strip() == self.api_key and self.api_key):
+            raise UsageError("the API key must be non-empty printable ASCII without surrounding spaces")
 
     def request_limits(self) -> RequestLimits:
         """The per-conversation bounds :meth:`Pipeline.chat_request` checks."""

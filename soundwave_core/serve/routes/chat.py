@@ -5,11 +5,10 @@ request raises :class:`~swv.serve.openai_api.RequestError` (the app renders it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
-from anyio import CapacityLimiter, to_thread
+from anyio import CapacityLimiter, move_on_after, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -26,7 +25,8 @@ from swv.serve.openai_api import (
     sse,
     unknown_model,
 )
-from swv.serve.routes.deps import BatcherDep, LimiterDep, PipelineDep, SettingsDep
+from swv.serve.ops import REQUEST_ID
+from swv.serve.routes.deps import BatcherDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
 router = APIRouter()
@@ -34,9 +34,10 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep, limiter: LimiterDep
+    request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep, limiter: LimiterDep,
+    metrics: MetricsDep,
 ) -> JSONResponse | StreamingResponse:
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
                                               settings.max_json_structure_bytes), limiter=limiter)
     del body
@@ -46,31 +47,38 @@ async def chat_completions(
     batcher.submit(job)
     await _started(job)
     ids = CompletionIds(settings.model_id)
+    audio_seconds = sum(len(clip.samples) for clip in job.request.waveforms) / pipeline.sample_rate
+    served = partial(metrics.served, audio_seconds=audio_seconds)
     if params.stream:
-        return StreamingResponse(_stream(job, ids, params.include_usage), media_type="text/event-stream",
+        return StreamingResponse(_stream(job, ids, params.include_usage, served), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     try:
         finished = await _finish(job)
     finally:
         job.cancelled.set()
+    served(finished.completion_tokens)
     return JSONResponse(ids.completion(finished.text, finished.finish_reason, finished.prompt_tokens,
                                        finished.completion_tokens))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refused (413) once it exceeds ``limit`` bytes: by its declared length
-    before it is read, and while it is read (a chunked body declares none)."""
+    before it is read, and while it is read (a chunked body declares none); refused (408) when
+    it has not all arrived ``timeout`` seconds after the headers."""
     too_large = RequestError(413, f"the request body exceeds {limit} bytes")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    with move_on_after(timeout) as deadline:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    if deadline.cancelled_caught:
+        raise RequestError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout")
     return b"".join(chunks)
 
 
@@ -88,7 +96,7 @@ async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipelin
         raise input_error(exc) from None
     except SwvError as exc:
         raise RequestError(400, " ".join(str(exc).split())) from None
-    return Job(chat_request, generation, asyncio.get_running_loop())
+    return Job(chat_request, generation, asyncio.get_running_loop(), request_id=REQUEST_ID.get())
 
 
 async def _started(job: Job) -> None:
@@ -116,7 +124,8 @@ async def _finish(job: Job) -> Finished:
             raise _failed(event)
 
 
-async def _stream(job: Job, ids: CompletionIds, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(job: Job, ids: CompletionIds, include_usage: bool,
+                  served: Callable[[int], None]) -> AsyncIterator[str]:
     """Server-sent events: a role chunk, content chunks, a finish chunk, usage (if asked), [DONE]."""
     try:
         yield sse(ids.chunk({"role": "assistant", "content": ""}))
@@ -125,6 +134,7 @@ async def _stream(job: Job, ids: CompletionIds, include_usage: bool) -> AsyncIte
             if isinstance(event, Delta):
                 yield sse(ids.chunk({"content": event.text}))
             elif isinstance(event, Finished):
+                served(event.completion_tokens)
                 yield sse(ids.chunk({}, event.finish_reason))
                 if include_usage:
                     yield sse(ids.usage_chunk(event.prompt_tokens, event.completion_tokens))

@@ -1,6 +1,7 @@
 """The objects every route shares, kept on ``app.state`` by :func:`attach` and handed to the
 handlers as FastAPI dependencies (``BatcherDep``, ``PipelineDep``, ``SettingsDep``,
-``ModelCardDep``, ``LimiterDep``: the worker threads that parse, decode and tokenize requests)."""
+``ModelCardDep``, ``LimiterDep``: the worker threads that parse, decode and tokenize requests;
+``MetricsDep``: the app's Prometheus metrics). ``app.state.drain`` is the server's drain state."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from fastapi import Depends, FastAPI, Request
 
 from swv.infer.pipeline import Pipeline
 from swv.serve.batcher import Batcher
+from swv.serve.metrics import Metrics
 from swv.serve.openai_api import model_card
+from swv.serve.ops import Drain
 from swv.serve.settings import ServeSettings
 
 
@@ -23,6 +26,8 @@ def attach(app: FastAPI, pipeline: Pipeline, settings: ServeSettings, batcher: B
     app.state.batcher = batcher
     app.state.model_card = model_card(settings.model_id, int(time.time()))
     app.state.limiter = CapacityLimiter(settings.work_threads)
+    app.state.metrics = Metrics(lambda: batcher.pending)
+    app.state.drain = Drain()
 
 
 def get_pipeline(request: Request) -> Pipeline:
@@ -45,8 +50,13 @@ def get_limiter(request: Request) -> CapacityLimiter:
     return request.app.state.limiter
 
 
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 ModelCardDep = Annotated[dict[str, Any], Depends(get_model_card)]
 LimiterDep = Annotated[CapacityLimiter, Depends(get_limiter)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

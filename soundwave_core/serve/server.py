@@ -1,0 +1,89 @@
+"""Run an app with uvicorn, its connection bounds set and a graceful drain on SIGTERM.
+
+uvicorn bounds the connection: ``keep_alive_seconds`` (an idle connection is closed),
+``max_header_bytes`` (a request line and headers that pass this size before they are complete
+get 400: uvicorn buffers no more), ``max_connections``
+(past it, new requests get 503). uvicorn has no deadline for headers that trickle in; run the
+server behind a reverse proxy where that matters. The body's deadline is the app's
+(``ServeSettings.body_timeout_seconds``).
+
+On SIGTERM the server drains: new requests get 503, the requests in flight get
+``drain_timeout_seconds`` to finish, then the server stops and the process exits 0 (what still
+runs then gets uvicorn's graceful shutdown, as long again, before it is cancelled). A second
+SIGTERM, or Ctrl-C, goes straight to uvicorn's shutdown."""
+
+from __future__ import annotations
+
+import copy
+import signal
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from swv.core.errors import UsageError
+from swv.serve import limits
+from swv.serve.ops import Drain
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """uvicorn's bounds and the drain time (see the module)."""
+
+    keep_alive_seconds: float = limits.KEEP_ALIVE_SECONDS
+    max_header_bytes: int = limits.MAX_HEADER_BYTES
+    max_connections: int = limits.MAX_CONNECTIONS
+    drain_timeout_seconds: float = limits.DRAIN_TIMEOUT_SECONDS
+
+    def __post_init__(self) -> None:
+        for name in ("keep_alive_seconds", "max_header_bytes", "max_connections", "drain_timeout_seconds"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus the ``swv.serve`` lines (one per request, with its id)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["swv.serve"] = {"handlers": ["default"], "level": level.upper(), "propagate": True}
+    return config
+
+
+def server_config(app: FastAPI, host: str, port: int, options: ServerOptions, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's config for ``app`` (its own access log off: ``swv.serve`` logs each request with its id)."""
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=_log_config(log_level), access_log=False,
+                          timeout_keep_alive=max(1, round(options.keep_alive_seconds)),
+                          h11_max_incomplete_event_size=options.max_header_bytes,
+                          limit_concurrency=options.max_connections,
+                          timeout_graceful_shutdown=max(1, round(options.drain_timeout_seconds)))
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining ``app.state.drain`` on the first SIGTERM (see the module)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_timeout_seconds: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_timeout_seconds = drain_timeout_seconds
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self.drain.draining:
+            super().handle_exit(sig, frame)
+            return
+        self.drain.begin(self.drain_timeout_seconds)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain.done():
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def build_server(app: FastAPI, host: str, port: int, options: ServerOptions, log_level: str = "info") -> DrainingServer:
+    return DrainingServer(server_config(app, host, port, options, log_level), app.state.drain,
+                          options.drain_timeout_seconds)
+
+
+def run(app: FastAPI, host: str, port: int, options: ServerOptions) -> None:
+    """Serve ``app`` until SIGTERM (drained) or Ctrl-C."""
+    build_server(app, host, port, options).run()

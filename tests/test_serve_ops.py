@@ -1,0 +1,458 @@
+"""`swv serve` operations: the API key, CORS, the Host allow-list and cross-site refusals, body
+and connection timeouts, Prometheus metrics, request ids, and the graceful drain on SIGTERM
+(a `swv serve` subprocess). Servers run on 127.0.0.1 with a tiny random-init model."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from swv.core.errors import UsageError  # noqa: E402
+from swv.infer.pipeline import Pipeline  # noqa: E402
+from swv.model.speechlm import SpeechLM  # noqa: E402
+from swv.serve.app import create_app  # noqa: E402
+from swv.serve.background import BackgroundServer  # noqa: E402
+from swv.serve.ops import request_id  # noqa: E402
+from swv.serve.security import is_loopback  # noqa: E402
+from swv.serve.server import ServerOptions  # noqa: E402
+from swv.serve.settings import ServeSettings  # noqa: E402
+
+MODEL_ID = "tiny-swv"
+KEY = "s3cret-key"
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def model_dir(model_config_factory, tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ops_model") / "model"
+    SpeechLM(model_config_factory()).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(model_dir: Path) -> Pipeline:
+    return Pipeline.from_pretrained(model_dir)
+
+
+def serving(pipeline: Pipeline, options: ServerOptions | None = None, **fields) -> BackgroundServer:
+    settings = ServeSettings(model_id=MODEL_ID, max_context=2048, default_max_tokens=4, **fields)
+    return BackgroundServer(create_app(pipeline, settings), options=options)
+
+
+def call(server: BackgroundServer | Listening, method: str, path: str, body: bytes | dict | None = None,
+         **headers: str) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One request; ``headers`` with ``_`` for ``-`` (``Host`` replaces the real one)."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request(method, path, body=data, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        response = conn.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        conn.close()
+
+
+def wav(seconds: float, seed: int = 0) -> str:
+    buffer = io.BytesIO()
+    samples = (np.random.default_rng(seed).standard_normal(int(SR * seconds)) * 0.1).astype(np.float32)
+    sf.write(buffer, samples, SR, format="WAV")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def chat_body(seconds: float = 0.5) -> dict:
+    content = [{"type": "input_audio", "input_audio": {"data": wav(seconds), "format": "wav"}},
+               {"type": "text", "text": "Transcribe."}]
+    return {"model": MODEL_ID, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+
+
+JSON = {"Content_Type": "application/json"}
+
+
+# -- the API key ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def keyed(pipeline):
+    with serving(pipeline, api_key=KEY) as server:
+        yield server
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer ", f"Basic {KEY}", f"Bearer {KEY[:-1]}",
+                                           f"Bearer {KEY}x", f"Bearer{KEY}", f"Bearer {KEY.upper()}",
+                                           "Bearer s\u00e9cret-key", f"Bearer {KEY} {KEY}"])
+def test_a_wrong_or_missing_key_is_refused(keyed, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path, body in (("GET", "/v1/models", None), ("POST", "/v1/chat/completions", chat_body()),
+                               ("GET", "/v1/no-such-route", None)):
+        status, _, reply = call(keyed, method, path, body, **headers, **JSON)
+        assert status == 401, (authorization, path)
+        error = json.loads(reply)["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key" and error["message"]
+
+
+def test_the_right_key_is_served_and_open_routes_stay_open(keyed) -> None:
+    status, _, reply = call(keyed, "GET", "/v1/models", Authorization=f"Bearer {KEY}")
+    assert status == 200 and json.loads(reply)["data"][0]["id"] == MODEL_ID
+    status, _, reply = call(keyed, "POST", "/v1/chat/completions", chat_body(), Authorization=f"bearer {KEY}", **JSON)
+    assert status == 200 and json.loads(reply)["choices"][0]["finish_reason"] in ("stop", "length")
+    assert call(keyed, "GET", "/health")[0] == 200
+    status, _, page = call(keyed, "GET", "/")
+    assert status == 200 and b'id="api-key"' in page and b"Authorization: `Bearer ${state.key}`" in page
+
+
+#: Runs the page's script in node with a minimal DOM against a real server (argv: the script, the
+#: server's URL, the key): it loads, is refused, gets the key typed in, then chats.
+PAGE_DRIVER = r"""
+// Runs the page's script with a minimal DOM against a real server: argv = page.js, base url, key.
+const fs = require("fs");
+const [script, base, key] = process.argv.slice(2);
+const elements = {};
+function element(id) {
+  const el = { id, hidden: id === "key-row", value: "", textContent: id === "model-id" ? "…" : "", children: [],
+    className: "", dataset: {}, disabled: false, listeners: {},
+    classList: { add(name) { el.className += ` ${name}`; } },
+    addEventListener(kind, fn) { el.listeners[kind] = fn; }, focus() {},
+    appendChild(child) { el.children.push(child); return child; },
+    querySelector(sel) { return el.children.find((c) => `.${c.className}` === sel); },
+    set innerHTML(v) { el.children = []; } };
+  return el;
+}
+globalThis.document = {
+  getElementById: (id) => (elements[id] ||= element(id)),
+  createElement: () => element(""),
+};
+const store = {};
+globalThis.sessionStorage = { getItem: (k) => store[k] ?? null, setItem: (k, v) => { store[k] = v; } };
+const realFetch = fetch;
+globalThis.fetch = (url, opts) => realFetch(base + url, opts);
+const wait = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  eval(fs.readFileSync(script, "utf8"));
+  await wait(1000);
+  const $ = document.getElementById;
+  const before = { keyRowHidden: $("key-row").hidden, model: $("model-id").textContent, status: $("status").textContent };
+  $("api-key").value = ` ${key} `;
+  $("api-key").listeners.change();
+  await wait(1000);
+  const after = { model: $("model-id").textContent, stored: store["swv-api-key"] };
+  $("prompt").value = "Say something."; $("max-tokens").value = "4";
+  await $("send").listeners.click();
+  const turn = $("log").children[1];
+  console.log(JSON.stringify({ before, after, done: turn.dataset.done, reply: turn.children[0].textContent }));
+})();
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (the page's script runs in it)")
+def test_the_page_asks_for_the_key_then_chats(keyed, tmp_path: Path) -> None:
+    page = call(keyed, "GET", "/")[2].decode()
+    (tmp_path / "page.js").write_text(page.split("<script>", 1)[1].split("</script>", 1)[0], encoding="utf-8")
+    (tmp_path / "driver.js").write_text(PAGE_DRIVER, encoding="utf-8")
+    done = subprocess.run(["node", str(tmp_path / "driver.js"), str(tmp_path / "page.js"), f"http://127.0.0.1:{keyed.port}",
+                           KEY], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["before"] == {"keyRowHidden": False, "model": "\u2026", "status": "enter the server's API key"}
+    assert seen["after"] == {"model": MODEL_ID, "stored": KEY}
+    assert seen["done"] == "1" and isinstance(seen["reply"], str)
+
+
+@pytest.mark.parametrize("key", ["", " padded", "tab\tkey", "cl\u00e9"])
+def test_an_unusable_key_is_refused_at_startup(key: str) -> None:
+    with pytest.raises(UsageError, match="API key"):
+        ServeSettings(model_id="m", max_context=16, api_key=key)
+
+
+# -- CORS, Host, Origin and content type --------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain(pipeline):
+    with serving(pipeline) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cors(pipeline):
+    with serving(pipeline, allowed_origins=("https://app.example",), allowed_hosts=("swv.lan",)) as server:
+        yield server
+
+
+PREFLIGHT = {"Access_Control_Request_Method": "POST", "Access_Control_Request_Headers": "authorization,content-type"}
+
+
+def test_cors_preflight_answers_only_allowed_origins(plain, cors) -> None:
+    status, headers, _ = call(cors, "OPTIONS", "/v1/chat/completions", Origin="https://app.example", **PREFLIGHT)
+    assert status == 200 and headers["access-control-allow-origin"] == "https://app.example"
+    assert "authorization" in headers["access-control-allow-headers"].lower()
+    status, headers, _ = call(cors, "OPTIONS", "/v1/chat/completions", Origin="https://evil.example", **PREFLIGHT)
+    assert status == 400 and "access-control-allow-origin" not in headers
+    status, headers, _ = call(plain, "OPTIONS", "/v1/chat/completions", Origin="https://app.example", **PREFLIGHT)
+    assert status >= 400 and not [name for name in headers if name.lower().startswith("access-control-")]
+    status, headers, _ = call(plain, "GET", "/v1/models", Origin="https://app.example")
+    assert status == 200 and "access-control-allow-origin" not in headers
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1", "127.0.0.1:1", "[::1]", "[::1]:80",
+                                  "LOCALHOST"])
+def test_loopback_host_names_are_answered(plain, host: str) -> None:
+    assert call(plain, "GET", "/health", Host=host)[0] == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil",
+                                  "[::1", "127.0.0.2", "", "swv.lan"])
+def test_other_host_names_get_400(plain, host: str) -> None:
+    assert call(plain, "GET", "/health", Host=host)[0] == 400
+
+
+def test_allowed_hosts_extend_the_list_and_other_binds_answer_any(cors, pipeline) -> None:
+    assert call(cors, "GET", "/health", Host="swv.lan:8000")[0] == 200
+    assert call(cors, "GET", "/health", Host="localhost")[0] == 200
+    assert call(cors, "GET", "/health", Host="evil.example")[0] == 400
+    with serving(pipeline, bind_host="0.0.0.0") as anywhere:
+        assert call(anywhere, "GET", "/health", Host="evil.example")[0] == 200
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("[::1]") and is_loopback("localhost")
+    assert is_loopback("127.8.9.1") and not is_loopback("0.0.0.0") and not is_loopback("example.com")
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example", "file://",
+                                    "http://localhost:1"])
+def test_cross_site_posts_are_refused(plain, cors, origin: str) -> None:
+    for server in (plain, cors):
+        status, _, reply = call(server, "POST", "/v1/chat/completions", chat_body(), Origin=origin, **JSON)
+        assert status == 403 and json.loads(reply)["error"]["code"] == "origin_not_allowed"
+
+
+def test_same_site_and_allowed_origin_posts_pass(plain, cors) -> None:
+    body = {**chat_body(), "model": "other"}  # passes the checks, then 404 from the route
+    status, _, _ = call(plain, "POST", "/v1/chat/completions", body, Origin=f"http://127.0.0.1:{plain.port}", **JSON)
+    assert status == 404
+    status, headers, _ = call(cors, "POST", "/v1/chat/completions", body, Origin="https://app.example", **JSON)
+    assert status == 404 and headers["access-control-allow-origin"] == "https://app.example"
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonx", "text/json"])
+def test_non_json_bodies_get_415(plain, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"Content_Type": content_type}
+    status, _, reply = call(plain, "POST", "/v1/chat/completions", json.dumps(chat_body()).encode(), **headers)
+    assert status == 415 and json.loads(reply)["error"]["code"] == "unsupported_media_type"
+    body = {**chat_body(), "model": "other"}
+    assert call(plain, "POST", "/v1/chat/completions", body, Content_Type="Application/JSON; charset=utf-8")[0] == 404
+
+
+# -- slow clients --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def strict(pipeline):
+    options = ServerOptions(keep_alive_seconds=1, max_header_bytes=4096, max_connections=4)
+    with serving(pipeline, options, body_timeout_seconds=0.5) as server:
+        yield server
+
+
+def raw(server: BackgroundServer, data: bytes, wait: float = 0.0, more: bytes = b"") -> bytes:
+    """Send ``data``, after ``wait`` s ``more``, then read until the server closes or 5 s pass."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        conn.sendall(data)
+        time.sleep(wait)
+        if more:
+            conn.sendall(more)
+        reply = b""
+        try:
+            while chunk := conn.recv(65536):
+                reply += chunk
+        except TimeoutError:
+            pass
+        return reply
+
+
+def test_a_body_that_trickles_is_cut_off_with_408(strict) -> None:
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n")
+    started = time.monotonic()
+    reply = raw(strict, head + b'{"model": ')
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in reply, reply[:300]
+    assert time.monotonic() - started < 4.5
+    chunked = head.replace(b"Content-Length: 1000", b"Transfer-Encoding: chunked")
+    assert raw(strict, chunked + b"5\r\n{\"mo\"\r\n").startswith(b"HTTP/1.1 408")
+
+
+def test_oversized_headers_and_idle_connections_are_cut_off(strict) -> None:
+    bloated = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 8000
+    assert raw(strict, bloated, 0.3, b"\r\n\r\n").startswith(b"HTTP/1.1 400")
+    started = time.monotonic()
+    reply = raw(strict, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive: closed when idle
+    assert reply.startswith(b"HTTP/1.1 200") and 0.8 < time.monotonic() - started < 4.5
+
+
+def test_connections_past_the_limit_get_503(strict) -> None:
+    idle = [socket.create_connection(("127.0.0.1", strict.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        assert call(strict, "GET", "/health")[0] == 503
+    finally:
+        for conn in idle:
+            conn.close()
+    time.sleep(0.3)
+    assert call(strict, "GET", "/health")[0] == 200
+
+
+def test_connection_bounds_must_be_positive() -> None:
+    with pytest.raises(UsageError, match="drain_timeout_seconds"):
+        ServerOptions(drain_timeout_seconds=0)
+    with pytest.raises(UsageError, match="body_timeout_seconds"):
+        ServeSettings(model_id="m", max_context=16, body_timeout_seconds=0)
+
+
+# -- metrics and request ids ---------------------------------------------------------------------
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    pattern = re.escape(name + (f"{{{wanted}}}" if labels else "")) + r" ([0-9.e+-]+)$"
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found, f"{name} {labels} not in metrics"
+    return float(found.group(1))
+
+
+def test_metrics_count_requests_tokens_and_audio_per_app(pipeline) -> None:
+    pytest.importorskip("prometheus_client")
+    with serving(pipeline) as first, serving(pipeline) as second:
+        for _ in range(2):
+            status, _, reply = call(first, "POST", "/v1/chat/completions", chat_body(0.5), **JSON)
+            assert status == 200
+        tokens = json.loads(reply)["usage"]["completion_tokens"]
+        call(first, "GET", "/no/such/path/123")
+        call(second, "GET", "/health")
+        status, headers, text = call(first, "GET", "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        text = text.decode()
+        assert metric(text, "swv_requests_total", route="/v1/chat/completions", status="200") == 2
+        assert metric(text, "swv_requests_total", route="unmatched", status="404") == 1
+        assert metric(text, "swv_request_duration_seconds_count", route="/v1/chat/completions") == 2
+        assert metric(text, "swv_queue_depth") == 0
+        assert metric(text, "swv_generated_tokens_total") >= tokens >= 1
+        assert metric(text, "swv_audio_seconds_total") == pytest.approx(1.0)
+        assert "/no/such/path" not in text and 'route="/health"' not in text
+        other = call(second, "GET", "/metrics")[2].decode()
+        assert metric(other, "swv_requests_total", route="/health", status="200") == 1
+        assert "/v1/chat/completions" not in other and metric(other, "swv_generated_tokens_total") == 0
+
+
+def test_without_prometheus_client_metrics_answer_501(pipeline, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import prometheus_client raises ImportError
+    with serving(pipeline) as server:
+        status, _, text = call(server, "GET", "/metrics")
+        assert status == 501 and text.decode().count("\n") == 1 and "pip install 'swv[serve]'" in text.decode()
+        assert call(server, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("incoming", [None, "", "x" * 129, "bad\x01id", "caf\u00e9", "two words\ttab"])
+def test_unusable_request_ids_are_replaced(plain, incoming: str | None) -> None:
+    headers = {} if incoming is None else {"X_Request_Id": incoming}
+    _, response, _ = call(plain, "GET", "/health", **headers)
+    assert re.fullmatch(r"[0-9a-f]{32}", response["x-request-id"]) and response["x-request-id"] != incoming
+    assert request_id(incoming) != incoming
+
+
+def test_request_ids_are_returned_and_logged(plain, keyed, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="swv.serve")
+    ids = set()
+    for server, path in ((plain, "/health"), (keyed, "/v1/models"), (plain, "/v1/models/%0Aforged")):
+        _, response, _ = call(server, "GET", path, X_Request_Id=f"trace-{path}")
+        ids.add(response["x-request-id"])
+    assert ids == {"trace-/health", "trace-/v1/models", "trace-/v1/models/%0Aforged"}
+    _, first, _ = call(plain, "GET", "/health")
+    _, second, _ = call(plain, "GET", "/health", Host="evil.example")
+    assert first["x-request-id"] != second["x-request-id"]
+
+    def logged(rid: str, status: int) -> bool:  # the line is written once the answer is sent
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            lines = [record.getMessage() for record in caplog.records if record.name == "swv.serve"]
+            if any(line.startswith(f"request {rid}: ") and f"-> {status} " in line for line in lines):
+                return all("\n" not in line for line in lines)
+            time.sleep(0.05)
+        return False
+
+    assert logged("trace-/v1/models", 401) and logged("trace-/v1/models/%0Aforged", 404)
+    assert logged(second["x-request-id"], 400)
+
+
+# -- drain on SIGTERM (a `swv serve` subprocess) ------------------------------------------------
+@dataclass(frozen=True)
+class Listening:
+    """A server known by its port (what :func:`call` needs)."""
+
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(proc: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "swv serve did not come up"
+        time.sleep(0.3)
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(model_dir: Path) -> None:
+    port = free_port()
+    swv = Path(sys.executable).with_name("swv")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SWV_API_KEY": KEY}
+    proc = subprocess.Popen([str(swv), "serve", str(model_dir), "--port", str(port), "--model-name", MODEL_ID,
+                             "--max-tokens", "4", "--drain-timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    server = Listening(port)
+    try:
+        wait_until_up(proc, port)
+        assert call(server, "GET", "/v1/models")[0] == 401  # the key came from SWV_API_KEY
+        body = json.dumps(chat_body()).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+            slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:100])
+            time.sleep(0.5)  # the request is in flight: its body is half sent
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            status, headers, reply = call(server, "GET", "/health")
+            assert status == 503 and json.loads(reply)["error"]["code"] == "shutting_down"
+            assert proc.poll() is None
+            slow.sendall(body[100:])
+            answer = b""
+            while chunk := slow.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["choices"][0]["finish_reason"] in ("stop", "length")
+        assert proc.wait(timeout=60) == 0, proc.stdout.read().decode()
+        log = proc.stdout.read().decode()  # one line per request, with its id
+        assert re.search(r"request [0-9a-f]{32}: POST '/v1/chat/completions' -> 200 ", log), log
+        assert re.search(r"request [0-9a-f]{32}: GET '/health' -> 503 ", log), log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
