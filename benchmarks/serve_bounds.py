@@ -20,8 +20,10 @@ and a 59 s 8-channel 48 kHz FLAC, a 59 s WAV at 4001 Hz, a 30 MB text body, a ch
 without Content-Length that never ends, 60 clips of 59 s, and 16 MB of nested JSON brackets.
 Rows over a target are marked ``OVER``; the exit code is 0 either way (a benchmark, not a test).
 
-    .venv/bin/python benchmarks/serve_bounds.py            # ~5-10 min on 2 CPU cores
+    .venv/bin/python benchmarks/serve_bounds.py            # ~7 min on 2 CPU cores
     .venv/bin/python benchmarks/serve_bounds.py --quick    # smaller model, 8 concurrent for one case only
+    .venv/bin/python benchmarks/serve_bounds.py --case "30 MB" --server-env MALLOC_ARENA_MAX=2
+    .venv/bin/python benchmarks/serve_bounds.py --model-dir DIR --serve-args --max-body-bytes 8388608
 """
 
 from __future__ import annotations
@@ -228,12 +230,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, threads: int) -> tuple[subprocess.Popen, int]:
-    """``swv serve`` with its default limits in a subprocess, once /health answers."""
+def start_server(model_dir: Path, threads: int, extra_env: dict[str, str],
+                 serve_args: list[str]) -> tuple[subprocess.Popen, int]:
+    """``swv serve`` (default limits unless ``serve_args`` change them) in a subprocess, once
+    /health answers."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **extra_env}
     command = [sys.executable, "-m", "swv.cli", "serve", str(model_dir), "--port", str(port),
-               "--model-name", MODEL_ID]
+               "--model-name", MODEL_ID, *serve_args]
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -325,7 +329,8 @@ def measure(server: subprocess.Popen, port: int, name: str, copies: int, window:
 def run_case(model_dir: Path, name: str, copies: list[int], args: argparse.Namespace,
              normal_body: bytes) -> list[Row]:
     """A fresh server for one hostile case: warm-up, idle figures, then each number of copies."""
-    server, port = start_server(model_dir, args.threads)
+    server_env = dict(item.split("=", 1) for item in args.server_env)
+    server, port = start_server(model_dir, args.threads, server_env, args.serve_args)
     try:
         normal = lambda: request(port, "POST", "/v1/chat/completions", normal_body)  # noqa: E731
         for _ in range(2):
@@ -373,6 +378,13 @@ def main() -> None:
                         help="seconds each hostile client keeps sending (a request in flight at any time)")
     parser.add_argument("--quick", action="store_true",
                         help="smaller model, 5 idle probes, 2 s window, 8 concurrent copies of the 59 s 8-channel clip only")
+    parser.add_argument("--model-dir", type=Path, help="serve this model directory instead of building the tiny one")
+    parser.add_argument("--case", action="append", default=[], metavar="TEXT",
+                        help="only the cases whose name contains TEXT (repeatable; default: all)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable of the server process (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
+                        help="the rest of the command line goes to swv serve (e.g. --max-body-bytes 8388608)")
     args = parser.parse_args()
     if args.quick:
         args.enc_dim, args.llm_dim, args.llm_layers, args.idle_probes, args.window = 32, 64, 2, 5, 2.0
@@ -380,12 +392,15 @@ def main() -> None:
     normal_body = chat_body([(encoded(noise(1.0), SR, "WAV"), "wav")], max_tokens=8)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
-        build_model(model_dir, args.enc_dim, args.llm_dim, args.llm_layers)
-        for name in BODIES:
+        model_dir = args.model_dir or Path(tmp) / "model"
+        if args.model_dir is None:
+            build_model(model_dir, args.enc_dim, args.llm_dim, args.llm_layers)
+        for name in [n for n in BODIES if not args.case or any(text in n for text in args.case)]:
             copies = [1] if args.quick and name != "8-ch 48 kHz FLAC, 59 s" else [1, CONCURRENT]
             rows += run_case(model_dir, name, copies, args, normal_body)
-    print(f"swv serve, default limits; LLM {args.llm_layers}x{args.llm_dim}, encoder 2x{args.enc_dim}; "
+    changed = " ".join([*args.server_env, *args.serve_args]) or "none"
+    model = args.model_dir or f"LLM {args.llm_layers}x{args.llm_dim}, encoder 2x{args.enc_dim}"
+    print(f"swv serve, default limits; changed: {changed}; model {model}; "
           f"{os.cpu_count()} CPU cores; RSS via {'psutil' if _has_psutil() else '/proc VmRSS'}")
     print_table(rows)
 
