@@ -1,7 +1,8 @@
 """The FastAPI application behind ``swv serve``.
 
 Routes (one module per group in :mod:`swv.serve.routes`): ``POST /v1/chat/completions``
-(OpenAI-compatible; ``stream: true`` answers with server-sent events), ``GET /v1/models`` and
+(OpenAI-compatible; ``stream: true`` answers with server-sent events), ``POST
+/v1/audio/transcriptions`` and ``/v1/audio/translations`` (OpenAI's audio API), ``GET /v1/models`` and
 ``/v1/models/{id}``, ``GET /health``, and the web page at ``/``. Every error, including malformed
 JSON and unknown routes, is an OpenAI-style ``{"error": {...}}`` body with a 4xx status; a bug
 inside generation answers 500 for the requests concerned and the server goes on.
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swv.infer.pipeline import Pipeline
 from swv.serve.batcher import Batcher
 from swv.serve.openai_api import RequestError, error_body
-from swv.serve.routes import chat, models, page
+from swv.serve.routes import audio, chat, models, page
 from swv.serve.routes.deps import attach
 from swv.serve.settings import ServeSettings
 
@@ -41,7 +42,7 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_error)
-    for routes in (page, models, chat):
+    for routes in (page, models, chat, audio):
         app.include_router(routes.router)
     return app
 
