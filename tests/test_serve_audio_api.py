@@ -149,7 +149,8 @@ def test_the_prompt_follows_the_instruction(server, reference: Pipeline, clip_pa
     assert reply["text"] == greedy(reference, clip_path, f"{reference.default_prompt('asr')} Names: Ada.")
 
 
-def test_hostile_uploads_are_refused_cleanly(server, clip_path: Path) -> None:
+def test_hostile_uploads_are_refused_cleanly(server, reference: Pipeline, clip_path: Path) -> None:
+    placeholder = reference.processor.audio_token
     audio = {"file": clip_path.read_bytes()}
     model = {"model": MODEL_ID}
     refused(server, model, {}, param="file", match="an audio file is required")
@@ -157,6 +158,7 @@ def test_hostile_uploads_are_refused_cleanly(server, clip_path: Path) -> None:
     refused(server, model, {"file": b"<html>not audio</html>" * 10}, param="file", match="not a readable audio file")
     refused(server, {**model, "prompt": "w" * 2001}, audio, param="prompt", match="2001 characters exceed")
     refused(server, {**model, "prompt": "w" * 600_000}, audio, param="prompt", match="600000 characters exceed")
+    refused(server, {**model, "prompt": f"x {placeholder} y"}, audio, param="prompt", match="audio placeholder")
     refused(server, {**model, "response_format": "mp3"}, audio, param="response_format", match="expected one of")
     refused(server, {**model, "best_of": "2"}, audio, param="best_of", match="Unrecognized request argument")
     refused(server, {**model, "language": "fr"}, audio, param="language", path="translations")

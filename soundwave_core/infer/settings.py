@@ -21,9 +21,10 @@ class GenerationSettings:
     """Decoding settings; a field left ``None`` takes the model's saved default
     (``SpeechLM.generation_defaults()``, :class:`~swv.model.defaults.GenerationDefaults`: greedy,
     256 new tokens, no repeated runs of ``no_repeat_ngram_size`` tokens, the length bound on,
-    unless the model says otherwise; see :meth:`Pipeline.resolve`). ``temperature``, ``top_p`` and ``top_k`` apply only with
-    ``do_sample`` (``top_k`` 0: off; ``None``: transformers' default). ``no_repeat_ngram_size`` (0: off) and ``repetition_penalty`` (1.0: off) act on
-    every answer, ``length_bound`` and its ``length_bound_*`` factors on answers that render the
+    unless the model says otherwise; see :meth:`Pipeline.resolve`). ``temperature``, ``top_p``
+    and ``top_k`` apply only with ``do_sample`` (``top_k`` 0: off; ``None``: the backbone's
+    generation config, transformers' default otherwise). ``no_repeat_ngram_size`` (0: off) and
+    ``repetition_penalty`` (1.0: off) act on every answer, ``length_bound`` and its ``length_bound_*`` factors on answers that render the
     speech (see :mod:`swv.infer.pipeline`). ``seed`` seeds torch's RNG once at the start of each call.
     ``transcript_first``: the answer starts with a transcript of the audio (chain of thought,
     ``swv data sft --cot``), so the token budget grows by the audio tokens of the longest clip of

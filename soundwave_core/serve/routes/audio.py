@@ -20,9 +20,10 @@ transcriptions ``language``. Any other field is refused with a 400 naming it (Op
   the clip, and word timestamps are refused, never invented.
 
 The answer gets at most the server's ``--max-tokens`` default of new tokens, and the
-transcript length bound of the clip. Bounds are the chat endpoint's: the body cap (by its declared length, then while it is read),
-one file, the clip's duration, channels and rate checked from its header before decoding, the
-text cap, decoding in the worker threads of ``--work-threads``.
+transcript length bound of the clip. Bounds are the chat endpoint's: the body cap (by its
+declared length, then while it is read), one file, the clip's duration, channels and rate
+checked from its header before decoding, the text cap, decoding in the worker threads of
+``--work-threads``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
 from swv.core.errors import SwvError
-from swv.infer.chat import AudioPart, ParsedConversation
+from swv.infer.chat import AudioPart, ParsedConversation, checked_text
 from swv.infer.pipeline import Pipeline
 from swv.model.processor import ChatRequest
 from swv.serve.batcher import Finished, Job
@@ -205,14 +206,15 @@ async def _answer(request: Request, form: _Form, settings: ServeSettings, batche
 def _chat_request(pipeline: Pipeline, data: bytes, instruction: str, settings: ServeSettings) -> ChatRequest:
     """The upload and instruction as one transcription-like request (every bound of
     :meth:`ServeSettings.request_limits` checked from the clip's header before it is decoded)."""
-    parsed = ParsedConversation([{"role": "user", "content": f"{pipeline.processor.audio_token}\n{instruction}"}],
-                                [AudioPart(data, None, "file")])
+    token = pipeline.processor.audio_token
     try:
+        text = checked_text(instruction, "prompt", token)
+        parsed = ParsedConversation([{"role": "user", "content": f"{token}\n{text}"}], [AudioPart(data, None, "file")])
         request = pipeline.parsed_request(parsed, max_duration=settings.max_audio_seconds,
                                           limits=settings.request_limits())
     except SwvError as exc:
         message = " ".join(str(exc).split()).replace("messages:", "file:")
-        param = "file" if message.startswith("file") else None
+        param = message.split(":", 1)[0] if message.startswith(("file", "prompt")) else None
         raise RequestError(400, message, param=param) from None
     return replace(request, transcription=True)
 
