@@ -279,3 +279,11 @@ def test_omitted_temperature_samples_with_the_models_saved_defaults(model_config
         answers = {ask(sampling, seed=s).choices[0].message.content for s in range(4)}
         greedy_answers = {ask(sampling, temperature=0, seed=s).choices[0].message.content for s in range(2)}
     assert len(answers) > 1 and len(greedy_answers) == 1
+
+
+def test_cue_times_and_stop_cuts() -> None:
+    from swv.serve.batcher import cut_at_stop
+    from swv.serve.openai_api import cue_time
+
+    assert cue_time(3723.4567, "srt") == "01:02:03,457" and cue_time(59.9996, "vtt") == "00:01:00.000"
+    assert cut_at_stop("hello world", ["wor", "lo"]) == 3 and cut_at_stop("hello", ["x"]) is None
