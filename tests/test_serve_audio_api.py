@@ -167,6 +167,7 @@ def test_hostile_uploads_are_refused_cleanly(server, reference: Pipeline, clip_p
     refused(server, {**model, "timestamp_granularities[]": "word", "response_format": "verbose_json"}, audio,
             param="timestamp_granularities")
     refused(server, {"model": "whisper-1"}, audio, status=404, param="model")
+    refused(server, {}, audio, param="model", match="required")
     refused(server, model, {"file": wav(6.0)}, param="file", match="exceeds")
     refused(server, model, {"file": wav(0.2), "other": wav(0.2)}, match="")
     for kind, body in (("application/json", b'{"model": "tiny-swv"}'), ("multipart/form-data; boundary=z", b"--q\r\n"),

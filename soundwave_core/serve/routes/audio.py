@@ -142,8 +142,10 @@ class _Form:
                 raise RequestError(400, f"Unrecognized request argument supplied: {name}", param=name)
         if self.file is None:
             raise RequestError(400, "file: an audio file is required", param="file")
+        if self.model is None:
+            raise RequestError(400, "model: required (GET /v1/models lists the served model)", param="model")
         if self.model != settings.model_id:
-            raise unknown_model(str(self.model))
+            raise unknown_model(self.model)
         if self.response_format not in AUDIO_FORMATS:
             raise RequestError(400, f"response_format: expected one of {', '.join(AUDIO_FORMATS)}, "
                                     f"got {self.response_format!r}", param="response_format")
