@@ -169,7 +169,16 @@ def test_hostile_uploads_are_refused_cleanly(server, reference: Pipeline, clip_p
     refused(server, {"model": "whisper-1"}, audio, status=404, param="model")
     refused(server, {}, audio, param="model", match="required")
     refused(server, model, {"file": wav(6.0)}, param="file", match="exceeds")
-    refused(server, model, {"file": wav(0.2), "other": wav(0.2)}, match="")
+    refused(server, model, {"file": wav(0.2), "other": wav(0.2)}, param="other", match="Unrecognized")
+    body, kind = multipart(model, {"file": wav(0.2)})
+    start = body.index(b'name="file"')
+    start = body.rindex(b"--", 0, start)
+    part = body[start : body.rindex(b"--" + kind.split("=", 1)[1].encode() + b"--")]
+    request = urllib.request.Request(f"{server.url}/v1/audio/transcriptions", data=body.replace(part, part + part),
+                                     method="POST", headers={"Content-Type": kind})
+    with pytest.raises(urllib.error.HTTPError) as caught:  # two files named "file"
+        urllib.request.urlopen(request, timeout=60)
+    assert caught.value.code == 400 and json.loads(caught.value.read())["error"]["param"] == "file"
     for kind, body in (("application/json", b'{"model": "tiny-swv"}'), ("multipart/form-data; boundary=z", b"--q\r\n"),
                        ("multipart/form-data", b"garbage")):
         request = urllib.request.Request(f"{server.url}/v1/audio/transcriptions", data=body, method="POST",

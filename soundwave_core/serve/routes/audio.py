@@ -21,7 +21,8 @@ transcriptions ``language``. Any other field is refused with a 400 naming it (Op
 
 The answer gets at most the server's ``--max-tokens`` default of new tokens, and the
 transcript length bound of the clip. Bounds are the chat endpoint's: the body cap (by its
-declared length, then while it is read), one file, the clip's duration, channels and rate
+declared length, then while it is read; a text field is at most 1 MiB, Starlette's part
+limit), one file (each field at most once), the clip's duration, channels and rate
 checked from its header before decoding, the text cap, decoding in the worker threads of
 ``--work-threads``.
 """
@@ -57,8 +58,6 @@ from swv.serve.routes.chat import finish, started
 from swv.serve.routes.deps import BatcherDep, LimiterDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
-#: Form limits: one file, a few text fields of at most 1 MiB each (a longer one: 400).
-FORM_LIMITS = {"max_files": 1, "max_fields": 8, "max_part_size": 1 << 20}
 #: The fields of each endpoint (``timestamp_granularities[]`` as the openai client names it).
 _COMMON = ("file", "model", "prompt", "temperature", "response_format", "timestamp_granularities[]")
 FIELDS = {"transcribe": (*_COMMON, "language"), "translate": _COMMON}
@@ -104,7 +103,7 @@ TextField = Annotated[str | None, Form()]
 Granularities = Annotated[list[str] | None, Form(alias="timestamp_granularities[]")]
 
 
-@router.post("/v1/audio/transcriptions", response_model=None, form_limits=FORM_LIMITS)
+@router.post("/v1/audio/transcriptions", response_model=None)
 async def transcriptions(request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep,
                          limiter: LimiterDep, file: FileField = None, model: TextField = None,
                          prompt: TextField = None, language: TextField = None, temperature: TextField = None,
@@ -114,7 +113,7 @@ async def transcriptions(request: Request, settings: SettingsDep, batcher: Batch
     return await _answer(request, form, settings, batcher, pipeline, limiter)
 
 
-@router.post("/v1/audio/translations", response_model=None, form_limits=FORM_LIMITS)
+@router.post("/v1/audio/translations", response_model=None)
 async def translations(request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep,
                        limiter: LimiterDep, file: FileField = None, model: TextField = None,
                        prompt: TextField = None, temperature: TextField = None, response_format: TextField = None,
@@ -136,10 +135,13 @@ class _Form:
         self.response_format = response_format or "json"
 
     def check(self, names: list[str], settings: ServeSettings) -> SamplingParams:
-        """Refuse an unknown or missing field or a bad value (400 naming it); the sampling fields."""
+        """Refuse an unknown, repeated or missing field or a bad value (400 naming it); the
+        sampling fields. ``names``: the form's field names, a repeated one as often as it came."""
         for name in names:
             if name not in FIELDS[self.task]:
                 raise RequestError(400, f"Unrecognized request argument supplied: {name}", param=name)
+            if names.count(name) > 1 and name != "timestamp_granularities[]":
+                raise RequestError(400, f"{name}: given more than once", param=name)
         if self.file is None:
             raise RequestError(400, "file: an audio file is required", param="file")
         if self.model is None:
@@ -183,7 +185,7 @@ def _sampling(temperature: str | None) -> SamplingParams:
 
 async def _answer(request: Request, form: _Form, settings: ServeSettings, batcher: Any, pipeline: Pipeline,
                   limiter: Any) -> Response:
-    sampling = form.check(list((await request.form()).keys()), settings)
+    sampling = form.check([name for name, _ in (await request.form()).multi_items()], settings)
     assert form.file is not None
     data = await form.file.read()
     if not data:
