@@ -250,7 +250,9 @@ def test_a_seed_makes_sampling_repeatable_and_top_k_1_is_greedy(client) -> None:
     assert others != {first}
     greedy_answer = ask(client, temperature=0).choices[0].message.content
     assert ask(client, temperature=1.5, seed=3, extra_body={"top_k": 1}).choices[0].message.content == greedy_answer
-    assert ask(client, extra_body={"repetition_penalty": 1.3}).choices[0].finish_reason in ("stop", "length")
+    for penalty in (0.1, 1.3, 10.0):
+        answer = ask(client, temperature=1.5, seed=1, extra_body={"repetition_penalty": penalty})
+        assert answer.choices[0].finish_reason in ("stop", "length")
 
 
 def test_logprobs_are_openai_shaped(client) -> None:
@@ -270,6 +272,7 @@ def test_logprobs_are_openai_shaped(client) -> None:
     ({"logprobs": True, "stream": True}, "logprobs"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"stop": ""}, "stop"), ({"seed": 1 << 70}, "seed"), ({"extra_body": {"top_k": -1}}, "top_k"),
     ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
+    ({"extra_body": {"repetition_penalty": 1e-300}}, "repetition_penalty"),
 ])
 def test_out_of_range_options_are_refused_by_name(client, options: dict, param: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:

@@ -48,6 +48,8 @@ MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 256
 #: Most ``top_logprobs`` (OpenAI's range is 0-20).
 MAX_TOP_LOGPROBS = 20
+#: The ``repetition_penalty`` range: dividing logits by less could overflow them to inf.
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.1, 10.0
 #: Integers a ``seed`` may be (torch's seed range).
 SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
 
@@ -84,7 +86,7 @@ class ChatCompletionParams(SamplingParams):
     (transformers' ``generate`` samples from torch's global generator, so a seeded request is
     generated in a batch of its own, the generator seeded for it and restored afterwards).
     swv extensions (the ``openai`` client sends them with ``extra_body``): ``top_k`` (0: off)
-    and ``repetition_penalty`` (1: off; over the server's). ``logprobs``/``top_logprobs``
+    and ``repetition_penalty`` (1: off, 0.1-10; over the server's). ``logprobs``/``top_logprobs``
     (0-20): each answer token's log-probability and the most likely alternatives, from the
     distribution after the repetition controls and before temperature/top-p (non-streamed
     answers only). ``n`` above 1, ``presence_penalty``/``frequency_penalty`` other than 0 are
@@ -103,7 +105,7 @@ class ChatCompletionParams(SamplingParams):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     top_k: int | None = Field(default=None, ge=0, le=1 << 31)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
