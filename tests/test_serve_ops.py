@@ -394,6 +394,70 @@ def test_request_ids_are_returned_and_logged(plain, keyed, caplog) -> None:
     assert logged(second["x-request-id"], 400)
 
 
+# -- the audio API under the same controls ------------------------------------------------------
+AUDIO = "/v1/audio/transcriptions"
+
+
+def audio_form(seconds: float = 0.5, model: str = MODEL_ID) -> tuple[bytes, dict[str, str]]:
+    """A multipart transcription request: its body and its Content-Type header."""
+    boundary = "swv-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            f"Content-Type: audio/wav\r\n\r\n").encode() + base64.b64decode(wav(seconds)) + \
+        f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content_Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_audio_routes_want_the_key_carry_request_ids_and_are_counted(pipeline) -> None:
+    pytest.importorskip("prometheus_client")
+    body, form = audio_form(0.5)
+    with serving(pipeline, api_key=KEY) as server:
+        for headers in ({}, {"Authorization": f"Bearer {KEY}x"}):
+            status, _, reply = call(server, "POST", AUDIO, body, **headers, **form)
+            assert status == 401 and json.loads(reply)["error"]["code"] == "invalid_api_key"
+        status, response, reply = call(server, "POST", AUDIO, body, Authorization=f"Bearer {KEY}",
+                                       X_Request_Id="audio-1", **form)
+        assert status == 200 and isinstance(json.loads(reply)["text"], str)
+        assert response["x-request-id"] == "audio-1"
+        text = call(server, "GET", "/metrics")[2].decode()
+    assert metric(text, "swv_requests_total", route=AUDIO, status="200") == 1
+    assert metric(text, "swv_requests_total", route="unmatched", status="401") == 2  # refused before routing
+    assert metric(text, "swv_audio_seconds_total") == pytest.approx(0.5)
+    assert metric(text, "swv_generated_tokens_total") >= 1
+
+
+def test_audio_forms_pass_the_content_type_check_but_not_the_origin_checks(plain) -> None:
+    body, form = audio_form(0.2, model="other")  # passes the checks, then 404 from the route
+    assert call(plain, "POST", AUDIO, body, **form)[0] == 404
+    assert call(plain, "POST", AUDIO, body, Origin=f"http://127.0.0.1:{plain.port}", **form)[0] == 404
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Sec_Fetch_Site": "cross-site"},
+                    {"Sec_Fetch_Site": "same-site"}):
+        status, _, reply = call(plain, "POST", AUDIO, body, **headers, **form)
+        assert status == 403 and json.loads(reply)["error"]["code"] == "origin_not_allowed", headers
+    for kind in ("application/json", "text/plain", "application/x-www-form-urlencoded", None):
+        headers = {} if kind is None else {"Content_Type": kind}
+        status, _, reply = call(plain, "POST", AUDIO, body, **headers)
+        assert status == 415 and json.loads(reply)["error"]["code"] == "unsupported_media_type", kind
+    status, _, _ = call(plain, "POST", "/v1/chat/completions", body, Sec_Fetch_Site="same-origin", **form)
+    assert status == 415  # multipart only where the audio routes take it
+
+
+def test_an_audio_body_that_trickles_is_cut_off_with_408(strict) -> None:
+    head = (f"POST {AUDIO} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: 1000\r\n\r\n").encode()
+    reply = raw(strict, head + b"--b\r\n")
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in reply, reply[:300]
+
+
+def test_a_draining_server_refuses_new_audio_requests(pipeline) -> None:
+    app = create_app(pipeline, ServeSettings(model_id=MODEL_ID, max_context=2048, default_max_tokens=4))
+    with BackgroundServer(app) as server:
+        app.state.drain.begin(30)
+        body, form = audio_form(0.2)
+        status, _, reply = call(server, "POST", AUDIO, body, **form)
+    assert status == 503 and json.loads(reply)["error"]["code"] == "shutting_down"
+
+
 # -- drain on SIGTERM (a `swv serve` subprocess) ------------------------------------------------
 @dataclass(frozen=True)
 class Listening:

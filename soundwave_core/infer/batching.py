@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from swv.infer.settings import GenerationSettings
@@ -191,13 +191,18 @@ def generate_prepared(
     limits: torch.Tensor,
     streamer: BaseStreamer | None = None,
     stop: threading.Event | None = None,
+    criteria: Sequence[StoppingCriteria] = (),
+    processors: Sequence[LogitsProcessor] = (),
 ) -> torch.Tensor:
     """:meth:`SpeechLM.generate` on a prepared batch with ``resolved`` settings: ``[B, N]`` new
     token ids. A row past its ``limits[b]`` is finished and padded, the others go on; ``stop``
-    ends every row once set."""
+    ends every row once set. ``criteria`` (per-row stopping criteria) and ``processors`` (logits
+    processors, run after the repetition controls and before the sampling warpers) are added to
+    generation's own."""
     kwargs = resolved.generate_kwargs()
     kwargs["max_new_tokens"] = int(limits.max())
-    criteria: list[StoppingCriteria] = [RowLimits(limits.tolist())]
+    kwargs["logits_processor"].extend(processors)
+    criteria = [RowLimits(limits.tolist()), *criteria]
     if stop is not None:
         criteria.append(StopFlag(stop))
     kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)

@@ -144,7 +144,7 @@ def _user_content(
     content: Any, where: str, audio_token: str, base_dir: Path | None, local_audio: bool
 ) -> tuple[str, list[AudioPart]]:
     if isinstance(content, str):
-        return _checked_text(content, where, audio_token), []
+        return checked_text(content, where, audio_token), []
     if not isinstance(content, list) or not content:
         raise InputError(f"{where}: expected a string or a non-empty list of content parts")
     pieces: list[str] = []
@@ -155,7 +155,7 @@ def _user_content(
             raise InputError(f"{at}: expected a content part object, got {type(part).__name__}")
         kind = part.get("type")
         if kind == "text":
-            pieces.append(_checked_text(_text(part.get("text"), f"{at}.text"), f"{at}.text", audio_token))
+            pieces.append(checked_text(_text(part.get("text"), f"{at}.text"), f"{at}.text", audio_token))
         elif kind == "input_audio":
             audio.append(_input_audio(part, at))
             pieces.append(audio_token)
@@ -168,7 +168,9 @@ def _user_content(
     return "\n".join(pieces), audio
 
 
-def _checked_text(text: str, where: str, audio_token: str) -> str:
+def checked_text(text: str, where: str, audio_token: str) -> str:
+    """``text`` if it is valid Unicode without the audio placeholder (:class:`InputError` naming
+    ``where`` otherwise)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -181,14 +183,14 @@ def _checked_text(text: str, where: str, audio_token: str) -> str:
 def _plain_content(content: Any, where: str, audio_token: str) -> str:
     """System and assistant content: a string or text parts only."""
     if isinstance(content, str):
-        return _checked_text(content, where, audio_token)
+        return checked_text(content, where, audio_token)
     if not isinstance(content, list):
         raise InputError(f"{where}: expected a string or a list of text parts")
     texts = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text":
             raise InputError(f"{where}[{j}]: only text parts are allowed here")
-        texts.append(_checked_text(_text(part.get("text"), f"{where}[{j}].text"), f"{where}[{j}].text", audio_token))
+        texts.append(checked_text(_text(part.get("text"), f"{where}[{j}].text"), f"{where}[{j}].text", audio_token))
     return "\n".join(texts)
 
 

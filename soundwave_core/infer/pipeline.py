@@ -65,6 +65,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.audio import DEFAULT_MAX_DURATION
@@ -72,7 +73,7 @@ from swv.core.dtypes import torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.infer.batching import Prepared, Result, Stats, encode_requests, generate_prepared, token_budget
-from swv.infer.chat import AudioPart, RequestLimits, parse_messages
+from swv.infer.chat import AudioPart, ParsedConversation, RequestLimits, parse_messages
 from swv.infer.settings import GenerationSettings
 from swv.infer.streaming import TextStream, TokenClock
 from swv.model.defaults import ASR_INSTRUCTION
@@ -242,6 +243,13 @@ class Pipeline:
         before any clip is decoded or any text tokenized."""
         parsed = parse_messages(messages, self.processor.audio_token, None if base_dir is None else Path(base_dir),
                                 local_audio=local_audio)
+        return self.parsed_request(parsed, max_duration=max_duration, limits=limits)
+
+    def parsed_request(
+        self, parsed: ParsedConversation, *, max_duration: float | None = None, limits: RequestLimits | None = None
+    ) -> ChatRequest:
+        """:meth:`chat_request` of an already parsed conversation (its bounds checked from the
+        clips' headers first, then the clips decoded)."""
         limits = limits or RequestLimits()
         limits.check(parsed, self.processor.audio_token, max_duration)
         waveforms = [self._load_part(part, max_duration, limits.max_channels) for part in parsed.audio]
@@ -264,14 +272,18 @@ class Pipeline:
         streamer: BaseStreamer | None = None,
         stop: threading.Event | None = None,
         row_limits: Sequence[int] | None = None,
+        criteria: Sequence[StoppingCriteria] = (),
+        processors: Sequence[LogitsProcessor] = (),
     ) -> torch.Tensor:
         """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids. ``stop``
         ends every row once set; ``row_limits`` caps each row's new tokens, and so does the
         length bound (:meth:`row_limits`): a row past its limit is finished and padded, the
-        others go on (cut the rows with the same :meth:`row_limits`)."""
+        others go on (cut the rows with the same :meth:`row_limits`). ``criteria`` and
+        ``processors``: extra per-row stopping criteria and logits processors (see
+        :func:`~swv.infer.batching.generate_prepared`)."""
         resolved = self.resolve(settings)
         limits = prepared.row_limits(resolved, self.sample_rate, row_limits)
-        return generate_prepared(self.model, prepared, resolved, limits, streamer, stop)
+        return generate_prepared(self.model, prepared, resolved, limits, streamer, stop, criteria, processors)
 
     def generate_requests(self, requests: Sequence[ChatRequest], settings: GenerationSettings) -> list[Result]:
         """One batch (no seeding, no splitting): all ``requests`` are generated together."""

@@ -21,9 +21,10 @@ class GenerationSettings:
     """Decoding settings; a field left ``None`` takes the model's saved default
     (``SpeechLM.generation_defaults()``, :class:`~swv.model.defaults.GenerationDefaults`: greedy,
     256 new tokens, no repeated runs of ``no_repeat_ngram_size`` tokens, the length bound on,
-    unless the model says otherwise; see :meth:`Pipeline.resolve`). ``temperature`` and ``top_p`` apply only with
-    ``do_sample``. ``no_repeat_ngram_size`` (0: off) and ``repetition_penalty`` (1.0: off) act on
-    every answer, ``length_bound`` and its ``length_bound_*`` factors on answers that render the
+    unless the model says otherwise; see :meth:`Pipeline.resolve`). ``temperature``, ``top_p``
+    and ``top_k`` apply only with ``do_sample`` (``top_k`` 0: off; ``None``: the backbone's
+    generation config, transformers' default otherwise). ``no_repeat_ngram_size`` (0: off) and
+    ``repetition_penalty`` (1.0: off) act on every answer, ``length_bound`` and its ``length_bound_*`` factors on answers that render the
     speech (see :mod:`swv.infer.pipeline`). ``seed`` seeds torch's RNG once at the start of each call.
     ``transcript_first``: the answer starts with a transcript of the audio (chain of thought,
     ``swv data sft --cot``), so the token budget grows by the audio tokens of the longest clip of
@@ -34,6 +35,7 @@ class GenerationSettings:
     do_sample: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
     no_repeat_ngram_size: int | None = None
     repetition_penalty: float | None = None
     length_bound: bool | None = None
@@ -46,6 +48,8 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         """The fields a model's defaults also hold are checked by the same rules."""
+        if self.top_k is not None and self.top_k < 0:
+            raise UsageError(f"top_k: must be >= 0 (got {self.top_k})")
         given = {k: v for k, v in asdict(self).items() if v is not None and k in GenerationDefaults.model_fields}
         try:
             GenerationDefaults.model_validate(given)
@@ -68,6 +72,8 @@ class GenerationSettings:
                                   "no_repeat_ngram_size": 0, "repetition_penalty": 1.0}
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
+            if self.top_k is not None:
+                kwargs["top_k"] = self.top_k
         return kwargs
 
     def repetition_processors(self) -> LogitsProcessorList:

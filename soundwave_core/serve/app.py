@@ -1,13 +1,14 @@
 """The FastAPI application behind ``swv serve``.
 
 Routes (one module per group in :mod:`swv.serve.routes`): ``POST /v1/chat/completions``
-(OpenAI-compatible; ``stream: true`` answers with server-sent events), ``GET /v1/models`` and
-``/v1/models/{id}``, ``GET /health``, ``GET /metrics`` (Prometheus), and the web page at ``/``.
-Around them: the access controls of :mod:`swv.serve.security` and the request ids, metrics and
-drain of :mod:`swv.serve.ops`. Every error, including malformed JSON and unknown routes, is an
-OpenAI-style ``{"error": {...}}`` body with a 4xx status (but for a Host outside the allow-list:
-starlette's plain-text 400); a bug inside generation answers 500 for the requests concerned and
-the server goes on.
+(OpenAI-compatible; ``stream: true`` answers with server-sent events), ``POST
+/v1/audio/transcriptions`` and ``/v1/audio/translations`` (OpenAI's audio API, multipart forms),
+``GET /v1/models`` and ``/v1/models/{id}``, ``GET /health``, ``GET /metrics`` (Prometheus), and
+the web page at ``/``. Around them: the access controls of :mod:`swv.serve.security` and the
+request ids, metrics and drain of :mod:`swv.serve.ops`. Every error, including malformed JSON and
+unknown routes, is an OpenAI-style ``{"error": {...}}`` body with a 4xx status (but for a Host
+outside the allow-list: starlette's plain-text 400); a bug inside generation answers 500 for the
+requests concerned and the server goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from swv.infer.pipeline import Pipeline
 from swv.serve.batcher import Batcher
 from swv.serve.openai_api import RequestError, error_body
 from swv.serve.ops import REQUEST_ID, Operations
-from swv.serve.routes import chat, metrics, models, page
+from swv.serve.routes import audio, chat, metrics, models, page
 from swv.serve.routes.deps import attach
 from swv.serve.security import add_access_controls
 from swv.serve.settings import ServeSettings
@@ -42,13 +43,13 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
                       max_context=settings.max_context)
     app = FastAPI(title="swv serve", lifespan=_lifespan, docs_url=None, redoc_url=None)
     attach(app, pipeline, settings, batcher)
-    add_access_controls(app, settings)
+    add_access_controls(app, settings, form_paths=audio.FORM_PATHS)
     app.add_middleware(Operations, metrics=app.state.metrics, drain=app.state.drain)
     app.add_exception_handler(RequestError, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_error)
-    for routes in (page, models, chat, metrics):
+    for routes in (page, models, chat, audio, metrics):
         app.include_router(routes.router)
     return app
 

@@ -2,11 +2,19 @@
 (up to a maximum batch), groups those with the same sampling settings, and generates each
 group in one :meth:`~swv.infer.pipeline.Pipeline.generate_prepared` call.
 
-Each request gets its own answer: a row stops at its own stop token or its own token limit
+Each request gets its own answer: a row stops at its own stop token, its own ``stop`` strings
+(:class:`Job`; the text ends before them and streamed text is held back while it could be the
+start of one) or its own token limit
 (``max_tokens``, lowered for a transcript or translation to its audio's length bound, see
 :meth:`~swv.infer.pipeline.Pipeline.row_limits`), and its text streams to it piece by piece. With greedy decoding the answer is
 the one the request gets alone (left padding does not change it; the server tests check this).
 Events reach the request's asyncio queue through its event loop, thread-safely.
+
+A request with a ``seed`` is generated in a batch of its own: transformers' ``generate`` draws
+from torch's global generator (it takes no per-request ``torch.Generator``), so the batch runs
+with that generator seeded for it, and restored afterwards (:func:`torch.random.fork_rng`).
+A request asking for ``logprobs`` gets each answer token's log-probability and its
+``top_logprobs`` alternatives (:class:`_LogprobRecorder`).
 """
 
 from __future__ import annotations
@@ -16,11 +24,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.errors import SwvError, first_line
@@ -55,6 +65,7 @@ class Finished:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,13 +84,17 @@ Event = Started | Delta | Finished | Failed
 
 class Job:
     """One request in the batcher: what to generate, the queue its events go to, and the
-    request's id (for the log)."""
+    request's id (for the log). ``stop``: strings that end the answer (excluded from it);
+    ``logprobs``: ``None``, or the number of alternatives each answer token's log-probability
+    comes with."""
 
     def __init__(self, request: ChatRequest, settings: GenerationSettings, loop: asyncio.AbstractEventLoop,
-                 request_id: str = "-") -> None:
+                 stop: Sequence[str] = (), logprobs: int | None = None, request_id: str = "-") -> None:
         self.request = request
         self.request_id = request_id
         self.settings = settings
+        self.stop = tuple(stop)
+        self.logprobs = logprobs
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self._loop = loop
@@ -96,9 +111,74 @@ class Job:
         return await self.events.get()
 
 
-def _group_key(settings: GenerationSettings) -> tuple[Any, ...]:
-    """Requests whose settings differ only in ``max_new_tokens`` share a batch."""
-    return tuple(value for name, value in sorted(asdict(settings).items()) if name != "max_new_tokens")
+def _group_key(job: Job) -> tuple[Any, ...]:
+    """Requests whose settings differ only in ``max_new_tokens`` share a batch; a seeded one
+    has a batch of its own."""
+    if job.settings.seed is not None:
+        return ("seeded", id(job))
+    return tuple(value for name, value in sorted(asdict(job.settings).items()) if name != "max_new_tokens")
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of the ``stops`` strings begins in ``text`` (``None``: none does)."""
+    found = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of ``text`` that may be the start of a stop string."""
+    return max((n for stop in stops for n in range(min(len(stop) - 1, len(text)), 0, -1)
+                if text.endswith(stop[:n])), default=0)
+
+
+class _RowsDone(StoppingCriteria):
+    """Finishes the rows the streamer marked done (a stop string appeared)."""
+
+    def __init__(self, streamer: _RowStreamer) -> None:
+        self.streamer = streamer
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.tensor(self.streamer.hit, dtype=torch.bool, device=input_ids.device)
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records, at each step, the log-probability of the token chosen at the step before and
+    the ``k`` most likely tokens (of the scores it sees: after the repetition controls, before
+    temperature and top-p); the scores pass unchanged."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.chosen: list[torch.Tensor] = []
+        self.top: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._last is not None:
+            self._take(input_ids[:, -1])
+        self._last = scores.float().log_softmax(-1)
+        values, indices = self._last.topk(self.k, dim=-1) if self.k else (self._last[:, :0], self._last[:, :0].long())
+        self.top.append((values.cpu(), indices.cpu()))
+        return scores
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        assert self._last is not None
+        self.chosen.append(self._last.gather(1, tokens.to(self._last.device)[:, None])[:, 0].cpu())
+
+    def content(self, new_tokens: torch.Tensor, row: int, count: int, processor: SpeechLMProcessor) -> list[dict[str, Any]]:
+        """OpenAI's ``logprobs.content`` of the first ``count`` tokens of ``row``."""
+        if self._last is not None and len(self.chosen) < len(self.top):
+            self._take(new_tokens[:, len(self.chosen)])
+        ids = new_tokens[row, :count].tolist()
+        return [dict(_token_entry(processor, token, float(self.chosen[t][row])),
+                     top_logprobs=[_token_entry(processor, int(i), float(v))
+                                   for v, i in zip(self.top[t][0][row].tolist(), self.top[t][1][row].tolist())])
+                for t, token in enumerate(ids)]
+
+
+def _token_entry(processor: SpeechLMProcessor, token: int, logprob: float) -> dict[str, Any]:
+    """``{"token", "logprob", "bytes"}`` of one token (its text as the tokenizer decodes it alone)."""
+    text = processor.tokenizer.decode([token])
+    return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode("utf-8", "replace"))}
 
 
 class _RowStreamer(BaseStreamer):
@@ -114,6 +194,7 @@ class _RowStreamer(BaseStreamer):
         self.stop = stop
         self.tokens: list[list[int]] = [[] for _ in self.jobs]
         self.done = [False] * len(self.jobs)
+        self.hit = [False] * len(self.jobs)
         self.sent = [""] * len(self.jobs)
         self.calls = 0
 
@@ -129,12 +210,18 @@ class _RowStreamer(BaseStreamer):
                 continue
             self.tokens[row].append(token)
             self.done[row] = len(self.tokens[row]) >= self.limits[row]
-            self._send(row, self.processor.decode(self.tokens[row]))
+            text = self.processor.decode(self.tokens[row])
+            cut = cut_at_stop(text, self.jobs[row].stop)
+            if cut is not None:
+                self.done[row] = self.hit[row] = True
+            self._send(row, text if cut is None else text[:cut], final=cut is not None)
         if all(job.cancelled.is_set() for job in self.jobs):
             self.stop.set()
 
     def _send(self, row: int, text: str, final: bool = False) -> None:
         held = text.endswith("\ufffd") and not final  # may be the first bytes of a character
+        if not final:
+            text = text[: len(text) - _held_back(text, self.jobs[row].stop)]
         if held or not text.startswith(self.sent[row]) or len(text) == len(self.sent[row]):
             return
         self.jobs[row].emit(Delta(text[len(self.sent[row]) :]))
@@ -198,7 +285,7 @@ class Batcher:
         while (jobs := self._collect()) is not None:
             groups: dict[tuple[Any, ...], list[Job]] = {}
             for job in jobs:
-                groups.setdefault(_group_key(job.settings), []).append(job)
+                groups.setdefault(_group_key(job), []).append(job)
             for group in groups.values():
                 self._serve(group)
 
@@ -236,23 +323,54 @@ class Batcher:
     def _generate(self, jobs: list[Job]) -> None:
         if not jobs:
             return
-        pipe = self.pipeline
-        with torch.inference_mode():
+        with torch.inference_mode(), _seeded(jobs[0].settings.seed, self.pipeline.device):
             jobs, prepared = self._fit_context(jobs)
             if not jobs:
                 return
-            prompt_tokens = prepared.prompt_tokens
-            for job, n in zip(jobs, prompt_tokens):
+            for job, n in zip(jobs, prepared.prompt_tokens):
                 job.emit(Started(n))
-            requested = [job.settings.max_new_tokens for job in jobs]
-            settings = replace(jobs[0].settings, max_new_tokens=max(requested))
-            limits = pipe.row_limits(prepared, settings, requested).tolist()
-            stop = threading.Event()
-            streamer = _RowStreamer(pipe.processor, jobs, limits, stop)
-            new_tokens = pipe.generate_prepared(prepared, settings, streamer, stop=stop, row_limits=limits)
-        texts, generated, stopped = pipe.processor.decode_generated(new_tokens, torch.tensor(limits))
+            run = self._run_batch(jobs, prepared)
+        self._finish(jobs, prepared.prompt_tokens, *run)
+
+    def _run_batch(self, jobs: list[Job], prepared: Any) -> tuple[torch.Tensor, list[int], _RowStreamer, Any]:
+        """Generate a prepared batch: its new tokens, row limits, streamer and logprob recorder."""
+        pipe = self.pipeline
+        requested = [job.settings.max_new_tokens for job in jobs]
+        settings = replace(jobs[0].settings, max_new_tokens=max(requested))
+        limits = pipe.row_limits(prepared, settings, requested).tolist()
+        stop = threading.Event()
+        streamer = _RowStreamer(pipe.processor, jobs, limits, stop)
+        wanted = [job.logprobs for job in jobs if job.logprobs is not None]
+        recorder = _LogprobRecorder(max(wanted)) if wanted else None
+        new_tokens = pipe.generate_prepared(prepared, settings, streamer, stop=stop, row_limits=limits,
+                                            criteria=[_RowsDone(streamer)], processors=[recorder] if recorder else [])
+        return new_tokens, limits, streamer, recorder
+
+    def _finish(self, jobs: list[Job], prompt_tokens: list[int], new_tokens: torch.Tensor, limits: list[int],
+                streamer: _RowStreamer, recorder: _LogprobRecorder | None) -> None:
+        """Send each job its whole answer (cut before its first stop string) and counts."""
+        processor = self.pipeline.processor
+        texts, generated, stopped = processor.decode_generated(new_tokens, torch.tensor(limits))
+        cuts = [cut_at_stop(text, job.stop) for text, job in zip(texts, jobs)]
+        texts = [text if cut is None else text[:cut] for text, cut in zip(texts, cuts)]
         streamer.finish(texts)
         self.batches_served += 1
-        for job, text, ended, n_gen, n_prompt in zip(jobs, texts, stopped, generated, prompt_tokens):
-            reason = "stop" if ended else "length"
-            job.emit(Finished(text, reason, n_prompt, n_gen))
+        for row, (job, text, ended, n_gen, n_prompt) in enumerate(zip(jobs, texts, stopped, generated, prompt_tokens)):
+            reason = "stop" if ended or cuts[row] is not None else "length"
+            logprobs = None
+            if recorder is not None and job.logprobs is not None:
+                kept = len(streamer.tokens[row]) - int(streamer.hit[row])
+                logprobs = recorder.content(new_tokens, row, kept, processor)
+                logprobs = [dict(e, top_logprobs=e["top_logprobs"][: job.logprobs]) for e in logprobs]
+            job.emit(Finished(text, reason, n_prompt, n_gen, logprobs))
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Torch's generators seeded with ``seed`` inside, restored afterwards (nothing if ``None``)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield

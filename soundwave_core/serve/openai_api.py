@@ -18,14 +18,10 @@ from swv.infer.settings import GenerationSettings
 #: Request fields swv serve does not implement, with the value that means "not used".
 UNSUPPORTED = {
     "n": 1,
-    "stop": None,
-    "seed": None,
     "tools": None,
     "tool_choice": None,
     "functions": None,
     "function_call": None,
-    "logprobs": False,
-    "top_logprobs": None,
     "logit_bias": None,
     "presence_penalty": 0,
     "frequency_penalty": 0,
@@ -47,25 +43,71 @@ _STEP = np.zeros(256, np.int8)
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 
 
-class ChatCompletionParams(BaseModel):
-    """``POST /v1/chat/completions`` body. ``temperature`` 0 or absent means greedy decoding
-    (deterministic); above 0 it samples, at least at :data:`MIN_TEMPERATURE`.
-    ``max_completion_tokens`` is the newer name of ``max_tokens``. OpenAI's informational
-    fields (:data:`IGNORED`) are ignored; those of :data:`UNSUPPORTED` refused unless they keep
-    their neutral value; any other field is refused with a 400 naming it (OpenAI's policy)."""
+#: Most ``stop`` sequences of a request (OpenAI's), and most characters of each.
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+#: Most ``top_logprobs`` (OpenAI's range is 0-20).
+MAX_TOP_LOGPROBS = 20
+#: The ``repetition_penalty`` range: dividing logits by less could overflow them to inf.
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.1, 10.0
+#: Integers a ``seed`` may be (torch's seed range).
+SEED_RANGE = (-(1 << 63), (1 << 64) - 1)
+
+
+class SamplingParams(BaseModel):
+    """The decoding fields shared by chat completions and the audio endpoints. ``temperature``
+    0 means greedy decoding; above 0 it samples, at least at :data:`MIN_TEMPERATURE`. When a
+    request omits ``temperature`` (or ``top_p``), the server's ``--temperature``-style controls,
+    else the model's saved decoding defaults (:class:`~swv.model.defaults.GenerationDefaults`,
+    ``generation_config.json`` of the export: vLLM's convention) decide, not greedy decoding;
+    ``top_p`` alone applies only when those defaults sample."""
 
     model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+
+    def sampling(self) -> dict[str, Any]:
+        """The :class:`GenerationSettings` fields this request sets (none: the defaults decide)."""
+        out: dict[str, Any] = {}
+        if self.temperature is not None:
+            sample = self.temperature > 0
+            out.update(do_sample=sample, temperature=max(self.temperature, MIN_TEMPERATURE) if sample else None)
+        if self.top_p is not None:
+            out["top_p"] = self.top_p
+        return out
+
+
+class ChatCompletionParams(SamplingParams):
+    """``POST /v1/chat/completions`` body (decoding: see :class:`SamplingParams`).
+    ``max_completion_tokens`` is the newer name of ``max_tokens``. ``stop``: up to 4 strings;
+    the answer ends before the first of them appears (it is not part of the answer,
+    ``finish_reason`` ``"stop"``). ``seed``: sampling is deterministic for a request and seed
+    (transformers' ``generate`` samples from torch's global generator, so a seeded request is
+    generated in a batch of its own, the generator seeded for it and restored afterwards).
+    swv extensions (the ``openai`` client sends them with ``extra_body``): ``top_k`` (0: off)
+    and ``repetition_penalty`` (1: off, 0.1-10; over the server's). ``logprobs``/``top_logprobs``
+    (0-20): each answer token's log-probability and the most likely alternatives, from the
+    distribution after the repetition controls and before temperature/top-p (non-streamed
+    answers only). ``n`` above 1, ``presence_penalty``/``frequency_penalty`` other than 0 are
+    refused (400 naming the field), as are the other fields of :data:`UNSUPPORTED` unless they
+    keep their neutral value; OpenAI's informational fields (:data:`IGNORED`) are ignored; any
+    other field is refused with a 400 naming it (OpenAI's policy)."""
 
     model: str
     messages: list[Any] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     modalities: list[str] | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    top_k: int | None = Field(default=None, ge=0, le=1 << 31)
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
@@ -79,19 +121,37 @@ class ChatCompletionParams(BaseModel):
             raise RequestError(400, "only the 'text' response_format is supported", param="response_format")
         if self.modalities is not None and set(self.modalities) - {"text"}:
             raise RequestError(400, "only the 'text' output modality is supported", param="modalities")
+        self.check_options()
+
+    def check_options(self) -> None:
+        """``stop``, ``logprobs`` and ``top_logprobs`` within OpenAI's rules."""
+        stops = self.stop_sequences
+        if len(stops) > MAX_STOP_SEQUENCES or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise RequestError(400, f"stop: up to {MAX_STOP_SEQUENCES} non-empty strings of at most "
+                                    f"{MAX_STOP_CHARS} characters", param="stop")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise RequestError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.logprobs and self.stream:
+            raise RequestError(400, "logprobs are returned for non-streamed answers only", param="logprobs")
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    @property
+    def logprob_count(self) -> int | None:
+        """``None`` (no logprobs) or how many alternatives each token lists."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def settings(self, default_max_tokens: int, base: GenerationSettings | None = None) -> GenerationSettings:
         """The request's settings over the server's ``base`` (its decoding controls; what both
         leave open takes the model's defaults)."""
+        fields = self.sampling()
+        for name in ("top_k", "repetition_penalty", "seed"):
+            if getattr(self, name) is not None:
+                fields[name] = getattr(self, name)
         max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens
-        sample = bool(self.temperature)
-        return replace(
-            base or GenerationSettings(),
-            max_new_tokens=max_tokens,
-            do_sample=sample,
-            temperature=max(self.temperature or 0.0, MIN_TEMPERATURE) if sample else 1.0,
-            top_p=self.top_p if (sample and self.top_p is not None) else 1.0,
-        )
+        return replace(base or GenerationSettings(), max_new_tokens=max_tokens, **fields)
 
     @property
     def include_usage(self) -> bool:
@@ -119,6 +179,24 @@ def _printable(text: str) -> str:
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def body_too_large(limit: int) -> RequestError:
+    """413 for a request body over ``limit`` bytes."""
+    return RequestError(413, f"the request body exceeds {limit} bytes")
+
+
+#: The ``response_format`` values of the audio endpoints.
+AUDIO_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+
+
+def cue_time(seconds: float, kind: str) -> str:
+    """``HH:MM:SS,mmm`` (srt) or ``HH:MM:SS.mmm`` (vtt)."""
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{',' if kind == 'srt' else '.'}{millis:03d}"
 
 
 def unknown_model(name: str) -> RequestError:
@@ -207,14 +285,16 @@ class CompletionIds:
         self.created = int(time.time())
         self.model = model
 
-    def completion(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    def completion(self, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+                   logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": finish_reason, "logprobs": None}],
+                         "finish_reason": finish_reason,
+                         "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None}}],
             "usage": usage(prompt_tokens, completion_tokens),
         }
 

@@ -8,8 +8,12 @@
 - DNS rebinding: a server bound to a loopback address answers only requests whose Host header
   names a loopback address (or one of ``allowed_hosts``); others get 400.
 - Cross-site requests: a POST whose ``Origin`` is neither the server itself nor an allowed origin
-  is refused (403), and a POST body that is not ``application/json`` (what a form or a
-  ``text/plain`` fetch sends without a preflight) is refused (415).
+  is refused (403), and so is one without ``Origin`` that the browser marks cross-site or
+  same-site (``Sec-Fetch-Site``: another port of the same host is the same site). A POST body
+  that is not ``application/json`` (what a form or a ``text/plain`` fetch sends without a
+  preflight) is refused (415), but for the ``form_paths`` (the audio API), which take
+  ``multipart/form-data`` and nothing else: there a cross-site form is stopped by the origin
+  checks (and, with a key, by the key a form cannot send).
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ def trusted_hosts(settings: ServeSettings) -> list[str] | None:
     return list(settings.allowed_hosts) or None
 
 
-def add_access_controls(app: FastAPI, settings: ServeSettings) -> None:
-    """The guard, CORS and Host middleware, innermost first (a CORS preflight needs no key)."""
-    app.add_middleware(Guard, api_key=settings.api_key, allowed_origins=settings.allowed_origins)
+def add_access_controls(app: FastAPI, settings: ServeSettings, form_paths: tuple[str, ...] = ()) -> None:
+    """The guard, CORS and Host middleware, innermost first (a CORS preflight needs no key).
+    ``form_paths``: the routes whose POST body is ``multipart/form-data`` instead of JSON."""
+    app.add_middleware(Guard, api_key=settings.api_key, allowed_origins=settings.allowed_origins,
+                       form_paths=form_paths)
     if settings.allowed_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.allowed_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
@@ -73,10 +79,12 @@ def _same_origin(origin: str, host: str | None) -> bool:
 class Guard:
     """The API key on ``/v1/`` routes, then a POST's origin and content type (see the module)."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, allowed_origins: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, allowed_origins: tuple[str, ...],
+                 form_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.key = None if api_key is None else api_key.encode("ascii")
         self.allowed_origins = set(allowed_origins)
+        self.form_paths = frozenset(form_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         refusal = self.refusal(scope) if scope["type"] == "http" else None
@@ -94,9 +102,12 @@ class Guard:
         origin = headers.get("origin")
         if origin is not None and origin not in self.allowed_origins and not _same_origin(origin, headers.get("host")):
             return _refusal(403, f"cross-site requests from {origin[:100]!r} are not allowed", "origin_not_allowed")
+        if origin is None and headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+            return _refusal(403, "cross-site requests are not allowed", "origin_not_allowed")
+        expected = "multipart/form-data" if scope["path"] in self.form_paths else "application/json"
         media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type != "application/json":
-            return _refusal(415, "the request body must be JSON (Content-Type: application/json)",
+        if media_type != expected:
+            return _refusal(415, f"the request body must be sent as Content-Type: {expected}",
                             "unsupported_media_type")
         return None
 

@@ -19,6 +19,7 @@ from swv.serve.openai_api import (
     ChatCompletionParams,
     CompletionIds,
     RequestError,
+    body_too_large,
     error_body,
     input_error,
     parse_params,
@@ -37,7 +38,12 @@ async def chat_completions(
     request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep, limiter: LimiterDep,
     metrics: MetricsDep,
 ) -> JSONResponse | StreamingResponse:
-    body = await _read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
+    """An OpenAI chat completion. Decoding: a request without ``temperature``/``top_p`` takes the
+    model's saved decoding defaults (``generation_config.json``; greedy unless the model says
+    otherwise), ``temperature: 0`` is greedy; ``stop``, ``seed``, ``logprobs``/``top_logprobs``
+    and the swv extensions ``top_k`` and ``repetition_penalty`` are honoured; ``n`` > 1 and the
+    presence/frequency penalties are refused (see :class:`~swv.serve.openai_api.ChatCompletionParams`)."""
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
     params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
                                               settings.max_json_structure_bytes), limiter=limiter)
     del body
@@ -45,7 +51,7 @@ async def chat_completions(
         raise unknown_model(params.model)
     job = await _submit(params, settings, pipeline, limiter)
     batcher.submit(job)
-    await _started(job)
+    await started(job)
     ids = CompletionIds(settings.model_id)
     audio_seconds = sum(len(clip.samples) for clip in job.request.waveforms) / pipeline.sample_rate
     served = partial(metrics.served, audio_seconds=audio_seconds)
@@ -53,19 +59,19 @@ async def chat_completions(
         return StreamingResponse(_stream(job, ids, params.include_usage, served), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     try:
-        finished = await _finish(job)
+        finished = await finish(job)
     finally:
         job.cancelled.set()
     served(finished.completion_tokens)
     return JSONResponse(ids.completion(finished.text, finished.finish_reason, finished.prompt_tokens,
-                                       finished.completion_tokens))
+                                       finished.completion_tokens, finished.logprobs))
 
 
-async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refused (413) once it exceeds ``limit`` bytes: by its declared length
     before it is read, and while it is read (a chunked body declares none); refused (408) when
     it has not all arrived ``timeout`` seconds after the headers."""
-    too_large = RequestError(413, f"the request body exceeds {limit} bytes")
+    too_large = body_too_large(limit)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_large
@@ -96,10 +102,11 @@ async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipelin
         raise input_error(exc) from None
     except SwvError as exc:
         raise RequestError(400, " ".join(str(exc).split())) from None
-    return Job(chat_request, generation, asyncio.get_running_loop(), request_id=REQUEST_ID.get())
+    return Job(chat_request, generation, asyncio.get_running_loop(), params.stop_sequences, params.logprob_count,
+               request_id=REQUEST_ID.get())
 
 
-async def _started(job: Job) -> None:
+async def started(job: Job) -> None:
     """Wait until generation of ``job`` starts (a client that goes away cancels it)."""
     try:
         first = await job.next_event()
@@ -107,21 +114,21 @@ async def _started(job: Job) -> None:
         job.cancelled.set()
         raise
     if isinstance(first, Failed):
-        raise _failed(first)
+        raise failed(first)
     assert isinstance(first, Started)
 
 
-def _failed(event: Failed) -> RequestError:
+def failed(event: Failed) -> RequestError:
     return RequestError(event.status, event.message, type=event.type, code=event.code, param=event.param)
 
 
-async def _finish(job: Job) -> Finished:
+async def finish(job: Job) -> Finished:
     while True:
         event = await job.next_event()
         if isinstance(event, Finished):
             return event
         if isinstance(event, Failed):
-            raise _failed(event)
+            raise failed(event)
 
 
 async def _stream(job: Job, ids: CompletionIds, include_usage: bool,
