@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from swv.core.config import CONFIG_NAME
-from swv.core.errors import ComponentError, InputError, UsageError, first_line
+from swv.core.errors import ComponentError, InputError, SwvError, UsageError, first_line
 from swv.core.hub import HUB_ID, resolve_model
 from swv.core.io import atomic_directory, check_safetensors, safetensors_shapes
 from swv.core.validation import describe_error, format_loc
@@ -171,12 +171,18 @@ def check_against_weights(directory: Path, data: dict[str, Any], build: Callable
     is a Hub id), the backbone and encoder check their checkpoints' shapes while building, then
     every adapter parameter (and the encoder's, when ``encoder.safetensors`` holds them) is
     compared with the safetensors headers. Errors name the component, the parameter, the config
-    field and both shapes."""
+    field and both shapes. A model with a component that cannot be built on the meta device is
+    not pre-checked (see docs/plugins.md)."""
     config_path = directory / CONFIG_NAME
     weight_bytes = _weight_bytes(directory, data)
     budget = None if weight_bytes is None else parameter_budget(weight_bytes)
-    with meta_build(budget, str(config_path), weight_bytes or 0):
-        model = build()
+    try:
+        with meta_build(budget, str(config_path), weight_bytes or 0):
+            model = build()
+    except SwvError:
+        raise
+    except Exception:  # a component that cannot be built on the meta device (e.g. it loads weights through
+        return  # transformers' from_pretrained in its constructor) is not pre-checked; the real build follows
     for index, (name, adapter) in enumerate(model.adapters.items()):
         path = directory / ADAPTER_DIR / f"{name}.safetensors"
         if not path.is_file():
