@@ -174,7 +174,10 @@ def test_render_matches_transformers(tokenizer) -> None:
         assert ours == tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=False)
 
 
-@pytest.mark.parametrize(("template", "budget"), [(LOOPING, "s budget"), (HUGE, "character budget")])
+@pytest.mark.parametrize(("template", "budget"), [
+    (LOOPING, "s budget"), (HUGE, "character budget"), ("{{ 'x' * 1000000000 }}", "character budget"),
+    ("{{ 7 ** 10000000000 }}", "MAX_POWER_BITS"),
+])
 def test_render_budget(tokenizer, template: str, budget: str) -> None:
     from swv.model.chat_render import render_chat
 

@@ -34,6 +34,8 @@ from swv.core.errors import InputError
 MAX_TEMPLATE_SECONDS = 2.0
 #: Most characters a chat template may render for one conversation.
 MAX_TEMPLATE_CHARS = 4 << 20
+#: Largest integer (in bits) a template's ``**`` may compute.
+MAX_POWER_BITS = 4096
 
 
 class _Budget:
@@ -52,6 +54,19 @@ class _Budget:
         if chars > self.max_chars:
             raise InputError(f"chat template {self.where}: rendered over its {self.max_chars:,}-character budget "
                              "(MAX_TEMPLATE_CHARS)")
+
+
+    def check_binop(self, operator: str, left: Any, right: Any) -> None:
+        """Refuse a repetition (``"x" * n``) longer than the output budget and a power whose
+        result would have more than :data:`MAX_POWER_BITS` bits."""
+        if operator == "*":
+            sized, count = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(sized, (str, list, tuple)) and isinstance(count, int) and len(sized) * count > self.max_chars:
+                self.check_size(len(sized) * count)
+        elif isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+            if right * abs(left).bit_length() > MAX_POWER_BITS:
+                raise InputError(f"chat template {self.where}: {left} ** {right} is over the {MAX_POWER_BITS}-bit "
+                                 "budget of a number (MAX_POWER_BITS)")
 
 
 _BUDGET: ContextVar[_Budget | None] = ContextVar("swv_template_budget", default=None)
@@ -129,7 +144,16 @@ class BudgetedEnvironment(ImmutableSandboxedEnvironment):
         self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now, dict=_TemplateDict(),
                             namespace=_TemplateNamespace)
 
-    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N807 (jinja2's signature)
+    #: ``*`` and ``**`` are checked before they run: ``"x" * 10**9`` would allocate a gigabyte at once.
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
         return super().call(__context, __obj, *args, **kwargs)
 
