@@ -67,6 +67,7 @@ TAMPERED = {
     "huge adapter FFN": ("swv_config.json", lambda c: c["adapters"][0].update(ffn_multiplier=3e5), "adapter 'alignment'"),
     "100000 encoder layers": ("encoder/config.json", lambda c: c.update(encoder_layers=100_000), "encoder 'whisper'"),
     "backbone width": ("backbone/config.json", lambda c: c.update(intermediate_size=96), "(96, 32)"),
+    "huge LoRA rank": ("adapter_config.json", lambda c: c.update(r=300_000), "r is 300000"),
 }
 
 _CLI_PROBE = """
