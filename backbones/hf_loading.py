@@ -9,6 +9,7 @@ errors name the recipe field (``backbone.path``, ``backbone.tokenizer``...).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +22,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.core.hub import Resolved, resolve_dir
+from swv.core.io import read_regular, safetensors_shapes
+from swv.nn.meta import building_on_meta, check_shapes
 
 if TYPE_CHECKING:
     from swv.backbones.causal_lm import CausalLMConfig
 
+#: Largest shard index read (``model.safetensors.index.json``).
+MAX_INDEX_BYTES = 64 << 20
 #: Files of a hub checkpoint the backbone needs: configs, tokenizer files, safetensors weights.
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
@@ -141,6 +146,8 @@ def load_pretrained(cfg: CausalLMConfig, checkpoint: str, expected_model_type: s
     except (OSError, ValueError) as error:
         raise InputError(f"backbone.{field}: cannot read a model config from {where}: {first_line(error)}") from error
     check_model_type(hf_config.model_type, expected_model_type, where)
+    if building_on_meta():
+        return _meta_checked(cfg, checkpoint, hf_config)
     if gguf_file is None:
         load_kwargs["use_safetensors"] = True
     try:
@@ -152,6 +159,35 @@ def load_pretrained(cfg: CausalLMConfig, checkpoint: str, expected_model_type: s
         raise InputError(
             f"backbone.{field}: cannot load a causal LM from {where} (safetensors or GGUF only): {first_line(error)}"
         ) from error
+
+
+def checkpoint_safetensors(directory: Path) -> list[Path]:
+    """The safetensors files of a transformers checkpoint directory (``model.safetensors`` or the
+    shards its index lists); empty when it has none."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(read_regular(index, "a shard index", MAX_INDEX_BYTES))["weight_map"]
+            return sorted({directory / name for name in weight_map.values()})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise InputError(f"{index}: not a valid shard index ({first_line(error)})") from None
+    single = directory / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _meta_checked(cfg: CausalLMConfig, checkpoint: str, hf_config: PreTrainedConfig) -> PreTrainedModel:
+    """The architecture of ``checkpoint``'s config on the meta device (inside
+    :func:`swv.nn.meta.meta_build`), every parameter checked against the shapes in the
+    checkpoint's safetensors headers (GGUF files are not checked)."""
+    model = AutoModelForCausalLM.from_config(
+        hf_config, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if cfg.source()[1] is None:
+        directory = Path(checkpoint)
+        stored = safetensors_shapes(checkpoint_safetensors(directory))
+        check_shapes(model.named_parameters(), stored, f"backbone ({hf_config.model_type})", str(directory / "config.json"))
+    return model
 
 
 def _random_init_config_class(model_type: str | None, config_class: type[PreTrainedConfig] | None,

@@ -120,6 +120,19 @@ def _check_lora_weight(weights_file: Path, key: str, shape: tuple[int, ...], mod
         )
 
 
+def _check_rank(config_file: Path, adapter_config: dict[str, Any], weights_file: Path, key: str,
+                shape: tuple[int, ...]) -> None:
+    """The rank ``r`` of ``adapter_config.json`` (PEFT builds the LoRA from it before loading the
+    weights) must be the rank of each saved A/B weight; per-module ``rank_pattern`` ranks are not checked."""
+    rank = adapter_config.get("r")
+    if adapter_config.get("rank_pattern") or not isinstance(rank, int):
+        return
+    saved = shape[0] if ".lora_A." in key else shape[1]
+    if saved != rank:
+        raise InputError(f"{config_file}: r is {rank}, but {weights_file} holds {key} with shape {list(shape)} "
+                         f"(rank {saved}); the adapter config does not match its weights")
+
+
 def check_lora_fits(base: PreTrainedModel, directory: Path, adapter_config: dict[str, Any], added_ids: list[int]) -> None:
     """Every LoRA tensor must target an existing linear layer of matching shape; trained rows of
     added tokens must be those of this backbone's added tokens."""
@@ -139,6 +152,7 @@ def check_lora_fits(base: PreTrainedModel, directory: Path, adapter_config: dict
                 _check_token_rows(weights_file, key, shape, module.weight, token_rows, added_ids)
             else:
                 _check_lora_weight(weights_file, key, shape, module_name, module)
+                _check_rank(directory / LORA_CONFIG_FILE, adapter_config, weights_file, key, shape)
                 seen += 1
     if seen == 0:
         raise InputError(f"{weights_file}: holds no LoRA weights")

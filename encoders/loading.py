@@ -23,6 +23,7 @@ from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line, unpickling_detail
 from swv.core.hub import Resolved, resolve_dir
 from swv.encoders.base import Encoder
+from swv.nn.meta import building_on_meta
 
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -199,7 +200,8 @@ def load_state_dict_strict(
                 f"{source}: weight {prefix + key} has shape {tuple(state[key].shape)} but the {what} built from "
                 f"config.json expects {tuple(tensor.shape)}"
             )
-    module.load_state_dict({key: state[key] for key in expected}, strict=True)
+    if not building_on_meta():  # on the meta device (a shape check) there is nothing to copy into
+        module.load_state_dict({key: state[key] for key in expected}, strict=True)
 
 
 def build_hf_config(config_cls: type, kwargs: dict[str, Any], field: str) -> Any:

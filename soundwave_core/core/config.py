@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from pydantic import BaseModel, ConfigDict
 
 #: The file that makes a directory an swv model (written by ``SpeechLM.save_pretrained``).
 CONFIG_NAME = "swv_config.json"
+#: The component being built (``"adapter 'alignment'"``), set by ``Registry.build`` for error messages.
+BUILDING: ContextVar[str | None] = ContextVar("swv_building", default=None)
 
 
 class ComponentConfig(BaseModel):

@@ -173,6 +173,22 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
         raise InputError(f"{path}: not a valid safetensors file, truncated or corrupt ({first_line(exc)})") from None
 
 
+def safetensors_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], Path]]:
+    """Each tensor of ``files`` -> (its shape, its file), read from the headers only (no tensor
+    data is read); an :class:`~swv.core.errors.InputError` naming an unreadable file."""
+    from safetensors import SafetensorError, safe_open
+
+    shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = (tuple(handle.get_slice(key).get_shape()), file)
+        except (SafetensorError, OSError) as exc:
+            raise InputError(f"{file}: not a valid safetensors file, truncated or corrupt ({first_line(exc)})") from None
+    return shapes
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     """A temporary file next to ``path`` with the permissions a new file would get."""
     path.parent.mkdir(parents=True, exist_ok=True)

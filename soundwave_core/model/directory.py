@@ -18,6 +18,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,12 +27,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from swv.core.config import CONFIG_NAME
-from swv.core.errors import ComponentError, InputError, UsageError, first_line
+from swv.core.errors import ComponentError, InputError, SwvError, UsageError, first_line
 from swv.core.hub import HUB_ID, resolve_model
-from swv.core.io import atomic_directory, check_safetensors
+from swv.core.io import atomic_directory, check_safetensors, safetensors_shapes
 from swv.core.validation import describe_error, format_loc
 from swv.model.card import render_model_card
 from swv.model.processor import SpeechLMProcessor
+from swv.nn.meta import check_shapes, meta_build, parameter_budget
 from swv.registry.components import Component, Registry
 
 if TYPE_CHECKING:
@@ -160,6 +162,51 @@ def load_weights(model: SpeechLM, directory: Path, lora_trainable: bool) -> None
     if orphans:
         raise InputError(f"{directory}: has LoRA weights ({orphans[0]}) but no {LORA_CONFIG_FILE}, without which "
                          "the LoRA cannot be applied; restore it from the export the weights came from")
+
+
+def check_against_weights(directory: Path, data: dict[str, Any], build: Callable[[], SpeechLM]) -> None:
+    """Refuse a model directory whose config disagrees with its own weights, before anything is
+    allocated: ``build`` (the model from the config ``data`` of :func:`read_saved_config`) runs on
+    the meta device under a parameter budget from the weight files' sizes (none when a component
+    is a Hub id), the backbone and encoder check their checkpoints' shapes while building, then
+    every adapter parameter (and the encoder's, when ``encoder.safetensors`` holds them) is
+    compared with the safetensors headers. Errors name the component, the parameter, the config
+    field and both shapes. A model with a component that cannot be built on the meta device is
+    not pre-checked (see docs/plugins.md)."""
+    config_path = directory / CONFIG_NAME
+    weight_bytes = _weight_bytes(directory, data)
+    budget = None if weight_bytes is None else parameter_budget(weight_bytes)
+    try:
+        with meta_build(budget, str(config_path), weight_bytes or 0):
+            model = build()
+    except SwvError:
+        raise
+    except Exception:  # a component that cannot be built on the meta device (e.g. it loads weights through
+        return  # transformers' from_pretrained in its constructor) is not pre-checked; the real build follows
+    for index, (name, adapter) in enumerate(model.adapters.items()):
+        path = directory / ADAPTER_DIR / f"{name}.safetensors"
+        if not path.is_file():
+            raise InputError(f"{directory}: missing adapter weights {ADAPTER_DIR}/{name}.safetensors")
+        check_shapes(adapter.named_parameters(), safetensors_shapes([path]), f"adapter {name!r}",
+                     f"{config_path} (adapters[{index}])")
+    if (directory / ENCODER_WEIGHTS).is_file():
+        check_shapes(model.encoder.named_parameters(), safetensors_shapes([directory / ENCODER_WEIGHTS]),
+                     f"encoder {model.config.encoder.name!r}", f"{config_path} (encoder)")
+
+
+def _weight_bytes(directory: Path, data: dict[str, Any]) -> int | None:
+    """Bytes of the weight files the model directory's config can draw on: its own and those of
+    a component checkpoint elsewhere on disk; ``None`` when a component comes from the Hub."""
+    roots = [directory]
+    for key in ("encoder", "backbone"):
+        path = data[key].to_dict().get("path")
+        if isinstance(path, str) and not Path(path).expanduser().exists():
+            return None
+        if isinstance(path, str) and directory.resolve() not in Path(path).expanduser().resolve().parents:
+            roots.append(Path(path).expanduser())
+    files = {f.resolve() for root in roots for f in (root.rglob("*") if root.is_dir() else [root])
+             if f.suffix in WEIGHT_SUFFIXES and f.is_file()}
+    return sum(f.stat().st_size for f in files)
 
 
 def _containing_root(directory: Path) -> Path:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from swv.core.errors import InputError, first_line
+from swv.model.chat_render import render_chat
 from swv.model.defaults import DEFAULT_INSTRUCTIONS, TRANSCRIPTION_TASKS
 from swv.model.splice import IGNORE_INDEX
 
@@ -100,6 +102,16 @@ class PromptBuilder:
         specials = sorted((specials | set(tokenizer.all_special_tokens)) - {audio_token}, key=len, reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
 
+    @property
+    def template_origin(self) -> str:
+        """Where the tokenizer's chat template was read from, for error messages: its
+        ``chat_template.jinja`` (or ``tokenizer_config.json``) when that file exists."""
+        source = str(self.tokenizer.name_or_path or "")
+        for name in ("chat_template.jinja", "tokenizer_config.json"):
+            if source and (Path(source) / name).is_file():
+                return str(Path(source) / name)
+        return f"of the tokenizer {source}".rstrip()
+
     def messages(self, instruction: str, has_audio: bool, task: str = "", language: str | None = None) -> list[dict[str, str]]:
         """An audio record without ``instruction`` gets its task's default (:func:`default_instruction`)."""
         text = instruction
@@ -118,8 +130,8 @@ class PromptBuilder:
         own tokenization."""
         found = plain_text and self._specials is not None and any(self._specials.search(m["content"]) for m in messages)
         if not found:
-            out = self._render(messages, generation_prompt, tokenize=True)
-            return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+            rendered = self._render(messages, generation_prompt)
+            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
         texts: list[str] = []
 
         def mark(match: re.Match[str]) -> str:
@@ -127,7 +139,7 @@ class PromptBuilder:
             return f"{_MARK_OPEN}{len(texts) - 1}{_MARK_CLOSE}"
 
         marked = [{**m, "content": self._specials.sub(mark, m["content"])} for m in messages]  # type: ignore[union-attr]
-        rendered = self._render(marked, generation_prompt, tokenize=False)
+        rendered = self._render(marked, generation_prompt)
         ids: list[int] = []
         for i, piece in enumerate(_MARK.split(rendered)):
             split = i % 2 == 1
@@ -136,13 +148,15 @@ class PromptBuilder:
                 ids.extend(self.tokenizer(text, add_special_tokens=False, split_special_tokens=split)["input_ids"])
         return ids
 
-    def _render(self, messages: list[dict[str, str]], generation_prompt: bool, tokenize: bool) -> Any:
-        """``apply_chat_template``, its template errors and sandbox refusals one line each."""
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        """The chat template's text of ``messages``, rendered under a time and size budget
+        (:func:`swv.model.chat_render.render_chat`); its template errors and sandbox refusals one
+        line each."""
         from jinja2 import TemplateError
         from jinja2.exceptions import SecurityError
 
         try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=tokenize)
+            return render_chat(self.tokenizer, messages, generation_prompt, self.template_origin)
         except SecurityError as exc:
             raise InputError(f"chat template: refused by the template sandbox ({first_line(exc)})") from None
         except TemplateError as exc:

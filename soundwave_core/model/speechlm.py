@@ -489,11 +489,14 @@ class SpeechLM(PreTrainedModel):
         component that asks for ``trust_remote_code`` loads only when the caller passes
         ``trust_remote_code=True`` (``swv infer --trust-remote-code``), and then with a warning
         naming the Python files it ships. Relative paths in the config must stay inside the
-        directory. Every ``*.safetensors`` file is checked to be complete before anything loads.
+        directory. Every ``*.safetensors`` file is checked to be complete before anything loads, and the
+        config against the weights' shapes on the meta device
+        (:func:`swv.model.directory.check_against_weights`).
         """
         registry = _registry(registry)
         directory, data = model_directory.read_saved_config(source, revision, registry, trust_remote_code)
         try:
+            model_directory.check_against_weights(directory, data, lambda: cls(SpeechLMConfig(**data), registry=registry))
             model = cls(SpeechLMConfig(**data), registry=registry)
             model_directory.load_weights(model, directory, lora_trainable)
         except ComponentError as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from swv.core.config import BUILDING
 from swv.core.errors import ComponentError
 
 #: The kinds every registry starts with: model components, corpus layouts (``swv data manifest
@@ -235,7 +236,11 @@ class Registry:
             raise ComponentError(
                 f"{kind} {component.spec.name!r}: {cls.__qualname__} does not implement {missing} (see docs/plugins.md)"
             )
-        return cls(component.config, **context)
+        token = BUILDING.set(f"{kind} {component.spec.name!r}")
+        try:
+            return cls(component.config, **context)
+        finally:
+            BUILDING.reset(token)
 
     # -- plugin attribution (used by the plugin manager) --------------------------------------
     def _set_origin(self, plugin: str, distribution: str | None, version: str | None) -> None:
