@@ -142,7 +142,7 @@ def _build_manifest(root: Path, fmt: str, **options: Any) -> Any:
                                                           show_progress=False))
 
 
-@budget(25)
+@budget(150)
 @given(lines=st.lists(TRANS_LINE, max_size=6), encoding=ENCODINGS, newline=NEWLINES)
 def test_librispeech_transcripts(tmp_path: Path, lines: list[str], encoding: str, newline: str) -> None:
     root = _fresh(tmp_path / "ls")
@@ -159,7 +159,7 @@ CV_COLUMNS = st.lists(st.sampled_from(["client_id", "path", "sentence", "up_vote
 TABLE_VALUE = st.one_of(FIELD, st.sampled_from(["a.flac", "short.flac", "missing.flac", "../a.flac", "/etc/passwd"]))
 
 
-@budget(30)
+@budget(200)
 @given(columns=CV_COLUMNS, rows=st.lists(st.lists(TABLE_VALUE, min_size=0, max_size=7), max_size=4),
        fmt=st.sampled_from(["commonvoice", "tsv", "csv"]), encoding=ENCODINGS, newline=NEWLINES)
 def test_corpus_tables(tmp_path: Path, columns: list[str], rows: list[list[str]], fmt: str,
@@ -229,7 +229,7 @@ def _patch_size(blob: bytes, value: bytes) -> bytes:
     return bytes(header) + blob[512:]
 
 
-@budget(35)
+@budget(250)
 @given(members=st.lists(MEMBER, max_size=5), tar_format=st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT,
                                                                           tarfile.PAX_FORMAT]),
        size=st.one_of(st.none(), st.sampled_from([b"77777777777", b"00000000000", b"-1", b"\x80" + b"\xff" * 11, b"zz"])),
@@ -268,7 +268,7 @@ def _chat_text(messages: Any, wrap: bool, nested: str | None, escape: str | None
     return text
 
 
-@budget(30)
+@budget(200)
 @given(messages=st.one_of(st.lists(MESSAGE, max_size=3), FIELD, st.none(), st.integers()), wrap=st.booleans(),
        nested=st.one_of(st.none(), NESTED), escape=st.one_of(st.none(), st.sampled_from(["\\ud800", "\\udfff\\ud800",
                                                                                          "\\u0000", "\\ud83d\\ude00"])),
@@ -315,7 +315,7 @@ HOSTILE = st.one_of(st.sampled_from([0, -1, 2**31, 2**63, 10**12, 1e308, float("
                     st.integers(-10, 10**7), st.text(CHARS, max_size=10))
 
 
-@budget(20, deadline=30.0)
+@budget(60, deadline=30.0)
 @given(data=st.data())
 def test_model_config_values(fuzz_export: Path, tmp_path: Path, data: st.DataObject) -> None:
     from swv.core.config import CONFIG_NAME
