@@ -131,3 +131,22 @@ def test_shard_list_fingerprint(tmp_path: Path) -> None:
 def test_the_flag_is_documented() -> None:
     res = subprocess.run([sys.executable, "-m", "swv.cli", "train", "-h"], capture_output=True, text=True, env=env())
     assert res.returncode == 0 and "--accept-data-change" in res.stdout
+
+
+def test_manifest_fingerprint_reads_in_bounded_chunks(tmp_path: Path) -> None:
+    """One pass in CHUNK_BYTES reads: memory does not grow with the file, nor with a line."""
+    import tracemalloc
+
+    from swv.data.fingerprint import CHUNK_BYTES
+
+    manifest = tmp_path / "big.jsonl"
+    with open(manifest, "wb") as fh:
+        fh.write(b'{"text": "' + b"x" * (12 * CHUNK_BYTES) + b'"}\n' + b'{"text": "y"}\n' * 1000)
+    tracemalloc.start()
+    try:
+        found = manifest_fingerprint(manifest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert found["lines"] == 1001 and found["bytes"] == manifest.stat().st_size
+    assert peak < 3 * CHUNK_BYTES
