@@ -336,3 +336,22 @@ def test_model_config_values(fuzz_export: Path, tmp_path: Path, data: st.DataObj
             continue  # an earlier edit replaced the path
     (model / CONFIG_NAME).write_text(json.dumps(config, allow_nan=True, ensure_ascii=False), errors="surrogatepass")
     loads_or_refuses(lambda: SpeechLM.from_pretrained(model))
+
+
+@pytest.mark.parametrize("value", ["x" * 100_000, "a\x00b"])
+@pytest.mark.parametrize("field", ["path", "tokenizer"])
+def test_component_paths_no_file_can_have(fuzz_export: Path, tmp_path: Path, field: str, value: str) -> None:
+    """Found by test_model_config_values: a component path longer than a file name was an
+    OSError (ENAMETOOLONG) from the model directory's path checks."""
+    from swv.core.config import CONFIG_NAME
+    from swv.core.errors import InputError
+    from swv.model.speechlm import SpeechLM
+
+    model = tmp_path / "model"
+    shutil.copytree(fuzz_export, model)
+    config = json.loads((model / CONFIG_NAME).read_text())
+    config["backbone"][field] = value
+    (model / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(InputError) as caught:
+        SpeechLM.from_pretrained(model)
+    assert "\n" not in str(caught.value) and "backbone" in str(caught.value)
