@@ -13,6 +13,7 @@ def train(
     stage: Annotated[str | None, typer.Option("--stage", help="Run only this stage.")] = None,
     from_stage: Annotated[str | None, typer.Option("--from-stage", help="Run this stage and the ones after it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Require a checkpoint of this recipe in output_dir and continue it (resuming also happens automatically when one exists).")] = False,
+    accept_data_change: Annotated[bool, typer.Option("--accept-data-change", help="Resume even if a manifest or shard folder changed since the checkpoint was written (otherwise an error: the checkpoint's sampler position refers to the old rows).")] = False,
 ) -> None:
     """Train every stage of a recipe in order (single process, or under `accelerate launch`)."""
     from accelerate import PartialState
@@ -22,6 +23,6 @@ def train(
     from swv.train.train_recipe import train as run
 
     loaded = load_recipe(recipe, overrides or [], default_registry())
-    exports = run(loaded, stage=stage, from_stage=from_stage, resume=resume)
+    exports = run(loaded, stage=stage, from_stage=from_stage, resume=resume, accept_data_change=accept_data_change)
     if exports and PartialState().is_main_process:  # once, not once per process
         typer.echo(f"done: final export at {exports[-1]}")

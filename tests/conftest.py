@@ -13,6 +13,29 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _fuzz_profiles() -> None:
+    """The hypothesis profiles of the fuzz modules (tests/test_fuzz*.py), chosen with
+    ``SWV_FUZZ_PROFILE``: ``ci`` (default: derandomized, few examples, each fuzz module in about
+    a minute) and ``long`` (random, ``SWV_FUZZ_SCALE`` = 6 times the examples by default: both
+    fuzz modules in under ten minutes on two cores, for a nightly run). A fuzz test asks for
+    ``examples * int(os.environ["SWV_FUZZ_SCALE"])`` examples."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # hypothesis is a dev extra: the fuzz modules skip themselves
+        return
+    common = dict(deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                         HealthCheck.data_too_large])
+    settings.register_profile("ci", derandomize=True, **common)
+    settings.register_profile("long", **common)
+    profile = os.environ.setdefault("SWV_FUZZ_PROFILE", "ci")
+    settings.load_profile(profile)
+    os.environ.setdefault("SWV_FUZZ_SCALE", "1" if profile == "ci" else "6")
+
+
+_fuzz_profiles()
+
 TINY_WHISPER = {
     "d_model": 32,
     "encoder_layers": 2,

@@ -193,3 +193,32 @@ def test_unknown_format_and_wrong_option_mix(tmp_path: Path) -> None:
         build_corpus_manifest(tmp_path, tmp_path / "o.jsonl", "timit", show_progress=False)
     result = CliRunner().invoke(app, ["manifest", str(tmp_path), "--split", "test", "-o", str(tmp_path / "o.jsonl")])
     assert result.exit_code != 0 and "--split and --clips need --format" in str(result.exception)
+
+
+def test_utterance_ids_that_cannot_name_a_file(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_formats.py: a NUL in an utterance id was a ValueError, an id longer
+    than a file name may be an OSError (ENAMETOOLONG) from the audio check; now a one-line error
+    and a dropped entry."""
+    root = librispeech(tmp_path)
+    table = root / "test-clean" / "1089" / "134686" / "1089-134686.trans.txt"
+    table.write_text("1089-134686-0000 HELLO\nab\x00c HELLO\n")
+    with pytest.raises(InputError, match=r"trans.txt:2: 'ab\\x00c.flac' holds a NUL character"):
+        build_corpus_manifest(root, tmp_path / "o.jsonl", "librispeech", CorpusOptions(split="test-clean"),
+                              show_progress=False)
+    table.write_text("1089-134686-0000 HELLO\n" + "x" * 300 + " HELLO\n")
+    report = build_corpus_manifest(root, tmp_path / "o.jsonl", "librispeech", CorpusOptions(split="test-clean"),
+                                   show_progress=False)
+    assert report.written == 1 and report.dropped["audio file not found"] == 1
+    table.write_text("1089-134686-0000 HELLO\nloop HELLO\n")
+    (table.parent / "loop.flac").symlink_to(table.parent / "loop.flac")
+    with pytest.raises(InputError, match=r"trans.txt:2: 'loop.flac' cannot name a file"):
+        build_corpus_manifest(root, tmp_path / "o.jsonl", "librispeech", CorpusOptions(split="test-clean"),
+                              show_progress=False)
+
+
+def test_table_audio_path_too_long_is_dropped(tmp_path: Path) -> None:
+    tone(tmp_path / "a.wav", 0.25)
+    table = tmp_path / "t.tsv"
+    table.write_text("audio\ttext\na.wav\thi\n" + "y" * 5000 + ".wav\tho\n")
+    report = build_corpus_manifest(table, tmp_path / "o.jsonl", "tsv", show_progress=False)
+    assert report.written == 1 and report.dropped["audio file not found"] == 1

@@ -191,3 +191,16 @@ def test_infer_and_eval_take_a_hub_id(two_versions: tuple[Path, Path], tmp_path:
     res = _cli("infer", "org/tiny", "clip.wav", "--revision", "v2", cache=cache, cwd=tmp_path)
     assert res.returncode != 0 and res.stderr.startswith("error: model: org/tiny is not a local directory")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("source", ["/" + "x" * 5000, "~no_such_user_swv/model", "/tmp/a\x00b"])
+def test_strings_no_path_can_be_are_one_line_errors(source: str) -> None:
+    """Found by tests/test_fuzz_formats.py (a component path of 100,000 characters in a model's
+    swv_config.json): ENAMETOOLONG from a stat is an InputError, not an OSError."""
+    from swv.core.errors import InputError
+    from swv.core.hub import resolve_dir, resolve_model
+
+    for call in (lambda: resolve_dir(source, "backbone.path"), lambda: resolve_model(source)):
+        with pytest.raises(InputError) as caught:
+            call()
+        assert "\n" not in str(caught.value)

@@ -98,3 +98,48 @@ def test_train_from_shards(tmp_path: Path) -> None:
                                   "stages.0.data.eval_datasets=[]", "stages.0.batch_size=4"], default_registry())
     train(loaded, stage="alignment")
     assert (tmp_path / "run" / "alignment" / "export" / "swv_config.json").is_file()
+
+
+def _with_header_size(blob: bytes, size: bytes) -> bytes:
+    """``blob`` (a tar) with its first header's size field set to ``size`` (checksum recomputed)."""
+    header = bytearray(blob[:512])
+    header[124:136] = size.ljust(12, b"\0")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + blob[512:]
+
+
+def test_a_lying_pax_header_size_is_not_allocated(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_formats.py: tarfile reads a pax header member whole, at the size
+    its header claims (8 GiB here), before any member can be checked; the shard reader clamps
+    reads to the file, so this is a one-line error without a large allocation."""
+    import io
+    import tracemalloc
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("00000000.json")
+        info.size, info.pax_headers = 2, {"comment": "x"}
+        tar.addfile(info, io.BytesIO(b"{}"))
+    shard = tmp_path / "shard-000000.tar"
+    shard.write_bytes(_with_header_size(buf.getvalue(), b"77777777777"))
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="not a readable tar shard"):
+            list(read_shard(shard))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_member_names_are_quoted_in_errors(tmp_path: Path) -> None:
+    """Found by tests/test_fuzz_formats.py: a member name holding a newline split the error."""
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        info = tarfile.TarInfo("a\nb.wav")
+        info.type, info.linkname = tarfile.SYMTYPE, "x"
+        tar.addfile(info)
+    with pytest.raises(InputError) as caught:
+        list(read_shard(shard))
+    assert "\n" not in str(caught.value) and "'a\\nb.wav': a link member" in str(caught.value)

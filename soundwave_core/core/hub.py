@@ -34,9 +34,22 @@ class Resolved:
 
 def is_hub_id(source: str) -> bool:
     """True when ``source`` is not an existing local path and has the form of a Hub id."""
-    if Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or ".." in source:
+    if source.startswith((".", "/", "~")) or ".." in source or HUB_ID.match(source) is None:
         return False
-    return HUB_ID.match(source) is not None
+    try:
+        return _existing(source, "source") is None
+    except InputError:  # no local path can be named so
+        return True
+
+
+def _existing(source: str, field: str) -> Path | None:
+    """``source`` as a local path if something exists there, else None; a string no path can be
+    (longer than the file system allows, an unknown ``~user``) is a one-line error naming ``field``."""
+    try:
+        local = Path(source).expanduser()
+        return local if local.exists() else None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{field}: {source[:80]!r} cannot name a file or directory ({first_line(exc)})") from None
 
 
 def resolve_dir(
@@ -53,12 +66,12 @@ def resolve_dir(
     ``allow_patterns`` limits what ``snapshot_download`` fetches. ``field`` names the argument
     or config field in error messages, ``what`` the expected kind of directory.
     """
-    local = Path(source).expanduser()
-    if local.is_dir():
+    local = _existing(source, field)
+    if local is not None and local.is_dir():
         if revision is not None:
             raise UsageError(f"{field}: revision {revision!r} applies to Hub ids only, but {source} is a local directory")
         return Resolved(local.resolve())
-    if local.exists():
+    if local is not None:
         raise InputError(f"{field}: {source} is a file; expected a {what} or Hugging Face Hub id")
     if not is_hub_id(source):
         raise InputError(f"{field}: {what} {source} does not exist")
@@ -80,7 +93,7 @@ def resolve_model(source: str | os.PathLike[str], revision: str | None = None) -
     """A whole swv model, given as a local directory or a Hub id (at ``revision``) -> the local
     directory to load it from (:func:`resolve_dir`)."""
     text = os.fspath(source)
-    local = Path(text).expanduser()
-    if not is_hub_id(text) and not local.is_dir():
-        raise InputError(f"{text}: model directory not found" if not local.exists() else f"{text}: not a directory")
+    local = _existing(text, "model")
+    if not is_hub_id(text) and (local is None or not local.is_dir()):
+        raise InputError(f"{text}: model directory not found" if local is None else f"{text}: not a directory")
     return resolve_dir(text, "model", revision=revision, what="swv model directory").path

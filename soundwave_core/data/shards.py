@@ -158,11 +158,32 @@ def _check_member(path: Path, member: tarfile.TarInfo, max_member_bytes: int) ->
         return False
     if not member.isreg() or member.issparse():
         kind = "sparse file" if member.issparse() else "link" if member.islnk() or member.issym() else "special file"
-        raise InputError(f"{path}: {member.name}: a {kind} member; a shard holds only regular files")
+        raise InputError(f"{path}: {member.name!r}: a {kind} member; a shard holds only regular files")
     if member.size > max_member_bytes:
-        raise InputError(f"{path}: {member.name}: member of {member.size:,} bytes is over the limit of "
+        raise InputError(f"{path}: {member.name!r}: member of {member.size:,} bytes is over the limit of "
                          f"{max_member_bytes:,} bytes (the source's max_member_bytes)")
     return True
+
+
+class _ClampedReads:
+    """A shard file whose reads never ask for more than what is left of it: tarfile reads a
+    pax or GNU long-name header member whole, at the size its header claims (up to 8 GiB, or
+    more in base-256), before any member can be checked; clamped, a lying header yields a short
+    read (a truncated-tar error) instead of an allocation of that size."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.size = os.fstat(fh.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = max(self.size - self.fh.tell(), 0)
+        return self.fh.read(left if size is None or size < 0 else min(size, left))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
 
 
 def read_shard(path: str | os.PathLike[str], max_member_bytes: int = DEFAULT_MAX_AUDIO_BYTES,
@@ -174,7 +195,7 @@ def read_shard(path: str | os.PathLike[str], max_member_bytes: int = DEFAULT_MAX
     record: dict[str, Any] | None = None
     audio = b""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with open(path, "rb") as fh, tarfile.open(fileobj=_ClampedReads(fh), mode="r:") as tar:  # type: ignore[arg-type]
             for member in tar:
                 if not _check_member(path, member, max_member_bytes):
                     continue
@@ -183,14 +204,14 @@ def read_shard(path: str | os.PathLike[str], max_member_bytes: int = DEFAULT_MAX
                     if current is not None:
                         yield _clip(path, current, record, audio)
                     current, record, audio = key, None, b""
-                fh = tar.extractfile(member)
-                assert fh is not None
-                data = fh.read()
+                member_file = tar.extractfile(member)
+                assert member_file is not None
+                data = member_file.read()
                 if ext == "json":
                     try:
                         record = json.loads(data)
                     except ValueError as exc:
-                        raise InputError(f"{path}: {member.name}: invalid JSON ({exc})") from None
+                        raise InputError(f"{path}: {member.name!r}: invalid JSON ({exc})") from None
                 else:
                     audio = data
             if current is not None:

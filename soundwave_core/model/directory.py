@@ -322,10 +322,14 @@ def _localise(cfg: dict[str, Any], directory: Path, config_path: Path, key: str,
         value = cfg.get(field)
         if not isinstance(value, str) or os.path.isabs(value) or value.startswith("~"):
             continue
-        target = (directory / value).resolve()
+        try:
+            target = (directory / value).resolve()
+            found = target.exists()
+        except (OSError, ValueError, RuntimeError) as exc:  # too long for a file name, a NUL, a symlink loop
+            raise InputError(f"{config_path}: {key}.{field}: {value[:80]!r} cannot name a file ({first_line(exc)})") from None
         if target != root and root not in target.parents:
             raise InputError(f"{config_path}: {key}.{field}: {value!r} points outside the model directory")
-        if target.exists():
+        if found:
             cfg[field] = str(target)
         elif bundled or "/" not in value or not HUB_ID.match(value):
             raise InputError(f"{config_path}: {key}.{field}: {value!r} is missing from the model directory "

@@ -21,7 +21,7 @@ import os
 import pickle
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,8 @@ class TrainerState:
     bad_steps: int
     recipe_hash: str
     samples_seen: int = 0
+    #: the fingerprint of each file-backed data source of the stage (:mod:`swv.data.fingerprint`)
+    data: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -65,6 +65,8 @@ class RunContext:
     recipe_yaml: str
     output_dir: Path
     accelerator: Accelerator
+    #: resume a stage even if its data files changed since its checkpoint (``--accept-data-change``)
+    accept_data_change: bool = False
 
     @property
     def recipe(self) -> Recipe:
@@ -146,7 +148,8 @@ class StageRunner:
         model, optimizer = self.acc.prepare(model, optimizer)
         hooks = TrainableWeightsHooks(self.acc)
         try:
-            state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash)
+            state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash,
+                                 data=self.data_fingerprints())
             state = self.maybe_resume(scheduler, state)
             sampler.load_state_dict(state.sampler)
             self.write_stage_file(done=False, step=state.step, total=total)
@@ -416,8 +419,36 @@ class StageRunner:
                 "(or remove that directory) to start over"
             )
         loaded = load_checkpoint(self.acc, latest, scheduler=scheduler)
+        self.check_data(latest, loaded.data, state.data)
+        loaded.data = state.data  # later checkpoints record the data trained on from now on
         self.ctx.print(f"resuming stage {self.stage.name} from {latest} (step {loaded.step})")
         return loaded
+
+    def data_fingerprints(self) -> dict[str, dict[str, Any]]:
+        """The fingerprints of the stage's file-backed sources (training and held-out)."""
+        from swv.data.fingerprint import data_fingerprints
+
+        s = self.stage.settings.data
+        return data_fingerprints(self.ctx.recipe.data, [*s.datasets, *s.eval_datasets])
+
+    def check_data(self, checkpoint: Path, recorded: dict[str, Any], current: dict[str, dict[str, Any]]) -> None:
+        """Refuse to resume from ``checkpoint`` when a data source changed since it was written
+        (one line, the first change), unless ``--accept-data-change`` was given (a warning)."""
+        from swv.data.fingerprint import data_changes
+
+        changes = data_changes(recorded, current)
+        if not changes:
+            return
+        more = f" and {len(changes) - 1} more source(s)" if len(changes) > 1 else ""
+        if self.ctx.accept_data_change:
+            for change in changes:
+                self.ctx.print(f"warning: {change} changed since {checkpoint}; resuming on the new data "
+                               "(--accept-data-change)")
+            return
+        raise InputError(
+            f"{changes[0]}{more} changed since the checkpoint {checkpoint} was written; restore the data, or "
+            "pass --accept-data-change to resume on the changed data"
+        )
 
     def training_record(self, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         """What this stage did, for the export's model card (``SpeechLMConfig.training``)."""

@@ -86,8 +86,11 @@ def batch_plan(recipe: Any, world_size: int) -> dict[str, dict[str, int]]:
     return plan
 
 
-def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = None, resume: bool = False) -> list[Path]:
-    """Run the selected stages of a validated recipe; returns the export directories."""
+def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = None, resume: bool = False,
+          accept_data_change: bool = False) -> list[Path]:
+    """Run the selected stages of a validated recipe; returns the export directories. A stage
+    resumed from a checkpoint whose data files changed since is refused unless
+    ``accept_data_change``."""
     recipe = loaded.recipe
     resolved = loaded.resolved()
     digest = recipe_hash(resolved)
@@ -105,11 +108,11 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
         if lock is not None and lock.took_over is not None:
             print(f"{output_dir}: took over the lock of pid {lock.took_over}, which is no longer running", flush=True)
         acc.wait_for_everyone()
-        return _train_locked(loaded, acc, plan, selected, stages, digest)
+        return _train_locked(loaded, acc, plan, selected, stages, digest, accept_data_change)
 
 
 def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], selected: list[int], stages: list[Any],
-                  digest: str) -> list[Path]:
+                  digest: str, accept_data_change: bool) -> list[Path]:
     """:func:`train` once the output directory is locked."""
     from accelerate.utils import set_seed
 
@@ -123,7 +126,7 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
 
         hf_logging.disable_progress_bar()
     recipe_yaml = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
-    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc)
+    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc, accept_data_change)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)

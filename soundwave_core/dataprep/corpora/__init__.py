@@ -46,6 +46,14 @@ def corpus_layout(fmt: str, opts: CorpusOptions) -> CorpusLayout:
     return layout
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; a name no file can have (too long, a NUL) is not one."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def corpus_entries(fmt: str, source: str | os.PathLike[str], opts: CorpusOptions) -> Iterator[CorpusEntry]:
     """The entries of ``source`` read in layout ``fmt`` (see its class docstring)."""
     layout = corpus_layout(fmt, opts)
@@ -75,7 +83,7 @@ def build_corpus_manifest(
     seen: set[str] = set()
     for where, audio, fields in progress(corpus_entries(fmt, source, opts), total=None, desc="manifest",
                                          enabled=show_progress):
-        if not audio.is_file():
+        if not _is_file(audio):
             report.drop("audio file not found", f"{where}: {audio}")
             continue
         record = dict(fields)

@@ -71,10 +71,18 @@ def read_tsv(path: Path, *, header: bool = True) -> Iterator[tuple[int, dict[str
 def corpus_file(root: Path, folder: Path, name: str, where: str) -> Path:
     """``folder / name`` for a file a corpus table names, refused (one line naming ``where``)
     when it would lie outside ``root`` once ``..`` and symlinks are resolved: a hostile
-    utterance id cannot point a manifest at files outside the corpus."""
+    utterance id cannot point a manifest at files outside the corpus. A name holding a NUL
+    character (no file system allows one) is refused as well."""
+    if "\x00" in name:
+        raise InputError(f"{where}: {name!r} holds a NUL character; it cannot name a file")
     path = folder / name
     base = root.resolve()
-    if base not in path.resolve().parents:
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise InputError(f"{where}: {name[:80]!r} cannot name a file ({reason})") from None
+    if base not in resolved.parents:
         raise InputError(f"{where}: {name!r} points outside the corpus folder {root}")
     return path
 
