@@ -206,7 +206,7 @@ class ProcessorSpy:
 
 def test_repetition_options_reach_generate(loop: Pipeline, clips: dict[str, Path], monkeypatch) -> None:
     spy = ProcessorSpy(loop, monkeypatch)
-    looping = loop(clips["short"], return_stats=True)
+    looping = loop(clips["long"], return_stats=True)
     config, used = spy.last()
     assert used["NoRepeatNGramLogitsProcessor"].ngram_size == DEFAULTS.no_repeat_ngram_size
     assert "RepetitionPenaltyLogitsProcessor" not in used
@@ -214,11 +214,11 @@ def test_repetition_options_reach_generate(loop: Pipeline, clips: dict[str, Path
     assert config.max_new_tokens == bound_of(looping.stats)
     # the 10-token run "the past the past the" may not come again: the model's second choice does
     assert SECOND_CHOICE in looping.text
-    loop(clips["short"], no_repeat_ngram_size=3, repetition_penalty=1.3)
+    loop(clips["long"], no_repeat_ngram_size=3, repetition_penalty=1.3)
     _, used = spy.last()
     assert used["NoRepeatNGramLogitsProcessor"].ngram_size == 3
     assert used["RepetitionPenaltyLogitsProcessor"].penalty == 1.3
-    plain = loop(clips["short"], no_repeat_ngram_size=0, repetition_penalty=1.0)
+    plain = loop(clips["long"], no_repeat_ngram_size=0, repetition_penalty=1.0)
     _, used = spy.last()
     assert not {"NoRepeatNGramLogitsProcessor", "RepetitionPenaltyLogitsProcessor"} & set(used)
     assert SECOND_CHOICE not in plain and plain.startswith("turn left at the past the past the past the past")
@@ -288,11 +288,16 @@ def test_swv_infer_stops_at_the_bound(cli, loop: Pipeline, loop_dir: Path, clips
 def test_swv_eval_stops_at_the_bound_and_counts_overlong_answers(cli, loop: Pipeline, loop_dir: Path,
                                                                  normal_dir: Path, clips: dict[str, Path],
                                                                  tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path / "m.jsonl", clips, [
-        {"id": "a", "clip": "short", "text": NORMAL.strip()},
+    # bounded, the loop still says more than twice these short references
+    short_refs = write_manifest(tmp_path / "short.jsonl", clips, [
+        {"id": "a", "clip": "short", "text": "turn left"},
+        {"id": "b", "clip": "long", "text": "turn left"},
+    ])
+    manifest = write_manifest(tmp_path / "m.jsonl", clips, [  # 4 s: room for the whole sentence
+        {"id": "a", "clip": "long", "text": NORMAL.strip()},
         {"id": "b", "clip": "long", "text": NORMAL.strip()},
     ])
-    code, out, err = cli(["eval", loop_dir, "--manifest", manifest, "--task", "asr", "--output-dir", tmp_path / "loop"])
+    code, out, err = cli(["eval", loop_dir, "--manifest", short_refs, "--task", "asr", "--output-dir", tmp_path / "loop"])
     assert code == 0, err
     predictions = read_jsonl(tmp_path / "loop" / "predictions.jsonl")
     assert [p["prediction"] for p in predictions] == loop([clips["short"], clips["long"]])
