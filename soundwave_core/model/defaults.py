@@ -62,9 +62,11 @@ class GenerationDefaults(BaseModel):
       length_bound_min_tokens_per_second * seconds, length_bound_tokens_per_second * seconds))
       + length_bound_margin`` new tokens (never more than ``max_new_tokens``): ``seconds`` of
       audio, ``audio_tokens`` the embeddings the adapter chain hands to the LLM (one per kept
-      frame after a shrinking adapter, about one per transcript token). English speech runs at
-      about 1.5-5.5 tokens per second (measured on the demo's four engines at 110-180 words per
-      minute), hence 2 and 6. See :func:`swv.model.stopping.length_bound`.
+      frame after a shrinking adapter, about one per transcript token). Measured: English speech
+      at 110-180 words per minute is 1.4-5.5 SmolLM2 tokens per second (the demo's four
+      engines), but up to 9 with the small test tokenizer of the shipped tiny speech, hence a
+      floor of 2 and a ceiling of 10; between them the audio-token term decides. See
+      :func:`swv.model.stopping.length_bound`.
 
     Imported released checkpoints (``swv import soundwave``) keep the released decoding: no
     repetition control, no length bound.
@@ -79,7 +81,7 @@ class GenerationDefaults(BaseModel):
     no_repeat_ngram_size: int = Field(default=10, ge=0)
     repetition_penalty: float = Field(default=1.0, gt=0)
     length_bound: bool = True
-    length_bound_tokens_per_second: float = Field(default=6.0, gt=0)
+    length_bound_tokens_per_second: float = Field(default=10.0, gt=0)
     length_bound_min_tokens_per_second: float = Field(default=2.0, gt=0)
     length_bound_per_audio_token: float = Field(default=1.5, gt=0)
     length_bound_margin: int = Field(default=4, ge=0)
