@@ -63,7 +63,7 @@ LengthBound = Annotated[Optional[bool], typer.Option(
     f"audio can hold: {_DECODING.length_bound_per_audio_token:g} per audio token, kept within "
     f"{_DECODING.length_bound_min_tokens_per_second:g}-{_DECODING.length_bound_tokens_per_second:g} tokens per second of "
     f"audio, + {_DECODING.length_bound_margin} new tokens "
-    "unless the model says otherwise, never above --max-new-tokens (default: the model's; on for swv-trained "
+    "unless the model says otherwise, never above the answer's token limit (default: the model's; on for swv-trained "
     "models, off for imported released ones).")]
 NoRepeatNgramSize = Annotated[Optional[int], typer.Option(
     "--no-repeat-ngram-size", min=0,
