@@ -399,20 +399,22 @@ def test_summary_has_every_condition_and_label() -> None:
         "reference": {c: {"wer": 0.1} for c in CONDITIONS},
         "before": {"ctc": {"heldout": {"wer": 0.5}, "dev": {"wer": 0.6}}, "labels": {"pitch": {"accuracy": 0.0}, "sex": {"accuracy": 0.5}},
                    "qa": {"accuracy": 0.25}, "text_qa_base": {"accuracy": 1.0}},
-        "after": {"ctc": {c: {"wer": 0.4} for c in CONDITIONS}, "asr": {"heldout": {"wer": 0.3}},
+        "after": {"ctc": {c: {"wer": 0.4} for c in CONDITIONS}, "asr": {"heldout": {"wer": 0.3, "overlong": 0}},
                   "labels": {"pitch": {"accuracy": 0.75}, "rate": {"accuracy": 1.0}}},
         "ablation": {"asr": {"heldout": {"wer": 0.32}}, "labels": {"pitch": {"accuracy": 0.5}}},
     }
     head = _summary(results)["headline"]
-    assert head["wer"]["heldout"] == {"whisper_decoder": 0.1, "ctc_after_stage1": 0.5, "ctc_final": 0.4, "final_model": 0.3}
-    assert head["wer"]["dev_noisy"] == {"whisper_decoder": 0.1, "ctc_after_stage1": None, "ctc_final": 0.4, "final_model": None}
+    assert head["wer"]["heldout"] == {"whisper_decoder": 0.1, "ctc_after_stage1": 0.5, "ctc_final": 0.4, "final_model": 0.3,
+                                      "overlong_answers": 0}
+    assert head["wer"]["dev_noisy"] == {"whisper_decoder": 0.1, "ctc_after_stage1": None, "ctc_final": 0.4, "final_model": None,
+                                        "overlong_answers": None}
     assert head["labels"] == {"pitch": {"before": 0.0, "after": 0.75, "acoustic_path_zeroed": 0.5},
                               "rate": {"before": None, "after": 1.0, "acoustic_path_zeroed": None},
                               "sex": {"before": 0.5, "after": None, "acoustic_path_zeroed": None}}
     assert head["asr_wer_final_acoustic_path_zeroed"] == 0.32
     assert head["pitch_accuracy_before"] == 0.0 and head["asr_wer_final"] == 0.3 and head["whisper_wer_heldout"] == 0.1
     text = _summary_text(results)
-    assert "dev_noisy" in text and "pitch accuracy (held-out): 0.0% before -> 75.0% after" in text
+    assert "dev_noisy" in text and "pitch accuracy (held-out): 75.0% (acoustic path zeroed: 50.0%)" in text
 
 
 def test_plot_without_metrics(tmp_path: Path) -> None:

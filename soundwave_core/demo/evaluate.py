@@ -114,6 +114,7 @@ def eval_task(model_dir: Path, items: Items, task: str, out_dir: Path, max_new_t
     out = {k: metrics.get(k) for k in ("wer", "cer", "accuracy", "correct", "total", "ambiguous", "unmatched") if k in metrics}
     if "wer" in out:
         out["num_ref_words"] = metrics.get("wer_details", {}).get("num_ref_words")
+        out["overlong"] = report.get("overlong", {}).get("count")
     return {**out, "seconds": round(time.perf_counter() - start, 2), "predictions_file": str(out_dir / "predictions.jsonl"),
             "table": report.get("table", ""), "examples": examples(items.records, answers, field)}
 

@@ -355,7 +355,8 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
         return part
 
     wer = {c: {"whisper_decoder": pick(reference, c, "wer"), "ctc_after_stage1": pick(before, "ctc", c, "wer"),
-               "ctc_final": pick(after, "ctc", c, "wer"), "final_model": pick(after, "asr", c, "wer")}
+               "ctc_final": pick(after, "ctc", c, "wer"), "final_model": pick(after, "asr", c, "wer"),
+               "overlong_answers": pick(after, "asr", c, "overlong")}
            for c in CONDITIONS}
     labels = {t: {"before": pick(before, "labels", t, "accuracy"), "after": pick(after, "labels", t, "accuracy"),
                   "acoustic_path_zeroed": pick(ablation, "labels", t, "accuracy")}
@@ -391,7 +392,8 @@ def _summary_text(results: dict[str, Any]) -> str:
         lines.append(f"{condition:<10} {pct(row['whisper_decoder']):>16} {pct(row['ctc_after_stage1']):>12} "
                      f"{pct(row['ctc_final']):>10} {pct(row['final_model']):>12}")
     for task, row in head["labels"].items():
-        lines.append(f"{task} accuracy (held-out): {pct(row['before'])} before -> {pct(row['after'])} after")
+        lines.append(f"{task} accuracy (held-out): {pct(row['after'])} (acoustic path zeroed: "
+                     f"{pct(row['acoustic_path_zeroed'])})")
     lines.append(f"spoken question answering: {pct(head['spoken_qa_accuracy_before'])} before -> "
                  f"{pct(head['spoken_qa_accuracy_after'])} after (base LLM reading the questions as text: "
                  f"{pct(head['text_qa_accuracy_base_llm'])})")
