@@ -14,10 +14,10 @@ CTC head's tokens, as text embeddings), and training lets the acoustic frames in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from swv.adapters.base import Adapter
@@ -28,10 +28,19 @@ from swv.nn.state import AudioState, lengths_to_mask, to_blocks
 from swv.nn.vocab_logits import VocabLogits
 from swv.nn.windowing import join_windows
 
+#: The cross-attention's dropout when a config gives none, by ``compat``: the paper gives no value
+#: (0.0 is swv's choice); the released implementation builds its ``nn.MultiheadAttention`` with 0.1.
+DEFAULT_DROPOUT: dict[str, float] = {"paper": 0.0, "released": 0.1}
+
 
 class ShrinkingConfig(ComponentConfig):
     num_heads: int | None = Field(default=None, ge=1, description="attention heads; default: the backbone's")
-    dropout: float = Field(default=0.0, ge=0, lt=1)
+    dropout: float = Field(
+        default=DEFAULT_DROPOUT["paper"],
+        ge=0,
+        lt=1,
+        description="cross-attention dropout; default by compat: 0.0 (paper, swv's choice) or 0.1 (released)",
+    )
     keep_blank_runs: bool = Field(
         default=True,
         description="keep one frame for runs of the CTC blank too (the released model does)",
@@ -62,6 +71,17 @@ class ShrinkingConfig(ComponentConfig):
             "as the released implementation does"
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dropout_by_compat(cls, data: Any) -> Any:
+        """A config without ``dropout`` takes its ``compat``'s default (:data:`DEFAULT_DROPOUT`);
+        an unknown ``compat`` is left for the field's own validation to report."""
+        if isinstance(data, dict) and "dropout" not in data:
+            compat = data.get("compat", "paper")
+            if isinstance(compat, str) and compat in DEFAULT_DROPOUT:
+                return {**data, "dropout": DEFAULT_DROPOUT[compat]}
+        return data
 
 
 def run_starts(tokens: torch.Tensor, lengths: torch.Tensor, blank_id: int, keep_blank_runs: bool) -> torch.Tensor:

@@ -208,7 +208,8 @@ def test_import_layout_and_config(imported: Path, released) -> None:
     align, shrink = cfg["adapters"]
     assert align == {"name": "alignment", "compat": "released", "stack": 2, "dropout": 0.1, "num_heads": HEADS,
                      "ffn_multiplier": 2.0, "activation": "relu"}
-    assert shrink == {"name": "shrinking", "compat": "released", "keep_blank_runs": True, "num_heads": HEADS}
+    assert shrink == {"name": "shrinking", "compat": "released", "keep_blank_runs": True, "num_heads": HEADS,
+                      "dropout": 0.1}  # the released nn.MultiheadAttention's dropout
     assert cfg["backbone"]["name"] == "llama" and cfg["backbone"]["path"] == "backbone"
     assert "lora" not in cfg["backbone"] or cfg["backbone"]["lora"] is None
     assert cfg["system_prompt"].startswith("You are a helpful language and speech assistant.")
@@ -243,6 +244,7 @@ def test_imported_model_matches_released_reference(imported: Path, released) -> 
     audio_id = config["audio_patch_token"]
     model = SpeechLM.from_pretrained(imported).eval()
     assert model.audio_token_id == audio_id
+    assert model.adapters["shrinking"].cross_attn.dropout == 0.1 == model.adapters["alignment"].config.dropout
     wave = one_second()
     feats, lens = model.encoder.extract_features([wave])
     ref_feats = WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000, return_tensors="pt").input_features

@@ -50,7 +50,7 @@ def test_shipped_recipes_validate(registry) -> None:
         loaded = load_recipe(name, [], registry)
         assert loaded.recipe.stages
     sw = load_recipe("soundwave", [], registry).recipe
-    assert [s.batch_size for s in sw.stages] == [32, 16, 8]
+    assert [s.batch_size for s in sw.stages] == [1024, 512, 256]  # table 13 per GPU x 32 GPUs (test_paper_recipe.py)
     assert [s.optimizer.lr for s in sw.stages] == [1e-4, 3e-5, 3e-5]
     assert [s.grad_accum for s in sw.stages] == [8, 8, 4]
     assert [s.max_steps for s in sw.stages] == [6000, 6000, 4000]

@@ -146,12 +146,12 @@ def test_global_batch_must_divide_over_the_processes() -> None:
 
     recipe = load_recipe("soundwave", [], default_registry()).recipe
     plan = batch_plan(recipe, 8)
-    assert plan["alignment"] == {"global_batch": 32, "per_device_batch": 4, "grad_accum": 8, "rows_per_step": 256}
-    assert plan["sft"]["per_device_batch"] == 1 and plan["shrinking"]["rows_per_step"] == 128
-    assert batch_plan(recipe, 1)["shrinking"]["per_device_batch"] == 16
+    assert plan["alignment"] == {"global_batch": 1024, "per_device_batch": 128, "grad_accum": 8, "rows_per_step": 8192}
+    assert plan["sft"]["per_device_batch"] == 32 and plan["shrinking"]["rows_per_step"] == 4096
+    assert batch_plan(recipe, 1)["shrinking"]["per_device_batch"] == 512
     with pytest.raises(UsageError) as err:
         batch_plan(recipe, 3)
-    assert str(err.value) == ("stages[0] (alignment).batch_size: the global batch 32 does not divide over 3 processes; "
+    assert str(err.value) == ("stages[0] (alignment).batch_size: the global batch 1024 does not divide over 3 processes; "
                               "use a multiple of 3 or another number of processes")
 
 

@@ -47,6 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from swv.adapters.shrinking import DEFAULT_DROPOUT as SHRINKING_DROPOUT
 from swv.core.dtypes import DTYPE_NAMES
 from swv.core.errors import InputError, UsageError
 from swv.core.io import atomic_directory, check_safetensors
@@ -361,7 +362,8 @@ def adapter_refs(plan: Plan, hidden: int, llm_heads: int, shrinking_heads: int |
             "ffn_multiplier": ffn / hidden,
             "activation": "relu",
         },
-        {"name": "shrinking", "compat": "released", "keep_blank_runs": True, "num_heads": heads},
+        {"name": "shrinking", "compat": "released", "keep_blank_runs": True, "num_heads": heads,
+         "dropout": SHRINKING_DROPOUT["released"]},
     ]
 
 
