@@ -47,7 +47,7 @@ from transformers import AutoModel
 from transformers import Pipeline as HFPipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
-from transformers.utils.chat_template_utils import Chat
+from transformers.utils.chat_template_utils import Chat, is_valid_message
 
 from swv.core.errors import UsageError
 from swv.infer.batching import Result
@@ -74,8 +74,11 @@ class _Prompted:
 
 
 def _is_chat(value: Any) -> bool:
-    """A conversation (a list of message dicts) or a list of them, as transformers' pipelines detect one."""
-    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], (list, tuple, dict))
+    """Chat messages (dicts with ``role`` and ``content``) or a list of such conversations."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    return is_valid_message(first) or (isinstance(first, (list, tuple)) and bool(first) and is_valid_message(first[0]))
 
 
 def _generation(generation: dict[str, Any], generate_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -129,11 +132,15 @@ class AudioTextToTextPipeline(HFPipeline):
     def __call__(self, inputs: Any = None, text: Any = None, **kwargs: Any) -> Any:
         """Answer about ``inputs`` (audio, a list of them, or chat messages), ``text`` being the
         instruction (a string, or one per input) or the chat (see the module docstring)."""
-        if _is_chat(text):
-            if inputs is not None:
+        chat = text if _is_chat(text) else inputs if text is None and _is_chat(inputs) else None
+        if chat is not None:
+            if chat is text and inputs is not None:
                 raise UsageError(f"{PIPELINE_TASK}: with a chat in text=, put the audio in the messages' content "
                                  "({'type': 'audio', 'path': ...}), not in inputs")
-            return super().__call__(Chat(text) if isinstance(text[0], dict) else [Chat(chat) for chat in text], **kwargs)
+            if "prompt" in kwargs or "sampling_rate" in kwargs:
+                raise UsageError(f"{PIPELINE_TASK}: a chat carries its instruction, and each array part its "
+                                 "'sample_rate', in its messages; prompt= and sampling_rate= apply to audio inputs")
+            return super().__call__(Chat(chat) if is_valid_message(chat[0]) else [Chat(c) for c in chat], **kwargs)
         if inputs is None:
             raise UsageError(f"{PIPELINE_TASK}: give audio (a path, bytes, an array, a dict or a list of them) "
                              "or chat messages")
@@ -175,10 +182,7 @@ class AudioTextToTextPipeline(HFPipeline):
     ) -> dict[str, list[Any]]:
         """One input -> a batch of one: ``{"requests": [ChatRequest], "chats": [messages or None]}``
         (audio decoded, mono, resampled; prompt rendered with the chat template)."""
-        if isinstance(inputs, Chat):
-            if prompt is not None or sampling_rate is not None:
-                raise UsageError(f"{PIPELINE_TASK}: a chat carries its instruction and each array part its "
-                                 "'sample_rate' in its messages; prompt= and sampling_rate= apply to audio inputs")
+        if isinstance(inputs, Chat):  # prompt and sampling_rate (construction defaults) are for audio inputs
             messages = list(inputs.messages)
             return {"requests": [self.swv.chat_request(messages, max_duration=max_duration)], "chats": [messages]}
         if isinstance(inputs, _Prompted):
