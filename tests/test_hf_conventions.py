@@ -208,4 +208,5 @@ def test_model_card_shows_the_line_that_registers_swv(export: Path) -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split()[-3:] == ["KeyError", "True", "SpeechLM"]
+    error, named, loaded = res.stdout.split()[-3:]
+    assert error in ("KeyError", "ValueError") and named == "True" and loaded == "SpeechLM"

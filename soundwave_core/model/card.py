@@ -102,8 +102,9 @@ def _loading_section() -> list[str]:
         "```",
         "",
         "Through transformers: `import swv` first. It registers the model type `swv_speechlm` with transformers' "
-        f"Auto classes and the `{PIPELINE_TASK}` pipeline task; without it `AutoModel.from_pretrained` fails with "
-        "`KeyError: 'swv_speechlm'`. No `trust_remote_code`: no code is read from this directory.",
+        f"Auto classes and the `{PIPELINE_TASK}` pipeline task; without it transformers does not know the model "
+        "type and `AutoModel.from_pretrained` fails (`KeyError: 'swv_speechlm'`, or a `ValueError` saying it does "
+        "not recognize the architecture `swv_speechlm`). No `trust_remote_code`: no code is read from this directory.",
         "",
         "```python",
         f"{IMPORT_LINE}",
