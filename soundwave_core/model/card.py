@@ -16,6 +16,9 @@ from swv.core.config import CONFIG_NAME
 from swv.core.hub import HUB_ID
 from swv.model.hf_auto import PIPELINE_TASK
 
+#: The line that registers swv's model type with transformers (``KeyError: 'swv_speechlm'`` without it).
+IMPORT_LINE = "import swv  # registers swv_speechlm with AutoConfig, AutoModel, AutoProcessor and the pipeline task"
+
 
 def _source(component: dict[str, Any]) -> str:
     """``name`` and where its weights come from (path or hub id, revision, random init)."""
@@ -98,14 +101,19 @@ def _loading_section() -> list[str]:
         'print(pipe("clip.wav", prompt="Transcribe the speech."))',
         "```",
         "",
-        "Through transformers (importing swv registers the model and the task; no `trust_remote_code`):",
+        "Through transformers: `import swv` first. It registers the model type `swv_speechlm` with transformers' "
+        f"Auto classes and the `{PIPELINE_TASK}` pipeline task; without it transformers does not know the model "
+        "type and `AutoModel.from_pretrained` fails (`KeyError: 'swv_speechlm'`, or a `ValueError` saying it does "
+        "not recognize the architecture `swv_speechlm`). No `trust_remote_code`: no code is read from this directory.",
         "",
         "```python",
-        "import swv, transformers",
+        f"{IMPORT_LINE}",
+        "import transformers",
         "",
         'model = transformers.AutoModel.from_pretrained("path/to/MODEL")',
         f'pipe = transformers.pipeline("{PIPELINE_TASK}", model="path/to/MODEL")',
         'print(pipe("clip.wav", prompt="Transcribe the speech.")["generated_text"])',
+        'answers = pipe(["a.wav", "b.wav"], batch_size=2, generate_kwargs={"max_new_tokens": 64})',
         "```",
         "",
         "From the command line: `swv infer MODEL clip.wav` (add `--revision REV` for a Hub id).",
@@ -115,20 +123,34 @@ def _loading_section() -> list[str]:
 
 
 def _peft_section(backbone: dict[str, Any], bundled: list[str]) -> list[str]:
-    """How to load the LLM with its LoRA through plain PEFT."""
-    base = "backbone" if "backbone" in bundled else backbone.get("path")
-    pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and "backbone" not in bundled else ""
+    """How to load the LLM with its LoRA through plain PEFT, from any working directory."""
+    inside = "backbone" in bundled
+    base = "backbone" if inside else backbone.get("path")
+    pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and not inside else ""
+    auto = ("PEFT's `AutoPeftModelForCausalLM.from_pretrained(\"path/to/MODEL\")` resolves that relative path against "
+            "the current directory (it works when run inside this directory); `swv.model.hf_auto.peft_causal_lm` "
+            "resolves it inside this directory from anywhere (a Hub id too):") if inside else (
+            "`AutoPeftModelForCausalLM.from_pretrained(\"path/to/MODEL\")` works as well, and so does "
+            "`swv.model.hf_auto.peft_causal_lm`:")
     return [
         "",
         "The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as "
-        f"`{base}`" + (" (relative to this directory)." if "backbone" in bundled else "."),
+        f"`{base}`" + (" (relative to this directory)." if inside else "."),
         "",
         "```python",
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM",
         "",
-        f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if "backbone" in bundled else base}"{pin})',
+        f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if inside else base}"{pin})',
         'llm = PeftModel.from_pretrained(base, "path/to/MODEL")',
+        "```",
+        "",
+        auto,
+        "",
+        "```python",
+        "from swv.model.hf_auto import peft_causal_lm",
+        "",
+        'llm = peft_causal_lm("path/to/MODEL")  # a peft.PeftModelForCausalLM',
         "```",
     ]
 

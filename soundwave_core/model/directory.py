@@ -298,7 +298,9 @@ def _point_lora_at_backbone(directory: Path, backbone: dict[str, Any]) -> None:
     """Make the saved LoRA's ``base_model_name_or_path`` the export's own backbone (PEFT records
     the path the weights were loaded from, e.g. the previous stage's export): its ``path`` as
     saved (``backbone``, relative to the export, when bundled; a hub id or a local path when
-    referenced) and its ``revision``."""
+    referenced) and its ``revision``. The bundled path stays relative so that a moved export (or
+    a Hub snapshot) still names its own copy; PEFT's ``AutoPeftModelForCausalLM`` resolves it
+    against the current directory, :func:`swv.model.hf_auto.peft_causal_lm` inside the export."""
     file = directory / LORA_CONFIG_FILE
     adapter_config = json.loads(file.read_text(encoding="utf-8"))
     adapter_config["base_model_name_or_path"] = backbone.get("path")
