@@ -3,7 +3,7 @@
 Drawing needs matplotlib (the ``plot`` extra): :func:`plotting_available` says whether it is
 installed, :func:`require_plotting` refuses with the install line when it is not. Figures are
 built on :class:`matplotlib.figure.Figure` directly (no pyplot: no global state, no backend
-switch in a caller's process).
+switch in a caller's process), laid out by matplotlib's constrained layout.
 
 - :func:`plot_curves`: one row per stage of a training run, three panels each: the losses
   (training solid, held-out dashed in the same colour), the learning rate and the throughput,
@@ -90,7 +90,7 @@ def plot_curves(curves: Mapping[str, Mapping[str, Curve]], path: str | os.PathLi
     from matplotlib.figure import Figure
 
     stages = list(curves) or ["(no stage)"]
-    fig = Figure(figsize=(3 * _PANEL_WIDTH, _PANEL_HEIGHT * len(stages)))
+    fig = Figure(figsize=(3 * _PANEL_WIDTH, _PANEL_HEIGHT * len(stages)), layout="constrained")
     grid = fig.subplots(len(stages), 3, squeeze=False)
     for row, stage in zip(grid, stages):
         _draw_stage(row, stage, curves.get(stage, {}))
@@ -108,7 +108,7 @@ def bar_chart(groups: Mapping[str, Mapping[str, float | None]], path: str | os.P
     names = list(groups)
     metrics = list(dict.fromkeys(m for scores in groups.values() for m in scores))
     width = 0.8 / max(1, len(metrics))
-    fig = Figure(figsize=(max(4.0, 1.5 + 0.5 * len(names) * max(1, len(metrics))), 3.8))
+    fig = Figure(figsize=(max(4.0, 1.5 + 0.5 * len(names) * max(1, len(metrics))), 3.8), layout="constrained")
     ax = fig.subplots()
     for i, metric in enumerate(metrics):
         values = [groups[name].get(metric) for name in names]
@@ -140,7 +140,7 @@ def histograms(panels: Sequence[Histogram], path: str | os.PathLike[str], *, tit
     from the file's extension, PNG without one)."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.0 * max(1, len(panels)), 4.0))
+    fig = Figure(figsize=(5.0 * max(1, len(panels)), 4.0), layout="constrained")
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     for i, (ax, panel) in enumerate(zip(axes, panels)):
         ax.hist(list(panel.values), bins=bins, color=f"C{i % 10}")
@@ -195,7 +195,6 @@ def _empty(ax: Axes, text: str) -> None:
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """``fig`` written atomically to ``path``, in the format of its extension (PNG without one)."""
     path = Path(path)
-    fig.tight_layout()
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", dpi=_DPI)

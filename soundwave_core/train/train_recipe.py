@@ -132,9 +132,9 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)
         atomic_write_json(output_dir / RUN_FILE, {"stages": names, "recipe_hash": digest, "source": str(loaded.source),
-                                                    "world_size": acc.num_processes,
-                                                    "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
-                                                    "batch": plan})
+                                                  "world_size": acc.num_processes,
+                                                  "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+                                                  "batch": plan})
     for name, entry in plan.items():
         ctx.print(f"{name}: global batch {entry['global_batch']} = {acc.num_processes} process(es) x "
                   f"{entry['per_device_batch']}, x {entry['grad_accum']} accumulation = {entry['rows_per_step']} rows per step")
