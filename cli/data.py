@@ -14,6 +14,7 @@ import typer
 
 from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.core.errors import UsageError
+from swv.core.plotting import PLOT_HINT
 from swv.dataprep.sft import FORMATS, TEMPLATES
 
 app = typer.Typer(
@@ -208,12 +209,17 @@ def sft_cmd(
 @app.command("stats")
 def stats_cmd(
     manifest: Annotated[Path, typer.Argument(help="Manifest to describe.")],
-    plot: Annotated[Optional[Path], typer.Option(help="Write duration/text-length histograms to this image.")]
+    plot: Annotated[Optional[Path], typer.Option(
+        help=f"Write duration/text-length histograms to this image ({PLOT_HINT}).")]
     = None,
 ) -> None:
     """Counts, hours and histograms, overall, per task and per language."""
     from swv.dataprep.stats import compute_stats, format_stats, plot_stats
 
+    if plot is not None:
+        from swv.core.plotting import require_plotting
+
+        require_plotting("--plot")
     stats = compute_stats(manifest)
     typer.echo(format_stats(stats))
     if plot is not None:

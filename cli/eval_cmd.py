@@ -20,6 +20,8 @@ from swv.cli.options import (
 )
 from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import UsageError
+from swv.core.plotting import PLOT_HINT
+from swv.eval.charts import GROUPS_CHART, check_charted
 from swv.eval.evaluation import EVAL_TASKS
 from swv.eval.metrics import NORMALIZE_CHOICES
 
@@ -63,6 +65,9 @@ class EvalInputs:
     target_language: Annotated[Optional[str], typer.Option(
         "--target-language", help="st: target language for the default prompt and the BLEU tokenizer "
         "(default: each record's target_language/language).")] = None
+    plot: Annotated[bool, typer.Option(
+        "--plot", help=f"Also draw the score table (all, then each language, task or label) as a bar chart, "
+        f"OUTPUT_DIR/{GROUPS_CHART} ({PLOT_HINT}).")] = False
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,20 @@ def eval_cmd(
         trust_remote_code=trust_remote_code,
     )
     _print_result(result, plan)
+    if inputs.plot:
+        from swv.eval.charts import write_group_chart
+
+        print(f"eval: chart written to {write_group_chart(result.result, result.report.parent / GROUPS_CHART)}",
+              file=sys.stderr)
 
 
 def _plan(inputs: EvalInputs) -> _Plan:
     """Check the options and find the manifest (read from --hf-dataset or from a benchmark's
     own layout when asked) and the output directory."""
+    if inputs.plot:
+        from swv.core.plotting import require_plotting
+
+        require_plotting("--plot")
     if inputs.hf_dataset is not None:
         inputs = _from_hf_dataset(inputs)
     elif inputs.column:
@@ -140,6 +154,8 @@ def _plan(inputs: EvalInputs) -> _Plan:
             f"--normalize: unknown mode {plan.normalize!r}, expected one of {', '.join(NORMALIZE_CHOICES)}")
     if plan.target_language is not None and plan.task != "st":
         raise UsageError("--target-language applies to --task st only")
+    if inputs.plot:
+        check_charted(plan.task, "--plot")
     return plan
 
 

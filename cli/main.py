@@ -15,6 +15,7 @@ from swv.cli import (
     eval_cmd,
     infer_cmd,
     model_cmd,
+    plot_cmd,
     plugins_cmd,
     recipe_cmd,
     serve_cmd,
@@ -54,6 +55,7 @@ app.add_typer(recipe_cmd.app, name="recipe")
 app.command("train")(train_cmd.train)
 app.command("infer")(infer_cmd.infer)
 app.command("eval")(eval_cmd.eval_cmd)
+app.command("plot")(plot_cmd.plot)
 app.command("serve")(serve_cmd.serve)
 app.command("export")(model_cmd.export)
 app.add_typer(model_cmd.import_app, name="import")

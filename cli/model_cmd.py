@@ -24,9 +24,9 @@ import typer
 from swv.cli.options import TrustRemoteCode, WeightDtype
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import InputError, UsageError
+from swv.train.plots import RUN_FILE
 
 STAGE_EXPORT = "export"
-RUN_FILE = "run.json"
 
 import_app = typer.Typer(
     help="Import checkpoints of other implementations as swv model directories.",

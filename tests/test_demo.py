@@ -19,6 +19,8 @@ import pytest
 import torch
 
 from swv.core.errors import InputError, UsageError
+from swv.core.metrics_log import step_records
+from swv.core.plotting import plot_curves
 from swv.demo.ctc import collapse_ctc, greedy_ctc_ids, greedy_ctc_texts
 from swv.demo.data import (
     EVAL_PROMPTS,
@@ -28,7 +30,7 @@ from swv.demo.data import (
     build_dataset,
     plan_clips,
 )
-from swv.demo.report import plot_curves, read_metrics, stage_curves, write_results
+from swv.demo.report import loss_curves, write_results
 from swv.demo.synth import (
     DEV_ENGINE,
     ESPEAK,
@@ -379,8 +381,8 @@ def test_write_results_and_plot(tmp_path: Path) -> None:
         {"step": 10, "loss": 5.0, "ctc_loss": 5.0}, {"step": 20, "loss": 2.5, "ctc_loss": 2.5}])
     _metrics(tmp_path / "shrinking" / "metrics.jsonl", [
         {"step": 5, "loss": 3.0, "lm_loss": 2.0, "ctc_loss": 3.3}, {"step": 10, "loss": 2.0, "lm_loss": 1.5, "ctc_loss": 1.6}])
-    assert len(read_metrics(tmp_path / "alignment" / "metrics.jsonl")) == 2
-    curves = stage_curves(tmp_path, ["alignment", "shrinking", "sft"])
+    assert len(step_records(tmp_path / "alignment" / "metrics.jsonl")) == 2
+    curves = loss_curves(tmp_path, ["alignment", "shrinking", "sft"])
     assert curves["alignment"] == {"loss": [(10, 5.0), (20, 2.5)], "ctc_loss": [(10, 5.0), (20, 2.5)]}
     assert curves["sft"] == {}
     json_path, png_path = write_results(tmp_path, {"headline": {"asr_wer_final": 0.25}}, ["alignment", "shrinking", "sft"])
@@ -540,7 +542,7 @@ def test_demo_quick_first_stage_runs(tmp_path: Path) -> None:
     loaded = load_demo_recipe(options, whisper_dir, llm_dir)
     assert build_feature_cache(loaded, log=lambda _: None).get("encoded", 0) == 16
     export = train(loaded, stage="alignment")[0]
-    metrics = read_metrics(Path(loaded.recipe.output_dir) / "alignment" / "metrics.jsonl")
+    metrics = step_records(Path(loaded.recipe.output_dir) / "alignment" / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [1, 2, 3] and all(np.isfinite(r["ctc_loss"]) for r in metrics)
     result = ctc_wer(load_model(export), Items.load(workdir / f"data{options.suffix}" / "heldout_asr.jsonl"))
     assert result["wer"] is not None and result["num_ref_words"] > 0

@@ -8,7 +8,6 @@ without a ``text`` are counted separately.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -158,34 +157,8 @@ def format_stats(stats: ManifestStats) -> str:
 
 def plot_stats(stats: ManifestStats, path: str | os.PathLike[str]) -> Path:
     """Write the duration and text-length histograms as an image (format from the extension)."""
-    import matplotlib
+    from swv.core.plotting import Histogram, histograms
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from swv.core.io import atomic_write_bytes
-
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    try:
-        ax1.hist(stats.durations, bins=50, color="tab:blue")
-        ax1.set_xlabel("duration (s)")
-        ax1.set_ylabel("rows")
-        ax1.set_title(f"Duration ({stats.total.hours:.2f} h)")
-        ax2.hist(stats.text_lengths, bins=50, color="tab:orange")
-        ax2.set_xlabel("text length (words)")
-        ax2.set_ylabel("rows")
-        ax2.set_title(f"Text length ({stats.total.text_rows} rows)")
-        fig.suptitle(stats.manifest.name)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        try:
-            fig.savefig(buf, format=fmt)
-        except ValueError as exc:
-            from swv.core.errors import UsageError
-
-            raise UsageError(f"--plot {path}: unsupported image format ({exc})") from None
-    finally:
-        plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return histograms([Histogram(stats.durations, "duration (s)", f"Duration ({stats.total.hours:.2f} h)"),
+                       Histogram(stats.text_lengths, "text length (words)", f"Text length ({stats.total.text_rows} rows)")],
+                      path, title=stats.manifest.name)

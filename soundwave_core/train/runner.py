@@ -30,6 +30,7 @@ from swv.core.io import (
     write_errors,
     write_failure,
 )
+from swv.core.metrics_log import EVAL_PREFIX, LEARNING_RATE, METRICS_FILE, THROUGHPUT, TOTAL_LOSS, read_metrics_records
 from swv.data.loader import BatchLog, default_num_workers, next_batch, training_loader
 from swv.data.sampler import sequential_batches
 from swv.data.stage_data import StageDataset, load_stage_data, make_sampler
@@ -154,7 +155,7 @@ class StageRunner:
             sampler.load_state_dict(state.sampler)
             self.write_stage_file(done=False, step=state.step, total=total)
             loop = _Loop(model, optimizer, scheduler, data, sampler, collate, evaluator, state, total,
-                         MetricsLog(self.stage_dir / "metrics.jsonl", self.acc.is_main_process, resume_step=state.step),
+                         MetricsLog(self.stage_dir / METRICS_FILE, self.acc.is_main_process, resume_step=state.step),
                          position=dict(state.sampler), epoch=int(state.sampler["epoch"]))
             self.train_loop(loop)
             self.finish(loop)
@@ -287,9 +288,9 @@ class StageRunner:
         elapsed = max(time.perf_counter() - window.start, 1e-9)
         record = self.mean_over_processes(_mean(window.metrics)) | {
             "step": loop.state.step,
-            "lr": loop.scheduler.get_last_lr()[0],
+            LEARNING_RATE: loop.scheduler.get_last_lr()[0],
             "epoch": loop.epoch,
-            "samples_per_s": window.rows * self.acc.num_processes / elapsed,
+            THROUGHPUT: window.rows * self.acc.num_processes / elapsed,
         }
         loop.logger.write(record)
         self.track(record, loop.state.step)
@@ -562,7 +563,7 @@ class HeldOutEvaluator:
         model.train()
         if self.acc.num_processes > 1:
             sums = self.acc.reduce(sums, reduction="sum")
-        names = ["eval_loss", *(f"eval_{name}_loss" for name in self.names)]
+        names = [EVAL_PREFIX + TOTAL_LOSS, *(f"{EVAL_PREFIX}{name}_loss" for name in self.names)]
         return {name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(names) if float(sums[1, i]) > 0}
 
 
@@ -661,24 +662,6 @@ class MetricsLog:
                 os.close(fd)
 
 
-def read_metrics_records(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a ``metrics.jsonl``; lines that are not one (a record torn by a kill
-    or a full disk) are dropped with a warning naming the file and line."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            print(f"warning: {path}:{number}: dropped a torn or invalid metrics record", file=sys.stderr)
-            continue
-        records.append(record)
-    return records
-
-
 class Progress:
     """A tqdm bar on a terminal, plain log lines otherwise (main process only)."""
 
@@ -699,7 +682,8 @@ class Progress:
 
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled and self.bar is None:
-            parts = [f"{k}={record[k]:.4g}" for k in ("loss", "lm_loss", "ctc_loss", "lr", "samples_per_s") if k in record]
+            parts = [f"{k}={record[k]:.4g}" for k in (TOTAL_LOSS, "lm_loss", "ctc_loss", LEARNING_RATE, THROUGHPUT)
+                     if k in record]
             print(f"[{self.name}] step {record['step']}/{self.total} " + " ".join(parts), flush=True)
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from swv.core.io import atomic_write_json, atomic_write_text, writable_directory
 from swv.registry.plugins import default_registry
 from swv.train.checkpoint import remove_leftovers
 from swv.train.lock import OutputDirLock
+from swv.train.plots import RUN_FILE, plot_finished_stage, plots_enabled
 from swv.train.runner import RunContext, StageRunner, stage_done
 from swv.train.stages import recipe_stages
 
@@ -130,10 +131,10 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)
-        atomic_write_json(output_dir / "run.json", {"stages": names, "recipe_hash": digest, "source": str(loaded.source),
-                                                    "world_size": acc.num_processes,
-                                                    "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
-                                                    "batch": plan})
+        atomic_write_json(output_dir / RUN_FILE, {"stages": names, "recipe_hash": digest, "source": str(loaded.source),
+                                                  "world_size": acc.num_processes,
+                                                  "distributed_type": str(acc.distributed_type).rsplit(".", 1)[-1],
+                                                  "batch": plan})
     for name, entry in plan.items():
         ctx.print(f"{name}: global batch {entry['global_batch']} = {acc.num_processes} process(es) x "
                   f"{entry['per_device_batch']}, x {entry['grad_accum']} accumulation = {entry['rows_per_step']} rows per step")
@@ -143,6 +144,7 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
         start_trackers(acc, Path(recipe.output_dir).name, list(recipe.trackers), resolved)
 
     exports = []
+    draw = acc.is_main_process and plots_enabled(ctx.print)
     for i in selected:
         settings = recipe.stages[i]
         stage_dir = output_dir / settings.name
@@ -155,6 +157,8 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
             continue
         init_dir = _init_dir(recipe, i, output_dir)
         exports.append(StageRunner(ctx, stages[i], init_dir).run())
+        if draw:
+            plot_finished_stage(output_dir, names, settings.name, ctx.print)
     if recipe.trackers:
         acc.end_training()
     return exports
