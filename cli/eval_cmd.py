@@ -59,6 +59,9 @@ class EvalInputs:
     output_dir: Annotated[Optional[Path], typer.Option(
         "--output-dir", help="Where predictions.jsonl (resumable) and report.json go "
         "(default: eval-<manifest name>-<task>).")] = None
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Start over: discard OUTPUT_DIR/predictions.jsonl instead of resuming it (needed when "
+        "another model, other generation settings or prompts, another manifest or an older swv wrote it).")] = False
     normalize: Annotated[Optional[str], typer.Option(
         "--normalize", help=f"asr: text normalisation, one of {', '.join(NORMALIZE_CHOICES)} (default: "
         f"{NORMALIZE_CHOICES[0]}).")] = None
@@ -98,7 +101,17 @@ def eval_cmd(
 
     Runs batch inference into OUTPUT_DIR/predictions.jsonl (resumable) or
     reads --predictions, prints the score table and writes
-    OUTPUT_DIR/report.json (model dir, manifest sha256, generation settings).
+    OUTPUT_DIR/report.json (model dir, manifest sha256, generation settings,
+    fingerprint).
+
+    Resuming: every prediction line carries the run's fingerprint (the model's
+    files or Hub commit, the generation settings and system prompt, the prompts,
+    the manifest's sha256). A rerun keeps the predictions of the same fingerprint
+    and generates only the missing items; predictions of another model, other
+    settings or prompts, a changed manifest, or an older swv (no fingerprint) are
+    never mixed in: the run stops with one line naming what differs. Give
+    another --output-dir, or --overwrite to start over.
+
     Prompts: the record's instruction/prompt, else the default instruction
     of the record's task (or --task) in the model's table (the one its
     training used: asr "Transcribe the speech.", st "Translate the speech
@@ -123,7 +136,7 @@ def eval_cmd(
         predictions=inputs.predictions, settings=generation.settings(), system=generation.system,
         device=run.device, dtype=run.dtype, batch_size=run.batch_size, max_duration=max_duration,
         normalize=plan.normalize, target_language=plan.target_language, revision=revision, benchmark=plan.benchmark,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, overwrite=inputs.overwrite,
     )
     _print_result(result, plan)
     if inputs.plot:

@@ -41,8 +41,11 @@ Prompt = Annotated[Optional[str], typer.Option(
 Manifest = Annotated[Optional[Path], typer.Option(
     "--manifest", help="Batch mode: a JSONL manifest (audio relative to it); needs --output.")]
 Output = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", help="Batch mode: JSONL predictions, appended and resumable (ids already there are "
-    "skipped).")]
+    "--output", "-o", help="Batch mode: JSONL predictions, appended and resumable (ids already answered by the "
+    "same model, settings, prompts and manifest are skipped; a file another run wrote is refused).")]
+Overwrite = Annotated[bool, typer.Option(
+    "--overwrite", help="Batch mode: start over, discarding the --output file instead of resuming it (needed when "
+    "another model, other generation settings or prompts, another manifest or an older swv wrote it).")]
 ShowStats = Annotated[bool, typer.Option(
     "--stats", help="Report per request: audio seconds, encoder frames, audio tokens, compression ratio "
     "(audio tokens / encoder frames), time to first token, tokens/s (stderr; a 'stats' field in batch "
@@ -196,16 +199,18 @@ def _run_chat(conversation: Path, sources: list[str], prompt: str | None, job: _
 
 
 # -- manifest ----------------------------------------------------------------------------------
-def _run_manifest(manifest: Path, output: Path, prompt: str | None, job: _Job) -> None:
+def _run_manifest(manifest: Path, output: Path, prompt: str | None, job: _Job, overwrite: bool) -> None:
     from swv.infer import batch
 
     table = batch.saved_instructions(job.model_dir)
     items = batch.read_items(
         manifest, lambda record, where: batch.record_instruction(record, where) or prompt or batch.task_prompt(record, where, "asr", instructions=table)
     )  # a record's task is its own 'task' field; without one its instruction decides (the length bound)
+    fingerprint = batch.manifest_fingerprint(job.model_dir, manifest, items, job.settings, job.system)
     summary = batch.run_manifest(
         job.load, manifest, items, output, job.settings,
         batch_size=job.run.batch_size, max_duration=job.max_duration, with_stats=job.stats,
+        fingerprint=fingerprint, overwrite=overwrite, elsewhere="another --output file",
     )
     print(f"infer: {summary.format()}", file=sys.stderr)
     if summary.failed:
@@ -222,6 +227,7 @@ def infer(
     prompt: Prompt = None,
     manifest: Manifest = None,
     output: Output = None,
+    overwrite: Overwrite = False,
     *,
     generation: GenerationOptions,
     run: RunOptions,
@@ -242,7 +248,10 @@ def infer(
     Batch mode (--manifest, --output): one JSON line per record with 'id',
     'prediction' (or 'error' for a bad item; the run goes on, then exits 1
     with the count of failed items) and the record's reference fields; rerun
-    the same command to resume and retry the failed items.
+    the same command to resume and retry the failed items. Lines carry the
+    run's fingerprint (model, generation settings, prompts, manifest sha256):
+    a file written by another run or an older swv is refused, naming what
+    differs; give another --output, or --overwrite to start over.
 
     Conversation (--chat FILE): continue a multi-turn audio chat saved as
     JSON; the new answer is appended to FILE (a symlink stays one).
@@ -269,7 +278,9 @@ def infer(
             raise UsageError("give AUDIO files or --manifest, not both")
         if output is None:
             raise UsageError("--manifest needs --output (the predictions JSONL)")
-        _run_manifest(manifest, output, prompt, job)
+        _run_manifest(manifest, output, prompt, job, overwrite)
+    elif overwrite:
+        raise UsageError("--overwrite is for batch mode; use it with --manifest/--output")
     elif output is not None:
         raise UsageError("--output is for batch mode; use it with --manifest")
     elif not audio:

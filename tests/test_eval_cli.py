@@ -97,10 +97,11 @@ def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path,
     assert settings["prompts"] == {"Transcribe the speech.": 3, "Repeat after me.": 1}
     assert report["predictions_file"] == str((out_dir / "predictions.jsonl").resolve())
 
-    # resuming: the predicted items are not generated again; the failed one is retried (and fails
-    # again: its audio is still missing), same numbers
+    # resuming (the same model, settings and prompts): the predicted items are not generated again;
+    # the failed one is retried (and fails again: its audio is still missing), same numbers
     prompts.clear()
-    code, out2, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir])
+    code, out2, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir,
+                           "--max-new-tokens", 4, "--seed", 1])
     assert code == 0, err
     assert prompts == [] and out2 == out
     assert "0 generated, 1 failed, 3 already in predictions.jsonl" in err

@@ -187,6 +187,8 @@ def test_infer_and_eval_take_a_hub_id(two_versions: tuple[Path, Path], tmp_path:
     assert prediction["prediction"] == want
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["model_dir"].endswith(f"models--org--tiny/snapshots/{COMMIT_B}")
+    assert report["model_identity"] == {"repo_id": "org/tiny", "revision": COMMIT_B}
+    assert prediction["fingerprint"] == report["fingerprint"]
 
     res = _cli("infer", "org/tiny", "clip.wav", "--revision", "v2", cache=cache, cwd=tmp_path)
     assert res.returncode != 0 and res.stderr.startswith("error: model: org/tiny is not a local directory")

@@ -432,8 +432,12 @@ def test_cli_manifest_resumes(cli, monkeypatch, model_dir: Path, clips: dict[str
     rows = [{"id": f"u{i}", "audio": str(clips["a" if i % 2 else "b"]), "text": f"t{i}"} for i in range(5)]
     manifest = write_manifest(tmp_path / "m.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    done = [{"id": "u0", "prediction": "PREWRITTEN 0"}, {"id": "u3", "prediction": "PREWRITTEN 3"}]
-    # an interrupted run: two complete lines and half of a third
+    command = ["infer", model_dir, "--manifest", manifest, "--output", out, "--max-new-tokens", 3]
+    code, _, err = cli(command)
+    assert code == 0, err
+    # as if interrupted: two complete lines (marked, with the run's fingerprint) and half of a third
+    full = {line["id"]: line for line in read_jsonl(out)}
+    done = [{**full["u0"], "prediction": "PREWRITTEN 0"}, {**full["u3"], "prediction": "PREWRITTEN 3"}]
     out.write_text("".join(json.dumps(d) + "\n" for d in done) + '{"id": "u1", "predi')
     generated: list[str] = []
     original = Pipeline.generate_batch
@@ -443,8 +447,7 @@ def test_cli_manifest_resumes(cli, monkeypatch, model_dir: Path, clips: dict[str
         return original(self, waveforms, prompts, settings, tasks)
 
     monkeypatch.setattr(Pipeline, "generate_batch", counting)
-    code, _, err = cli(["infer", model_dir, "--manifest", manifest, "--output", out, "--max-new-tokens", 3,
-                        "--batch-size", 2])
+    code, _, err = cli([*command, "--batch-size", 2])
     assert code == 0, err
     assert len(generated) == 3  # u1, u2, u4 only
     lines = read_jsonl(out)
@@ -455,7 +458,7 @@ def test_cli_manifest_resumes(cli, monkeypatch, model_dir: Path, clips: dict[str
     loads: list[Path] = []
     monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(lambda cls, *a, **k: loads.append(a[0])))
     before = out.read_bytes()
-    code, _, err = cli(["infer", model_dir, "--manifest", manifest, "--output", out])
+    code, _, err = cli(command)
     assert code == 0 and loads == [] and len(generated) == 3 and out.read_bytes() == before
     assert "0 generated, 0 failed, 5 already in out.jsonl" in err
 

@@ -20,7 +20,6 @@ reference fields
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 from collections import Counter
@@ -31,10 +30,10 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import swv.eval.metrics as M
 from swv.core.audio import DEFAULT_MAX_DURATION
-from swv.core.config import CONFIG_NAME
 from swv.core.errors import InputError, UsageError
 from swv.core.hub import resolve_model
 from swv.core.io import atomic_file, atomic_write_json
+from swv.infer.fingerprint import sha256_file, shared_fingerprint
 
 if TYPE_CHECKING:
     from swv.infer.batch import ManifestItem, RunSummary
@@ -455,15 +454,6 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _swv_version() -> str | None:
     try:
         from importlib.metadata import version
@@ -480,13 +470,17 @@ def write_report(
     model_dir: str | os.PathLike[str] | None,
     manifest_path: str | os.PathLike[str] | None,
     generation_settings: Mapping[str, Any] | None,
+    fingerprint: Mapping[str, str] | None = None,
+    model_identity: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``result`` as a JSON report (atomically) with its provenance.
 
     The report holds ``report_version``, ``created_at`` (UTC), ``swv_version``, ``model_dir``
-    (absolute path), ``manifest`` (``path`` and ``sha256`` of the manifest file, or ``None``),
-    ``generation_settings``, and every key of ``result`` (``task``, counts, ``metrics``,
-    breakdowns, notes, judge inputs). Returns the report path.
+    (absolute path), ``model_identity`` (:func:`swv.infer.fingerprint.model_identity`, or
+    ``None``), ``manifest`` (``path`` and ``sha256`` of the manifest file, or ``None``),
+    ``generation_settings``, ``fingerprint`` (the parts of :mod:`swv.infer.fingerprint`, as in
+    every prediction line, or ``None``), and every key of ``result`` (``task``, counts,
+    ``metrics``, breakdowns, notes, judge inputs). Returns the report path.
     """
     manifest: dict[str, Any] | None = None
     if manifest_path is not None:
@@ -499,8 +493,10 @@ def write_report(
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "swv_version": _swv_version(),
         "model_dir": None if model_dir is None else os.fspath(Path(model_dir).resolve()),
+        "model_identity": dict(model_identity) if model_identity is not None else None,
         "manifest": manifest,
         "generation_settings": dict(generation_settings) if generation_settings is not None else None,
+        "fingerprint": dict(fingerprint) if fingerprint is not None else None,
     }
     clash = sorted(set(report) & set(result))
     if clash:
@@ -553,42 +549,46 @@ def evaluate_model(
     revision: str | None = None,
     benchmark: Mapping[str, Any] | None = None,
     trust_remote_code: bool = False,
+    overwrite: bool = False,
 ) -> EvalRun:
     """Evaluate a model on a test manifest and write ``out_dir/report.json``.
 
-    Without ``predictions``, generates into ``out_dir/predictions.jsonl`` first (resumable: ids
-    already there are kept). Prompts: the record's instruction/prompt, else the task default of
-    the model's instruction table (:func:`swv.infer.batch.task_prompt`); generation settings left
-    open take the model's saved defaults. ``normalize`` and ``target_language`` go to
-    :func:`evaluate`; the report records the generation settings (the decoding controls
-    included: ``no_repeat_ngram_size``, ``repetition_penalty``, ``length_bound`` and its
-    factors), and ``benchmark`` (a
-    preset's description, :mod:`swv.eval.presets`) under ``"benchmark"``. ``model_dir`` may be a
-    Hugging Face Hub id (at ``revision``; :func:`swv.core.hub.resolve_model`): the report then records
-    its snapshot directory, which names the repository and the commit.
+    Without ``predictions``, generates into ``out_dir/predictions.jsonl`` first, resumably: the
+    items answered there by a run with the same fingerprint (:mod:`swv.infer.fingerprint`: the
+    model, the generation settings, the prompts, the manifest) are kept; a file written by
+    another run or by an older swv is refused (one line naming what differs), or with
+    ``overwrite`` emptied first (the run starts over). Prompts: the record's
+    instruction/prompt, else the task default of the model's instruction table
+    (:func:`swv.infer.batch.task_prompt`); generation settings left open take the model's saved
+    defaults. ``normalize`` and ``target_language`` go to :func:`evaluate`; the report records
+    the generation settings (the decoding controls included: ``no_repeat_ngram_size``,
+    ``repetition_penalty``, ``length_bound`` and its factors), the run's ``fingerprint`` (also in
+    every prediction line; with ``predictions``, the one all their lines carry, else ``None``)
+    and ``model_identity``, and ``benchmark`` (a preset's description, :mod:`swv.eval.presets`)
+    under ``"benchmark"``. ``model_dir`` may be a Hugging Face Hub id (at ``revision``;
+    :func:`swv.core.hub.resolve_model`): the report then records its snapshot directory, which
+    names the repository and the commit.
     """
-    from swv.infer import batch
-
     model_dir, manifest, out_dir = Path(model_dir), Path(manifest), Path(out_dir)
-    generation: dict[str, Any] | None = None
-    summary = None
     if predictions is None:
         model_dir = resolve_model(model_dir, revision)
-        predictions = out_dir / PREDICTIONS_FILE
         load = _Loading(system, device, dtype, batch_size, max_duration, trust_remote_code)
-        items, generation, summary = _generate(model_dir, manifest, task, predictions, settings, load, target_language)
+        run = _generate(model_dir, manifest, task, out_dir / PREDICTIONS_FILE, settings, load, target_language,
+                        overwrite)
     else:
-        items = batch.read_items(manifest, None)
-    predictions = Path(predictions)
-    records = _eval_records(items, predictions)
+        if overwrite:
+            raise UsageError("--overwrite starts generated predictions over; it does not apply to --predictions")
+        run = _existing(Path(predictions), manifest)
+    records = _eval_records(run.items, run.predictions)
     judge = out_dir / JUDGE_FILE if task == "open" else None
     result = evaluate(records, task, normalize=normalize, target_language=target_language, judge_path=judge)
-    result["predictions_file"] = str(predictions.resolve())
+    result["predictions_file"] = str(run.predictions.resolve())
     if benchmark is not None:
         result["benchmark"] = dict(benchmark)
     report = write_report(result, out_dir / REPORT_FILE, model_dir=model_dir, manifest_path=manifest,
-                          generation_settings=generation)
-    return EvalRun(result, report, summary)
+                          generation_settings=run.generation, fingerprint=run.fingerprint,
+                          model_identity=run.model_identity)
+    return EvalRun(result, report, run.summary)
 
 
 @dataclass(frozen=True)
@@ -603,12 +603,36 @@ class _Loading:
     trust_remote_code: bool
 
 
+@dataclass(frozen=True)
+class _Predictions:
+    """The predictions :func:`evaluate_model` scores: the file, the manifest's items, and when it
+    generated them, the generation settings as the report records them, the run's summary, its
+    fingerprint and the model's identity (for existing predictions: the fingerprint their lines
+    share, if any)."""
+
+    predictions: Path
+    items: list[ManifestItem]
+    generation: dict[str, Any] | None = None
+    summary: RunSummary | None = None
+    fingerprint: dict[str, str] | None = None
+    model_identity: dict[str, Any] | None = None
+
+
+def _existing(predictions: Path, manifest: Path) -> _Predictions:
+    """Existing predictions (``--predictions``) of the manifest's items."""
+    from swv.infer.batch import read_items, read_output
+
+    items = read_items(manifest, None)
+    shared = shared_fingerprint(record for _, record in read_output(predictions)) if predictions.is_file() else None
+    return _Predictions(predictions, items, fingerprint=shared)
+
+
 def _generate(
     model_dir: Path, manifest: Path, task: Task, predictions: Path, settings: GenerationSettings | None,
-    load: _Loading, target_language: str | None,
-) -> tuple[list[ManifestItem], dict[str, Any], RunSummary]:
-    """Generate the answers of the manifest's items into ``predictions`` (resumable): the items,
-    the generation settings as the report records them, and the run's summary."""
+    load: _Loading, target_language: str | None, overwrite: bool,
+) -> _Predictions:
+    """Generate the answers of the manifest's items into ``predictions`` (resumable, see
+    :func:`swv.infer.batch.run_manifest`)."""
     from swv.infer import batch
     from swv.infer.pipeline import GenerationSettings
 
@@ -617,29 +641,23 @@ def _generate(
         manifest, lambda record, where: batch.task_prompt(record, where, task, target_language, table), task
     )
     settings = (settings if settings is not None else GenerationSettings()).over(batch.saved_generation(model_dir))
+    fingerprint = batch.manifest_fingerprint(model_dir, manifest, items, settings, load.system)
     summary = batch.run_manifest(
         lambda: batch.load_pipeline(model_dir, load.device, load.dtype, load.system, load.trust_remote_code),
         manifest, items, predictions, settings,
         batch_size=load.batch_size, max_duration=load.max_duration,
+        fingerprint=fingerprint, overwrite=overwrite, elsewhere="another --output-dir",
     )
     generation = {
         **settings.as_dict(),
-        "system_prompt": load.system if load.system is not None else _saved_system_prompt(model_dir),
+        "system_prompt": load.system if load.system is not None else batch.saved_system_prompt(model_dir),
         "batch_size": load.batch_size,
         "device": load.device,
         "dtype": load.dtype,
         "max_duration": load.max_duration,
         "prompts": dict(Counter(item.prompt for item in items)),
     }
-    return items, generation, summary
-
-
-def _saved_system_prompt(model_dir: Path) -> str | None:
-    """The system prompt stored in the model's ``swv_config.json`` (for the report)."""
-    try:
-        return json.loads((model_dir / CONFIG_NAME).read_text(encoding="utf-8")).get("system_prompt")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return _Predictions(predictions, items, generation, summary, fingerprint.parts, fingerprint.model)
 
 
 def _eval_records(items: Sequence[ManifestItem], predictions: Path) -> list[dict[str, Any]]:

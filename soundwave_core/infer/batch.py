@@ -8,6 +8,13 @@ and flushed + fsynced after every batch, so an interrupted run loses at most one
 rerun skips ids already predicted in the output (a half-written last line is dropped first).
 An item whose audio is missing, unreadable, empty, non-finite or too long gets an ``error``
 field and the run goes on; a rerun removes the error lines (atomically) and retries them.
+
+Every line carries the run's ``fingerprint`` (:mod:`swv.infer.fingerprint`: the model, the
+generation settings, the prompts, the manifest). A rerun reuses the lines only when they all
+carry its own fingerprint; an output written by another run (another model, other settings or
+prompts, a changed manifest) or by an older swv (lines without one) is refused with one line
+naming what differs, unless the run is asked to start over (``overwrite``): answers of two runs
+are never mixed in one file.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from swv.core.audio import DEFAULT_MAX_DURATION
 from swv.core.errors import InputError, UsageError
 from swv.core.io import append_durably, atomic_file
 from swv.data.manifest import read_manifest, resolve_audio
+from swv.infer.fingerprint import FINGERPRINT_FIELD, Fingerprint, run_fingerprint, stale_reason
 from swv.infer.pipeline import Pipeline
 from swv.infer.settings import GenerationSettings
 from swv.model.defaults import GenerationDefaults
@@ -119,6 +127,30 @@ def saved_generation(model_dir: str | os.PathLike[str]) -> GenerationDefaults:
         return GenerationDefaults()
 
 
+def saved_system_prompt(model_dir: str | os.PathLike[str]) -> str | None:
+    """The system prompt saved with a model (``swv_config.json``'s ``system_prompt``; ``None``
+    when it has none or the config is unreadable)."""
+    from swv.core.config import CONFIG_NAME
+
+    try:
+        saved = json.loads((Path(model_dir) / CONFIG_NAME).read_text(encoding="utf-8")).get("system_prompt")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str) else None
+
+
+def manifest_fingerprint(model_dir: str | os.PathLike[str], manifest: str | os.PathLike[str],
+                         items: Sequence[ManifestItem], settings: GenerationSettings,
+                         system: str | None) -> Fingerprint:
+    """The fingerprint (:func:`swv.infer.fingerprint.run_fingerprint`) of answering ``items`` of
+    ``manifest`` with the model in ``model_dir`` (a local directory or a resolved Hub snapshot):
+    ``settings`` resolved over the model's saved defaults, ``system`` (``None``: the model's own)."""
+    resolved = settings.over(saved_generation(model_dir))
+    system_prompt = system if system is not None else saved_system_prompt(model_dir)
+    prompts = [(item.id, item.prompt, item.task) for item in items]
+    return run_fingerprint(model_dir, manifest, prompts, resolved.as_dict(), system_prompt)
+
+
 def task_prompt(record: dict[str, Any], where: str, task: str, target_language: str | None = None,
                 instructions: dict[str, str] | None = None) -> str:
     """The instruction for one record in ``swv eval`` (and ``swv infer --manifest``): its
@@ -190,12 +222,19 @@ def read_output(path: str | os.PathLike[str], *, repair: bool = False) -> Iterat
         yield line_no, record
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids already predicted in an output file (empty when it does not exist). Lines of items
-    that failed (with ``error``) are removed from the file, atomically, so they are retried."""
+def done_ids(path: Path, fingerprint: dict[str, str], elsewhere: str = "another output file") -> set[str]:
+    """Ids already predicted in an output file by a run with this ``fingerprint`` (empty when the
+    file does not exist). Lines of items that failed (with ``error``) are removed from the file,
+    atomically, so they are retried. An output with a line of another run, or without a
+    fingerprint, is refused (:class:`UsageError` naming what differs; ``elsewhere`` is the other
+    way out offered besides ``--overwrite``)."""
     if not path.exists():
         return set()
     records = [record for _, record in read_output(path, repair=True)]
+    reason = stale_reason(records, fingerprint)
+    if reason is not None:
+        raise UsageError(f"{path}: {reason}; not reusing them: rerun with --overwrite to start over, or write to "
+                         f"{elsewhere}")
     if any("error" in record for record in records):
         with atomic_file(path) as fh:
             _append(fh, [record for record in records if "error" not in record])
@@ -291,13 +330,18 @@ def run_manifest(
     max_duration: float | None = DEFAULT_MAX_DURATION,
     with_stats: bool = False,
     show_progress: bool = True,
+    fingerprint: Fingerprint,
+    overwrite: bool = False,
+    elsewhere: str = "another output file",
 ) -> RunSummary:
     """Generate a prediction for every item whose id is not yet in ``output``.
 
     ``pipe`` may be a factory, called only when something is left to generate (so a finished
     run does not load the model). Items are processed ``batch_size`` at a time in manifest
     order; each batch is appended to ``output`` and fsynced. ``settings.seed`` seeds the RNG
-    once at the start of the run.
+    once at the start of the run. Every line carries ``fingerprint`` (:func:`manifest_fingerprint`);
+    an ``output`` with lines of another run or of an older swv is refused (:func:`done_ids`), or
+    with ``overwrite`` emptied first: the run starts over.
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
@@ -306,7 +350,10 @@ def run_manifest(
         raise UsageError(f"{output}: is a directory; expected a JSONL output file")
     if output.resolve() == manifest.resolve() or (output.exists() and os.path.samefile(output, manifest)):
         raise UsageError(f"--output {output}: is the manifest itself; write the predictions to another file")
-    done = done_ids(output)
+    if overwrite and output.exists():
+        with atomic_file(output):
+            pass  # emptied: the run starts over
+    done = done_ids(output, fingerprint.parts, elsewhere)
     todo = [item for item in items if item.id not in done]
     summary = RunSummary(output=output, total=len(items), skipped=len(items) - len(todo))
     if not todo:
@@ -323,14 +370,15 @@ def run_manifest(
 
             torch.manual_seed(settings.seed)
         _generate_into(fh, pipeline, manifest, todo, settings, batch_size, max_duration, with_stats, show_progress,
-                       summary)
+                       summary, fingerprint.parts)
     return summary
 
 
 def _generate_into(fh: Any, pipeline: Pipeline, manifest: Path, todo: Sequence[ManifestItem],
                    settings: GenerationSettings, batch_size: int, max_duration: float | None, with_stats: bool,
-                   show_progress: bool, summary: RunSummary) -> None:
-    """Generate ``todo`` batch by batch, appending each batch's lines to ``fh``."""
+                   show_progress: bool, summary: RunSummary, fingerprint: dict[str, str]) -> None:
+    """Generate ``todo`` batch by batch, appending each batch's lines, marked with the run's
+    ``fingerprint``, to ``fh``."""
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc="infer", unit="item", file=sys.stderr, disable=not show_progress,
@@ -338,7 +386,7 @@ def _generate_into(fh: Any, pipeline: Pipeline, manifest: Path, todo: Sequence[M
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             lines = _run_batch(pipeline, manifest, batch, settings, max_duration, with_stats)
-            _append(fh, lines)
+            _append(fh, [{**line, FINGERPRINT_FIELD: fingerprint} for line in lines])
             failed = sum("error" in line for line in lines)
             summary.failed += failed
             summary.generated += len(lines) - failed
