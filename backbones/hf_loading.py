@@ -23,7 +23,7 @@ from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.core.hub import Resolved, resolve_dir
 from swv.core.io import read_regular, safetensors_shapes
-from swv.nn.meta import building_on_meta, check_shapes
+from swv.nn.meta import building_on_meta, check_shapes, reading_weights
 
 if TYPE_CHECKING:
     from swv.backbones.causal_lm import CausalLMConfig
@@ -183,7 +183,7 @@ def _meta_checked(cfg: CausalLMConfig, checkpoint: str, hf_config: PreTrainedCon
         hf_config, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
     )
-    if cfg.source()[1] is None:
+    if cfg.source()[1] is None and reading_weights():  # config only (a training plan): nothing to compare
         directory = Path(checkpoint)
         stored = safetensors_shapes(checkpoint_safetensors(directory))
         check_shapes(model.named_parameters(), stored, f"backbone ({hf_config.model_type})", str(directory / "config.json"))

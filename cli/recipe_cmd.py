@@ -1,4 +1,4 @@
-"""``swv recipe``: list, show, copy and validate recipes."""
+"""``swv recipe``: list, show, copy, validate and plan recipes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="List, show, copy and validate training recipes.", no_args_is_help=True)
+app = typer.Typer(help="List, show, copy, validate and plan training recipes.", no_args_is_help=True)
 
 
 @app.command("ls")
@@ -39,6 +39,25 @@ def show(
     loaded = load_recipe(recipe, overrides or [], default_registry())
     typer.echo(f"# resolved from {loaded.source}")
     typer.echo(yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True).rstrip())
+
+
+@app.command("plan")
+def plan(
+    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Per stage, without loading weights (the model built on the meta device from its configs):
+    trainable and frozen parameters by module, rows per optimizer step, optimizer steps, epochs
+    of each data source, the mixture at the start and the end, text tokens and audio hours seen,
+    and the per-GPU memory of weights, gradients and AdamW states."""
+    import json
+
+    from swv.registry.plugins import default_registry
+    from swv.train.plan import format_plan, plan_recipe
+
+    result = plan_recipe(recipe, overrides or [], default_registry())
+    typer.echo(json.dumps(result, indent=2) if as_json else format_plan(result))
 
 
 @app.command("cp")

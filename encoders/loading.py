@@ -23,7 +23,7 @@ from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line, unpickling_detail
 from swv.core.hub import Resolved, resolve_dir
 from swv.encoders.base import Encoder
-from swv.nn.meta import building_on_meta
+from swv.nn.meta import building_on_meta, reading_weights
 
 _SAFETENSORS = "model.safetensors"
 _SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -126,8 +126,11 @@ def read_state_dict(
     of ``prefixes`` for which ``prefix + anchor`` is a key wins; only keys under it are loaded
     (other shards are never opened) and are returned with the prefix stripped.
 
-    Returns ``(prefix, state_dict)``.
+    Returns ``(prefix, state_dict)``; ``(prefixes[0], {})`` when building from configs alone
+    (:func:`swv.nn.meta.reading_weights`).
     """
+    if not reading_weights():
+        return prefixes[0], {}
     key_files: dict[str, Path]
     bin_cache: dict[Path, dict[str, torch.Tensor]] = {}
     if (directory / _SAFETENSORS).is_file():
@@ -180,7 +183,10 @@ def load_state_dict_strict(
 ) -> None:
     """Load ``state`` into ``module``: every weight of the module must be present with its shape,
     and no key outside the module may remain (``ignore`` exempts known extras). Error messages
-    name the checkpoint directory and the keys as stored (with ``prefix``)."""
+    name the checkpoint directory and the keys as stored (with ``prefix``). Nothing to do when
+    building from configs alone (:func:`swv.nn.meta.reading_weights`)."""
+    if not reading_weights():
+        return
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     if missing:

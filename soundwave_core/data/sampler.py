@@ -46,6 +46,17 @@ def mixture_probabilities(sizes: Sequence[int], temperature: float) -> np.ndarra
     return p / p.sum()
 
 
+def scheduled_temperature(temperature: float, temperature_step: float, epoch: int) -> float:
+    """The mixture's temperature in ``epoch``: ``temperature``, grown by ``temperature_step`` per epoch."""
+    return temperature + temperature_step * epoch
+
+
+def full_batches(total: int, batch_size: int) -> int:
+    """Global batches in an epoch of ``total`` rows when every batch is full but the last (no
+    frame budget: the count a random-access epoch has, and what a sequential source assumes)."""
+    return max(1, math.ceil(total / batch_size))
+
+
 @dataclass
 class SamplerPosition:
     epoch: int = 0
@@ -179,7 +190,7 @@ class MixtureSampler:
         return sum(self.sizes)
 
     def temperature_at(self, epoch: int) -> float:
-        return self.temperature + self.temperature_step * epoch
+        return scheduled_temperature(self.temperature, self.temperature_step, epoch)
 
     def probabilities(self, epoch: int) -> np.ndarray:
         return mixture_probabilities(self.sizes, self.temperature_at(epoch))
@@ -211,7 +222,7 @@ class MixtureSampler:
         source is not read ahead to count them: every batch is assumed full."""
         if self.source.random_access:
             return max(1, len(self.epoch_batches(0)))
-        return max(1, math.ceil(self.total / self.batch_size))
+        return full_batches(self.total, self.batch_size)
 
     def shares(self) -> Iterator[Share]:
         """Endless: this process's :class:`Share` of each global batch from the current position

@@ -1,11 +1,14 @@
 """Building modules on the meta device to check a config against its weights before anything
 is allocated: :func:`meta_build` (no memory, a parameter budget) and :func:`check_shapes`
-(each parameter against the shapes stored in safetensors headers)."""
+(each parameter against the shapes stored in safetensors headers). With ``config_only`` (a
+training plan, :mod:`swv.train.plan`) components build from their configs alone and read no
+weight file (:func:`reading_weights`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
@@ -20,6 +23,8 @@ MIN_BITS_PER_PARAMETER = 2
 #: Parameters a config may build beyond what its weight files can hold (buffers, added tokens).
 META_PARAMETER_MARGIN = 1_000_000
 
+_CONFIG_ONLY: ContextVar[bool] = ContextVar("swv_meta_config_only", default=False)
+
 
 def parameter_budget(weight_bytes: int) -> int:
     """The most parameters weight files of ``weight_bytes`` bytes can back (see :data:`MIN_BITS_PER_PARAMETER`)."""
@@ -27,11 +32,12 @@ def parameter_budget(weight_bytes: int) -> int:
 
 
 @contextmanager
-def meta_build(max_parameters: int | None, where: str, weight_bytes: int) -> Iterator[None]:
+def meta_build(max_parameters: int | None, where: str, weight_bytes: int, *, config_only: bool = False) -> Iterator[None]:
     """Modules created inside are on the meta device (no memory); registering more than
     ``max_parameters`` parameters in all (``None``: no limit) stops the build with an
     :class:`InputError` naming ``where`` (the config file), the component being built and the
-    parameter, so a config asking for 100,000 layers is refused after a few hundred."""
+    parameter, so a config asking for 100,000 layers is refused after a few hundred. With
+    ``config_only`` no component reads or checks its weight files (see :func:`reading_weights`)."""
     seen: set[int] = set()
     total = 0
 
@@ -50,10 +56,12 @@ def meta_build(max_parameters: int | None, where: str, weight_bytes: int) -> Ite
             )
 
     handle = register_module_parameter_registration_hook(count)
+    token = _CONFIG_ONLY.set(config_only)
     try:
         with torch.device("meta"):
             yield
     finally:
+        _CONFIG_ONLY.reset(token)
         handle.remove()
 
 
@@ -61,6 +69,13 @@ def building_on_meta() -> bool:
     """Whether modules are being created on the meta device (inside :func:`meta_build`): a
     component then builds its architecture from its config without reading weights."""
     return torch.get_default_device().type == "meta"
+
+
+def reading_weights() -> bool:
+    """Whether a component being built reads (or checks against) its checkpoint's weight files:
+    always, except inside ``meta_build(..., config_only=True)``, where a checkpoint directory
+    needs its config (and tokenizer) files only."""
+    return not (_CONFIG_ONLY.get() and building_on_meta())
 
 
 def check_shapes(params: Iterable[tuple[str, torch.Tensor]], stored: dict[str, tuple[tuple[int, ...], Path]],

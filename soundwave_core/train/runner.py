@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from swv.data.sampler import MixtureSampler, RowSource
     from swv.model.speechlm import SpeechLM
     from swv.recipes.loader import LoadedRecipe
-    from swv.recipes.schema import Recipe
+    from swv.recipes.schema import Recipe, StageSettings
 
 
 @dataclass
@@ -127,11 +127,7 @@ class StageRunner:
         )
 
     def total_steps(self, batches_per_epoch: int) -> int:
-        s = self.stage.settings
-        if s.max_steps is not None:
-            return s.max_steps
-        assert s.epochs is not None
-        return max(1, math.ceil(s.epochs * batches_per_epoch / s.grad_accum))
+        return stage_total_steps(self.stage.settings, batches_per_epoch)
 
     # -- the stage, in named steps -------------------------------------------------------------
     def run(self) -> Path:
@@ -166,7 +162,7 @@ class StageRunner:
     @property
     def stage_seed(self) -> int:
         """The seed of the stage's batch order and SpecAugment masks."""
-        return self.ctx.recipe.seed + 1000 * self.stage.index
+        return stage_seed(self.ctx.recipe, self.stage.index)
 
     def configure_deepspeed(self) -> None:
         """Under DeepSpeed (not tested without GPUs), the engine takes the micro-batch and the
@@ -198,7 +194,7 @@ class StageRunner:
     def training_data(self, model: SpeechLM) -> tuple[RowSource, MixtureSampler]:
         s = self.stage.settings
         data = load_stage_data(self.ctx.recipe.data, s.data.datasets, self.where,
-                               seed=self.ctx.recipe.seed + 1000 * self.stage.index, allow_streaming=True)
+                               seed=self.stage_seed, allow_streaming=True)
         sampler = make_sampler(
             data,
             s.data,
@@ -567,15 +563,30 @@ class HeldOutEvaluator:
         return {name: float(sums[0, i] / sums[1, i]) for i, name in enumerate(names) if float(sums[1, i]) > 0}
 
 
-def build_model(loaded: LoadedRecipe, init_dir: Path | None) -> SpeechLM:
+def stage_seed(recipe: Recipe, index: int) -> int:
+    """The seed of stage ``index``'s batch order (its mixture sampler) and SpecAugment masks."""
+    return recipe.seed + 1000 * index
+
+
+def stage_total_steps(settings: StageSettings, batches_per_epoch: int) -> int:
+    """The stage's optimizer steps: ``max_steps``, or ``epochs`` of ``batches_per_epoch`` global
+    batches, ``grad_accum`` batches per step."""
+    if settings.max_steps is not None:
+        return settings.max_steps
+    assert settings.epochs is not None
+    return max(1, math.ceil(settings.epochs * batches_per_epoch / settings.grad_accum))
+
+
+def build_model(loaded: LoadedRecipe, init_dir: Path | None, tags: list[str] | None = None) -> SpeechLM:
     """The stage's starting model: an export to continue from, or fresh from the recipe.
 
     A fresh model's tokenizer also gets every tag the recipe's data sources carry (see
-    :func:`swv.data.stage_data.recipe_tags`) as special tokens; an export must already have them."""
+    :func:`swv.data.stage_data.recipe_tags`; ``tags`` when given, e.g. by a plan that does not
+    load the data) as special tokens; an export must already have them."""
     from swv.data.stage_data import recipe_tags
     from swv.model.speechlm import SpeechLM, SpeechLMConfig
 
-    tags = recipe_tags(loaded.recipe.data)
+    tags = recipe_tags(loaded.recipe.data) if tags is None else tags
     torch.manual_seed(loaded.recipe.seed)
     if init_dir is not None:
         # remote code only if the recipe the user wrote enables it, never the export's own config
