@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 
+from swv.cli.commands import SwvTyper
 from swv.cli.options import WeightDtype
 
-app = typer.Typer(
+app = SwvTyper(
     help="Convert CTranslate2 (faster-whisper) Whisper and GGUF LLM checkpoints to Hugging Face safetensors directories.",
     no_args_is_help=True,
     add_completion=False,

@@ -12,12 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from swv.cli.commands import SwvTyper
 from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.core.errors import UsageError
 from swv.core.plotting import PLOT_HINT
 from swv.dataprep.sft import FORMATS, TEMPLATES
 
-app = typer.Typer(
+app = SwvTyper(
     help="Data engineering: build manifests, apply the paper's quality filters, splice multi-speaker "
     "audio, insert sound events, generate SFT instructions and print statistics.",
     no_args_is_help=True,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 STDIN = "-"
 
 # -- the options only `swv infer` has ------------------------------------------------------------
-Audio = Annotated[Optional[list[str]], typer.Argument(
+Audio = Annotated[Optional[list[str]], typer.Argument(metavar="AUDIO",
     help="Audio files; '-' reads a WAV (or any soundfile format) from stdin.", show_default=False)]
 Prompt = Annotated[Optional[str], typer.Option(
     "--prompt", "-p", help="Instruction about the audio (default: the model's ASR instruction; manifest records "

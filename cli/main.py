@@ -21,8 +21,9 @@ from swv.cli import (
     serve_cmd,
     train_cmd,
 )
+from swv.cli.commands import SwvTyper
 
-app = typer.Typer(
+app = SwvTyper(
     name="swv",
     help="Soundwave-style speech LLMs: recipes, plugins, training, inference and evaluation.",
     no_args_is_help=True,

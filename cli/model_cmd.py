@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 
+from swv.cli.commands import SwvTyper
 from swv.cli.options import TrustRemoteCode, WeightDtype
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import InputError, UsageError
@@ -28,7 +29,7 @@ from swv.train.plots import RUN_FILE
 
 STAGE_EXPORT = "export"
 
-import_app = typer.Typer(
+import_app = SwvTyper(
     help="Import checkpoints of other implementations as swv model directories.",
     no_args_is_help=True,
     add_completion=False,

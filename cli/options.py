@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, get_type_hi
 
 import typer
 
+from swv.core.devices import AUTO_DEVICE, DEVICE_HELP
 from swv.model.defaults import GenerationDefaults
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ Revision = Annotated[Optional[str], typer.Option(
 TrustRemoteCode = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Let a model component that asks for it run the Python code its directory ships "
     "(a model directory can never enable this itself). Review that code first.")]
-Device = Annotated[str, typer.Option("--device", help="Torch device: cpu, cuda, cuda:1, mps...")]
+Device = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 Dtype = Annotated[Optional[str], typer.Option(
     "--dtype", help="Cast the model to float32, float16 or bfloat16, or fp32/fp16/bf16/half (default: as saved).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Inputs generated together.")]
@@ -108,7 +109,7 @@ class GenerationOptions:
 class RunOptions:
     """Where the model runs and how many inputs it takes at once (``swv infer``, ``swv eval``)."""
 
-    device: Device = "cpu"
+    device: Device = AUTO_DEVICE
     dtype: Dtype = None
     batch_size: BatchSize = 8
 

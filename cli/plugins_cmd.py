@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="Inspect plugins and the components they register.", no_args_is_help=True)
+from swv.cli.commands import SwvTyper
+
+app = SwvTyper(help="Inspect plugins and the components they register.", no_args_is_help=True)
 
 
 @app.command("list")

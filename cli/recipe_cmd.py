@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="List, show, copy, validate and plan training recipes.", no_args_is_help=True)
+from swv.cli.commands import SwvTyper
+
+app = SwvTyper(help="List, show, copy, validate and plan training recipes.", no_args_is_help=True)
 
 
 @app.command("ls")
@@ -27,8 +29,9 @@ def ls() -> None:
 
 @app.command("show")
 def show(
-    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")] = None,
+    recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="Shipped recipe name or path to a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        metavar="OVERRIDES", help="key.path=value overrides (list items by index or name: stages.alignment.max_steps=10).")] = None,
 ) -> None:
     """Print the fully resolved recipe (extends, overrides and every default filled in)."""
     import yaml
@@ -43,8 +46,8 @@ def show(
 
 @app.command("plan")
 def plan(
-    recipe: Annotated[str, typer.Argument(help="Shipped recipe name or path to a YAML file.")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key.path=value overrides.")] = None,
+    recipe: Annotated[str, typer.Argument(metavar="RECIPE", help="Shipped recipe name or path to a YAML file.")],
+    overrides: Annotated[list[str] | None, typer.Argument(metavar="OVERRIDES", help="key.path=value overrides.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Per stage, without loading weights (the model built on the meta device from its configs):
@@ -62,8 +65,8 @@ def plan(
 
 @app.command("cp")
 def cp(
-    name: Annotated[str, typer.Argument(help="Shipped recipe name.")],
-    dest: Annotated[Path, typer.Argument(help="Destination file or directory.")],
+    name: Annotated[str, typer.Argument(metavar="RECIPE", help="Shipped recipe name.")],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="Destination file or directory.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Copy a shipped recipe to edit it."""
@@ -83,9 +86,18 @@ def cp(
     typer.echo(f"copied {name} -> {target}")
 
 
+def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """Recipes and ``key.path=value`` overrides from one list of arguments: an item holding ``=``
+    that is not an existing file is an override."""
+    recipes = [item for item in items if "=" not in item or Path(item).is_file()]
+    return recipes, [item for item in items if item not in recipes]
+
+
 @app.command("validate")
 def validate(
-    recipes: Annotated[list[str], typer.Argument(help="Shipped recipe names or YAML paths.")],
+    items: Annotated[list[str], typer.Argument(
+        metavar="RECIPE|KEY=VALUE", help="Shipped recipe names or YAML paths, and key.path=value overrides "
+        "applied to each (e.g. stages.alignment.max_steps=10).")],
 ) -> None:
     """Validate recipes, including every component's arguments. Exits 2 if any is invalid."""
     from swv.core.errors import RecipeError, UsageError
@@ -94,11 +106,14 @@ def validate(
     from swv.train.stages import recipe_stages
     from swv.train.tracking import check_trackers
 
+    recipes, overrides = split_overrides(items)
+    if not recipes:
+        raise UsageError("recipe validate: name at least one recipe (shipped name or YAML path) besides the overrides")
     registry = default_registry()
     failed = 0
     for item in recipes:
         try:
-            loaded = load_recipe(item, [], registry)
+            loaded = load_recipe(item, overrides, registry)
         except RecipeError as exc:
             failed += 1
             typer.echo(f"error: {' '.join(str(exc).split())}", err=True)

@@ -19,6 +19,7 @@ from swv.cli.options import (
     System,
     with_option_groups,
 )
+from swv.core.devices import AUTO_DEVICE
 from swv.core.errors import UsageError
 from swv.serve import limits
 
@@ -113,7 +114,7 @@ def _context_length(pipe: Any) -> int:
 
 @with_option_groups
 def serve(
-    model_dir: Annotated[Path, typer.Argument(help="Model directory written by training / SpeechLM.save_pretrained.")],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL", help="Model directory written by training / SpeechLM.save_pretrained.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8000,
     model_name: Annotated[Optional[str], typer.Option(
@@ -130,7 +131,7 @@ def serve(
     no_repeat_ngram_size: NoRepeatNgramSize = None,
     repetition_penalty: RepetitionPenalty = None,
     system: System = None,
-    device: Device = "cpu",
+    device: Device = AUTO_DEVICE,
     dtype: Dtype = None,
     *,
     bounds: RequestBounds,

@@ -106,7 +106,7 @@ def test_overrides_apply_before_validation(tmp_path: Path, registry) -> None:
         ("stages.0.max_step=10", "r.yaml: stages[0].max_step: unknown field (from override 'stages.0.max_step=10')"),
         ("model.backbone.lora.rank=4", "r.yaml: model.backbone.lora.rank: unknown field (from override 'model.backbone.lora.rank=4')"),
         ("stages.5.max_steps=1", "index 5 out of range (list has 2 items)"),
-        ("stages.x.max_steps=1", "expected a list index, got 'x'"),
+        ("stages.x.max_steps=1", "stages: no item named 'x'; use an index (0-1) or one of the names: "),
         ("output_dir.x=1", "output_dir holds a str, not a mapping or list"),
         ("seed.x=1", "seed: Input should be a valid integer (from override 'seed.x=1')"),
         ("novalue", "expected key.path=value"),

@@ -106,9 +106,11 @@ def test_rerun_skips_finished_stages(tiny_run: Path) -> None:
 
 
 def test_other_recipe_in_same_output_dir_is_refused(tiny_run: Path) -> None:
-    res = swv("train", "--recipe", "tiny", "output_dir=run", "stages.0.max_steps=31", "--stage", "alignment", cwd=tiny_run.parent)
+    res = swv("train", "--recipe", "tiny", "output_dir=run", *FAST, "stages.0.optimizer.lr=0.001", "--stage", "alignment",
+              cwd=tiny_run.parent)
     assert res.returncode == 2
-    assert "holds checkpoints of a different recipe" in res.stderr and res.stderr.count("\n") == 1
+    assert "holds checkpoints of a different recipe (stages.0.optimizer.lr: 0.003 -> 0.001)" in res.stderr
+    assert res.stderr.count("\n") == 1
 
 
 def test_stage_selection_errors(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import swv.eval.metrics as M
 from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.config import CONFIG_NAME
+from swv.core.devices import resolve_device
 from swv.core.errors import InputError, UsageError
 from swv.core.hub import resolve_model
 from swv.core.io import atomic_file, atomic_write_json
@@ -652,7 +654,7 @@ def _generate(
         **settings.as_dict(),
         "system_prompt": load.system if load.system is not None else batch.saved_system_prompt(model_dir),
         "batch_size": load.batch_size,
-        "device": load.device,
+        "device": str(resolve_device(load.device)),
         "dtype": load.dtype,
         "max_duration": load.max_duration,
         "prompts": dict(Counter(item.prompt for item in items)),

@@ -69,6 +69,7 @@ from transformers import LogitsProcessor, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from swv.core.audio import DEFAULT_MAX_DURATION
+from swv.core.devices import resolve_device
 from swv.core.dtypes import torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
@@ -451,7 +452,4 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise UsageError(f"device: invalid device {device!r} ({first_line(exc)})") from None
+    return resolve_device(device)

@@ -6,8 +6,9 @@ Composition rules:
   lists and scalars replace**. Chains are allowed; cycles are errors.
 - ``key.path=value`` overrides from the command line are applied after ``extends`` and before
   validation. Values are parsed as YAML (``3e-5``, ``true``, ``[a, b]``). List items are
-  addressed by index (``stages.0.max_steps=10``). A misspelt key fails validation, naming the
-  override that introduced it.
+  addressed by index (``stages.0.max_steps=10``) or, in a list of named mappings (stages,
+  adapters), by name (``stages.alignment.max_steps=10``). A misspelt key fails validation,
+  naming the override that introduced it.
 """
 
 from __future__ import annotations
@@ -171,15 +172,31 @@ def parse_override(text: str) -> Override:
     return Override(text, key.split("."), value)
 
 
+def list_index(items: list[Any], key: str, ov: Override, where: str) -> int:
+    """The index ``key`` names in ``items``: a number, or the ``name`` of one of its mappings."""
+    if key.lstrip("-").isdigit():
+        return int(key)
+    names = [item.get("name") for item in items if isinstance(item, dict)]
+    if not names or any(not isinstance(n, str) for n in names):
+        raise RecipeError(f"override {ov.text!r}: {where}: expected a list index, got {key!r}")
+    found = [i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == key]
+    if len(found) != 1:
+        problem = "no item" if not found else f"{len(found)} items"
+        raise RecipeError(f"override {ov.text!r}: {where}: {problem} named {key!r}; use an index (0-{len(items) - 1}) "
+                          f"or one of the names: {', '.join(names)}")
+    return found[0]
+
+
 def apply_override(data: dict[str, Any], ov: Override) -> None:
+    """Set the value of ``ov`` in ``data``; list items named by name get their index in ``ov.keys``
+    (so that validation errors name the override)."""
     node: Any = data
     for depth, key in enumerate(ov.keys):
         last = depth == len(ov.keys) - 1
         where = ".".join(ov.keys[: depth + 1])
         if isinstance(node, list):
-            if not key.lstrip("-").isdigit():
-                raise RecipeError(f"override {ov.text!r}: {where}: expected a list index, got {key!r}")
-            idx = int(key)
+            idx = list_index(node, key, ov, ".".join(ov.keys[:depth]))
+            ov.keys[depth] = str(idx)
             if not -len(node) <= idx < len(node):
                 raise RecipeError(f"override {ov.text!r}: {where}: index {idx} out of range (list has {len(node)} items)")
             if last:

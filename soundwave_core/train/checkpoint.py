@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -59,6 +60,8 @@ class TrainerState:
     samples_seen: int = 0
     #: the fingerprint of each file-backed data source of the stage (:mod:`swv.data.fingerprint`)
     data: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the stage's length in steps when the checkpoint was written (0: not recorded, older swv)
+    total_steps: int = 0
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -256,3 +259,12 @@ def checkpoint_recipe_hash(directory: Path) -> str | None:
         return json.loads((directory / STATE_FILE).read_text()).get("recipe_hash")
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def checkpoint_recipe(directory: Path) -> dict[str, Any] | None:
+    """The resolved recipe a checkpoint was written with (its ``recipe.yaml``), or None if unreadable."""
+    try:
+        recipe = yaml.safe_load((directory / RECIPE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return recipe if isinstance(recipe, dict) else None

@@ -37,12 +37,14 @@ from swv.data.stage_data import StageDataset, load_stage_data, make_sampler
 from swv.train.checkpoint import (
     TrainableWeightsHooks,
     TrainerState,
+    checkpoint_recipe,
     checkpoint_recipe_hash,
     latest_intact_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
+from swv.train.identity import describe_differences, identity_diff, stage_length
 from swv.train.stages import CTC, LM, Stage
 from swv.train.trainable import apply_trainable, format_counts
 
@@ -79,10 +81,15 @@ class RunContext:
 
 
 class StageRunner:
-    def __init__(self, ctx: RunContext, stage: Stage, init_dir: Path | None) -> None:
+    """One stage: trains it from ``init_dir`` (or resumes it from its latest checkpoint) to its
+    last step. ``reopened``: the stage had finished with another length (``max_steps``,
+    ``epochs``) and is continued from its last checkpoint, which must exist."""
+
+    def __init__(self, ctx: RunContext, stage: Stage, init_dir: Path | None, reopened: bool = False) -> None:
         self.ctx = ctx
         self.stage = stage
         self.init_dir = init_dir
+        self.reopened = reopened
         self.stage_dir = inside(ctx.output_dir, stage.name, f"stages[{stage.index}].name")
         self.ckpt_dir = self.stage_dir / "checkpoints"
         self.export_dir = self.stage_dir / "export"
@@ -146,7 +153,7 @@ class StageRunner:
         hooks = TrainableWeightsHooks(self.acc)
         try:
             state = TrainerState(step=0, sampler=sampler.state_dict(), bad_steps=0, recipe_hash=self.ctx.recipe_hash,
-                                 data=self.data_fingerprints())
+                                 data=self.data_fingerprints(), total_steps=total)
             state = self.maybe_resume(scheduler, state)
             sampler.load_state_dict(state.sampler)
             self.write_stage_file(done=False, step=state.step, total=total)
@@ -407,19 +414,52 @@ class StageRunner:
             if skipped:
                 raise InputError(
                     f"{self.ckpt_dir}: no intact checkpoint to resume from (every one is damaged, see the warnings "
-                    "above); move that directory aside to start the stage over"
+                    "above); move that directory aside, or pass --restart, to start the stage over"
                 )
+            if self.reopened:
+                raise UsageError(f"stage {self.stage.name} finished, but {self.ckpt_dir} holds no checkpoint to continue "
+                                 "it from; pass --restart to train it from the start")
             return state
-        if checkpoint_recipe_hash(latest) != self.ctx.recipe_hash:
-            raise UsageError(
-                f"{self.ckpt_dir}: holds checkpoints of a different recipe; use another output_dir "
-                "(or remove that directory) to start over"
-            )
+        self.check_recipe(latest)
         loaded = load_checkpoint(self.acc, latest, scheduler=scheduler)
         self.check_data(latest, loaded.data, state.data)
         loaded.data = state.data  # later checkpoints record the data trained on from now on
         self.ctx.print(f"resuming stage {self.stage.name} from {latest} (step {loaded.step})")
+        self.check_length(latest, loaded, state.total_steps, scheduler)
         return loaded
+
+    def check_recipe(self, checkpoint: Path) -> None:
+        """Refuse a checkpoint written with another recipe (its identity, see
+        :mod:`swv.train.identity`), naming the fields that differ. A checkpoint whose recorded
+        recipe has the same identity but another digest (written by an older swv) is accepted."""
+        if checkpoint_recipe_hash(checkpoint) == self.ctx.recipe_hash:
+            return
+        recorded = checkpoint_recipe(checkpoint)
+        differences = ["(its recipe.yaml is unreadable)"] if recorded is None else identity_diff(recorded, self.ctx.loaded.resolved())
+        if differences:
+            raise UsageError(
+                f"{self.ckpt_dir}: holds checkpoints of a different recipe ({describe_differences(differences)}); "
+                "pass --restart to start the stage over, or use another output_dir"
+            )
+
+    def check_length(self, checkpoint: Path, loaded: TrainerState, total: int, scheduler: LRScheduler) -> None:
+        """A stage whose length changed since ``checkpoint``: past the new end is an error;
+        otherwise the learning-rate schedule (built for the new length) continues from the
+        checkpoint's step, so the next step uses the new schedule's rate at that step."""
+        if loaded.step > total:
+            raise UsageError(
+                f"{self.where}: the checkpoint {checkpoint} is at step {loaded.step}, past the stage's new length of "
+                f"{total} steps; raise max_steps (or epochs), or pass --restart to start the stage over"
+            )
+        if loaded.total_steps == total:
+            return
+        scheduler.last_epoch = loaded.step - 1
+        scheduler.step()  # sets the optimizer's rates to the new schedule's at loaded.step
+        if loaded.total_steps:  # 0: a checkpoint of an older swv, which did not record its length
+            self.ctx.print(f"stage {self.stage.name}: length changed from {loaded.total_steps} to {total} steps; the "
+                           f"learning-rate schedule is rebuilt for {total} steps and continues at step {loaded.step} "
+                           f"(lr {scheduler.get_last_lr()[0]:.4g})")
+        loaded.total_steps = total
 
     def data_fingerprints(self) -> dict[str, dict[str, Any]]:
         """The fingerprints of the stage's file-backed sources (training and held-out)."""
@@ -477,12 +517,17 @@ class StageRunner:
         acc.wait_for_everyone()
 
     def write_stage_file(self, *, done: bool, step: int, total: int) -> None:
+        """``stage.json``: the stage's progress, length and start (``init_step``: the step of the
+        previous stage's export when this stage first started from it)."""
         if self.acc.is_main_process:
+            previous = stage_record(self.stage_dir)
+            init_step = stage_record(self.init_dir.parent).get("step") if self.init_dir else None
             atomic_write_json(
                 self.stage_dir / "stage.json",
                 {"name": self.stage.name, "kind": self.stage.kind, "recipe_hash": self.ctx.recipe_hash,
-                 "done": done, "step": step, "total_steps": total,
-                 "init_from": str(self.init_dir) if self.init_dir else None},
+                 "done": done, "step": step, "total_steps": total, "length": stage_length(self.stage.settings),
+                 "init_from": str(self.init_dir) if self.init_dir else None,
+                 "init_step": previous.get("init_step", init_step)},
             )
 
 
@@ -630,11 +675,18 @@ def feature_cache_dir(recipe: Recipe) -> Path:
     return Path(recipe.data.feature_cache or Path(recipe.output_dir) / "feature_cache")
 
 
-def stage_done(stage_dir: Path, recipe_hash: str) -> bool:
+def stage_record(stage_dir: Path) -> dict[str, Any]:
+    """The stage's ``stage.json`` (empty if missing or unreadable)."""
     try:
         info = json.loads((stage_dir / "stage.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def stage_done(stage_dir: Path, recipe_hash: str) -> bool:
+    """The stage finished with this recipe (its identity: possibly another length) and has its export."""
+    info = stage_record(stage_dir)
     return bool(info.get("done")) and info.get("recipe_hash") == recipe_hash and (stage_dir / "export" / CONFIG_NAME).is_file()
 
 

@@ -1,11 +1,19 @@
-"""``swv train``: run a recipe's stages in order, each from the previous stage's export."""
+"""``swv train``: run a recipe's stages in order, each from the previous stage's export.
+
+A run continues where it stopped: a finished stage is skipped, an unfinished one resumes from its
+latest checkpoint. Settings that do not change a recipe's identity (:mod:`swv.train.identity`:
+``max_steps``, ``epochs``, logging, checkpoint and evaluation cadence, ``keep_last``, data loader
+workers...) can change between runs; a finished stage whose length changed is reopened and
+continues from its last checkpoint, its learning-rate schedule rebuilt for the new length from the
+step reached. Any other change is refused, naming the fields that differ, unless ``restart``
+(``swv train --restart``) removes the selected stages' directories first.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,20 +22,14 @@ import yaml
 
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import UsageError
-from swv.core.io import atomic_write_json, atomic_write_text, writable_directory
+from swv.core.io import atomic_write_json, atomic_write_text, inside, writable_directory
 from swv.registry.plugins import default_registry
 from swv.train.checkpoint import remove_leftovers
+from swv.train.identity import recipe_hash, stage_length
 from swv.train.lock import OutputDirLock
 from swv.train.plots import RUN_FILE, plot_finished_stage, plots_enabled
-from swv.train.runner import RunContext, StageRunner, stage_done
+from swv.train.runner import RunContext, StageRunner, stage_done, stage_record
 from swv.train.stages import recipe_stages
-
-
-def recipe_hash(resolved: dict[str, Any]) -> str:
-    """The recipe's identity: everything but where the run lives (``output_dir``), so a run
-    directory that was moved resumes from its checkpoints."""
-    identity = {key: value for key, value in resolved.items() if key != "output_dir"}
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def select_stages(names: list[str], only: str | None, start: str | None) -> list[int]:
@@ -88,10 +90,11 @@ def batch_plan(recipe: Any, world_size: int) -> dict[str, dict[str, int]]:
 
 
 def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = None, resume: bool = False,
-          accept_data_change: bool = False) -> list[Path]:
+          accept_data_change: bool = False, restart: bool = False) -> list[Path]:
     """Run the selected stages of a validated recipe; returns the export directories. A stage
     resumed from a checkpoint whose data files changed since is refused unless
-    ``accept_data_change``."""
+    ``accept_data_change``; ``restart`` removes the selected stages' directories (checkpoints,
+    export, metrics) first, so they train from the start."""
     recipe = loaded.recipe
     resolved = loaded.resolved()
     digest = recipe_hash(resolved)
@@ -99,6 +102,8 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
     names = [s.name for s in recipe.stages]
     selected = select_stages(names, stage, from_stage)
     stages = recipe_stages(loaded, default_registry())  # every stage's losses checked up front
+    if resume and restart:
+        raise UsageError("use either --resume or --restart, not both")
     if resume and not any((output_dir / names[i] / "checkpoints").is_dir() or stage_done(output_dir / names[i], digest) for i in selected):
         raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
 
@@ -108,8 +113,19 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
     with OutputDirLock(output_dir) if acc.is_main_process else contextlib.nullcontext() as lock:
         if lock is not None and lock.took_over is not None:
             print(f"{output_dir}: took over the lock of pid {lock.took_over}, which is no longer running", flush=True)
+        if restart and acc.is_main_process:
+            _remove_stages(output_dir, {i: names[i] for i in selected})
         acc.wait_for_everyone()
         return _train_locked(loaded, acc, plan, selected, stages, digest, accept_data_change)
+
+
+def _remove_stages(output_dir: Path, names: dict[int, str]) -> None:
+    """``--restart``: remove the directory (checkpoints, export, metrics) of each stage, by index."""
+    for index, name in names.items():
+        stage_dir = inside(output_dir, name, f"stages[{index}].name")
+        if stage_dir.is_dir() and not stage_dir.is_symlink():
+            shutil.rmtree(stage_dir)
+            print(f"removed {stage_dir} (--restart)", flush=True)
 
 
 def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], selected: list[int], stages: list[Any],
@@ -142,26 +158,51 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
         from swv.train.tracking import start_trackers
 
         start_trackers(acc, Path(recipe.output_dir).name, list(recipe.trackers), resolved)
-
-    exports = []
-    draw = acc.is_main_process and plots_enabled(ctx.print)
-    for i in selected:
-        settings = recipe.stages[i]
-        stage_dir = output_dir / settings.name
-        if acc.is_main_process:
-            for leftover in remove_leftovers(stage_dir / "checkpoints", stage_dir / "export"):
-                ctx.print(f"removed {leftover}, left behind by an interrupted run")
-        if stage_done(stage_dir, digest):
-            ctx.print(f"stage {settings.name} already done ({stage_dir / 'export'}); skipping")
-            exports.append(stage_dir / "export")
-            continue
-        init_dir = _init_dir(recipe, i, output_dir)
-        exports.append(StageRunner(ctx, stages[i], init_dir).run())
-        if draw:
-            plot_finished_stage(output_dir, names, settings.name, ctx.print)
+    exports = _run_stages(ctx, stages, selected)
     if recipe.trackers:
         acc.end_training()
     return exports
+
+
+def _run_stages(ctx: RunContext, stages: list[Any], selected: list[int]) -> list[Path]:
+    """Each selected stage in order: skipped when done, reopened when done with another length,
+    else trained (or resumed); returns the export directories."""
+    recipe, output_dir = ctx.recipe, ctx.output_dir
+    exports = []
+    draw = ctx.accelerator.is_main_process and plots_enabled(ctx.print)
+    for i in selected:
+        settings = recipe.stages[i]
+        stage_dir = output_dir / settings.name
+        if ctx.accelerator.is_main_process:
+            for leftover in remove_leftovers(stage_dir / "checkpoints", stage_dir / "export"):
+                ctx.print(f"removed {leftover}, left behind by an interrupted run")
+        record = stage_record(stage_dir)
+        _warn_if_stale(ctx, i, record)
+        reopened = stage_done(stage_dir, ctx.recipe_hash) and record.get("length") != stage_length(settings)
+        if stage_done(stage_dir, ctx.recipe_hash) and not reopened:
+            ctx.print(f"stage {settings.name} already done ({stage_dir / 'export'}); skipping")
+            exports.append(stage_dir / "export")
+            continue
+        if reopened:
+            ctx.print(f"stage {settings.name} finished at step {record.get('step')}; its length changed "
+                      f"({record.get('length')} -> {stage_length(settings)}): continuing it from its last checkpoint")
+        exports.append(StageRunner(ctx, stages[i], _init_dir(recipe, i, output_dir), reopened=reopened).run())
+        if draw:
+            plot_finished_stage(output_dir, [s.name for s in recipe.stages], settings.name, ctx.print)
+    return exports
+
+
+def _warn_if_stale(ctx: RunContext, index: int, record: dict[str, Any]) -> None:
+    """Warn when stage ``index`` was trained from the previous stage's export at another step
+    than that stage has reached now (it was continued since)."""
+    if index == 0 or ctx.recipe.stages[index].init_from is not None or record.get("init_step") is None:
+        return
+    prev = ctx.recipe.stages[index - 1].name
+    now = stage_record(ctx.output_dir / prev).get("step")
+    if now is not None and now != record["init_step"]:
+        name = ctx.recipe.stages[index].name
+        ctx.print(f"warning: stage {name} was trained from stage {prev}'s export at step {record['init_step']}; "
+                  f"{prev} has been continued to step {now} since: pass --from-stage {name} --restart to retrain {name}")
 
 
 def _init_dir(recipe: Any, index: int, output_dir: Path) -> Path | None:
