@@ -183,8 +183,17 @@ def test_find_unused_parameters_decision(trainable, chain, weighted, backbone, u
     assert unreached_modules(trainable, chain, weighted, backbone) == unreached
 
 
+def test_text_only_rows_leave_the_audio_side_without_gradient() -> None:
+    """Stage II mixes text-only data: a batch without audio runs neither the encoder nor the adapters
+    (found in a two-process run of the tiny recipe), while the backbone always runs."""
+    trainable = {"adapters.alignment", "adapters.shrinking", "backbone", "backbone.lora"}
+    assert unreached_modules(trainable, [ALIGN, SHRINK], {"lm", "ctc"}, True, text_only_rows=True) == \
+        ["adapters.alignment", "adapters.shrinking"]
+    assert unreached_modules({"backbone.lora"}, [ALIGN, SHRINK], {"lm"}, True, text_only_rows=True) == []
+
+
 @pytest.mark.parametrize("recipe", ["tiny", "soundwave", "demo"])
-def test_shipped_recipes_need_no_unused_parameter_search(recipe: str) -> None:
+def test_shipped_recipes_reach_every_trainable_module_from_speech_batches(recipe: str) -> None:
     from swv.recipes.loader import load_recipe
     from swv.registry.plugins import default_registry
     from swv.train.stages import recipe_stages

@@ -149,7 +149,7 @@ class StageRunner:
         optimizer, scheduler = self.build_optimizer(model, total)
         self.acc.free_memory()  # save_state saves every prepared object: forget the previous stage's
         self.configure_deepspeed()
-        self.configure_ddp(model)
+        self.configure_ddp(model, data)
         model, optimizer = self.acc.prepare(model, optimizer)
         hooks = TrainableWeightsHooks(self.acc)
         try:
@@ -183,19 +183,23 @@ class StageRunner:
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = s.batch_size // self.acc.num_processes
         plugin.deepspeed_config["gradient_accumulation_steps"] = s.grad_accum
 
-    def configure_ddp(self, model: SpeechLM) -> None:
+    def configure_ddp(self, model: SpeechLM, data: RowSource) -> None:
         """DDP's ``find_unused_parameters`` only when a trainable module may get no gradient in
-        this stage (:func:`~swv.train.trainable.unreached_modules`): the search costs a graph
-        walk every step and warns whenever it finds nothing."""
+        this stage (:func:`~swv.train.trainable.unreached_modules`; a stage with text-only rows
+        may draw a batch without audio): the search costs a graph walk every step and warns
+        whenever it finds nothing."""
         if self.ctx.ddp is None:
             return
         chain = [ChainLink(name, adapter.produces_ctc, frozenset(adapter.aux_loss_names))
                  for name, adapter in model.adapters.items()]
         weighted = {name for name, weight in self.stage.settings.losses.items() if weight > 0}
-        unreached = unreached_modules(trainable_groups(model), chain, weighted, self.stage.run_backbone)
+        speech_only = isinstance(data, StageDataset) and not bool((data.durations < 0).any())
+        unreached = unreached_modules(trainable_groups(model), chain, weighted, self.stage.run_backbone,
+                                      text_only_rows=not speech_only)
         self.ctx.ddp.find_unused_parameters = bool(unreached)
         if self.acc.num_processes > 1:
-            why = f" ({', '.join(unreached)} may get no gradient in this stage)" if unreached else ""
+            text = "" if speech_only else ": the stage's data has rows without audio"
+            why = f" ({', '.join(unreached)} may get no gradient{text})" if unreached else ""
             self.ctx.print(f"[{self.stage.name}] DDP find_unused_parameters={bool(unreached)}{why}")
 
     def num_workers(self) -> int:

@@ -98,7 +98,7 @@ class ChainLink:
 
 
 def unreached_modules(trainable: Iterable[str], chain: Sequence[ChainLink], weighted: Iterable[str],
-                      run_backbone: bool) -> list[str]:
+                      run_backbone: bool, *, text_only_rows: bool = False) -> list[str]:
     """The trainable module groups (``encoder``, ``adapters.<name>``, ``backbone``,
     ``backbone.lora``) that may hold a parameter no weighted loss of the stage reaches: DDP
     needs ``find_unused_parameters`` exactly when this is not empty.
@@ -108,7 +108,9 @@ def unreached_modules(trainable: Iterable[str], chain: Sequence[ChainLink], weig
     and the encoder; the CTC loss the adapters up to the first that produces CTC logits (the
     chain stops there without the backbone); an auxiliary loss the adapters up to the one that
     declares it. An adapter counts as reached whole only when every loss it owns is weighted: a
-    CTC head or an auxiliary branch without a weighted loss may get no gradient.
+    CTC head or an auxiliary branch without a weighted loss may get no gradient. With
+    ``text_only_rows`` (the stage's data has rows without audio, or may have: a stream), a batch
+    may hold no audio at all, and then neither the encoder nor any adapter runs.
     """
     weights = set(weighted)
     lm = run_backbone and LM in weights
@@ -122,4 +124,6 @@ def unreached_modules(trainable: Iterable[str], chain: Sequence[ChainLink], weig
     for link in chain[: depth + 1]:
         if (not link.produces_ctc or CTC in weights) and link.aux_losses <= weights:
             reached.add(f"adapters.{link.name}")
+    if text_only_rows:
+        reached = {group for group in reached if group.startswith("backbone")}
     return sorted(set(trainable) - reached)
