@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from swv.cli.commands import SwvTyper
+from swv.cli.options import ON_MISSING_DEFAULT, OnMissing, OnMissingOption
 from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.core.errors import UsageError
 from swv.core.plotting import PLOT_HINT
@@ -51,22 +52,27 @@ def manifest_cmd(
         "commonvoice: a table such as dev).")] = None,
     clips: Annotated[Optional[Path], typer.Option(
         help="--format: the layout's clips folder (covost2, commonvoice: the CommonVoice clips).")] = None,
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
     """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table,
-    or (--format) from a standard corpus in its own layout."""
+    or (--format) from a standard corpus in its own layout.
+
+    Audio files the corpus or the --transcripts table names but that do not exist stop the command
+    (--on-missing fail, the default) or are left out and counted in the summary (--on-missing skip)."""
     if corpus_format is None:
         if split is not None or clips is not None:
             raise UsageError("--split and --clips need --format")
         from swv.dataprep.manifest import build_manifest
 
-        report = build_manifest(audio_dir, out, task=task, transcripts=transcripts, language=language)
+        report = build_manifest(audio_dir, out, task=task, transcripts=transcripts, language=language,
+                                on_missing=OnMissing(on_missing).value)
     else:
         if transcripts is not None:
             raise UsageError("--transcripts applies to plain folders, not to --format")
         from swv.dataprep.corpora import CorpusOptions, build_corpus_manifest
 
         opts = CorpusOptions(split=split, language=language, clips=clips)
-        report = build_corpus_manifest(audio_dir, out, corpus_format, opts)
+        report = build_corpus_manifest(audio_dir, out, corpus_format, opts, on_missing=OnMissing(on_missing).value)
     typer.echo(report.format())
 
 

@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.cli.options import (
+    ON_MISSING_DEFAULT,
     GenerationOptions,
     MaxDuration,
     ModelSource,
+    OnMissing,
+    OnMissingOption,
     Revision,
     RunOptions,
     TrustRemoteCode,
@@ -71,6 +74,7 @@ class EvalInputs:
     plot: Annotated[bool, typer.Option(
         "--plot", help=f"Also draw the score table (all, then each language, task or label) as a bar chart, "
         f"OUTPUT_DIR/{GROUPS_CHART} ({PLOT_HINT}).")] = False
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,10 @@ def eval_cmd(
     the audio's length, no long repeated runs of tokens); the report records them
     and counts the answers longer than 2x their reference ('overlong').
 
+    Missing audio: a record or benchmark entry whose audio file does not exist stops
+    the run before the model loads (--on-missing fail, the default), or is counted
+    as a failed item of the report (--on-missing skip); --predictions needs no audio.
+
     Long audio: clips longer than the encoder window (30 s for Whisper) are
     windowed, never truncated (clips longer than --max-duration are); items
     whose audio cannot be used count as failed.
@@ -131,6 +139,8 @@ def eval_cmd(
     from swv.eval.evaluation import evaluate_model
 
     plan = _plan(inputs)
+    if inputs.predictions is None:
+        _check_audio(plan.manifest, OnMissing(inputs.on_missing).value)
     result = evaluate_model(
         model, plan.manifest, plan.task, plan.out_dir,  # type: ignore[arg-type]
         predictions=inputs.predictions, settings=generation.settings(), system=generation.system,
@@ -214,6 +224,15 @@ def _manifest_plan(inputs: EvalInputs) -> _Plan:
         raise UsageError("--manifest and --task are required (or use --preset)")
     out_dir = inputs.output_dir if inputs.output_dir is not None else Path(f"eval-{inputs.manifest.stem}-{inputs.task}")
     return _Plan(inputs.manifest, inputs.task, out_dir, inputs.normalize, inputs.target_language)
+
+
+def _check_audio(manifest: Path, on_missing: str) -> None:
+    """Every clip the manifest names must exist (``fail``), or the missing ones are counted (``skip``)."""
+    from swv.data.missing_audio import check_manifest_audio
+
+    summary = check_manifest_audio(manifest, on_missing).summary("record(s)")
+    if summary:
+        print(f"eval: {summary}; they count as failed items", file=sys.stderr)
 
 
 def _print_result(run: EvalRun, plan: _Plan) -> None:

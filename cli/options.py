@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, get_type_hi
 import typer
 
 from swv.core.devices import AUTO_DEVICE, DEVICE_HELP
+from swv.data.missing_audio import DEFAULT_ON_MISSING, ON_MISSING_CHOICES
 from swv.model.defaults import GenerationDefaults
 
 if TYPE_CHECKING:
@@ -29,6 +30,15 @@ class WeightDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
     bfloat16 = "bfloat16"
+
+
+#: ``--on-missing`` values (swv.data.missing_audio.ON_MISSING_CHOICES)
+OnMissing = Enum("OnMissing", {name: name for name in ON_MISSING_CHOICES}, type=str)  # type: ignore[misc]
+OnMissingOption = Annotated[OnMissing, typer.Option(
+    "--on-missing", help="Audio files named but not found: fail (stop, naming how many and the first) or skip "
+    "(leave them out and count them in the summary / as failed items of the report).")]
+#: the default of every ``--on-missing``
+ON_MISSING_DEFAULT = OnMissing(DEFAULT_ON_MISSING)
 
 
 # -- the model ---------------------------------------------------------------------------------

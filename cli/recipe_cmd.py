@@ -40,7 +40,7 @@ def show(
     from swv.registry.plugins import default_registry
 
     loaded = load_recipe(recipe, overrides or [], default_registry())
-    typer.echo(f"# resolved from {loaded.source}")
+    typer.echo(f"# resolved from {loaded.label}")
     typer.echo(yaml.safe_dump(loaded.resolved(), sort_keys=False, allow_unicode=True).rstrip())
 
 
@@ -123,9 +123,9 @@ def validate(
             check_trackers(list(loaded.recipe.trackers), installed_only=False)  # installed or not: the training machine's business
         except UsageError as exc:
             failed += 1
-            typer.echo(f"error: {loaded.source}: {exc}", err=True)
+            typer.echo(f"error: {loaded.label}: {exc}", err=True)
             continue
         stages = ", ".join(s.name for s in loaded.recipe.stages)
-        typer.echo(f"ok: {loaded.source} ({len(loaded.recipe.stages)} stages: {stages})")
+        typer.echo(f"ok: {loaded.label} ({len(loaded.recipe.stages)} stages: {stages})")
     if failed:
         raise typer.Exit(2)

@@ -68,8 +68,13 @@ def test_librispeech_split_folder(tmp_path: Path) -> None:
 def test_librispeech_missing_flac_is_reported(tmp_path: Path) -> None:
     root = librispeech(tmp_path)
     (root / "test-clean" / "1089" / "134686" / "1089-134686-0001.flac").unlink()
+    with pytest.raises(InputError, match=r"1 of 2 librispeech entries name an audio file that does not exist "
+                                         r"\(first: .*trans.txt:2: .*1089-134686-0001.flac\)"):
+        build_corpus_manifest(root, tmp_path / "o.jsonl", "librispeech", CorpusOptions(split="test-clean"),
+                              show_progress=False)
+    assert not (tmp_path / "o.jsonl").exists()
     report = build_corpus_manifest(root, tmp_path / "o.jsonl", "librispeech", CorpusOptions(split="test-clean"),
-                                   show_progress=False)
+                                   show_progress=False, on_missing="skip")
     assert report.written == 1 and report.dropped["audio file not found"] == 1
 
 
@@ -207,7 +212,7 @@ def test_utterance_ids_that_cannot_name_a_file(tmp_path: Path) -> None:
                               show_progress=False)
     table.write_text("1089-134686-0000 HELLO\n" + "x" * 300 + " HELLO\n")
     report = build_corpus_manifest(root, tmp_path / "o.jsonl", "librispeech", CorpusOptions(split="test-clean"),
-                                   show_progress=False)
+                                   show_progress=False, on_missing="skip")
     assert report.written == 1 and report.dropped["audio file not found"] == 1
     table.write_text("1089-134686-0000 HELLO\nloop HELLO\n")
     (table.parent / "loop.flac").symlink_to(table.parent / "loop.flac")
@@ -220,5 +225,5 @@ def test_table_audio_path_too_long_is_dropped(tmp_path: Path) -> None:
     tone(tmp_path / "a.wav", 0.25)
     table = tmp_path / "t.tsv"
     table.write_text("audio\ttext\na.wav\thi\n" + "y" * 5000 + ".wav\tho\n")
-    report = build_corpus_manifest(table, tmp_path / "o.jsonl", "tsv", show_progress=False)
+    report = build_corpus_manifest(table, tmp_path / "o.jsonl", "tsv", show_progress=False, on_missing="skip")
     assert report.written == 1 and report.dropped["audio file not found"] == 1

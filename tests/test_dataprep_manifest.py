@@ -179,7 +179,11 @@ def test_build_manifest_from_tsv_table(tmp_path: Path) -> None:
     tone(d / "three.wav", 2.0)  # not in the table
     table = tmp_path / "t.tsv"
     table.write_text('x/one.wav\tsaid "one", quoted\ntwo\tsecond text\nmissing.wav\tno such file\n')
-    report = build_manifest(d, tmp_path / "m.jsonl", transcripts=table, task="asr", show_progress=False)
+    with pytest.raises(InputError, match=r"1 of 3 table row\(s\) name an audio file that does not exist "
+                                         r"\(first: t.tsv:3: missing.wav\)"):
+        build_manifest(d, tmp_path / "m.jsonl", transcripts=table, task="asr", show_progress=False)
+    report = build_manifest(d, tmp_path / "m.jsonl", transcripts=table, task="asr", show_progress=False,
+                            on_missing="skip")
     recs = rows(tmp_path / "m.jsonl")
     assert [(r["id"], r["text"], r["duration"]) for r in recs] == [
         ("two", "second text", 2.0),

@@ -76,7 +76,7 @@ def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path,
 
     monkeypatch.setattr(Pipeline, "generate_batch", recording)
     code, out, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir,
-                          "--max-new-tokens", 4, "--batch-size", 2, "--seed", 1])
+                          "--max-new-tokens", 4, "--batch-size", 2, "--seed", 1, "--on-missing", "skip"])
     assert code == 0, err
     assert prompts == ["Transcribe the speech.", "Transcribe the speech.", "Repeat after me."]
     predictions = read_jsonl(out_dir / "predictions.jsonl")
@@ -101,7 +101,8 @@ def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path,
     # the failed one is retried (and fails again: its audio is still missing), same numbers
     prompts.clear()
     code, out2, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir,
-                           "--max-new-tokens", 4, "--seed", 1])
+                           "--max-new-tokens", 4, "--seed", 1,
+                           "--on-missing", "skip"])
     assert code == 0, err
     assert prompts == [] and out2 == out
     assert "0 generated, 1 failed, 3 already in predictions.jsonl" in err

@@ -112,6 +112,7 @@ def test_tensorboard_and_mlflow_see_hparams_losses_held_out_and_mixture(tmp_path
 
     # tensorboard: the same scalars, and the hyperparameters in the hparams plugin's session info
     events = sorted((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert events and all((tmp_path / "run" / "tensorboard") in e.parents for e in events)  # the documented place
     scalars, hparams = {}, {}
     for event_file in events:
         acc = EventAccumulator(str(event_file.parent))

@@ -78,8 +78,17 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     one, two = tmp_path_factory.mktemp("one"), tmp_path_factory.mktemp("two")
     run(one_process(*STAGE_I), one)
-    run(two_processes(*STAGE_I), two)
+    res = run(two_processes(*STAGE_I), two)
+    (two / "launch.log").write_text(res.stdout + res.stderr)
     return {"one": one, "two": two}
+
+
+def test_no_unused_parameter_search_when_every_trainable_module_gets_a_gradient(runs: dict[str, Path]) -> None:
+    """Stage I trains the alignment adapter from its CTC loss alone: DDP is not asked to search
+    for unused parameters (which costs a graph walk and a warning every step)."""
+    log = (runs["two"] / "launch.log").read_text()
+    assert "[alignment] DDP find_unused_parameters=False" in log
+    assert "find_unused_parameters=True was specified" not in log
 
 
 def test_two_processes_really_run_and_record_the_batch(runs: dict[str, Path]) -> None:

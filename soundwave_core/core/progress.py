@@ -27,8 +27,18 @@ def progress(iterable: Iterable[T], *, total: int | None, desc: str, enabled: bo
         disable=not enabled,
         unit="rec",
         dynamic_ncols=True,
-        leave=False,
+        leave=True,  # the bar's last state stays: the number of records read, not the throttled "0rec"
     )
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for log lines: ``8s``, ``1m15s``, ``1h02m``."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def count_lines(path: str | Path) -> int:

@@ -13,6 +13,7 @@ name (which ``datasets`` may download). ``columns`` maps swv fields to the datas
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +35,54 @@ FORMAT_EXTENSIONS = {"WAV": ".wav", "FLAC": ".flac", "OGG": ".ogg", "MP3": ".mp3
                      "RF64": ".wav", "CAF": ".caf", "AU": ".au", "NIST": ".sph"}
 
 
+@dataclass(frozen=True)
+class SourceNames:
+    """How messages name a Hugging Face source's settings: a recipe's fields
+    (:meth:`recipe`: ``data.datasets.NAME``, ``...columns.FIELD``, ``...split``) or a command's
+    flags (:data:`EVAL_FLAGS`: ``--hf-dataset``, ``--column FIELD=COLUMN``, ``--split``)."""
+
+    source: str
+    columns: str
+    split: str
+    #: whether the names are command-line flags (``--column text=sentence``, not ``columns.text``)
+    flags: bool = False
+
+    @classmethod
+    def recipe(cls, name: str) -> SourceNames:
+        where = f"data.datasets.{name}"
+        return cls(where, f"{where}.columns", f"{where}.split")
+
+    def column(self, field: str, column: str) -> str:
+        """The setting that maps ``field`` to ``column``."""
+        return f"{self.columns} {field}={column}" if self.flags else f"{self.columns}.{field}"
+
+    def mapping(self) -> str:
+        """How to map a column, for hints."""
+        return f"{self.columns} FIELD=COLUMN" if self.flags else f"'{self.columns}'"
+
+
+#: ``swv eval --hf-dataset``: its errors name the command's flags.
+EVAL_FLAGS = SourceNames("--hf-dataset", "--column", "--split", flags=True)
+
+
 def _is_saved_to_disk(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
 
 
-def open_hf_dataset(ref: str, split: str, *, streaming: bool = False, where: str = "hf_dataset") -> Any:
-    """The ``split`` of dataset ``ref`` as a ``datasets.Dataset`` (``IterableDataset`` when streaming)."""
+def open_hf_dataset(ref: str, split: str, *, streaming: bool = False, names: SourceNames) -> Any:
+    """The ``split`` of dataset ``ref`` as a ``datasets.Dataset`` (``IterableDataset`` when streaming);
+    errors name the settings as ``names`` says."""
     import datasets
 
     datasets.disable_progress_bars()
     source = resolve_data_path(ref)
+    where = names.source
     try:
         if _is_saved_to_disk(source):
             loaded = datasets.load_from_disk(str(source))
             if isinstance(loaded, datasets.DatasetDict):
                 if split not in loaded:
-                    raise InputError(f"{where}: {source} has no split {split!r} (splits: {', '.join(loaded)})")
+                    raise InputError(f"{names.split}: {source} has no split {split!r} (splits: {', '.join(loaded)})")
                 loaded = loaded[split]
             return loaded.to_iterable_dataset() if streaming else loaded
         if source.is_file():
@@ -67,20 +100,23 @@ def open_hf_dataset(ref: str, split: str, *, streaming: bool = False, where: str
         raise InputError(f"{where}: cannot open {ref!r} split {split!r}: {' '.join(str(exc).split())[:300]}") from None
 
 
-def check_columns(ds: Any, columns: dict[str, str], where: str) -> None:
-    """Check a ``columns`` mapping (swv field -> dataset column) against the dataset's columns.
+def check_columns(ds: Any, columns: dict[str, str], names: SourceNames) -> None:
+    """Check a ``columns`` mapping (swv field -> dataset column) against the dataset's columns;
+    errors name the mapping's settings as ``names`` says.
 
     The mapping is applied row by row (:func:`hf_row`), not with ``rename_columns``: renaming a
     stream re-encodes its Audio column, which needs torchcodec."""
-    names = list(ds.column_names or [])
+    found = list(ds.column_names or [])
     seen: dict[str, str] = {}
     for field, column in columns.items():
         if field not in MAPPABLE_FIELDS:
-            raise InputError(f"{where}.columns: unknown field {field!r} (fields: {', '.join(MAPPABLE_FIELDS)})")
-        if column not in names:
-            raise InputError(f"{where}.columns.{field}: the dataset has no column {column!r} (columns: {', '.join(names)})")
+            raise InputError(f"{names.column(field, column)}: unknown field {field!r} "
+                             f"(fields: {', '.join(MAPPABLE_FIELDS)})")
+        if column not in found:
+            raise InputError(f"{names.column(field, column)}: the dataset has no column {column!r} "
+                             f"(columns: {', '.join(found)})")
         if column in seen:
-            raise InputError(f"{where}.columns: column {column!r} is mapped to both {seen[column]!r} and {field!r}")
+            raise InputError(f"{names.columns}: column {column!r} is mapped to both {seen[column]!r} and {field!r}")
         seen[column] = field
 
 
@@ -133,15 +169,16 @@ def hf_row(record: dict[str, Any], index: int, *, source: str, base: str, name: 
     return row
 
 
-def load_hf_source(name: str, spec: DatasetSpec) -> Any:
-    """A recipe's ``hf_dataset:`` source as a ``datasets.Dataset`` of the shared row columns."""
+def load_hf_source(name: str, spec: DatasetSpec, names: SourceNames | None = None) -> Any:
+    """A recipe's ``hf_dataset:`` source as a ``datasets.Dataset`` of the shared row columns;
+    errors name the recipe's fields (``data.datasets.NAME...``) unless ``names`` says otherwise."""
     assert spec.hf_dataset is not None
-    where = f"data.datasets.{name}"
-    ds = undecoded_audio(open_hf_dataset(spec.hf_dataset, spec.split, where=where))
-    check_columns(ds, spec.columns, where)
+    names = names or SourceNames.recipe(name)
+    ds = undecoded_audio(open_hf_dataset(spec.hf_dataset, spec.split, names=names))
+    check_columns(ds, spec.columns, names)
     if not {"audio", "instruction"} & ({*ds.column_names, *spec.columns}):
-        raise InputError(f"{where}: dataset has neither 'audio' nor 'instruction' columns "
-                         f"(columns: {', '.join(ds.column_names)}; map them with 'columns')")
+        raise InputError(f"{names.source}: dataset has neither 'audio' nor 'instruction' columns "
+                         f"(columns: {', '.join(ds.column_names)}; map them with {names.mapping()})")
     if spec.max_samples is not None:
         ds = ds.select(range(min(spec.max_samples, len(ds))))
     source = resolve_data_path(spec.hf_dataset)
@@ -178,7 +215,7 @@ def hf_eval_manifest(ref: str, split: str, columns: dict[str, str], out_dir: str
     from swv.data.manifest import audio_ref, write_manifest
 
     spec = DatasetSpec(hf_dataset=ref, split=split, columns=columns)
-    rows = load_hf_source("eval", spec)
+    rows = load_hf_source("eval", spec, EVAL_FLAGS)
     out_dir = Path(out_dir)
     target = out_dir / "dataset.jsonl"
     records = []

@@ -50,6 +50,7 @@ class SourceStream:
     # -- opening -------------------------------------------------------------------------------
     def _open(self) -> None:
         from swv.data.hf_sources import (
+            SourceNames,
             check_columns,
             class_label_names,
             open_hf_dataset,
@@ -63,9 +64,10 @@ class SourceStream:
             self.size = len(self.table)
             return
         assert self.spec.hf_dataset is not None
-        stream = open_hf_dataset(self.spec.hf_dataset, self.spec.split, streaming=True, where=where)
+        names = SourceNames.recipe(self.name)
+        stream = open_hf_dataset(self.spec.hf_dataset, self.spec.split, streaming=True, names=names)
         stream = undecoded_audio(stream)
-        check_columns(stream, self.spec.columns, where)
+        check_columns(stream, self.spec.columns, names)
         size = self.spec.num_rows or _recorded_size(stream, self.spec.split)
         if size is None:
             raise UsageError(f"{where}: a streaming source needs 'num_rows' (its size is not in the dataset's metadata)")

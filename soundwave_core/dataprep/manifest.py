@@ -18,6 +18,7 @@ from swv.data.manifest import (
     audio_ref,
     write_manifest,
 )
+from swv.data.missing_audio import DEFAULT_ON_MISSING, MissingAudio
 
 # --------------------------------------------------------------------------- building
 
@@ -208,6 +209,7 @@ def build_manifest(
     transcripts: str | os.PathLike[str] | None = None,
     language: str | None = None,
     show_progress: bool = True,
+    on_missing: str = DEFAULT_ON_MISSING,
 ) -> ManifestReport:
     """Build a manifest from a folder of audio files (searched recursively).
 
@@ -217,7 +219,8 @@ def build_manifest(
     extension. Durations come from audio headers. The ``id`` is the relative path
     without extension (with the extension when two files share a stem). Files
     without a transcript, with an empty one, or with an unreadable header are
-    skipped and reported; table rows naming no audio file are reported too.
+    skipped and reported; table rows naming no audio file are missing clips, handled by
+    ``on_missing`` (:mod:`swv.data.missing_audio`: ``fail`` stops, ``skip`` drops and reports them).
     """
     root = Path(audio_dir)
     _check_inputs(root, task)
@@ -235,9 +238,12 @@ def build_manifest(
             report.records.append(record)
 
     if table is not None:
+        missing = MissingAudio(on_missing)
         for key, (line_no, _) in table.items():
             if key not in builder.used_keys:
-                report.drop("table row without audio file", f"{Path(transcripts).name}:{line_no}: {key}")  # type: ignore[arg-type]
+                missing.add(f"{Path(transcripts).name}:{line_no}: {key}")  # type: ignore[arg-type]
+                report.drop("table row without audio file", missing.found[-1])
+        missing.enforce(len(table), "table row(s)")
     if not report.records:
         raise InputError(f"{root}: none of the {len(files)} audio file(s) has a usable transcript"
                          + (f" in {transcripts}" if transcripts is not None else " (.txt or .lab sidecar)"))

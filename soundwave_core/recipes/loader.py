@@ -43,6 +43,19 @@ def shipped_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(shipped_recipe_dir().glob("*.yaml"))}
 
 
+def recipe_label(path: str | os.PathLike[str]) -> str:
+    """How messages name a recipe file: ``recipe NAME`` for a shipped recipe (never the path of
+    the installed package, which means nothing to a user), else the path as given."""
+    path = Path(path)
+    for name, shipped in shipped_recipes().items():
+        try:
+            if path == shipped or path.resolve() == shipped.resolve():
+                return f"recipe {name}"
+        except (OSError, RuntimeError):  # an unresolvable path is not a shipped recipe
+            continue
+    return str(path)
+
+
 def resolve_recipe_path(name_or_path: str | os.PathLike[str]) -> Path:
     """A file path, or the name of a shipped recipe."""
     text = str(name_or_path)
@@ -103,25 +116,26 @@ def expanded_size(data: Any, where: str, budget: int = MAX_RECIPE_NODES) -> int:
 def _load_yaml(path: Path) -> dict[str, Any]:
     from swv.core.io import open_regular
 
+    label = recipe_label(path)
     try:
         with open_regular(path, "recipe") as fh:  # a FIFO or device is refused, not read forever
             text = fh.read().decode("utf-8")
     except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe ({exc.strerror or exc})") from None
+        raise RecipeError(f"{label}: cannot read recipe ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); save the recipe as UTF-8") from None
+        raise RecipeError(f"{label}: not UTF-8 text (invalid byte at offset {exc.start}); save the recipe as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{path}{where}: invalid YAML ({problem})") from None
+        raise RecipeError(f"{label}{where}: invalid YAML ({problem})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
-    expanded_size(data, str(path))
+        raise RecipeError(f"{label}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    expanded_size(data, label)
     return data
 
 
@@ -139,14 +153,14 @@ def compose(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Load ``path`` and everything it ``extends``."""
     path = path.resolve()
     if path in _chain:
-        cycle = " -> ".join(str(p) for p in (*_chain, path))
-        raise RecipeError(f"{path}: 'extends' cycle: {cycle}")
+        cycle = " -> ".join(recipe_label(p) for p in (*_chain, path))
+        raise RecipeError(f"{recipe_label(path)}: 'extends' cycle: {cycle}")
     data = _load_yaml(path)
     parent = data.pop("extends", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise RecipeError(f"{path}: extends: expected a recipe path or name, got {parent!r}")
+        raise RecipeError(f"{recipe_label(path)}: extends: expected a recipe path or name, got {parent!r}")
     candidate = (path.parent / parent).expanduser()
     base_path = candidate if candidate.is_file() else resolve_recipe_path(parent)
     return merge(compose(base_path, (*_chain, path)), data)
@@ -233,9 +247,14 @@ class LoadedRecipe:
     components: ModelComponents | None = None
 
     @property
+    def label(self) -> str:
+        """How messages name the recipe: ``recipe NAME`` when shipped, else its path."""
+        return recipe_label(self.source)
+
+    @property
     def model_components(self) -> ModelComponents:
         if self.components is None:
-            raise RecipeError(f"{self.source}: the recipe's components were not validated (load it with a registry)")
+            raise RecipeError(f"{self.label}: the recipe's components were not validated (load it with a registry)")
         return self.components
 
     def resolved(self) -> dict[str, Any]:
@@ -262,7 +281,7 @@ def _error_from_validation(source: Path, exc: ValidationError, prefix: tuple[Any
         if key == flat or flat.startswith(key + ".") or key.startswith(flat + "."):
             origin = f" (from override {ov.text!r})"
     more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return RecipeError(f"{source}: {dotted}: {msg}{origin}{more}")
+    return RecipeError(f"{recipe_label(source)}: {dotted}: {msg}{origin}{more}")
 
 
 def validate_components(loaded: LoadedRecipe, registry: Registry, overrides: list[Override] | None = None) -> None:
@@ -284,10 +303,10 @@ def _resolve_ref(
     try:
         component = registry.resolve(kind, {"name": ref.name, **ref.args()})
     except ComponentError as exc:
-        raise RecipeError(f"{source}: {where}.name: {exc}") from None
+        raise RecipeError(f"{recipe_label(source)}: {where}.name: {exc}") from None
     except ValidationError as exc:
         raise _error_from_validation(source, exc, ("model", *loc), overrides) from None
-    return _resolve_assets(component, f"{source}: {where}")
+    return _resolve_assets(component, f"{recipe_label(source)}: {where}")
 
 
 

@@ -31,6 +31,7 @@ from swv.core.io import (
     write_failure,
 )
 from swv.core.metrics_log import EVAL_PREFIX, LEARNING_RATE, METRICS_FILE, THROUGHPUT, TOTAL_LOSS, read_metrics_records
+from swv.core.progress import format_duration
 from swv.data.loader import BatchLog, default_num_workers, next_batch, training_loader
 from swv.data.sampler import sequential_batches
 from swv.data.stage_data import StageDataset, load_stage_data, make_sampler
@@ -46,10 +47,11 @@ from swv.train.checkpoint import (
 )
 from swv.train.identity import describe_differences, identity_diff, stage_length
 from swv.train.stages import CTC, LM, Stage
-from swv.train.trainable import apply_trainable, format_counts
+from swv.train.trainable import ChainLink, apply_trainable, format_counts, trainable_groups, unreached_modules
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     from swv.data.collate import SpeechCollator
     from swv.data.feature_cache import FeatureCache
@@ -70,6 +72,8 @@ class RunContext:
     accelerator: Accelerator
     #: resume a stage even if its data files changed since its checkpoint (``--accept-data-change``)
     accept_data_change: bool = False
+    #: the accelerator's DDP settings; each stage sets ``find_unused_parameters`` before wrapping its model
+    ddp: DistributedDataParallelKwargs | None = None
 
     @property
     def recipe(self) -> Recipe:
@@ -149,6 +153,7 @@ class StageRunner:
         optimizer, scheduler = self.build_optimizer(model, total)
         self.acc.free_memory()  # save_state saves every prepared object: forget the previous stage's
         self.configure_deepspeed()
+        self.configure_ddp(model, data)
         model, optimizer = self.acc.prepare(model, optimizer)
         hooks = TrainableWeightsHooks(self.acc)
         try:
@@ -181,6 +186,25 @@ class StageRunner:
         s = self.stage.settings
         plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = s.batch_size // self.acc.num_processes
         plugin.deepspeed_config["gradient_accumulation_steps"] = s.grad_accum
+
+    def configure_ddp(self, model: SpeechLM, data: RowSource) -> None:
+        """DDP's ``find_unused_parameters`` only when a trainable module may get no gradient in
+        this stage (:func:`~swv.train.trainable.unreached_modules`; a stage with text-only rows
+        may draw a batch without audio): the search costs a graph walk every step and warns
+        whenever it finds nothing."""
+        if self.ctx.ddp is None:
+            return
+        chain = [ChainLink(name, adapter.produces_ctc, frozenset(adapter.aux_loss_names))
+                 for name, adapter in model.adapters.items()]
+        weighted = {name for name, weight in self.stage.settings.losses.items() if weight > 0}
+        speech_only = isinstance(data, StageDataset) and not bool((data.durations < 0).any())
+        unreached = unreached_modules(trainable_groups(model), chain, weighted, self.stage.run_backbone,
+                                      text_only_rows=not speech_only)
+        self.ctx.ddp.find_unused_parameters = bool(unreached)
+        if self.acc.num_processes > 1:
+            text = "" if speech_only else ": the stage's data has rows without audio"
+            why = f" ({', '.join(unreached)} may get no gradient{text})" if unreached else ""
+            self.ctx.print(f"[{self.stage.name}] DDP find_unused_parameters={bool(unreached)}{why}")
 
     def num_workers(self) -> int:
         configured = self.ctx.recipe.data.num_workers
@@ -726,7 +750,8 @@ class MetricsLog:
 
 
 class Progress:
-    """A tqdm bar on a terminal, plain log lines otherwise (main process only)."""
+    """A tqdm bar on a terminal, plain log lines otherwise (main process only), each with the
+    time since the stage (re)started and the time left at the step rate seen since then."""
 
     def __init__(self, total: int, start: int, name: str, enabled: bool) -> None:
         self.enabled = enabled
@@ -737,6 +762,15 @@ class Progress:
             self.bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True)
         self.total = total
         self.name = name
+        self.start = start
+        self.started = time.perf_counter()
+
+    def timing(self, step: int) -> str:
+        """``elapsed=... eta=...``: the ETA from the steps done since the start (``?`` before one)."""
+        elapsed = time.perf_counter() - self.started
+        done = step - self.start
+        eta = format_duration(elapsed / done * (self.total - step)) if done > 0 else "?"
+        return f"elapsed={format_duration(elapsed)} eta={eta}"
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if self.bar is not None:
@@ -747,7 +781,8 @@ class Progress:
         if self.enabled and self.bar is None:
             parts = [f"{k}={record[k]:.4g}" for k in (TOTAL_LOSS, "lm_loss", "ctc_loss", LEARNING_RATE, THROUGHPUT)
                      if k in record]
-            print(f"[{self.name}] step {record['step']}/{self.total} " + " ".join(parts), flush=True)
+            print(f"[{self.name}] step {record['step']}/{self.total} " + " ".join([*parts, self.timing(record["step"])]),
+                  flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,16 +1,24 @@
 """Experiment trackers: any tracker accelerate supports, checked up front, and the resolved
-recipe flattened into the scalar hyperparameters trackers accept."""
+recipe flattened into the scalar hyperparameters trackers accept.
+
+One tracker run covers every stage of a ``swv train`` invocation (scalars tagged
+``<stage>/<name>``); TensorBoard writes it to ``<output_dir>/tensorboard``
+(``tensorboard --logdir <output_dir>/tensorboard``).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from swv.core.errors import SwvError, UsageError, first_line
 
 #: accelerate's pseudo-tracker meaning "every installed tracker" (swv asks for explicit names)
 _ALL = "all"
+#: TensorBoard's folder under the recipe's ``output_dir``
+TENSORBOARD_DIR = "tensorboard"
 
 
 def supported_trackers() -> list[str]:
@@ -36,6 +44,15 @@ def check_trackers(names: list[str], field: str = "trackers", *, installed_only:
     if len(set(names)) != len(names):
         raise UsageError(f"{field}: a tracker is listed twice ({', '.join(names)})")
     return list(names)
+
+
+def tracker_handles(names: list[str], output_dir: Path) -> list[Any]:
+    """accelerate's ``log_with`` for the tracker ``names``: the names themselves, except
+    TensorBoard, built here to write to ``<output_dir>/tensorboard`` (accelerate's own would
+    write to ``<output_dir>/<name of output_dir>``, named after the tracker project)."""
+    from accelerate.tracking import TensorBoardTracker
+
+    return [TensorBoardTracker(TENSORBOARD_DIR, output_dir) if name == TensorBoardTracker.name else name for name in names]
 
 
 def flatten_hparams(values: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:

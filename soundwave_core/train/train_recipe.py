@@ -44,20 +44,24 @@ def select_stages(names: list[str], only: str | None, start: str | None) -> list
     return list(range(first, len(names)))
 
 
-def _accelerator(recipe: Any) -> Any:
+def _accelerator(recipe: Any) -> tuple[Any, Any]:
+    """The run's accelerator and its DDP settings (each stage decides ``find_unused_parameters``,
+    :meth:`swv.train.runner.StageRunner.configure_ddp`)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    from swv.train.tracking import check_trackers
+    from swv.train.tracking import check_trackers, tracker_handles
 
-    log_with = check_trackers(list(recipe.trackers)) or None
-    return Accelerator(
+    names = check_trackers(list(recipe.trackers))
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
+    acc = Accelerator(
         cpu=launched_without_accelerator(),
         mixed_precision=recipe.precision,
-        log_with=log_with,
+        log_with=tracker_handles(names, Path(recipe.output_dir)) or None,
         project_dir=recipe.output_dir,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        kwargs_handlers=[ddp],
     )
+    return acc, ddp
 
 
 def launched_without_accelerator() -> bool:
@@ -108,7 +112,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
         raise UsageError(f"--resume: {output_dir} holds no checkpoint of this recipe")
 
     writable_directory(output_dir, "output_dir")
-    acc = _accelerator(recipe)
+    acc, ddp = _accelerator(recipe)
     plan = batch_plan(recipe, acc.num_processes)
     with OutputDirLock(output_dir) if acc.is_main_process else contextlib.nullcontext() as lock:
         if lock is not None and lock.took_over is not None:
@@ -116,7 +120,7 @@ def train(loaded: Any, *, stage: str | None = None, from_stage: str | None = Non
         if restart and acc.is_main_process:
             _remove_stages(output_dir, {i: names[i] for i in selected})
         acc.wait_for_everyone()
-        return _train_locked(loaded, acc, plan, selected, stages, digest, accept_data_change)
+        return _train_locked(loaded, (acc, ddp), plan, selected, stages, digest, accept_data_change)
 
 
 def _remove_stages(output_dir: Path, names: dict[int, str]) -> None:
@@ -128,11 +132,12 @@ def _remove_stages(output_dir: Path, names: dict[int, str]) -> None:
             print(f"removed {stage_dir} (--restart)", flush=True)
 
 
-def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], selected: list[int], stages: list[Any],
-                  digest: str, accept_data_change: bool) -> list[Path]:
+def _train_locked(loaded: Any, accelerator: tuple[Any, Any], plan: dict[str, dict[str, int]], selected: list[int],
+                  stages: list[Any], digest: str, accept_data_change: bool) -> list[Path]:
     """:func:`train` once the output directory is locked."""
     from accelerate.utils import set_seed
 
+    acc, ddp = accelerator
     recipe = loaded.recipe
     resolved = loaded.resolved()
     output_dir = Path(recipe.output_dir)
@@ -143,7 +148,7 @@ def _train_locked(loaded: Any, acc: Any, plan: dict[str, dict[str, int]], select
 
         hf_logging.disable_progress_bar()
     recipe_yaml = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
-    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc, accept_data_change)
+    ctx = RunContext(loaded, digest, recipe_yaml, output_dir, acc, accept_data_change, ddp)
     if acc.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / "recipe.yaml", recipe_yaml)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import fnmatch
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from swv.backbones.base import is_peft_adapter_weight
 from swv.core.errors import UsageError
+from swv.train.stages import CTC, LM
 
 if TYPE_CHECKING:
     from swv.model.speechlm import SpeechLM
 
 LORA = "lora"
+
+
 def _matches(name: str, pattern: str) -> bool:
     if pattern == LORA:
         return is_peft_adapter_weight(name)
@@ -76,3 +81,49 @@ def format_counts(counts: OrderedDict[str, tuple[int, int]]) -> str:
     total_all = sum(n for _, n in counts.values())
     lines.append(f"  {'all':<24}{t_all:>14,}{total_all:>16,}")
     return "\n".join(lines)
+
+
+def trainable_groups(model: SpeechLM) -> set[str]:
+    """The module groups (as :func:`apply_trainable` counts them) holding a trainable parameter."""
+    return {_group(name) for name, param in model.named_parameters() if param.requires_grad}
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """What :func:`unreached_modules` needs of one adapter of the chain (its class's declarations)."""
+
+    name: str
+    produces_ctc: bool = False
+    aux_losses: frozenset[str] = frozenset()
+
+
+def unreached_modules(trainable: Iterable[str], chain: Sequence[ChainLink], weighted: Iterable[str],
+                      run_backbone: bool, *, text_only_rows: bool = False) -> list[str]:
+    """The trainable module groups (``encoder``, ``adapters.<name>``, ``backbone``,
+    ``backbone.lora``) that may hold a parameter no weighted loss of the stage reaches: DDP
+    needs ``find_unused_parameters`` exactly when this is not empty.
+
+    ``weighted``: the stage's losses with a weight > 0 (``lm``, ``ctc``, auxiliary names);
+    ``run_backbone``: whether the backbone runs. The LM loss reaches the backbone, every adapter
+    and the encoder; the CTC loss the adapters up to the first that produces CTC logits (the
+    chain stops there without the backbone); an auxiliary loss the adapters up to the one that
+    declares it. An adapter counts as reached whole only when every loss it owns is weighted: a
+    CTC head or an auxiliary branch without a weighted loss may get no gradient. With
+    ``text_only_rows`` (the stage's data has rows without audio, or may have: a stream), a batch
+    may hold no audio at all, and then neither the encoder nor any adapter runs.
+    """
+    weights = set(weighted)
+    lm = run_backbone and LM in weights
+    depth = len(chain) - 1 if lm else -1
+    if CTC in weights:
+        depth = max(depth, next((i for i, link in enumerate(chain) if link.produces_ctc), -1))
+    depth = max([depth, *(i for i, link in enumerate(chain) if link.aux_losses & weights)])
+    reached = {"backbone", "backbone.lora"} if lm else set()
+    if depth >= 0 or lm:
+        reached.add("encoder")
+    for link in chain[: depth + 1]:
+        if (not link.produces_ctc or CTC in weights) and link.aux_losses <= weights:
+            reached.add(f"adapters.{link.name}")
+    if text_only_rows:
+        reached = {group for group in reached if group.startswith("backbone")}
+    return sorted(set(trainable) - reached)

@@ -18,6 +18,7 @@ from pathlib import Path
 from swv.core.errors import ComponentError, InputError, UsageError
 from swv.core.progress import progress
 from swv.data.manifest import audio_ref, write_manifest
+from swv.data.missing_audio import DEFAULT_ON_MISSING, MissingAudio
 from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, CorpusOptions
 from swv.dataprep.manifest import ManifestReport
 from swv.registry.components import CORPUS_KIND
@@ -46,14 +47,6 @@ def corpus_layout(fmt: str, opts: CorpusOptions) -> CorpusLayout:
     return layout
 
 
-def _is_file(path: Path) -> bool:
-    """Whether ``path`` is a regular file; a name no file can have (too long, a NUL) is not one."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
-
-
 def corpus_entries(fmt: str, source: str | os.PathLike[str], opts: CorpusOptions) -> Iterator[CorpusEntry]:
     """The entries of ``source`` read in layout ``fmt`` (see its class docstring)."""
     layout = corpus_layout(fmt, opts)
@@ -70,20 +63,26 @@ def build_corpus_manifest(
     opts: CorpusOptions = CorpusOptions(),
     *,
     show_progress: bool = True,
+    on_missing: str = DEFAULT_ON_MISSING,
 ) -> ManifestReport:
     """Write a manifest of every usable entry of a corpus in layout ``fmt``.
 
-    Entries whose audio file is missing or unreadable are dropped and reported; a corpus
-    with no usable entry is an error. Durations come from the audio headers.
+    Entries whose audio file is missing follow ``on_missing`` (:mod:`swv.data.missing_audio`:
+    ``fail`` stops before writing, ``skip`` drops and reports them); entries whose audio is
+    unreadable are dropped and reported; a corpus with no usable entry is an error. Durations
+    come from the audio headers.
     """
     from swv.core.audio import audio_duration
 
     out = Path(out)
     report = ManifestReport(command=f"manifest ({fmt})", output=out)
+    missing = MissingAudio(on_missing)
     seen: set[str] = set()
+    total = 0
     for where, audio, fields in progress(corpus_entries(fmt, source, opts), total=None, desc="manifest",
                                          enabled=show_progress):
-        if not _is_file(audio):
+        total += 1
+        if not missing.check(audio, where):
             report.drop("audio file not found", f"{where}: {audio}")
             continue
         record = dict(fields)
@@ -98,6 +97,7 @@ def build_corpus_manifest(
             record["id"] = f"{record['id']}@{audio_ref(audio, out)}"
         seen.add(record.get("id", ""))
         report.records.append(record)
+    missing.enforce(total, f"{fmt} entries")
     if not report.records:
         raise InputError(f"{source}: no usable {fmt} entries found" + (f" for split {opts.split!r}" if opts.split else ""))
     report.written = write_manifest(out, report.records)

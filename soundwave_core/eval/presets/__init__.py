@@ -73,7 +73,9 @@ def prepare_benchmark_manifest(
     """Write ``<out_dir>/benchmark.jsonl``: the benchmark's records with the preset's fields.
 
     Exactly one of ``manifest`` (a swv manifest) and ``data`` (the benchmark in its own layout;
-    ``split`` overrides the preset's, ``clips`` is CoVoST 2's CommonVoice folder) is needed.
+    ``split`` overrides the preset's, ``clips`` is CoVoST 2's CommonVoice folder) is needed. Every
+    record is kept, whether its audio file exists or not: ``swv eval`` checks the written manifest
+    with :func:`swv.data.missing_audio.check_manifest_audio` under its ``--on-missing`` policy.
     """
     from swv.data.manifest import (
         audio_ref,
@@ -92,9 +94,7 @@ def prepare_benchmark_manifest(
             records.append(rebase_record(record, manifest, target))
     else:
         opts = CorpusOptions(split=split or preset.config.split, clips=None if clips is None else Path(clips))
-        for where, audio, fields in corpus_entries(preset.config.corpus_format, data, opts):  # type: ignore[arg-type]
-            if not audio.is_file():
-                raise InputError(f"{where}: audio file not found: {audio}")
+        for _, audio, fields in corpus_entries(preset.config.corpus_format, data, opts):  # type: ignore[arg-type]
             records.append({**fields, "audio": audio_ref(audio, target)})
     if not records:
         raise InputError(f"{manifest or data}: the benchmark has no records")
