@@ -150,10 +150,14 @@ def eval_cmd(
     )
     _print_result(result, plan)
     if inputs.plot:
-        from swv.eval.charts import write_group_chart
+        _write_chart(result)
 
-        print(f"eval: chart written to {write_group_chart(result.result, result.report.parent / GROUPS_CHART)}",
-              file=sys.stderr)
+
+def _write_chart(result: Any) -> None:
+    from swv.eval.charts import write_group_chart
+
+    print(f"eval: chart written to {write_group_chart(result.result, result.report.parent / GROUPS_CHART)}",
+          file=sys.stderr)
 
 
 def _plan(inputs: EvalInputs) -> _Plan:

@@ -269,10 +269,16 @@ def infer(
     settings = replace(generation.settings(), transcript_first=True) if cot else generation.settings()
     job = _Job(resolve_model(model, revision), settings, generation.system, run, max_duration, stats, trust_remote_code,
                max_audio_bytes, max_chat_bytes)
+    _dispatch(job, list(audio or []), prompt, manifest, output, overwrite, chat)
+
+
+def _dispatch(job: _Job, audio: list[str], prompt: str | None, manifest: Path | None, output: Path | None,
+              overwrite: bool, chat: Path | None) -> None:
+    """Run the mode the options select: a conversation, a manifest, or audio files."""
     if chat is not None:
         if manifest is not None or output is not None:
             raise UsageError("--chat cannot be combined with --manifest/--output")
-        _run_chat(chat, list(audio or []), prompt, job)
+        _run_chat(chat, audio, prompt, job)
     elif manifest is not None:
         if audio:
             raise UsageError("give AUDIO files or --manifest, not both")
@@ -285,5 +291,5 @@ def infer(
         raise UsageError("--output is for batch mode; use it with --manifest")
     elif not audio:
         raise UsageError("give one or more AUDIO files ('-' for stdin) or --manifest")
-    elif _run_files(list(audio), prompt, job):
+    elif _run_files(audio, prompt, job):
         raise typer.Exit(1)
