@@ -20,26 +20,27 @@ def plain_placeholders(params: Iterable[Any]) -> None:
             param.metavar = (param.metavar or param.name or "").upper() or None
 
 
-class SwvCommand(TyperCommand):
+class _PlainPlaceholders:
+    """Click command/group mixin: no ``<bool>`` metavars, upper-case argument placeholders."""
+
+    params: list[Any]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         plain_placeholders(self.params)
 
     def get_help_option(self, ctx: Any) -> TyperOption | None:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         plain_placeholders([option])
         return option
 
 
-class SwvGroup(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        plain_placeholders(self.params)
+class SwvCommand(_PlainPlaceholders, TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> TyperOption | None:
-        option = super().get_help_option(ctx)
-        plain_placeholders([option])
-        return option
+
+class SwvGroup(_PlainPlaceholders, TyperGroup):
+    pass
 
 
 class SwvTyper(typer.Typer):
