@@ -263,7 +263,7 @@ def test_hub_ids_come_from_the_local_cache_only(tmp_path: Path, tiny_whisper_dir
     plan = json.loads(res.stdout)
     # sources of unknown size (the recipe's placeholder manifests): steps from max_steps, the rest unknown
     assert [s["steps"] for s in plan["stages"]] == [6000, 6000, 4000]
-    assert [s["rows_per_step"] for s in plan["stages"]] == [256, 128, 32]
+    assert [s["rows_per_step"] for s in plan["stages"]] == [8192, 4096, 1024]
     assert all(s["epochs"] is None and s["temperature_end"] is None and s["rows_seen"] is None for s in plan["stages"])
     assert plan["stages"][2]["temperature_start"] == 5.0
     assert "data source 'asr' (manifest data/asr_train.jsonl): not found: size unknown" in plan["notes"]

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from swv.core.errors import UsageError
+from swv.eval.evaluation import EVAL_TASKS
 
 #: the chart's file name, next to the report
 GROUPS_CHART = "groups.png"
 #: the tasks whose reports have scores to chart (``open`` only collects judge inputs)
-CHARTED_TASKS = ("asr", "st", "classification")
+CHARTED_TASKS = tuple(task for task in EVAL_TASKS if task != "open")
 ALL = "all"
 
 
