@@ -21,7 +21,7 @@ class _Tones:
 
 
 def test_demo_recipe_trains_every_stage_on_demo_manifests(tmp_path: Path, tiny_whisper_dir: Path, tiny_llama_dir: Path) -> None:
-    from swv.demo.report import read_metrics
+    from swv.core.metrics_log import step_records
     from swv.demo.run import DemoOptions, build_feature_cache, load_demo_recipe
     from swv.train.train_recipe import train
 
@@ -37,7 +37,7 @@ def test_demo_recipe_trains_every_stage_on_demo_manifests(tmp_path: Path, tiny_w
     train(loaded, from_stage="shrinking")
     run_dir = Path(loaded.recipe.output_dir)
     for stage in ("alignment", "shrinking", "sft"):
-        rows = read_metrics(run_dir / stage / "metrics.jsonl")
+        rows = step_records(run_dir / stage / "metrics.jsonl")
         assert rows and all(np.isfinite(r["loss"]) for r in rows), stage
     assert (run_dir / "sft" / "export").is_dir()
     mixture = next(json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines() if '"mixture"' in line)
