@@ -134,18 +134,7 @@ def eval_cli(monkeypatch, capsys):
     app.command("eval")(eval_cmd.eval_cmd)
     app.command("noop")(lambda: None)
     monkeypatch.setattr(main_mod, "app", app)
-
-    def run(args: list) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main_mod.main(["eval", *[str(a) for a in args]])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return _runner(lambda args: main_mod.main(["eval", *args]), capsys)
 
 
 @pytest.fixture
