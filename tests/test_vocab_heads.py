@@ -210,3 +210,19 @@ def test_training_forward_never_runs_a_head_over_every_position(model_config_fac
     assert len(train_grads) > 10
     for ours, ref in zip(train_grads, eval_grads):
         assert_close(ours, ref)
+
+
+def test_lm_loss_under_bf16_autocast_matches_the_materialised_logits() -> None:
+    """A confident head under bf16 autocast: the factored loss rounds its picked logits as its
+    normaliser's blocks (and the materialised head) do, so it is not below zero and agrees with
+    the cross-entropy of the autocast logits."""
+    torch.manual_seed(0)
+    weight = torch.randn(50, 16)
+    targets = torch.randint(0, 50, (2, 6))
+    hidden = weight[targets] * 4.0 + 0.05 * torch.randn(2, 6, 16)  # logits ~ 60: bf16 steps of 0.25
+    labels = torch.cat([torch.full((2, 1), -100), targets[:, :-1]], dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        factored = lm_loss(VocabLogits(hidden, weight), labels)
+        full = lm_loss(F.linear(hidden, weight), labels)
+    assert float(factored) >= 0.0
+    torch.testing.assert_close(factored, full, atol=2e-2, rtol=0)

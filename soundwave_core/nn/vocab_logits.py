@@ -133,8 +133,12 @@ class VocabLogits:
         return scores.float()
 
     def picked(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids [B, T]`` one vocabulary id per position -> its float32 logit ``[B, T]``."""
-        scores = (self.hidden * self.weight[ids]).sum(dim=-1)
+        """``ids [B, T]`` one vocabulary id per position -> its float32 logit ``[B, T]``.
+
+        Computed as a product (as the blocks of :meth:`log_normaliser` are), so under autocast it
+        is rounded the same way: a loss ``log_normaliser - picked`` is then never below zero by a
+        rounding error (an elementwise product would stay float32 while the blocks are bf16)."""
+        scores = torch.einsum("btd,btd->bt", self.hidden, self.weight[ids])
         if self.bias is not None:
             scores = scores + self.bias[ids]
         return scores.float()
