@@ -249,7 +249,11 @@ class SpeechLM(PreTrainedModel):
             if window is not None:
                 window = int(adapter.output_lengths(torch.tensor([window], device=encoder_frames.device)).item())
             if stop_after_ctc and state.ctc_logits is not None:
-                break
+                return state.replace(encoder_lengths=encoder_frames, num_windows=num_windows.to(encoder_frames.device))
+        if state.utterance_embeds is not None:
+            # the chain's utterance-level vector on every audio token (AudioState.utterance_embeds)
+            state = state.replace(embeds=state.embeds + state.utterance_embeds[:, None].to(state.embeds.dtype),
+                                  utterance_embeds=None)
         return state.replace(encoder_lengths=encoder_frames, num_windows=num_windows.to(encoder_frames.device))
 
     def splice(

@@ -38,6 +38,9 @@ class AudioState:
             row is one window. ``SpeechLM.encode_audio`` sets it before each adapter (the encoder
             window's frames through the earlier adapters' ``output_lengths``); attention layers
             attend within a window, so memory grows linearly with the clip's duration.
+        utterance_embeds: ``[B, D_llm]`` one vector per row that an adapter computed for the
+            whole clip (the utterance adapter); ``SpeechLM.encode_audio`` adds it to every
+            audio token at the end of the chain. ``None``: no such vector.
     """
 
     embeds: torch.Tensor
@@ -50,6 +53,7 @@ class AudioState:
     num_windows: torch.Tensor | None = None
     speech_lengths: torch.Tensor | None = None
     window_frames: int | None = None
+    utterance_embeds: torch.Tensor | None = None
 
     def replace(self, **changes: object) -> AudioState:
         return replace(self, **changes)  # type: ignore[arg-type]
