@@ -6,16 +6,18 @@ standardised per channel over the training data (``BatchNorm1d`` without affine 
 statistics in training, the running averages at inference), then ``Linear -> [B, D_llm]``.
 
 The frames pass through unchanged; the vector travels on the state (``AudioState.utterance_embeds``)
-and ``SpeechLM`` adds it to every audio token at the end of the chain. Put it first, on the
-encoder's frames (a linear probe reads the voice's pitch, sex and speaking rate there far better
-than after an alignment adapter trained for the words, docs/demo.md).
+and ``SpeechLM`` puts it before the audio tokens at the end of the chain, as one more token. Put
+the adapter first, on the encoder's frames (a linear probe reads the voice's pitch, sex and
+speaking rate there far better than after an alignment adapter trained for the words,
+docs/demo.md).
 
-Why a vector on every audio token and not a learned pathway through the shrinking adapter's
-cross-attention alone: an LLM learns to read a direction that is present on its audio tokens in
-a few dozen steps, but while no such direction exists it learns to ignore the audio for a label
-question instead (its answer stops depending on the clip) and the adapter's gradient vanishes
-with it (docs/demo.md, dev experiments). Standardised statistics through a projection at the
-LLM's embedding scale give the LLM that direction from the first step.
+Why a token of standardised statistics and not a pathway learned through the shrinking adapter's
+cross-attention alone: an LLM learns to read a direction its audio tokens already carry in a few
+dozen steps, but while none is there it learns to ignore the audio for a label question instead
+(its answer stops depending on the clip) and the adapter's gradient vanishes with it (docs/demo.md,
+dev experiments). Standardised statistics through a projection at the LLM's embedding scale give
+the LLM that direction from the first step. Its own token, not a vector added to every audio
+token: added, a vector at that scale drowned the words (the dev WER went above 100 %).
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ class UtteranceAdapter(Adapter):
         return F.batch_norm(stats, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps)
 
     def forward(self, state: AudioState) -> AudioState:
-        """``embeds [B, T, D]`` unchanged; ``utterance_embeds [B, D_llm]`` set (added to one set
-        by an earlier adapter)."""
+        """``embeds [B, T, D]`` unchanged; ``utterance_embeds [B, D_llm]`` set (the sum with one an
+        earlier adapter set)."""
         stats = self.standardise(pooled_statistics(state.embeds, state.speech_mask()))
         vector = self.proj(stats.to(self.proj.weight.dtype))
         if state.utterance_embeds is not None:

@@ -26,7 +26,7 @@ BUILTINS: tuple[tuple[str, str, str, str, str], ...] = (
     ("adapter", "shrinking", "swv.adapters.shrinking:ShrinkingAdapter", "swv.adapters.shrinking:ShrinkingConfig",
      "Soundwave shrinking adapter: keep CTC peaks, cross-attend to all frames"),
     ("adapter", "utterance", "swv.adapters.utterance:UtteranceAdapter", "swv.adapters.utterance:UtteranceConfig",
-     "Utterance vector: pooled frame statistics -> one vector added to every audio token (beyond the paper)"),
+     "Utterance token: pooled frame statistics -> one more audio token per clip (beyond the paper)"),
     ("adapter", "conv", "swv.adapters.conv:ConvAdapter", "swv.adapters.conv:ConvConfig",
      "Qwen2-Audio-style conv/pool downsampling x n baseline"),
     ("adapter", "stack", "swv.adapters.stack:StackAdapter", "swv.adapters.stack:StackConfig",

@@ -233,6 +233,7 @@ RECIPE = {
     "model": {
         "encoder": {"name": "ssl", "layer": -1, "random_init": {"model_type": "wavlm", **WAVLM}},
         "adapters": [
+            {"name": "utterance"},
             {"name": "alignment", "stack": 2, "ctc_head_trainable": True, "dropout": 0.0},
             {"name": "qformer", "window_frames": 5, "num_queries": 2, "hidden_size": 16, "num_heads": 2, "num_layers": 1},
         ],
@@ -251,10 +252,11 @@ RECIPE = {
     "stages": [
         {"name": "alignment", "kind": "alignment", "trainable": ["adapters.alignment"], "losses": {"ctc": 1.0},
          "optimizer": {"lr": 1.0e-3}, "batch_size": 4, "max_steps": 2, "data": {"datasets": ["asr"]}},
-        {"name": "shrinking", "kind": "shrinking", "trainable": ["adapters.alignment", "adapters.qformer", "lora"],
+        {"name": "shrinking", "kind": "shrinking",
+         "trainable": ["adapters.utterance", "adapters.alignment", "adapters.qformer", "lora"],
          "losses": {"lm": 1.0, "ctc": 0.3}, "optimizer": {"lr": 1.0e-3}, "batch_size": 4, "max_steps": 2,
          "data": {"datasets": ["asr"]}},
-        {"name": "sft", "kind": "sft", "trainable": ["adapters.qformer", "lora"], "losses": {"lm": 1.0},
+        {"name": "sft", "kind": "sft", "trainable": ["adapters.utterance", "adapters.qformer", "lora"], "losses": {"lm": 1.0},
          "optimizer": {"lr": 1.0e-3}, "batch_size": 4, "max_steps": 2, "data": {"datasets": ["sft"]}},
     ],
 }
@@ -277,11 +279,14 @@ def test_ssl_and_qformer_train_export_reload_infer(registry, tmp_path: Path) -> 
     export = tmp_path / "run" / "sft" / "export"
     config = json.loads((export / "swv_config.json").read_text())
     assert "encoder" in config["bundled"] and config["encoder"]["name"] == "ssl" and config["encoder"]["path"] == "encoder"
-    assert [a["name"] for a in config["adapters"]] == ["alignment", "qformer"]
-    # Stage II trained the Q-Former, Stage III trained it further
-    q2 = load_file(str(tmp_path / "run" / "shrinking" / "export" / "adapters" / "qformer.safetensors"))
-    q3 = load_file(str(export / "adapters" / "qformer.safetensors"))
-    assert any(not torch.equal(q2[k], q3[k]) for k in q2)
+    assert [a["name"] for a in config["adapters"]] == ["utterance", "alignment", "qformer"]
+    # Stage II trained the Q-Former and the utterance vector, Stage III trained them further
+    for name in ("qformer", "utterance"):
+        q2 = load_file(str(tmp_path / "run" / "shrinking" / "export" / "adapters" / f"{name}.safetensors"))
+        q3 = load_file(str(export / "adapters" / f"{name}.safetensors"))
+        assert any(not torch.equal(q2[k], q3[k]) for k in q2), name
+    # the utterance adapter's running statistics travel with its weights
+    assert int(q3["norm.num_batches_tracked"]) == 4 and not torch.equal(q3["norm.running_var"], torch.ones_like(q3["norm.running_var"]))
 
     audio = str(asset_path("tiny_speech/audio/train-000.flac"))
     infer = swv("infer", str(export), audio, "--max-new-tokens", "3", cwd=tmp_path)

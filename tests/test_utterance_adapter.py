@@ -1,4 +1,4 @@
-"""The utterance adapter: pooled frame statistics -> one vector on every audio token."""
+"""The utterance adapter: pooled frame statistics -> one more audio token per clip."""
 
 from __future__ import annotations
 
@@ -26,25 +26,28 @@ def test_pooled_statistics_read_only_the_masked_frames() -> None:
         torch.testing.assert_close(stats[row, 3:], frames.std(dim=0, unbiased=False))
 
 
-def test_the_vector_is_added_to_every_audio_token_after_the_chain(model_config_factory) -> None:
-    """With its projection zeroed the chain's output is the chain without it; a bias shifts every
-    valid audio token by that bias, and nothing before the chain's end sees it."""
+def test_the_vector_is_the_first_audio_token_after_the_chain(model_config_factory) -> None:
+    """The chain's output is the chain without it behind one more token: the vector (its bias
+    when the projection is zeroed); a CTC-only chain, which ends before the LLM, does not get it."""
     torch.manual_seed(0)
     model = SpeechLM(model_config_factory(CHAIN)).eval()
     utterance = model.adapters["utterance"]
     assert isinstance(utterance, UtteranceAdapter) and utterance.output_dim == model.encoder.output_dim
     with torch.no_grad():
         utterance.proj.weight.zero_()
-        utterance.proj.bias.zero_()
-        base = model.encode_audio(waveforms=waves())
         utterance.proj.bias.fill_(0.5)
-        shifted = model.encode_audio(waveforms=waves())
+        out = model.encode_audio(waveforms=waves())
         ctc_only = model.encode_audio(waveforms=waves(), stop_after_ctc=True)
-    assert torch.equal(base.lengths, shifted.lengths)
-    for row, n in enumerate(base.lengths.tolist()):
-        torch.testing.assert_close(shifted.embeds[row, :n], base.embeds[row, :n] + 0.5)
-    assert shifted.utterance_embeds is None  # consumed: added once
-    assert ctc_only.utterance_embeds is not None  # a CTC-only chain ends before the LLM: not added
+        del model.adapters["utterance"]
+        without = model.encode_audio(waveforms=waves())
+        without_ctc_only = model.encode_audio(waveforms=waves(), stop_after_ctc=True)
+    assert torch.equal(out.lengths, without.lengths + 1)
+    for row, n in enumerate(without.lengths.tolist()):
+        torch.testing.assert_close(out.embeds[row, 0], torch.full_like(out.embeds[row, 0], 0.5))
+        torch.testing.assert_close(out.embeds[row, 1 : n + 1], without.embeds[row, :n])
+    assert out.utterance_embeds is None  # consumed: one token
+    assert ctc_only.utterance_embeds is not None
+    torch.testing.assert_close(ctc_only.embeds, without_ctc_only.embeds)
 
 
 def test_the_vector_depends_on_the_clip_and_is_saved_with_its_statistics(model_config_factory, tmp_path) -> None:

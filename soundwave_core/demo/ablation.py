@@ -3,8 +3,8 @@ beyond the words?
 
 With ``posterior_embedding`` the shrinking adapter hands the LLM, at each kept frame, the CTC
 posterior's expected token embedding (the words) plus ``gate * LayerNorm(kept + attention)`` (the
-adapter's own output: its cross-attention over all frames). An utterance adapter adds one vector
-of pooled frame statistics to every audio token. Zeroing ``gate`` and the utterance vector's
+adapter's own output: its cross-attention over all frames). An utterance adapter puts one token
+of pooled frame statistics before the audio tokens. Zeroing ``gate`` and the utterance vector's
 projection leaves the words and removes both acoustic paths. The ablated copy is measured like the
 final model: if pitch, sex and rate fall to chance while the held-out WER barely moves, the labels
 travel through the acoustic paths.

@@ -241,7 +241,8 @@ class SpeechLM(PreTrainedModel):
 
     def _run_chain(self, state: AudioState, stop_after_ctc: bool, num_windows: torch.Tensor) -> AudioState:
         """The adapter chain over the encoder's ``state`` (each adapter told the window length in
-        its input frames); ``encoder_lengths`` and ``num_windows`` set on the result."""
+        its input frames); ``encoder_lengths`` and ``num_windows`` set on the result, and an
+        utterance vector put before the audio tokens (unless a CTC-only chain stopped early)."""
         encoder_frames = state.lengths
         window = state.window_frames
         for adapter in self.adapters.values():
@@ -249,11 +250,9 @@ class SpeechLM(PreTrainedModel):
             if window is not None:
                 window = int(adapter.output_lengths(torch.tensor([window], device=encoder_frames.device)).item())
             if stop_after_ctc and state.ctc_logits is not None:
-                return state.replace(encoder_lengths=encoder_frames, num_windows=num_windows.to(encoder_frames.device))
-        if state.utterance_embeds is not None:
-            # the chain's utterance-level vector on every audio token (AudioState.utterance_embeds)
-            state = state.replace(embeds=state.embeds + state.utterance_embeds[:, None].to(state.embeds.dtype),
-                                  utterance_embeds=None)
+                break
+        else:
+            state = state.with_utterance_token()
         return state.replace(encoder_lengths=encoder_frames, num_windows=num_windows.to(encoder_frames.device))
 
     def splice(

@@ -39,8 +39,8 @@ class AudioState:
             window's frames through the earlier adapters' ``output_lengths``); attention layers
             attend within a window, so memory grows linearly with the clip's duration.
         utterance_embeds: ``[B, D_llm]`` one vector per row that an adapter computed for the
-            whole clip (the utterance adapter); ``SpeechLM.encode_audio`` adds it to every
-            audio token at the end of the chain. ``None``: no such vector.
+            whole clip (the utterance adapter); at the end of the chain ``SpeechLM.encode_audio``
+            puts it before the row's audio tokens (:meth:`with_utterance_token`). ``None``: none.
     """
 
     embeds: torch.Tensor
@@ -57,6 +57,16 @@ class AudioState:
 
     def replace(self, **changes: object) -> AudioState:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def with_utterance_token(self) -> AudioState:
+        """``utterance_embeds [B, D]`` as one more token before each row's ``embeds [B, T, D]`` ->
+        ``[B, 1 + T, D]``, ``lengths + 1`` (``speech_lengths`` too); unchanged without one."""
+        if self.utterance_embeds is None:
+            return self
+        token = self.utterance_embeds[:, None].to(self.embeds.dtype)
+        speech = None if self.speech_lengths is None else self.speech_lengths + 1
+        return self.replace(embeds=torch.cat([token, self.embeds], dim=1), lengths=self.lengths + 1,
+                            speech_lengths=speech, utterance_embeds=None)
 
     def padding_mask(self) -> torch.Tensor:
         """``[B, T]`` bool, True on valid frames."""
