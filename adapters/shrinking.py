@@ -54,6 +54,14 @@ class ShrinkingConfig(ComponentConfig):
         ),
     )
     posterior_temperature: float = Field(default=1.0, gt=0, description="softmax temperature of posterior_embedding")
+    inference_posterior_temperature: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "posterior_embedding's temperature when the adapter is not training (inference, evaluation, and "
+            "stages that keep it frozen); default: posterior_temperature"
+        ),
+    )
     gate_init: float = Field(
         default=0.0,
         ge=0,
@@ -163,6 +171,12 @@ class ShrinkingAdapter(Adapter):
             out = self.expected_embeddings(state.ctc_logits, keep, kept_lengths) + self.gate * out
         return state.replace(embeds=out, lengths=kept_lengths, keep_mask=keep, speech_lengths=None)
 
+    def temperature(self) -> float:
+        """The posterior's softmax temperature now: ``posterior_temperature`` in training,
+        ``inference_posterior_temperature`` (when set) otherwise."""
+        inference = self.config.inference_posterior_temperature
+        return self.config.posterior_temperature if self.training or inference is None else inference
+
     def expected_embeddings(self, ctc_logits: VocabLogits, keep: torch.Tensor, kept_lengths: torch.Tensor) -> torch.Tensor:
         """The CTC posterior at the kept frames ``keep [B, T]`` (``kept_lengths [B]`` of them per
         row) -> the posterior-weighted input embeddings ``[B, N, D]`` (rows past a row's kept count
@@ -171,6 +185,6 @@ class ShrinkingAdapter(Adapter):
         table = self._token_table()
         kept_hidden, _ = gather_kept(ctc_logits.hidden, keep)
         kept_logits = VocabLogits(kept_hidden, ctc_logits.weight, ctc_logits.bias).materialise()
-        probs = (kept_logits.float() / self.config.posterior_temperature).softmax(dim=-1)
+        probs = (kept_logits.float() / self.temperature()).softmax(dim=-1)
         expected = probs.to(table.dtype) @ table
         return expected * lengths_to_mask(kept_lengths, expected.shape[1])[..., None].to(expected.dtype)

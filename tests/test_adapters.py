@@ -232,3 +232,23 @@ def test_shrinking_posterior_embedding(registry, info) -> None:
     assert ad.gate.grad is not None and ad.gate.grad.abs().sum() > 0
     with pytest.raises(ComponentError, match="input embeddings"):
         build(registry, BackboneInfo(HIDDEN, HEADS, VOCAB, BLANK, 0), {"name": "shrinking", "posterior_embedding": True}, input_dim=HIDDEN)
+
+
+def test_shrinking_inference_posterior_temperature(registry, info) -> None:
+    """``inference_posterior_temperature`` sharpens (or flattens) the posterior only when the
+    adapter is not training; training keeps ``posterior_temperature``."""
+    table = torch.randn(VOCAB, HIDDEN, generator=torch.Generator().manual_seed(3))
+    info = BackboneInfo(HIDDEN, HEADS, VOCAB, BLANK, 0, output_embedding=info.output_embedding, input_embedding=lambda: table)
+    args = {"name": "shrinking", "posterior_embedding": True, "keep_blank_runs": False}
+    both = build(registry, info, {**args, "inference_posterior_temperature": 0.5}, input_dim=HIDDEN)
+    plain = build(registry, info, args, input_dim=HIDDEN)
+    logits = torch.zeros(1, 3, VOCAB)
+    logits[0, :, 3], logits[0, :, 4] = 2.0, 1.0  # one kept frame (token 3), a soft posterior
+    s = AudioState(torch.randn(1, 3, HIDDEN), torch.tensor([3]), ctc_logits=VocabLogits(logits, torch.eye(VOCAB)),
+                   ctc_lengths=torch.tensor([3]))
+    for mode in (True, False):
+        both.train(mode), plain.train(mode)
+        expected = (logits[0, 0] / (1.0 if mode else 0.5)).softmax(dim=-1) @ table
+        assert both.temperature() == (1.0 if mode else 0.5) and plain.temperature() == 1.0
+        torch.testing.assert_close(both(s).embeds[0, 0], expected)
+    torch.testing.assert_close(plain(s).embeds[0, 0], logits[0, 0].softmax(dim=-1) @ table)

@@ -41,7 +41,7 @@ def test_third_party_plugin_listed_with_distribution_and_broken_one_reported(plu
     assert "swv-broken-plugin 1.0.0" in broken and "broken: RuntimeError: this plugin is broken on purpose" in broken
     adapters = lines[lines.index("adapters:") + 1 : lines.index("backbones:")]
     names = [a.split()[0] for a in adapters]
-    assert names == ["alignment", "conv", "example-pool", "qformer", "shrinking", "stack"]
+    assert names == ["alignment", "conv", "example-pool", "qformer", "shrinking", "stack", "utterance"]
     assert any("[example-pool]" in a for a in adapters)
     assert "warning: plugin 'broken' from swv-broken-plugin 1.0.0 is broken and was skipped" in res.stderr
 
