@@ -264,10 +264,16 @@ def shard_cmd(
     max_audio_bytes: Annotated[int, typer.Option(
         help="Largest audio file packed (bytes); larger ones, and anything not a regular file, are dropped "
         "and reported.")] = DEFAULT_MAX_AUDIO_BYTES,
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
     """Pack a manifest into webdataset-style tar shards (<key>.<ext> audio + <key>.json record);
-    a recipe reads them with a `shards: DIR` source."""
+    a recipe reads them with a `shards: DIR` source.
+
+    Audio files the manifest names but that do not exist stop the command before a shard is
+    written (--on-missing fail, the default) or are left out and counted (--on-missing skip)."""
+    from swv.data.missing_audio import check_manifest_audio, path_exists
     from swv.data.shards import write_shards
 
+    check_manifest_audio(manifest, OnMissing(on_missing).value, exists=path_exists)
     report = write_shards(manifest, out, clips_per_shard=clips_per_shard, max_audio_bytes=max_audio_bytes)
     typer.echo(report.format())

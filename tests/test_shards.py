@@ -143,3 +143,16 @@ def test_member_names_are_quoted_in_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
         list(read_shard(shard))
     assert "\n" not in str(caught.value) and "'a\\nb.wav': a link member" in str(caught.value)
+
+
+def test_shard_missing_audio_follows_on_missing(manifest: Path, tmp_path: Path, cli) -> None:
+    """A clip the manifest names but that does not exist: the default stops before any shard is
+    written (one line: how many, the first); ``--on-missing skip`` leaves it out and reports it."""
+    (tmp_path / "clips" / "c1.wav").unlink()
+    code, out, err = cli(["data", "shard", manifest, "--out", tmp_path / "out"])
+    assert code != 0 and "Traceback" not in err
+    assert "1 of 6 record(s) name an audio file that does not exist (first: " in err and "c1.wav" in err
+    assert "--on-missing skip" in err and not (tmp_path / "out").exists()
+    code, out, err = cli(["data", "shard", manifest, "--out", tmp_path / "out", "--on-missing", "skip"])
+    assert code == 0, err
+    assert "shard: wrote 5 record(s)" in out and "audio file not found" in out

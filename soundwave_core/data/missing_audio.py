@@ -1,5 +1,5 @@
 """One policy for audio files that a corpus, a transcript table or a manifest names but that do not
-exist (``--on-missing`` of ``swv data manifest`` and ``swv eval``).
+exist (``--on-missing`` of ``swv data manifest``, ``swv data shard`` and ``swv eval``).
 
 ``fail`` (the default everywhere): the command stops before writing anything, with one line
 giving the number of missing clips and the first of them. A missing clip means an incomplete
@@ -13,6 +13,7 @@ failed items in the score table and ``report.json`` (``num_failed``, ``failed_id
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ def audio_exists(path: Path) -> bool:
         return False
 
 
+def path_exists(path: Path) -> bool:
+    """Whether anything (a file, a device, a pipe) is at ``path``; a name no file can have is not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class MissingAudio:
     """The missing clips found while building or checking one manifest, and what to do about them."""
@@ -49,9 +58,10 @@ class MissingAudio:
     def skip(self) -> bool:
         return self.policy == "skip"
 
-    def check(self, audio: Path, where: str) -> bool:
-        """Whether ``audio`` exists; a missing one is counted (``where`` says who names it)."""
-        if audio_exists(audio):
+    def check(self, audio: Path, where: str, exists: Callable[[Path], bool] = audio_exists) -> bool:
+        """Whether ``audio`` exists (``exists``: by default, as a regular file); a missing one is
+        counted (``where`` says who names it)."""
+        if exists(audio):
             return True
         self.add(f"{where}: {audio}")
         return False
@@ -75,8 +85,10 @@ class MissingAudio:
         return f"{len(self.found)} {what} without an audio file skipped (--on-missing skip; first: {self.found[0]})"
 
 
-def check_manifest_audio(manifest: str | os.PathLike[str], policy: str = DEFAULT_ON_MISSING) -> MissingAudio:
-    """Check that every record of ``manifest`` with an ``audio`` path names an existing file;
+def check_manifest_audio(manifest: str | os.PathLike[str], policy: str = DEFAULT_ON_MISSING,
+                         exists: Callable[[Path], bool] = audio_exists) -> MissingAudio:
+    """Check that every record of ``manifest`` with an ``audio`` path names an existing file
+    (``exists``: by default a regular file; :func:`path_exists` for anything at the path);
     under ``fail`` a missing one is an :class:`InputError` (see :class:`MissingAudio`)."""
     from swv.data.manifest import read_manifest, resolve_audio
 
@@ -86,7 +98,7 @@ def check_manifest_audio(manifest: str | os.PathLike[str], policy: str = DEFAULT
         total += 1
         if _has_audio_path(record):
             audio = Path(os.path.normpath(resolve_audio(manifest, record)))
-            missing.check(audio, f"{Path(manifest).name}:{line_no}")
+            missing.check(audio, f"{Path(manifest).name}:{line_no}", exists)
     missing.enforce(total, "record(s)")
     return missing
 
