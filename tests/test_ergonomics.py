@@ -108,6 +108,26 @@ def test_eval_manifest_missing_clip_and_predictions(cli, tmp_path: Path) -> None
     assert code == 0, err
 
 
+
+def test_eval_hf_dataset_path_column_follows_on_missing(cli, model_dir: Path, tmp_path: Path) -> None:
+    """A dataset whose audio column holds paths, one of them to no file: the default stops before
+    the model runs; under skip the row is a counted failed item, as a manifest's would be."""
+    import datasets
+
+    clip = tone(tmp_path / "a.wav", 0.3)
+    datasets.Dataset.from_dict({"audio": [str(clip), str(tmp_path / "gone.wav")], "text": ["hi", "ho"]}).save_to_disk(
+        str(tmp_path / "disk"))
+    args = ["eval", model_dir, "--hf-dataset", tmp_path / "disk", "--split", "train", "--task", "asr",
+            "--output-dir", tmp_path / "ev"]
+    code, _, err = cli(args)
+    assert code != 0 and len(error_lines(err)) == 1, err
+    assert error_lines(err)[0].startswith("error: 1 of 2 record(s) name an audio file that does not exist (first: dataset.jsonl:2: ")
+    assert not (tmp_path / "ev" / "predictions.jsonl").exists()
+    code, out, err = cli([*args, "--on-missing", "skip", "--max-new-tokens", "2"])
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["num_records"] == 2 and report["num_failed"] == 1 and report["failed_ids"] == ["train-1"]
+
 # -- errors in the user's words ------------------------------------------------------------------
 def _audio_dataset(tmp_path: Path) -> Path:
     import datasets

@@ -139,9 +139,9 @@ def class_label_names(ds: Any) -> dict[str, list[str]]:
 
 
 def hf_row(record: dict[str, Any], index: int, *, source: str, base: str, name: str, task: str, instruction: str,
-           labels: dict[str, list[str]], columns: dict[str, str]) -> dict[str, Any]:
-    """One dataset row as a source row (see :func:`swv.data.rows.normalise_row`) plus
-    ``audio_bytes``; ``columns`` (field -> column) picks the columns of swv's fields."""
+           labels: dict[str, list[str]], columns: dict[str, str], missing_ok: bool = False) -> dict[str, Any]:
+    """One dataset row as a source row (see :func:`swv.data.rows.normalise_row`, ``missing_ok``
+    included) plus ``audio_bytes``; ``columns`` (field -> column) picks the columns of swv's fields."""
     from swv.core.audio import audio_duration
 
     rec = dict(record)
@@ -163,15 +163,16 @@ def hf_row(record: dict[str, Any], index: int, *, source: str, base: str, name: 
         except InputError as exc:
             raise InputError(f"{source}: row {index}: {label}: {exc}") from None
     row = normalise_row(rec, source, index + 1, task, instruction,
-                     lambda _m, r: Path(base, str(r["audio"])).expanduser(), audio_duration, embedded)
+                     lambda _m, r: Path(base, str(r["audio"])).expanduser(), audio_duration, embedded, missing_ok)
     row["source"] = name
     row["audio_bytes"] = data
     return row
 
 
-def load_hf_source(name: str, spec: DatasetSpec, names: SourceNames | None = None) -> Any:
+def load_hf_source(name: str, spec: DatasetSpec, names: SourceNames | None = None, missing_ok: bool = False) -> Any:
     """A recipe's ``hf_dataset:`` source as a ``datasets.Dataset`` of the shared row columns;
-    errors name the recipe's fields (``data.datasets.NAME...``) unless ``names`` says otherwise."""
+    errors name the recipe's fields (``data.datasets.NAME...``) unless ``names`` says otherwise.
+    With ``missing_ok`` a row whose audio path names no file keeps the path (see :func:`hf_row`)."""
     assert spec.hf_dataset is not None
     names = names or SourceNames.recipe(name)
     ds = undecoded_audio(open_hf_dataset(spec.hf_dataset, spec.split, names=names))
@@ -184,7 +185,8 @@ def load_hf_source(name: str, spec: DatasetSpec, names: SourceNames | None = Non
     source = resolve_data_path(spec.hf_dataset)
     base = str(source if source.is_dir() else source.parent)
     kwargs = {"source": str(spec.hf_dataset), "base": base, "name": name, "task": spec.task or "",
-              "instruction": spec.instruction or "", "labels": class_label_names(ds), "columns": dict(spec.columns)}
+              "instruction": spec.instruction or "", "labels": class_label_names(ds), "columns": dict(spec.columns),
+              "missing_ok": missing_ok}
     return ds.map(hf_row, with_indices=True, remove_columns=ds.column_names, fn_kwargs=kwargs, features=row_features())
 
 
@@ -205,7 +207,8 @@ def hf_eval_manifest(ref: str, split: str, columns: dict[str, str], out_dir: str
 
     Audio given as a path is referenced where it is; audio carried as bytes is written once to
     ``<out_dir>/audio/<row>.<ext>`` (kept on reruns), so predictions and the report name files.
-    Ids are the dataset's ``id`` column or ``<split>-<row>``.
+    Ids are the dataset's ``id`` column or ``<split>-<row>``. An audio path that names no file is
+    written as it is: ``swv eval``'s ``--on-missing`` check of the manifest decides (fail or count).
     """
     import io
 
@@ -215,7 +218,7 @@ def hf_eval_manifest(ref: str, split: str, columns: dict[str, str], out_dir: str
     from swv.data.manifest import audio_ref, write_manifest
 
     spec = DatasetSpec(hf_dataset=ref, split=split, columns=columns)
-    rows = load_hf_source("eval", spec, EVAL_FLAGS)
+    rows = load_hf_source("eval", spec, EVAL_FLAGS, missing_ok=True)
     out_dir = Path(out_dir)
     target = out_dir / "dataset.jsonl"
     records = []

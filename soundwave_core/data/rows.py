@@ -30,9 +30,11 @@ def resolve_data_path(text: str) -> Path:
 
 
 def normalise_row(record: dict[str, Any], manifest: str, line_no: int, task: str, instruction: str, resolve_audio: Any,
-               audio_duration: Any, embedded: tuple[str, float] | None = None) -> dict[str, Any]:
+               audio_duration: Any, embedded: tuple[str, float] | None = None, missing_ok: bool = False) -> dict[str, Any]:
     """One source record as a row of the shared columns. ``embedded`` is ``(name, duration)`` of
-    audio whose bytes travel with the row (Hugging Face datasets), instead of an ``audio`` path."""
+    audio whose bytes travel with the row (Hugging Face datasets), instead of an ``audio`` path.
+    An audio path that names no file is an error unless ``missing_ok`` (the row then keeps the
+    path, duration -1, for a later ``--on-missing`` check to count)."""
     where = f"{manifest}:{line_no}"
     row: dict[str, Any] = {}
     for key in TEXT_FIELDS:
@@ -55,18 +57,7 @@ def normalise_row(record: dict[str, Any], manifest: str, line_no: int, task: str
     if embedded is not None:
         row["audio"], row["duration"] = embedded
     elif audio not in (None, ""):
-        path = resolve_audio(manifest, record)
-        if not path.is_file():
-            raise InputError(f"{where}: audio file not found: {path}")
-        row["audio"] = str(path.resolve())
-        duration = record.get("duration")
-        if duration is not None:
-            row["duration"] = record_duration(duration, where)
-        else:
-            try:
-                row["duration"] = audio_duration(path)
-            except InputError as exc:
-                raise InputError(f"{where}: {exc}") from None
+        row["audio"], row["duration"] = path_audio(record, resolve_audio(manifest, record), where, audio_duration, missing_ok)
     else:
         row["audio"] = ""
         row["duration"] = -1.0
@@ -78,6 +69,22 @@ def normalise_row(record: dict[str, Any], manifest: str, line_no: int, task: str
     row["line"] = line_no
     row["manifest"] = str(manifest)
     return row
+
+
+def path_audio(record: dict[str, Any], path: Path, where: str, audio_duration: Any, missing_ok: bool) -> tuple[str, float]:
+    """``(absolute path, duration)`` of a record's audio file (the record's ``duration`` when it
+    gives one); a missing file is an error, or ``(path, -1.0)`` with ``missing_ok``."""
+    if not path.is_file():
+        if missing_ok:
+            return str(path), -1.0
+        raise InputError(f"{where}: audio file not found: {path}")
+    duration = record.get("duration")
+    if duration is not None:
+        return str(path.resolve()), record_duration(duration, where)
+    try:
+        return str(path.resolve()), audio_duration(path)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 def record_duration(value: Any, where: str) -> float:
