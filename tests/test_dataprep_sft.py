@@ -50,13 +50,14 @@ def test_direct_format() -> None:
 
 def test_choice_format_fixed_and_shuffled_options() -> None:
     ex = make_example("happiness", LABELS, "choice", random.Random(0), task="emotion", shuffle_options=False)
-    assert ex["response"] == "The answer is D. happiness."
-    assert ex["instruction"].endswith("Choose one option: A. neutral, B. fear, C. surprise, D. happiness.")
+    # the paper's Table 4 wording, format 2
+    assert ex["response"] == "The one answer you should pick is D. happiness."
+    assert ex["instruction"].endswith(" Pick one answer from: A. neutral B. fear C. surprise D. happiness.")
     assert ex["options"] == LABELS
     for seed in range(10):
         ex = make_example("fear", LABELS, "choice", random.Random(seed), task="emotion")
         letter = "ABCD"[ex["options"].index("fear")]
-        assert ex["response"] == f"The answer is {letter}. fear."
+        assert ex["response"] == f"The one answer you should pick is {letter}. fear."
         assert f"{letter}. fear" in ex["instruction"] and sorted(ex["options"]) == sorted(LABELS)
 
 
@@ -127,7 +128,7 @@ def test_build_sft_all_formats(tmp_path: Path) -> None:
             assert r["response"] == r["label"].capitalize() + "."
         elif r["format"] == "choice":
             letter = "ABCD"[r["options"].index(r["label"])]
-            assert r["response"] == f"The answer is {letter}. {r['label']}."
+            assert r["response"] == f"The one answer you should pick is {letter}. {r['label']}."
         else:
             assert r["label"] in r["response"]
     # canonical spelling from --labels even though the data says "Neutral" / "SURPRISE"
@@ -158,7 +159,7 @@ def test_build_sft_labels_detected_and_cot(tmp_path: Path) -> None:
     assert recs[0]["options"] == ["fear", "happiness", "Neutral", "SURPRISE"]  # found in data, sorted
     assert report.dropped == {"no 'text' transcript for --cot": 1}
     for r in recs:
-        assert re.fullmatch(r"Transcription: sentence number \d+\nAnswer: The answer is [A-D]\. \w+\.", r["response"])
+        assert re.fullmatch(r"Transcription: sentence number \d+\nAnswer: The one answer you should pick is [A-D]\. \w+\.", r["response"])
         assert r["cot"] is True and COT_REQUEST in r["instruction"]
 
 
@@ -203,3 +204,17 @@ def test_cli_sft(tmp_path: Path) -> None:
 
     bad = CliRunner().invoke(app, ["sft", str(m), "--task", "emotion", "--out", str(out), "--labels", " , "])
     assert isinstance(bad.exception, UsageError)
+
+
+def test_choice_wording_is_the_benchmark_presets_and_the_scorer_reads_it() -> None:
+    """Training asks and answers multiple choice exactly as the presets ask (the paper's Table 4),
+    and the scorer maps the trained answer to its option."""
+    from swv.eval.metrics import match_answer
+    from swv.eval.presets import get_preset
+
+    preset = get_preset("vocalsound")
+    options = list(preset.config.options)
+    ex = make_example(options[3], options, "choice", random.Random(0), task="vocal_sound", shuffle_options=False)
+    # the same option listing after the question, in the same words
+    assert ex["instruction"].split(" Pick one answer from:")[1] == preset.prompt().split(" Pick one answer from:")[1]
+    assert match_answer(ex["response"], options, letters=True) == (options[3], "matched")

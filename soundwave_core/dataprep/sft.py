@@ -3,9 +3,10 @@
 Three question-answer formats, one per record, picked at random (seeded) from ``formats``:
 
 * ``direct``: an open question; the response is just the label (``"Happiness."``).
-* ``choice``: the question lists lettered options (``A. neutral, B. fear, ...``); the
-  response is ``"The answer is D. happiness."``. Options are shuffled per record unless
-  ``shuffle_options`` is false.
+* ``choice``: the question lists lettered options in the paper's wording (Table 4: ``"...
+  Pick one answer from: A. neutral B. fear C. surprise D. happiness."``, as the benchmark presets
+  ask); the response is ``"The one answer you should pick is D. happiness."``. Options are
+  shuffled per record unless ``shuffle_options`` is false.
 * ``sentence``: the response is a natural sentence containing the label.
 
 Each task has several question wordings per format (the packaged table ``sft_templates.yaml``);
@@ -33,6 +34,7 @@ import yaml
 from swv.core.errors import InputError, UsageError
 from swv.core.progress import Report, count_lines, progress
 from swv.data.manifest import read_manifest, rebase_record, record_label, write_manifest
+from swv.model.defaults import choice_answer, choice_question
 
 FORMATS = ("direct", "choice", "sentence")
 COT_REQUEST = "First write down what is said in the audio, then answer."
@@ -141,10 +143,8 @@ def make_example(label: str, labels: list[str], fmt: str, rng: random.Random, *,
             raise UsageError(f"the choice format supports up to 26 labels, got {len(labels)}")
         if shuffle_options:
             rng.shuffle(options)
-        listed = ", ".join(f"{string.ascii_uppercase[i]}. {o}" for i, o in enumerate(options))
-        instruction = f"{rng.choice(tpl.choice)} Choose one option: {listed}."
-        letter = string.ascii_uppercase[options.index(label)]
-        answer = f"The answer is {letter}. {label}."
+        instruction = choice_question(rng.choice(tpl.choice), options)
+        answer = choice_answer(options, label)
     elif fmt == "sentence":
         instruction, pattern = rng.choice(tpl.sentence)
         answer = pattern.format(label=label)

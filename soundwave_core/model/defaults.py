@@ -3,6 +3,7 @@ instruction of each task and the decoding defaults. Kept free of torch imports."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +17,20 @@ PAPER_SYSTEM_PROMPT = (
 #: The transcription instruction: the default for records that carry only a transcript, for
 #: ``swv infer`` and for ``swv eval --task asr``.
 ASR_INSTRUCTION = "Transcribe the speech."
+
+def choice_question(question: str, options: Sequence[str]) -> str:
+    """A multiple-choice instruction in the wording of the paper's SFT data (Table 4, format 2):
+    ``"<question> Pick one answer from: A. neutral B. fear C. surprise D. happiness."``; used
+    alike by ``swv data sft`` and the benchmark presets (at most 26 options)."""
+    listed = " ".join(f"{chr(ord('A') + i)}. {option}" for i, option in enumerate(options))
+    return f"{question} Pick one answer from: {listed}."
+
+
+def choice_answer(options: Sequence[str], label: str) -> str:
+    """The answer to :func:`choice_question` in Table 4's wording: ``"The one answer you should
+    pick is D. happiness."`` (``label`` must be one of ``options``)."""
+    return f"The one answer you should pick is {chr(ord('A') + list(options).index(label))}. {label}."
+
 
 #: The default instruction of each task, for records without an ``instruction``: used alike by
 #: training, ``swv infer`` and ``swv eval`` (saved with every model; ``model.instructions`` in a

@@ -77,12 +77,12 @@ class BenchmarkPreset:
     def prompt(self) -> str:
         """The instruction every record of the benchmark gets: the task's default instruction
         (asr, st), else ``question`` (with the lettered ``options`` of multiple choice)."""
+        from swv.model.defaults import choice_question
         from swv.model.prompts import default_instruction, instruction_table
 
         cfg = self.config
         if cfg.options:
-            listed = " ".join(f"{chr(ord('A') + i)}. {option}" for i, option in enumerate(cfg.options))
-            return f"{cfg.question} Pick one answer from: {listed}."
+            return choice_question(cfg.question, cfg.options)
         if cfg.question:
             return cfg.question
         return default_instruction(instruction_table(), cfg.task, cfg.target_language)
