@@ -10,12 +10,12 @@ import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from swv.cli.commands import SwvTyper
-from swv.cli.options import WeightDtype
+from swv.cli.options import WEIGHT_DTYPES, weight_dtype
 
 app = SwvTyper(
     help="Convert CTranslate2 (faster-whisper) Whisper and GGUF LLM checkpoints to Hugging Face safetensors directories.",
@@ -79,17 +79,18 @@ def whisper_ct2(
     encoder_only: Annotated[
         bool, typer.Option("--encoder-only", help="Write only the audio encoder (WhisperEncoder + preprocessor config).")
     ] = False,
-    dtype: Annotated[WeightDtype, typer.Option("--dtype", help="dtype of the saved weights.")] = WeightDtype.float32,
+    dtype: Annotated[str, typer.Option("--dtype", help=f"dtype of the saved weights: {WEIGHT_DTYPES}.")] = "float32",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
 ) -> None:
     """Convert a faster-whisper / CTranslate2 Whisper checkpoint (float or int8/int16 quantized)."""
     from swv.convert.ct2_whisper import convert_ct2_whisper
 
+    dtype = weight_dtype(dtype) or "float32"
     with _quiet_transformers():
-        written = convert_ct2_whisper(sources, dest, encoder_only=encoder_only, dtype=dtype.value, overwrite=overwrite)
+        written = convert_ct2_whisper(sources, dest, encoder_only=encoder_only, dtype=dtype, overwrite=overwrite)
     params = count_safetensors_parameters(written)
     kind = "Whisper encoder" if encoder_only else "Whisper model"
-    typer.echo(f"wrote {kind} to {written} ({_human(params)} parameters = {params:,}, {dtype.value})")
+    typer.echo(f"wrote {kind} to {written} ({_human(params)} parameters = {params:,}, {dtype})")
 
 
 @app.command("gguf")
@@ -100,7 +101,7 @@ def gguf(
     ],
     dest: Annotated[Path, typer.Argument(help="Output directory.", metavar="DEST", show_default=False)],
     dtype: Annotated[
-        WeightDtype | None, typer.Option("--dtype", help="dtype of the saved weights (default: the one transformers picks).")
+        Optional[str], typer.Option("--dtype", help=f"dtype of the saved weights: {WEIGHT_DTYPES} (default: the one transformers picks).")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
 ) -> None:
@@ -108,7 +109,7 @@ def gguf(
     from swv.convert.gguf import convert_gguf
 
     with _quiet_transformers():
-        written = convert_gguf(src, dest, dtype=dtype.value if dtype is not None else None, overwrite=overwrite)
+        written = convert_gguf(src, dest, dtype=weight_dtype(dtype), overwrite=overwrite)
     params = count_safetensors_parameters(written)
     config = json.loads((written / "config.json").read_text(encoding="utf-8"))
     arch = ",".join(config.get("architectures") or [config.get("model_type", "?")])

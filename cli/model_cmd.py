@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from swv.cli.commands import SwvTyper
-from swv.cli.options import TrustRemoteCode, WeightDtype
+from swv.cli.options import WEIGHT_DTYPES, TrustRemoteCode, weight_dtype
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import InputError, UsageError
 from swv.train.plots import RUN_FILE
@@ -176,8 +176,8 @@ def import_soundwave(
         typer.Option("--shrinking-heads", min=1, help="Heads of the shrinking cross-attention (default: the LLM's)."),
     ] = None,
     dtype: Annotated[
-        WeightDtype | None,
-        typer.Option("--dtype", help="dtype of the saved weights and of the backbone (default: as stored)."),
+        Optional[str],
+        typer.Option("--dtype", help=f"dtype of the saved weights and of the backbone: {WEIGHT_DTYPES} (default: as stored)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it is a non-empty directory.")] = False,
 ) -> None:
@@ -190,7 +190,7 @@ def import_soundwave(
             src,
             dest,
             shrinking_heads=shrinking_heads,
-            dtype=dtype.value if dtype is not None else None,
+            dtype=weight_dtype(dtype),
             overwrite=overwrite,
         )
     enc, llm = summary.encoder, summary.llm

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, get_type_hi
 import typer
 
 from swv.core.devices import AUTO_DEVICE, DEVICE_HELP
+from swv.core.errors import UsageError
 from swv.data.missing_audio import DEFAULT_ON_MISSING, ON_MISSING_CHOICES
 from swv.model.defaults import GenerationDefaults
 
@@ -24,12 +25,20 @@ if TYPE_CHECKING:
     from swv.infer.pipeline import GenerationSettings
 
 
-class WeightDtype(str, Enum):
-    """dtype of written weights."""
+#: ``--help`` of a ``--dtype`` that names the dtype of written weights
+WEIGHT_DTYPES = "float32, float16 or bfloat16, or fp32/fp16/bf16/half"
 
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
+
+def weight_dtype(name: str | None) -> str | None:
+    """A ``--dtype`` of written weights: a dtype name or alias -> its canonical name (None stays None)."""
+    from swv.core.dtypes import canonical_dtype
+
+    if name is None:
+        return None
+    try:
+        return canonical_dtype(name)
+    except ValueError as exc:
+        raise UsageError(f"--dtype: {exc}") from None
 
 
 #: ``--on-missing`` values (swv.data.missing_audio.ON_MISSING_CHOICES)

@@ -33,3 +33,28 @@ def test_pipeline_takes_an_alias() -> None:
     assert _parse_dtype("bf16") is torch.bfloat16
     with pytest.raises(UsageError, match="dtype: unknown dtype 'int4'"):
         _parse_dtype("int4")
+
+
+def test_written_weights_take_the_aliases_too(cli, tmp_path) -> None:
+    """``--dtype`` of the commands that write weights (convert, import) takes the same names as
+    infer's; an unknown one is one line naming the accepted names, before anything is read."""
+    from swv.cli.options import weight_dtype
+
+    assert weight_dtype("bf16") == "bfloat16" and weight_dtype("half") == "float16" and weight_dtype(None) is None
+    for args in (["convert", "gguf", tmp_path / "x.gguf", tmp_path / "out"],
+                 ["convert", "whisper-ct2", tmp_path / "ct2", tmp_path / "out"],
+                 ["import", "soundwave", tmp_path / "src", tmp_path / "out"]):
+        code, _, err = cli([*args, "--dtype", "bf17"])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code != 0 and lines == [
+            "error: --dtype: unknown dtype 'bf17', expected one of float32, float16, bfloat16, fp32, f32, float, fp16, "
+            "f16, half, bf16"], err
+
+
+@pytest.mark.parametrize(("value", "expected"), [("bf16", "bf16"), ("bfloat16", "bf16"), ("half", "fp16"),
+                                                 ("float16", "fp16"), ("fp32", "no"), ("no", "no"), (False, "no")])
+def test_recipe_precision_takes_dtype_names(value, expected) -> None:
+    from swv.recipes.loader import load_recipe
+
+    loaded = load_recipe("tiny", overrides=[f"precision={str(value).lower() if value is not False else 'no'}"])
+    assert loaded.recipe.precision == expected

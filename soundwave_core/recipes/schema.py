@@ -187,6 +187,10 @@ class StageSettings(StrictModel):
         return self
 
 
+#: accelerate's mixed-precision name of each dtype a recipe's ``precision`` may name
+PRECISION_OF_DTYPE = {"float32": "no", "float16": "fp16", "bfloat16": "bf16"}
+
+
 class Recipe(StrictModel):
     description: str = ""
     output_dir: str
@@ -208,9 +212,19 @@ class Recipe(StrictModel):
 
     @field_validator("precision", mode="before")
     @classmethod
-    def _yaml_no(cls, value: Any) -> Any:
-        """YAML 1.1 (``yaml.safe_load``) reads an unquoted ``no`` as ``false``."""
-        return "no" if value is False else value
+    def _precision_names(cls, value: Any) -> Any:
+        """YAML 1.1 (``yaml.safe_load``) reads an unquoted ``no`` as ``false``; a dtype name or
+        alias (``bfloat16``, ``half``, ``float32``...) stands for accelerate's name of it."""
+        if value is False:
+            return "no"
+        if isinstance(value, str) and value.strip().lower() not in ("no", "fp16", "bf16"):
+            from swv.core.dtypes import canonical_dtype
+
+            try:
+                return PRECISION_OF_DTYPE[canonical_dtype(value)]
+            except ValueError:
+                return value  # the Literal's own error names the choices
+        return value
 
     @model_validator(mode="after")
     def _cross_refs(self) -> Recipe:
