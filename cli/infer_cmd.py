@@ -15,9 +15,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.cli.options import (
+    ON_MISSING_DEFAULT,
     GenerationOptions,
     MaxDuration,
     ModelSource,
+    OnMissing,
+    OnMissingOption,
     Revision,
     RunOptions,
     TrustRemoteCode,
@@ -76,6 +79,7 @@ class _Job:
     trust_remote_code: bool
     max_audio_bytes: int = DEFAULT_MAX_AUDIO_BYTES
     max_chat_bytes: int = DEFAULT_MAX_CHAT_BYTES
+    on_missing: str = ON_MISSING_DEFAULT.value
 
     def load(self) -> Pipeline:
         from swv.infer import batch
@@ -200,7 +204,12 @@ def _run_chat(conversation: Path, sources: list[str], prompt: str | None, job: _
 
 # -- manifest ----------------------------------------------------------------------------------
 def _run_manifest(manifest: Path, output: Path, prompt: str | None, job: _Job, overwrite: bool) -> None:
+    from swv.data.missing_audio import check_manifest_audio
     from swv.infer import batch
+
+    skipped = check_manifest_audio(manifest, job.on_missing).summary("record(s)")  # before the model loads
+    if skipped:
+        print(f"infer: {skipped}; they count as failed items", file=sys.stderr)
 
     table = batch.saved_instructions(job.model_dir)
     items = batch.read_items(
@@ -239,6 +248,7 @@ def infer(
     trust_remote_code: TrustRemoteCode = False,
     max_audio_bytes: MaxAudioBytes = DEFAULT_MAX_AUDIO_BYTES,
     max_chat_bytes: MaxChatBytes = DEFAULT_MAX_CHAT_BYTES,
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
     """Answer an instruction about speech.
 
@@ -251,7 +261,9 @@ def infer(
     the same command to resume and retry the failed items. Lines carry the
     run's fingerprint (model, generation settings, prompts, manifest sha256):
     a file written by another run or an older swv is refused, naming what
-    differs; give another --output, or --overwrite to start over.
+    differs; give another --output, or --overwrite to start over. A record
+    whose audio file does not exist stops the run before the model loads
+    (--on-missing fail, the default) or is a counted failed item (skip).
 
     Conversation (--chat FILE): continue a multi-turn audio chat saved as
     JSON; the new answer is appended to FILE (a symlink stays one).
@@ -268,7 +280,7 @@ def infer(
 
     settings = replace(generation.settings(), transcript_first=True) if cot else generation.settings()
     job = _Job(resolve_model(model, revision), settings, generation.system, run, max_duration, stats, trust_remote_code,
-               max_audio_bytes, max_chat_bytes)
+               max_audio_bytes, max_chat_bytes, OnMissing(on_missing).value)
     _dispatch(job, list(audio or []), prompt, manifest, output, overwrite, chat)
 
 

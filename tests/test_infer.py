@@ -405,9 +405,17 @@ def test_cli_manifest_with_bad_rows(cli, pipe: Pipeline, model_dir: Path, clips:
     ]
     manifest = write_manifest(tmp_path / "test.jsonl", rows)
     out = tmp_path / "run" / "out.jsonl"
-    code, stdout, err = cli(["infer", model_dir, "--manifest", manifest, "--output", out, "--max-new-tokens", 4,
-                             "--batch-size", 3, "--stats", "--prompt", "Say it."])
+    args = ["infer", model_dir, "--manifest", manifest, "--output", out, "--max-new-tokens", 4, "--batch-size", 3,
+            "--stats", "--prompt", "Say it."]
+    # a missing clip stops the run before the model loads (--on-missing fail, the default)
+    code, _, err = cli(args)
+    assert code == 1 and error_lines(err) == [
+        f"error: 1 of 8 record(s) name an audio file that does not exist (first: test.jsonl:2: {bad_files['missing']}); "
+        "fix the paths, or pass --on-missing skip to leave them out (they are counted)"], err
+    assert not out.exists()
+    code, stdout, err = cli([*args, "--on-missing", "skip"])
     assert code == 1, err
+    assert "infer: 1 record(s) without an audio file skipped (--on-missing skip; first: test.jsonl:2: " in err
     assert error_lines(err) == [f"error: {manifest}: 6 of 8 item(s) failed (their 'error' is in {out}); "
                                 "rerun the same command to retry them"]
     lines = read_jsonl(out)
