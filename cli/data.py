@@ -26,6 +26,15 @@ app = SwvTyper(
 )
 
 
+def _check_missing(on_missing: OnMissing, *manifests: Path) -> None:
+    """``--on-missing`` of a command that reads the audio of ``manifests``: a clip that does not
+    exist stops it before anything is written (fail); under skip the command drops and reports it."""
+    from swv.data.missing_audio import check_manifest_audio, path_exists
+
+    for manifest in manifests:
+        check_manifest_audio(manifest, OnMissing(on_missing).value, exists=path_exists)
+
+
 def _split_list(value: str | None, option: str) -> list[str] | None:
     if value is None:
         return None
@@ -103,8 +112,13 @@ def filter_cmd(
     device: Annotated[str, typer.Option(help="Torch device for the Whisper model.")] = "cpu",
     verify_audio: Annotated[bool, typer.Option(
         "--verify-audio", help="Decode every file fully (slower) instead of reading headers only.")] = False,
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
-    """Apply the paper's quality filters (duration, text length, frames per token, Whisper WER)."""
+    """Apply the paper's quality filters (duration, text length, frames per token, Whisper WER).
+
+    A clip the manifest names that does not exist stops the command (--on-missing fail, the
+    default) or is rejected and counted as unreadable audio (--on-missing skip)."""
+    _check_missing(on_missing, manifest)
     from swv.dataprep.filters import (
         FilterConfig,
         WhisperTranscriber,
@@ -149,8 +163,11 @@ def splice_cmd(
     sample_rate: Annotated[int, typer.Option(help="Sample rate of the written audio.")] = 16000,
     task: Annotated[str, typer.Option(help="Value of the 'task' field.")] = "asr",
     seed: Annotated[int, typer.Option(help="Random seed for pairing.")] = 0,
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
-    """Splice utterances of different speakers into multi-speaker samples."""
+    """Splice utterances of different speakers into multi-speaker samples (a clip that does not
+    exist: --on-missing fail stops, skip drops and reports it)."""
+    _check_missing(on_missing, manifest)
     from swv.dataprep.multi_speaker import splice_manifest
 
     report = splice_manifest(
@@ -175,8 +192,11 @@ def sound_insert_cmd(
     task: Annotated[str, typer.Option(help="Value of the 'task' field.")] = "asr",
     seed: Annotated[int, typer.Option(help="Random seed for pairing and sound order.")] = 0,
     tags_out: Annotated[Optional[Path], typer.Option(help="Write the tags used, one per line.")] = None,
+    on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
-    """Embed labelled sounds between speech segments; transcripts get <label> tags."""
+    """Embed labelled sounds between speech segments; transcripts get <label> tags (a clip of
+    either manifest that does not exist: --on-missing fail stops, skip drops and reports it)."""
+    _check_missing(on_missing, speech, sounds)
     from swv.dataprep.sound_insert import sound_insert
 
     report = sound_insert(
@@ -220,7 +240,8 @@ def stats_cmd(
         help=f"Write duration/text-length histograms to this image ({PLOT_HINT}).")]
     = None,
 ) -> None:
-    """Counts, hours and histograms, overall, per task and per language."""
+    """Counts, hours and histograms, overall, per task and per language. Only rows without a
+    'duration' read their audio file's header; a missing one is counted and reported."""
     from swv.dataprep.stats import compute_stats, format_stats, plot_stats
 
     if plot is not None:

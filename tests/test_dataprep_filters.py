@@ -326,3 +326,29 @@ def test_cli_filter_usage_errors(tmp_path: Path, cli_manifest: Path) -> None:
                                    "--wer-model", str(tmp_path / "no-model")])
     assert isinstance(res.exception, InputError) and "Whisper model folder not found" in str(res.exception)
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_filter_splice_and_sound_insert_follow_on_missing(cli, tmp_path: Path) -> None:
+    """A clip the manifest names that does not exist: each command that reads the audio stops
+    before writing (one line, --on-missing fail, the default); skip drops and reports it."""
+    sf.write(tmp_path / "a.wav", np.zeros(16000, np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": "a.wav", "text": "hi", "speaker": "s1"}) + "\n"
+                        + json.dumps({"id": "b", "audio": "gone.wav", "text": "ho", "speaker": "s2"}) + "\n")
+    sounds = tmp_path / "sounds.jsonl"
+    sounds.write_text(json.dumps({"id": "c", "audio": "a.wav", "label": "cough"}) + "\n")
+    commands = {
+        "filter": ["data", "filter", manifest, "-o", tmp_path / "f.jsonl"],
+        "splice": ["data", "splice", manifest, "-o", tmp_path / "s.jsonl", "--audio-dir", tmp_path / "s"],
+        "sound-insert": ["data", "sound-insert", "--speech", manifest, "--sounds", sounds, "-o", tmp_path / "i.jsonl",
+                         "--audio-dir", tmp_path / "i"],
+    }
+    for name, args in commands.items():
+        code, _, err = cli(args)
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code != 0 and len(lines) == 1 and "Traceback" not in err, (name, err)
+        assert lines[0].startswith("error: 1 of 2 record(s) name an audio file that does not exist (first: m.jsonl:2: ")
+        assert not Path(args[args.index("-o") + 1]).exists(), name
+    code, out, err = cli([*commands["filter"], "--on-missing", "skip", "--no-duration-filter"])
+    assert code == 0, err
+    assert "audio file not found" in out and json.loads((tmp_path / "f.jsonl").read_text())["id"] == "a"

@@ -383,7 +383,8 @@ def test_failed_manifest_rows_are_retried(cli, bundled_model: Path, clip: Path, 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": i, "audio": str(a)}) + "\n" for i, a in (("a", clip), ("b", later))))
     out = tmp_path / "out.jsonl"
-    line = one_error(*cli(["infer", bundled_model, "--manifest", manifest, "--output", out, "--max-new-tokens", 2])[::2])
+    line = one_error(*cli(["infer", bundled_model, "--manifest", manifest, "--output", out, "--max-new-tokens", 2,
+                           "--on-missing", "skip"])[::2])
     assert "1 of 2 item(s) failed" in line
     shutil.copy(clip, later)
     code, _, err = cli(["infer", bundled_model, "--manifest", manifest, "--output", out, "--max-new-tokens", 2])
