@@ -713,7 +713,9 @@ def test_cli_whisper_ct2(tmp_path: Path, whisper) -> None:
     result = runner.invoke(app, ["whisper-ct2", str(tmp_path / "nope"), str(tmp_path / "x")])
     assert isinstance(result.exception, SwvError) and "no such file" in str(result.exception)
     result = runner.invoke(app, ["whisper-ct2", str(src), str(tmp_path / "x"), "--dtype", "int8"])
-    assert result.exit_code == 2  # rejected by the option's choices
+    # refused before anything is read, naming the accepted names (the aliases included)
+    assert isinstance(result.exception, SwvError) and "--dtype: unknown dtype 'int8'" in str(result.exception)
+    assert "bf16" in str(result.exception) and not (tmp_path / "x").exists()
 
 
 @needs_gguf
