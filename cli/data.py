@@ -15,6 +15,7 @@ import typer
 from swv.cli.commands import SwvTyper
 from swv.cli.options import ON_MISSING_DEFAULT, OnMissing, OnMissingOption
 from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
+from swv.core.devices import AUTO_DEVICE, DEVICE_HELP
 from swv.core.errors import UsageError
 from swv.core.plotting import PLOT_HINT
 from swv.dataprep.sft import FORMATS, TEMPLATES
@@ -109,7 +110,7 @@ def filter_cmd(
         help="Local Whisper checkpoint folder; enables the WER filter.")] = None,
     max_wer: Annotated[float, typer.Option(help="Keep rows whose WER is strictly below this.")] = 0.10,
     wer_batch_size: Annotated[int, typer.Option(help="Clips per Whisper batch.")] = 8,
-    device: Annotated[str, typer.Option(help="Torch device for the Whisper model.")] = "cpu",
+    device: Annotated[str, typer.Option(help=f"Device of the Whisper model. {DEVICE_HELP}")] = AUTO_DEVICE,
     verify_audio: Annotated[bool, typer.Option(
         "--verify-audio", help="Decode every file fully (slower) instead of reading headers only.")] = False,
     on_missing: OnMissingOption = ON_MISSING_DEFAULT,
@@ -260,7 +261,7 @@ def cache_features(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key.path=value overrides.")] = None,
     stage: Annotated[str, typer.Option("--stage", help="Stage whose (frozen) encoder and data to cache.")] = "alignment",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per encoder batch.")] = 8,
-    device: Annotated[str, typer.Option("--device", help="Device for the encoder, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help=f"Device of the encoder. {DEVICE_HELP}")] = AUTO_DEVICE,
 ) -> None:
     """Run the stage's frozen encoder once over its audio and store the outputs (float16).
 

@@ -145,6 +145,9 @@ def test_help_style_is_one_everywhere(cli) -> None:
     assert "{MODEL} [AUDIO]..." in out and "[default: auto]" in out
     code, out, _ = cli(["serve", "-h"])
     assert "{MODEL}" in out and "[default: auto]" in out
+    for args in (["data", "filter", "-h"], ["data", "cache-features", "-h"]):
+        code, out, _ = cli(args)
+        assert code == 0 and "[default: auto]" in out, args
 
 
 def test_device_auto_resolves_to_the_cpu_here() -> None:

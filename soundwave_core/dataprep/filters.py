@@ -174,6 +174,9 @@ class WhisperTranscriber:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu") -> None:
+        from swv.core.devices import resolve_device
+
+        device = str(resolve_device(device))  # "auto": CUDA, then MPS, then CPU
         path = Path(model_dir)
         if not path.is_dir():
             raise InputError(f"{path}: Whisper model folder not found")

@@ -234,6 +234,7 @@ def cache_stage_features(loaded: Any, stage: str, *, batch_size: int = 8, device
 
     Returns ``(cache_dir, newly_cached, already_cached)``.
     """
+    from swv.core.devices import resolve_device
     from swv.data.feature_cache import build_cache
     from swv.data.hf_sources import EMBEDDED_AUDIO_PREFIX
     from swv.data.shards import SHARD_AUDIO_PREFIX
@@ -250,5 +251,5 @@ def cache_stage_features(loaded: Any, stage: str, *, batch_size: int = 8, device
     data = load_stage_data(recipe.data, list(dict.fromkeys(settings.data.datasets + settings.data.eval_datasets)), f"stages[{index}]")
     paths = [p for p in data.dataset["audio"] if p and not p.startswith((EMBEDDED_AUDIO_PREFIX, SHARD_AUDIO_PREFIX))]
     target = feature_cache_dir(recipe)
-    new, old = build_cache(target, model.encoder, paths, batch_size=batch_size, device=device)
+    new, old = build_cache(target, model.encoder, paths, batch_size=batch_size, device=str(resolve_device(device)))
     return target, new, old
