@@ -293,9 +293,8 @@ def shard_cmd(
 
     Audio files the manifest names but that do not exist stop the command before a shard is
     written (--on-missing fail, the default) or are left out and counted (--on-missing skip)."""
-    from swv.data.missing_audio import check_manifest_audio, path_exists
     from swv.data.shards import write_shards
 
-    check_manifest_audio(manifest, OnMissing(on_missing).value, exists=path_exists)
+    _check_missing(on_missing, manifest)
     report = write_shards(manifest, out, clips_per_shard=clips_per_shard, max_audio_bytes=max_audio_bytes)
     typer.echo(report.format())
