@@ -141,3 +141,36 @@ def test_unknown_loss_name_is_an_error_naming_the_stage(tmp_path: Path, registry
     loaded = _recipe(tmp_path, registry, "{lm: 1.0}", "kind")
     with pytest.raises(UsageError, match=r"stages\[0\] \(alignment\): a alignment stage takes losses \['ctc'\], not 'lm'"):
         train(loaded, stage="alignment")
+
+
+@pytest.mark.parametrize("reduction", ["token", "row"])
+def test_stage_lm_reduction_reaches_the_model(model_config_factory, registry: Registry, reduction: str) -> None:
+    """A stage's ``lm_reduction`` is the model's: two rows of different answer lengths give the
+    LM loss that lm_loss computes with that reduction on the model's own logits."""
+    from swv.model.losses import lm_loss
+    from swv.model.speechlm import SpeechLM
+    from swv.recipes.schema import StageSettings
+    from swv.train.stages import make_stage
+
+    model = SpeechLM(model_config_factory([{"name": "alignment", "dropout": 0.0}, {"name": "shrinking"}]), registry=registry)
+    prompts = PromptBuilder(model.tokenizer, None, "<audio_patch>")
+    rows = [prompts.training_ids("What is said?", answer, True) for answer in ("hello there my friend", "yes")]
+    width = max(len(ids) for ids, _ in rows)
+    ids = torch.tensor([ids + [0] * (width - len(ids)) for ids, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in rows])
+    audio = [np.random.default_rng(s).standard_normal(16000).astype(np.float32) * 0.1 for s in (0, 1)]
+    feats, lengths = model.encoder.extract_features(audio)
+    batch = {"input_features": feats, "feature_lengths": lengths, "input_ids": ids, "attention_mask": mask, "labels": labels}
+    settings = StageSettings.model_validate({
+        "name": "s", "kind": "shrinking", "trainable": ["adapters"], "losses": {"lm": 1.0}, "lm_reduction": reduction,
+        "optimizer": {"lr": 1e-3}, "batch_size": 2, "max_steps": 1, "data": {"datasets": ["x"]},
+    })
+    model.eval()  # logits are materialised; the loss is then computed from them as the stage asks
+    with torch.no_grad():
+        out = model(**make_stage(settings, 1, {}).model_inputs(batch))
+        spliced = model.splice(model.encode_audio(feats, lengths), ids, mask, labels)
+    assert_close = torch.testing.assert_close
+    assert_close(out.lm_loss, lm_loss(out.logits, spliced.labels, reduction))
+    other = "token" if reduction == "row" else "row"
+    assert not torch.allclose(out.lm_loss, lm_loss(out.logits, spliced.labels, other))

@@ -116,6 +116,25 @@ def test_lm_loss_and_gradients_match_cross_entropy_on_full_logits(seed: int, wit
         assert_close(a.grad, b.grad)
 
 
+@pytest.mark.parametrize("factored", [False, True])
+def test_lm_loss_row_reduction_weighs_each_row_alike(factored: bool) -> None:
+    """``row``: the mean over rows of each row's token mean; a row without labels is left out."""
+    gen = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(3, 7, 4, generator=gen), torch.randn(19, 4, generator=gen)
+    labels = torch.full((3, 7), -100)
+    labels[0, 1:7] = torch.tensor([1, 2, 3, 4, 5, 6])  # a long answer: 6 predicted tokens
+    labels[2, 6] = 9  # a one-token answer
+    full = F.linear(hidden, weight)
+    per_row = [F.cross_entropy(full[b, :-1], labels[b, 1:], ignore_index=-100) for b in (0, 2)]
+    logits = VocabLogits(hidden, weight) if factored else full
+    assert_close(lm_loss(logits, labels, "row"), (per_row[0] + per_row[1]) / 2)
+    token_mean = (per_row[0] * 6 + per_row[1]) / 7
+    assert_close(lm_loss(logits, labels, "token"), token_mean)
+    assert not torch.allclose(token_mean, (per_row[0] + per_row[1]) / 2)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        lm_loss(logits, labels, "sum")
+
+
 def test_lm_loss_without_labels_is_zero_and_keeps_the_graph() -> None:
     hidden = torch.randn(2, 4, 3, requires_grad=True)
     loss = lm_loss(VocabLogits(hidden, torch.randn(11, 3)), torch.full((2, 4), -100))

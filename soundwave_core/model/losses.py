@@ -8,6 +8,8 @@ needs are computed. :func:`lm_loss` also takes materialised logits (evaluation).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
@@ -16,23 +18,45 @@ from swv.nn.state import lengths_to_mask
 from swv.nn.vocab_logits import VocabLogits
 
 
-def lm_loss(logits: torch.Tensor | VocabLogits, labels: torch.Tensor) -> torch.Tensor:
-    """Token-mean next-token cross-entropy. ``logits [B, L, V]`` (a tensor, or factored: then the
-    head runs on the labelled positions only), ``labels [B, L]`` (-100 ignored)."""
+#: how :func:`lm_loss` averages its per-token losses (a stage's ``lm_reduction``)
+LmReduction = Literal["token", "row"]
+LM_REDUCTIONS = get_args(LmReduction)
+
+
+def lm_loss(logits: torch.Tensor | VocabLogits, labels: torch.Tensor, reduction: LmReduction = "token") -> torch.Tensor:
+    """Next-token cross-entropy. ``logits [B, L, V]`` (a tensor, or factored: then the head runs on
+    the labelled positions only), ``labels [B, L]`` (-100 ignored).
+
+    ``reduction="token"``: the mean over every labelled token of the batch (Hugging Face's
+    meaning). ``"row"``: each row's mean over its own labelled tokens, then the mean over the rows
+    that have any, so a one-token answer weighs as much as a long transcript."""
+    if reduction not in LM_REDUCTIONS:
+        raise ValueError(f"lm_loss reduction must be one of {LM_REDUCTIONS}, got {reduction!r}")
     shift_labels = labels[:, 1:]
+    labelled = shift_labels != IGNORE_INDEX  # [B, L-1]
+    if not bool(labelled.any()):
+        hidden = logits.hidden if isinstance(logits, VocabLogits) else logits
+        return hidden.sum() * 0.0
+    targets = shift_labels[labelled]  # [N]
     if isinstance(logits, VocabLogits):
-        labelled = shift_labels != IGNORE_INDEX
-        if not bool(labelled.any()):
-            return logits.hidden.sum() * 0.0
-        # [1, N, D]: the hidden states that predict a label, and those labels [1, N]
+        # [1, N, D]: the hidden states that predict a label
         rows = VocabLogits(logits.hidden[:, :-1][labelled][None], logits.weight, logits.bias)
-        targets = shift_labels[labelled][None]
-        return (rows.log_normaliser() - rows.picked(targets)).mean()
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = shift_labels.reshape(-1)
-    if bool((shift_labels != IGNORE_INDEX).any()):
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
-    return shift_logits.sum() * 0.0
+        per_token = (rows.log_normaliser() - rows.picked(targets[None]))[0]
+    else:
+        per_token = F.cross_entropy(logits[:, :-1][labelled].float(), targets, reduction="none")
+    if reduction == "token":
+        return per_token.mean()
+    return _row_mean(per_token, labelled)
+
+
+def _row_mean(per_token: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """``per_token [N]`` losses at the true positions of ``labelled [B, L]`` (row-major) -> the
+    mean over rows with a label of each row's mean."""
+    counts = labelled.sum(dim=1)  # [B]
+    row_of_token = torch.repeat_interleave(torch.arange(labelled.shape[0], device=labelled.device), counts)
+    sums = per_token.new_zeros(labelled.shape[0]).index_add(0, row_of_token, per_token)
+    has = counts > 0
+    return (sums[has] / counts[has]).mean()
 
 
 def ctc_loss(

@@ -301,6 +301,7 @@ class SpeechLM(PreTrainedModel):
         run_backbone: bool | None = None,
         stop_after_ctc: bool = False,
         encoder_speech_lengths: torch.Tensor | None = None,
+        lm_reduction: str = "token",
     ) -> SpeechLMOutput:
         """Run the model and report every loss it can compute, unweighted.
 
@@ -317,7 +318,8 @@ class SpeechLM(PreTrainedModel):
         ``loss`` has its Hugging Face meaning: it is ``lm_loss``, the token-mean next-token
         cross-entropy of the backbone over the positions whose label is not -100 (``labels``
         are shifted by one inside, as in a causal LM), and ``None`` without ``labels``; CTC and
-        auxiliary losses are never part of it.
+        auxiliary losses are never part of it. ``lm_reduction="row"`` averages each row's tokens
+        first, then the rows (:func:`~swv.model.losses.lm_loss`; a stage's ``lm_reduction``).
         """
         if run_backbone is None:
             run_backbone = input_ids is not None
@@ -343,10 +345,10 @@ class SpeechLM(PreTrainedModel):
         if run_backbone:
             assert input_ids is not None
             mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            self._language_model(out, self.splice(state, input_ids, mask, labels))
+            self._language_model(out, self.splice(state, input_ids, mask, labels), lm_reduction)
         return out
 
-    def _language_model(self, out: SpeechLMOutput, spliced: Spliced) -> None:
+    def _language_model(self, out: SpeechLMOutput, spliced: Spliced, lm_reduction: str = "token") -> None:
         """Run the backbone on the spliced inputs; set ``logits`` (unless training with labels,
         where the LM head runs on the labelled positions only) and ``lm_loss``/``loss``."""
         lm_logits: torch.Tensor | VocabLogits | None = None
@@ -360,7 +362,7 @@ class SpeechLM(PreTrainedModel):
             )
             out.logits = lm_logits = lm_out.logits
         if spliced.labels is not None:
-            out.lm_loss = lm_loss(lm_logits, spliced.labels)
+            out.lm_loss = lm_loss(lm_logits, spliced.labels, lm_reduction)
             out.loss = out.lm_loss
 
     def _ctc_loss(

@@ -18,6 +18,7 @@ from swv.model.defaults import (
     PAPER_SYSTEM_PROMPT,
     GenerationDefaults,
 )
+from swv.model.losses import LmReduction
 
 #: A stage name is one path component of the run directory (``<output_dir>/<name>/``).
 STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -151,6 +152,10 @@ class StageSettings(StrictModel):
     trainable: list[str] = Field(min_length=1)
     #: ``lm``, ``ctc`` or an adapter's auxiliary loss name -> weight (checked by swv.train.stages)
     losses: dict[str, float] = Field(min_length=1)
+    #: how the LM loss averages its tokens: ``token`` (every answer token of the batch alike, the
+    #: Hugging Face mean) or ``row`` (each row's mean, then the rows: a one-token label answer
+    #: weighs as much as a transcript); see swv.model.losses.lm_loss
+    lm_reduction: LmReduction = "token"
     optimizer: OptimizerSettings
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     #: the global batch: rows per micro-step summed over all processes (each process takes

@@ -104,7 +104,10 @@ class Stage:
         if self.run_backbone:
             keys += ["input_ids", "attention_mask", "labels"]
         inputs = {k: batch[k] for k in keys if k in batch}
-        return {**inputs, "run_backbone": self.run_backbone, "stop_after_ctc": self.stop_after_ctc}
+        inputs = {**inputs, "run_backbone": self.run_backbone, "stop_after_ctc": self.stop_after_ctc}
+        if self.run_backbone:
+            inputs["lm_reduction"] = self.settings.lm_reduction
+        return inputs
 
     def losses(self, out: Any) -> dict[str, torch.Tensor]:
         """The unweighted losses the model reported: ``lm``, ``ctc`` and each auxiliary name."""
