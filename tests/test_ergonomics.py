@@ -109,6 +109,30 @@ def test_eval_manifest_missing_clip_and_predictions(cli, tmp_path: Path) -> None
 
 
 
+def test_infer_eval_and_data_commands_print_one_skipped_clips_line(cli, model_dir: Path, tmp_path: Path) -> None:
+    """The same manifest with a missing clip under --on-missing skip: infer and eval print the
+    same line (their prefix aside), the data commands the same count without the failed items."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(tone(tmp_path / "a.wav", 0.3)), "text": "hi"}) + "\n"
+                        + json.dumps({"id": "b", "audio": "gone.wav", "text": "ho"}) + "\n")
+    runs = {
+        "infer": ["infer", model_dir, "--manifest", manifest, "--output", tmp_path / "out.jsonl", "--max-new-tokens", 2],
+        "eval": ["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", tmp_path / "ev",
+                 "--max-new-tokens", 2],
+        "data filter": ["data", "filter", manifest, "-o", tmp_path / "f.jsonl", "--no-duration-filter"],
+        "data shard": ["data", "shard", manifest, "--out", tmp_path / "shards"],
+    }
+    lines = {}
+    for command, args in runs.items():
+        _, _, err = cli([*args, "--on-missing", "skip"])
+        found = [line for line in err.splitlines() if "without an audio file skipped" in line]
+        assert len(found) == 1 and found[0].startswith(f"{command}: "), (command, err)
+        lines[command] = found[0].removeprefix(f"{command}: ")
+    want = f"1 record(s) without an audio file skipped (--on-missing skip; first: m.jsonl:2: {tmp_path / 'gone.wav'})"
+    assert lines["infer"] == lines["eval"] == f"{want}; they count as failed items"
+    assert lines["data filter"] == lines["data shard"] == want
+
+
 def test_eval_hf_dataset_path_column_follows_on_missing(cli, model_dir: Path, tmp_path: Path) -> None:
     """A dataset whose audio column holds paths, one of them to no file: the default stops before
     the model runs; under skip the row is a counted failed item, as a manifest's would be."""
