@@ -154,6 +154,13 @@ def test_peft_loads_a_moved_export_from_any_directory(
         two_step = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(moved / "backbone")), str(moved))
         assert torch.allclose(two_step.eval()(input_ids=ids).logits, want, atol=1e-5)
     assert str(tmp_path) not in (moved / "adapter_config.json").read_text()
+    # what the card says of PEFT's own auto class: the relative base path works only inside the export
+    card = " ".join((moved / "README.md").read_text().split())
+    assert "works only when run inside this directory" in card and 'peft_causal_lm("path/to/MODEL")' in card
+    from peft import AutoPeftModelForCausalLM
+
+    with pytest.raises(OSError):  # offline here: no Hub repository named 'backbone' either
+        AutoPeftModelForCausalLM.from_pretrained(str(moved))  # inside it, it loads: test_hf_native
 
 
 def test_peft_loads_an_export_with_a_referenced_backbone(export: Path, tiny_llama_dir: Path) -> None:
