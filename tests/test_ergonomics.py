@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from swv.core.errors import InputError, RecipeError
 from swv.core.progress import format_duration
@@ -47,13 +46,8 @@ def error_lines(err: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ergonomics_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("ergonomics_model")
 
 
 # -- one policy for a missing clip ---------------------------------------------------------------
