@@ -13,11 +13,12 @@ from typing import Annotated, Optional
 import typer
 
 from swv.cli.commands import SwvTyper
-from swv.cli.options import ON_MISSING_DEFAULT, OnMissing, OnMissingOption
+from swv.cli.options import ON_MISSING_DEFAULT, OnMissing, OnMissingOption, check_missing_audio
 from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.core.devices import AUTO_DEVICE, DEVICE_HELP
 from swv.core.errors import UsageError
 from swv.core.plotting import PLOT_HINT
+from swv.data.missing_audio import path_exists
 from swv.dataprep.sft import FORMATS, TEMPLATES
 
 app = SwvTyper(
@@ -25,15 +26,6 @@ app = SwvTyper(
     "audio, insert sound events, generate SFT instructions and print statistics.",
     no_args_is_help=True,
 )
-
-
-def _check_missing(on_missing: OnMissing, *manifests: Path) -> None:
-    """``--on-missing`` of a command that reads the audio of ``manifests``: a clip that does not
-    exist stops it before anything is written (fail); under skip the command drops and reports it."""
-    from swv.data.missing_audio import check_manifest_audio, path_exists
-
-    for manifest in manifests:
-        check_manifest_audio(manifest, OnMissing(on_missing).value, exists=path_exists)
 
 
 def _split_list(value: str | None, option: str) -> list[str] | None:
@@ -119,7 +111,7 @@ def filter_cmd(
 
     A clip the manifest names that does not exist stops the command (--on-missing fail, the
     default) or is rejected and counted as unreadable audio (--on-missing skip)."""
-    _check_missing(on_missing, manifest)
+    check_missing_audio("data filter", on_missing, manifest, exists=path_exists)
     from swv.dataprep.filters import (
         FilterConfig,
         WhisperTranscriber,
@@ -168,7 +160,7 @@ def splice_cmd(
 ) -> None:
     """Splice utterances of different speakers into multi-speaker samples (a clip that does not
     exist: --on-missing fail stops, skip drops and reports it)."""
-    _check_missing(on_missing, manifest)
+    check_missing_audio("data splice", on_missing, manifest, exists=path_exists)
     from swv.dataprep.multi_speaker import splice_manifest
 
     report = splice_manifest(
@@ -197,7 +189,7 @@ def sound_insert_cmd(
 ) -> None:
     """Embed labelled sounds between speech segments; transcripts get <label> tags (a clip of
     either manifest that does not exist: --on-missing fail stops, skip drops and reports it)."""
-    _check_missing(on_missing, speech, sounds)
+    check_missing_audio("data sound-insert", on_missing, speech, sounds, exists=path_exists)
     from swv.dataprep.sound_insert import sound_insert
 
     report = sound_insert(
@@ -295,6 +287,6 @@ def shard_cmd(
     written (--on-missing fail, the default) or are left out and counted (--on-missing skip)."""
     from swv.data.shards import write_shards
 
-    _check_missing(on_missing, manifest)
+    check_missing_audio("data shard", on_missing, manifest, exists=path_exists)
     report = write_shards(manifest, out, clips_per_shard=clips_per_shard, max_audio_bytes=max_audio_bytes)
     typer.echo(report.format())

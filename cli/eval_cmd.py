@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.cli.options import (
+    COUNTED_AS_FAILED,
     ON_MISSING_DEFAULT,
     GenerationOptions,
     MaxDuration,
     ModelSource,
-    OnMissing,
     OnMissingOption,
     Revision,
     RunOptions,
     TrustRemoteCode,
+    check_missing_audio,
     with_option_groups,
 )
 from swv.core.audio import DEFAULT_MAX_DURATION
@@ -140,7 +141,7 @@ def eval_cmd(
 
     plan = _plan(inputs)
     if inputs.predictions is None:
-        _check_audio(plan.manifest, OnMissing(inputs.on_missing).value)
+        check_missing_audio("eval", inputs.on_missing, plan.manifest, then=COUNTED_AS_FAILED)
     result = evaluate_model(
         model, plan.manifest, plan.task, plan.out_dir,  # type: ignore[arg-type]
         predictions=inputs.predictions, settings=generation.settings(), system=generation.system,
@@ -228,15 +229,6 @@ def _manifest_plan(inputs: EvalInputs) -> _Plan:
         raise UsageError("--manifest and --task are required (or use --preset)")
     out_dir = inputs.output_dir if inputs.output_dir is not None else Path(f"eval-{inputs.manifest.stem}-{inputs.task}")
     return _Plan(inputs.manifest, inputs.task, out_dir, inputs.normalize, inputs.target_language)
-
-
-def _check_audio(manifest: Path, on_missing: str) -> None:
-    """Every clip the manifest names must exist (``fail``), or the missing ones are counted (``skip``)."""
-    from swv.data.missing_audio import check_manifest_audio
-
-    summary = check_manifest_audio(manifest, on_missing).summary("record(s)")
-    if summary:
-        print(f"eval: {summary}; they count as failed items", file=sys.stderr)
 
 
 def _print_result(run: EvalRun, plan: _Plan) -> None:

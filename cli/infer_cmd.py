@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from swv.cli.options import (
+    COUNTED_AS_FAILED,
     ON_MISSING_DEFAULT,
     GenerationOptions,
     MaxDuration,
@@ -24,6 +25,7 @@ from swv.cli.options import (
     Revision,
     RunOptions,
     TrustRemoteCode,
+    check_missing_audio,
     with_option_groups,
 )
 from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES, DEFAULT_MAX_DURATION
@@ -204,12 +206,9 @@ def _run_chat(conversation: Path, sources: list[str], prompt: str | None, job: _
 
 # -- manifest ----------------------------------------------------------------------------------
 def _run_manifest(manifest: Path, output: Path, prompt: str | None, job: _Job, overwrite: bool) -> None:
-    from swv.data.missing_audio import check_manifest_audio
     from swv.infer import batch
 
-    skipped = check_manifest_audio(manifest, job.on_missing).summary("record(s)")  # before the model loads
-    if skipped:
-        print(f"infer: {skipped}; they count as failed items", file=sys.stderr)
+    check_missing_audio("infer", job.on_missing, manifest, then=COUNTED_AS_FAILED)  # before the model loads
 
     table = batch.saved_instructions(job.model_dir)
     items = batch.read_items(

@@ -12,13 +12,14 @@ import functools
 import inspect
 from collections.abc import Callable
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar, get_type_hints
 
 import typer
 
 from swv.core.devices import AUTO_DEVICE, DEVICE_HELP
 from swv.core.errors import UsageError
-from swv.data.missing_audio import DEFAULT_ON_MISSING, ON_MISSING_CHOICES
+from swv.data.missing_audio import DEFAULT_ON_MISSING, ON_MISSING_CHOICES, audio_exists, check_manifest_audio
 from swv.model.defaults import GenerationDefaults
 
 if TYPE_CHECKING:
@@ -48,6 +49,22 @@ OnMissingOption = Annotated[OnMissing, typer.Option(
     "(leave them out and count them in the summary / as failed items of the report).")]
 #: the default of every ``--on-missing``
 ON_MISSING_DEFAULT = OnMissing(DEFAULT_ON_MISSING)
+#: what ``infer`` and ``eval`` do with a clip ``--on-missing skip`` left out
+COUNTED_AS_FAILED = "they count as failed items"
+
+
+def check_missing_audio(command: str, on_missing: OnMissing | str, *manifests: Path,
+                        exists: Callable[[Path], bool] = audio_exists, then: str = "") -> None:
+    """``--on-missing`` of ``command`` (``"infer"``, ``"data shard"``...), which reads the audio of
+    ``manifests``: under ``fail`` a clip that does not exist stops it before any work (one error
+    line); under ``skip`` one line on stderr per manifest counts the missing clips, the same
+    wording in every command (``then``: what the command does with them, e.g.
+    :data:`COUNTED_AS_FAILED`). ``exists``: by default a regular file."""
+    policy = OnMissing(on_missing).value
+    for manifest in manifests:
+        skipped = check_manifest_audio(manifest, policy, exists=exists).summary("record(s)")
+        if skipped:
+            typer.echo(f"{command}: {skipped}" + (f"; {then}" if then else ""), err=True)
 
 
 # -- the model ---------------------------------------------------------------------------------

@@ -121,6 +121,87 @@ def model_config_factory(tiny_whisper_dir: Path, tiny_llama_dir: Path):
     return make
 
 
+@pytest.fixture(scope="session")
+def save_tiny_model(model_config_factory, tmp_path_factory: pytest.TempPathFactory):
+    """``save(folder, seed=0) -> Path``: a tiny random-init SpeechLM (``model_config_factory()``,
+    weights drawn after ``torch.manual_seed(seed)``) saved to ``<new temporary folder>/model``."""
+    import torch
+
+    from swv.model.speechlm import SpeechLM
+
+    def save(folder: str, seed: int = 0) -> Path:
+        torch.manual_seed(seed)
+        path = tmp_path_factory.mktemp(folder) / "model"
+        SpeechLM(model_config_factory()).save_pretrained(path)
+        return path
+
+    return save
+
+
+@pytest.fixture(scope="session")
+def lora_export(model_config_factory, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny SpeechLM whose LoRA is not the identity (``lora_B`` drawn with seed 1), so
+    that loading it without its LoRA changes the logits. Tests must not write into it."""
+    import torch
+
+    from swv.model.speechlm import SpeechLM
+
+    torch.manual_seed(0)
+    model = SpeechLM(model_config_factory()).eval()
+    randomise_lora(model, 1)
+    return model.save_pretrained(tmp_path_factory.mktemp("lora") / "export")
+
+
+def randomise_lora(model, seed: int) -> None:
+    """Draw the LoRA ``B`` matrices of ``model``'s backbone (zero at init) from N(0, 0.1)."""
+    import torch
+
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.backbone.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+
+
+@pytest.fixture(scope="session")
+def lora_randomiser():
+    """``randomise(model, seed)``: the LoRA ``B`` matrices drawn from N(0, 0.1) (see :func:`randomise_lora`)."""
+    return randomise_lora
+
+
+@pytest.fixture(scope="session")
+def write_noise_clips():
+    """``write(root, seconds) -> root``: ``clip0.wav``, ``clip1.wav``, ... in ``root``, 16 kHz
+    noise of each duration in ``seconds`` (the same samples on every run)."""
+    import numpy as np
+    import soundfile as sf
+
+    def write(root: Path, seconds: tuple[float, ...]) -> Path:
+        rng = np.random.default_rng(0)
+        for i, length in enumerate(seconds):
+            sf.write(root / f"clip{i}.wav", (rng.standard_normal(int(16000 * length)) * 0.1).astype(np.float32), 16000)
+        return root
+
+    return write
+
+
+@pytest.fixture
+def generated_prompts(monkeypatch) -> list[str]:
+    """The prompts :class:`swv.infer.pipeline.Pipeline` generated for, in order (recorded while
+    the real generation runs)."""
+    from swv.infer.pipeline import Pipeline
+
+    prompts: list[str] = []
+    original = Pipeline.generate_batch
+
+    def recording(self, waveforms, batch_prompts, settings, tasks=None):
+        prompts.extend(batch_prompts)
+        return original(self, waveforms, batch_prompts, settings, tasks)
+
+    monkeypatch.setattr(Pipeline, "generate_batch", recording)
+    return prompts
+
+
 @pytest.fixture
 def eval_cli(monkeypatch, capsys):
     """``run(args) -> (exit code, stdout, stderr)`` of ``swv eval ARGS`` in this process, through

@@ -1,4 +1,4 @@
-"""CLI and training ergonomics: continuing a finished run with more steps, naming what differs
+"""CLI and training ergonomics: continuing a finished or killed run with more steps, naming what differs
 in a changed recipe, ``--restart``, overrides in ``recipe validate``, stages addressed by name in
 overrides, one help style (no ``<bool>``, upper-case argument placeholders) and ``--device auto``."""
 
@@ -61,6 +61,47 @@ def test_finished_stage_continues_to_a_larger_max_steps(tmp_path: Path, capsys) 
 
     with pytest.raises(UsageError, match="is at step 8, past the stage's new length of 6 steps"):
         train_alignment(tmp_path, "stages.0.max_steps=6")
+
+
+class _Killed(Exception):
+    """Stands for a kill in the middle of a stage (nothing after it runs: no final checkpoint,
+    no export, ``stage.json`` still says not done)."""
+
+
+def test_killed_stage_continues_to_a_new_max_steps(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from swv.train.runner import StageRunner
+
+    original = StageRunner.train_step
+
+    def killed_during_step_7(self, loop, max_norm):
+        if loop.state.step == 7:  # checkpointed at step 4, step 6 logged, steps 5-7 not saved
+            raise _Killed
+        return original(self, loop, max_norm)
+
+    monkeypatch.setattr(StageRunner, "train_step", killed_during_step_7)
+    with pytest.raises(_Killed):
+        train_alignment(tmp_path, "stages.0.max_steps=8", "stages.0.save_every=4")
+    monkeypatch.setattr(StageRunner, "train_step", original)
+    assert stage_file(tmp_path)["done"] is False and not (tmp_path / "run" / "alignment" / "export").exists()
+    assert [r["step"] for r in metrics(tmp_path)] == [2, 4, 6]
+    capsys.readouterr()
+
+    export = train_alignment(tmp_path, "stages.0.max_steps=12", "stages.0.save_every=4")
+    out = capsys.readouterr().out
+    assert "finished at step" not in out  # not a finished stage reopened: an unfinished one resumed
+    assert "resuming stage alignment from" in out and "step-0000004 (step 4)" in out
+    assert "length changed from 8 to 12 steps" in out
+    info = stage_file(tmp_path)
+    assert info["done"] is True and info["step"] == 12 and info["total_steps"] == 12
+    assert info["length"]["max_steps"] == 12
+    assert json.loads((export / "swv_config.json").read_text())["training"][-1]["steps"] == 12
+    records = metrics(tmp_path)
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12]  # the killed run's step 6 is not logged twice
+    # from step 5 on, the 12-step cosine, not the 8-step one the checkpoint was written with
+    assert records[2]["lr"] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * 6 / 12)), rel=1e-6)
+
+    with pytest.raises(UsageError, match="is at step 12, past the stage's new length of 10 steps"):
+        train_alignment(tmp_path, "stages.0.max_steps=10", "stages.0.save_every=4")
 
 
 def test_changed_learning_rate_is_named_and_restart_starts_over(tmp_path: Path, capsys) -> None:
@@ -162,3 +203,21 @@ def test_device_auto_resolves_to_the_cpu_here() -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(UsageError, match="device: invalid device 'gpu'"):
         resolve_device("gpu")
+
+
+@pytest.mark.parametrize(("cuda", "mps", "want"), [
+    (True, True, "cuda"),  # CUDA first, even with MPS there
+    (True, False, "cuda"),
+    (False, True, "mps"),  # then Apple's MPS
+    (False, False, "cpu"),  # then the CPU
+])
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, want: str) -> None:
+    from swv.core.devices import resolve_device
+    from swv.infer.pipeline import _parse_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    for name in ("auto", "AUTO", " auto "):
+        assert resolve_device(name) == torch.device(want), name
+    assert _parse_device("auto") == torch.device(want)  # what infer, eval and serve resolve
+    assert resolve_device("cpu") == torch.device("cpu")  # an explicit device is never replaced

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from swv.core.errors import InputError, RecipeError
 from swv.core.progress import format_duration
@@ -47,13 +46,8 @@ def error_lines(err: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ergonomics_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("ergonomics_model")
 
 
 # -- one policy for a missing clip ---------------------------------------------------------------
@@ -107,6 +101,30 @@ def test_eval_manifest_missing_clip_and_predictions(cli, tmp_path: Path) -> None
                         "--output-dir", tmp_path / "ev"])
     assert code == 0, err
 
+
+
+def test_infer_eval_and_data_commands_print_one_skipped_clips_line(cli, model_dir: Path, tmp_path: Path) -> None:
+    """The same manifest with a missing clip under --on-missing skip: infer and eval print the
+    same line (their prefix aside), the data commands the same count without the failed items."""
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(tone(tmp_path / "a.wav", 0.3)), "text": "hi"}) + "\n"
+                        + json.dumps({"id": "b", "audio": "gone.wav", "text": "ho"}) + "\n")
+    runs = {
+        "infer": ["infer", model_dir, "--manifest", manifest, "--output", tmp_path / "out.jsonl", "--max-new-tokens", 2],
+        "eval": ["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", tmp_path / "ev",
+                 "--max-new-tokens", 2],
+        "data filter": ["data", "filter", manifest, "-o", tmp_path / "f.jsonl", "--no-duration-filter"],
+        "data shard": ["data", "shard", manifest, "--out", tmp_path / "shards"],
+    }
+    lines = {}
+    for command, args in runs.items():
+        _, _, err = cli([*args, "--on-missing", "skip"])
+        found = [line for line in err.splitlines() if "without an audio file skipped" in line]
+        assert len(found) == 1 and found[0].startswith(f"{command}: "), (command, err)
+        lines[command] = found[0].removeprefix(f"{command}: ")
+    want = f"1 record(s) without an audio file skipped (--on-missing skip; first: m.jsonl:2: {tmp_path / 'gone.wav'})"
+    assert lines["infer"] == lines["eval"] == f"{want}; they count as failed items"
+    assert lines["data filter"] == lines["data shard"] == want
 
 
 def test_eval_hf_dataset_path_column_follows_on_missing(cli, model_dir: Path, tmp_path: Path) -> None:

@@ -5,40 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-import torch
 
 from swv.eval.evaluation import evaluate, format_table, sha256_file
 from swv.infer.batch import read_items, saved_instructions, task_prompt
-from swv.infer.pipeline import Pipeline
 from swv.model.defaults import DEFAULT_INSTRUCTIONS
-from swv.model.speechlm import SpeechLM
-
-SR = 16000
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("eval_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("eval_model")
 
 
 @pytest.fixture(scope="module")
-def audio_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("eval_audio")
-    rng = np.random.default_rng(0)
-    for i, seconds in enumerate((0.8, 0.5, 1.1)):
-        sf.write(root / f"clip{i}.wav", (rng.standard_normal(int(SR * seconds)) * 0.1).astype(np.float32), SR)
-    return root
-
-
-@pytest.fixture
-def cli(infer_eval_cli):
-    return infer_eval_cli
+def audio_dir(write_noise_clips, tmp_path_factory) -> Path:
+    return write_noise_clips(tmp_path_factory.mktemp("eval_audio"), (0.8, 0.5, 1.1))
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -64,21 +45,13 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
-def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path, tmp_path: Path) -> None:
+def test_eval_asr_end_to_end(cli, model_dir: Path, audio_dir: Path, tmp_path: Path, generated_prompts: list[str]) -> None:
     manifest = asr_manifest(audio_dir, tmp_path)
     out_dir = tmp_path / "asr"
-    prompts: list[str] = []
-    original = Pipeline.generate_batch
-
-    def recording(self, waveforms, batch_prompts, settings, tasks=None):
-        prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings, tasks)
-
-    monkeypatch.setattr(Pipeline, "generate_batch", recording)
     code, out, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir,
                           "--max-new-tokens", 4, "--batch-size", 2, "--seed", 1, "--on-missing", "skip"])
     assert code == 0, err
-    assert prompts == ["Transcribe the speech.", "Transcribe the speech.", "Repeat after me."]
+    assert generated_prompts == ["Transcribe the speech.", "Transcribe the speech.", "Repeat after me."]
     predictions = read_jsonl(out_dir / "predictions.jsonl")
     assert [p["id"] for p in predictions] == ["a", "test_asr.jsonl:2", "c", "bad"]
     assert "not found" in predictions[3]["error"]
@@ -99,12 +72,12 @@ def test_eval_asr_end_to_end(cli, monkeypatch, model_dir: Path, audio_dir: Path,
 
     # resuming (the same model, settings and prompts): the predicted items are not generated again;
     # the failed one is retried (and fails again: its audio is still missing), same numbers
-    prompts.clear()
+    generated_prompts.clear()
     code, out2, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", out_dir,
                            "--max-new-tokens", 4, "--seed", 1,
                            "--on-missing", "skip"])
     assert code == 0, err
-    assert prompts == [] and out2 == out
+    assert generated_prompts == [] and out2 == out
     assert "0 generated, 1 failed, 3 already in predictions.jsonl" in err
     assert [p["id"] for p in read_jsonl(out_dir / "predictions.jsonl")] == ["a", "test_asr.jsonl:2", "c", "bad"]
 
@@ -200,34 +173,27 @@ def test_eval_st_and_open_from_predictions(cli, model_dir: Path, audio_dir: Path
     assert json.loads((tmp_path / "open" / "report.json").read_text())["scored"] is False
 
 
-def test_eval_st_prompts_and_usage_errors(cli, monkeypatch, model_dir: Path, audio_dir: Path, tmp_path: Path) -> None:
+def test_eval_st_prompts_and_usage_errors(cli, model_dir: Path, audio_dir: Path, tmp_path: Path,
+                                          generated_prompts: list[str]) -> None:
     manifest = write_jsonl(tmp_path / "st.jsonl", [
         {"id": "s1", "audio": str(audio_dir / "clip0.wav"), "target_text": "Hallo", "target_language": "de"},
         {"id": "s2", "audio": str(audio_dir / "clip1.wav"), "target_text": "Bonjour", "language": "fr-FR"},
     ])
-    prompts: list[str] = []
-    original = Pipeline.generate_batch
-
-    def recording(self, waveforms, batch_prompts, settings, tasks=None):
-        prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings, tasks)
-
-    monkeypatch.setattr(Pipeline, "generate_batch", recording)
     code, _, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "st", "--output-dir", tmp_path / "o",
                         "--max-new-tokens", 2])
     assert code == 0, err
-    assert prompts == ["Translate the speech into German.", "Translate the speech into French."]
+    assert generated_prompts == ["Translate the speech into German.", "Translate the speech into French."]
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert sorted(report["per_language"]) == ["de", "fr"]
 
     # every generation option reaches the run and the report; --max-duration fails the 0.8 s clip
-    prompts.clear()
+    generated_prompts.clear()
     code, _, err = cli(["eval", model_dir, "--manifest", manifest, "--task", "st", "--output-dir", tmp_path / "o2",
                         "--max-new-tokens", 3, "--do-sample", "--temperature", 1.2, "--top-p", 0.9, "--seed", 5,
                         "--system", "Be brief.", "--device", "cpu", "--dtype", "float32", "--batch-size", 1,
                         "--max-duration", 0.6])
     assert code == 0, err
-    assert prompts == ["Translate the speech into French."]
+    assert generated_prompts == ["Translate the speech into French."]
     report = json.loads((tmp_path / "o2" / "report.json").read_text())
     assert report["failed_ids"] == ["s1"] and list(report["per_language"]) == ["fr"]
     errors = [p.get("error") for p in read_jsonl(tmp_path / "o2" / "predictions.jsonl")]
@@ -247,9 +213,9 @@ def test_eval_st_prompts_and_usage_errors(cli, monkeypatch, model_dir: Path, aud
         (manifest, ["--task", "asr", "--normalize", "loud"], "unknown mode 'loud'"),
         (manifest, ["--task", "asr", "--target-language", "de"], "--target-language"),
     ]:
-        prompts.clear()
+        generated_prompts.clear()
         code, _, err = cli(["eval", model_dir, "--manifest", manifest_path, "--output-dir", tmp_path / "u", *args])
         assert code != 0 and len(error_lines(err)) == 1 and match in err, err
-        assert prompts == []
+        assert generated_prompts == []
     code, _, err = cli(["eval", tmp_path / "nope", "--manifest", manifest, "--task", "st"])
     assert code != 0 and error_lines(err) == [f"error: {tmp_path / 'nope'}: model directory not found"]

@@ -7,63 +7,27 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
-import torch
 
 from swv.infer.fingerprint import PARTS, model_identity, run_fingerprint, stale_reason
-from swv.infer.pipeline import Pipeline
-from swv.model.speechlm import SpeechLM
 
-SR = 16000
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _save_model(factory, root: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    path = root / "model"
-    SpeechLM(factory()).save_pretrained(path)
-    return path
+@pytest.fixture(scope="module")
+def model_a(save_tiny_model) -> Path:
+    return save_tiny_model("model_a", seed=0)
 
 
 @pytest.fixture(scope="module")
-def model_a(model_config_factory, tmp_path_factory) -> Path:
-    return _save_model(model_config_factory, tmp_path_factory.mktemp("model_a"), 0)
-
-
-@pytest.fixture(scope="module")
-def model_b(model_config_factory, tmp_path_factory) -> Path:
+def model_b(save_tiny_model) -> Path:
     """The same architecture and config as model A, other weights."""
-    return _save_model(model_config_factory, tmp_path_factory.mktemp("model_b"), 1)
+    return save_tiny_model("model_b", seed=1)
 
 
 @pytest.fixture(scope="module")
-def audio_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fp_audio")
-    rng = np.random.default_rng(0)
-    for i, seconds in enumerate((0.6, 0.4, 0.8)):
-        sf.write(root / f"clip{i}.wav", (rng.standard_normal(int(SR * seconds)) * 0.1).astype(np.float32), SR)
-    return root
-
-
-@pytest.fixture
-def cli(infer_eval_cli):
-    return infer_eval_cli
-
-
-@pytest.fixture
-def generated(monkeypatch) -> list[str]:
-    """The prompts of the items actually generated, in order."""
-    prompts: list[str] = []
-    original = Pipeline.generate_batch
-
-    def recording(self, waveforms, batch_prompts, settings, tasks=None):
-        prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings, tasks)
-
-    monkeypatch.setattr(Pipeline, "generate_batch", recording)
-    return prompts
+def audio_dir(write_noise_clips, tmp_path_factory) -> Path:
+    return write_noise_clips(tmp_path_factory.mktemp("fp_audio"), (0.6, 0.4, 0.8))
 
 
 def write_manifest(path: Path, audio_dir: Path, texts=("one", "two", "three")) -> Path:
@@ -85,13 +49,13 @@ def evaluate(cli, model: Path, manifest: Path, *extra) -> tuple[int, str, str]:
 
 
 # -- the issue: model A, then model B into the same (default) output directory ------------------------
-def test_model_b_never_reuses_model_a(cli, monkeypatch, model_a, model_b, audio_dir, tmp_path, generated) -> None:
+def test_model_b_never_reuses_model_a(cli, monkeypatch, model_a, model_b, audio_dir, tmp_path, generated_prompts) -> None:
     monkeypatch.chdir(tmp_path)
     manifest = write_manifest(tmp_path / "test.jsonl", audio_dir)
     out_dir = tmp_path / "eval-test-asr"  # the default --output-dir
     code, _, err = evaluate(cli, model_a, manifest)
     assert code == 0, err
-    assert len(generated) == 3
+    assert len(generated_prompts) == 3
     a_lines = read_jsonl(out_dir / "predictions.jsonl")
     a_report = json.loads((out_dir / "report.json").read_text())
     fingerprint = a_report["fingerprint"]
@@ -103,12 +67,12 @@ def test_model_b_never_reuses_model_a(cli, monkeypatch, model_a, model_b, audio_
     assert code != 0 and len(error_lines(err)) == 1, err
     line = error_lines(err)[0]
     assert "made by another run (what differs: the model)" in line and "--overwrite" in line and "--output-dir" in line
-    assert (out_dir / "predictions.jsonl").read_bytes() == before and len(generated) == 3
+    assert (out_dir / "predictions.jsonl").read_bytes() == before and len(generated_prompts) == 3
     assert json.loads((out_dir / "report.json").read_text()) == a_report  # A's report is not overwritten by B's
 
     code, _, err = evaluate(cli, model_b, manifest, "--overwrite")
     assert code == 0, err
-    assert "3 generated, 0 failed, 0 already in predictions.jsonl" in err and len(generated) == 6
+    assert "3 generated, 0 failed, 0 already in predictions.jsonl" in err and len(generated_prompts) == 6
     b_report = json.loads((out_dir / "report.json").read_text())
     b_lines = read_jsonl(out_dir / "predictions.jsonl")
     assert [p["id"] for p in b_lines] == ["u0", "u1", "u2"]
@@ -121,7 +85,7 @@ def test_model_b_never_reuses_model_a(cli, monkeypatch, model_a, model_b, audio_
 
 
 # -- the same run resumes; any change to what is asked is not reused ----------------------------------
-def test_same_run_resumes_only_missing_items(cli, model_a, audio_dir, tmp_path, generated) -> None:
+def test_same_run_resumes_only_missing_items(cli, model_a, audio_dir, tmp_path, generated_prompts) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", audio_dir)
     out = tmp_path / "ev"
     code, _, err = evaluate(cli, model_a, manifest, "--output-dir", out, "--seed", 3)
@@ -129,25 +93,25 @@ def test_same_run_resumes_only_missing_items(cli, model_a, audio_dir, tmp_path, 
     predictions = out / "predictions.jsonl"
     lines = predictions.read_text().splitlines(keepends=True)
     predictions.write_text(lines[0] + lines[2] + lines[1][:20])  # interrupted: u1 missing, a half line
-    generated.clear()
+    generated_prompts.clear()
     # batch size (and device, dtype) are not part of the fingerprint
     code, _, err = evaluate(cli, model_a, manifest, "--output-dir", out, "--seed", 3, "--batch-size", 1)
     assert code == 0, err
-    assert "1 generated, 0 failed, 2 already in predictions.jsonl" in err and len(generated) == 1
+    assert "1 generated, 0 failed, 2 already in predictions.jsonl" in err and len(generated_prompts) == 1
     assert sorted(p["id"] for p in read_jsonl(predictions)) == ["u0", "u1", "u2"]
     report = json.loads((out / "report.json").read_text())
     assert all(p["fingerprint"] == report["fingerprint"] for p in read_jsonl(predictions))
 
 
 @pytest.mark.parametrize("extra", [["--max-new-tokens", 4], ["--no-length-bound"], ["--system", "Answer briefly."]])
-def test_changed_settings_are_not_reused(cli, model_a, audio_dir, tmp_path, generated, extra) -> None:
+def test_changed_settings_are_not_reused(cli, model_a, audio_dir, tmp_path, generated_prompts, extra) -> None:
     manifest = write_manifest(tmp_path / "m.jsonl", audio_dir)
     out = tmp_path / "ev"
     assert evaluate(cli, model_a, manifest, "--output-dir", out)[0] == 0
     code, _, err = evaluate(cli, model_a, manifest, "--output-dir", out, *extra)
     assert code != 0 and len(error_lines(err)) == 1
     assert "made by another run (what differs: the generation settings)" in err
-    assert len(generated) == 3
+    assert len(generated_prompts) == 3
 
 
 def test_changed_manifest_or_prompt_is_not_reused(cli, model_a, audio_dir, tmp_path) -> None:

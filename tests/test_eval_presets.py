@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from swv.core.errors import UsageError
 from swv.eval.presets import get_preset, preset_names
-from swv.model.speechlm import SpeechLM
 
 SR = 16000
 
@@ -31,11 +29,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("preset_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("preset_model")
 
 
 @pytest.fixture
@@ -52,23 +47,14 @@ def librispeech(root: Path) -> Path:
     return root / "LibriSpeech"
 
 
-def test_librispeech_preset_runs_the_model_with_the_preset_prompt(cli, model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from swv.infer.pipeline import Pipeline
-
-    prompts: list[str] = []
-    original = Pipeline.generate_batch
-
-    def recording(self, waveforms, batch_prompts, settings, tasks=None):
-        prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings, tasks)
-
-    monkeypatch.setattr(Pipeline, "generate_batch", recording)
+def test_librispeech_preset_runs_the_model_with_the_preset_prompt(cli, model_dir: Path, tmp_path: Path,
+                                                                  generated_prompts: list[str]) -> None:
     out_dir = tmp_path / "ls"
     code, out, err = cli([model_dir, "--preset", "librispeech-test-clean", "--data", librispeech(tmp_path),
                           "--output-dir", out_dir, "--max-new-tokens", "3"])
     assert code == 0, err
     preset = get_preset("librispeech-test-clean")
-    assert prompts == [preset.prompt()] * 2
+    assert generated_prompts == [preset.prompt()] * 2
     report = json.loads((out_dir / "report.json").read_text())
     assert report["benchmark"]["name"] == "LibriSpeech test-clean" and report["benchmark"]["metric"] == "WER"
     assert report["benchmark"]["paper"] == {"table": "Table 5", "soundwave": 0.021}

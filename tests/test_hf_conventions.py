@@ -31,14 +31,6 @@ def _clip(seconds: float, seed: int) -> np.ndarray:
     return (0.1 * rng.standard_normal(int(SR * seconds))).astype(np.float32)
 
 
-def _randomise_lora(model: SpeechLM, seed: int) -> None:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.backbone.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.1)
-
-
 class _Counting(AudioTextToTextPipeline):
     """The task's pipeline, recording how many requests each generate call gets."""
 
@@ -50,11 +42,8 @@ class _Counting(AudioTextToTextPipeline):
 
 
 @pytest.fixture(scope="module")
-def export(model_config_factory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = SpeechLM(model_config_factory()).eval()
-    _randomise_lora(model, 1)
-    return model.save_pretrained(tmp_path_factory.mktemp("conventions") / "export")
+def export(lora_export: Path) -> Path:
+    return lora_export
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +128,14 @@ def test_chat_messages_answer_like_pipeline_chat(pipes: tuple[Any, Pipeline]) ->
 
 
 def test_peft_loads_a_moved_export_from_any_directory(
-    model_config_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lora_randomiser, model_config_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(2)
     model = SpeechLM(model_config_factory())
-    _randomise_lora(model, 3)
+    lora_randomiser(model, 3)
     saved = model.save_pretrained(tmp_path / "made" / "export", bundle=True)
     adapter_config = json.loads((saved / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "backbone"  # relative: survives the move below
@@ -165,6 +154,13 @@ def test_peft_loads_a_moved_export_from_any_directory(
         two_step = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(moved / "backbone")), str(moved))
         assert torch.allclose(two_step.eval()(input_ids=ids).logits, want, atol=1e-5)
     assert str(tmp_path) not in (moved / "adapter_config.json").read_text()
+    # what the card says of PEFT's own auto class: the relative base path works only inside the export
+    card = " ".join((moved / "README.md").read_text().split())
+    assert "works only when run inside this directory" in card and 'peft_causal_lm("path/to/MODEL")' in card
+    from peft import AutoPeftModelForCausalLM
+
+    with pytest.raises(OSError):  # offline here: no Hub repository named 'backbone' either
+        AutoPeftModelForCausalLM.from_pretrained(str(moved))  # inside it, it loads: test_hf_native
 
 
 def test_peft_loads_an_export_with_a_referenced_backbone(export: Path, tiny_llama_dir: Path) -> None:

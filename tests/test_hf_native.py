@@ -20,25 +20,14 @@ from swv.infer.pipeline import Pipeline
 from swv.model.speechlm import SpeechLM
 
 
-def _randomise_lora(model: SpeechLM, seed: int) -> None:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.backbone.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.1)
-
-
 def _clip(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (0.1 * rng.standard_normal(int(16000 * seconds))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
-def export(model_config_factory, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = SpeechLM(model_config_factory()).eval()
-    _randomise_lora(model, 1)
-    return model.save_pretrained(tmp_path_factory.mktemp("hf") / "export")
+def export(lora_export: Path) -> Path:
+    return lora_export
 
 
 def test_config_json_loads_through_auto_classes(export: Path) -> None:
@@ -94,7 +83,7 @@ def test_transformers_pipeline_answers_about_audio(export: Path) -> None:
 
 
 def test_lora_records_the_exports_own_backbone_and_loads_with_plain_peft(
-    model_config_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lora_randomiser, model_config_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stage I bundles its backbone; Stage II (loaded from it) re-bundles it: its LoRA must name
     ``backbone`` (inside the Stage II export), not Stage I's absolute path."""
@@ -105,7 +94,7 @@ def test_lora_records_the_exports_own_backbone_and_loads_with_plain_peft(
     stage1 = SpeechLM(model_config_factory()).save_pretrained(tmp_path / "stage1", bundle=True)
     model = SpeechLM.from_pretrained(stage1)
     assert str(stage1) in model.backbone.hf_model.name_or_path  # what PEFT would record
-    _randomise_lora(model, 5)
+    lora_randomiser(model, 5)
     stage2 = model.save_pretrained(tmp_path / "stage2")
     adapter_config = json.loads((stage2 / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "backbone"

@@ -1,13 +1,15 @@
 """One policy for audio files that a corpus, a transcript table or a manifest names but that do not
-exist (``--on-missing`` of ``swv data manifest``, ``swv data shard`` and ``swv eval``).
+exist (``--on-missing`` of ``swv data`` commands, ``swv infer`` and ``swv eval``).
 
 ``fail`` (the default everywhere): the command stops before writing anything, with one line
 giving the number of missing clips and the first of them. A missing clip means an incomplete
 download or a moved folder: a manifest built without it trains on less than its corpus, and a
 benchmark scored without it is not comparable with the paper's numbers, so neither happens
 unless asked for. ``skip``: the clips are left out and counted: ``swv data manifest`` lists them
-in its summary ("audio file not found"); ``swv eval`` prints their number and counts them as
-failed items in the score table and ``report.json`` (``num_failed``, ``failed_ids``).
+in its summary ("audio file not found"); every command that checks a manifest's audio first
+(``swv infer``, ``swv eval``, ``swv data filter|splice|sound-insert|shard``) prints one line with
+their number, worded by :meth:`MissingAudio.summary`; ``swv infer`` and ``swv eval`` count them
+as failed items (in ``eval``'s score table and ``report.json``: ``num_failed``, ``failed_ids``).
 """
 
 from __future__ import annotations

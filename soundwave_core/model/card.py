@@ -124,35 +124,37 @@ def _loading_section() -> list[str]:
 
 def _peft_section(backbone: dict[str, Any], bundled: list[str]) -> list[str]:
     """How to load the LLM with its LoRA through plain PEFT, from any working directory."""
-    inside = "backbone" in bundled
-    base = "backbone" if inside else backbone.get("path")
-    pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") and not inside else ""
-    auto = ("PEFT's `AutoPeftModelForCausalLM.from_pretrained(\"path/to/MODEL\")` resolves that relative path against "
-            "the current directory (it works when run inside this directory); `swv.model.hf_auto.peft_causal_lm` "
-            "resolves it inside this directory from anywhere (a Hub id too):") if inside else (
-            "`AutoPeftModelForCausalLM.from_pretrained(\"path/to/MODEL\")` works as well, and so does "
-            "`swv.model.hf_auto.peft_causal_lm`:")
+    if "backbone" not in bundled:
+        base = backbone.get("path")
+        pin = f', revision="{backbone["revision"]}"' if backbone.get("revision") else ""
+        return [
+            "", f"The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as `{base}`.",
+            *_code(f'base = AutoModelForCausalLM.from_pretrained("{base}"{pin})'),
+            "", "`AutoPeftModelForCausalLM.from_pretrained(\"path/to/MODEL\")` works as well, and so does "
+            "`swv.model.hf_auto.peft_causal_lm`:", *_code(),
+        ]
     return [
-        "",
-        "The LLM with its LoRA alone loads with plain PEFT; the adapter records its base model as "
-        f"`{base}`" + (" (relative to this directory)." if inside else "."),
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        "",
-        f'base = AutoModelForCausalLM.from_pretrained("{"path/to/MODEL/backbone" if inside else base}"{pin})',
-        'llm = PeftModel.from_pretrained(base, "path/to/MODEL")',
-        "```",
-        "",
-        auto,
-        "",
-        "```python",
-        "from swv.model.hf_auto import peft_causal_lm",
-        "",
-        'llm = peft_causal_lm("path/to/MODEL")  # a peft.PeftModelForCausalLM',
-        "```",
+        "", "The LLM with its LoRA alone loads as plain transformers + PEFT objects, from any working directory:",
+        *_code(),
+        "", "or without swv, in two steps:",
+        *_code('base = AutoModelForCausalLM.from_pretrained("path/to/MODEL/backbone")'),
+        "", "The adapter records its base model as `backbone`, relative to this directory, so that the directory can "
+        "be moved or uploaded as it is. PEFT's `AutoPeftModelForCausalLM.from_pretrained(\"path/to/MODEL\")` hands "
+        "that path unchanged to transformers, which resolves it against the current directory: it works only when "
+        "run inside this directory (elsewhere it looks for a Hub repository named `backbone`). PEFT has no setting "
+        "for a base model relative to the adapter, and an absolute path would break when the directory moves.",
     ]
+
+
+def _code(base_line: str | None = None) -> list[str]:
+    """A Python block: ``peft_causal_lm`` (no ``base_line``), or ``base_line`` and ``PeftModel``."""
+    if base_line is None:
+        body = ["from swv.model.hf_auto import peft_causal_lm", "",
+                'llm = peft_causal_lm("path/to/MODEL")  # a peft.PeftModelForCausalLM']
+    else:
+        body = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM", "", base_line,
+                'llm = PeftModel.from_pretrained(base, "path/to/MODEL")']
+    return ["", "```python", *body, "```"]
 
 
 def render_model_card(config: dict[str, Any]) -> str:
