@@ -271,17 +271,21 @@ def test_mmau_preset_speech_and_sound_macro_accuracy(cli, tmp_path: Path) -> Non
 # --- AIR-Bench chat and the judge ----------------------------------------------------------------
 
 class _Judge(BaseHTTPRequestHandler):
-    """A fake OpenAI-compatible chat endpoint: 8 for an answer holding "sunny", else 3 (or a reply
-    without a score when the server's ``malformed`` is set); every request body is recorded."""
+    """A fake OpenAI-compatible chat endpoint: 8 for an answer holding "sunny", else 3 (a reply
+    without a score when the server's ``malformed`` is set, a 401 error without an API key when
+    its ``needs_key`` is); every request is recorded."""
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        server = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append((self.path, self.headers.get("Authorization"), body))  # type: ignore[attr-defined]
+        server.requests.append((self.path, self.headers.get("Authorization"), body))  # type: ignore[attr-defined]
         answer = body["messages"][-1]["content"].split("Assistant's answer:")[-1]
-        reply = "It is fine." if self.server.malformed else (  # type: ignore[attr-defined]
+        reply = "It is fine." if server.malformed else (  # type: ignore[attr-defined]
             f"Matches the reference.\nScore: {8 if 'sunny' in answer else 3}")
-        data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
+        status = 401 if server.needs_key and not self.headers.get("Authorization") else 200  # type: ignore[attr-defined]
+        data = json.dumps({"error": {"message": "Incorrect API key provided"}} if status == 401 else
+                          {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]}).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -294,7 +298,7 @@ class _Judge(BaseHTTPRequestHandler):
 @pytest.fixture
 def judge_server() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    server.requests, server.malformed = [], False  # type: ignore[attr-defined]
+    server.requests, server.malformed, server.needs_key = [], False, False  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -320,6 +324,7 @@ def airbench_chat(root: Path) -> Path:
 
 
 def _chat_args(tmp_path: Path, server: ThreadingHTTPServer) -> list:
+    tmp_path.mkdir(exist_ok=True)
     preds = write_jsonl(tmp_path / "p.jsonl", [
         {"id": "speech_QA_common_voice_1", "prediction": "It is sunny."},
         {"id": "speech_dialogue_QA_fisher_2", "prediction": "Nothing."},
@@ -351,8 +356,13 @@ def test_airbench_chat_judged_beside_the_paper_and_resumed(cli, tmp_path: Path, 
     assert len(judge_server.requests) == 2
 
 
-def test_judge_errors_are_one_line(cli, tmp_path: Path, judge_server) -> None:
-    judge_server.malformed = True
+def test_judge_errors_are_one_line(cli, tmp_path: Path, judge_server, monkeypatch) -> None:
+    monkeypatch.delenv("SWV_JUDGE_API_KEY", raising=False)
+    judge_server.needs_key = True
+    code, _, err = cli(_chat_args(tmp_path / "a", judge_server))
+    assert code != 0 and "Traceback" not in err
+    assert "/v1/chat/completions: HTTP 401 (" in err and "Incorrect API key provided" in err
+    judge_server.needs_key, judge_server.malformed = False, True
     code, _, err = cli(_chat_args(tmp_path, judge_server))
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("eval:")]
     assert code != 0 and len(lines) == 1 and "Traceback" not in err
@@ -361,7 +371,6 @@ def test_judge_errors_are_one_line(cli, tmp_path: Path, judge_server) -> None:
     port = judge_server.server_address[1]
     judge_server.shutdown()
     judge_server.server_close()
-    (tmp_path / "b").mkdir()
     code, _, err = cli(_chat_args(tmp_path / "b", judge_server))
     assert code != 0 and "Traceback" not in err
     assert f"--judge-url http://127.0.0.1:{port}/v1/chat/completions: cannot reach the judge" in err

@@ -14,6 +14,8 @@ from swv.core.errors import InputError, UsageError
 from swv.dataprep.corpora.base import CorpusEntry, CorpusLayout, corpus_file, text_lines
 
 _PAIR = re.compile(r"^en-(?P<tgt>[a-z]{2})$")
+#: MuST-C's common test set, the split read without ``--split``.
+MUSTC_TEST_SPLIT = "tst-COMMON"
 
 
 class MuSTCLayout(CorpusLayout):
@@ -30,7 +32,7 @@ class MuSTCLayout(CorpusLayout):
             raise InputError(f"{source}: expected a MuST-C language-pair folder named en-xx (e.g. en-de)")
         if self.config.clips is None:
             raise UsageError("--clips: the folder MuST-C's segments are cut into is required for --format mustc")
-        split = self.config.split or "tst-COMMON"
+        split = self.config.split or MUSTC_TEST_SPLIT
         txt = source / "data" / split / "txt"
         segments = self._segments(txt / f"{split}.yaml")
         english, target = (list(text_lines(txt / f"{split}.{lang}", "MuST-C text")) for lang in ("en", match["tgt"]))

@@ -1,6 +1,6 @@
 """Benchmark presets for ``swv eval --preset NAME``: the prompt, the normaliser, the metric and
-the data layout of each benchmark the Soundwave paper reports (Table 5), so a run's report
-compares with the paper's numbers.
+the data layout of each benchmark the Soundwave paper reports (Tables 5, 6, 7 and 12), so a run's
+report compares with the paper's numbers.
 
 A preset is a registered ``eval_preset`` component (:mod:`swv.eval.presets.base`; the built-ins
 are one module per benchmark in this package, ``swv plugins list`` shows them all); a plugin adds

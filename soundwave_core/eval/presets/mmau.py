@@ -1,5 +1,9 @@
-"""MMAU test-mini, speech and sound questions (each item's own multiple choice; paper Table 12
-reports 46.25 for both and their average)."""
+"""MMAU test-mini, speech and sound questions (each item's own multiple choice; paper Table 12).
+
+Table 12 prints 46.25 for Soundwave's speech score, its sound score and their average alike; the
+preset compares with the average (the mean of the two tasks' accuracies). The paper does not name
+the split: test-mini is the one MMAU releases with its answers.
+"""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ tst-COMMON is MuST-C's common test set."""
 
 from __future__ import annotations
 
+from swv.dataprep.corpora.mustc import MUSTC_TEST_SPLIT
 from swv.eval.evaluation import Task
 from swv.eval.presets.base import Metric, PaperResult, PresetConfig
 
@@ -12,7 +13,7 @@ class _MuSTC(PresetConfig):
     task: Task = "st"
     metric: Metric = "BLEU"
     corpus_format: str = "mustc"
-    split: str | None = "tst-COMMON"
+    split: str | None = MUSTC_TEST_SPLIT
 
 
 class MuSTCEnNl(_MuSTC):
