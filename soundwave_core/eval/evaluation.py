@@ -340,8 +340,7 @@ def evaluate(records: Iterable[Mapping[str, Any]], task: Task, **settings: Any) 
         no score. The result holds ``judge_inputs`` (``id``, ``task``, ``instruction``,
         ``prediction``, ``reference`` from ``response``/``target_text``) for an external judge,
         ``scored: False`` and a note saying so; the ``judge_path`` setting also writes them as
-        JSONL. :func:`evaluate_model` scores them with an LLM judge when given one
-        (:mod:`swv.eval.judge`).
+        JSONL (an LLM judge, :mod:`swv.eval.judge`, scores them in :func:`evaluate_model`).
 
     For ``"asr"`` and ``"st"``, ``overlong`` counts the runaway answers: ``count`` predictions
     longer than ``ratio`` (:data:`OVERLONG_RATIO`, 2) times their reference in characters, and
