@@ -96,6 +96,18 @@ def test_airbench_foundation_speech_macro_accuracy_beside_the_paper(cli, tmp_pat
     assert "macro accuracy (mean over 2 tasks): 75.00%" in out
 
 
+def test_airbench_foundation_sound_keeps_only_the_sound_tasks(cli, tmp_path: Path) -> None:
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"id": "Acoustic_Scene_Classification_TUT2017_4", "prediction": "B"}])
+    out_dir = tmp_path / "sound"
+    code, out, err = cli([tmp_path / "m", "--preset", "airbench-foundation-sound", "--data", airbench_foundation(tmp_path),
+                          "--predictions", preds, "--output-dir", out_dir])
+    assert code == 0, err
+    (row,) = read_jsonl(out_dir / "benchmark.jsonl")
+    assert row["options"] == ["park", "bus"]  # empty choice_c / choice_d are no options
+    assert row["instruction"] == "Which scene? Pick one answer from: A. park B. bus."
+    assert "macro accuracy: 100.00%   (paper Table 16, Soundwave: 62.10%)" in out
+
+
 def test_airbench_foundation_runs_the_model_with_each_items_question(cli, model_config_factory, tmp_path: Path,
                                                                      monkeypatch) -> None:
     from swv.infer.pipeline import Pipeline
@@ -223,6 +235,24 @@ def test_mustc_preset_cuts_the_segments_and_scores_bleu(cli, tmp_path: Path) -> 
     report = json.loads((out_dir / "report.json").read_text())
     assert report["metrics"]["bleu"] == pytest.approx(100.0)
     assert "benchmark: MuST-C En->Nl (tst-COMMON, zero-shot)   BLEU: 100.00   (paper Table 5, Soundwave: 27.00)" in out
+
+
+def test_mustc_layout_builds_a_training_manifest_and_keeps_cut_segments(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swv.cli.data import app
+
+    pair, _ = mustc(tmp_path)
+    clips, out = tmp_path / "segments", tmp_path / "mustc.jsonl"
+    result = CliRunner().invoke(app, ["manifest", str(pair), "--format", "mustc", "--clips", str(clips), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(out)
+    assert [(r["id"], r["duration"], r["target_language"], r["speaker"]) for r in rows] == [
+        ("ted_767_0", 0.5, "nl", "spk.767"), ("ted_767_1", 0.75, "nl", "spk.767"), ("ted_768_0", 0.4, "nl", "spk.768")]
+    cut = clips / "ted_767_0.wav"
+    stamp = cut.stat().st_mtime_ns
+    result = CliRunner().invoke(app, ["manifest", str(pair), "--format", "mustc", "--clips", str(clips), "-o", str(out)])
+    assert result.exit_code == 0 and cut.stat().st_mtime_ns == stamp  # a segment already cut is kept
 
 
 def test_mustc_needs_clips_and_aligned_texts(cli, tmp_path: Path) -> None:
@@ -404,6 +434,7 @@ def test_parse_score_refuses(reply: str) -> None:
 
 def test_new_presets_are_registered_with_the_papers_numbers() -> None:
     expected = {"airbench-foundation-speech": ("Table 6", 0.755), "airbench-chat-speech": ("Table 7", 6.51),
+                "airbench-foundation-sound": ("Table 16", 0.621), "airbench-foundation-music": ("Table 16", 0.401),
                 "meld": ("Table 5", 0.635), "mustc-en-nl": ("Table 5", 27.0), "mustc-en-it": ("Table 5", 22.2),
                 "mustc-en-ro": ("Table 5", 16.9), "mmau-test-mini": ("Table 12", 0.4625)}
     for name, (table, value) in expected.items():

@@ -1,6 +1,7 @@
-"""AIR-Bench speech tasks: the foundation track (each item's own multiple-choice question; the
-paper's average over the nine speech tasks, Table 6) and the chat track's speech questions
-(open answers scored 1-10 by an LLM judge, ``swv eval --judge-url``; Table 7)."""
+"""AIR-Bench: the foundation track's speech, sound and music tasks (each item's own
+multiple-choice question; the paper averages the tasks' accuracies: speech in Table 6, sound and
+music in Table 16) and the chat track's speech questions (open answers scored 1-10 by an LLM
+judge, ``swv eval --judge-url``; Table 7)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ AIRBENCH_SPEECH_TASKS = (
     "Speaker_Emotion_Recontion", "Speaker_Age_Prediction", "Speech_Entity_Reconition",
     "Speaker_Intent_Classification", "Speaker_Number_Verification", "Synthesized_Voice_Detection",
 )
+#: The sound and the music foundation tasks of the paper's Table 16.
+AIRBENCH_SOUND_TASKS = ("Audio_Grounding", "vocal_sound_classification", "Acoustic_Scene_Classification", "Sound_AQA")
+AIRBENCH_MUSIC_TASKS = (
+    "Music_Instruments_Classfication", "Music_Genre_Recognition", "Music_Midi_Pitch_Analysis",
+    "Music_Midi_Velocity_Analysis", "Music_AQA", "Music_Mood_Recognition",
+)
 #: The chat track's speech tasks (AIR-Bench's "speech" category).
 AIRBENCH_SPEECH_CHAT_TASKS = ("speech_QA", "speech_dialogue_QA")
 
@@ -26,6 +33,18 @@ class AirBenchFoundationSpeech(PresetConfig):
     item_questions: bool = True
     tasks: tuple[str, ...] | None = AIRBENCH_SPEECH_TASKS
     paper: PaperResult | None = PaperResult(table="Table 6", value=0.755)
+
+
+class AirBenchFoundationSound(AirBenchFoundationSpeech):
+    benchmark: str = "AIR-Bench foundation, sound tasks"
+    tasks: tuple[str, ...] | None = AIRBENCH_SOUND_TASKS
+    paper: PaperResult | None = PaperResult(table="Table 16", value=0.621)
+
+
+class AirBenchFoundationMusic(AirBenchFoundationSpeech):
+    benchmark: str = "AIR-Bench foundation, music tasks"
+    tasks: tuple[str, ...] | None = AIRBENCH_MUSIC_TASKS
+    paper: PaperResult | None = PaperResult(table="Table 16", value=0.401)
 
 
 class AirBenchChatSpeech(PresetConfig):
