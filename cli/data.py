@@ -62,7 +62,7 @@ def manifest_cmd(
         "commonvoice: a table such as dev).")] = None,
     clips: Annotated[Optional[Path], typer.Option(
         help="--format: the layout's clips folder (covost2, commonvoice: the CommonVoice clips; mustc: where the "
-        "segments are cut to; meld: another folder of the dia<D>_utt<U>.wav clips).")] = None,
+        "segments are cut to; meld, mmau: another folder of their clips).")] = None,
     on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
     """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table,

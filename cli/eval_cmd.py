@@ -51,7 +51,7 @@ class EvalInputs:
         "instead of --manifest.")] = None
     clips: Annotated[Optional[Path], typer.Option(
         "--clips", help="--preset with --data: the layout's clips folder (covost2: the CommonVoice clips; "
-        "mustc: where the segments are cut to; meld: another folder of the dia<D>_utt<U>.wav clips).")] = None
+        "mustc: where the segments are cut to; meld, mmau: another folder of their clips).")] = None
     split: Annotated[Optional[str], typer.Option(
         "--split", help="--hf-dataset: the split (default test); --preset with --data: override the benchmark's "
         "split.")] = None

@@ -296,6 +296,13 @@ def test_mmau_preset_speech_and_sound_macro_accuracy(cli, tmp_path: Path) -> Non
     report = json.loads((out_dir / "report.json").read_text())
     assert report["metrics"]["macro_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
     assert "(paper Table 12, Soundwave: 46.25%)" in out
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "mmau" / "test-mini-audios").rename(moved)
+    code, _, err = cli([tmp_path / "m", "--preset", "mmau-test-mini", "--data", listing, "--clips", moved,
+                        "--predictions", preds, "--output-dir", tmp_path / "moved-out"])
+    assert code == 0, err
+    assert (tmp_path / "moved-out" / read_jsonl(tmp_path / "moved-out" / "benchmark.jsonl")[0]["audio"]).resolve() == \
+        (moved / "s1.wav").resolve()
 
 
 # --- AIR-Bench chat and the judge ----------------------------------------------------------------

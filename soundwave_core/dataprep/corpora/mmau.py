@@ -13,6 +13,7 @@ class MMAULayout(CorpusLayout):
     """SOURCE is MMAU's JSON list (``mmau-test-mini.json``): ``id``, ``audio_id`` (the clip,
     relative to the JSON's folder, e.g. ``./test-mini-audios/<id>.wav``), ``question``,
     ``choices``, ``answer`` (one of them) and ``task`` (``sound``, ``music`` or ``speech``).
+    ``--clips`` names the folder of the clips when it is elsewhere (looked up by file name).
     ``task``, ``question``, ``options`` (the choices), ``label`` (the answer)."""
 
     def entries(self, source: Path) -> Iterator[CorpusEntry]:
@@ -27,5 +28,8 @@ class MMAULayout(CorpusLayout):
                 raise InputError(f"{where}: answer {label!r} is not one of its choices {options}")
             fields = {"id": json_text(item, "id", where), "task": json_text(item, "task", where),
                       "question": json_text(item, "question", where), "options": options, "label": label}
-            audio = corpus_file(source.parent, source.parent, json_text(item, "audio_id", where), where)
+            name = json_text(item, "audio_id", where)
+            clips = self.config.clips
+            audio = (corpus_file(source.parent, source.parent, name, where) if clips is None
+                     else corpus_file(clips, clips, Path(name).name, where))
             yield where, audio, fields
