@@ -53,7 +53,8 @@ def manifest_cmd(
         help="--format: the split, as the layout names it (e.g. librispeech: a sub-folder such as test-clean; "
         "commonvoice: a table such as dev).")] = None,
     clips: Annotated[Optional[Path], typer.Option(
-        help="--format: the layout's clips folder (covost2, commonvoice: the CommonVoice clips).")] = None,
+        help="--format: the layout's clips folder (covost2, commonvoice: the CommonVoice clips; mustc: where the "
+        "segments are cut to; meld, mmau: another folder of their clips).")] = None,
     on_missing: OnMissingOption = ON_MISSING_DEFAULT,
 ) -> None:
     """Build a manifest from a folder of audio files with sidecar transcripts or a transcript table,

@@ -27,10 +27,12 @@ from swv.core.errors import UsageError
 from swv.core.plotting import PLOT_HINT
 from swv.eval.charts import GROUPS_CHART, check_charted
 from swv.eval.evaluation import EVAL_TASKS
+from swv.eval.judge import DEFAULT_JUDGE_KEY_ENV, DEFAULT_JUDGE_TIMEOUT, JUDGE_SCORES_FILE
 from swv.eval.metrics import NORMALIZE_CHOICES
 
 if TYPE_CHECKING:
     from swv.eval.evaluation import EvalRun
+    from swv.eval.judge import JudgeSettings
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class EvalInputs:
         "--data", help="--preset: the benchmark in its own layout (as for swv data manifest --format) "
         "instead of --manifest.")] = None
     clips: Annotated[Optional[Path], typer.Option(
-        "--clips", help="--preset with --data: the layout's clips folder (covost2: the CommonVoice clips).")] = None
+        "--clips", help="--preset with --data: the layout's clips folder (covost2: the CommonVoice clips; "
+        "mustc: where the segments are cut to; meld, mmau: another folder of their clips).")] = None
     split: Annotated[Optional[str], typer.Option(
         "--split", help="--hf-dataset: the split (default test); --preset with --data: override the benchmark's "
         "split.")] = None
@@ -79,9 +82,42 @@ class EvalInputs:
 
 
 @dataclass(frozen=True)
+class JudgeOptions:
+    """The LLM judge of open answers (``--task open``, AIR-Bench chat): any OpenAI-compatible endpoint."""
+
+    judge_url: Annotated[Optional[str], typer.Option(
+        "--judge-url", help="--task open: score the answers 1-10 with an LLM judge at this OpenAI-compatible "
+        "endpoint (e.g. http://127.0.0.1:8000/v1 of a local swv serve or vLLM); judgments go to "
+        f"OUTPUT_DIR/{JUDGE_SCORES_FILE} and are reused by a rerun.")] = None
+    judge_model: Annotated[Optional[str], typer.Option(
+        "--judge-model", help="--judge-url: the model name the endpoint serves (required with --judge-url).")] = None
+    judge_api_key_env: Annotated[str, typer.Option(
+        "--judge-api-key-env", help="--judge-url: the environment variable holding the endpoint's API key "
+        "(unset: no key is sent).")] = DEFAULT_JUDGE_KEY_ENV
+    judge_timeout: Annotated[float, typer.Option(
+        "--judge-timeout", min=1.0, help="--judge-url: seconds to wait for one judgment.")] = DEFAULT_JUDGE_TIMEOUT
+
+    def settings(self, task: str) -> JudgeSettings | None:
+        """The judge, checked against the task (``None`` without --judge-url)."""
+        from swv.eval.judge import JudgeSettings
+
+        if self.judge_url is None:
+            if self.judge_model is not None:
+                raise UsageError("--judge-model needs --judge-url")
+            return None
+        if task != "open":
+            raise UsageError(f"--judge-url scores open answers (--task open), not task {task!r}")
+        if not self.judge_model:
+            raise UsageError("--judge-url needs --judge-model (the model name the endpoint serves)")
+        if not self.judge_url.startswith(("http://", "https://")):
+            raise UsageError(f"--judge-url: expected an http:// or https:// URL, got {self.judge_url!r}")
+        return JudgeSettings(self.judge_url, self.judge_model, self.judge_api_key_env, self.judge_timeout)
+
+
+@dataclass(frozen=True)
 class _Plan:
-    """The checked inputs: the manifest to run, its task, the output directory, the scoring options
-    and the benchmark's description (``--preset``)."""
+    """The checked inputs: the manifest to run, its task, the output directory, the scoring options,
+    the benchmark's description (``--preset``) and the LLM judge (``--judge-url``)."""
 
     manifest: Path
     task: str
@@ -89,6 +125,7 @@ class _Plan:
     normalize: str | None
     target_language: str | None
     benchmark: dict[str, Any] | None = None
+    judge: JudgeSettings | None = None
 
 
 @with_option_groups
@@ -96,6 +133,7 @@ def eval_cmd(
     model: ModelSource,
     *,
     inputs: EvalInputs,
+    judge: JudgeOptions,
     generation: GenerationOptions,
     run: RunOptions,
     max_duration: MaxDuration = DEFAULT_MAX_DURATION,
@@ -136,10 +174,11 @@ def eval_cmd(
     Benchmarks (--preset): the paper's benchmarks with their prompt, normaliser and
     metric; the data comes from --manifest or, with --data, from the benchmark's own
     layout; OUTPUT_DIR (default eval-<preset>) also holds the scored benchmark.jsonl.
+    Open answers (AIR-Bench chat) are scored 1-10 by an LLM judge with --judge-url.
     """
     from swv.eval.evaluation import evaluate_model
 
-    plan = _plan(inputs)
+    plan = _plan(inputs, judge)
     if inputs.predictions is None:
         check_missing_audio("eval", inputs.on_missing, plan.manifest, then=COUNTED_AS_FAILED)
     result = evaluate_model(
@@ -147,7 +186,7 @@ def eval_cmd(
         predictions=inputs.predictions, settings=generation.settings(), system=generation.system,
         device=run.device, dtype=run.dtype, batch_size=run.batch_size, max_duration=max_duration,
         normalize=plan.normalize, target_language=plan.target_language, revision=revision, benchmark=plan.benchmark,
-        trust_remote_code=trust_remote_code, overwrite=inputs.overwrite,
+        judge=plan.judge, trust_remote_code=trust_remote_code, overwrite=inputs.overwrite,
     )
     _print_result(result, plan)
     if inputs.plot:
@@ -161,9 +200,9 @@ def _write_chart(result: Any) -> None:
           file=sys.stderr)
 
 
-def _plan(inputs: EvalInputs) -> _Plan:
-    """Check the options and find the manifest (read from --hf-dataset or from a benchmark's
-    own layout when asked) and the output directory."""
+def _plan(inputs: EvalInputs, judge: JudgeOptions) -> _Plan:
+    """Check the options, find the manifest (read from --hf-dataset or from a benchmark's own
+    layout when asked), the output directory and the judge."""
     if inputs.plot:
         from swv.core.plotting import require_plotting
 
@@ -184,7 +223,7 @@ def _plan(inputs: EvalInputs) -> _Plan:
         raise UsageError("--target-language applies to --task st only")
     if inputs.plot:
         check_charted(plan.task, "--plot")
-    return plan
+    return replace(plan, judge=judge.settings(plan.task))
 
 
 def _from_hf_dataset(inputs: EvalInputs) -> EvalInputs:

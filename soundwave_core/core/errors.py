@@ -32,6 +32,10 @@ class InputError(SwvError):
     """Unreadable or invalid input data (audio, manifests, checkpoints)."""
 
 
+class ServiceError(SwvError):
+    """A service swv calls over HTTP (an LLM judge) cannot be reached or answers out of form."""
+
+
 def first_line(error: BaseException) -> str:
     """The first non-blank line of an exception's message (its class name if it has none), for
     quoting a library's error inside a one-line swv message."""

@@ -38,6 +38,7 @@ from swv.core.io import atomic_file, atomic_write_json
 from swv.infer.fingerprint import sha256_file, shared_fingerprint
 
 if TYPE_CHECKING:
+    from swv.eval.judge import JudgeSettings
     from swv.infer.batch import ManifestItem, RunSummary
     from swv.infer.pipeline import GenerationSettings
 
@@ -270,9 +271,12 @@ def _evaluate_classification(items: list[tuple[int, Mapping[str, Any]]], setting
         name: M.classification_accuracy(g["p"], g["l"], g["o"], ids=g["i"]) for name, g in sorted(groups.items())
     }
     if len(per_task) == 1:
-        return {"metrics": next(iter(per_task.values())), "notes": []}
+        only = next(iter(per_task.values()))
+        return {"metrics": {**only, "macro_accuracy": only["accuracy"]}, "notes": []}
     totals = {k: sum(v[k] for v in per_task.values()) for k in ("correct", "total", "ambiguous", "unmatched")}
-    result_metrics = {"accuracy": totals["correct"] / totals["total"] if totals["total"] else None, **totals}
+    accuracies = [v["accuracy"] for v in per_task.values() if v["accuracy"] is not None]
+    result_metrics = {"accuracy": totals["correct"] / totals["total"] if totals["total"] else None,
+                      "macro_accuracy": sum(accuracies) / len(accuracies) if accuracies else None, **totals}
     return {"metrics": result_metrics, "per_task": per_task, "notes": []}
 
 
@@ -330,12 +334,13 @@ def evaluate(records: Iterable[Mapping[str, Any]], task: Task, **settings: Any) 
         accuracy of ``prediction`` against ``label`` (and ``options`` when present), see
         :func:`swv.eval.metrics.classification_accuracy`. Records are grouped by their ``task`` field;
         answers are only matched against labels of their own group, and with several groups
-        ``per_task`` holds each group's result.
+        ``per_task`` holds each group's result; ``macro_accuracy`` is the unweighted mean of the
+        groups' accuracies (``accuracy`` counts every record alike).
     ``"open"``
         no score. The result holds ``judge_inputs`` (``id``, ``task``, ``instruction``,
         ``prediction``, ``reference`` from ``response``/``target_text``) for an external judge,
         ``scored: False`` and a note saying so; the ``judge_path`` setting also writes them as
-        JSONL.
+        JSONL (an LLM judge, :mod:`swv.eval.judge`, scores them in :func:`evaluate_model`).
 
     For ``"asr"`` and ``"st"``, ``overlong`` counts the runaway answers: ``count`` predictions
     longer than ``ratio`` (:data:`OVERLONG_RATIO`, 2) times their reference in characters, and
@@ -439,6 +444,8 @@ def format_table(result: Mapping[str, Any]) -> str:
         if per_task:
             rows += [cls_row(name, m) for name, m in per_task.items()]
         parts.append(_grid(headers, rows))
+        if per_task:
+            parts.append(f"macro accuracy (mean over {len(per_task)} tasks): {_pct(metrics['macro_accuracy'])}")
         label_rows = []
         for name, m in (per_task or {"": metrics}).items():
             for label, c in m.get("per_label", {}).items():
@@ -446,6 +453,10 @@ def format_table(result: Mapping[str, Any]) -> str:
                                    str(c["correct"])])
         if label_rows:
             parts.append(_grid(["label", "n", "accuracy", "correct"], label_rows))
+    elif task == "open" and result.get("scored"):
+        rows = [["all", str(metrics["scored"]), _num(metrics["judge_score"])]]
+        rows += [[name, str(m["scored"]), _num(m["judge_score"])] for name, m in result.get("per_task", {}).items()]
+        parts.append(_grid(["group", "n", "judge score (1-10)"], rows))
     elif task == "open":
         parts.append(f"{len(result.get('judge_inputs', []))} item(s) for an external judge; no score computed")
     if "overlong" in result:
@@ -550,6 +561,7 @@ def evaluate_model(
     target_language: str | None = None,
     revision: str | None = None,
     benchmark: Mapping[str, Any] | None = None,
+    judge: JudgeSettings | None = None,
     trust_remote_code: bool = False,
     overwrite: bool = False,
 ) -> EvalRun:
@@ -567,9 +579,9 @@ def evaluate_model(
     ``repetition_penalty``, ``length_bound`` and its factors), the run's ``fingerprint`` (also in
     every prediction line; with ``predictions``, the one all their lines carry, else ``None``)
     and ``model_identity``, and ``benchmark`` (a preset's description, :mod:`swv.eval.presets`)
-    under ``"benchmark"``. ``model_dir`` may be a Hugging Face Hub id (at ``revision``;
-    :func:`swv.core.hub.resolve_model`): the report then records its snapshot directory, which
-    names the repository and the commit.
+    under ``"benchmark"``; ``judge`` (task open) scores the answers (:func:`_apply_judge`).
+    ``model_dir`` may be a Hugging Face Hub id (at ``revision``; :func:`swv.core.hub.resolve_model`):
+    the report then records its snapshot directory, which names the repository and the commit.
     """
     model_dir, manifest, out_dir = Path(model_dir), Path(manifest), Path(out_dir)
     if predictions is None:
@@ -582,8 +594,9 @@ def evaluate_model(
             raise UsageError("--overwrite starts generated predictions over; it does not apply to --predictions")
         run = _existing(Path(predictions), manifest)
     records = _eval_records(run.items, run.predictions)
-    judge = out_dir / JUDGE_FILE if task == "open" else None
-    result = evaluate(records, task, normalize=normalize, target_language=target_language, judge_path=judge)
+    judge_path = out_dir / JUDGE_FILE if task == "open" else None
+    result = evaluate(records, task, normalize=normalize, target_language=target_language, judge_path=judge_path)
+    _apply_judge(result, judge, out_dir)
     result["predictions_file"] = str(run.predictions.resolve())
     if benchmark is not None:
         result["benchmark"] = dict(benchmark)
@@ -591,6 +604,25 @@ def evaluate_model(
                           generation_settings=run.generation, fingerprint=run.fingerprint,
                           model_identity=run.model_identity)
     return EvalRun(result, report, run.summary)
+
+
+def _apply_judge(result: dict[str, Any], judge: JudgeSettings | None, out_dir: Path) -> None:
+    """Score an ``open`` result's answers with the LLM judge, if any (:func:`swv.eval.judge.judge_items`,
+    its judgments in ``out_dir``): ``metrics`` get ``judge_score``, ``per_task`` each task's, every
+    judge input its ``score``, ``judge`` describes the judge."""
+    from swv.eval.judge import JUDGE_SCORES_FILE, judge_items
+
+    if judge is None:
+        return
+    if result["task"] != "open":
+        raise UsageError(f"--judge-url scores open answers (--task open), not task {result['task']!r}")
+    judged = judge_items(result["judge_inputs"], judge, out_dir / JUDGE_SCORES_FILE)
+    for item in result["judge_inputs"]:
+        item["score"] = judged["scores"][item["id"]]
+    result.update(metrics=judged["metrics"], per_task=judged["per_task"], judge=judged["judge"], scored=True)
+    result["notes"] = [note for note in result["notes"] if note != OPEN_TASK_NOTE]
+    result["notes"].append(f"scored 1-10 by the LLM judge {judge.model!r} at {judge.endpoint()}; "
+                           f"judgments in {out_dir / JUDGE_SCORES_FILE}")
 
 
 @dataclass(frozen=True)

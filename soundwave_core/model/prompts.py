@@ -21,6 +21,7 @@ _LANGUAGE_NAMES = {
     "ja": "Japanese", "ko": "Korean", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
     "th": "Thai", "ca": "Catalan", "fa": "Persian", "et": "Estonian", "mn": "Mongolian", "tr": "Turkish",
     "lv": "Latvian", "sl": "Slovenian", "sv": "Swedish", "cy": "Welsh", "ta": "Tamil", "id": "Indonesian",
+    "ro": "Romanian",
 }
 
 

@@ -6,7 +6,8 @@ through the ``swv_register_components`` hook. Each layout walks one corpus as it
 and yields ``(where, audio file, fields)``; :func:`build_corpus_manifest` then checks the audio,
 reads its duration from the header and writes the manifest (audio paths relative to the
 manifest). The built-in layouts: ``librispeech``, ``commonvoice``, ``covost2``, ``fleurs``,
-``vocalsound`` and the generic ``csv``/``tsv`` tables (each module's class documents its layout).
+``vocalsound``, the benchmarks ``airbench-foundation``, ``airbench-chat``, ``meld``, ``mustc`` and
+``mmau``, and the generic ``csv``/``tsv`` tables (each module's class documents its layout).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ from swv.core.config import ComponentConfig
 from swv.core.errors import InputError
 from swv.dataprep.manifest import csv_rows, text_lines
 
-__all__ = ["CorpusEntry", "CorpusLayout", "CorpusOptions", "corpus_file", "csv_rows", "finite_duration", "read_tsv",
-           "require_columns", "split_dir", "text_lines"]
+__all__ = ["CorpusEntry", "CorpusLayout", "CorpusOptions", "corpus_file", "csv_rows", "finite_duration",
+           "json_text", "read_json_list", "read_tsv", "require_columns", "split_dir", "text_lines"]
 
 #: One corpus entry: where it comes from (for messages), its audio file and its manifest fields.
 CorpusEntry = tuple[str, Path, dict[str, Any]]
@@ -111,3 +112,27 @@ def split_dir(root: Path, split: str | None) -> Path:
     if not sub.is_dir():
         raise InputError(f"{sub}: split folder not found")
     return sub
+
+
+def read_json_list(path: Path, what: str) -> list[dict[str, Any]]:
+    """A benchmark's JSON list of objects (AIR-Bench's meta files, MMAU's test list); a missing
+    file, bad JSON or another shape is one line naming ``path`` and ``what`` it should be."""
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        items = json.loads("".join(text_lines(path, what)))
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise InputError(f"{path}: expected a JSON list of objects ({what})")
+    return items
+
+
+def json_text(item: dict[str, Any], key: str, where: str) -> str:
+    """``item[key]`` as a non-empty string (numbers are written out), else one line naming ``where``."""
+    value = item.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    return value.strip()

@@ -1,6 +1,6 @@
 """Benchmark presets for ``swv eval --preset NAME``: the prompt, the normaliser, the metric and
-the data layout of each benchmark the Soundwave paper reports (Table 5), so a run's report
-compares with the paper's numbers.
+the data layout of each benchmark the Soundwave paper reports (Tables 5, 6, 7 and 12), so a run's
+report compares with the paper's numbers.
 
 A preset is a registered ``eval_preset`` component (:mod:`swv.eval.presets.base`; the built-ins
 are one module per benchmark in this package, ``swv plugins list`` shows them all); a plugin adds
@@ -11,7 +11,9 @@ A preset evaluates either a swv manifest (``--manifest``) or the benchmark in it
 Either way the preset writes the manifest it scores to ``<out_dir>/benchmark.jsonl``: every
 record gets the preset's prompt as its ``instruction`` (whatever it carried before, so every
 model is asked the same thing), and the fields its metric needs (``options`` for multiple
-choice, ``target_language`` for BLEU).
+choice, ``target_language`` for BLEU). AIR-Bench and MMAU ask each item its own question with its own
+options (``item_questions``); a preset's ``tasks`` keeps the records of those tasks only (AIR-Bench's
+speech tasks, MMAU's speech and sound).
 
 The paper does not print its evaluation prompts; the prompts here are swv's task prompts
 (``swv.infer.batch``), and the classification prompt lists the options in the
@@ -28,7 +30,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from swv.core.errors import ComponentError, InputError, UsageError
-from swv.eval.presets.base import METRIC_KEYS, BenchmarkPreset, PaperResult, PresetConfig
+from swv.eval.presets.base import METRIC_KEYS, PERCENT_METRICS, BenchmarkPreset, PaperResult, PresetConfig
 from swv.registry.components import EVAL_PRESET_KIND
 from swv.registry.plugins import default_registry
 
@@ -96,13 +98,15 @@ def prepare_benchmark_manifest(
         opts = CorpusOptions(split=split or preset.config.split, clips=None if clips is None else Path(clips))
         for _, audio, fields in corpus_entries(preset.config.corpus_format, data, opts):  # type: ignore[arg-type]
             records.append({**fields, "audio": audio_ref(audio, target)})
-    if not records:
-        raise InputError(f"{manifest or data}: the benchmark has no records")
-    prompt = preset.prompt()
     cfg = preset.config
-    for record in records:
+    if cfg.tasks:
+        records = [record for record in records if record.get("task") in cfg.tasks]
+    if not records:
+        kept = f" of task {', '.join(cfg.tasks)}" if cfg.tasks else ""
+        raise InputError(f"{manifest or data}: the benchmark has no records{kept}")
+    for index, record in enumerate(records):
         record.pop("prompt", None)
-        record["instruction"] = prompt
+        record["instruction"] = preset.instruction(record, f"{manifest or data}: record {record.get('id', index)!r}")
         if cfg.options:
             record["options"] = list(cfg.options)
         if cfg.target_language is not None:
@@ -116,7 +120,7 @@ def format_benchmark(result: dict[str, Any]) -> str:
     bench = result["benchmark"]
     metrics = result.get("metrics") or {}
     key = METRIC_KEYS[bench["metric"]]
-    percent = bench["metric"] != "BLEU"
+    percent = bench["metric"] in PERCENT_METRICS
 
     def show(value: float | None) -> str:
         if value is None:
