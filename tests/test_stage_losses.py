@@ -174,3 +174,35 @@ def test_stage_lm_reduction_reaches_the_model(model_config_factory, registry: Re
     assert_close(out.lm_loss, lm_loss(out.logits, spliced.labels, reduction))
     other = "token" if reduction == "row" else "row"
     assert not torch.allclose(out.lm_loss, lm_loss(out.logits, spliced.labels, other))
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_lr_scale_multiplies_the_learning_rate_of_the_matching_module(tmp_path: Path, registry: Registry, scale: float) -> None:
+    """``optimizer.lr_scale``: the matched module's first AdamW step is ``scale x lr`` (Adam's first
+    step moves each weight by its learning rate), the others keep ``lr``."""
+    from swv.train.train_recipe import train
+
+    lr = 1e-3
+    loaded = load_recipe("tiny", [
+        f"output_dir={tmp_path / 'run'}", *CHAIN, "stages.0.losses={ctc: 1.0, aux_pull: 1.0}",
+        "stages.0.trainable=[adapters.alignment, adapters.aux_test]", "stages.0.max_steps=1",
+        "stages.0.batch_size=2", "stages.0.schedule.name=constant", "stages.0.schedule.warmup_steps=0",
+        f"stages.0.optimizer.lr={lr}", f"stages.0.optimizer.lr_scale={{adapters.aux_test: {scale}}}",
+        "stages.0.optimizer.max_grad_norm=null",
+    ], registry)
+    train(loaded, stage="alignment")
+    pull = load_file(str(tmp_path / "run" / "alignment" / "export" / "adapters" / "aux_test.safetensors"))["pull"]
+    torch.testing.assert_close(pull, torch.full((3,), 1.0 - scale * lr), rtol=0, atol=1e-6)
+
+
+def test_lr_scale_pattern_matching_no_trained_parameter_is_one_error(tmp_path: Path, registry: Registry) -> None:
+    from swv.train.train_recipe import train
+
+    loaded = load_recipe("tiny", [f"output_dir={tmp_path / 'run'}", *CHAIN, "stages.0.losses={ctc: 1.0}",
+                                  "stages.0.trainable=[adapters.alignment]", "stages.0.max_steps=1",
+                                  "stages.0.optimizer.lr_scale={adapters.shrinking: 10}"], registry)
+    with pytest.raises(UsageError, match=r"stages\[0\] \(alignment\): optimizer.lr_scale: 'adapters.shrinking' matches "
+                                         r"no parameter this stage trains; trainable modules: adapters.alignment"):
+        train(loaded, stage="alignment")
+    with pytest.raises(Exception, match=r"lr_scale\['lora'\] must be > 0"):
+        load_recipe("tiny", [f"output_dir={tmp_path / 'x'}", "stages.0.optimizer.lr_scale={lora: 0}"], registry)

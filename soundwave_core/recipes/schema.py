@@ -126,6 +126,17 @@ class OptimizerSettings(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    #: module name or glob (as in ``trainable``; ``lora`` too) -> multiplier of ``lr`` for the
+    #: parameters it matches (the first matching entry wins), e.g. ``{adapters.utterance: 10}``
+    lr_scale: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _positive_scales(cls, scales: dict[str, float]) -> dict[str, float]:
+        for pattern, scale in scales.items():
+            if not scale > 0:
+                raise ValueError(f"lr_scale[{pattern!r}] must be > 0, got {scale}")
+        return scales
 
 
 class ScheduleSettings(StrictModel):

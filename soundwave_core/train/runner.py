@@ -47,7 +47,14 @@ from swv.train.checkpoint import (
 )
 from swv.train.identity import describe_differences, identity_diff, stage_length
 from swv.train.stages import CTC, LM, Stage
-from swv.train.trainable import ChainLink, apply_trainable, format_counts, trainable_groups, unreached_modules
+from swv.train.trainable import (
+    ChainLink,
+    apply_trainable,
+    format_counts,
+    param_groups,
+    trainable_groups,
+    unreached_modules,
+)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -243,7 +250,7 @@ class StageRunner:
 
         s = self.stage.settings
         opt = s.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = param_groups(model, opt.lr, opt.lr_scale, f"{self.where}: optimizer.lr_scale")
         optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
         schedule_name = "constant_with_warmup" if s.schedule.name == "constant" else s.schedule.name
         scheduler = get_scheduler(schedule_name, optimizer, num_warmup_steps=s.schedule.warmup_steps, num_training_steps=total)

@@ -64,6 +64,27 @@ def apply_trainable(model: SpeechLM, patterns: list[str], where: str) -> Ordered
     return counts
 
 
+def param_groups(model: SpeechLM, lr: float, lr_scale: dict[str, float], where: str) -> list[dict]:
+    """The trainable parameters as optimizer groups: each parameter takes ``lr`` times the scale of
+    the first ``lr_scale`` pattern it matches (patterns as in :func:`apply_trainable`), else
+    ``lr``. A pattern that matches no trainable parameter is an error naming ``where``."""
+    patterns = list(lr_scale)
+    groups: dict[float, list] = {}
+    hits = dict.fromkeys(patterns, 0)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        pattern = next((p for p in patterns if _matches(name, p)), None)
+        if pattern is not None:
+            hits[pattern] += 1
+        groups.setdefault(lr * lr_scale[pattern] if pattern else lr, []).append(param)
+    missing = [p for p, n in hits.items() if n == 0]
+    if missing:
+        raise UsageError(f"{where}: {missing[0]!r} matches no parameter this stage trains; "
+                         f"trainable modules: {', '.join(sorted(trainable_groups(model)))}")
+    return [{"params": params, "lr": group_lr} for group_lr, params in groups.items()]
+
+
 def _group(name: str) -> str:
     parts = name.split(".")
     if parts[0] == "adapters" and len(parts) > 1:
