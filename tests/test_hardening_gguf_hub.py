@@ -302,3 +302,22 @@ def test_hub_weight_bytes_before_download(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert hub_weight_bytes("org/offline", None, ["*.safetensors"]) == 300
     assert calls[-1]["local_files_only"] is True
     assert hub_weight_bytes("org/absent", None, ["*.safetensors"]) is None
+
+
+def test_hub_encoder_claiming_100000_layers_is_refused_by_the_budget(saved: Path, tmp_path: Path,
+                                                                      hub_cache_at) -> None:
+    from swv.model.speechlm import SpeechLM
+
+    encoder = tmp_path / "whisper"
+    shutil.copytree(saved / "encoder", encoder)
+    config = json.loads((encoder / "config.json").read_text())
+    config.update(encoder_layers=100_000)
+    (encoder / "config.json").write_text(json.dumps(config))
+    add_snapshot(tmp_path / "hub", "org/tiny-whisper", encoder, COMMIT)
+    hub_cache_at(tmp_path / "hub")
+    model = tmp_path / "model"
+    shutil.copytree(saved, model)
+    shutil.rmtree(model / "encoder")
+    edit_config(model, lambda c: (c["encoder"].update(path="org/tiny-whisper"), c.update(bundled=["backbone"])))
+    with pytest.raises(InputError, match="encoder 'whisper' builds over .* bytes of weight files can hold"):
+        SpeechLM.from_pretrained(model)
