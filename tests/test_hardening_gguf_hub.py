@@ -298,7 +298,8 @@ def test_hub_weight_bytes_before_download(monkeypatch: pytest.MonkeyPatch, tmp_p
     snapshot = add_snapshot(tmp_path / "hub", "org/offline", source, COMMIT)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", listing)
     assert hub_weight_bytes("org/online", "v1", ["*.safetensors", "*.bin"]) == 1024
-    assert calls[0]["dry_run"] is True and calls[0]["revision"] == "v1" and calls[0]["allow_patterns"] == ["*.safetensors", "*.bin"]
+    assert calls[0]["dry_run"] is True and calls[0]["revision"] == "v1"
+    assert calls[0]["allow_patterns"] == ["*.safetensors", "*.bin"]
     assert hub_weight_bytes("org/offline", None, ["*.safetensors"]) == 300
     assert calls[-1]["local_files_only"] is True
     assert hub_weight_bytes("org/absent", None, ["*.safetensors"]) is None

@@ -168,7 +168,8 @@ def check_against_weights(directory: Path, data: dict[str, Any], build: Callable
     """Refuse a model directory whose config disagrees with its own weights, before anything is
     allocated: ``build`` (the model from the config ``data`` of :func:`read_saved_config`) runs on
     the meta device under a parameter budget from the weight files' sizes (a Hub-id component's
-    counted from the Hub's file list, or from its snapshot in the cache offline), the backbone and encoder check their checkpoints' shapes while building, then
+    counted from the Hub's file list, or from its snapshot in the cache offline), the backbone
+    and encoder check their checkpoints' shapes (safetensors or GGUF headers) while building, then
     every adapter parameter (and the encoder's, when ``encoder.safetensors`` holds them) is
     compared with the safetensors headers. Errors name the component, the parameter, the config
     field and both shapes. A model with a component that cannot be built on the meta device is
@@ -223,7 +224,7 @@ def _weight_bytes(directory: Path, data: dict[str, Any]) -> int | None:
 
 def _hub_bytes(repo_id: str, revision: Any, gguf_file: Any) -> int | None:
     """Bytes of a Hub-id component's weight files (its ``gguf_file``, or every file with a
-    :data:`WEIGHT_SUFFIXES` suffix), read before download (:func:`swv.core.hub.hub_weight_bytes`)."""
+    :data:`WEIGHT_SUFFIXES` suffix but ``.gguf``), read before download (:func:`swv.core.hub.hub_weight_bytes`)."""
     patterns = [gguf_file] if isinstance(gguf_file, str) else [f"*{suffix}" for suffix in sorted(WEIGHT_SUFFIXES - {".gguf"})]
     return hub_weight_bytes(repo_id, revision if isinstance(revision, str) else None, patterns)
 
