@@ -19,6 +19,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
+from swv.backbones.gguf_header import gguf_shapes
 from swv.core.dtypes import torch_dtype
 from swv.core.errors import ComponentError, InputError, first_line
 from swv.core.hub import Resolved, resolve_dir
@@ -178,15 +179,23 @@ def checkpoint_safetensors(directory: Path) -> list[Path]:
 def _meta_checked(cfg: CausalLMConfig, checkpoint: str, hf_config: PreTrainedConfig) -> PreTrainedModel:
     """The architecture of ``checkpoint``'s config on the meta device (inside
     :func:`swv.nn.meta.meta_build`), every parameter checked against the shapes in the
-    checkpoint's safetensors headers (GGUF files are not checked)."""
+    checkpoint's safetensors headers, or the GGUF file's tensor headers (``gguf_file``, whose
+    metadata is the config; see :func:`swv.backbones.gguf_header.gguf_shapes`)."""
     model = AutoModelForCausalLM.from_config(
         hf_config, dtype=torch_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation,
         trust_remote_code=cfg.trust_remote_code,
     )
-    if cfg.source()[1] is None and reading_weights():  # config only (a training plan): nothing to compare
-        directory = Path(checkpoint)
+    if not reading_weights():  # config only (a training plan): nothing to compare
+        return model
+    directory, gguf_file = Path(checkpoint), cfg.source()[1]
+    what = f"backbone ({hf_config.model_type})"
+    if gguf_file is None:
         stored = safetensors_shapes(checkpoint_safetensors(directory))
-        check_shapes(model.named_parameters(), stored, f"backbone ({hf_config.model_type})", str(directory / "config.json"))
+        check_shapes(model.named_parameters(), stored, what, str(directory / "config.json"))
+        return model
+    stored_gguf = gguf_shapes(directory / gguf_file, model)
+    if stored_gguf is not None:
+        check_shapes(model.named_parameters(), stored_gguf, what, f"the metadata of {directory / gguf_file} (backbone.gguf_file)")
     return model
 
 

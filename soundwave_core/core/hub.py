@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 from swv.core.errors import InputError, UsageError, first_line
@@ -97,3 +98,29 @@ def resolve_model(source: str | os.PathLike[str], revision: str | None = None) -
     if not is_hub_id(text) and (local is None or not local.is_dir()):
         raise InputError(f"{text}: model directory not found" if local is None else f"{text}: not a directory")
     return resolve_dir(text, "model", revision=revision, what="swv model directory").path
+
+
+def hub_weight_bytes(repo_id: str, revision: str | None, patterns: list[str]) -> int | None:
+    """Bytes of the files of Hub repository ``repo_id`` at ``revision`` that match ``patterns``
+    (its weight files), without downloading them: as listed by huggingface_hub's
+    ``snapshot_download(dry_run=True)`` online, or as found in the snapshot of the Hugging Face
+    cache that :func:`resolve_dir` then uses, offline (``HF_HUB_OFFLINE=1``, or no connection);
+    ``None`` when neither is to be had (the component's own resolution then says why)."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import DryRunError
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            files = snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns, dry_run=True)
+            return sum(int(info.file_size) for info in files)
+        except DryRunError:  # no connection: the cache, as snapshot_download itself falls back to
+            pass
+        except Exception:  # not found, gated, a bad revision...: the component's resolution reports it
+            return None
+    try:
+        snapshot = Path(snapshot_download(repo_id=repo_id, revision=revision, allow_patterns=patterns,
+                                          local_files_only=True))
+    except Exception:  # not in the cache
+        return None
+    return sum(file.stat().st_size for file in snapshot.rglob("*")
+               if file.is_file() and any(fnmatch(str(file.relative_to(snapshot)), p) for p in patterns))

@@ -28,7 +28,7 @@ from torch import nn
 
 from swv.core.config import CONFIG_NAME
 from swv.core.errors import ComponentError, InputError, SwvError, UsageError, first_line
-from swv.core.hub import HUB_ID, resolve_model
+from swv.core.hub import HUB_ID, hub_weight_bytes, is_hub_id, resolve_model
 from swv.core.io import atomic_directory, check_safetensors, safetensors_shapes
 from swv.core.validation import describe_error, format_loc
 from swv.model.card import render_model_card
@@ -167,8 +167,9 @@ def load_weights(model: SpeechLM, directory: Path, lora_trainable: bool) -> None
 def check_against_weights(directory: Path, data: dict[str, Any], build: Callable[[], SpeechLM]) -> None:
     """Refuse a model directory whose config disagrees with its own weights, before anything is
     allocated: ``build`` (the model from the config ``data`` of :func:`read_saved_config`) runs on
-    the meta device under a parameter budget from the weight files' sizes (none when a component
-    is a Hub id), the backbone and encoder check their checkpoints' shapes while building, then
+    the meta device under a parameter budget from the weight files' sizes (a Hub-id component's
+    counted from the Hub's file list, or from its snapshot in the cache offline), the backbone
+    and encoder check their checkpoints' shapes (safetensors or GGUF headers) while building, then
     every adapter parameter (and the encoder's, when ``encoder.safetensors`` holds them) is
     compared with the safetensors headers. Errors name the component, the parameter, the config
     field and both shapes. A model with a component that cannot be built on the meta device is
@@ -195,18 +196,37 @@ def check_against_weights(directory: Path, data: dict[str, Any], build: Callable
 
 
 def _weight_bytes(directory: Path, data: dict[str, Any]) -> int | None:
-    """Bytes of the weight files the model directory's config can draw on: its own and those of
-    a component checkpoint elsewhere on disk; ``None`` when a component comes from the Hub."""
-    roots = [directory]
+    """Bytes of the weight files the model directory's config can draw on: its own, those of a
+    component checkpoint elsewhere on disk (or an absolute ``gguf_file``) and those of a
+    component given as a Hub id (:func:`_hub_bytes`); ``None`` when a component's files cannot
+    be found (its own loading then says why)."""
+    roots, hub_bytes = [directory], 0
     for key in ("encoder", "backbone"):
-        path = data[key].to_dict().get("path")
-        if isinstance(path, str) and not Path(path).expanduser().exists():
+        cfg = data[key].to_dict()
+        path, gguf = cfg.get("path"), cfg.get("gguf_file")
+        if isinstance(gguf, str) and os.path.isabs(gguf):
+            roots.append(Path(gguf))
+        if not isinstance(path, str):
+            continue
+        if is_hub_id(path):
+            size = _hub_bytes(path, cfg.get("revision"), gguf)
+            if size is None:
+                return None
+            hub_bytes += size
+        elif not Path(path).expanduser().exists():
             return None
-        if isinstance(path, str) and directory.resolve() not in Path(path).expanduser().resolve().parents:
+        elif directory.resolve() not in Path(path).expanduser().resolve().parents:
             roots.append(Path(path).expanduser())
     files = {f.resolve() for root in roots for f in (root.rglob("*") if root.is_dir() else [root])
              if f.suffix in WEIGHT_SUFFIXES and f.is_file()}
-    return sum(f.stat().st_size for f in files)
+    return hub_bytes + sum(f.stat().st_size for f in files)
+
+
+def _hub_bytes(repo_id: str, revision: Any, gguf_file: Any) -> int | None:
+    """Bytes of a Hub-id component's weight files (its ``gguf_file``, or every file with a
+    :data:`WEIGHT_SUFFIXES` suffix but ``.gguf``), read before download (:func:`swv.core.hub.hub_weight_bytes`)."""
+    patterns = [gguf_file] if isinstance(gguf_file, str) else [f"*{suffix}" for suffix in sorted(WEIGHT_SUFFIXES - {".gguf"})]
+    return hub_weight_bytes(repo_id, revision if isinstance(revision, str) else None, patterns)
 
 
 def _containing_root(directory: Path) -> Path:
