@@ -179,8 +179,6 @@ def eval_cmd(
     from swv.eval.evaluation import evaluate_model
 
     plan = _plan(inputs, judge)
-    if inputs.predictions is None:
-        check_missing_audio("eval", inputs.on_missing, plan.manifest, then=COUNTED_AS_FAILED)
     result = evaluate_model(
         model, plan.manifest, plan.task, plan.out_dir,  # type: ignore[arg-type]
         predictions=inputs.predictions, settings=generation.settings(), system=generation.system,
@@ -202,7 +200,8 @@ def _write_chart(result: Any) -> None:
 
 def _plan(inputs: EvalInputs, judge: JudgeOptions) -> _Plan:
     """Check the options, find the manifest (read from --hf-dataset or from a benchmark's own
-    layout when asked), the output directory and the judge."""
+    layout when asked), the output directory and the judge; check the manifest's audio (unless
+    --predictions are scored)."""
     if inputs.plot:
         from swv.core.plotting import require_plotting
 
@@ -223,6 +222,8 @@ def _plan(inputs: EvalInputs, judge: JudgeOptions) -> _Plan:
         raise UsageError("--target-language applies to --task st only")
     if inputs.plot:
         check_charted(plan.task, "--plot")
+    if inputs.predictions is None:
+        check_missing_audio("eval", inputs.on_missing, plan.manifest, then=COUNTED_AS_FAILED)
     return replace(plan, judge=judge.settings(plan.task))
 
 
