@@ -122,6 +122,9 @@ def serve(
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests generated together.")] = 8,
     batch_window_ms: Annotated[float, typer.Option(
         "--batch-window-ms", min=0.0, help="How long to collect concurrent requests into one batch.")] = 10.0,
+    scheduling: Annotated[str, typer.Option(
+        "--scheduling", help="continuous: requests join and leave the running batch at token boundaries; "
+        "window: a batch runs to completion.")] = limits.CONTINUOUS,
     max_context: Annotated[Optional[int], typer.Option(
         "--max-context", min=2, help="Most prompt tokens (text + audio) + max_tokens per request "
         "(default: the backbone's max_position_embeddings).")] = None,
@@ -142,8 +145,10 @@ def serve(
     audio as input_audio parts, stream: true for server-sent events),
     GET /v1/models, GET /health, GET /metrics (Prometheus), a web page at /.
 
-    Concurrent requests arriving within --batch-window-ms of each other (up
-    to --max-batch) are generated together. Each cost of a request is bounded
+    Concurrent requests are generated together (up to --max-batch): they
+    join and leave the running batch at token boundaries (--scheduling
+    window: those arriving within --batch-window-ms form a batch that runs
+    to completion). Each cost of a request is bounded
     before it is paid (the --max-* options).
 
     Runaway answers: a transcript or translation stops where its audio runs
@@ -165,11 +170,12 @@ def serve(
     context = max_context or _context_length(pipe)
     settings = ServeSettings(
         model_id=model_name or model_dir.resolve().name, max_context=context, max_batch=max_batch,
-        batch_window_seconds=batch_window_ms / 1000, default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
+        batch_window_seconds=batch_window_ms / 1000, scheduling=scheduling, default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
         body_timeout_seconds=connections.body_timeout, bind_host=host, **access.settings_fields(),
         generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
                                      repetition_penalty=repetition_penalty).settings(),
     )
     app = create_app(pipe, settings)
-    print(f"serve: model {settings.model_id!r}, context {context} tokens, batches of up to {max_batch}", file=sys.stderr)
+    print(f"serve: model {settings.model_id!r}, context {context} tokens, {scheduling} batches of up to {max_batch}",
+          file=sys.stderr)
     run(app, host, port, connections.server_options())
