@@ -127,7 +127,10 @@ def test_a_short_request_finishes_while_a_long_one_runs(pipe: Pipeline) -> None:
 
 
 def test_greedy_answers_equal_the_window_batcher(pipe: Pipeline) -> None:
+    """Rows with their own repetition controls included (the batcher runs them in batches of their own)."""
     specs = [(conversation(0.2 + 0.15 * i, 10 + i), settings(6 + 3 * i), {}) for i in range(4)]
+    specs += [(conversation(0.3, 14), settings(12, no_repeat_ngram_size=1), {}),  # a ban at every step
+              (conversation(0.3, 15), settings(12, repetition_penalty=1.8), {})]
     answers = {}
     for worker_class in (Batcher, Scheduler):
         worker = make(worker_class, pipe)
@@ -211,3 +214,26 @@ def test_a_failing_step_fails_its_rows_and_the_scheduler_goes_on(pipe: Pipeline,
         scheduler.close()
     assert isinstance(first[-1], Failed) and first[-1].status == 500 and "boom" in first[-1].message
     assert finished(second).completion_tokens >= 1
+
+
+def test_the_app_runs_the_scheduling_its_settings_name(pipe: Pipeline) -> None:
+    from swv.core.errors import UsageError
+    from swv.serve.app import create_app
+    from swv.serve.settings import ServeSettings
+
+    assert type(create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher) is Scheduler
+    window = ServeSettings(model_id="m", max_context=64, scheduling="window")
+    assert type(create_app(pipe, window).state.batcher) is Batcher
+    with pytest.raises(UsageError, match="scheduling must be one of continuous, window, got 'paged'"):
+        ServeSettings(model_id="m", max_context=64, scheduling="paged")
+
+
+def test_swv_serve_refuses_an_unknown_scheduling_before_loading_the_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swv.cli.main import app
+    from swv.core.errors import UsageError
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--scheduling", "paged"])
+    assert isinstance(result.exception, UsageError)
+    assert str(result.exception) == "--scheduling must be one of continuous, window, got 'paged'"

@@ -39,6 +39,7 @@ from transformers import (
 )
 
 from swv.core.errors import first_line
+from swv.infer.pipeline import Pipeline
 from swv.infer.running import RunningBatch
 from swv.infer.settings import GenerationSettings
 from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_stop, send_text, token_entry
@@ -92,16 +93,19 @@ def _warpers(resolved: GenerationSettings, config: GenerationConfig) -> LogitsPr
 
 class Scheduler(Batcher):
     """A :class:`Batcher` whose requests join and leave the running batch at token boundaries
-    (see the module). ``steps`` counts decoding steps; ``batches_served`` the prefills."""
+    (see the module). ``steps`` counts decoding steps; ``batches_served`` the prefills. The
+    worker thread runs in ``torch.inference_mode``."""
 
-    def __init__(self, pipeline: Any, *, max_batch: int, window_seconds: float, max_context: int) -> None:
+    def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
         self.steps = 0
+        self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
         self._rows: list[_Row] = []
         self._closing = False
 
     # -- the worker loop ------------------------------------------------------------------------
+    @torch.inference_mode()
     def _run(self) -> None:
         while not (self._closing and not self._rows):
             jobs = self._admit()
@@ -139,35 +143,40 @@ class Scheduler(Batcher):
         jobs = [job for job in jobs if not job.cancelled.is_set()]
         if not jobs:
             return
-        with torch.inference_mode():
-            jobs, prepared = self._fit_context(jobs)
-            if not jobs:
-                return
-            requested = [job.settings.max_new_tokens for job in jobs]
-            settings = replace(jobs[0].settings, max_new_tokens=max(requested))
-            limits = self.pipeline.row_limits(prepared, settings, requested).tolist()
-            logits = self._batch.prefill(prepared)
-        self.batches_served += 1
+        jobs, prepared = self._fit_context(jobs)
+        if not jobs:
+            return
+        requested = [job.settings.max_new_tokens for job in jobs]
+        settings = replace(jobs[0].settings, max_new_tokens=max(requested))
+        limits = self.pipeline.row_limits(prepared, settings, requested).tolist()
         rows = [self._row(job, limit, n) for job, limit, n in zip(jobs, limits, prepared.prompt_tokens)]
+        logits = self._batch.prefill(prepared)
+        self.batches_served += 1
         for row in rows:
             row.job.emit(Started(row.prompt_tokens))
         self._rows.extend(rows)
-        self._advance(rows, logits)
+        try:
+            self._advance(rows, logits)
+        except Exception as exc:  # a bug: the batch may be inconsistent, so every running row fails
+            self._fail_all(exc)
 
     def _step(self) -> None:
         """One decoding step of every running row; a failure fails them all (the server goes on)."""
         rows = self._rows
         try:
-            with torch.inference_mode():
-                logits = self._batch.step(torch.tensor([row.last for row in rows]))
+            logits = self._batch.step(torch.tensor([row.last for row in rows]))
             self.steps += 1
             self._advance(rows, logits)
         except Exception as exc:  # a bug: report it to the clients, keep serving
-            log.exception("generation failed for requests %s", ", ".join(row.job.request_id for row in rows))
-            for row in rows:
-                row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
-            self._rows = []
-            self._batch.keep([])
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Every running row gets a 500 and leaves; the scheduler starts afresh."""
+        rows, self._rows = self._rows, []
+        self._batch.keep([])
+        log.exception("generation failed for requests %s", ", ".join(row.job.request_id for row in rows))
+        for row in rows:
+            row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
 
     # -- rows -----------------------------------------------------------------------------------
     def _row(self, job: Job, limit: int, prompt_tokens: int) -> _Row:
@@ -181,10 +190,9 @@ class Scheduler(Batcher):
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Give every row of ``rows`` (the batch's last ``len(rows)`` rows) its next token from
         ``logits [len(rows), V]``, then let the finished and abandoned rows leave."""
-        stop_ids = set(self.pipeline.processor.stop_token_ids)
         for row, scores in zip(rows, logits):
             token = self._choose(row, scores)
-            if token in stop_ids:
+            if token in self._stop_ids:
                 row.stopped = row.done = True
             else:
                 self._take(row, token)
