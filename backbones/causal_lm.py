@@ -271,9 +271,9 @@ class CausalLMBackbone(Backbone):
         """Run the LM on ``[B, L, D]`` embeddings.
 
         ``attention_mask`` is ``[B, S]`` (``S = L`` plus any cached length when
-        ``past_key_values`` is passed). Without ``position_ids`` they are counted over attended
+        a ``cache`` is passed). Without ``position_ids`` they are counted over attended
         tokens, so left- and right-padded rows get the positions generation uses. Other kwargs
-        (``past_key_values``, ``use_cache``, ``labels``...) go to the HF model. Returns its
+        (``cache``, ``use_cache``, ``labels``...) go to the HF model. Returns its
         ``CausalLMOutputWithPast`` (``logits`` ``[B, L, V]``).
         """
         if position_ids is None:

@@ -53,6 +53,28 @@ class RequestBounds:
 
 
 @dataclasses.dataclass(frozen=True)
+class Batching:
+    """How concurrent requests share the model (see swv.serve.scheduler and swv.serve.batcher)."""
+
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests generated together.")] = 8
+    batch_window_ms: Annotated[float, typer.Option(
+        "--batch-window-ms", min=0.0, help="How long an idle server collects concurrent requests into one batch.")] = 10.0
+    scheduling: Annotated[str, typer.Option(
+        "--scheduling", help="continuous: requests join and leave the running batch at token boundaries; "
+        "window: a batch runs to completion.")] = limits.CONTINUOUS
+
+    def __post_init__(self) -> None:
+        """A misspelt --scheduling is refused before the model loads."""
+        if self.scheduling not in limits.SCHEDULING:
+            raise UsageError(f"--scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
+
+    def settings_fields(self) -> dict[str, Any]:
+        """The ServeSettings fields of these options."""
+        return {"max_batch": self.max_batch, "batch_window_seconds": self.batch_window_ms / 1000,
+                "scheduling": self.scheduling}
+
+
+@dataclasses.dataclass(frozen=True)
 class Access:
     """Who may use the server (see swv.serve.security)."""
 
@@ -119,9 +141,6 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free port).")] = 8000,
     model_name: Annotated[Optional[str], typer.Option(
         "--model-name", help="Model id clients send and /v1/models lists (default: the directory's name).")] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most requests generated together.")] = 8,
-    batch_window_ms: Annotated[float, typer.Option(
-        "--batch-window-ms", min=0.0, help="How long to collect concurrent requests into one batch.")] = 10.0,
     max_context: Annotated[Optional[int], typer.Option(
         "--max-context", min=2, help="Most prompt tokens (text + audio) + max_tokens per request "
         "(default: the backbone's max_position_embeddings).")] = None,
@@ -134,6 +153,7 @@ def serve(
     device: Device = AUTO_DEVICE,
     dtype: Dtype = None,
     *,
+    batching: Batching,
     bounds: RequestBounds,
     access: Access,
     connections: Connections,
@@ -142,9 +162,9 @@ def serve(
     audio as input_audio parts, stream: true for server-sent events),
     GET /v1/models, GET /health, GET /metrics (Prometheus), a web page at /.
 
-    Concurrent requests arriving within --batch-window-ms of each other (up
-    to --max-batch) are generated together. Each cost of a request is bounded
-    before it is paid (the --max-* options).
+    Concurrent requests are generated together (up to --max-batch), joining
+    and leaving the running batch at token boundaries (see --scheduling).
+    Each cost of a request is bounded before it is paid (the --max-* options).
 
     Runaway answers: a transcript or translation stops where its audio runs
     out (finish_reason "length"), and no answer repeats a long run of tokens;
@@ -164,12 +184,13 @@ def serve(
     pipe = batch.load_pipeline(model_dir, device, dtype, system)
     context = max_context or _context_length(pipe)
     settings = ServeSettings(
-        model_id=model_name or model_dir.resolve().name, max_context=context, max_batch=max_batch,
-        batch_window_seconds=batch_window_ms / 1000, default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
+        model_id=model_name or model_dir.resolve().name, max_context=context, **batching.settings_fields(),
+        default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
         body_timeout_seconds=connections.body_timeout, bind_host=host, **access.settings_fields(),
         generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
                                      repetition_penalty=repetition_penalty).settings(),
     )
     app = create_app(pipe, settings)
-    print(f"serve: model {settings.model_id!r}, context {context} tokens, batches of up to {max_batch}", file=sys.stderr)
+    print(f"serve: model {settings.model_id!r}, context {context} tokens, {settings.scheduling} batches of up to "
+          f"{settings.max_batch}", file=sys.stderr)
     run(app, host, port, connections.server_options())

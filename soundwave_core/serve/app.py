@@ -24,11 +24,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from swv.infer.pipeline import Pipeline
+from swv.serve import limits
 from swv.serve.batcher import Batcher
 from swv.serve.openai_api import RequestError, error_body
 from swv.serve.ops import REQUEST_ID, Operations
 from swv.serve.routes import audio, chat, metrics, models, page
 from swv.serve.routes.deps import attach
+from swv.serve.scheduler import Scheduler
 from swv.serve.security import add_access_controls
 from swv.serve.settings import ServeSettings
 
@@ -38,9 +40,11 @@ log = logging.getLogger("swv.serve")
 
 
 def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
-    """An app serving ``pipeline``; its batcher thread runs while the app is up."""
-    batcher = Batcher(pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_seconds,
-                      max_context=settings.max_context)
+    """An app serving ``pipeline``; its worker thread (a :class:`Scheduler`, or with
+    ``scheduling="window"`` a :class:`Batcher`) runs while the app is up."""
+    worker = Scheduler if settings.scheduling == limits.CONTINUOUS else Batcher
+    batcher = worker(pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_seconds,
+                     max_context=settings.max_context)
     app = FastAPI(title="swv serve", lifespan=_lifespan, docs_url=None, redoc_url=None)
     attach(app, pipeline, settings, batcher)
     add_access_controls(app, settings, form_paths=audio.FORM_PATHS)

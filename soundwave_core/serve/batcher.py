@@ -131,6 +131,19 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
                 if text.endswith(stop[:n])), default=0)
 
 
+def send_text(job: Job, sent: str, text: str, final: bool = False) -> str:
+    """Send ``job`` the part of its answer ``text`` past what it was ``sent`` (held back while
+    the text ends in an incomplete character or, unless ``final``, in what may be the start of
+    a stop string); what it has been sent now."""
+    held = text.endswith("\ufffd") and not final  # may be the first bytes of a character
+    if not final:
+        text = text[: len(text) - _held_back(text, job.stop)]
+    if held or not text.startswith(sent) or len(text) == len(sent):
+        return sent
+    job.emit(Delta(text[len(sent) :]))
+    return text
+
+
 class _RowsDone(StoppingCriteria):
     """Finishes the rows the streamer marked done (a stop string appeared)."""
 
@@ -169,13 +182,13 @@ class _LogprobRecorder(LogitsProcessor):
         if self._last is not None and len(self.chosen) < len(self.top):
             self._take(new_tokens[:, len(self.chosen)])
         ids = new_tokens[row, :count].tolist()
-        return [dict(_token_entry(processor, token, float(self.chosen[t][row])),
-                     top_logprobs=[_token_entry(processor, int(i), float(v))
+        return [dict(token_entry(processor, token, float(self.chosen[t][row])),
+                     top_logprobs=[token_entry(processor, int(i), float(v))
                                    for v, i in zip(self.top[t][0][row].tolist(), self.top[t][1][row].tolist())])
                 for t, token in enumerate(ids)]
 
 
-def _token_entry(processor: SpeechLMProcessor, token: int, logprob: float) -> dict[str, Any]:
+def token_entry(processor: SpeechLMProcessor, token: int, logprob: float) -> dict[str, Any]:
     """``{"token", "logprob", "bytes"}`` of one token (its text as the tokenizer decodes it alone)."""
     text = processor.tokenizer.decode([token])
     return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode("utf-8", "replace"))}
@@ -219,13 +232,7 @@ class _RowStreamer(BaseStreamer):
             self.stop.set()
 
     def _send(self, row: int, text: str, final: bool = False) -> None:
-        held = text.endswith("\ufffd") and not final  # may be the first bytes of a character
-        if not final:
-            text = text[: len(text) - _held_back(text, self.jobs[row].stop)]
-        if held or not text.startswith(self.sent[row]) or len(text) == len(self.sent[row]):
-            return
-        self.jobs[row].emit(Delta(text[len(self.sent[row]) :]))
-        self.sent[row] = text
+        self.sent[row] = send_text(self.jobs[row], self.sent[row], text, final)
 
     def end(self) -> None:
         return None

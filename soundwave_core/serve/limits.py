@@ -23,3 +23,9 @@ MAX_CONNECTIONS = 256
 DRAIN_TIMEOUT_SECONDS = 30.0
 #: An incoming X-Request-Id longer than this (or not printable ASCII) is replaced by a new id.
 MAX_REQUEST_ID_CHARS = 128
+#: How requests share the model: "continuous" (they join and leave the running batch at token
+#: boundaries, swv.serve.scheduler) or "window" (batches collected in a window run to completion,
+#: swv.serve.batcher).
+CONTINUOUS = "continuous"
+WINDOW = "window"
+SCHEDULING = (CONTINUOUS, WINDOW)

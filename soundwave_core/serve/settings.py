@@ -18,6 +18,12 @@ _POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "
 class ServeSettings:
     """Server limits, each checked before the work it bounds.
 
+    ``scheduling``: ``"continuous"`` (requests join and leave the running batch at token
+    boundaries, :class:`~swv.serve.scheduler.Scheduler`; at most ``max_batch`` run at once) or
+    ``"window"`` (requests arriving within ``batch_window_seconds`` form a batch that runs to
+    completion, :class:`~swv.serve.batcher.Batcher`); both wait ``batch_window_seconds`` for
+    company when idle.
+
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it); ``max_json_depth``
     the body's nesting and ``max_json_structure_bytes`` its JSON outside strings (keys, numbers,
@@ -41,6 +47,7 @@ class ServeSettings:
     max_context: int
     max_batch: int = 8
     batch_window_seconds: float = 0.01
+    scheduling: str = limits.CONTINUOUS
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS
@@ -66,6 +73,8 @@ class ServeSettings:
                      "max_body_bytes", "max_json_structure_bytes"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.scheduling not in limits.SCHEDULING:
+            raise UsageError(f"scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
         if self.max_context < 2:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
         if self.body_timeout_seconds <= 0:

@@ -1,0 +1,254 @@
+"""Per-token scheduling (continuous batching): requests join and leave the running batch at
+token boundaries.
+
+The worker thread keeps one :class:`~swv.infer.running.RunningBatch` (the backbone's KV cache
+of every running request). Between two decoding steps it admits the requests that arrived
+(up to ``max_batch`` running at once; when idle it waits ``window_seconds`` for more, as the
+:class:`~swv.serve.batcher.Batcher` does): their audio is encoded and their prompts run
+(prefill) as one batch per group of equal settings, and their rows join the cache. Each step
+then feeds every running row its last token; a row leaves as soon as it is done (its stop
+token, its ``stop`` string, its token limit, or its client gone), so a short request that
+arrives while a long one generates waits one step and its own prefill, not the long answer.
+
+Why not transformers' continuous batching (``generate_batch``, ``init_continuous_batching``,
+``ContinuousBatchingManager.add_request``): it takes prompts as token ids only, while swv's
+prompts are embeddings with the audio spliced in; and it has no hook for swv's per-request
+stop strings, logprobs and seeds. See docs/serving.md.
+
+Each row chooses its own tokens: its repetition controls (over its own answer, as in
+``generate`` from embeddings), then greedy, or sampling with its temperature, ``top_k`` and
+``top_p`` (the backbone's generation config's when the request leaves them open, transformers'
+defaults otherwise) from its own ``torch.Generator`` when it has a ``seed`` (so requests with
+different settings share one batch). Greedy answers equal the :class:`Batcher`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from swv.core.errors import first_line
+from swv.infer.pipeline import Pipeline
+from swv.infer.running import RunningBatch
+from swv.infer.settings import GenerationSettings
+from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_stop, send_text, token_entry
+
+__all__ = ["Scheduler"]
+
+log = logging.getLogger("swv.serve")
+
+#: transformers' ``top_k`` when neither the request nor the model's generation config sets one.
+TRANSFORMERS_TOP_K = 50
+
+
+@dataclass
+class _Row:
+    """One running request: its limits, how it chooses tokens, and its answer so far."""
+
+    job: Job
+    limit: int
+    prompt_tokens: int
+    processors: LogitsProcessorList
+    warpers: LogitsProcessorList | None  # None: greedy
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    sent: str = ""
+    stopped: bool = False  # ended by a stop token
+    hit: bool = False  # ended by a stop string
+    done: bool = False
+
+    @property
+    def last(self) -> int:
+        return self.tokens[-1]
+
+
+def _warpers(resolved: GenerationSettings, config: GenerationConfig) -> LogitsProcessorList | None:
+    """transformers' sampling warpers for ``resolved`` settings (``None``: greedy), in
+    ``generate``'s order: temperature, top-k, top-p."""
+    if not resolved.do_sample:
+        return None
+    warpers = LogitsProcessorList()
+    if resolved.temperature is not None and resolved.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(float(resolved.temperature)))
+    top_k = next((k for k in (resolved.top_k, config.top_k, TRANSFORMERS_TOP_K) if k is not None))
+    if top_k:
+        warpers.append(TopKLogitsWarper(int(top_k)))
+    top_p = resolved.top_p if resolved.top_p is not None else config.top_p
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(float(top_p)))
+    return warpers
+
+
+class Scheduler(Batcher):
+    """A :class:`Batcher` whose requests join and leave the running batch at token boundaries
+    (see the module). ``steps`` counts decoding steps; ``batches_served`` the prefills. The
+    worker thread runs in ``torch.inference_mode``."""
+
+    def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int) -> None:
+        super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
+        self.steps = 0
+        self._stop_ids = set(pipeline.processor.stop_token_ids)
+        self._batch = RunningBatch(pipeline.model)
+        self._rows: list[_Row] = []
+        self._closing = False
+
+    # -- the worker loop ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _run(self) -> None:
+        while not (self._closing and not self._rows):
+            jobs = self._admit()
+            if jobs is None:
+                break
+            groups: dict[tuple[Any, ...], list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(_settings_key(job), []).append(job)
+            for group in groups.values():
+                self._serve(group)
+            if self._rows:
+                self._step()
+
+    def _admit(self) -> list[Job] | None:
+        """The requests that join now: when nothing runs, the next one (blocking) and those
+        arriving within the window; otherwise those already waiting, up to ``max_batch`` rows.
+        ``None``: the server closes and nothing runs."""
+        if not self._rows:
+            return None if self._closing else self._collect()
+        jobs: list[Job] = []
+        while not self._closing and len(self._rows) + len(jobs) < self.max_batch:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                self._closing = True
+            else:
+                jobs.append(job)
+        return jobs
+
+    def _generate(self, jobs: list[Job]) -> None:
+        """Encode and prefill a group of newcomers; their rows join the batch and take their
+        first token (errors go to these jobs only: see :meth:`Batcher._serve`)."""
+        jobs = [job for job in jobs if not job.cancelled.is_set()]
+        if not jobs:
+            return
+        jobs, prepared = self._fit_context(jobs)
+        if not jobs:
+            return
+        requested = [job.settings.max_new_tokens for job in jobs]
+        settings = replace(jobs[0].settings, max_new_tokens=max(requested))
+        limits = self.pipeline.row_limits(prepared, settings, requested).tolist()
+        rows = [self._row(job, limit, n) for job, limit, n in zip(jobs, limits, prepared.prompt_tokens)]
+        logits = self._batch.prefill(prepared)
+        self.batches_served += 1
+        for row in rows:
+            row.job.emit(Started(row.prompt_tokens))
+        self._rows.extend(rows)
+        try:
+            self._advance(rows, logits)
+        except Exception as exc:  # a bug: the batch may be inconsistent, so every running row fails
+            self._fail_all(exc)
+
+    def _step(self) -> None:
+        """One decoding step of every running row; a failure fails them all (the server goes on)."""
+        rows = self._rows
+        try:
+            logits = self._batch.step(torch.tensor([row.last for row in rows]))
+            self.steps += 1
+            self._advance(rows, logits)
+        except Exception as exc:  # a bug: report it to the clients, keep serving
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """Every running row gets a 500 and leaves; the scheduler starts afresh."""
+        rows, self._rows = self._rows, []
+        self._batch.keep([])
+        log.exception("generation failed for requests %s", ", ".join(row.job.request_id for row in rows))
+        for row in rows:
+            row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
+
+    # -- rows -----------------------------------------------------------------------------------
+    def _row(self, job: Job, limit: int, prompt_tokens: int) -> _Row:
+        resolved = self.pipeline.resolve(job.settings)
+        warpers = _warpers(resolved, self.pipeline.model.backbone.hf_model.generation_config)
+        generator = None
+        if warpers is not None and job.settings.seed is not None:
+            generator = torch.Generator(device=self.pipeline.device).manual_seed(job.settings.seed)
+        return _Row(job, int(limit), prompt_tokens, resolved.repetition_processors(), warpers, generator)
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Give every row of ``rows`` (the batch's last ``len(rows)`` rows) its next token from
+        ``logits [len(rows), V]``, then let the finished and abandoned rows leave."""
+        for row, scores in zip(rows, logits):
+            token = self._choose(row, scores)
+            if token in self._stop_ids:
+                row.stopped = row.done = True
+            else:
+                self._take(row, token)
+        order = self._rows
+        kept = [i for i, row in enumerate(order) if not (row.done or row.job.cancelled.is_set())]
+        if len(kept) == len(order):
+            return
+        self._rows = [order[i] for i in kept]
+        self._batch.keep(kept)
+        for row in order:
+            if row.done and not row.job.cancelled.is_set():
+                self._finish(row)
+
+    def _choose(self, row: _Row, scores: torch.Tensor) -> int:
+        """The row's next token from its ``scores [V]``: repetition controls over its answer,
+        then greedy or sampling; its logprob entry kept when it asked for logprobs."""
+        ids = torch.tensor([row.tokens], dtype=torch.long, device=scores.device).reshape(1, -1)
+        scores = row.processors(ids, scores[None])
+        if row.warpers is None:
+            token = int(scores.argmax(dim=-1))
+        else:
+            probs = row.warpers(ids, scores).softmax(dim=-1)
+            token = int(torch.multinomial(probs, num_samples=1, generator=row.generator))
+        if row.job.logprobs is not None:
+            row.entries.append(self._entry(scores[0].log_softmax(dim=-1), token, row.job.logprobs))
+        return token
+
+    def _entry(self, logprobs: torch.Tensor, token: int, k: int) -> dict[str, Any]:
+        """OpenAI's ``logprobs.content`` entry of ``token`` with its ``k`` most likely alternatives."""
+        processor = self.pipeline.processor
+        values, indices = logprobs.topk(k) if k else (logprobs[:0], logprobs[:0].long())
+        return dict(token_entry(processor, token, float(logprobs[token])),
+                    top_logprobs=[token_entry(processor, int(i), float(v))
+                                  for v, i in zip(values.tolist(), indices.tolist())])
+
+    def _take(self, row: _Row, token: int) -> None:
+        """Append a (non-stop) token to the row's answer and stream the new text."""
+        row.tokens.append(token)
+        text = self.pipeline.processor.decode(row.tokens)
+        cut = cut_at_stop(text, row.job.stop)
+        row.hit = cut is not None
+        row.done = row.hit or len(row.tokens) >= row.limit
+        row.sent = send_text(row.job, row.sent, text if cut is None else text[:cut], final=row.hit)
+
+    def _finish(self, row: _Row) -> None:
+        """Send the row's whole answer (cut before its first stop string) and counts."""
+        text = self.pipeline.processor.decode(row.tokens)
+        cut = cut_at_stop(text, row.job.stop)
+        text = text if cut is None else text[:cut]
+        row.sent = send_text(row.job, row.sent, text, final=True)
+        reason = "stop" if row.stopped or row.hit else "length"
+        entries = row.entries[: len(row.tokens) - int(row.hit)] if row.job.logprobs is not None else None
+        row.job.emit(Finished(text, reason, row.prompt_tokens, len(row.tokens) + int(row.stopped), entries))
+
+
+def _settings_key(job: Job) -> tuple[Any, ...]:
+    """Newcomers whose settings differ only in ``max_new_tokens`` (and ``seed``: each row has its
+    own generator) are prefilled together (their token limits come from the same settings)."""
+    return tuple(value for name, value in sorted(asdict(job.settings).items()) if name not in ("max_new_tokens", "seed"))

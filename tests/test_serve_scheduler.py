@@ -1,0 +1,239 @@
+"""Per-token scheduling (swv.serve.scheduler, swv.infer.running) on a tiny random-init model,
+without HTTP: requests that join a running batch mid-answer get the greedy answers they get
+alone (and from the window batcher); a short request finishes while a long one still runs;
+stop strings, logprobs, seeds and cancellation work per row; a failing step fails its rows only."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from swv.infer.pipeline import Pipeline
+from swv.infer.running import RunningBatch
+from swv.infer.settings import GenerationSettings
+from swv.model.speechlm import SpeechLM
+from swv.serve.batcher import Batcher, Delta, Failed, Finished, Job, Started
+from swv.serve.scheduler import Scheduler
+
+SR = 16000
+LONG = 40
+
+
+@pytest.fixture(scope="module")
+def pipe(model_config_factory, tmp_path_factory) -> Pipeline:
+    torch.manual_seed(0)
+    path: Path = tmp_path_factory.mktemp("sched_model") / "model"
+    SpeechLM(model_config_factory()).save_pretrained(path)
+    return Pipeline.from_pretrained(path)
+
+
+def clip(seconds: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(SR * seconds)) * 0.1).astype(np.float32)
+
+
+def conversation(seconds: float, seed: int, text: str = "Describe it.") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "audio", "audio": clip(seconds, seed), "sample_rate": SR},
+                                         {"type": "text", "text": text}]}]
+
+
+def settings(max_tokens: int, **extra) -> GenerationSettings:
+    # no length bound and no repetition control: long answers, not cut by the tiny model's audio
+    return GenerationSettings(max_new_tokens=max_tokens, length_bound=False, **extra)
+
+
+def make(worker_class, pipe: Pipeline, max_batch: int = 8):
+    worker = worker_class(pipe, max_batch=max_batch, window_seconds=0.0, max_context=2048)
+    worker.start()
+    return worker
+
+
+async def events_of(job: Job) -> list:
+    out = []
+    while not isinstance(out[-1] if out else None, (Finished, Failed)):
+        out.append(await asyncio.wait_for(job.next_event(), 120))
+    return out
+
+
+def run_jobs(worker, pipe: Pipeline, specs: list[tuple[list[dict], GenerationSettings, dict]],
+             gaps: list[float] | None = None) -> list[list]:
+    """Submit one job per spec (``gaps[i]`` seconds after the one before) and collect their events."""
+
+    async def main() -> list[list]:
+        loop = asyncio.get_running_loop()
+        jobs = [Job(pipe.chat_request(m), s, loop, **kw) for m, s, kw in specs]
+        tasks = []
+        for i, job in enumerate(jobs):
+            if gaps and i:
+                await asyncio.sleep(gaps[i])
+            worker.submit(job)
+            tasks.append(asyncio.create_task(events_of(job)))
+        return list(await asyncio.gather(*tasks))
+
+    return asyncio.run(main())
+
+
+def finished(events: list) -> Finished:
+    assert isinstance(events[-1], Finished), events[-1]
+    return events[-1]
+
+
+def test_rows_that_join_mid_answer_get_their_single_answers(pipe: Pipeline) -> None:
+    specs = [(conversation(0.3 + 0.2 * i, i), settings([LONG, 5, 12, 1, 20][i]), {}) for i in range(5)]
+    alone = [pipe.generate_requests([pipe.chat_request(m)], s)[0].text for m, s, _ in specs]
+    scheduler = make(Scheduler, pipe)
+    try:
+        got = run_jobs(scheduler, pipe, specs, gaps=[0, 0.05, 0.02, 0.03, 0.0])
+    finally:
+        scheduler.close()
+    assert [finished(e).text for e in got] == alone
+    assert scheduler.batches_served >= 2  # some joined a running batch
+    for events in got:  # streamed pieces add up to the answer
+        assert isinstance(events[0], Started)
+        assert "".join(e.text for e in events if isinstance(e, Delta)) == finished(events).text
+
+
+def test_a_short_request_finishes_while_a_long_one_runs(pipe: Pipeline) -> None:
+    long_settings = settings(400, no_repeat_ngram_size=0)
+    specs = [(conversation(0.5, 1), long_settings, {}), (conversation(0.3, 2), settings(1), {})]
+    scheduler = make(Scheduler, pipe)
+    order: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        long_job, short_job = (Job(pipe.chat_request(m), s, loop, **kw) for m, s, kw in specs)
+        scheduler.submit(long_job)
+        assert isinstance(await long_job.next_event(), Started)
+        while not isinstance(await long_job.next_event(), Delta):  # the long answer is under way
+            pass
+        scheduler.submit(short_job)
+        done = await asyncio.wait_for(events_of(short_job), 60)
+        order.append(f"short {finished(done).completion_tokens}")
+        rest = await asyncio.wait_for(events_of(long_job), 120)
+        order.append(f"long {finished(rest).finish_reason}")
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.close()
+    if order[1] == "long stop":  # the tiny model ended its answer early: only the order is checked
+        pytest.skip("the long answer stopped early")
+    assert order == ["short 1", "long length"]
+
+
+def test_greedy_answers_equal_the_window_batcher(pipe: Pipeline) -> None:
+    """Rows with their own repetition controls included (the batcher runs them in batches of their own)."""
+    specs = [(conversation(0.2 + 0.15 * i, 10 + i), settings(6 + 3 * i), {}) for i in range(4)]
+    specs += [(conversation(0.3, 14), settings(12, no_repeat_ngram_size=1), {}),  # a ban at every step
+              (conversation(0.3, 15), settings(12, repetition_penalty=1.8), {})]
+    answers = {}
+    for worker_class in (Batcher, Scheduler):
+        worker = make(worker_class, pipe)
+        try:
+            answers[worker_class] = [(finished(e).text, finished(e).completion_tokens, finished(e).prompt_tokens)
+                                     for e in run_jobs(worker, pipe, specs)]
+        finally:
+            worker.close()
+    assert answers[Scheduler] == answers[Batcher]
+
+
+def test_stop_strings_logprobs_and_seeds_per_row(pipe: Pipeline) -> None:
+    messages = conversation(0.4, 3)
+    full = pipe.generate_requests([pipe.chat_request(messages)], settings(16))[0].text
+    assert len(full) >= 4, full
+    stop = full[2:4]
+    scheduler = make(Scheduler, pipe)
+    try:
+        got = run_jobs(scheduler, pipe, [
+            (messages, settings(16), {"stop": [stop]}),
+            (messages, settings(16), {"logprobs": 3}),
+            (messages, settings(10, do_sample=True, temperature=1.5, seed=7), {}),
+            (conversation(0.3, 4), settings(10, do_sample=True, temperature=1.5, seed=7), {}),
+            (messages, settings(10, do_sample=True, temperature=1.5, seed=7), {}),
+        ])
+    finally:
+        scheduler.close()
+    cut, with_logprobs, seeded, other, again = (finished(e) for e in got)
+    assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
+    assert "".join(e.text for e in got[0] if isinstance(e, Delta)) == cut.text
+    assert with_logprobs.text == full and with_logprobs.logprobs is not None
+    assert len(with_logprobs.logprobs) == with_logprobs.completion_tokens - (with_logprobs.finish_reason == "stop")
+    for entry in with_logprobs.logprobs:  # greedy: the chosen token is the most likely one
+        assert len(entry["top_logprobs"]) == 3 and entry["top_logprobs"][0]["token"] == entry["token"]
+        assert abs(entry["top_logprobs"][0]["logprob"] - entry["logprob"]) < 1e-5
+    assert seeded.text == again.text  # a seed repeats its draws, whatever else runs beside it
+
+
+def test_a_cancelled_request_leaves_and_the_others_go_on(pipe: Pipeline) -> None:
+    keep = (conversation(0.4, 5), settings(30))
+    expected = pipe.generate_requests([pipe.chat_request(keep[0])], keep[1])[0].text
+    scheduler = make(Scheduler, pipe)
+
+    async def main() -> Finished:
+        loop = asyncio.get_running_loop()
+        gone = Job(pipe.chat_request(conversation(0.5, 6)), settings(400, no_repeat_ngram_size=0), loop)
+        stays = Job(pipe.chat_request(keep[0]), keep[1], loop)
+        scheduler.submit(gone)
+        scheduler.submit(stays)
+        assert isinstance(await gone.next_event(), Started)
+        gone.cancelled.set()
+        return finished(await events_of(stays))
+
+    try:
+        answer = asyncio.run(main())
+        deadline = time.monotonic() + 30
+        while scheduler._rows and time.monotonic() < deadline:  # the cancelled row left
+            time.sleep(0.01)
+        assert not scheduler._rows
+    finally:
+        scheduler.close()
+    assert answer.text == expected
+
+
+def test_a_failing_step_fails_its_rows_and_the_scheduler_goes_on(pipe: Pipeline, monkeypatch) -> None:
+    scheduler = make(Scheduler, pipe)
+    broken = threading.Event()
+    real_step = RunningBatch.step
+
+    def step(self, tokens):
+        if not broken.is_set():
+            broken.set()
+            raise RuntimeError("boom")
+        return real_step(self, tokens)
+
+    monkeypatch.setattr(RunningBatch, "step", step)
+    try:
+        first = run_jobs(scheduler, pipe, [(conversation(0.3, 7), settings(8), {})])[0]
+        second = run_jobs(scheduler, pipe, [(conversation(0.3, 7), settings(8), {})])[0]
+    finally:
+        scheduler.close()
+    assert isinstance(first[-1], Failed) and first[-1].status == 500 and "boom" in first[-1].message
+    assert finished(second).completion_tokens >= 1
+
+
+def test_the_app_runs_the_scheduling_its_settings_name(pipe: Pipeline) -> None:
+    from swv.core.errors import UsageError
+    from swv.serve.app import create_app
+    from swv.serve.settings import ServeSettings
+
+    assert type(create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher) is Scheduler
+    window = ServeSettings(model_id="m", max_context=64, scheduling="window")
+    assert type(create_app(pipe, window).state.batcher) is Batcher
+    with pytest.raises(UsageError, match="scheduling must be one of continuous, window, got 'paged'"):
+        ServeSettings(model_id="m", max_context=64, scheduling="paged")
+
+
+def test_swv_serve_refuses_an_unknown_scheduling_before_loading_the_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swv.cli.main import app
+    from swv.core.errors import UsageError
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--scheduling", "paged"])
+    assert isinstance(result.exception, UsageError)
+    assert str(result.exception) == "--scheduling must be one of continuous, window, got 'paged'"
