@@ -222,9 +222,10 @@ def _plan(inputs: EvalInputs, judge: JudgeOptions) -> _Plan:
         raise UsageError("--target-language applies to --task st only")
     if inputs.plot:
         check_charted(plan.task, "--plot")
+    plan = replace(plan, judge=judge.settings(plan.task))
     if inputs.predictions is None:
         check_missing_audio("eval", inputs.on_missing, plan.manifest, then=COUNTED_AS_FAILED)
-    return replace(plan, judge=judge.settings(plan.task))
+    return plan
 
 
 def _from_hf_dataset(inputs: EvalInputs) -> EvalInputs:
