@@ -206,3 +206,18 @@ def test_lr_scale_pattern_matching_no_trained_parameter_is_one_error(tmp_path: P
         train(loaded, stage="alignment")
     with pytest.raises(Exception, match=r"lr_scale\['lora'\] must be > 0"):
         load_recipe("tiny", [f"output_dir={tmp_path / 'x'}", "stages.0.optimizer.lr_scale={lora: 0}"], registry)
+
+
+def test_grad_norm_is_logged_before_clipping(tmp_path: Path, registry: Registry) -> None:
+    """metrics.jsonl's ``grad_norm`` is the trainable gradient's norm before clipping: here the
+    auxiliary loss alone reaches the one trained parameter, d/dp mean((p - 0.5)^2) = 1/3 at p = 1."""
+    from swv.train.train_recipe import train
+
+    loaded = load_recipe("tiny", [
+        f"output_dir={tmp_path / 'run'}", *CHAIN, "stages.0.losses={ctc: 1.0, aux_pull: 1.0}",
+        "stages.0.trainable=[adapters.aux_test]", "stages.0.max_steps=1", "stages.0.batch_size=2",
+        "stages.0.log_every=1", "stages.0.optimizer.max_grad_norm=0.01",
+    ], registry)
+    train(loaded, stage="alignment")
+    steps = [r for r in _metrics(tmp_path / "run" / "alignment" / "metrics.jsonl") if "grad_norm" in r]
+    assert len(steps) == 1 and steps[0]["grad_norm"] == pytest.approx(3 ** -0.5, rel=1e-5)

@@ -27,6 +27,8 @@ LOSS_SUFFIX = "_loss"
 EVAL_PREFIX = "eval_"
 LEARNING_RATE = "lr"
 THROUGHPUT = "samples_per_s"
+#: the trainable parameters' gradient norm before clipping (the optimizer step's)
+GRAD_NORM = "grad_norm"
 
 
 def is_loss(key: str) -> bool:

@@ -30,7 +30,15 @@ from swv.core.io import (
     write_errors,
     write_failure,
 )
-from swv.core.metrics_log import EVAL_PREFIX, LEARNING_RATE, METRICS_FILE, THROUGHPUT, TOTAL_LOSS, read_metrics_records
+from swv.core.metrics_log import (
+    EVAL_PREFIX,
+    GRAD_NORM,
+    LEARNING_RATE,
+    METRICS_FILE,
+    THROUGHPUT,
+    TOTAL_LOSS,
+    read_metrics_records,
+)
 from swv.core.progress import format_duration
 from swv.data.loader import BatchLog, default_num_workers, next_batch, training_loader
 from swv.data.sampler import sequential_batches
@@ -420,8 +428,11 @@ class StageRunner:
         if not finite:
             optimizer.zero_grad(set_to_none=True)
             return {}, False, rows
-        if max_norm is not None:
-            acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+        # the norm before clipping (measured without clipping when max_grad_norm is null)
+        norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                   max_norm if max_norm is not None else math.inf)
+        if norm is not None and math.isfinite(float(norm)):  # DeepSpeed clips in its own step: None
+            sums[GRAD_NORM] = float(norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return sums, True, rows
@@ -786,7 +797,7 @@ class Progress:
 
     def log(self, record: dict[str, Any]) -> None:
         if self.enabled and self.bar is None:
-            parts = [f"{k}={record[k]:.4g}" for k in (TOTAL_LOSS, "lm_loss", "ctc_loss", LEARNING_RATE, THROUGHPUT)
+            parts = [f"{k}={record[k]:.4g}" for k in (TOTAL_LOSS, "lm_loss", "ctc_loss", GRAD_NORM, LEARNING_RATE, THROUGHPUT)
                      if k in record]
             print(f"[{self.name}] step {record['step']}/{self.total} " + " ".join([*parts, self.timing(record["step"])]),
                   flush=True)
