@@ -21,6 +21,11 @@ round-robin, best of ``--repeats``:
 * ``factored + shared prefix``: also the prompt prefix that all rows share (template header and
   system prompt) run once per batch (swv's training default).
 
+With ``--precision bf16``, the default step also runs with the frozen linear and conv weights
+held in bf16 (``swv.train.frozen_cast``, what training does under bf16) against the same step
+with them float32 (autocast re-casting them at every use, as before issue 28), alternated,
+median of ``--repeats``.
+
 Then a ``torch.profiler`` table of the default step: the operators with the largest self CPU
 time and their share.
 
@@ -31,6 +36,8 @@ time and their share.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import statistics
 import tempfile
 import time
 import warnings
@@ -170,6 +177,35 @@ def timings(acc: Any, model: Any, batches: list[dict[str, Any]], repeats: int) -
     return best
 
 
+def frozen_cast_timings(acc: Any, model: Any, batches: list[dict[str, Any]], repeats: int) -> dict[str, float]:
+    """Median s/step of the default step with the frozen weights float32 (autocast re-casts
+    them) and held in bf16, alternated (the order flips each round)."""
+    from swv.train.frozen_cast import FrozenCast
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = step_fn(VARIANTS[-1], acc, model, torch.optim.AdamW(params, lr=1e-5))
+    cast = FrozenCast(model, torch.bfloat16)
+    print(f"{len(cast)} frozen weight tensors held in bf16")
+    names = ("frozen float32 (re-cast)", "frozen held in bf16")
+
+    def run(name: str) -> float:
+        restore = cast.restored() if name == names[0] else contextlib.nullcontext()
+        with restore:
+            start = time.perf_counter()
+            for inputs in batches:
+                step(inputs)
+            return (time.perf_counter() - start) / len(batches)
+
+    for name in names:  # warm-up
+        run(name)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            samples[name].append(run(name))
+    cast.release()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def profile_table(acc: Any, model: Any, batches: list[dict[str, Any]], rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -191,7 +227,7 @@ def main() -> None:
     parser.add_argument("--precision", choices=["no", "bf16"], default="no", help="accelerate mixed precision")
     parser.add_argument("--batches", type=int, default=4, help="batches per timed round")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (best kept)")
-    parser.add_argument("--top", type=int, default=12, help="operators in the profile table")
+    parser.add_argument("--top", type=int, default=12, help="operators in the profile table (0: no profile)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
     with tempfile.TemporaryDirectory(prefix="swv-bench-") as tmp:
@@ -205,8 +241,15 @@ def main() -> None:
         print(f"\n{'variant':28s} {'s/step':>8s} {'speed-up':>9s}")
         for v in VARIANTS:
             print(f"{v:28s} {best[v]:8.3f} {base / best[v]:8.2f}x")
-        print(f"\nprofile of '{VARIANTS[-1]}' ({args.batches} steps):")
-        print(profile_table(acc, model, batches, args.top))
+        if args.precision == "bf16":
+            medians = frozen_cast_timings(acc, model, batches, args.repeats)
+            base = next(iter(medians.values()))
+            print(f"\n{'bf16 step (' + VARIANTS[-1] + ')':40s} {'s/step':>8s} {'speed-up':>9s}")
+            for name, value in medians.items():
+                print(f"{name:40s} {value:8.3f} {base / value:8.2f}x")
+        if args.top > 0:
+            print(f"\nprofile of '{VARIANTS[-1]}' ({args.batches} steps):")
+            print(profile_table(acc, model, batches, args.top))
 
 
 if __name__ == "__main__":

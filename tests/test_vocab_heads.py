@@ -245,3 +245,19 @@ def test_lm_loss_under_bf16_autocast_matches_the_materialised_logits() -> None:
         full = lm_loss(F.linear(hidden, weight), labels)
     assert float(factored) >= 0.0
     torch.testing.assert_close(factored, full, atol=2e-2, rtol=0)
+
+
+def test_trained_float32_head_backward_after_bf16_autocast_forward() -> None:
+    """Under bf16 autocast a trained float32 head meets bf16 hidden states; its backward pass
+    (outside autocast) recomputes the block logits in the hidden states' dtype, as the forward
+    did, and gives the materialised head's gradient."""
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8).to(torch.bfloat16)
+    weight = torch.randn(23, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lse = VocabLogits(hidden, weight).log_normaliser(torch.ones(2, 5, dtype=torch.bool))
+    lse.sum().backward()
+    grad = weight.grad.clone()
+    weight.grad = None
+    F.linear(hidden, weight.to(torch.bfloat16)).float().logsumexp(-1).sum().backward()
+    torch.testing.assert_close(grad, weight.grad, atol=2e-2, rtol=2e-2)

@@ -39,8 +39,12 @@ def _block_logits(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: slice, cols: slice
 ) -> torch.Tensor:
     """float32 logits of one block: ``hidden[rows] [R, D]`` x ``weight[cols] [C, D]`` -> ``[R, C]``
-    (the product in the factors' dtype, as the head itself computes it)."""
-    return F.linear(hidden[rows], weight[cols], None if bias is None else bias[cols]).float()
+    (the product in ``hidden``'s dtype, as the head itself computes it: under bf16 autocast a
+    float32 head meets bf16 hidden states, also in the backward pass, which runs outside autocast)."""
+    weight, bias = weight[cols], None if bias is None else bias[cols]
+    if weight.dtype != hidden.dtype:
+        weight, bias = weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype)
+    return F.linear(hidden[rows], weight, bias).float()
 
 
 class _LogSumExp(torch.autograd.Function):

@@ -53,6 +53,7 @@ from swv.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from swv.train.frozen_cast import FrozenCast
 from swv.train.identity import describe_differences, identity_diff, stage_length
 from swv.train.stages import CTC, LM, Stage
 from swv.train.trainable import (
@@ -114,6 +115,7 @@ class StageRunner:
         self.export_dir = self.stage_dir / "export"
         self.acc: Accelerator = ctx.accelerator
         self.where = stage.where
+        self.frozen_cast: FrozenCast | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def build_model(self) -> SpeechLM:
@@ -165,6 +167,7 @@ class StageRunner:
         collate = self.build_collator(model, training=True, feature_cache=feature_cache)
         evaluator = self.build_evaluator(model, feature_cache)
         total = self.total_steps(sampler.batches_per_epoch())
+        self.frozen_cast = self.cast_frozen(model)
         optimizer, scheduler = self.build_optimizer(model, total)
         self.acc.free_memory()  # save_state saves every prepared object: forget the previous stage's
         self.configure_deepspeed()
@@ -220,6 +223,17 @@ class StageRunner:
             text = "" if speech_only else ": the stage's data has rows without audio"
             why = f" ({', '.join(unreached)} may get no gradient{text})" if unreached else ""
             self.ctx.print(f"[{self.stage.name}] DDP find_unused_parameters={bool(unreached)}{why}")
+
+    def cast_frozen(self, model: SpeechLM) -> FrozenCast | None:
+        """Under ``precision: bf16`` (one process or DDP), the frozen linear and conv weights
+        held in bf16 for the stage, their float32 sources kept for the export
+        (:mod:`swv.train.frozen_cast`); ``None`` otherwise."""
+        sharded = (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        if self.ctx.recipe.precision != "bf16" or self.acc.distributed_type in sharded:
+            return None
+        cast = FrozenCast(model, torch.bfloat16)
+        self.ctx.print(f"[{self.stage.name}] {len(cast)} frozen weight tensor(s) held in bf16 (exported from float32)")
+        return cast
 
     def num_workers(self) -> int:
         configured = self.ctx.recipe.data.num_workers
@@ -551,8 +565,10 @@ class StageRunner:
             unwrapped = acc.unwrap_model(model)
             earlier = [r for r in unwrapped.config.training or [] if r.get("stage") != self.stage.name]
             unwrapped.config.training = [*earlier, record]
+            source = self.frozen_cast.restored() if self.frozen_cast is not None else contextlib.nullcontext()
             try:
-                unwrapped.save_pretrained(self.export_dir)
+                with source:
+                    unwrapped.save_pretrained(self.export_dir)
             except write_errors() as exc:  # save_pretrained removed its temporary directory
                 raise write_failure(self.export_dir, "the export", exc) from exc
             self.ctx.print(f"exported {self.stage.name} -> {self.export_dir}")
