@@ -3,8 +3,9 @@
 Under ``precision: bf16`` autocast runs linear layers and convolutions in bf16 and casts their
 float32 weights to bf16 at every use: frozen weights (the encoder, a frozen alignment adapter,
 the LLM's base under LoRA) are re-cast at every step for nothing. :class:`FrozenCast` casts
-them once, and keeps the source tensors so that an export writes them unchanged
-(:meth:`FrozenCast.restored`).
+them once, and keeps the source tensors (in host memory, so that on a GPU the cast halves the
+frozen weights' device memory; on a CPU they cost 1.5x their float32 size) so that an export
+writes them unchanged (:meth:`FrozenCast.restored`).
 
 Only the weights and biases of ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` modules (PEFT's
 LoRA base layers included) that require no gradient are cast, and only if no other kind of
@@ -48,8 +49,10 @@ class FrozenCast:
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
         self._pairs: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []
         for param in castable_frozen(model):
-            source = param.data
-            cast = source.to(dtype)
+            cast = param.data.to(dtype)
+            # the source waits in host memory: on an accelerator the cast frees device memory
+            # instead of adding to it (an export reads the weights, it runs no forward)
+            source = param.data.to("cpu")
             param.data = cast
             self._pairs.append((param, source, cast))
 
@@ -69,6 +72,6 @@ class FrozenCast:
 
     def release(self) -> None:
         """The source tensors back in place for good."""
-        for param, source, _ in self._pairs:
-            param.data = source
+        for param, source, cast in self._pairs:
+            param.data = source.to(cast.device)
         self._pairs = []
