@@ -46,6 +46,7 @@ from swv.train.checkpoint import (
     save_checkpoint,
 )
 from swv.train.identity import describe_differences, identity_diff, stage_length
+from swv.train.sharded import whole_model
 from swv.train.stages import CTC, LM, Stage
 from swv.train.trainable import (
     ChainLink,
@@ -531,17 +532,25 @@ class StageRunner:
             "metrics": metrics,
         }
 
+    def unsharded_model(self) -> SpeechLM:
+        """A model of the stage's structure (its starting model with the stage's trainable set:
+        LoRA added where the stage adds it), to hold weights gathered from shards."""
+        model = self.build_model()
+        apply_trainable(model, self.stage.settings.trainable, self.where)
+        return model
+
     def export(self, model: nn.Module, record: dict[str, Any]) -> None:
-        """Save the model to the stage's export directory, with ``record`` replacing this stage's
-        entry in its training record."""
+        """Every process: save the model to the stage's export directory, with ``record``
+        replacing this stage's entry in its training record. Sharded parameters (FSDP) are
+        gathered whole first (:func:`~swv.train.sharded.whole_model`)."""
         acc = self.acc
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            unwrapped = acc.unwrap_model(model)
-            earlier = [r for r in unwrapped.config.training or [] if r.get("stage") != self.stage.name]
-            unwrapped.config.training = [*earlier, record]
+        whole = whole_model(model, acc.unwrap_model(model), self.unsharded_model, acc.is_main_process)
+        if whole is not None:
+            earlier = [r for r in whole.config.training or [] if r.get("stage") != self.stage.name]
+            whole.config.training = [*earlier, record]
             try:
-                unwrapped.save_pretrained(self.export_dir)
+                whole.save_pretrained(self.export_dir)
             except write_errors() as exc:  # save_pretrained removed its temporary directory
                 raise write_failure(self.export_dir, "the export", exc) from exc
             self.ctx.print(f"exported {self.stage.name} -> {self.export_dir}")
