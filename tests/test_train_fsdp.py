@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,8 +61,8 @@ def change(model: torch.nn.Module) -> None:
 def sharded(r: StageRunner) -> torch.nn.Module:
     model = r.prepare_model()
     mesh = init_device_mesh("cpu", (2,))
-    for layer in model.backbone.modules():
-        if type(layer).__name__ == "LlamaDecoderLayer":
+    for layer in model.modules():  # per layer, as accelerate's TRANSFORMER_BASED_WRAP (configs/fsdp.yaml)
+        if type(layer).__name__ in model._no_split_modules:
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     assert all(isinstance(p, DTensor) for p in model.parameters())
@@ -127,3 +128,22 @@ def test_sharded_model_exports_and_checkpoints_whole(tmp_path: Path) -> None:
     for key, tensor in exported_adapter.items():
         assert torch.equal(trainable[f"adapters.alignment.{key}"], tensor), key
     assert_same_weights(tmp_path / "resumed" / "shrinking" / "export", export)
+
+
+def test_fsdp_config_shards_each_encoder_and_llm_layer() -> None:
+    """configs/fsdp.yaml's wrap policy finds the layer classes a SpeechLM declares."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from swv.recipes.loader import load_recipe
+    from swv.registry.plugins import default_registry
+    from swv.train.runner import build_model
+
+    config = yaml.safe_load((ROOT / "configs" / "fsdp.yaml").read_text())
+    assert config["distributed_type"] == "FSDP"
+    fsdp = config["fsdp_config"]
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=fsdp["fsdp_version"], auto_wrap_policy=fsdp["fsdp_auto_wrap_policy"].lower(),
+        reshard_after_forward=fsdp["fsdp_reshard_after_forward"], state_dict_type=fsdp["fsdp_state_dict_type"])
+    model = build_model(load_recipe("tiny", [], default_registry()), None)
+    plugin.set_auto_wrap_policy(model)
+    assert sorted(plugin.transformer_cls_names_to_wrap) == ["LlamaDecoderLayer", "WhisperEncoderLayer"]

@@ -422,7 +422,9 @@ class StageRunner:
             optimizer.zero_grad(set_to_none=True)
             return {}, False, rows
         if max_norm is not None:
-            acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_norm)
+            # all the parameters: accelerate recognises an FSDP model by its whole list (FSDP1 then clips
+            # over every shard); frozen ones have no gradient and count for nothing
+            acc.clip_grad_norm_(model.parameters(), max_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return sums, True, rows
