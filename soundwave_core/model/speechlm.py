@@ -141,6 +141,11 @@ class SpeechLM(PreTrainedModel):
             raise ComponentError(f"the adapter chain ends at width {dim}, but the backbone expects {info.hidden_size}")
         self.audio_token_id = info.audio_token_id
         self.post_init()
+        # post_init reads only direct children; the layer classes of the Hugging Face models inside
+        # the components (e.g. LlamaDecoderLayer) let accelerate's FSDP TRANSFORMER_BASED_WRAP shard per layer
+        self._no_split_modules = set().union(
+            *(m._no_split_modules or () for m in self.modules() if isinstance(m, PreTrainedModel) and m is not self)
+        )
 
     # Weights come from the components themselves (checkpoints or their own init).
     def init_weights(self) -> None:

@@ -38,6 +38,7 @@ from swv.core.io import (
     write_errors,
     write_failure,
 )
+from swv.train.sharded import is_sharded, load_weights, trainable_state
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -64,40 +65,43 @@ class TrainerState:
     total_steps: int = 0
 
 
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-
-
 class TrainableWeightsHooks:
     """accelerate save/load pre-hooks of one stage: for models accelerate saves whole (one
     process, DDP), write and read only the trainable weights (a frozen 8B backbone is not
-    copied into every checkpoint). FSDP and DeepSpeed models are left to accelerate."""
+    copied into every checkpoint), gathered whole from sharded parameters
+    (:mod:`swv.train.sharded`). Models that accelerate checkpoints itself (its FSDP and
+    DeepSpeed types: each process's shard) are left to accelerate."""
 
     def __init__(self, acc: Accelerator) -> None:
         self.acc = acc
         self.handles = [acc.register_save_state_pre_hook(self.save), acc.register_load_state_pre_hook(self.load)]
 
     def save(self, models: list[nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
+        """Every process (gathering sharded weights is a collective); the main process writes."""
         if not weights:  # FSDP / DeepSpeed: accelerate saves the shards itself
             return
         if len(models) != 1 or len(weights) != 1:
             raise InputError(f"{output_dir}: expected one model to checkpoint, got {len(models)}")
         weights.clear()
-        if self.acc.is_main_process:
-            save_file(trainable_state(self.acc.unwrap_model(models[0])), str(Path(output_dir) / TRAINABLE_FILE))
+        model = self.model(models[0])
+        if self.acc.is_main_process or is_sharded(model):
+            state = trainable_state(model)
+            if self.acc.is_main_process:
+                save_file(state, str(Path(output_dir) / TRAINABLE_FILE))
 
     def load(self, models: list[nn.Module], input_dir: str) -> None:
         if not models:
             return
-        model = self.acc.unwrap_model(models.pop())
+        model = self.model(models.pop())
         weights = load_file(str(Path(input_dir) / TRAINABLE_FILE))
-        params = dict(model.named_parameters())
-        unknown = [k for k in weights if k not in params]
+        unknown = load_weights(model, weights)
         if unknown:
             raise InputError(f"{input_dir}: checkpoint has weights this model lacks: {unknown[:3]}")
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+
+    def model(self, prepared: nn.Module) -> nn.Module:
+        """The module to read and write: sharded, the prepared one (the gathering needs FSDP1's
+        wrapper); else the unwrapped model (no DDP ``module.`` prefix on the names)."""
+        return prepared if is_sharded(prepared) else self.acc.unwrap_model(prepared)
 
     def remove(self) -> None:
         for handle in self.handles:

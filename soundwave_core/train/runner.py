@@ -55,6 +55,7 @@ from swv.train.checkpoint import (
 )
 from swv.train.frozen_cast import FrozenCast
 from swv.train.identity import describe_differences, identity_diff, stage_length
+from swv.train.sharded import whole_model
 from swv.train.stages import CTC, LM, Stage
 from swv.train.trainable import (
     ChainLink,
@@ -442,9 +443,10 @@ class StageRunner:
         if not finite:
             optimizer.zero_grad(set_to_none=True)
             return {}, False, rows
-        # the norm before clipping (measured without clipping when max_grad_norm is null)
-        norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                   max_norm if max_norm is not None else math.inf)
+        # the norm before clipping (measured without clipping when max_grad_norm is null), over all
+        # the parameters: accelerate recognises an FSDP model by its whole list (FSDP1 then clips
+        # over every shard); frozen ones have no gradient and count for nothing
+        norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm is not None else math.inf)
         if norm is not None and math.isfinite(float(norm)):  # DeepSpeed clips in its own step: None
             sums[GRAD_NORM] = float(norm)
         optimizer.step()
@@ -556,19 +558,28 @@ class StageRunner:
             "metrics": metrics,
         }
 
+    def unsharded_model(self) -> SpeechLM:
+        """A model of the stage's structure (its starting model with the stage's trainable set:
+        LoRA added where the stage adds it), to hold weights gathered from shards."""
+        model = self.build_model()
+        apply_trainable(model, self.stage.settings.trainable, self.where)
+        return model
+
     def export(self, model: nn.Module, record: dict[str, Any]) -> None:
-        """Save the model to the stage's export directory, with ``record`` replacing this stage's
-        entry in its training record."""
+        """Every process: save the model to the stage's export directory, with ``record``
+        replacing this stage's entry in its training record. Sharded parameters (FSDP) are
+        gathered whole first (:func:`~swv.train.sharded.whole_model`)."""
         acc = self.acc
         acc.wait_for_everyone()
-        if acc.is_main_process:
-            unwrapped = acc.unwrap_model(model)
-            earlier = [r for r in unwrapped.config.training or [] if r.get("stage") != self.stage.name]
-            unwrapped.config.training = [*earlier, record]
+        whole = whole_model(model, acc.unwrap_model(model), self.unsharded_model, acc.is_main_process)
+        if whole is not None:
+            earlier = [r for r in whole.config.training or [] if r.get("stage") != self.stage.name]
+            whole.config.training = [*earlier, record]
+            # the frozen weights' float32 sources, when a bf16 stage held them cast (never under FSDP)
             source = self.frozen_cast.restored() if self.frozen_cast is not None else contextlib.nullcontext()
             try:
                 with source:
-                    unwrapped.save_pretrained(self.export_dir)
+                    whole.save_pretrained(self.export_dir)
             except write_errors() as exc:  # save_pretrained removed its temporary directory
                 raise write_failure(self.export_dir, "the export", exc) from exc
             self.ctx.print(f"exported {self.stage.name} -> {self.export_dir}")
