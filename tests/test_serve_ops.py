@@ -262,7 +262,7 @@ def test_non_json_bodies_get_415(plain, content_type: str | None) -> None:
 # -- slow clients --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def strict(pipeline):
-    options = ServerOptions(keep_alive_seconds=1, max_header_bytes=4096, max_connections=4)
+    options = ServerOptions(keep_alive_seconds=1, max_header_bytes=4096, max_connections=4, header_timeout_seconds=1)
     with serving(pipeline, options, body_timeout_seconds=0.5) as server:
         yield server
 
@@ -302,6 +302,42 @@ def test_oversized_headers_and_idle_connections_are_cut_off(strict) -> None:
     assert reply.startswith(b"HTTP/1.1 200") and 0.8 < time.monotonic() - started < 4.5
 
 
+def trickle(server: BackgroundServer, pieces: list[bytes], pause: float) -> tuple[bytes, float]:
+    """Send ``pieces`` ``pause`` s apart (stopping if the server closes); the reply and when it ended."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        try:
+            for piece in pieces:
+                conn.sendall(piece)
+                time.sleep(pause)
+        except OSError:  # closed by the server while sending
+            pass
+        reply = b""
+        try:
+            while chunk := conn.recv(65536):
+                reply += chunk
+        except (TimeoutError, OSError):
+            pass
+        return reply, time.monotonic() - started
+
+
+def test_headers_that_trickle_in_are_cut_off_with_408(strict) -> None:
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40
+    reply, seconds = trickle(strict, [head[i:i + 4] for i in range(0, len(head), 4)], 0.1)  # 1.6 s of headers
+    assert reply.startswith(b"HTTP/1.1 408") and 0.9 < seconds < 4, (reply[:200], seconds)
+    reply, seconds = trickle(strict, [], 0.0)  # a connection that sends nothing
+    assert reply.startswith(b"HTTP/1.1 408") and 0.9 < seconds < 4, (reply[:200], seconds)
+    # headers within the deadline, sent in pieces, are served; so is a second request on the connection
+    normal = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    reply, _ = trickle(strict, [normal[:10], normal[10:], normal], 0.3)
+    assert reply.count(b"HTTP/1.1 200") == 2, reply[:300]
+    # a second request whose headers trickle in after the first answer is cut off as well
+    reply, seconds = trickle(strict, [normal, *[head[i:i + 8] for i in range(0, len(head), 8)]], 0.2)
+    assert reply.startswith(b"HTTP/1.1 200") and reply.rstrip().endswith(b"HTTP/1.1 408 Request Timeout\r\n"
+                                                                           b"content-length: 0\r\nconnection: close"), reply
+    assert call(strict, "GET", "/health")[0] == 200
+
+
 def test_connections_past_the_limit_get_503(strict) -> None:
     idle = [socket.create_connection(("127.0.0.1", strict.port), timeout=5) for _ in range(4)]
     try:
@@ -317,6 +353,8 @@ def test_connections_past_the_limit_get_503(strict) -> None:
 def test_connection_bounds_must_be_positive() -> None:
     with pytest.raises(UsageError, match="drain_timeout_seconds"):
         ServerOptions(drain_timeout_seconds=0)
+    with pytest.raises(UsageError, match="header_timeout_seconds"):
+        ServerOptions(header_timeout_seconds=0)
     with pytest.raises(UsageError, match="body_timeout_seconds"):
         ServeSettings(model_id="m", max_context=16, body_timeout_seconds=0)
 

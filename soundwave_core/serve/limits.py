@@ -15,6 +15,8 @@ WORK_THREADS = 2
 BODY_TIMEOUT_SECONDS = 60.0
 #: An idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).
 KEEP_ALIVE_SECONDS = 5.0
+#: The request line and headers of a request must arrive within this many seconds (408, closed).
+HEADER_TIMEOUT_SECONDS = 10.0
 #: The request line and headers of a request, at most (uvicorn's h11_max_incomplete_event_size; 400).
 MAX_HEADER_BYTES = 16 * 1024
 #: Open connections and requests at once; past it new requests get 503 (uvicorn's limit_concurrency).
