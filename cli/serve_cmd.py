@@ -43,6 +43,10 @@ class RequestBounds:
         help="Most characters of text per request (checked before tokenizing).")] = limits.MAX_TEXT_CHARS
     max_body_bytes: Annotated[int, typer.Option(
         "--max-body-bytes", min=0, help="Largest request body (413), chunked bodies included.")] = limits.MAX_BODY_BYTES
+    body_buffer_bytes: Annotated[int, typer.Option(
+        "--body-buffer-bytes", min=1,
+        help="Bytes of request bodies read and parsed at once, over all requests (others wait; 503 after "
+             "--body-timeout).")] = limits.BODY_BUFFER_BYTES
     max_json_depth: Annotated[int, typer.Option(
         "--max-json-depth", min=1, help="Deepest JSON nesting of a request body.")] = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: Annotated[int, typer.Option(
