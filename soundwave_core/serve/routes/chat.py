@@ -47,7 +47,8 @@ async def chat_completions(
     queued or refused."""
     async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body:
         params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
-                                                  settings.max_json_structure_bytes), limiter=limiter)
+                                                  settings.max_json_structure_bytes, settings.max_text_chars),
+                                          limiter=limiter)
         del body
         if params.model != settings.model_id:
             raise unknown_model(params.model)
