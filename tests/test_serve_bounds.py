@@ -226,7 +226,7 @@ def test_string_bytes_count_everything_but_audio_data() -> None:
     values = len("m user wav text hi")
     assert string_bytes(body.encode(), 10**6) == keys - 8 + values - 4
     assert string_bytes(b'{"text": "a\\"b\\\\c", "data ": "xyz"}', 10**6) == 4 + len("text" "abc" "data " "xyz")  # escapes whole
-    assert string_bytes(json.dumps({"stop": ["w" * 50] * 100}).encode(), 100) == 4 + 150  # stops past the limit
+    assert string_bytes(json.dumps({"stop": ["w" * 50] * 100}).encode(), 100) == 4 + 2 * 50  # stops past the limit
     assert text_bytes_limit(0) == 64 * 1024 and text_bytes_limit(10) == 64 * 1024 + 120
 
 
