@@ -43,6 +43,10 @@ class RequestBounds:
         help="Most characters of text per request (checked before tokenizing).")] = limits.MAX_TEXT_CHARS
     max_body_bytes: Annotated[int, typer.Option(
         "--max-body-bytes", min=0, help="Largest request body (413), chunked bodies included.")] = limits.MAX_BODY_BYTES
+    body_buffer_bytes: Annotated[int, typer.Option(
+        "--body-buffer-bytes", min=1,
+        help="Bytes of request bodies read and parsed at once, over all requests (others wait; 503 after "
+             "--body-timeout).")] = limits.BODY_BUFFER_BYTES
     max_json_depth: Annotated[int, typer.Option(
         "--max-json-depth", min=1, help="Deepest JSON nesting of a request body.")] = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: Annotated[int, typer.Option(
@@ -101,6 +105,9 @@ class Connections:
 
     body_timeout: Annotated[float, typer.Option(
         "--body-timeout", min=0.001, help="Seconds a request body may take to arrive (408).")] = limits.BODY_TIMEOUT_SECONDS
+    header_timeout: Annotated[float, typer.Option(
+        "--header-timeout", min=0.001,
+        help="Seconds a request line + headers may take to arrive (408, connection closed).")] = limits.HEADER_TIMEOUT_SECONDS
     keep_alive: Annotated[float, typer.Option(
         "--keep-alive", min=1.0, help="Seconds an idle connection stays open.")] = limits.KEEP_ALIVE_SECONDS
     max_header_bytes: Annotated[int, typer.Option(
@@ -116,7 +123,8 @@ class Connections:
         from swv.serve.server import ServerOptions
 
         return ServerOptions(keep_alive_seconds=self.keep_alive, max_header_bytes=self.max_header_bytes,
-                             max_connections=self.max_connections, drain_timeout_seconds=self.drain_timeout)
+                             max_connections=self.max_connections, drain_timeout_seconds=self.drain_timeout,
+                             header_timeout_seconds=self.header_timeout)
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from swv.infer.pipeline import Pipeline  # noqa: E402
 from swv.model.speechlm import SpeechLM  # noqa: E402
 from swv.serve.app import create_app  # noqa: E402
 from swv.serve.background import BackgroundServer  # noqa: E402
-from swv.serve.openai_api import json_shape  # noqa: E402
+from swv.serve.openai_api import json_shape, string_bytes, text_bytes_limit  # noqa: E402
 from swv.serve.settings import ServeSettings, model_context_length  # noqa: E402
 
 SR = 16000
@@ -208,6 +208,26 @@ def test_audio_bounds_are_checked_from_headers(server) -> None:
 def test_text_is_capped_before_tokenizing(server) -> None:
     long_text = {"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * 401}]}
     refused(server, long_text, param="messages", match="2005 characters of text exceed the limit of 2000")
+
+
+def test_text_far_over_the_limit_is_refused_before_parsing(server) -> None:
+    over = (2000 * 12 + 64 * 1024) // 5 + 1  # "word " repeated past text_bytes_limit(2000)
+    huge = {"model": MODEL_ID, "messages": [{"role": "user", "content": "word " * over}]}
+    refused(server, huge, match="bytes of strings besides audio data")
+    # megabytes of audio data do not count as text (refused from the clip's header, not its size)
+    refused(server, chat(clip(encoded(noise(8.0)))), param="messages[0].content[0].input_audio",
+            match="8.00 s of audio exceeds")
+
+
+def test_string_bytes_count_everything_but_audio_data() -> None:
+    audio = {"input_audio": {"data": "QUJD" * 1000, "format": "wav"}}
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [audio, {"type": "text", "text": "hi"}]}]})
+    keys = len("model messages role content input_audio data format type text")  # the spaces stand for nothing
+    values = len("m user wav text hi")
+    assert string_bytes(body.encode(), 10**6) == keys - 8 + values - 4
+    assert string_bytes(b'{"text": "a\\"b\\\\c", "data ": "xyz"}', 10**6) == 4 + len("text" "abc" "data " "xyz")  # escapes whole
+    assert string_bytes(json.dumps({"stop": ["w" * 50] * 100}).encode(), 100) == 4 + 2 * 50  # stops past the limit
+    assert text_bytes_limit(0) == 64 * 1024 and text_bytes_limit(10) == 64 * 1024 + 120
 
 
 def test_a_chunked_body_is_capped_while_read(server) -> None:

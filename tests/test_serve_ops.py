@@ -4,6 +4,7 @@ and connection timeouts, Prometheus metrics, request ids, and the graceful drain
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import io
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,8 @@ from swv.infer.pipeline import Pipeline  # noqa: E402
 from swv.model.speechlm import SpeechLM  # noqa: E402
 from swv.serve.app import create_app  # noqa: E402
 from swv.serve.background import BackgroundServer  # noqa: E402
+from swv.serve.body import BodyBudget  # noqa: E402
+from swv.serve.openai_api import RequestError  # noqa: E402
 from swv.serve.ops import request_id  # noqa: E402
 from swv.serve.security import is_loopback  # noqa: E402
 from swv.serve.server import ServerOptions  # noqa: E402
@@ -262,7 +266,7 @@ def test_non_json_bodies_get_415(plain, content_type: str | None) -> None:
 # -- slow clients --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def strict(pipeline):
-    options = ServerOptions(keep_alive_seconds=1, max_header_bytes=4096, max_connections=4)
+    options = ServerOptions(keep_alive_seconds=1, max_header_bytes=4096, max_connections=4, header_timeout_seconds=1)
     with serving(pipeline, options, body_timeout_seconds=0.5) as server:
         yield server
 
@@ -302,6 +306,42 @@ def test_oversized_headers_and_idle_connections_are_cut_off(strict) -> None:
     assert reply.startswith(b"HTTP/1.1 200") and 0.8 < time.monotonic() - started < 4.5
 
 
+def trickle(server: BackgroundServer, pieces: list[bytes], pause: float) -> tuple[bytes, float]:
+    """Send ``pieces`` ``pause`` s apart (stopping if the server closes); the reply and when it ended."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+        try:
+            for piece in pieces:
+                conn.sendall(piece)
+                time.sleep(pause)
+        except OSError:  # closed by the server while sending
+            pass
+        reply = b""
+        try:
+            while chunk := conn.recv(65536):
+                reply += chunk
+        except (TimeoutError, OSError):
+            pass
+        return reply, time.monotonic() - started
+
+
+def test_headers_that_trickle_in_are_cut_off_with_408(strict) -> None:
+    head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40
+    reply, seconds = trickle(strict, [head[i:i + 4] for i in range(0, len(head), 4)], 0.1)  # 1.6 s of headers
+    assert reply.startswith(b"HTTP/1.1 408") and 0.9 < seconds < 4, (reply[:200], seconds)
+    reply, seconds = trickle(strict, [], 0.0)  # a connection that sends nothing
+    assert reply.startswith(b"HTTP/1.1 408") and 0.9 < seconds < 4, (reply[:200], seconds)
+    # headers within the deadline, sent in pieces, are served; so is a second request on the connection
+    normal = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    reply, _ = trickle(strict, [normal[:10], normal[10:], normal], 0.3)
+    assert reply.count(b"HTTP/1.1 200") == 2, reply[:300]
+    # a second request whose headers trickle in after the first answer is cut off as well
+    reply, seconds = trickle(strict, [normal, *[head[i:i + 8] for i in range(0, len(head), 8)]], 0.2)
+    assert reply.startswith(b"HTTP/1.1 200") and reply.rstrip().endswith(b"HTTP/1.1 408 Request Timeout\r\n"
+                                                                           b"content-length: 0\r\nconnection: close"), reply
+    assert call(strict, "GET", "/health")[0] == 200
+
+
 def test_connections_past_the_limit_get_503(strict) -> None:
     idle = [socket.create_connection(("127.0.0.1", strict.port), timeout=5) for _ in range(4)]
     try:
@@ -314,9 +354,55 @@ def test_connections_past_the_limit_get_503(strict) -> None:
     assert call(strict, "GET", "/health")[0] == 200
 
 
+def test_the_body_budget_lets_what_fits_pass_and_refuses_after_the_timeout() -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        budget, seen = BodyBudget(100), []
+
+        async def big() -> None:
+            async with budget.reserve(50, 2.0):
+                seen.append(("big", budget.held))
+
+        async with budget.reserve(70, 1.0):
+            waiting = asyncio.create_task(big())
+            async with budget.reserve(30, 1.0):
+                seen.append(("small", budget.held))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            with pytest.raises(RequestError) as refused:
+                async with budget.reserve(50, 0.05):
+                    pass
+            assert refused.value.status == 503 and refused.value.code == "server_busy"
+        await waiting
+        async with budget.reserve(10**9, 0.1):  # a body over the whole budget holds all of it
+            seen.append(("huge", budget.held))
+        return [*seen, ("after", budget.held)]
+
+    assert asyncio.run(scenario()) == [("small", 100), ("big", 50), ("huge", 100), ("after", 0)]
+
+
+def test_a_body_waits_for_room_in_the_budget_while_small_ones_pass(pipeline) -> None:
+    with serving(pipeline, body_buffer_bytes=120_000, body_timeout_seconds=2.0) as server:
+        head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 90000\r\n\r\n")
+        with ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            slow = pool.submit(raw, server, head + b'{"model": ')  # holds 90 kB until cut off (408 at 2 s)
+            time.sleep(0.3)
+            big = pool.submit(call, server, "POST", "/v1/chat/completions",
+                              {"model": MODEL_ID, "pad": "a" * 40_000}, **JSON)  # 40 kB: waits for room
+            assert call(server, "POST", "/v1/chat/completions", chat_body(), **JSON)[0] == 200  # 22 kB fits
+            assert not big.done()
+            assert big.result()[0] == 400 and time.monotonic() - started > 1.8  # read once the slow one left
+            assert slow.result().startswith(b"HTTP/1.1 408")
+
+
 def test_connection_bounds_must_be_positive() -> None:
     with pytest.raises(UsageError, match="drain_timeout_seconds"):
         ServerOptions(drain_timeout_seconds=0)
+    with pytest.raises(UsageError, match="body_buffer_bytes"):
+        ServeSettings(model_id="m", max_context=16, body_buffer_bytes=0)
+    with pytest.raises(UsageError, match="header_timeout_seconds"):
+        ServerOptions(header_timeout_seconds=0)
     with pytest.raises(UsageError, match="body_timeout_seconds"):
         ServeSettings(model_id="m", max_context=16, body_timeout_seconds=0)
 

@@ -19,6 +19,7 @@ from swv.infer.running import RunningBatch
 from swv.infer.settings import GenerationSettings
 from swv.model.speechlm import SpeechLM
 from swv.serve.batcher import Batcher, Delta, Failed, Finished, Job, Started
+from swv.serve import scheduler as scheduler_module
 from swv.serve.scheduler import Scheduler
 
 SR = 16000
@@ -124,6 +125,44 @@ def test_a_short_request_finishes_while_a_long_one_runs(pipe: Pipeline) -> None:
     if order[1] == "long stop":  # the tiny model ended its answer early: only the order is checked
         pytest.skip("the long answer stopped early")
     assert order == ["short 1", "long length"]
+
+
+def finish_order(worker, pipe: Pipeline, specs: list[tuple[str, float, int]], gap: float) -> list[str]:
+    """Submit ``(name, audio seconds, max_tokens)`` jobs (the first, then the others ``gap`` s
+    later, back to back); their names in the order they finish."""
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        jobs = {name: Job(pipe.chat_request(conversation(seconds, i)), settings(tokens), loop)
+                for i, (name, seconds, tokens) in enumerate(specs)}
+        order: list[str] = []
+
+        async def follow(name: str) -> None:
+            await events_of(jobs[name])
+            order.append(name)
+
+        tasks = []
+        for i, (name, job) in enumerate(jobs.items()):
+            await asyncio.sleep(gap if i == 1 else 0.0)
+            worker.submit(job)
+            tasks.append(asyncio.create_task(follow(name)))
+        await asyncio.gather(*tasks)
+        return order
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("starvation, expected", [(5.0, ["running", "short", "long"]), (0.0, ["running", "long", "short"])])
+def test_the_cheapest_waiting_request_joins_first_unless_one_starves(pipe: Pipeline, monkeypatch, starvation: float,
+                                                                     expected: list[str]) -> None:
+    monkeypatch.setattr(scheduler_module, "STARVATION_SECONDS", starvation)
+    worker = make(Scheduler, pipe, max_batch=1)
+    try:
+        specs = [("running", 0.5, LONG), ("long", 3.0, 2), ("short", 0.3, 2)]
+        assert finish_order(worker, pipe, specs, gap=0.3) == expected
+        assert worker.pending == 0
+    finally:
+        worker.close()
 
 
 def test_greedy_answers_equal_the_window_batcher(pipe: Pipeline) -> None:

@@ -86,7 +86,7 @@ class Job:
     """One request in the batcher: what to generate, the queue its events go to, and the
     request's id (for the log). ``stop``: strings that end the answer (excluded from it);
     ``logprobs``: ``None``, or the number of alternatives each answer token's log-probability
-    comes with."""
+    comes with. ``queued_at``: when it was made (``time.monotonic``)."""
 
     def __init__(self, request: ChatRequest, settings: GenerationSettings, loop: asyncio.AbstractEventLoop,
                  stop: Sequence[str] = (), logprobs: int | None = None, request_id: str = "-") -> None:
@@ -97,6 +97,7 @@ class Job:
         self.logprobs = logprobs
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
+        self.queued_at = time.monotonic()
         self._loop = loop
 
     def emit(self, event: Event) -> None:

@@ -8,6 +8,8 @@ MAX_CLIPS = 8
 MAX_AUDIO_CHANNELS = 8
 MAX_TEXT_CHARS = 100_000
 MAX_BODY_BYTES = 32 * 1024 * 1024
+#: Bytes of request bodies read and parsed at once, over all requests (swv.serve.body.BodyBudget).
+BODY_BUFFER_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 MAX_JSON_STRUCTURE_BYTES = 1024 * 1024
 WORK_THREADS = 2
@@ -15,6 +17,8 @@ WORK_THREADS = 2
 BODY_TIMEOUT_SECONDS = 60.0
 #: An idle keep-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).
 KEEP_ALIVE_SECONDS = 5.0
+#: The request line and headers of a request must arrive within this many seconds (408, closed).
+HEADER_TIMEOUT_SECONDS = 10.0
 #: The request line and headers of a request, at most (uvicorn's h11_max_incomplete_event_size; 400).
 MAX_HEADER_BYTES = 16 * 1024
 #: Open connections and requests at once; past it new requests get 503 (uvicorn's limit_concurrency).

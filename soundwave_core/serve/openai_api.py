@@ -4,6 +4,7 @@ errors (``{"error": {"message", "type", "param", "code"}}``)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import replace
@@ -41,6 +42,16 @@ _QUOTE = ord('"')
 #: The nesting step of each byte outside strings: +1 for ``[{``, -1 for ``]}``.
 _STEP = np.zeros(256, np.int8)
 _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
+#: A JSON string (in a body whose escaped quotes and backslashes are dropped), and what makes the
+#: string before it a key.
+_STRING = re.compile(rb'"[^"]*"')
+_COLON = re.compile(rb"[ \t\r\n]*:")
+#: The key whose string values are audio (``input_audio.data``), not text.
+_AUDIO_KEY = b"data"
+#: The most bytes one character of text takes in JSON (outside the BMP: two ``\uXXXX`` escapes).
+MAX_JSON_BYTES_PER_CHAR = 12
+#: Bytes of strings a request may hold besides its text and audio (keys, model, roles, types, stop strings).
+OTHER_STRING_BYTES = 64 * 1024
 
 
 #: Most ``stop`` sequences of a request (OpenAI's), and most characters of each.
@@ -232,29 +243,60 @@ def json_shape(body: bytes, max_depth: int, max_structure_bytes: int, chunk: int
     return deepest, outside
 
 
+def string_bytes(body: bytes, limit: int) -> int:
+    """Bytes of a JSON text's keys and string values, but for the values of ``"data"`` keys (the
+    audio), measured without parsing it (escaped quotes and backslashes count whole); it stops
+    once past ``limit`` (the value it returns then is a lower bound)."""
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    total, key = len(body) - len(text), b""
+    for match in _STRING.finditer(text):
+        start, end = match.span()
+        if _COLON.match(text, end):
+            key = text[start + 1:end - 1] if end - start <= len(_AUDIO_KEY) + 2 else b""
+        elif key == _AUDIO_KEY:
+            continue
+        total += end - start - 2
+        if total > limit:
+            break
+    return total
+
+
+def text_bytes_limit(max_text_chars: int) -> int:
+    """The string bytes (:func:`string_bytes`) of a body whose text has at most ``max_text_chars``
+    characters: each character at its longest in JSON, plus :data:`OTHER_STRING_BYTES`."""
+    return max_text_chars * MAX_JSON_BYTES_PER_CHAR + OTHER_STRING_BYTES
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def parse_json(body: bytes, max_depth: int, max_structure_bytes: int) -> Any:
-    """A JSON body, its shape (:func:`json_shape`) checked before it is parsed; :class:`RequestError`
-    (400) for one nested deeper than ``max_depth``, with more than ``max_structure_bytes``
-    outside its strings, not UTF-8, not JSON, or using ``NaN``/``Infinity``."""
+def parse_json(body: bytes, max_depth: int, max_structure_bytes: int, max_text_chars: int | None = None) -> Any:
+    """A JSON body, its shape (:func:`json_shape`) and, given ``max_text_chars``, its strings
+    outside audio (:func:`string_bytes`, against :func:`text_bytes_limit`) checked before it is
+    parsed; :class:`RequestError` (400) for one nested deeper than ``max_depth``, with more than
+    ``max_structure_bytes`` outside its strings, with more string bytes than its text limit
+    allows, not UTF-8, not JSON, or using ``NaN``/``Infinity``."""
     depth, structure = json_shape(body, max_depth, max_structure_bytes)
     if depth > max_depth:
         raise RequestError(400, f"the request body is nested more than {max_depth} levels deep")
     if structure > max_structure_bytes:
         raise RequestError(400, f"the request body has more than {max_structure_bytes} bytes of JSON outside "
                                 "its strings (keys, numbers, brackets)")
+    if max_text_chars is not None and string_bytes(body, limit := text_bytes_limit(max_text_chars)) > limit:
+        raise RequestError(400, f"the request body has more than {limit} bytes of strings besides audio data: "
+                                f"more than its limit of {max_text_chars} characters of text can take")
     try:
         return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RequestError(400, f"the request body is not valid JSON ({first_line(exc)})") from None
 
 
-def parse_params(body: bytes, max_depth: int = 32, max_structure_bytes: int = 1 << 20) -> ChatCompletionParams:
-    """JSON body -> parameters; :class:`RequestError` (400) for anything malformed (see :func:`parse_json`)."""
-    payload = parse_json(body, max_depth, max_structure_bytes)
+def parse_params(body: bytes, max_depth: int = 32, max_structure_bytes: int = 1 << 20,
+                 max_text_chars: int | None = None) -> ChatCompletionParams:
+    """JSON body -> parameters; :class:`RequestError` (400) for anything malformed or, given
+    ``max_text_chars``, holding more strings than that much text (see :func:`parse_json`)."""
+    payload = parse_json(body, max_depth, max_structure_bytes, max_text_chars)
     if not isinstance(payload, dict):
         raise RequestError(400, "the request body must be a JSON object")
     for name in payload:

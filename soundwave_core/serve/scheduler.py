@@ -5,7 +5,11 @@ The worker thread keeps one :class:`~swv.infer.running.RunningBatch` (the backbo
 of every running request). Between two decoding steps it admits the requests that arrived
 (up to ``max_batch`` running at once; when idle it waits ``window_seconds`` for more, as the
 :class:`~swv.serve.batcher.Batcher` does): their audio is encoded and their prompts run
-(prefill) as one batch per group of equal settings, and their rows join the cache. Each step
+(prefill) as one batch per group of equal settings and similar audio length (within a factor of
+two: a prefill pads every row to its longest), and their rows join the cache. When more requests
+wait than there are free rows, the cheapest (least audio, then fewest prompt tokens) join first,
+and cheaper groups are prefilled first, so a short request is not queued behind long ones; those
+that have waited ``STARVATION_SECONDS`` go before all others, oldest first. Each step
 then feeds every running row its last token; a row leaves as soon as it is done (its stop
 token, its ``stop`` string, its token limit, or its client gone), so a short request that
 arrives while a long one generates waits one step and its own prefill, not the long answer.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -50,6 +55,8 @@ log = logging.getLogger("swv.serve")
 
 #: transformers' ``top_k`` when neither the request nor the model's generation config sets one.
 TRANSFORMERS_TOP_K = 50
+#: A request that has waited this many seconds for a row joins before cheaper ones.
+STARVATION_SECONDS = 5.0
 
 
 @dataclass
@@ -102,31 +109,38 @@ class Scheduler(Batcher):
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
         self._rows: list[_Row] = []
+        self._waiting: list[Job] = []
         self._closing = False
+
+    @property
+    def pending(self) -> int:
+        """Requests queued or waiting for a row."""
+        return self._queue.qsize() + len(self._waiting)
 
     # -- the worker loop ------------------------------------------------------------------------
     @torch.inference_mode()
     def _run(self) -> None:
-        while not (self._closing and not self._rows):
+        while not (self._closing and not self._rows and not self._waiting):
             jobs = self._admit()
             if jobs is None:
                 break
             groups: dict[tuple[Any, ...], list[Job]] = {}
-            for job in jobs:
-                groups.setdefault(_settings_key(job), []).append(job)
+            for job in jobs:  # cheapest first: so are the groups
+                groups.setdefault((*_settings_key(job), _length_class(job)), []).append(job)
             for group in groups.values():
                 self._serve(group)
             if self._rows:
                 self._step()
 
     def _admit(self) -> list[Job] | None:
-        """The requests that join now: when nothing runs, the next one (blocking) and those
-        arriving within the window; otherwise those already waiting, up to ``max_batch`` rows.
-        ``None``: the server closes and nothing runs."""
-        if not self._rows:
-            return None if self._closing else self._collect()
-        jobs: list[Job] = []
-        while not self._closing and len(self._rows) + len(jobs) < self.max_batch:
+        """The requests that join now, cheapest first (see the module), up to ``max_batch`` rows:
+        when nothing runs or waits, the next one (blocking) and those arriving within the window;
+        otherwise from those already waiting. ``None``: the server closes and nothing runs."""
+        if not self._rows and not self._waiting:
+            if self._closing or (jobs := self._collect()) is None:
+                return None
+            self._waiting = jobs
+        while not self._closing:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
@@ -134,8 +148,12 @@ class Scheduler(Batcher):
             if job is None:
                 self._closing = True
             else:
-                jobs.append(job)
-        return jobs
+                self._waiting.append(job)
+        starved = time.monotonic() - STARVATION_SECONDS
+        self._waiting.sort(key=lambda job: (0, job.queued_at) if job.queued_at <= starved else (1, *_cost(job)))
+        free = self.max_batch - len(self._rows)
+        jobs, self._waiting = self._waiting[:free], self._waiting[free:]
+        return sorted(jobs, key=_cost)
 
     def _generate(self, jobs: list[Job]) -> None:
         """Encode and prefill a group of newcomers; their rows join the batch and take their
@@ -246,6 +264,16 @@ class Scheduler(Batcher):
         reason = "stop" if row.stopped or row.hit else "length"
         entries = row.entries[: len(row.tokens) - int(row.hit)] if row.job.logprobs is not None else None
         row.job.emit(Finished(text, reason, row.prompt_tokens, len(row.tokens) + int(row.stopped), entries))
+
+
+def _cost(job: Job) -> tuple[int, int]:
+    """What a request costs to join: its audio samples, then its prompt tokens."""
+    return sum(len(clip.samples) for clip in job.request.waveforms), len(job.request.ids)
+
+
+def _length_class(job: Job) -> int:
+    """Requests whose audio lengths are within a factor of two share a class (prefilled together)."""
+    return _cost(job)[0].bit_length()
 
 
 def _settings_key(job: Job) -> tuple[Any, ...]:

@@ -3,9 +3,11 @@
 uvicorn bounds the connection: ``keep_alive_seconds`` (an idle connection is closed),
 ``max_header_bytes`` (a request line and headers that pass this size before they are complete
 get 400: uvicorn buffers no more), ``max_connections``
-(past it, new requests get 503). uvicorn has no deadline for headers that trickle in; run the
-server behind a reverse proxy where that matters. The body's deadline is the app's
-(``ServeSettings.body_timeout_seconds``).
+(past it, new requests get 503). uvicorn has no deadline for headers that trickle in:
+:class:`HeaderDeadline` (uvicorn's h11 protocol, handed to ``uvicorn.Config(http=...)``) adds
+``header_timeout_seconds``: a connection whose request line and headers are not complete within
+it, counted from the connection's opening or from the first byte of a later request on it, is
+answered 408 and closed. The body's deadline is the app's (``ServeSettings.body_timeout_seconds``).
 
 On SIGTERM the server drains: new requests get 503, the requests in flight get
 ``drain_timeout_seconds`` to finish, then the server stops and the process exits 0 (what still
@@ -14,14 +16,18 @@ SIGTERM, or Ctrl-C, goes straight to uvicorn's shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import signal
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from swv.core.errors import UsageError
 from swv.serve import limits
@@ -36,11 +42,58 @@ class ServerOptions:
     max_header_bytes: int = limits.MAX_HEADER_BYTES
     max_connections: int = limits.MAX_CONNECTIONS
     drain_timeout_seconds: float = limits.DRAIN_TIMEOUT_SECONDS
+    header_timeout_seconds: float = limits.HEADER_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
-        for name in ("keep_alive_seconds", "max_header_bytes", "max_connections", "drain_timeout_seconds"):
+        for name in ("keep_alive_seconds", "max_header_bytes", "max_connections", "drain_timeout_seconds",
+                     "header_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+#: What a connection whose headers missed their deadline is sent before it is closed.
+_HEADER_TIMEOUT_REPLY = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers (see the
+    module): armed when the connection opens and when a byte of a new request arrives, disarmed
+    once h11 has the whole head (the client's state leaves ``IDLE``)."""
+
+    def __init__(self, *args: Any, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.header_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._arm()
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self.header_deadline is None and not self.transport.is_closing():
+            self.header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self.header_deadline is not None:
+            self.header_deadline.cancel()
+            self.header_deadline = None
+
+    def _headers_late(self) -> None:
+        self.header_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.write(_HEADER_TIMEOUT_REPLY)
+            self.transport.close()
 
 
 def _log_config(level: str) -> dict[str, Any]:
@@ -56,7 +109,8 @@ def server_config(app: FastAPI, host: str, port: int, options: ServerOptions, lo
                           timeout_keep_alive=max(1, round(options.keep_alive_seconds)),
                           h11_max_incomplete_event_size=options.max_header_bytes,
                           limit_concurrency=options.max_connections,
-                          timeout_graceful_shutdown=max(1, round(options.drain_timeout_seconds)))
+                          timeout_graceful_shutdown=max(1, round(options.drain_timeout_seconds)),
+                          http=partial(HeaderDeadline, header_timeout=options.header_timeout_seconds))
 
 
 class DrainingServer(uvicorn.Server):

@@ -11,7 +11,7 @@ from swv.infer.settings import GenerationSettings
 from swv.serve import limits
 
 #: The bounds that must be at least 1 (the others: at least 0).
-_POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads")
+_POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,10 @@ class ServeSettings:
     company when idle.
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
-    request body (a body without Content-Length is cut off once it passes it); ``max_json_depth``
-    the body's nesting and ``max_json_structure_bytes`` its JSON outside strings (keys, numbers,
+    request body (a body without Content-Length is cut off once it passes it);
+    ``body_buffer_bytes`` the bodies held in memory at once, from before they are read until their
+    request is queued or refused (a request waits for room, at most ``body_timeout_seconds``, then
+    503; see :mod:`swv.serve.body`); ``max_json_depth`` the body's nesting and ``max_json_structure_bytes`` its JSON outside strings (keys, numbers,
     brackets: what parsing turns into objects), both measured before it is parsed;
     ``max_text_chars`` the characters of text over all messages (before tokenizing);
     ``max_clips`` the audio clips of a request, ``max_audio_seconds`` each clip,
@@ -55,6 +57,7 @@ class ServeSettings:
     max_text_chars: int = limits.MAX_TEXT_CHARS
     default_max_tokens: int = 256
     max_body_bytes: int = limits.MAX_BODY_BYTES
+    body_buffer_bytes: int = limits.BODY_BUFFER_BYTES
     max_json_depth: int = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: int = limits.MAX_JSON_STRUCTURE_BYTES
     work_threads: int = limits.WORK_THREADS

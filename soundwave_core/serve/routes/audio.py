@@ -56,7 +56,8 @@ from swv.serve.openai_api import (
     unknown_model,
 )
 from swv.serve.ops import REQUEST_ID
-from swv.serve.routes.chat import finish, read_body, started
+from swv.serve.body import held_body
+from swv.serve.routes.chat import finish, started
 from swv.serve.routes.deps import BatcherDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
@@ -75,15 +76,18 @@ class _BufferedBody(APIRoute):
     """A route whose body is read whole by the chat endpoint's reader before the form is parsed:
     refused (413) past the server's ``max_body_bytes`` (by its declared length, then while it is
     read: a chunked body declares none), and (408) when it has not all arrived
-    ``body_timeout_seconds`` after the headers (:func:`~swv.serve.routes.chat.read_body`)."""
+    ``body_timeout_seconds`` after the headers (:func:`~swv.serve.body.read_body`), held in the
+    server's :class:`~swv.serve.body.BodyBudget` while it is read."""
 
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
 
         async def buffered(request: Request) -> Response:
             settings = request.app.state.settings
-            body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
-            return await handler(Request(request.scope, _replay(body, request.receive)))
+            async with held_body(request, request.app.state.body_budget, settings.max_body_bytes,
+                                 settings.body_timeout_seconds) as body:  # held while it is read
+                replayed = Request(request.scope, _replay(body, request.receive))
+            return await handler(replayed)
 
         return buffered
 

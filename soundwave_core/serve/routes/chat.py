@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
-from anyio import CapacityLimiter, move_on_after, to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -19,7 +19,6 @@ from swv.serve.openai_api import (
     ChatCompletionParams,
     CompletionIds,
     RequestError,
-    body_too_large,
     error_body,
     input_error,
     parse_params,
@@ -27,7 +26,8 @@ from swv.serve.openai_api import (
     unknown_model,
 )
 from swv.serve.ops import REQUEST_ID
-from swv.serve.routes.deps import BatcherDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
+from swv.serve.body import held_body
+from swv.serve.routes.deps import BatcherDep, BodyBudgetDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
 router = APIRouter()
@@ -36,20 +36,23 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep, limiter: LimiterDep,
-    metrics: MetricsDep,
+    metrics: MetricsDep, body_budget: BodyBudgetDep,
 ) -> JSONResponse | StreamingResponse:
     """An OpenAI chat completion. Decoding: a request without ``temperature``/``top_p`` takes the
     model's saved decoding defaults (``generation_config.json``; greedy unless the model says
     otherwise), ``temperature: 0`` is greedy; ``stop``, ``seed``, ``logprobs``/``top_logprobs``
     and the swv extensions ``top_k`` and ``repetition_penalty`` are honoured; ``n`` > 1 and the
-    presence/frequency penalties are refused (see :class:`~swv.serve.openai_api.ChatCompletionParams`)."""
-    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_seconds)
-    params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
-                                              settings.max_json_structure_bytes), limiter=limiter)
-    del body
-    if params.model != settings.model_id:
-        raise unknown_model(params.model)
-    job = await _submit(params, settings, pipeline, limiter)
+    presence/frequency penalties are refused (see :class:`~swv.serve.openai_api.ChatCompletionParams`).
+    The body is held in the server's :class:`~swv.serve.body.BodyBudget` until the request is
+    queued or refused."""
+    async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body:
+        params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
+                                                  settings.max_json_structure_bytes, settings.max_text_chars),
+                                          limiter=limiter)
+        del body
+        if params.model != settings.model_id:
+            raise unknown_model(params.model)
+        job = await _submit(params, settings, pipeline, limiter)
     batcher.submit(job)
     await started(job)
     ids = CompletionIds(settings.model_id)
@@ -65,27 +68,6 @@ async def chat_completions(
     served(finished.completion_tokens)
     return JSONResponse(ids.completion(finished.text, finished.finish_reason, finished.prompt_tokens,
                                        finished.completion_tokens, finished.logprobs))
-
-
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body, refused (413) once it exceeds ``limit`` bytes: by its declared length
-    before it is read, and while it is read (a chunked body declares none); refused (408) when
-    it has not all arrived ``timeout`` seconds after the headers."""
-    too_large = body_too_large(limit)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    with move_on_after(timeout) as deadline:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-    if deadline.cancelled_caught:
-        raise RequestError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout")
-    return b"".join(chunks)
 
 
 async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipeline: Pipeline,

@@ -1,6 +1,7 @@
 """The objects every route shares, kept on ``app.state`` by :func:`attach` and handed to the
 handlers as FastAPI dependencies (``BatcherDep``, ``PipelineDep``, ``SettingsDep``,
 ``ModelCardDep``, ``LimiterDep``: the worker threads that parse, decode and tokenize requests;
+``BodyBudgetDep``: the request bodies held in memory at once;
 ``MetricsDep``: the app's Prometheus metrics). ``app.state.drain`` is the server's drain state."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi import Depends, FastAPI, Request
 
 from swv.infer.pipeline import Pipeline
 from swv.serve.batcher import Batcher
+from swv.serve.body import BodyBudget
 from swv.serve.metrics import Metrics
 from swv.serve.openai_api import model_card
 from swv.serve.ops import Drain
@@ -26,6 +28,7 @@ def attach(app: FastAPI, pipeline: Pipeline, settings: ServeSettings, batcher: B
     app.state.batcher = batcher
     app.state.model_card = model_card(settings.model_id, int(time.time()))
     app.state.limiter = CapacityLimiter(settings.work_threads)
+    app.state.body_budget = BodyBudget(settings.body_buffer_bytes)
     app.state.metrics = Metrics(lambda: batcher.pending)
     app.state.drain = Drain()
 
@@ -50,6 +53,10 @@ def get_limiter(request: Request) -> CapacityLimiter:
     return request.app.state.limiter
 
 
+def get_body_budget(request: Request) -> BodyBudget:
+    return request.app.state.body_budget
+
+
 def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
@@ -60,3 +67,4 @@ BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 ModelCardDep = Annotated[dict[str, Any], Depends(get_model_card)]
 LimiterDep = Annotated[CapacityLimiter, Depends(get_limiter)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BodyBudgetDep = Annotated[BodyBudget, Depends(get_body_budget)]

@@ -1,0 +1,87 @@
+"""Request bodies: read whole (bounded in size and time) under a server-wide memory budget.
+
+A body is read, parsed and checked before its request is queued, and while that happens it costs
+about three times its size (the bytes, the text JSON decodes them to, the strings parsed from
+it). :class:`BodyBudget` bounds the body bytes held at once: a request reserves its declared
+``Content-Length`` (a chunked body: the largest body allowed) before its first byte is read and
+gives it back once its request is queued or refused, so eight clients sending 30 MB each cost two
+or three bodies' worth of memory, not eight. A request waits for room (its client's bytes wait in
+the socket meanwhile: uvicorn stops reading a connection whose app does not read) at most
+``timeout`` seconds, then gets 503; smaller reservations pass a waiting larger one when they fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import move_on_after
+from fastapi import Request
+
+from swv.serve.openai_api import RequestError, body_too_large
+
+
+class BodyBudget:
+    """At most ``capacity`` bytes of request bodies held at once (see the module)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self._room = asyncio.Condition()
+
+    @asynccontextmanager
+    async def reserve(self, size: int, timeout: float) -> AsyncIterator[None]:
+        """Hold ``size`` bytes (at most the capacity) while the block runs; :class:`RequestError`
+        (503) when they are not free within ``timeout`` seconds."""
+        size = min(size, self.capacity)
+        async with self._room:
+            with move_on_after(timeout) as deadline:
+                await self._room.wait_for(lambda: self.held + size <= self.capacity)
+            if deadline.cancelled_caught:
+                raise RequestError(503, f"the server is busy reading other request bodies (no room within "
+                                        f"{timeout:g} s); retry later", type="server_error", code="server_busy")
+            self.held += size
+        try:
+            yield
+        finally:
+            async with self._room:
+                self.held -= size
+                self._room.notify_all()
+
+
+def declared_length(request: Request, limit: int) -> int | None:
+    """The body's ``Content-Length`` (``None``: not declared); :class:`RequestError` (413) past ``limit``."""
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        return None
+    if int(length) > limit:
+        raise body_too_large(limit)
+    return int(length)
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused (413) once it exceeds ``limit`` bytes: by its declared length
+    before it is read, and while it is read (a chunked body declares none); refused (408) when
+    it has not all arrived ``timeout`` seconds after reading starts. The bytes are gathered in one
+    growing buffer that becomes the returned ``bytes`` without a copy."""
+    declared_length(request, limit)
+    buffer = io.BytesIO()
+    with move_on_after(timeout) as deadline:
+        async for chunk in request.stream():
+            if buffer.tell() + len(chunk) > limit:
+                raise body_too_large(limit)
+            buffer.write(chunk)
+    if deadline.cancelled_caught:
+        raise RequestError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout")
+    return buffer.getvalue()
+
+
+@asynccontextmanager
+async def held_body(request: Request, budget: BodyBudget, limit: int, timeout: float) -> AsyncIterator[bytes]:
+    """The body of ``request`` (:func:`read_body`), its declared length (else ``limit``) held in
+    ``budget`` from before it is read until the block ends (waiting at most ``timeout`` s for room)."""
+    size = declared_length(request, limit)
+    async with budget.reserve(limit if size is None else size, timeout):
+        yield await read_body(request, limit, timeout)
