@@ -185,6 +185,21 @@ def write_noise_clips():
     return write
 
 
+def single_error_line(code: int, err: str) -> str:
+    """The single ``error:`` line of a failed command (no traceback)."""
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def one_error():
+    """``one_error(code, err) -> str`` (see :func:`single_error_line`)."""
+    return single_error_line
+
+
 @pytest.fixture
 def generated_prompts(monkeypatch) -> list[str]:
     """The prompts :class:`swv.infer.pipeline.Pipeline` generated for, in order (recorded while

@@ -25,15 +25,6 @@ SR = 16_000
 MAX_RSS_GROWTH_MB = 500
 
 
-def one_error(code: int, err: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback)."""
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def saved(model_config_factory, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A tiny model (with a LoRA) saved with its encoder and backbone bundled, and its weights."""
@@ -95,7 +86,7 @@ def run_cli_probe(*args: object) -> tuple[int, float, str]:
 
 
 @pytest.mark.parametrize("case", list(TAMPERED))
-def test_tampered_config_refused_before_allocating(saved, clip, tmp_path: Path, case: str) -> None:
+def test_tampered_config_refused_before_allocating(saved, clip, tmp_path: Path, case: str, one_error) -> None:
     file, change, named = TAMPERED[case]
     model = tampered(saved, tmp_path, file, change)
     code, grown_mb, err = run_cli_probe("infer", model, clip, "--max-new-tokens", 1)
@@ -190,7 +181,7 @@ def test_render_budget(tokenizer, template: str, budget: str) -> None:
 
 
 @pytest.mark.parametrize(("template", "budget"), [(LOOPING, "MAX_TEMPLATE_SECONDS"), (HUGE, "MAX_TEMPLATE_CHARS")])
-def test_template_budget_through_the_cli(cli, saved, clip, tmp_path: Path, template: str, budget: str) -> None:
+def test_template_budget_through_the_cli(cli, saved, clip, tmp_path: Path, template: str, budget: str, one_error) -> None:
     model = tmp_path / "model"
     shutil.copytree(saved[0], model)
     template_file = model / "backbone" / "chat_template.jinja"  # the template prompts are built with
