@@ -123,19 +123,27 @@ def model_config_factory(tiny_whisper_dir: Path, tiny_llama_dir: Path):
 
 @pytest.fixture(scope="session")
 def save_tiny_model(model_config_factory, tmp_path_factory: pytest.TempPathFactory):
-    """``save(folder, seed=0) -> Path``: a tiny random-init SpeechLM (``model_config_factory()``,
-    weights drawn after ``torch.manual_seed(seed)``) saved to ``<new temporary folder>/model``."""
+    """``save(folder, seed=0, bundle=False) -> Path``: a tiny random-init SpeechLM
+    (``model_config_factory()``, weights drawn after ``torch.manual_seed(seed)``) saved to
+    ``<new temporary folder>/model`` (with its encoder and backbone inside if ``bundle``)."""
     import torch
 
     from swv.model.speechlm import SpeechLM
 
-    def save(folder: str, seed: int = 0) -> Path:
+    def save(folder: str, seed: int = 0, *, bundle: bool = False) -> Path:
         torch.manual_seed(seed)
         path = tmp_path_factory.mktemp(folder) / "model"
-        SpeechLM(model_config_factory()).save_pretrained(path)
+        SpeechLM(model_config_factory()).save_pretrained(path, bundle=bundle)
         return path
 
     return save
+
+
+@pytest.fixture(scope="module")
+def bundled_model(save_tiny_model) -> Path:
+    """A tiny model (with a LoRA) saved with its encoder and backbone inside the directory, one
+    per test module (``save_tiny_model("bundled", bundle=True)``)."""
+    return save_tiny_model("bundled", bundle=True)
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +191,27 @@ def write_noise_clips():
         return root
 
     return write
+
+
+def write_noise(path: Path, seconds: float) -> Path:
+    """``path``: a 16 kHz WAV file of ``seconds`` of noise (N(0, 0.1), seed 0)."""
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def noise_writer():
+    """``write(path, seconds) -> path`` (see :func:`write_noise`)."""
+    return write_noise
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``clip.wav``: one second of 16 kHz noise (:func:`write_noise`), one per test module."""
+    return write_noise(tmp_path_factory.mktemp("clip") / "clip.wav", 1.0)
 
 
 def single_error_line(code: int, err: str) -> str:

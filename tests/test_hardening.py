@@ -26,21 +26,9 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def bundled_model(model_config_factory, tmp_path_factory) -> Path:
-    """A tiny model saved with its encoder and backbone inside the directory."""
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundled") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, noise(1.5), SR)
-    return path
+def clip(tmp_path_factory, noise_writer) -> Path:
+    """1.5 seconds (conftest's ``clip`` is one)."""
+    return noise_writer(tmp_path_factory.mktemp("clip") / "clip.wav", 1.5)
 
 
 def copy_model(src: Path, dest: Path) -> Path:

@@ -15,33 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from swv.core.errors import InputError
 
-SR = 16_000
 COMMIT = "c" * 40
 #: Peak-memory growth allowed while a tampered model is refused (the huge config would need gigabytes).
 MAX_RSS_GROWTH_MB = 500
 
 
 @pytest.fixture(scope="module")
-def saved(model_config_factory, tmp_path_factory) -> Path:
-    """A tiny model (with a LoRA) saved with its encoder and backbone bundled."""
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundled") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32), SR)
-    return path
+def saved(bundled_model: Path) -> Path:
+    """conftest's ``bundled_model``."""
+    return bundled_model
 
 
 def edit_config(model: Path, change) -> None:

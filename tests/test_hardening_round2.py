@@ -34,24 +34,6 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def bundled_model(model_config_factory, tmp_path_factory) -> Path:
-    """A tiny model (with a LoRA) saved with its encoder and backbone inside the directory."""
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundled") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, noise(1.0), SR)
-    return path
-
-
 def copy_model(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest

@@ -12,14 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from swv.core.errors import InputError
 
-SR = 16_000
 #: Peak-memory growth allowed while a tampered model directory is refused (the huge config
 #: would need gigabytes).
 MAX_RSS_GROWTH_MB = 500
@@ -35,13 +32,6 @@ def saved(model_config_factory, tmp_path_factory) -> tuple[Path, dict[str, torch
     path = tmp_path_factory.mktemp("bundled") / "model"
     model.save_pretrained(path, bundle=True)
     return path, {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32), SR)
-    return path
 
 
 def tampered(saved: tuple[Path, dict], tmp_path: Path, file: str, change) -> Path:
