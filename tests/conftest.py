@@ -214,6 +214,37 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_noise(tmp_path_factory.mktemp("clip") / "clip.wav", 1.0)
 
 
+def noise_flac(path: Path, seconds: float) -> Path:
+    """``path`` (its folders made): ``seconds`` of 16 kHz noise (N(0, 0.1), seeded with the length
+    of the file name)."""
+    import numpy as np
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(path.name))
+    sf.write(path, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
+    return path
+
+
+def write_librispeech(root: Path, seconds: tuple[float | None, float | None], tone=noise_flac) -> Path:
+    """``root/LibriSpeech`` as released, with test-clean chapter 1089/134686: the transcripts of
+    two utterances and, for each duration of ``seconds`` that is not None, that utterance's FLAC
+    written by ``tone(path, seconds)``."""
+    chapter = root / "LibriSpeech" / "test-clean" / "1089" / "134686"
+    for index, length in enumerate(seconds):
+        if length is not None:
+            tone(chapter / f"1089-134686-000{index}.flac", length)
+    (chapter / "1089-134686.trans.txt").write_text(
+        "1089-134686-0000 HE HOPED THERE WOULD BE STEW FOR DINNER\n1089-134686-0001 STUFF IT INTO YOU\n")
+    return root / "LibriSpeech"
+
+
+@pytest.fixture(scope="session")
+def librispeech_writer():
+    """``write(root, seconds, tone=noise_flac) -> root/LibriSpeech`` (see :func:`write_librispeech`)."""
+    return write_librispeech
+
+
 def single_error_line(code: int, err: str) -> str:
     """The single ``error:`` line of a failed command (no traceback)."""
     assert code != 0, err
