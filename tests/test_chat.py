@@ -14,7 +14,6 @@ import torch
 
 from swv.core.errors import InputError
 from swv.infer.pipeline import GenerationSettings, Pipeline
-from swv.model.speechlm import SpeechLM
 
 SR = 16000
 PROMPT = "Transcribe the speech."
@@ -26,11 +25,8 @@ def noise(seconds: float, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("chat_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("chat_model")
 
 
 @pytest.fixture(scope="module")

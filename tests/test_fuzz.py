@@ -185,15 +185,8 @@ def test_manifests(cli, tmp_path: Path, lines: list[str]) -> None:
 
 # -- audio files -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fuzz_model(model_config_factory, tmp_path_factory) -> Path:
-    import torch
-
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fuzz") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
+def fuzz_model(save_tiny_model) -> Path:
+    return save_tiny_model("fuzz", bundle=True)
 
 
 def _sound_file(rate: int, channels: int, frames: int, fmt: str, subtype: str, cut: float | None, seed: int) -> bytes:

@@ -29,11 +29,8 @@ def noise(seconds: float, seed: int, rate: int = SR) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("infer_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("infer_model")
 
 
 @pytest.fixture(scope="module")
