@@ -39,20 +39,9 @@ def budget(examples: int) -> settings:
 
 
 @pytest.fixture
-def cli(capsys):
-    """``run(args) -> (exit_code, stderr)`` through swv's real entry point."""
-    from swv.cli.main import main
-
-    def run(args: list) -> tuple[int, str]:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, capsys.readouterr().err
-
-    return run
+def cli(cli):
+    """``run(args) -> (exit_code, stderr)`` through swv's real entry point (conftest's ``cli``)."""
+    return lambda args: cli(args)[::2]
 
 
 def assert_clean(code: int, err: str) -> None:
