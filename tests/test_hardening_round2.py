@@ -425,7 +425,8 @@ def test_hub_id_component_is_not_taken_from_the_current_directory(cli, monkeypat
     assert "backbone.path: Hub id 'org/tiny-llama' is also a path in the current directory" in line
 
 
-def test_gguf_file_outside_the_model_directory_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
+def test_gguf_file_outside_the_model_directory_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path,
+                                                          one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     (tmp_path / "x.gguf").write_bytes(b"GGUF")
     edit_config(model, lambda c: c["backbone"].update(gguf_file="../../x.gguf"))
