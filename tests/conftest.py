@@ -123,19 +123,27 @@ def model_config_factory(tiny_whisper_dir: Path, tiny_llama_dir: Path):
 
 @pytest.fixture(scope="session")
 def save_tiny_model(model_config_factory, tmp_path_factory: pytest.TempPathFactory):
-    """``save(folder, seed=0) -> Path``: a tiny random-init SpeechLM (``model_config_factory()``,
-    weights drawn after ``torch.manual_seed(seed)``) saved to ``<new temporary folder>/model``."""
+    """``save(folder, seed=0, bundle=False) -> Path``: a tiny random-init SpeechLM
+    (``model_config_factory()``, weights drawn after ``torch.manual_seed(seed)``) saved to
+    ``<new temporary folder>/model`` (with its encoder and backbone inside if ``bundle``)."""
     import torch
 
     from swv.model.speechlm import SpeechLM
 
-    def save(folder: str, seed: int = 0) -> Path:
+    def save(folder: str, seed: int = 0, *, bundle: bool = False) -> Path:
         torch.manual_seed(seed)
         path = tmp_path_factory.mktemp(folder) / "model"
-        SpeechLM(model_config_factory()).save_pretrained(path)
+        SpeechLM(model_config_factory()).save_pretrained(path, bundle=bundle)
         return path
 
     return save
+
+
+@pytest.fixture(scope="module")
+def bundled_model(save_tiny_model) -> Path:
+    """A tiny model (with a LoRA) saved with its encoder and backbone inside the directory, one
+    per test module (``save_tiny_model("bundled", bundle=True)``)."""
+    return save_tiny_model("bundled", bundle=True)
 
 
 @pytest.fixture(scope="session")
@@ -183,6 +191,73 @@ def write_noise_clips():
         return root
 
     return write
+
+
+def write_noise(path: Path, seconds: float) -> Path:
+    """``path``: a 16 kHz WAV file of ``seconds`` of noise (N(0, 0.1), seed 0)."""
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(int(seconds * 16000))).astype(np.float32), 16000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def noise_writer():
+    """``write(path, seconds) -> path`` (see :func:`write_noise`)."""
+    return write_noise
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``clip.wav``: one second of 16 kHz noise (:func:`write_noise`), one per test module."""
+    return write_noise(tmp_path_factory.mktemp("clip") / "clip.wav", 1.0)
+
+
+def noise_flac(path: Path, seconds: float) -> Path:
+    """``path`` (its folders made): ``seconds`` of 16 kHz noise (N(0, 0.1), seeded with the length
+    of the file name)."""
+    import numpy as np
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(path.name))
+    sf.write(path, (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32), 16000)
+    return path
+
+
+def write_librispeech(root: Path, seconds: tuple[float | None, float | None], tone=noise_flac) -> Path:
+    """``root/LibriSpeech`` as released, with test-clean chapter 1089/134686: the transcripts of
+    two utterances and, for each duration of ``seconds`` that is not None, that utterance's FLAC
+    written by ``tone(path, seconds)``."""
+    chapter = root / "LibriSpeech" / "test-clean" / "1089" / "134686"
+    for index, length in enumerate(seconds):
+        if length is not None:
+            tone(chapter / f"1089-134686-000{index}.flac", length)
+    (chapter / "1089-134686.trans.txt").write_text(
+        "1089-134686-0000 HE HOPED THERE WOULD BE STEW FOR DINNER\n1089-134686-0001 STUFF IT INTO YOU\n")
+    return root / "LibriSpeech"
+
+
+@pytest.fixture(scope="session")
+def librispeech_writer():
+    """``write(root, seconds, tone=noise_flac) -> root/LibriSpeech`` (see :func:`write_librispeech`)."""
+    return write_librispeech
+
+
+def single_error_line(code: int, err: str) -> str:
+    """The single ``error:`` line of a failed command (no traceback)."""
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def one_error():
+    """``one_error(code, err) -> str`` (see :func:`single_error_line`)."""
+    return single_error_line
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import torch
 
 from swv.core.errors import InputError
 from swv.infer.pipeline import GenerationSettings, Pipeline
-from swv.model.speechlm import SpeechLM
 
 SR = 16000
 PROMPT = "Transcribe the speech."
@@ -26,11 +25,8 @@ def noise(seconds: float, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("chat_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("chat_model")
 
 
 @pytest.fixture(scope="module")
@@ -140,24 +136,12 @@ def test_bad_messages_name_the_part(pipe: Pipeline, messages: list, match: str) 
 
 
 def test_cli_continues_a_conversation_file(pipe: Pipeline, model_dir: Path, clips: dict[str, Path],
-                                           tmp_path: Path, capsys) -> None:
-    from swv.cli.main import main
-
+                                           tmp_path: Path, cli) -> None:
     conv = tmp_path / "conv.json"
     (tmp_path / "a.wav").write_bytes(clips["a"].read_bytes())
     first_turn = [{"role": "user", "content": [{"type": "audio", "path": "a.wav"}, {"type": "text", "text": PROMPT}]}]
     conv.write_text(json.dumps(first_turn))
-
-    def run(args: list) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return (code, *capsys.readouterr())
-
-    code, out, err = run(["infer", model_dir, "--chat", conv, "--max-new-tokens", 6])
+    code, out, err = cli(["infer", model_dir, "--chat", conv, "--max-new-tokens", 6])
     assert code == 0, err
     saved = json.loads(conv.read_text())["messages"]
     assert saved[:1] == first_turn and saved[-1]["role"] == "assistant"
@@ -165,7 +149,7 @@ def test_cli_continues_a_conversation_file(pipe: Pipeline, model_dir: Path, clip
                          max_new_tokens=6)
     assert saved[-1]["content"] == expected and out == expected + "\n"
 
-    code, out, err = run(["infer", model_dir, clips["b"], "-p", "And this one?", "--chat", conv, "--max-new-tokens", 6])
+    code, out, err = cli(["infer", model_dir, clips["b"], "-p", "And this one?", "--chat", conv, "--max-new-tokens", 6])
     assert code == 0, err
     saved = json.loads(conv.read_text())["messages"]
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
@@ -176,5 +160,5 @@ def test_cli_continues_a_conversation_file(pipe: Pipeline, model_dir: Path, clip
     assert out == pipe.chat(again, max_new_tokens=6) + "\n"
 
     conv.write_text("{not json")
-    code, out, err = run(["infer", model_dir, "--chat", conv])
+    code, out, err = cli(["infer", model_dir, "--chat", conv])
     assert code != 0 and err.startswith(f"error: {conv}: invalid JSON") and "Traceback" not in err

@@ -36,19 +36,22 @@ def run(args: list[str]) -> str:
     return result.output
 
 
-def librispeech(root: Path) -> Path:
-    chapter = root / "LibriSpeech" / "test-clean" / "1089" / "134686"
-    tone(chapter / "1089-134686-0000.flac", 1.0)
-    tone(chapter / "1089-134686-0001.flac", 0.5)
-    (chapter / "1089-134686.trans.txt").write_text(
-        "1089-134686-0000 HE HOPED THERE WOULD BE STEW FOR DINNER\n1089-134686-0001 STUFF IT INTO YOU\n")
-    other = root / "LibriSpeech" / "test-other" / "1688" / "142285"
-    tone(other / "1688-142285-0000.flac", 0.25)
-    (other / "1688-142285.trans.txt").write_text("1688-142285-0000 THERE'S IRON THEY SAY IN ALL OUR BLOOD\n")
-    return root / "LibriSpeech"
+@pytest.fixture
+def librispeech(librispeech_writer):
+    """``build(root) -> root/LibriSpeech``: test-clean with two utterances (sine tones of 1 and 0.5
+    seconds), test-other with one."""
+
+    def build(root: Path) -> Path:
+        corpus = librispeech_writer(root, (1.0, 0.5), tone)
+        other = corpus / "test-other" / "1688" / "142285"
+        tone(other / "1688-142285-0000.flac", 0.25)
+        (other / "1688-142285.trans.txt").write_text("1688-142285-0000 THERE'S IRON THEY SAY IN ALL OUR BLOOD\n")
+        return corpus
+
+    return build
 
 
-def test_librispeech_split_folder(tmp_path: Path) -> None:
+def test_librispeech_split_folder(tmp_path: Path, librispeech) -> None:
     root = librispeech(tmp_path)
     out = tmp_path / "ls.jsonl"
     text = run([str(root), "--format", "librispeech", "--split", "test-clean", "-o", str(out)])
@@ -65,7 +68,7 @@ def test_librispeech_split_folder(tmp_path: Path) -> None:
     assert len(rows(out)) == 3
 
 
-def test_librispeech_missing_flac_is_reported(tmp_path: Path) -> None:
+def test_librispeech_missing_flac_is_reported(tmp_path: Path, librispeech) -> None:
     root = librispeech(tmp_path)
     (root / "test-clean" / "1089" / "134686" / "1089-134686-0001.flac").unlink()
     with pytest.raises(InputError, match=r"1 of 2 librispeech entries name an audio file that does not exist "
@@ -200,7 +203,7 @@ def test_unknown_format_and_wrong_option_mix(tmp_path: Path) -> None:
     assert result.exit_code != 0 and "--split and --clips need --format" in str(result.exception)
 
 
-def test_utterance_ids_that_cannot_name_a_file(tmp_path: Path) -> None:
+def test_utterance_ids_that_cannot_name_a_file(tmp_path: Path, librispeech) -> None:
     """Found by tests/test_fuzz_formats.py: a NUL in an utterance id was a ValueError, an id longer
     than a file name may be an OSError (ENAMETOOLONG) from the audio check; now a one-line error
     and a dropped entry."""

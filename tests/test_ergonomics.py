@@ -30,15 +30,11 @@ def tone(path: Path, seconds: float) -> Path:
     return path
 
 
-def librispeech(root: Path, *, missing: bool) -> Path:
-    """test-clean with two utterances; the second one's FLAC absent when ``missing``."""
-    chapter = root / "LibriSpeech" / "test-clean" / "1089" / "134686"
-    tone(chapter / "1089-134686-0000.flac", 0.5)
-    if not missing:
-        tone(chapter / "1089-134686-0001.flac", 0.3)
-    (chapter / "1089-134686.trans.txt").write_text(
-        "1089-134686-0000 HE HOPED THERE WOULD BE STEW FOR DINNER\n1089-134686-0001 STUFF IT INTO YOU\n")
-    return root / "LibriSpeech"
+@pytest.fixture
+def librispeech(librispeech_writer):
+    """``build(root, missing=...)``: test-clean with two utterances; the second one's FLAC absent
+    when ``missing``."""
+    return lambda root, *, missing: librispeech_writer(root, (0.5, None if missing else 0.3))
 
 
 def error_lines(err: str) -> list[str]:
@@ -55,7 +51,7 @@ MISSING = re.compile(r"error: 1 of 2 (librispeech entries|record\(s\)) name an a
                      r"\(first: .*1089-134686-0001\.flac\); fix the paths, or pass --on-missing skip")
 
 
-def test_manifest_missing_clip_fails_by_default_and_is_counted_under_skip(cli, tmp_path: Path) -> None:
+def test_manifest_missing_clip_fails_by_default_and_is_counted_under_skip(cli, tmp_path: Path, librispeech) -> None:
     root = librispeech(tmp_path, missing=True)
     out = tmp_path / "ls.jsonl"
     args = ["data", "manifest", root, "--format", "librispeech", "--split", "test-clean", "-o", out]
@@ -70,7 +66,7 @@ def test_manifest_missing_clip_fails_by_default_and_is_counted_under_skip(cli, t
 
 
 def test_eval_missing_clip_fails_by_default_and_counts_as_failed_under_skip(cli, model_dir: Path,
-                                                                            tmp_path: Path) -> None:
+                                                                            tmp_path: Path, librispeech) -> None:
     root = librispeech(tmp_path, missing=True)
     out_dir = tmp_path / "ev"
     args = ["eval", model_dir, "--preset", "librispeech-test-clean", "--data", root, "--output-dir", out_dir]
@@ -271,7 +267,7 @@ def _last_bar(err: str) -> str:
     return [part for part in err.replace("\n", "\r").split("\r") if part.strip()][-1]
 
 
-def test_data_bars_end_at_their_count(tmp_path: Path, capsys) -> None:
+def test_data_bars_end_at_their_count(tmp_path: Path, capsys, librispeech) -> None:
     from swv.data.shards import write_shards
     from swv.dataprep.corpora import CorpusOptions, build_corpus_manifest
 

@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from swv.core.errors import ServiceError
 from swv.eval.judge import JUDGE_RUBRIC, parse_score
 from swv.eval.presets import get_preset
-from swv.model.speechlm import SpeechLM
 
 SR = 16000
 
@@ -108,25 +106,13 @@ def test_airbench_foundation_sound_keeps_only_the_sound_tasks(cli, tmp_path: Pat
     assert "macro accuracy: 100.00%   (paper Table 16, Soundwave: 62.10%)" in out
 
 
-def test_airbench_foundation_runs_the_model_with_each_items_question(cli, model_config_factory, tmp_path: Path,
-                                                                     monkeypatch) -> None:
-    from swv.infer.pipeline import Pipeline
-
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    SpeechLM(model_config_factory()).save_pretrained(model_dir)
-    prompts: list[str] = []
-    original = Pipeline.generate_batch
-
-    def recording(self, waveforms, batch_prompts, settings, tasks=None):
-        prompts.extend(batch_prompts)
-        return original(self, waveforms, batch_prompts, settings, tasks)
-
-    monkeypatch.setattr(Pipeline, "generate_batch", recording)
+def test_airbench_foundation_runs_the_model_with_each_items_question(cli, save_tiny_model, tmp_path: Path,
+                                                                     generated_prompts: list[str]) -> None:
+    model_dir = save_tiny_model("model")
     code, _, err = cli([model_dir, "--preset", "airbench-foundation-speech", "--data", airbench_foundation(tmp_path),
                         "--output-dir", tmp_path / "run", "--max-new-tokens", "2"])
     assert code == 0, err
-    assert sorted(prompts) == sorted([
+    assert sorted(generated_prompts) == sorted([
         "What is the gender of the speaker? Pick one answer from: A. male B. female.",
         "What is the gender of the speaker? Pick one answer from: A. male B. female.",
         "How many speakers are there? Pick one answer from: A. 1 B. 2 C. 3 D. 4.",

@@ -38,17 +38,14 @@ def cli(eval_cli):
     return eval_cli
 
 
-def librispeech(root: Path) -> Path:
-    chapter = root / "LibriSpeech" / "test-clean" / "1089" / "134686"
-    tone(chapter / "1089-134686-0000.flac", 0.6)
-    tone(chapter / "1089-134686-0001.flac", 0.4)
-    (chapter / "1089-134686.trans.txt").write_text(
-        "1089-134686-0000 HE HOPED THERE WOULD BE STEW FOR DINNER\n1089-134686-0001 STUFF IT INTO YOU\n")
-    return root / "LibriSpeech"
+@pytest.fixture
+def librispeech(librispeech_writer):
+    """``build(root) -> root/LibriSpeech``: test-clean with two utterances (0.6 and 0.4 seconds)."""
+    return lambda root: librispeech_writer(root, (0.6, 0.4))
 
 
 def test_librispeech_preset_runs_the_model_with_the_preset_prompt(cli, model_dir: Path, tmp_path: Path,
-                                                                  generated_prompts: list[str]) -> None:
+                                                                  generated_prompts: list[str], librispeech) -> None:
     out_dir = tmp_path / "ls"
     code, out, err = cli([model_dir, "--preset", "librispeech-test-clean", "--data", librispeech(tmp_path),
                           "--output-dir", out_dir, "--max-new-tokens", "3"])
@@ -64,7 +61,7 @@ def test_librispeech_preset_runs_the_model_with_the_preset_prompt(cli, model_dir
     assert "(paper Table 5, Soundwave: 2.10%)" in out
 
 
-def test_librispeech_preset_scores_known_predictions(cli, tmp_path: Path) -> None:
+def test_librispeech_preset_scores_known_predictions(cli, tmp_path: Path, librispeech) -> None:
     root = librispeech(tmp_path)
     preds = write_jsonl(tmp_path / "p.jsonl", [
         {"id": "1089-134686-0000", "prediction": "He hoped there would be stew for supper."},

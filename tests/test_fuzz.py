@@ -39,20 +39,9 @@ def budget(examples: int) -> settings:
 
 
 @pytest.fixture
-def cli(capsys):
-    """``run(args) -> (exit_code, stderr)`` through swv's real entry point."""
-    from swv.cli.main import main
-
-    def run(args: list) -> tuple[int, str]:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        return code, capsys.readouterr().err
-
-    return run
+def cli(cli):
+    """``run(args) -> (exit_code, stderr)`` through swv's real entry point (conftest's ``cli``)."""
+    return lambda args: cli(args)[::2]
 
 
 def assert_clean(code: int, err: str) -> None:
@@ -185,15 +174,8 @@ def test_manifests(cli, tmp_path: Path, lines: list[str]) -> None:
 
 # -- audio files -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def fuzz_model(model_config_factory, tmp_path_factory) -> Path:
-    import torch
-
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fuzz") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
+def fuzz_model(save_tiny_model) -> Path:
+    return save_tiny_model("fuzz", bundle=True)
 
 
 def _sound_file(rate: int, channels: int, frames: int, fmt: str, subtype: str, cut: float | None, seed: int) -> bytes:

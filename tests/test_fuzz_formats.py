@@ -289,16 +289,9 @@ def test_conversation_files(tmp_path: Path, messages: Any, wrap: bool, nested: s
 
 # -- model directories -------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
-def fuzz_export(model_config_factory, tmp_path_factory) -> Path:
+def fuzz_export(save_tiny_model) -> Path:
     """A tiny exported model (bundled: the directory holds everything it loads), built once."""
-    import torch
-
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fuzz-export") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
+    return save_tiny_model("fuzz-export", bundle=True)
 
 
 def _json_paths(node: Any, prefix: tuple = ()) -> list[tuple]:

@@ -25,31 +25,10 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
 
 
-def one_error(code: int, err: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback)."""
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
-def bundled_model(model_config_factory, tmp_path_factory) -> Path:
-    """A tiny model saved with its encoder and backbone inside the directory."""
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundled") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, noise(1.5), SR)
-    return path
+def clip(tmp_path_factory, noise_writer) -> Path:
+    """1.5 seconds (conftest's ``clip`` is one)."""
+    return noise_writer(tmp_path_factory.mktemp("clip") / "clip.wav", 1.5)
 
 
 def copy_model(src: Path, dest: Path) -> Path:
@@ -83,7 +62,7 @@ def plant_remote_code(model: Path, marker: Path) -> None:
     edit_config(model, lambda c: c["backbone"].update(trust_remote_code=True))
 
 
-def test_model_directory_cannot_enable_remote_code(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_model_directory_cannot_enable_remote_code(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     marker = tmp_path / "code-ran"
     plant_remote_code(model, marker)
@@ -99,7 +78,7 @@ def test_model_directory_cannot_enable_remote_code(cli, bundled_model: Path, cli
     assert marker.exists()
 
 
-def test_model_config_paths_stay_inside_the_directory(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_model_config_paths_stay_inside_the_directory(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     edit_config(model, lambda c: c["backbone"].update(path="../../elsewhere"))
     line = one_error(*cli(["infer", model, clip])[::2])
@@ -140,7 +119,7 @@ lol6: &a6 [*a5, *a5, *a5, *a5, *a5, *a5, *a5, *a5, *a5, *a5]
 """
 
 
-def test_alias_bomb_in_a_component_mapping_is_refused(cli, tmp_path: Path) -> None:
+def test_alias_bomb_in_a_component_mapping_is_refused(cli, tmp_path: Path, one_error) -> None:
     recipe = tmp_path / "bomb.yaml"
     bomb = "\n".join("  " + line for line in BOMB.strip().splitlines())
     recipe.write_text(f"extends: tiny\nmodel:\n  backbone:\n    random_init:\n      junk:\n    {bomb}\n")
@@ -149,7 +128,7 @@ def test_alias_bomb_in_a_component_mapping_is_refused(cli, tmp_path: Path) -> No
         assert f"{recipe.resolve()}: YAML aliases expand to more than" in line
 
 
-def test_alias_bomb_in_an_override_is_refused(cli) -> None:
+def test_alias_bomb_in_an_override_is_refused(cli, one_error) -> None:
     nested = "{a: &a [x, x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], " \
              "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], " \
              "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d], f: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]}"
@@ -292,7 +271,7 @@ def test_manifest_durations_and_text_lengths_are_checked(tmp_path: Path, extra: 
                                   "backbone/model.safetensors", "encoder/model.safetensors"])
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupt_weights_are_one_line(cli, bundled_model: Path, clip: Path, tmp_path: Path, part: str,
-                                      damage: str) -> None:
+                                      damage: str, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     file = model / part
     data = file.read_bytes()
@@ -301,7 +280,7 @@ def test_corrupt_weights_are_one_line(cli, bundled_model: Path, clip: Path, tmp_
     assert f"{file}: not a valid safetensors file" in line
 
 
-def test_import_soundwave_garbage_weights_is_one_line(cli, tmp_path: Path) -> None:
+def test_import_soundwave_garbage_weights_is_one_line(cli, tmp_path: Path, one_error) -> None:
     src = tmp_path / "soundwave"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"model_type": "Soundwave"}))
@@ -321,7 +300,7 @@ def unwritable_dir() -> Path:
     pytest.skip("no read-only location on this machine")
 
 
-def test_file_or_read_only_output_dir_is_one_line(cli, tmp_path: Path) -> None:
+def test_file_or_read_only_output_dir_is_one_line(cli, tmp_path: Path, one_error) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
     for output_dir, reason in [(afile, "is a file, expected a directory"), (unwritable_dir(), "cannot write there")]:
@@ -329,7 +308,7 @@ def test_file_or_read_only_output_dir_is_one_line(cli, tmp_path: Path) -> None:
         assert line.startswith(f"error: output_dir: {output_dir}") and reason in line
 
 
-def test_unwritable_infer_output_is_one_line(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_unwritable_infer_output_is_one_line(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "audio": str(clip)}) + "\n")
     target = unwritable_dir() / "out.jsonl"
@@ -338,7 +317,7 @@ def test_unwritable_infer_output_is_one_line(cli, bundled_model: Path, clip: Pat
 
 
 # -- 14. a recipe that is not UTF-8 -------------------------------------------------------------
-def test_non_utf8_recipe_is_one_line(cli, tmp_path: Path) -> None:
+def test_non_utf8_recipe_is_one_line(cli, tmp_path: Path, one_error) -> None:
     recipe = tmp_path / "latin1.yaml"
     recipe.write_bytes("extends: tiny\ndescription: caf\u00e9\n".encode("latin-1"))
     line = one_error(*cli(["recipe", "validate", recipe])[::2])
@@ -346,7 +325,7 @@ def test_non_utf8_recipe_is_one_line(cli, tmp_path: Path) -> None:
 
 
 # -- 15. errors name the file and field ----------------------------------------------------------
-def test_model_config_errors_name_the_file_and_field(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_model_config_errors_name_the_file_and_field(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     edit_config(model, lambda c: c["backbone"]["lora"].update(r="many"))
     line = one_error(*cli(["infer", model, clip])[::2])
@@ -378,7 +357,7 @@ def test_too_long_training_clip_names_manifest_and_line(tmp_path: Path) -> None:
 
 
 # -- 16. batch inference: failed rows exit non-zero and are retried -----------------------------
-def test_failed_manifest_rows_are_retried(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_failed_manifest_rows_are_retried(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     later = tmp_path / "later.wav"
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"id": i, "audio": str(a)}) + "\n" for i, a in (("a", clip), ("b", later))))
@@ -394,7 +373,7 @@ def test_failed_manifest_rows_are_retried(cli, bundled_model: Path, clip: Path, 
     assert sorted(r["id"] for r in lines) == ["a", "b"] and all("prediction" in r for r in lines)
 
 
-def test_output_equal_to_manifest_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_output_equal_to_manifest_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"id": "a", "audio": str(clip)}) + "\n")
     before = manifest.read_bytes()

@@ -15,42 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from swv.core.errors import InputError
 
-SR = 16_000
 COMMIT = "c" * 40
 #: Peak-memory growth allowed while a tampered model is refused (the huge config would need gigabytes).
 MAX_RSS_GROWTH_MB = 500
 
 
-def one_error(code: int, err: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback)."""
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
-def saved(model_config_factory, tmp_path_factory) -> Path:
-    """A tiny model (with a LoRA) saved with its encoder and backbone bundled."""
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundled") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32), SR)
-    return path
+def saved(bundled_model: Path) -> Path:
+    """conftest's ``bundled_model``."""
+    return bundled_model
 
 
 def edit_config(model: Path, change) -> None:
@@ -147,13 +124,13 @@ def test_gguf_metadata_disagreeing_with_its_tensors_is_one_line(saved: Path, tmp
     assert "backbone.gguf_file" in message and "model.gguf" in message, message
 
 
-def test_gguf_backbone_through_the_cli_is_one_line(cli, saved: Path, clip: Path, tmp_path: Path) -> None:
+def test_gguf_backbone_through_the_cli_is_one_line(cli, saved: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = gguf_model(saved, tmp_path, feed_forward_length=96)
     line = one_error(*cli(["infer", model, clip, "--max-new-tokens", 1])[::2])
     assert "(96, 32)" in line and "model.gguf" in line, line
 
 
-def test_gguf_claiming_100000_layers_is_refused_before_allocating(saved: Path, clip: Path, tmp_path: Path) -> None:
+def test_gguf_claiming_100000_layers_is_refused_before_allocating(saved: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = gguf_model(saved, tmp_path, block_count=100_000)
     code, grown_mb, err = run_cli_probe("infer", model, clip, "--max-new-tokens", 1)
     line = one_error(code, err)
@@ -233,7 +210,7 @@ def hub_cache_at(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_hub_backbone_claiming_100000_layers_is_refused_before_allocating(saved: Path, clip: Path,
-                                                                           tmp_path: Path) -> None:
+                                                                           tmp_path: Path, one_error) -> None:
     model, cache = hub_backbone_model(saved, tmp_path, lambda c: c.update(num_hidden_layers=100_000))
     code, grown_mb, err = run_cli_probe("infer", model, clip, "--max-new-tokens", 1, env={"HF_HUB_CACHE": str(cache)})
     line = one_error(code, err)

@@ -27,37 +27,10 @@ def noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
 
 
-def one_error(code: int, err: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback)."""
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
 @pytest.fixture
 def fifo(tmp_path: Path) -> Path:
     path = tmp_path / "pipe.wav"
     os.mkfifo(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bundled_model(model_config_factory, tmp_path_factory) -> Path:
-    """A tiny model (with a LoRA) saved with its encoder and backbone inside the directory."""
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("bundled") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path, bundle=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, noise(1.0), SR)
     return path
 
 
@@ -125,7 +98,7 @@ def test_shard_drops_device_and_fifo_audio(cli, tmp_path: Path, fifo: Path, clip
     assert [record["text"] for _, record, _ in clips] == ["c"]
 
 
-def test_shard_max_audio_bytes_flag(cli, tmp_path: Path, clip: Path) -> None:
+def test_shard_max_audio_bytes_flag(cli, tmp_path: Path, clip: Path, one_error) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"audio": str(clip), "text": "c"}) + "\n")
     line = one_error(*cli(["data", "shard", manifest, "--out", tmp_path / "s", "--max-audio-bytes", 100])[::2])
@@ -134,7 +107,7 @@ def test_shard_max_audio_bytes_flag(cli, tmp_path: Path, clip: Path) -> None:
     assert code == 0, err
 
 
-def test_infer_stdin_device_and_oversized_pipe(cli, monkeypatch, bundled_model: Path, tmp_path: Path) -> None:
+def test_infer_stdin_device_and_oversized_pipe(cli, monkeypatch, bundled_model: Path, tmp_path: Path, one_error) -> None:
     with open("/dev/zero", "rb") as zero:
         monkeypatch.setattr("sys.stdin", io.TextIOWrapper(zero))
         line = one_error(*cli(["infer", bundled_model, "-"])[::2])
@@ -149,7 +122,7 @@ def test_infer_stdin_device_and_oversized_pipe(cli, monkeypatch, bundled_model: 
 
 
 @pytest.mark.parametrize("case", ["device", "fifo", "directory", "too big", "deep", "surrogate", "latin-1"])
-def test_chat_file_refusals_are_one_line(cli, tmp_path: Path, fifo: Path, case: str) -> None:
+def test_chat_file_refusals_are_one_line(cli, tmp_path: Path, fifo: Path, case: str, one_error) -> None:
     chat = tmp_path / "chat.json"
     args = []
     if case == "device":
@@ -409,7 +382,7 @@ def test_transcript_table_encoding_and_field_limit(tmp_path: Path) -> None:
         read_transcript_table(table)
 
 
-def test_recipe_fifo_is_refused(cli, fifo: Path) -> None:
+def test_recipe_fifo_is_refused(cli, fifo: Path, one_error) -> None:
     recipe = fifo.with_suffix(".yaml")
     fifo.rename(recipe)
     line = one_error(*cli(["recipe", "validate", recipe])[::2])
@@ -417,7 +390,7 @@ def test_recipe_fifo_is_refused(cli, fifo: Path) -> None:
 
 
 # -- 4. silent substitutions in model directories -------------------------------------------------
-def test_lora_weights_without_their_config_are_an_error(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_lora_weights_without_their_config_are_an_error(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     assert (model / "adapter_model.safetensors").is_file()
     (model / "adapter_config.json").unlink()
@@ -427,7 +400,7 @@ def test_lora_weights_without_their_config_are_an_error(cli, bundled_model: Path
 
 @pytest.mark.parametrize("cwd_has_backbone", [False, True])
 def test_missing_component_directory_is_never_substituted(cli, monkeypatch, bundled_model: Path, clip: Path,
-                                                          tmp_path: Path, cwd_has_backbone: bool) -> None:
+                                                          tmp_path: Path, cwd_has_backbone: bool, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     shutil.rmtree(model / "backbone")
     elsewhere = tmp_path / "elsewhere"
@@ -441,7 +414,7 @@ def test_missing_component_directory_is_never_substituted(cli, monkeypatch, bund
 
 
 def test_hub_id_component_is_not_taken_from_the_current_directory(cli, monkeypatch, bundled_model: Path,
-                                                                   clip: Path, tmp_path: Path) -> None:
+                                                                   clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     shutil.rmtree(model / "backbone")
     edit_config(model, lambda c: (c["backbone"].update(path="org/tiny-llama"), c.update(bundled=["encoder"])))
@@ -452,7 +425,8 @@ def test_hub_id_component_is_not_taken_from_the_current_directory(cli, monkeypat
     assert "backbone.path: Hub id 'org/tiny-llama' is also a path in the current directory" in line
 
 
-def test_gguf_file_outside_the_model_directory_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_gguf_file_outside_the_model_directory_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path,
+                                                          one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     (tmp_path / "x.gguf").write_bytes(b"GGUF")
     edit_config(model, lambda c: c["backbone"].update(gguf_file="../../x.gguf"))
@@ -460,7 +434,7 @@ def test_gguf_file_outside_the_model_directory_is_refused(cli, bundled_model: Pa
     assert "backbone.gguf_file: '../../x.gguf' resolves outside the model directory" in line
 
 
-def test_weight_file_symlinked_outside_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_weight_file_symlinked_outside_is_refused(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     weights = model / "adapters" / "alignment.safetensors"
     outside = tmp_path / "outside.safetensors"
@@ -490,7 +464,7 @@ def test_malicious_pickle_in_encoder_weights_is_one_line(tmp_path: Path) -> None
     assert "\n" not in str(info.value)
 
 
-def test_cli_maps_unpickling_and_sandbox_refusals(cli, monkeypatch, tmp_path: Path) -> None:
+def test_cli_maps_unpickling_and_sandbox_refusals(cli, monkeypatch, tmp_path: Path, one_error) -> None:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     file = _evil_pickle(tmp_path / "optimizer.bin")
@@ -512,7 +486,7 @@ def test_cli_maps_unpickling_and_sandbox_refusals(cli, monkeypatch, tmp_path: Pa
         cli(["train"])
 
 
-def test_hostile_chat_template_is_one_line(cli, bundled_model: Path, clip: Path, tmp_path: Path) -> None:
+def test_hostile_chat_template_is_one_line(cli, bundled_model: Path, clip: Path, tmp_path: Path, one_error) -> None:
     model = copy_model(bundled_model, tmp_path / "model")
     hostile = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     edit_config(model, lambda c: c["backbone"].update(chat_template=hostile))

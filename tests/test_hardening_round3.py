@@ -12,26 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from swv.core.errors import InputError
 
-SR = 16_000
 #: Peak-memory growth allowed while a tampered model directory is refused (the huge config
 #: would need gigabytes).
 MAX_RSS_GROWTH_MB = 500
-
-
-def one_error(code: int, err: str) -> str:
-    """The single ``error:`` line of a failed command (no traceback)."""
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +32,6 @@ def saved(model_config_factory, tmp_path_factory) -> tuple[Path, dict[str, torch
     path = tmp_path_factory.mktemp("bundled") / "model"
     model.save_pretrained(path, bundle=True)
     return path, {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("clip") / "clip.wav"
-    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(SR)).astype(np.float32), SR)
-    return path
 
 
 def tampered(saved: tuple[Path, dict], tmp_path: Path, file: str, change) -> Path:
@@ -95,7 +76,7 @@ def run_cli_probe(*args: object) -> tuple[int, float, str]:
 
 
 @pytest.mark.parametrize("case", list(TAMPERED))
-def test_tampered_config_refused_before_allocating(saved, clip, tmp_path: Path, case: str) -> None:
+def test_tampered_config_refused_before_allocating(saved, clip, tmp_path: Path, case: str, one_error) -> None:
     file, change, named = TAMPERED[case]
     model = tampered(saved, tmp_path, file, change)
     code, grown_mb, err = run_cli_probe("infer", model, clip, "--max-new-tokens", 1)
@@ -190,7 +171,7 @@ def test_render_budget(tokenizer, template: str, budget: str) -> None:
 
 
 @pytest.mark.parametrize(("template", "budget"), [(LOOPING, "MAX_TEMPLATE_SECONDS"), (HUGE, "MAX_TEMPLATE_CHARS")])
-def test_template_budget_through_the_cli(cli, saved, clip, tmp_path: Path, template: str, budget: str) -> None:
+def test_template_budget_through_the_cli(cli, saved, clip, tmp_path: Path, template: str, budget: str, one_error) -> None:
     model = tmp_path / "model"
     shutil.copytree(saved[0], model)
     template_file = model / "backbone" / "chat_template.jinja"  # the template prompts are built with

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from swv.core.audio import load_audio
 from swv.core.errors import InputError
@@ -128,13 +127,8 @@ def test_train_on_an_embedded_audio_dataset(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    from swv.model.speechlm import SpeechLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("hf_eval_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("hf_eval_model")
 
 
 @pytest.fixture

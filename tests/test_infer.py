@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import typer
 
 from swv.core.errors import InputError, UsageError
 from swv.infer.pipeline import GenerationSettings, Pipeline
@@ -29,11 +28,8 @@ def noise(seconds: float, seed: int, rate: int = SR) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model_dir(model_config_factory, tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("infer_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return path
+def model_dir(save_tiny_model) -> Path:
+    return save_tiny_model("infer_model")
 
 
 @pytest.fixture(scope="module")
@@ -252,28 +248,10 @@ def test_pad_to_30s_windows_count_all_frames(model_config_factory) -> None:
 # CLI
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def cli(monkeypatch, capsys):
+def cli(infer_eval_cli):
     """``run(args) -> (exit_code, stdout, stderr)`` through swv's real ``main`` with the commands
-    mounted the way cli/main.py mounts them."""
-    import swv.cli.main as main_mod
-    from swv.cli import eval_cmd, infer_cmd
-
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    app.command("infer")(infer_cmd.infer)
-    app.command("eval")(eval_cmd.eval_cmd)
-    monkeypatch.setattr(main_mod, "app", app)
-
-    def run(args: list[str]) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main_mod.main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    mounted the way cli/main.py mounts them (conftest's ``infer_eval_cli``)."""
+    return infer_eval_cli
 
 
 def error_lines(err: str) -> list[str]:
