@@ -82,7 +82,20 @@ def _frozen_tensors(export: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state whose mixed precision cannot change once set: an
+    earlier in-process training run (precision no) would refuse this test's bf16. Reset it around
+    the test, as accelerate's own test suite does."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_export_after_bf16_training_keeps_the_source_weights(tmp_path: Path, capsys) -> None:
     from swv.recipes.loader import load_recipe
     from swv.registry.plugins import default_registry

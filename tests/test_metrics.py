@@ -304,8 +304,9 @@ def test_evaluate_classification_per_task() -> None:
     ]
     r = evaluate(records, "classification")
     assert (r["num_failed"], r["num_scored"]) == (1, 5)
+    # macro accuracy: the mean of the tasks' accuracies (emotion 2/3, gender 1/2), as the paper averages Table 6
     assert r["metrics"] == {"accuracy": pytest.approx(3 / 5), "correct": 3, "total": 5, "ambiguous": 1,
-                            "unmatched": 0}
+                            "unmatched": 0, "macro_accuracy": pytest.approx((2 / 3 + 1 / 2) / 2)}
     assert r["per_task"]["emotion"]["accuracy"] == pytest.approx(2 / 3)
     assert r["per_task"]["gender"]["accuracy"] == pytest.approx(1 / 2)
     table = format_table(r)

@@ -4,9 +4,13 @@ instruction of each task and the decoding defaults. Kept free of torch imports."
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: how the LM loss averages its per-token losses (a stage's ``lm_reduction``; see
+#: :func:`swv.model.losses.lm_loss`): over the batch's answer tokens, or per row first
+LmReduction = Literal["token", "row"]
 
 #: The system prompt of the Soundwave paper (appendix C), used for training and decoding.
 PAPER_SYSTEM_PROMPT = (

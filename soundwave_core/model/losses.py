@@ -8,18 +8,17 @@ needs are computed. :func:`lm_loss` also takes materialised logits (evaluation).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 
+from swv.model.defaults import LmReduction
 from swv.model.splice import IGNORE_INDEX
 from swv.nn.state import lengths_to_mask
 from swv.nn.vocab_logits import VocabLogits
 
-
-#: how :func:`lm_loss` averages its per-token losses (a stage's ``lm_reduction``)
-LmReduction = Literal["token", "row"]
+#: the names :func:`lm_loss` accepts as ``reduction``
 LM_REDUCTIONS = get_args(LmReduction)
 
 

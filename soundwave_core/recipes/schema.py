@@ -17,8 +17,8 @@ from swv.core.audio import DEFAULT_MAX_AUDIO_BYTES
 from swv.model.defaults import (
     PAPER_SYSTEM_PROMPT,
     GenerationDefaults,
+    LmReduction,
 )
-from swv.model.losses import LmReduction
 
 #: A stage name is one path component of the run directory (``<output_dir>/<name>/``).
 STAGE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
