@@ -204,6 +204,11 @@ def test_lr_scale_pattern_matching_no_trained_parameter_is_one_error(tmp_path: P
     with pytest.raises(UsageError, match=r"stages\[0\] \(alignment\): optimizer.lr_scale: 'adapters.shrinking' matches "
                                          r"no parameter this stage trains; trainable modules: adapters.alignment"):
         train(loaded, stage="alignment")
+    shadowed = load_recipe("tiny", [f"output_dir={tmp_path / 'shadow'}", *CHAIN, "stages.0.losses={ctc: 1.0}",
+                                    "stages.0.trainable=[adapters.alignment]", "stages.0.max_steps=1",
+                                    "stages.0.optimizer.lr_scale={adapters.*: 2, adapters.alignment: 10}"], registry)
+    with pytest.raises(UsageError, match=r"optimizer.lr_scale: every parameter 'adapters.alignment' matches is taken by an earlier entry"):
+        train(shadowed, stage="alignment")
     with pytest.raises(Exception, match=r"lr_scale\['lora'\] must be > 0"):
         load_recipe("tiny", [f"output_dir={tmp_path / 'x'}", "stages.0.optimizer.lr_scale={lora: 0}"], registry)
 

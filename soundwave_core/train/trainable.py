@@ -70,18 +70,22 @@ def param_groups(model: SpeechLM, lr: float, lr_scale: dict[str, float], where: 
     ``lr``. A pattern that matches no trainable parameter is an error naming ``where``."""
     patterns = list(lr_scale)
     groups: dict[float, list] = {}
-    hits = dict.fromkeys(patterns, 0)
+    first = dict.fromkeys(patterns, 0)  # parameters each entry decides (the first that matches)
+    matched: set[str] = set()  # entries that match any trained parameter
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        pattern = next((p for p in patterns if _matches(name, p)), None)
-        if pattern is not None:
-            hits[pattern] += 1
-        groups.setdefault(lr * lr_scale[pattern] if pattern else lr, []).append(param)
-    missing = [p for p, n in hits.items() if n == 0]
-    if missing:
-        raise UsageError(f"{where}: {missing[0]!r} matches no parameter this stage trains; "
-                         f"trainable modules: {', '.join(sorted(trainable_groups(model)))}")
+        hits = [p for p in patterns if _matches(name, p)]
+        matched.update(hits)
+        if hits:
+            first[hits[0]] += 1
+        groups.setdefault(lr * lr_scale[hits[0]] if hits else lr, []).append(param)
+    for pattern, count in first.items():
+        if pattern not in matched:
+            raise UsageError(f"{where}: {pattern!r} matches no parameter this stage trains; "
+                             f"trainable modules: {', '.join(sorted(trainable_groups(model)))}")
+        if count == 0:
+            raise UsageError(f"{where}: every parameter {pattern!r} matches is taken by an earlier entry")
     return [{"params": params, "lr": group_lr} for group_lr, params in groups.items()]
 
 
