@@ -27,7 +27,7 @@ class Adapter(nn.Module, metaclass=ABCMeta):
     #: tests/test_plugin_docs.py checks this list against the core's code and the doc).
     CORE_MEMBERS: ClassVar[tuple[str, ...]] = (
         "config", "forward", "output_lengths", "input_dim", "output_dim", "produces_ctc", "needs_ctc",
-        "aux_loss_names", "always_frozen",
+        "aux_loss_names", "always_frozen", "clip_classes",
     )
     #: Config fields the core reads when an adapter's config declares them.
     CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("path", "trust_remote_code")
@@ -58,6 +58,12 @@ class Adapter(nn.Module, metaclass=ABCMeta):
         """Parameter names (relative to this adapter) that its config keeps frozen even when a
         stage trains the adapter (e.g. the alignment adapter's vocabulary-sized CTC head)."""
         return set()
+
+    def clip_classes(self) -> dict[str, list[str]]:
+        """Labels of whole clips this adapter learns from, per task: ``{task: [label, ...]}``. A
+        training row whose ``task`` is one of these and whose ``label`` is one of its labels gives
+        the adapter that label's index in ``state.clip_targets[task]``. Default: none."""
+        return {}
 
     @abstractmethod
     def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:

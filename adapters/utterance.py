@@ -18,19 +18,28 @@ dozen steps, but while none is there it learns to ignore the audio for a label q
 dev experiments). Standardised statistics through a projection at the LLM's embedding scale give
 the LLM that direction from the first step. Its own token, not a vector added to every audio
 token: added, a vector at that scale drowned the words (the dev WER went above 100 %).
+
+With ``classes`` (``{task: [label, ...]}``), a linear classifier per task reads the vector and
+the adapter reports the cross-entropy of the training rows' labels as the auxiliary loss
+``clip_class`` (weigh it in a stage's ``losses:``): the vector is then taught to carry those
+labels directly, not only through the LLM's answers, which gave it a weak and noisy gradient in
+a batch of mixed tasks (docs/demo.md). The classifiers are not used at inference.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from swv.adapters.base import Adapter
 from swv.core.config import ComponentConfig
 from swv.nn.context import BackboneInfo
-from swv.nn.state import AudioState
+from swv.nn.state import IGNORE_INDEX, AudioState
+
+#: the auxiliary loss the classifiers report (weigh it in a stage's ``losses:``)
+CLIP_CLASS_LOSS = "clip_class"
 
 
 class UtteranceConfig(ComponentConfig):
@@ -42,6 +51,23 @@ class UtteranceConfig(ComponentConfig):
             "deviation of the LLM's input-embedding table (of 1.0 when the backbone does not expose it)"
         ),
     )
+    classes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "whole-clip labels to learn per task, e.g. {pitch: [high, low]}: a linear classifier per task "
+            "on the vector, trained on the rows of that task through the auxiliary loss 'clip_class'"
+        ),
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for task, labels in value.items():
+            if not task or "." in task:
+                raise ValueError(f"classes: task names must be non-empty and without '.', got {task!r}")
+            if len(labels) < 2 or len(set(labels)) != len(labels):
+                raise ValueError(f"classes.{task}: needs at least two distinct labels, got {labels}")
+        return value
 
 
 def pooled_statistics(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -57,6 +83,7 @@ def pooled_statistics(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class UtteranceAdapter(Adapter):
     config_class = UtteranceConfig
+    aux_loss_names = frozenset({CLIP_CLASS_LOSS})
 
     def __init__(self, config: UtteranceConfig, *, input_dim: int, backbone: BackboneInfo) -> None:
         super().__init__(config, input_dim=input_dim, backbone=backbone)
@@ -68,6 +95,12 @@ class UtteranceAdapter(Adapter):
         with torch.no_grad():
             nn.init.normal_(self.proj.weight, std=config.gain * scale / (2 * input_dim) ** 0.5)
             nn.init.zeros_(self.proj.bias)
+        self.classifiers = nn.ModuleDict(
+            {task: nn.Linear(backbone.hidden_size, len(labels)) for task, labels in config.classes.items()}
+        )
+
+    def clip_classes(self) -> dict[str, list[str]]:
+        return {task: list(labels) for task, labels in self.config.classes.items()}
 
     @torch.no_grad()
     def silence(self) -> None:
@@ -90,6 +123,28 @@ class UtteranceAdapter(Adapter):
         earlier adapter set)."""
         stats = self.standardise(pooled_statistics(state.embeds, state.speech_mask()))
         vector = self.proj(stats.to(self.proj.weight.dtype))
+        aux = dict(state.aux_losses)
+        loss = self.class_loss(vector, state.clip_targets or {})
+        if loss is not None:
+            aux[CLIP_CLASS_LOSS] = loss
         if state.utterance_embeds is not None:
             vector = vector + state.utterance_embeds
-        return state.replace(utterance_embeds=vector)
+        return state.replace(utterance_embeds=vector, aux_losses=aux)
+
+    def class_loss(self, vector: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Cross-entropy of the classifiers on ``vector [B, D_llm]`` against ``targets`` (task ->
+        ``[B]`` class indices, -100 ignored), averaged over every labelled (row, task) pair;
+        ``None`` when no row has a label of a task this adapter classifies."""
+        total, count = None, 0
+        for task, classifier in self.classifiers.items():  # one per task, not per sample
+            target = targets.get(task)
+            if target is None:
+                continue
+            target = target.to(vector.device)
+            labelled = int((target != IGNORE_INDEX).sum())
+            if labelled == 0:
+                continue
+            summed = F.cross_entropy(classifier(vector).float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+            total = summed if total is None else total + summed
+            count += labelled
+        return None if total is None else total / count

@@ -79,6 +79,9 @@ class SpeechCollator:
     With a ``feature_cache`` (frozen encoders only), a batch whose audio is all cached gets
     ``encoder_embeds``/``encoder_lengths`` instead of features: no decoding, no encoder, and
     no SpecAugment (which acts on the encoder's input).
+    With ``clip_classes`` (``SpeechLM.clip_classes()``: ``{task: [label, ...]}``, sorted by task),
+    a batch with audio gets ``clip_targets [B_a, K]``: per audio row and task, the index of the
+    row's ``label`` among that task's labels when the row's ``task`` is that task, else -100.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class SpeechCollator:
         skip_sources: set[str] | None = None,
         with_ctc_targets: bool = True,
         feature_cache: Any = None,
+        clip_classes: dict[str, list[str]] | None = None,
     ) -> None:
         if mode == "lm" and prompts is None:
             raise ValueError("lm mode needs a PromptBuilder")
@@ -103,6 +107,7 @@ class SpeechCollator:
         self.skip_sources = skip_sources or set()
         self.with_ctc_targets = with_ctc_targets
         self.feature_cache = feature_cache
+        self.clip_classes = clip_classes or {}
         self.cache_hits = 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.skipped: Counter[str] = Counter()
@@ -157,6 +162,8 @@ class SpeechCollator:
             batch["input_features"], batch["feature_lengths"] = features, lengths
         if audio_rows and self.with_ctc_targets:
             batch.update(self._ctc_targets(audio_rows))
+        if audio_rows and self.clip_classes:
+            batch["clip_targets"] = self._clip_targets(audio_rows)
         if self.mode == "lm":
             batch.update(self._prompts(kept))
         batch["num_rows"] = torch.tensor(len(kept))
@@ -169,6 +176,15 @@ class SpeechCollator:
         for i, s in enumerate(seqs):
             targets[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         return {"ctc_targets": targets, "ctc_target_lengths": torch.tensor([len(s) for s in seqs], dtype=torch.long)}
+
+    def _clip_targets(self, rows: list[dict[str, Any]]) -> torch.Tensor:
+        """``[len(rows), K]``: each row's label index per task of ``clip_classes``, -100 elsewhere."""
+        targets = torch.full((len(rows), len(self.clip_classes)), IGNORE_INDEX, dtype=torch.long)
+        for k, (task, labels) in enumerate(self.clip_classes.items()):
+            for i, row in enumerate(rows):
+                if row.get("task") == task and row.get("label") in labels:
+                    targets[i, k] = labels.index(row["label"])
+        return targets
 
     def _prompts(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         assert self.prompts is not None

@@ -168,6 +168,18 @@ class SpeechLM(PreTrainedModel):
     def tokenizer(self) -> Any:
         return self.backbone.tokenizer
 
+    def clip_classes(self) -> dict[str, list[str]]:
+        """The whole-clip labels the chain's adapters learn from (``Adapter.clip_classes``), per
+        task in sorted task order: the columns of ``clip_targets`` in :meth:`forward`."""
+        merged: dict[str, list[str]] = {}
+        for name, adapter in self.adapters.items():
+            for task, labels in adapter.clip_classes().items():
+                if task in merged and merged[task] != labels:
+                    raise ComponentError(f"adapter {name!r}: clip classes of task {task!r} {labels} differ from an "
+                                         f"earlier adapter's {merged[task]}")
+                merged[task] = list(labels)
+        return dict(sorted(merged.items()))
+
     # -- the audio road: waveforms / features / cached encoder outputs -> adapter chain ------
     @property
     def audio_window_samples(self) -> int | None:
@@ -187,6 +199,7 @@ class SpeechLM(PreTrainedModel):
         stop_after_ctc: bool = False,
         window_batch_size: int | None = None,
         encoder_speech_lengths: torch.Tensor | None = None,
+        clip_targets: torch.Tensor | None = None,
     ) -> AudioState:
         """Audio -> the adapter chain's output: the one road from audio to LLM inputs.
 
@@ -204,7 +217,9 @@ class SpeechLM(PreTrainedModel):
         Inputs are moved to the encoder's device; the encoder output is cast to the adapters'
         dtype and device (a float16 encoder before float32 adapters). With ``stop_after_ctc``
         the chain stops after the first adapter that produces CTC logits (all a CTC-only stage
-        needs). Returns the final :class:`AudioState` (``embeds [B, N, D_llm]``, ``lengths [B]``
+        needs). ``clip_targets [B, K]`` (training): each row's class index per task of
+        :meth:`clip_classes` (column k: the k-th task), -100 where none; the adapters get them as
+        ``state.clip_targets``. Returns the final :class:`AudioState` (``embeds [B, N, D_llm]``, ``lengths [B]``
         audio tokens, CTC logits and aux losses if any) with ``encoder_lengths [B]`` (valid
         encoder frames, summed over windows) and ``num_windows [B]`` set.
         """
@@ -225,7 +240,18 @@ class SpeechLM(PreTrainedModel):
         else:
             state = _cached_state(encoder_embeds, encoder_lengths, encoder_speech_lengths)
             num_windows = torch.ones_like(state.lengths)
-        return self._run_chain(self._to_adapters(state), stop_after_ctc, num_windows)
+        state = self._to_adapters(state)
+        if clip_targets is not None:
+            state = state.replace(clip_targets=self._clip_target_columns(clip_targets, state.lengths.device))
+        return self._run_chain(state, stop_after_ctc, num_windows)
+
+    def _clip_target_columns(self, clip_targets: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """``clip_targets [B, K]`` -> task -> ``[B]``, by the column order of :meth:`clip_classes`."""
+        tasks = list(self.clip_classes())
+        if clip_targets.dim() != 2 or clip_targets.shape[1] != len(tasks):
+            raise InputError(f"clip_targets must be [B, {len(tasks)}] (one column per task of {tasks}), "
+                             f"got {tuple(clip_targets.shape)}")
+        return {task: clip_targets[:, k].to(device=device, dtype=torch.long) for k, task in enumerate(tasks)}
 
     def _encode_features(self, input_features: torch.Tensor, feature_lengths: torch.Tensor | None) -> AudioState:
         if feature_lengths is None:
@@ -307,6 +333,7 @@ class SpeechLM(PreTrainedModel):
         stop_after_ctc: bool = False,
         encoder_speech_lengths: torch.Tensor | None = None,
         lm_reduction: str = "token",
+        clip_targets: torch.Tensor | None = None,
     ) -> SpeechLMOutput:
         """Run the model and report every loss it can compute, unweighted.
 
@@ -325,6 +352,8 @@ class SpeechLM(PreTrainedModel):
         are shifted by one inside, as in a causal LM), and ``None`` without ``labels``; CTC and
         auxiliary losses are never part of it. ``lm_reduction="row"`` averages each row's tokens
         first, then the rows (:func:`~swv.model.losses.lm_loss`; a stage's ``lm_reduction``).
+        ``clip_targets [B_a, K]`` (one row per audio row): whole-clip labels for the adapters
+        that learn from them (:meth:`encode_audio`).
         """
         if run_backbone is None:
             run_backbone = input_ids is not None
@@ -332,14 +361,9 @@ class SpeechLM(PreTrainedModel):
             raise InputError("run_backbone=True needs input_ids")
         state = None
         if input_features is not None or encoder_embeds is not None:
-            state = self.encode_audio(
-                input_features,
-                feature_lengths,
-                encoder_embeds=encoder_embeds,
-                encoder_lengths=encoder_lengths,
-                stop_after_ctc=stop_after_ctc,
-                encoder_speech_lengths=encoder_speech_lengths,
-            )
+            state = self.encode_audio(input_features, feature_lengths, encoder_embeds=encoder_embeds,
+                                      encoder_lengths=encoder_lengths, stop_after_ctc=stop_after_ctc,
+                                      encoder_speech_lengths=encoder_speech_lengths, clip_targets=clip_targets)
         out = SpeechLMOutput()
         if state is not None:
             out.ctc_logits, out.ctc_lengths, out.keep_mask = state.ctc_logits, state.ctc_lengths, state.keep_mask

@@ -14,9 +14,7 @@ from typing import Literal
 import torch
 
 from swv.core.errors import InputError
-from swv.nn.state import lengths_to_mask
-
-IGNORE_INDEX = -100
+from swv.nn.state import IGNORE_INDEX, lengths_to_mask
 
 
 @dataclass

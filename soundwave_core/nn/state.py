@@ -8,6 +8,9 @@ import torch
 
 from swv.nn.vocab_logits import VocabLogits
 
+#: label value that no loss counts (Hugging Face's and torch's ``ignore_index``)
+IGNORE_INDEX = -100
+
 
 @dataclass
 class AudioState:
@@ -41,6 +44,9 @@ class AudioState:
         utterance_embeds: ``[B, D_llm]`` one vector per row that an adapter computed for the
             whole clip (the utterance adapter); at the end of the chain ``SpeechLM.encode_audio``
             puts it before the row's audio tokens (:meth:`with_utterance_token`). ``None``: none.
+        clip_targets: task -> ``[B]`` int64 class index of each row's label among the classes an
+            adapter declares for that task (``Adapter.clip_classes``), -100 where the row has no
+            label of that task. Set by ``SpeechLM.encode_audio`` in training; ``None``: no targets.
     """
 
     embeds: torch.Tensor
@@ -54,6 +60,7 @@ class AudioState:
     speech_lengths: torch.Tensor | None = None
     window_frames: int | None = None
     utterance_embeds: torch.Tensor | None = None
+    clip_targets: dict[str, torch.Tensor] | None = None
 
     def replace(self, **changes: object) -> AudioState:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -153,6 +153,7 @@ class StageRunner:
             skip_sources=skip,
             with_ctc_targets=self.stage.needs_ctc_targets,
             feature_cache=feature_cache,
+            clip_classes=model.clip_classes() if training else None,
         )
 
     def total_steps(self, batches_per_epoch: int) -> int:

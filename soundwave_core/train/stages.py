@@ -98,7 +98,8 @@ class Stage:
 
     def model_inputs(self, batch: dict) -> dict:
         """The collated ``batch``'s tensors this stage gives ``SpeechLM.forward``, plus what runs."""
-        keys = ["input_features", "feature_lengths", "encoder_embeds", "encoder_lengths", "encoder_speech_lengths"]
+        keys = ["input_features", "feature_lengths", "encoder_embeds", "encoder_lengths", "encoder_speech_lengths",
+                "clip_targets"]
         if self.needs_ctc_targets:
             keys += ["ctc_targets", "ctc_target_lengths"]
         if self.run_backbone:
