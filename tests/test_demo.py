@@ -573,3 +573,36 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert all(row[k] is not None for k in ("whisper_decoder", "ctc_after_stage1", "final_model")), condition
     assert set(head["labels"]) == {"pitch", "sex", "rate"}
     assert all(v["after"] is not None for v in head["labels"].values())
+
+
+@pytest.mark.parametrize("isa", ["AVX2", "avx2", "SSE41"])
+def test_kernels_limited_below_avx512_count_as_no_native_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, isa: str) -> None:
+    """The AVX2 emulation (``ONEDNN_MAX_CPU_ISA``) trains in float32 even on a CPU whose flags
+    have AVX512-BF16: bf16 on AVX2-limited kernels is the ~100x slower reference GEMM."""
+    from swv.demo import run
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags : fpu avx2 avx512f avx512_bf16 amx_bf16\n")
+    real_path = run.Path
+    monkeypatch.setattr(run, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert run.cpu_has_bf16() is False
+    cpuinfo.write_text("flags : fpu avx2\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert run.cpu_has_bf16() is False
+
+
+def test_native_bf16_needs_the_flag_and_avx512_kernels(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    from swv.demo import run
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags : fpu avx2 avx512f avx512_bf16\n")
+    real_path = run.Path
+    monkeypatch.setattr(run, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert run.cpu_has_bf16() is True
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert run.cpu_has_bf16() is False

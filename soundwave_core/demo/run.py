@@ -128,14 +128,21 @@ def _quiet_libraries() -> None:
 
 
 def cpu_has_bf16() -> bool:
-    """True when the CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX). Without it,
-    PyTorch falls back to a reference bf16 GEMM that is ~100x slower than float32 (measured on
-    an AVX2-only EPYC: one 256 x 576 x 49,153 CTC-head forward+backward 87 s vs 0.6 s)."""
+    """True when the CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX) and PyTorch may use
+    it. Without it, PyTorch falls back to a reference bf16 GEMM that is ~100x slower than float32
+    (measured on an AVX2-only EPYC: one 256 x 576 x 49,153 CTC-head forward+backward 87 s vs 0.6 s).
+    PyTorch's kernels limited to AVX2 or below (``ATEN_CPU_CAPABILITY``) or oneDNN's
+    (``ONEDNN_MAX_CPU_ISA``), as when emulating an older CPU, count as no native bf16."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    import torch
+
+    onednn_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return "AVX512" in torch.backends.cpu.get_cpu_capability() and (onednn_isa == "ALL" or onednn_isa.startswith(("AVX512", "AVX10", "AMX")))
 
 
 def precision_overrides(log: Callable[[str], None] = print) -> list[str]:
