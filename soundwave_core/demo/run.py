@@ -30,7 +30,10 @@ from swv.core.errors import UsageError
 
 #: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
 MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "sex": "train_sex.jsonl",
-             "rate": "train_rate.jsonl", "qa": "train_qa.jsonl", "dev": "dev_asr.jsonl"}
+             "rate": "train_rate.jsonl", "qa": "train_qa.jsonl", "dev": "dev_asr.jsonl", "reply": "train_reply.jsonl"}
+#: The data source whose manifest holds the base LLM's replies (:mod:`swv.demo.replies`), written
+#: after Stage I when a later stage trains on it.
+REPLY_SOURCE = "reply"
 #: Transcription conditions measured for every model and for Whisper's own decoder: the held-out
 #: set (training engines, unseen voices; the reported result), the out-of-engine dev split, and
 #: the same dev clips with reverberation and noise.
@@ -194,7 +197,8 @@ def load_model(export_dir: Path) -> Any:
 def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole demo; returns the results (also written to ``<run dir>/results.json``)."""
     _quiet_libraries()
-    from swv.demo.data import build_dataset
+    from swv.demo.data import QA_INSTRUCTIONS, build_dataset
+    from swv.demo.replies import write_reply_manifest
     from swv.demo.report import write_results
     from swv.demo.synth import EngineSynthesizer
     from swv.demo.text import load_demo_text
@@ -222,6 +226,9 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
         train(loaded, stage="alignment")
     with clock.phase("3c. after stage I: CTC WER, and the untrained LLM side"):
         results["before"] = measure_before(run_dir, items, text, log)
+    if any(REPLY_SOURCE in s.data.datasets for s in loaded.recipe.stages):
+        with clock.phase("3c2. the base LLM's replies to training transcripts"):
+            results["replies"] = write_reply_manifest(run_dir / "alignment" / "export", load_model, data_dir, QA_INSTRUCTIONS, log)
     with clock.phase("3d. stages II and III"):
         train(loaded, from_stage=stages[1])
     final = run_dir / stages[-1] / "export"
