@@ -23,14 +23,16 @@ With ``classes`` (``{task: [label, ...]}``), a linear classifier per task reads 
 the adapter reports the cross-entropy of the training rows' labels as the auxiliary loss
 ``clip_class`` (weigh it in a stage's ``losses:``): the vector is then taught to carry those
 labels directly, not only through the LLM's answers, which gave it a weak and noisy gradient in
-a batch of mixed tasks (docs/demo.md). The classifiers are not used at inference.
+a batch of mixed tasks (docs/demo.md). With ``lm_gradient: false`` the LLM's losses do not reach
+the projection at all, so the vector stays what the classifiers make of it and the LLM learns to
+read it. The classifiers are not used at inference.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from swv.adapters.base import Adapter
@@ -58,6 +60,20 @@ class UtteranceConfig(ComponentConfig):
             "on the vector, trained on the rows of that task through the auxiliary loss 'clip_class'"
         ),
     )
+
+    lm_gradient: bool = Field(
+        default=True,
+        description=(
+            "whether the LLM's losses train the projection; false: the LLM reads the vector detached, so "
+            "only the classifiers' loss 'clip_class' shapes it (needs classes)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _detached_needs_classes(self) -> UtteranceConfig:
+        if not self.lm_gradient and not self.classes:
+            raise ValueError("lm_gradient: false needs classes (nothing else would train the projection)")
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -127,6 +143,8 @@ class UtteranceAdapter(Adapter):
         loss = self.class_loss(vector, state.clip_targets or {})
         if loss is not None:
             aux[CLIP_CLASS_LOSS] = loss
+        if not self.config.lm_gradient:
+            vector = vector.detach()
         if state.utterance_embeds is not None:
             vector = vector + state.utterance_embeds
         return state.replace(utterance_embeds=vector, aux_losses=aux)

@@ -141,3 +141,26 @@ def test_a_stage_trains_the_classifiers_by_the_weight_of_clip_class(tmp_path: Pa
     assert len(logged) == 3 and all(np.isfinite(logged))
     weights = load_file(str(tmp_path / "run" / "labels" / "export" / "adapters" / "utterance.safetensors"))
     assert weights["classifiers.pitch.weight"].shape == (2, 64)
+
+
+def test_without_lm_gradient_only_the_classifiers_train_the_projection(model_config_factory) -> None:
+    """``lm_gradient: false``: a loss on the LLM's side of the vector leaves the projection without
+    a gradient, the classifiers' loss still reaches it; refused without classes."""
+    with pytest.raises(ValueError, match="lm_gradient: false needs classes"):
+        UtteranceConfig(lm_gradient=False)
+    chain = [{**CHAIN[0], "lm_gradient": False}, *CHAIN[1:]]
+    for detached in (True, False):
+        torch.manual_seed(0)
+        model = SpeechLM(model_config_factory(chain if detached else CHAIN)).train()
+        proj = model.adapters["utterance"].proj
+        embeds, lengths = torch.randn(4, 12, model.encoder.output_dim), torch.full((4,), 12)
+        state = model.encode_audio(encoder_embeds=embeds, encoder_lengths=lengths, stop_after_ctc=True)
+        assert state.utterance_embeds.requires_grad != detached
+        if not detached:
+            state.utterance_embeds.sum().backward()
+            assert proj.weight.grad is not None
+            proj.weight.grad = None
+        targets = torch.tensor([[0, 1], [1, 0], [0, 0], [1, 1]])
+        out = model(encoder_embeds=embeds, encoder_lengths=lengths, clip_targets=targets, run_backbone=False)
+        out.aux_losses[CLIP_CLASS_LOSS].backward()
+        assert proj.weight.grad is not None and bool(proj.weight.grad.abs().sum() > 0)
