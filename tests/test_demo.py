@@ -426,7 +426,7 @@ def test_plot_without_metrics(tmp_path: Path) -> None:
 # -- recipe and options wiring --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["demo", "demo-quick"])
 def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path) -> None:
-    from swv.demo.run import MANIFESTS, path_overrides
+    from swv.demo.run import MANIFESTS, REPLY_SOURCE, path_overrides
     from swv.recipes.loader import load_recipe
 
     overrides = path_overrides(tmp_path / "work dir", tmp_path / "w", tmp_path / "l")
@@ -440,6 +440,8 @@ def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path)
         assert spec.manifest.startswith(str((tmp_path / "work dir").resolve()))
     assert recipe.stages[0].losses == {"ctc": 1.0} and recipe.stages[1].losses == {"lm": 1.0}
     assert "lora" in recipe.stages[1].trainable and "lora" in recipe.stages[2].trainable
+    # behaviour alignment (swv.demo.replies): the base LLM's replies train Stages II and III
+    assert all(REPLY_SOURCE in s.data.datasets for s in recipe.stages[1:])
     # the variant beyond the paper (docs/demo.md): the LLM reads the CTC posterior's token embeddings
     shrinking = recipe.model.adapters[1].args()
     assert shrinking["posterior_embedding"] is True and shrinking["keep_blank_runs"] is False
