@@ -112,9 +112,11 @@ def test_adapters_that_disagree_on_a_task_are_refused(model_config_factory) -> N
         model.clip_classes()
 
 
-def test_a_stage_trains_the_classifiers_by_the_weight_of_clip_class(tmp_path: Path) -> None:
-    """A recipe stage with ``losses: {lm: 1.0, clip_class: 1.0}`` on label rows logs
-    ``clip_class_loss``, and the export carries the trained classifiers."""
+@pytest.mark.parametrize("losses", ["{lm: 1.0, clip_class: 1.0}", "{clip_class: 1.0}"])
+def test_a_stage_trains_the_classifiers_by_the_weight_of_clip_class(tmp_path: Path, losses: str) -> None:
+    """A recipe stage with ``clip_class`` in its ``losses:`` on label rows logs
+    ``clip_class_loss``, and the export carries the trained classifiers; with ``clip_class``
+    alone the LLM does not run (no ``lm_loss``)."""
     from swv.recipes.loader import load_recipe
     from swv.registry.plugins import default_registry
     from swv.train.train_recipe import train
@@ -132,13 +134,14 @@ def test_a_stage_trains_the_classifiers_by_the_weight_of_clip_class(tmp_path: Pa
     loaded = load_recipe("tiny", [
         f"output_dir={tmp_path / 'run'}", f"model.adapters={chain}",
         f"data.datasets={{pitch: {{manifest: {manifest}}}}}", "data.spec_augment.enabled=false",
-        "stages=[{name: labels, kind: sft, trainable: [adapters.utterance, lora], losses: {lm: 1.0, clip_class: 1.0},"
+        f"stages=[{{name: labels, kind: sft, trainable: [adapters.utterance], losses: {losses},"
         " optimizer: {lr: 1.0e-2}, batch_size: 4, max_steps: 3, log_every: 1, data: {datasets: [pitch]}}]",
     ], default_registry())
     train(loaded, stage="labels")
     records = [json.loads(line) for line in (tmp_path / "run" / "labels" / "metrics.jsonl").read_text().splitlines()]
     logged = [r["clip_class_loss"] for r in records if "clip_class_loss" in r]
     assert len(logged) == 3 and all(np.isfinite(logged))
+    assert any("lm_loss" in r for r in records) == ("lm" in losses)
     weights = load_file(str(tmp_path / "run" / "labels" / "export" / "adapters" / "utterance.safetensors"))
     assert weights["classifiers.pitch.weight"].shape == (2, 64)
 
