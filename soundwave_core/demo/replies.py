@@ -7,8 +7,10 @@ to read the question: after Stages II-III it answered "what is the capital of ge
 as its target what the base LLM says when it reads the clip's transcript as text, under the same
 instruction. Trained on those rows, the LoRA learns that the audio tokens stand for words the LLM
 should answer as it would answer the words, whatever they are (the self-distillation of
-BLSP, arXiv 2309.00916, and DeSTA2, arXiv 2409.20007). The replies come from the Stage I export,
-whose LoRA is still zero: the base LLM with the model's own system prompt and chat template.
+BLSP, arXiv 2309.00916, and DeSTA2, arXiv 2409.20007). The replies come from the recipe's model
+before any training (its LoRA is zero): the base LLM with the model's own system prompt and chat
+template. They are written before Stage I, since every data source of a recipe must exist when
+its first stage starts.
 
 Every question of the corpus (first word a question word) becomes a reply row, with the demo's
 question instructions, and every ``STATEMENT_EVERY``-th statement, with reply instructions. A reply is cut to its last complete sentence; a row whose
@@ -80,10 +82,11 @@ def reply_candidates(asr_rows: Sequence[dict[str, Any]], question_instructions: 
 @torch.no_grad()
 def base_replies(model: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16) -> list[str]:
     """The model's backbone (zero LoRA: the base LLM) replying, greedy, to each row's transcript
-    typed out followed by its instruction, as text without audio."""
+    typed out followed by its instruction, as text without audio (the model is put in eval mode)."""
     from swv.model.processor import SpeechLMProcessor
     from swv.model.stopping import left_pad
 
+    model.eval()
     processor = SpeechLMProcessor.from_model(model)
     replies: list[str] = []
     for i in range(0, len(rows), batch_size):
@@ -94,23 +97,24 @@ def base_replies(model: Any, rows: Sequence[dict[str, Any]], batch_size: int = 1
     return replies
 
 
-def write_reply_manifest(model_dir: Path, model_loader: Callable[[Path], Any], data_dir: Path, question_instructions: Sequence[str],
+def write_reply_manifest(model_loader: Callable[[], Any], identity: str, data_dir: Path, question_instructions: Sequence[str],
                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """``data_dir/train_reply.jsonl`` from ``data_dir/train_asr_sft.jsonl`` and the model at
-    ``model_dir`` (loaded with ``model_loader`` only when the file is not already there for the
-    same rows and model). Returns ``{"rows", "dropped", "questions", "reused"}``."""
+    """``data_dir/train_reply.jsonl`` from ``data_dir/train_asr_sft.jsonl`` and the model
+    ``model_loader()`` returns (called only when the file is not already there for the same rows
+    and model ``identity``, e.g. the LLM's config and the system prompt). Returns ``{"rows",
+    "dropped", "questions", "reused"}``."""
     from swv.data.manifest import read_manifest, write_manifest
 
     candidates = reply_candidates([r for _, r in read_manifest(data_dir / "train_asr_sft.jsonl")], question_instructions)
-    digest = hashlib.sha256(json.dumps([[r["id"], r["text"], r["instruction"]] for r in candidates]).encode()
-                            + (model_dir / "config.json").read_bytes()).hexdigest()[:16]
+    raw = json.dumps([[r["id"], r["text"], r["instruction"]] for r in candidates] + [identity, MAX_REPLY_TOKENS])
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:16]
     stamp, manifest = data_dir / "train_reply.json", data_dir / "train_reply.jsonl"
     if stamp.is_file() and manifest.is_file():
         old = json.loads(stamp.read_text())
         if old.get("fingerprint") == digest:
             log(f"replies: {old['rows']} reply rows already in {manifest}")
             return {**old, "reused": True}
-    replies = [complete_sentences(r) for r in base_replies(model_loader(model_dir), candidates)]
+    replies = [complete_sentences(r) for r in base_replies(model_loader(), candidates)]
     rows = [{**row, "response": reply} for row, reply in zip(candidates, replies) if reply]
     write_manifest(manifest, rows)
     summary = {"fingerprint": digest, "rows": len(rows), "dropped": len(candidates) - len(rows),

@@ -32,7 +32,7 @@ from swv.core.errors import UsageError
 MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "sex": "train_sex.jsonl",
              "rate": "train_rate.jsonl", "qa": "train_qa.jsonl", "dev": "dev_asr.jsonl", "reply": "train_reply.jsonl"}
 #: The data source whose manifest holds the base LLM's replies (:mod:`swv.demo.replies`), written
-#: after Stage I when a later stage trains on it.
+#: before training when a stage trains on it.
 REPLY_SOURCE = "reply"
 #: Transcription conditions measured for every model and for Whisper's own decoder: the held-out
 #: set (training engines, unseen voices; the reported result), the out-of-engine dev split, and
@@ -183,6 +183,21 @@ def build_feature_cache(loaded: Any, log: Callable[[str], None]) -> dict[str, An
     return {"available": True, "used": True, "encoded": new, "reused": old}
 
 
+def write_replies(loaded: Any, llm_dir: Path, data_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The ``reply`` source's manifest (:func:`swv.demo.replies.write_reply_manifest`) from the
+    recipe's untrained model (zero LoRA: the base LLM with the recipe's system prompt)."""
+    from functools import partial
+
+    from swv.demo.data import QA_INSTRUCTIONS
+    from swv.demo.replies import write_reply_manifest
+    from swv.train.runner import build_model
+
+    # tags=[]: the data sources' tags are not read (the reply manifest itself does not exist yet)
+    untrained = partial(build_model, loaded, None, tags=[])
+    identity = json.dumps([(llm_dir / "config.json").read_text(), loaded.recipe.model.system_prompt])
+    return write_reply_manifest(untrained, identity, data_dir, QA_INSTRUCTIONS, log)
+
+
 def load_model(export_dir: Path) -> Any:
     import torch
 
@@ -197,8 +212,7 @@ def load_model(export_dir: Path) -> Any:
 def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole demo; returns the results (also written to ``<run dir>/results.json``)."""
     _quiet_libraries()
-    from swv.demo.data import QA_INSTRUCTIONS, build_dataset
-    from swv.demo.replies import write_reply_manifest
+    from swv.demo.data import build_dataset
     from swv.demo.report import write_results
     from swv.demo.synth import EngineSynthesizer
     from swv.demo.text import load_demo_text
@@ -218,6 +232,9 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     run_dir = Path(loaded.recipe.output_dir)
     stages = [s.name for s in loaded.recipe.stages]
     items = evaluation_items(data_dir, options)
+    if any(REPLY_SOURCE in s.data.datasets for s in loaded.recipe.stages):
+        with clock.phase("2c. the base LLM's replies to training transcripts"):
+            results["replies"] = write_replies(loaded, llm_dir, data_dir, log)
     with clock.phase("2b. reference: Whisper tiny.en's own decoder"):
         results["reference"] = measure_reference(items["asr"], log)
     with clock.phase("3a. feature cache"):
@@ -226,9 +243,6 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
         train(loaded, stage="alignment")
     with clock.phase("3c. after stage I: CTC WER, and the untrained LLM side"):
         results["before"] = measure_before(run_dir, items, text, log)
-    if any(REPLY_SOURCE in s.data.datasets for s in loaded.recipe.stages):
-        with clock.phase("3c2. the base LLM's replies to training transcripts"):
-            results["replies"] = write_reply_manifest(run_dir / "alignment" / "export", load_model, data_dir, QA_INSTRUCTIONS, log)
     with clock.phase("3d. stages II and III"):
         train(loaded, from_stage=stages[1])
     final = run_dir / stages[-1] / "export"
