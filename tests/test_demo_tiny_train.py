@@ -20,10 +20,15 @@ class _Tones:
         return (0.3 * np.sin(2 * np.pi * (100 + voice.pitch + voice.rate) * t)).astype(np.float32)
 
 
-def test_demo_recipe_trains_every_stage_on_demo_manifests(tmp_path: Path, tiny_whisper_dir: Path, tiny_llama_dir: Path) -> None:
+def test_demo_recipe_trains_every_stage_on_demo_manifests(tmp_path: Path, tiny_whisper_dir: Path, tiny_llama_dir: Path,
+                                                           monkeypatch) -> None:
     from swv.core.metrics_log import step_records
-    from swv.demo.run import DemoOptions, build_feature_cache, load_demo_recipe
+    from swv.demo import replies
+    from swv.demo.run import DemoOptions, build_feature_cache, load_demo_recipe, write_replies
     from swv.train.train_recipe import train
+
+    monkeypatch.setattr(replies, "MAX_REPLY_TOKENS", 3)
+    monkeypatch.setattr(replies, "complete_sentences", lambda reply: reply or "(empty)")  # a random LLM ends no sentence
 
     text = load_demo_text()
     small = DemoText(text.train_sentences[:48], text.dev_sentences[:4], text.heldout_sentences[:4], text.train_questions[:4],
@@ -32,6 +37,7 @@ def test_demo_recipe_trains_every_stage_on_demo_manifests(tmp_path: Path, tiny_w
         'precision="no"', *(f"stages.{i}.{k}" for i in range(3) for k in ("max_steps=1", "batch_size=2", "log_every=1"))])
     build_dataset(tmp_path / f"data{options.suffix}", small, _Tones(), renditions=1, log=lambda _: None)
     loaded = load_demo_recipe(options, tiny_whisper_dir, tiny_llama_dir, log=lambda _: None)
+    write_replies(loaded, tiny_llama_dir, tmp_path / f"data{options.suffix}", log=lambda _: None)  # as swv demo does
     build_feature_cache(loaded, log=lambda _: None)
     train(loaded, stage="alignment")
     train(loaded, from_stage="shrinking")
@@ -41,4 +47,5 @@ def test_demo_recipe_trains_every_stage_on_demo_manifests(tmp_path: Path, tiny_w
         assert rows and all(np.isfinite(r["loss"]) for r in rows), stage
     assert (run_dir / "sft" / "export").is_dir()
     mixture = next(json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines() if '"mixture"' in line)
-    assert set(mixture["mixture"]) == {"asr_sft", "pitch", "sex", "rate", "qa"} and all(w > 0 for w in mixture["mixture"].values())
+    assert set(mixture["mixture"]) == {"asr_sft", "pitch", "sex", "rate", "qa", "reply"}
+    assert all(w > 0 for w in mixture["mixture"].values())
