@@ -28,12 +28,13 @@ from typing import Any
 
 from swv.core.errors import UsageError
 
-#: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset`.
-MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "sex": "train_sex.jsonl",
-             "rate": "train_rate.jsonl", "qa": "train_qa.jsonl", "dev": "dev_asr.jsonl", "reply": "train_reply.jsonl"}
 #: The data source whose manifest holds the base LLM's replies (:mod:`swv.demo.replies`), written
 #: before training when a stage trains on it.
 REPLY_SOURCE = "reply"
+#: Recipe dataset name -> manifest written by :func:`swv.demo.data.build_dataset` (the replies' by
+#: :func:`write_replies`).
+MANIFESTS = {"asr": "train_asr.jsonl", "asr_sft": "train_asr_sft.jsonl", "pitch": "train_pitch.jsonl", "sex": "train_sex.jsonl",
+             "rate": "train_rate.jsonl", "qa": "train_qa.jsonl", "dev": "dev_asr.jsonl", REPLY_SOURCE: "train_reply.jsonl"}
 #: Transcription conditions measured for every model and for Whisper's own decoder: the held-out
 #: set (training engines, unseen voices; the reported result), the out-of-engine dev split, and
 #: the same dev clips with reverberation and noise.
