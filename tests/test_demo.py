@@ -23,6 +23,7 @@ from swv.core.metrics_log import step_records
 from swv.core.plotting import plot_curves
 from swv.demo.ctc import collapse_ctc, greedy_ctc_ids, greedy_ctc_texts
 from swv.demo.data import (
+    DEV_QUESTION_RENDITIONS,
     EVAL_PROMPTS,
     LABEL_TASKS,
     PITCH_OPTIONS,
@@ -63,10 +64,11 @@ RUN_DEMO = os.environ.get("SWV_RUN_DEMO_TESTS") == "1"
 def test_shipped_text_is_disjoint_and_well_formed() -> None:
     text = load_demo_text()
     assert len(text.train_sentences) >= 5000 and len(text.dev_sentences) >= 200 and len(text.heldout_sentences) >= 30
-    assert len(text.train_questions) >= 40 and len(text.heldout_questions) >= 15
+    assert len(text.train_questions) >= 40 and len(text.heldout_questions) >= 15 and len(text.dev_questions) >= 20
     train = set(text.train_transcripts())
     assert not train & set(text.heldout_sentences) and not train & set(text.dev_sentences)
-    assert not train & {q.text for q in text.heldout_questions}
+    assert not train & {q.text for q in text.heldout_questions} and not train & {q.text for q in text.dev_questions}
+    assert not {q.text for q in text.heldout_questions} & {q.text for q in text.dev_questions}
     assert not set(text.dev_sentences) & set(text.heldout_sentences)
     # the corpus teaches English broadly: thousands of distinct words, everyday held-out text is covered
     vocabulary = {w for t in train for w in t.split()}
@@ -83,7 +85,7 @@ def test_shipped_text_is_disjoint_and_well_formed() -> None:
 
 def test_shipped_questions_are_answerable_by_their_own_answer() -> None:
     text = load_demo_text()
-    for question in (*text.train_questions, *text.heldout_questions):
+    for question in (*text.train_questions, *text.heldout_questions, *text.dev_questions):
         assert question.is_answered_by(question.answer), question
 
 
@@ -186,6 +188,7 @@ def _small_text() -> DemoText:
         heldout_sentences=("the dog sat on the bread",),
         train_questions=(Question("what colour is grass", "Grass is green.", ("green",)),),
         heldout_questions=(Question("what colour is snow", "Snow is white.", ("white",)),),
+        dev_questions=(Question("what colour is the dog", "The dog is brown.", ("brown",)),),
     )
 
 
@@ -200,15 +203,21 @@ def test_build_dataset_shapes(tmp_path: Path) -> None:
     synth = FakeSynthesizer()
     summary = build_dataset(tmp_path, text, synth, renditions=2, log=lambda _: None)
     clips = plan_clips(text, 2)
-    # corpus sentences once, the question twice, dev (clean and noisy) and held-out items once,
-    # plus the clean clips that make babble (training clips for training, dev clips for noisy dev)
-    assert len(clips) == 3 + 1 * 2 + 2 * 2 + 1 + 1
-    babble = sum(c.split == "train" and not c.augment for c in clips) * any(c.augment == "train" for c in clips) + 2
+    # corpus sentences once, the question twice, dev sentences (clean and noisy) and held-out items
+    # once, the dev question DEV_QUESTION_RENDITIONS times (clean only), plus the clean clips that
+    # make babble (training clips for training, dev clips for noisy dev)
+    assert len(clips) == 3 + 1 * 2 + 2 * 2 + 1 + 1 + DEV_QUESTION_RENDITIONS
+    babble = (sum(c.split == "train" and not c.augment for c in clips) * any(c.augment == "train" for c in clips)
+              + sum(c.split == "dev" and not c.augment for c in clips))
     assert len(synth.calls) == len(clips) + babble
     counts = summary["counts"]
     assert {k: v for k, v in counts.items() if k.split("_")[-1] not in LABEL_TASKS} == {
-        "train_asr": 5, "train_asr_sft": 3, "train_qa": 2, "dev_asr": 2, "dev_noisy_asr": 2, "heldout_asr": 1, "heldout_qa": 1}
-    assert sum(summary["clips"]["dev"].values()) == 4 and summary["clips"]["dev"][f"{DEV_ENGINE}/noisy"] == 2
+        "train_asr": 5, "train_asr_sft": 3, "train_qa": 2, "dev_asr": 2, "dev_noisy_asr": 2, "dev_qa": DEV_QUESTION_RENDITIONS,
+        "heldout_asr": 1, "heldout_qa": 1}
+    dev_qa = _jsonl(tmp_path / "dev_qa.jsonl")
+    assert {r["engine"] for r in dev_qa} == {DEV_ENGINE} and {r["augment"] for r in dev_qa} == {"clean"}
+    assert dev_qa[0]["keywords"] == ["brown"] and dev_qa[0]["instruction"] == EVAL_PROMPTS["qa"]
+    assert sum(summary["clips"]["dev"].values()) == 4 + DEV_QUESTION_RENDITIONS and summary["clips"]["dev"][f"{DEV_ENGINE}/noisy"] == 2
     for name, count in summary["counts"].items():
         rows = _jsonl(tmp_path / f"{name}.jsonl")
         assert len(rows) == count
@@ -400,9 +409,10 @@ def test_summary_has_every_condition_and_label() -> None:
         "mode": "quick", "timings_s": {"total": 90.0},
         "reference": {c: {"wer": 0.1} for c in CONDITIONS},
         "before": {"ctc": {"heldout": {"wer": 0.5}, "dev": {"wer": 0.6}}, "labels": {"pitch": {"accuracy": 0.0}, "sex": {"accuracy": 0.5}},
-                   "qa": {"accuracy": 0.25}, "text_qa_base": {"accuracy": 1.0}},
+                   "qa": {"accuracy": 0.25}, "dev_qa": {"accuracy": 0.125}, "text_qa_base": {"accuracy": 1.0},
+                   "text_qa_base_dev": {"accuracy": 0.75}},
         "after": {"ctc": {c: {"wer": 0.4} for c in CONDITIONS}, "asr": {"heldout": {"wer": 0.3, "overlong": 0}},
-                  "labels": {"pitch": {"accuracy": 0.75}, "rate": {"accuracy": 1.0}}},
+                  "labels": {"pitch": {"accuracy": 0.75}, "rate": {"accuracy": 1.0}}, "dev_qa": {"accuracy": 0.375}},
         "ablation": {"asr": {"heldout": {"wer": 0.32}}, "labels": {"pitch": {"accuracy": 0.5}}},
     }
     head = _summary(results)["headline"]
@@ -417,6 +427,8 @@ def test_summary_has_every_condition_and_label() -> None:
     assert head["pitch_accuracy_before"] == 0.0 and head["asr_wer_final"] == 0.3 and head["whisper_wer_heldout"] == 0.1
     text = _summary_text(results)
     assert "dev_noisy" in text and "pitch accuracy (held-out): 75.0% (acoustic path zeroed: 50.0%)" in text
+    assert head["spoken_qa_dev_accuracy_before"] == 0.125 and head["spoken_qa_dev_accuracy_after"] == 0.375
+    assert "dev questions 12.5% -> 37.5% (as text: 75.0%)" in text
 
 
 def test_plot_without_metrics(tmp_path: Path) -> None:

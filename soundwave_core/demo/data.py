@@ -9,13 +9,15 @@ Layout under ``<workdir>/data``::
     train_qa.jsonl       the question clips: "answer the question" -> answer
     dev_asr.jsonl        dev sentences spoken by the dev engine (never in training), clean
     dev_noisy_asr.jsonl  the same clips with reverberation and noise at 10-20 dB SNR
+    dev_qa.jsonl         dev questions spoken by the dev engine (for choosing; response, keywords)
     heldout_asr.jsonl    held-out sentences (training engines, unseen voices; the reported result)
     heldout_{pitch,sex,rate}.jsonl  held-out clips as classification items (label, options)
     heldout_qa.jsonl     held-out questions (response, keywords)
     data.json            what was built, from what (a rerun with the same inputs skips the work)
 
 Each corpus sentence is spoken once (``corpus_limit`` of them, or all), each training question
-``renditions`` times by different voices, dev and held-out items once (:func:`plan_voice`). Half
+``renditions`` times by different voices, each dev question :data:`DEV_QUESTION_RENDITIONS`
+times, dev sentences and held-out items once (:func:`plan_voice`). Half
 of the training clips (chosen by a hash of their id) go through :data:`TRAIN_AUGMENTATION`
 (:mod:`swv.dataprep.augment`: speed, synthetic reverberation, coloured or babble noise, gain),
 deterministically from the seed and the clip id. A label task only takes the clips whose engine
@@ -90,6 +92,8 @@ NOISY_AUGMENTATION = Augmentation(noise_prob=1.0, snr_db=(10.0, 20.0), reverb_pr
 AUGMENTATIONS = {"train": TRAIN_AUGMENTATION, "noisy": NOISY_AUGMENTATION}
 #: Clean clips of the same split whose voices make babble noise for an augmentation.
 BABBLE_POOL = 16
+#: Renditions of each dev question (the dev engine has two voices).
+DEV_QUESTION_RENDITIONS = 2
 
 
 @dataclass(frozen=True)
@@ -126,7 +130,8 @@ def _train_augment(clip_id: str, seed: int) -> str:
 def plan_clips(text: DemoText, renditions: int, seed: int = 0, corpus_limit: int | None = None) -> list[Clip]:
     """Every clip of the data set, in a fixed order: ``corpus_limit`` corpus sentences spread
     over the corpus (all with ``None``) once each, the training questions ``renditions`` times,
-    the dev and held-out items once, then a noisy copy of every dev clip."""
+    the dev sentences and held-out items once, the dev questions :data:`DEV_QUESTION_RENDITIONS`
+    times, then a noisy copy of every dev sentence clip."""
     clips: list[Clip] = []
     corpus = corpus_subset(text.train_sentences, corpus_limit)
     for n, (i, sentence) in enumerate(corpus):
@@ -138,6 +143,7 @@ def plan_clips(text: DemoText, renditions: int, seed: int = 0, corpus_limit: int
         ("dev", "sentence", text.dev_sentences, 1),
         ("heldout", "sentence", text.heldout_sentences, 1),
         ("heldout", "question", tuple(q.text for q in text.heldout_questions), 1),
+        ("dev", "question", tuple(q.text for q in text.dev_questions), DEV_QUESTION_RENDITIONS),
     ]
     for split, kind, items, count in groups:
         for i, item in enumerate(items):
@@ -145,7 +151,8 @@ def plan_clips(text: DemoText, renditions: int, seed: int = 0, corpus_limit: int
                 clip_id = f"{split}-{kind[0]}{i:04d}-{r}"
                 augmentation = _train_augment(clip_id, seed) if split == "train" else ""
                 clips.append(Clip(clip_id, split, kind, item, plan_voice(f"{split}-{kind}", i, r, seed), i, augmentation))
-    clips += [Clip(f"{c.id}-noisy", c.split, c.kind, c.text, c.voice, c.item, "noisy") for c in clips if c.split == "dev"]
+    clips += [Clip(f"{c.id}-noisy", c.split, c.kind, c.text, c.voice, c.item, "noisy") for c in clips
+              if c.split == "dev" and c.kind == "sentence"]
     return clips
 
 
@@ -213,17 +220,18 @@ def _label_rows(clip: Clip, base: dict[str, Any], n: int) -> dict[str, dict[str,
 
 def manifests(clips: list[Clip], durations: dict[str, float], text: DemoText) -> dict[str, list[dict[str, Any]]]:
     """The manifest records of every file, from the clips and their durations."""
-    names = ["train_asr", "train_asr_sft", "train_qa", "dev_asr", "dev_noisy_asr", "heldout_asr", "heldout_qa",
+    names = ["train_asr", "train_asr_sft", "train_qa", "dev_asr", "dev_noisy_asr", "dev_qa", "heldout_asr", "heldout_qa",
              *(f"{split}_{task}" for split in ("train", "heldout") for task in LABEL_TASKS)]
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    questions = {"train": text.train_questions, "heldout": text.heldout_questions}
+    questions = {"train": text.train_questions, "dev": text.dev_questions, "heldout": text.heldout_questions}
     for n, clip in enumerate(clips):
         base = _base(clip, durations[clip.id])
-        if clip.split == "dev":
+        if clip.split == "dev" and clip.kind == "sentence":
             name = "dev_noisy_asr" if clip.augment else "dev_asr"
             out[name].append({**base, "text": clip.text, "task": "asr", "instruction": EVAL_PROMPTS["asr"]})
             continue
-        for task, row in _label_rows(clip, base, n).items():
+        labels = _label_rows(clip, base, n) if clip.split != "dev" else {}  # dev: transcripts and questions only
+        for task, row in labels.items():
             out[f"{clip.split}_{task}"].append(row)
         if clip.kind == "question":
             question = questions[clip.split][clip.item]

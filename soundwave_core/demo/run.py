@@ -261,14 +261,29 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
 
 
 def evaluation_items(data_dir: Path, options: DemoOptions) -> dict[str, Any]:
-    """``{"asr": {condition: Items}, task: Items}`` for the label tasks and the questions
-    (held-out, ``options.limit`` items each) and the dev conditions (``options.dev_limit``)."""
+    """``{"asr": {condition: Items}, task: Items, "dev_qa": Items}`` for the label tasks and the
+    questions (held-out, ``options.limit`` items each), the dev conditions and the dev questions
+    (``options.dev_limit`` each)."""
     from swv.demo.data import LABEL_TASKS
     from swv.demo.evaluate import Items
 
     asr = {c: Items.load(data_dir / f, options.limit if c == "heldout" else options.dev_limit) for c, f in CONDITIONS.items()}
     tasks = {task: Items.load(data_dir / f"heldout_{task}.jsonl", options.limit) for task in (*LABEL_TASKS, "qa")}
-    return {"asr": asr, **tasks}
+    return {"asr": asr, **tasks, "dev_qa": Items.load(data_dir / "dev_qa.jsonl", options.dev_limit)}
+
+
+def _questions(text: Any) -> dict[str, Any]:
+    """Held-out and dev questions by their text."""
+    return {q.text: q for q in (*text.heldout_questions, *text.dev_questions)}
+
+
+def _spoken_qa(model_dir: Path, items: dict[str, Any], text: Any, eval_dir: Path, when: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """``{"qa": held-out, "dev_qa": dev}`` spoken question accuracy of ``model_dir`` (swv eval)."""
+    from swv.demo import evaluate as ev
+
+    return {key: _report(f"{what} spoken QA accuracy {when} (swv eval)",
+                         ev.qa_keyword_accuracy(model_dir, items[key], _questions(text), eval_dir / f"{when}-{key}"), log)
+            for key, what in (("qa", "held-out"), ("dev_qa", "dev"))}
 
 
 def measure_reference(conditions: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -297,16 +312,14 @@ def measure_before(run_dir: Path, items: dict[str, Any], text: Any, log: Callabl
     from swv.demo import evaluate as ev
 
     stage1, eval_dir = run_dir / "alignment" / "export", run_dir / "eval"
-    questions = {q.text: q for q in text.heldout_questions}
     model = load_model(stage1)
     out = {
         "ctc": {c: _report(f"{c} WER of the CTC head after stage I", ev.ctc_wer(model, i), log) for c, i in items["asr"].items()},
         "text_qa_base": _report("base LLM reading the held-out questions as text", ev.text_qa_accuracy(model, text.heldout_questions), log),
+        "text_qa_base_dev": _report("base LLM reading the dev questions as text", ev.text_qa_accuracy(model, text.dev_questions), log),
     }
     del model
-    out["qa"] = _report("spoken QA accuracy before stages II-III (swv eval)",
-                        ev.qa_keyword_accuracy(stage1, items["qa"], questions, eval_dir / "before-qa"), log)
-    return out
+    return {**out, **_spoken_qa(stage1, items, text, eval_dir, "before", log)}
 
 
 def measure_final(final: Path, eval_dir: Path, items: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
@@ -314,7 +327,6 @@ def measure_final(final: Path, eval_dir: Path, items: dict[str, Any], text: Any,
     label tasks and the questions."""
     from swv.demo import evaluate as ev
 
-    questions = {q.text: q for q in text.heldout_questions}
     model = load_model(final)
     out: dict[str, Any] = {"ctc": {c: _report(f"{c} WER of the final model's CTC head", ev.ctc_wer(model, i), log)
                                    for c, i in items["asr"].items()}}
@@ -322,8 +334,7 @@ def measure_final(final: Path, eval_dir: Path, items: dict[str, Any], text: Any,
     out["asr"] = {c: _report(f"{c} ASR WER of the final model", ev.eval_task(final, i, "asr", eval_dir / f"asr-{c}", 32), log)
                   for c, i in items["asr"].items()}
     out["labels"] = _label_accuracy(final, items, eval_dir, "after", log)
-    out["qa"] = _report("spoken QA accuracy after training", ev.qa_keyword_accuracy(final, items["qa"], questions, eval_dir / "qa"), log)
-    return out
+    return {**out, **_spoken_qa(final, items, text, eval_dir, "after", log)}
 
 
 def measure_ablation(final: Path, eval_dir: Path, items: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -401,7 +412,10 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
             "pitch_accuracy_after": pick(after, "labels", "pitch", "accuracy"),
             "spoken_qa_accuracy_before": pick(before, "qa", "accuracy"),
             "spoken_qa_accuracy_after": pick(after, "qa", "accuracy"),
+            "spoken_qa_dev_accuracy_before": pick(before, "dev_qa", "accuracy"),
+            "spoken_qa_dev_accuracy_after": pick(after, "dev_qa", "accuracy"),
             "text_qa_accuracy_base_llm": pick(before, "text_qa_base", "accuracy"),
+            "text_qa_dev_accuracy_base_llm": pick(before, "text_qa_base_dev", "accuracy"),
             "asr_wer_final_acoustic_path_zeroed": pick(ablation, "asr", "heldout", "wer"),
             "wer": wer,
             "labels": labels,
@@ -425,5 +439,7 @@ def _summary_text(results: dict[str, Any]) -> str:
                      f"{pct(row['acoustic_path_zeroed'])})")
     lines.append(f"spoken question answering: {pct(head['spoken_qa_accuracy_before'])} before -> "
                  f"{pct(head['spoken_qa_accuracy_after'])} after (base LLM reading the questions as text: "
-                 f"{pct(head['text_qa_accuracy_base_llm'])})")
+                 f"{pct(head['text_qa_accuracy_base_llm'])}); dev questions "
+                 f"{pct(head['spoken_qa_dev_accuracy_before'])} -> {pct(head['spoken_qa_dev_accuracy_after'])} "
+                 f"(as text: {pct(head['text_qa_dev_accuracy_base_llm'])})")
     return "\n".join(lines)

@@ -8,9 +8,10 @@ Files (``swv/assets/demo_text/``, all written for this project):
 * ``sentences_dev.txt``: sentences for choosing recipes and variants (never trained on, never
   reported as the held-out result).
 * ``sentences_heldout.txt``: the held-out sentences the demo reports.
-* ``questions_train.tsv`` / ``questions_heldout.tsv``: ``question<TAB>answer<TAB>keywords``; the
-  question is written as spoken, ``keywords`` are regular expressions separated by ``|``, any of
-  which in an answer counts as correct.
+* ``questions_train.tsv`` / ``questions_dev.tsv`` / ``questions_heldout.tsv``:
+  ``question<TAB>answer<TAB>keywords``; the question is written as spoken, ``keywords`` are regular
+  expressions separated by ``|``, any of which in an answer counts as correct. The dev questions
+  are for choosing (never trained on, never reported), like the dev sentences.
 
 Transcripts are lowercase ASCII words separated by single spaces (apostrophes inside words, as in
 "don't"; numbers spelled out); ``#`` lines are comments. The dev and held-out sentences come from
@@ -54,6 +55,7 @@ class DemoText:
     heldout_sentences: tuple[str, ...]
     train_questions: tuple[Question, ...]
     heldout_questions: tuple[Question, ...]
+    dev_questions: tuple[Question, ...] = ()
 
     def train_transcripts(self) -> list[str]:
         return [*self.train_sentences, *(q.text for q in self.train_questions)]
@@ -141,6 +143,7 @@ def load_demo_text(directory: Path | None = None) -> DemoText:
         heldout_sentences=read_sentences(directory / "sentences_heldout.txt"),
         train_questions=read_questions(directory / "questions_train.tsv"),
         heldout_questions=read_questions(directory / "questions_heldout.tsv"),
+        dev_questions=read_questions(directory / "questions_dev.tsv"),
     )
     every_train = text.train_transcripts()
     heldout_questions = [q.text for q in text.heldout_questions]
@@ -149,4 +152,7 @@ def load_demo_text(directory: Path | None = None) -> DemoText:
     check_disjoint(every_train, heldout_questions, "questions")
     check_disjoint(text.dev_sentences, text.heldout_sentences, "sentences (among the dev sentences)")
     check_disjoint(text.heldout_sentences, heldout_questions, "questions (among held-out sentences)")
+    dev_questions = [q.text for q in text.dev_questions]
+    check_disjoint(every_train, dev_questions, "questions", split="dev")
+    check_disjoint(heldout_questions, dev_questions, "questions (among the held-out questions)", split="dev")
     return text
