@@ -268,7 +268,7 @@ class Scheduler(Batcher):
 
 def _cost(job: Job) -> tuple[int, int]:
     """What a request costs to join: its audio samples, then its prompt tokens."""
-    return sum(len(clip.samples) for clip in job.request.waveforms), len(job.request.ids)
+    return job.request.audio_samples, len(job.request.ids)
 
 
 def _length_class(job: Job) -> int:
