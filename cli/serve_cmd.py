@@ -66,16 +66,22 @@ class Batching:
     scheduling: Annotated[str, typer.Option(
         "--scheduling", help="continuous: requests join and leave the running batch at token boundaries; "
         "window: a batch runs to completion.")] = limits.CONTINUOUS
+    prefill_audio_seconds: Annotated[float, typer.Option(
+        "--prefill-audio-seconds", help="Continuous scheduling: most seconds of newcomers' audio encoded and "
+        "prefilled between two decoding steps (a longer request alone; the others wait a step).")
+    ] = limits.PREFILL_AUDIO_SECONDS
 
     def __post_init__(self) -> None:
-        """A misspelt --scheduling is refused before the model loads."""
+        """A misspelt --scheduling or a non-positive --prefill-audio-seconds is refused before the model loads."""
         if self.scheduling not in limits.SCHEDULING:
             raise UsageError(f"--scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
+        if not self.prefill_audio_seconds > 0:  # NaN included
+            raise UsageError(f"--prefill-audio-seconds must be > 0, got {self.prefill_audio_seconds}")
 
     def settings_fields(self) -> dict[str, Any]:
         """The ServeSettings fields of these options."""
         return {"max_batch": self.max_batch, "batch_window_seconds": self.batch_window_ms / 1000,
-                "scheduling": self.scheduling}
+                "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """Per-token scheduling (swv.serve.scheduler, swv.infer.running) on a tiny random-init model,
 without HTTP: requests that join a running batch mid-answer get the greedy answers they get
 alone (and from the window batcher); a short request finishes while a long one still runs;
-stop strings, logprobs, seeds and cancellation work per row; a failing step fails its rows only."""
+stop strings, logprobs, seeds and cancellation work per row; a failing step fails its rows only;
+between two decoding steps at most ``prefill_audio_seconds`` of newcomers' audio is prefilled."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,8 @@ from swv.serve.scheduler import Scheduler
 
 SR = 16000
 LONG = 40
+#: RunningBatch.prefill itself (tests wrap it to record the prefills).
+REAL_PREFILL = RunningBatch.prefill
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +280,105 @@ def test_swv_serve_refuses_an_unknown_scheduling_before_loading_the_model(tmp_pa
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--scheduling", "paged"])
     assert isinstance(result.exception, UsageError)
     assert str(result.exception) == "--scheduling must be one of continuous, window, got 'paged'"
+
+
+Spec = tuple[list[dict], GenerationSettings, dict]
+
+
+def run_backlog(pipe: Pipeline, monkeypatch, budget: float, specs: list[Spec],
+                late: Spec | None = None) -> tuple[list[list], list[tuple[int, list[int]]]]:
+    """Queue one job per spec before a Scheduler with ``prefill_audio_seconds=budget`` starts (so
+    the first tick sees them all; ``late``: one more job, submitted during the first prefill). The
+    jobs' events, and every prefill as ``(decoding steps taken before it, its jobs' indices)``."""
+    scheduler = Scheduler(pipe, max_batch=8, window_seconds=0.0, max_context=2048, prefill_audio_seconds=budget)
+    prefills: list[tuple[int, list[int]]] = []
+    jobs: list[Job] = []
+    def prefill(batch: RunningBatch, prepared):
+        index = {id(job.request): i for i, job in enumerate(jobs)}
+        prefills.append((scheduler.steps, [index[id(request)] for request in prepared.requests]))
+        if late is not None and len(prefills) == 1:
+            scheduler.submit(jobs[-1])
+        return REAL_PREFILL(batch, prepared)
+
+    monkeypatch.setattr(RunningBatch, "prefill", prefill)
+
+    async def main() -> list[list]:
+        loop = asyncio.get_running_loop()
+        jobs.extend(Job(pipe.chat_request(m), s, loop, **kw) for m, s, kw in specs + ([late] if late else []))
+        for job in jobs[: len(specs)]:
+            scheduler.submit(job)
+        scheduler.start()
+        return list(await asyncio.gather(*(events_of(job) for job in jobs)))
+
+    try:
+        events = asyncio.run(main())
+    finally:
+        scheduler.close()
+    return events, prefills
+
+
+def test_a_prefill_budget_spreads_a_backlog_over_ticks_with_decoding_steps_between(pipe: Pipeline, monkeypatch) -> None:
+    seconds = [0.1] + [0.4] * 5 + [1.5]  # the first runs throughout; the last is longer than the budget
+    specs = [(conversation(s, 20 + i), settings(400 if i == 0 else LONG, no_repeat_ngram_size=0), {})
+             for i, s in enumerate(seconds)]
+    events, prefills = run_backlog(pipe, monkeypatch, 1.0, specs)
+    assert all(finished(e).completion_tokens >= 1 for e in events)
+    # prefills between the same two decoding steps belong to one tick: 4 ticks, each within the
+    # budget (cheapest first) but for the 1.5 s request, alone in its own
+    ticks: dict[int, list[float]] = {}
+    for steps, rows in prefills:
+        ticks.setdefault(steps, []).extend(seconds[i] for i in rows)
+    assert [sorted(audio) for audio in ticks.values()] == [[0.1, 0.4, 0.4], [0.4, 0.4], [0.4], [1.5]]
+
+
+def test_a_cheap_request_behind_a_backlog_is_prefilled_before_the_rest_of_it(pipe: Pipeline, monkeypatch) -> None:
+    monkeypatch.setattr(scheduler_module, "STARVATION_SECONDS", math.inf)  # a slow machine starves no one here
+    backlog = [(conversation(0.9, 30 + i), settings(LONG), {}) for i in range(4)]
+    cheap = (conversation(0.2, 34), settings(8), {})
+    events, prefills = run_backlog(pipe, monkeypatch, 1.0, backlog, late=cheap)
+    assert all(finished(e).completion_tokens >= 1 for e in events)
+    order = ["cheap" if rows == [len(backlog)] else f"backlog x{len(rows)}" for _, rows in prefills]
+    assert order == ["backlog x1", "cheap", "backlog x1", "backlog x1", "backlog x1"]
+
+
+def test_greedy_answers_do_not_depend_on_the_prefill_budget(pipe: Pipeline, monkeypatch) -> None:
+    specs = [(conversation(0.2 + 0.3 * i, 40 + i), settings(5 + 4 * i), {}) for i in range(5)]
+    answers, prefill_counts = [], []
+    for budget in (0.5, math.inf):
+        events, prefills = run_backlog(pipe, monkeypatch, budget, specs)
+        answers.append([(finished(e).text, finished(e).completion_tokens, finished(e).prompt_tokens) for e in events])
+        prefill_counts.append(len(prefills))
+    assert answers[0] == answers[1]
+    assert prefill_counts[0] > prefill_counts[1]  # the small budget did split the batch
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan])
+def test_a_non_positive_prefill_budget_is_refused(value: float) -> None:
+    from swv.core.errors import UsageError
+    from swv.serve.settings import ServeSettings
+
+    with pytest.raises(UsageError, match=f"^prefill_audio_seconds must be > 0, got {value}$"):
+        ServeSettings(model_id="m", max_context=64, prefill_audio_seconds=value)
+
+
+@pytest.mark.parametrize("value", ["0", "-2.5", "nan"])
+def test_swv_serve_refuses_a_non_positive_prefill_budget_before_loading_the_model(tmp_path: Path, value: str) -> None:
+    from typer.testing import CliRunner
+
+    from swv.cli.main import app
+    from swv.core.errors import UsageError
+
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--prefill-audio-seconds", value])
+    assert isinstance(result.exception, UsageError), result.output
+    assert str(result.exception) == f"--prefill-audio-seconds must be > 0, got {float(value)}"
+
+
+def test_the_app_passes_its_prefill_budget_to_the_scheduler(pipe: Pipeline) -> None:
+    from swv.serve import limits
+    from swv.serve.app import create_app
+    from swv.serve.settings import ServeSettings
+
+    assert create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher.prefill_audio_seconds \
+        == limits.PREFILL_AUDIO_SECONDS
+    budget = ServeSettings(model_id="m", max_context=64, prefill_audio_seconds=2.5)
+    assert create_app(pipe, budget).state.batcher.prefill_audio_seconds == 2.5

@@ -90,7 +90,7 @@ class Prepared:
 
     def seconds(self, sample_rate: int) -> list[float]:
         """Audio seconds of each request (its clips summed)."""
-        return [sum(len(w.samples) for w in r.waveforms) / sample_rate for r in self.requests]
+        return [r.audio_samples / sample_rate for r in self.requests]
 
     @property
     def prompt_tokens(self) -> list[int]:

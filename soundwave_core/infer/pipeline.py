@@ -170,6 +170,10 @@ class Pipeline:
         """Sample rate (Hz) the encoder expects; inputs are resampled to it."""
         return self.processor.sampling_rate
 
+    def audio_seconds(self, request: ChatRequest) -> float:
+        """Seconds of a request's audio (its clips together), known before it is encoded."""
+        return request.audio_samples / self.sample_rate
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device

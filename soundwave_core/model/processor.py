@@ -97,6 +97,12 @@ class ChatRequest:
     waveforms: list[Waveform]
     transcription: bool = False
 
+    @property
+    def audio_samples(self) -> int:
+        """Samples of all its clips together (at the encoder's rate): its audio length, known
+        before it is encoded."""
+        return sum(len(clip.samples) for clip in self.waveforms)
+
 
 class Answers(NamedTuple):
     """Decoded rows of generated ids: ``texts``; ``generated``, the tokens each row generated

@@ -42,9 +42,10 @@ log = logging.getLogger("swv.serve")
 def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
     """An app serving ``pipeline``; its worker thread (a :class:`Scheduler`, or with
     ``scheduling="window"`` a :class:`Batcher`) runs while the app is up."""
-    worker = Scheduler if settings.scheduling == limits.CONTINUOUS else Batcher
-    batcher = worker(pipeline, max_batch=settings.max_batch, window_seconds=settings.batch_window_seconds,
-                     max_context=settings.max_context)
+    shared = {"max_batch": settings.max_batch, "window_seconds": settings.batch_window_seconds,
+              "max_context": settings.max_context}
+    batcher = (Scheduler(pipeline, **shared, prefill_audio_seconds=settings.prefill_audio_seconds)
+               if settings.scheduling == limits.CONTINUOUS else Batcher(pipeline, **shared))
     app = FastAPI(title="swv serve", lifespan=_lifespan, docs_url=None, redoc_url=None)
     attach(app, pipeline, settings, batcher)
     add_access_controls(app, settings, form_paths=audio.FORM_PATHS)

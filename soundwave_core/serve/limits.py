@@ -33,3 +33,7 @@ MAX_REQUEST_ID_CHARS = 128
 CONTINUOUS = "continuous"
 WINDOW = "window"
 SCHEDULING = (CONTINUOUS, WINDOW)
+#: Continuous scheduling prefills at most this many seconds of newcomers' audio between two
+#: decoding steps (a single longer request alone), so that is the longest the running rows and
+#: the next newcomer wait for others' prefill (swv.serve.scheduler).
+PREFILL_AUDIO_SECONDS = 60.0

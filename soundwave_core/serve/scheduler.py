@@ -2,17 +2,21 @@
 token boundaries.
 
 The worker thread keeps one :class:`~swv.infer.running.RunningBatch` (the backbone's KV cache
-of every running request). Between two decoding steps it admits the requests that arrived
-(up to ``max_batch`` running at once; when idle it waits ``window_seconds`` for more, as the
-:class:`~swv.serve.batcher.Batcher` does): their audio is encoded and their prompts run
+of every running request) and loops over ticks. A tick admits waiting requests (when idle it
+first waits ``window_seconds`` for more, as the :class:`~swv.serve.batcher.Batcher` does): those
+that have waited ``STARVATION_SECONDS`` first, oldest first, then the cheapest (least audio, then
+fewest prompt tokens), as long as rows are free (``max_batch`` running at once) and their audio
+together stays within ``prefill_audio_seconds`` (the first always joins, so a request longer
+than the budget is prefilled alone in its tick). Their audio is encoded and their prompts run
 (prefill) as one batch per group of equal settings and similar audio length (within a factor of
-two: a prefill pads every row to its longest), and their rows join the cache. When more requests
-wait than there are free rows, the cheapest (least audio, then fewest prompt tokens) join first,
-and cheaper groups are prefilled first, so a short request is not queued behind long ones; those
-that have waited ``STARVATION_SECONDS`` go before all others, oldest first. Each step
-then feeds every running row its last token; a row leaves as soon as it is done (its stop
-token, its ``stop`` string, its token limit, or its client gone), so a short request that
-arrives while a long one generates waits one step and its own prefill, not the long answer.
+two: a prefill pads every row to its longest), cheaper groups first, and their rows join the
+cache. The others keep waiting. Then every running row takes one decoding step (it is fed its
+last token), and the next tick admits again, newcomers included: between two steps at most one
+budget of audio is prefilled, and a cheap request that arrives behind a backlog of long ones
+joins at the next tick (when a row is free), ahead of the backlog unless that has starved. A
+row leaves as soon as it is done (its stop token, its ``stop`` string, its token limit, or its
+client gone), so a short request that arrives while a long one generates waits for one step
+and one bounded prefill besides its own, not for the long answer.
 
 Why not transformers' continuous batching (``generate_batch``, ``init_continuous_batching``,
 ``ContinuousBatchingManager.add_request``): it takes prompts as token ids only, while swv's
@@ -47,6 +51,7 @@ from swv.core.errors import first_line
 from swv.infer.pipeline import Pipeline
 from swv.infer.running import RunningBatch
 from swv.infer.settings import GenerationSettings
+from swv.serve import limits
 from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_stop, send_text, token_entry
 
 __all__ = ["Scheduler"]
@@ -100,11 +105,14 @@ def _warpers(resolved: GenerationSettings, config: GenerationConfig) -> LogitsPr
 
 class Scheduler(Batcher):
     """A :class:`Batcher` whose requests join and leave the running batch at token boundaries
-    (see the module). ``steps`` counts decoding steps; ``batches_served`` the prefills. The
-    worker thread runs in ``torch.inference_mode``."""
+    (see the module). ``prefill_audio_seconds``: the most newcomers' audio prefilled between two
+    decoding steps (``math.inf``: no bound). ``steps`` counts decoding steps; ``batches_served``
+    the prefills. The worker thread runs in ``torch.inference_mode``."""
 
-    def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int) -> None:
+    def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int,
+                 prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
+        self.prefill_audio_seconds = prefill_audio_seconds
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
@@ -133,9 +141,9 @@ class Scheduler(Batcher):
                 self._step()
 
     def _admit(self) -> list[Job] | None:
-        """The requests that join now, cheapest first (see the module), up to ``max_batch`` rows:
-        when nothing runs or waits, the next one (blocking) and those arriving within the window;
-        otherwise from those already waiting. ``None``: the server closes and nothing runs."""
+        """The requests prefilled in this tick, cheapest first (see the module): when nothing runs
+        or waits, the next one (blocking) and those arriving within the window; otherwise from
+        those waiting (newcomers included). ``None``: the server closes and nothing runs."""
         if not self._rows and not self._waiting:
             if self._closing or (jobs := self._collect()) is None:
                 return None
@@ -149,11 +157,22 @@ class Scheduler(Batcher):
                 self._closing = True
             else:
                 self._waiting.append(job)
+        self._waiting = [job for job in self._waiting if not job.cancelled.is_set()]
         starved = time.monotonic() - STARVATION_SECONDS
         self._waiting.sort(key=lambda job: (0, job.queued_at) if job.queued_at <= starved else (1, *_cost(job)))
-        free = self.max_batch - len(self._rows)
-        jobs, self._waiting = self._waiting[:free], self._waiting[free:]
+        count = self._within_budget(self._waiting[: self.max_batch - len(self._rows)])
+        jobs, self._waiting = self._waiting[:count], self._waiting[count:]
         return sorted(jobs, key=_cost)
+
+    def _within_budget(self, jobs: list[Job]) -> int:
+        """How many of ``jobs`` (in order) are prefilled in this tick: while their audio together
+        stays within ``prefill_audio_seconds``, and the first in any case."""
+        total = 0.0
+        for count, job in enumerate(jobs):
+            total += self.pipeline.audio_seconds(job.request)
+            if count and total > self.prefill_audio_seconds:
+                return count
+        return len(jobs)
 
     def _generate(self, jobs: list[Job]) -> None:
         """Encode and prefill a group of newcomers; their rows join the batch and take their
@@ -268,7 +287,7 @@ class Scheduler(Batcher):
 
 def _cost(job: Job) -> tuple[int, int]:
     """What a request costs to join: its audio samples, then its prompt tokens."""
-    return sum(len(clip.samples) for clip in job.request.waveforms), len(job.request.ids)
+    return job.request.audio_samples, len(job.request.ids)
 
 
 def _length_class(job: Job) -> int:

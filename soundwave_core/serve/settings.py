@@ -22,7 +22,9 @@ class ServeSettings:
     boundaries, :class:`~swv.serve.scheduler.Scheduler`; at most ``max_batch`` run at once) or
     ``"window"`` (requests arriving within ``batch_window_seconds`` form a batch that runs to
     completion, :class:`~swv.serve.batcher.Batcher`); both wait ``batch_window_seconds`` for
-    company when idle.
+    company when idle. ``prefill_audio_seconds`` (continuous scheduling only, > 0) bounds the
+    newcomers' audio encoded and prefilled between two decoding steps (a single longer request is
+    prefilled alone); the others wait for the next step.
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it);
@@ -50,6 +52,7 @@ class ServeSettings:
     max_batch: int = 8
     batch_window_seconds: float = 0.01
     scheduling: str = limits.CONTINUOUS
+    prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS
@@ -80,8 +83,9 @@ class ServeSettings:
             raise UsageError(f"scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
         if self.max_context < 2:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
-        if self.body_timeout_seconds <= 0:
-            raise UsageError(f"body_timeout_seconds must be > 0, got {self.body_timeout_seconds}")
+        for name in ("body_timeout_seconds", "prefill_audio_seconds"):
+            if not getattr(self, name) > 0:  # NaN included
+                raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
                                              and self.api_key.strip() == self.api_key and self.api_key):
             raise UsageError("the API key must be non-empty printable ASCII without surrounding spaces")

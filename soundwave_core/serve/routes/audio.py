@@ -212,7 +212,7 @@ async def _answer(request: Request, form: _Form, settings: ServeSettings, batche
         finished = await finish(job)
     finally:
         job.cancelled.set()
-    seconds = sum(len(w.samples) for w in chat_request.waveforms) / pipeline.sample_rate
+    seconds = pipeline.audio_seconds(chat_request)
     metrics.served(finished.completion_tokens, seconds)
     resolved = pipeline.resolve(generation)
     return _render(form, finished, seconds, float(resolved.temperature or 0.0) if resolved.do_sample else 0.0)

@@ -56,7 +56,7 @@ async def chat_completions(
     batcher.submit(job)
     await started(job)
     ids = CompletionIds(settings.model_id)
-    audio_seconds = sum(len(clip.samples) for clip in job.request.waveforms) / pipeline.sample_rate
+    audio_seconds = pipeline.audio_seconds(job.request)
     served = partial(metrics.served, audio_seconds=audio_seconds)
     if params.stream:
         return StreamingResponse(_stream(job, ids, params.include_usage, served), media_type="text/event-stream",
