@@ -53,6 +53,11 @@ class AudioInfo:
     def seconds(self) -> float:
         return self.frames / self.sample_rate if self.sample_rate > 0 else 0.0
 
+    @property
+    def samples(self) -> int:
+        """The samples decoding produces before mixing to mono: ``frames`` x ``channels``."""
+        return self.frames * self.channels
+
 
 def _name(source: Any) -> str:
     if isinstance(source, (bytes, bytearray)):

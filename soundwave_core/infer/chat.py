@@ -74,26 +74,31 @@ class RequestLimits:
     max_total_seconds: float | None = None
     max_channels: int | None = None
 
-    def check(self, parsed: ParsedConversation, audio_token: str, max_duration: float | None = None) -> None:
+    def check(self, parsed: ParsedConversation, audio_token: str, max_duration: float | None = None) -> int:
         """Refuse a conversation over a limit; every clip's header is checked against
-        ``max_duration`` (seconds per clip) and :attr:`max_channels` on the way."""
+        ``max_duration`` (seconds per clip) and :attr:`max_channels` on the way. Returns the
+        samples decoding the clips will produce (frames x channels summed over the clips, from
+        their headers; an array clip, already decoded, counts none): the cost of decoding."""
         chars = sum(len(m["content"]) for m in parsed.messages) - len(parsed.audio) * len(audio_token)
         if self.max_text_chars is not None and chars > self.max_text_chars:
             raise InputError(f"messages: {chars} characters of text exceed the limit of {self.max_text_chars} per request")
         if self.max_clips is not None and len(parsed.audio) > self.max_clips:
             raise InputError(f"messages: {len(parsed.audio)} audio clips exceed the limit of {self.max_clips} per request")
         total = 0.0
+        samples = 0
         for part in parsed.audio:
             info = _header(part)
             if info is None:
                 continue
             check_info(info, part.where, max_duration, self.max_channels)
             total += info.seconds
+            samples += info.samples
         if self.max_total_seconds is not None and total > self.max_total_seconds:
             raise InputError(
                 f"messages: {total:.2f} s of audio in {len(parsed.audio)} clips exceed the limit of "
                 f"{self.max_total_seconds:g} s per request"
             )
+        return samples
 
 
 def _header(part: AudioPart) -> AudioInfo | None:

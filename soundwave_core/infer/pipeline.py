@@ -246,9 +246,32 @@ class Pipeline:
         ``input_audio`` parts (no file paths); ``limits`` bound the text, the clips, their
         channels and total duration (:class:`RequestLimits`), checked from the clips' headers
         before any clip is decoded or any text tokenized."""
-        parsed = parse_messages(messages, self.processor.audio_token, None if base_dir is None else Path(base_dir),
-                                local_audio=local_audio)
+        parsed = self.parse_conversation(messages, base_dir=base_dir, local_audio=local_audio)
         return self.parsed_request(parsed, max_duration=max_duration, limits=limits)
+
+    def parse_conversation(
+        self, messages: Any, *, base_dir: str | os.PathLike[str] | None = None, local_audio: bool = True
+    ) -> ParsedConversation:
+        """The first step of :meth:`chat_request`: the messages checked and rendered, their audio
+        parts collected (``input_audio`` bytes decoded from base64; no clip decoded)."""
+        return parse_messages(messages, self.processor.audio_token, None if base_dir is None else Path(base_dir),
+                              local_audio=local_audio)
+
+    def check_conversation(
+        self, parsed: ParsedConversation, *, max_duration: float | None = None, limits: RequestLimits | None = None
+    ) -> int:
+        """The second step: ``limits`` checked from the clips' headers (:meth:`RequestLimits.check`);
+        returns the samples decoding the clips will produce (frames x channels over the clips)."""
+        return (limits or RequestLimits()).check(parsed, self.processor.audio_token, max_duration)
+
+    def checked_request(
+        self, parsed: ParsedConversation, *, max_duration: float | None = None, max_channels: int | None = None
+    ) -> ChatRequest:
+        """The last step, for a conversation :meth:`check_conversation` passed: its clips decoded
+        (each header checked again against ``max_duration`` and ``max_channels`` by the decoder)
+        and its prompt tokenized."""
+        waveforms = [self._load_part(part, max_duration, max_channels) for part in parsed.audio]
+        return self.processor.chat_request(parsed.messages, waveforms)
 
     def parsed_request(
         self, parsed: ParsedConversation, *, max_duration: float | None = None, limits: RequestLimits | None = None
@@ -256,9 +279,8 @@ class Pipeline:
         """:meth:`chat_request` of an already parsed conversation (its bounds checked from the
         clips' headers first, then the clips decoded)."""
         limits = limits or RequestLimits()
-        limits.check(parsed, self.processor.audio_token, max_duration)
-        waveforms = [self._load_part(part, max_duration, limits.max_channels) for part in parsed.audio]
-        return self.processor.chat_request(parsed.messages, waveforms)
+        self.check_conversation(parsed, max_duration=max_duration, limits=limits)
+        return self.checked_request(parsed, max_duration=max_duration, max_channels=limits.max_channels)
 
     def _load_part(self, part: AudioPart, max_duration: float | None, max_channels: int | None) -> Waveform:
         return self.load(part.source, sample_rate=part.sample_rate, name=part.where, max_duration=max_duration,

@@ -24,9 +24,10 @@ transcript length bound of the clip. Bounds are the chat endpoint's: the body ca
 declared length, then while it is read; a text field is at most 1 MiB, Starlette's part
 limit) and the body deadline (408), one file (each field at most once), the clip's duration,
 channels and rate checked from its header before decoding, the text cap, decoding in the
-worker threads of ``--work-threads``. The access controls (API key, Origin and Host checks;
-``multipart/form-data`` is the one content type these routes take), request ids, metrics (the
-clip's seconds, the tokens generated) and the drain are every ``/v1`` route's.
+worker threads of ``--work-threads`` (cheapest first, :mod:`swv.serve.priority`). The access
+controls (API key, Origin and Host checks; ``multipart/form-data`` is the one content type these
+routes take), request ids, metrics (the clip's seconds, the tokens generated) and the drain are
+every ``/v1`` route's.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from dataclasses import replace
 from functools import partial
 from typing import Annotated, Any
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
@@ -56,6 +56,7 @@ from swv.serve.openai_api import (
     unknown_model,
 )
 from swv.serve.ops import REQUEST_ID
+from swv.serve.priority import PriorityLimiter
 from swv.serve.body import held_body
 from swv.serve.routes.chat import finish, started
 from swv.serve.routes.deps import BatcherDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
@@ -192,16 +193,18 @@ def _sampling(temperature: str | None) -> SamplingParams:
 
 
 async def _answer(request: Request, form: _Form, settings: ServeSettings, batcher: Batcher, pipeline: Pipeline,
-                  limiter: CapacityLimiter, metrics: Metrics) -> Response:
+                  limiter: PriorityLimiter, metrics: Metrics) -> Response:
     """Check the form, queue the request on the batcher, count what was served, render the answer."""
     sampling = form.check([name for name, _ in (await request.form()).multi_items()], settings)
     assert form.file is not None
     data = await form.file.read()
     if not data:
         raise RequestError(400, "file: the uploaded file is empty", param="file")
-    load = partial(_chat_request, pipeline, data, form.instruction(pipeline), settings)
-    chat_request = await to_thread.run_sync(load, limiter=limiter)
-    del data
+    async with limiter.slot() as slot:
+        parsed, samples = await slot.run(partial(_checked_upload, pipeline, data, form.instruction(pipeline), settings))
+        del data
+        await slot.requeue(samples)  # decoded cheapest-first (swv.serve.priority)
+        chat_request = await slot.run(partial(_decoded, pipeline, parsed, settings))
     generation = replace(settings.generation, max_new_tokens=settings.default_max_tokens, **sampling.sampling())
     verbose = form.response_format == "verbose_json"
     job = Job(chat_request, generation, asyncio.get_running_loop(), logprobs=0 if verbose else None,
@@ -218,20 +221,37 @@ async def _answer(request: Request, form: _Form, settings: ServeSettings, batche
     return _render(form, finished, seconds, float(resolved.temperature or 0.0) if resolved.do_sample else 0.0)
 
 
-def _chat_request(pipeline: Pipeline, data: bytes, instruction: str, settings: ServeSettings) -> ChatRequest:
-    """The upload and instruction as one transcription-like request (every bound of
-    :meth:`ServeSettings.request_limits` checked from the clip's header before it is decoded)."""
+def _checked_upload(pipeline: Pipeline, data: bytes, instruction: str,
+                    settings: ServeSettings) -> tuple[ParsedConversation, int]:
+    """The upload and instruction as one transcription-like conversation, every bound of
+    :meth:`ServeSettings.request_limits` checked from the clip's header (nothing decoded), and
+    the samples the clip decodes to."""
     token = pipeline.processor.audio_token
     try:
         text = checked_text(instruction, "prompt", token)
         parsed = ParsedConversation([{"role": "user", "content": f"{token}\n{text}"}], [AudioPart(data, None, "file")])
-        request = pipeline.parsed_request(parsed, max_duration=settings.max_audio_seconds,
-                                          limits=settings.request_limits())
+        samples = pipeline.check_conversation(parsed, max_duration=settings.max_audio_seconds,
+                                              limits=settings.request_limits())
     except SwvError as exc:
-        message = " ".join(str(exc).split()).replace("messages:", "file:")
-        param = message.split(":", 1)[0] if message.startswith(("file", "prompt")) else None
-        raise RequestError(400, message, param=param) from None
+        raise _file_error(exc) from None
+    return parsed, samples
+
+
+def _decoded(pipeline: Pipeline, parsed: ParsedConversation, settings: ServeSettings) -> ChatRequest:
+    """The checked upload decoded and its prompt tokenized, as a transcription request."""
+    try:
+        request = pipeline.checked_request(parsed, max_duration=settings.max_audio_seconds,
+                                           max_channels=settings.max_audio_channels)
+    except SwvError as exc:
+        raise _file_error(exc) from None
     return replace(request, transcription=True)
+
+
+def _file_error(exc: SwvError) -> RequestError:
+    """The 400 of a refused upload or prompt, naming the field."""
+    message = " ".join(str(exc).split()).replace("messages:", "file:")
+    param = message.split(":", 1)[0] if message.startswith(("file", "prompt")) else None
+    return RequestError(400, message, param=param)
 
 
 def _render(form: _Form, finished: Finished, seconds: float, temperature: float) -> Response:

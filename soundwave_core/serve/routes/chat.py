@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import NamedTuple
 
-from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from swv.core.errors import InputError, SwvError
+from swv.infer.chat import ParsedConversation
 from swv.infer.pipeline import Pipeline
+from swv.infer.settings import GenerationSettings
 from swv.serve.batcher import Delta, Failed, Finished, Job, Started
 from swv.serve.openai_api import (
     ChatCompletionParams,
@@ -27,6 +29,7 @@ from swv.serve.openai_api import (
 )
 from swv.serve.ops import REQUEST_ID
 from swv.serve.body import held_body
+from swv.serve.priority import Slot
 from swv.serve.routes.deps import BatcherDep, BodyBudgetDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
@@ -45,14 +48,12 @@ async def chat_completions(
     presence/frequency penalties are refused (see :class:`~swv.serve.openai_api.ChatCompletionParams`).
     The body is held in the server's :class:`~swv.serve.body.BodyBudget` until the request is
     queued or refused."""
-    async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body:
-        params = await to_thread.run_sync(partial(parse_params, body, settings.max_json_depth,
-                                                  settings.max_json_structure_bytes, settings.max_text_chars),
-                                          limiter=limiter)
+    async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body, \
+            limiter.slot() as slot:
+        checked = await slot.run(partial(_checked, body, settings, pipeline))
         del body
-        if params.model != settings.model_id:
-            raise unknown_model(params.model)
-        job = await _submit(params, settings, pipeline, limiter)
+        params = checked.params
+        job = await _submit(checked, settings, pipeline, slot)
     batcher.submit(job)
     await started(job)
     ids = CompletionIds(settings.model_id)
@@ -70,22 +71,53 @@ async def chat_completions(
                                        finished.completion_tokens, finished.logprobs))
 
 
-async def _submit(params: ChatCompletionParams, settings: ServeSettings, pipeline: Pipeline,
-                  limiter: CapacityLimiter) -> Job:
-    """The batcher's job for a request: its settings over the server's, its audio decoded and its
-    prompt tokenized in a worker thread (at most ``limiter``'s number at once), every bound of
-    :meth:`ServeSettings.request_limits` checked first."""
+class _Checked(NamedTuple):
+    """A request read in a worker thread, before its audio is decoded: its parameters, its
+    generation settings, its parsed conversation and the samples its clips decode to."""
+
+    params: ChatCompletionParams
+    generation: GenerationSettings
+    parsed: ParsedConversation
+    samples: int
+
+
+def _checked(body: bytes, settings: ServeSettings, pipeline: Pipeline) -> _Checked:
+    """The body parsed, its model and settings checked, its messages parsed and its clips'
+    headers checked against every bound of :meth:`ServeSettings.request_limits` (nothing decoded)."""
+    params = parse_params(body, settings.max_json_depth, settings.max_json_structure_bytes, settings.max_text_chars)
+    if params.model != settings.model_id:
+        raise unknown_model(params.model)
     try:
         generation = params.settings(settings.default_max_tokens, settings.generation)
-        load = partial(pipeline.chat_request, params.messages, max_duration=settings.max_audio_seconds,
-                       local_audio=False, limits=settings.request_limits())
-        chat_request = await to_thread.run_sync(load, limiter=limiter)
-    except InputError as exc:
-        raise input_error(exc) from None
+        parsed = pipeline.parse_conversation(params.messages, local_audio=False)
+        samples = pipeline.check_conversation(parsed, max_duration=settings.max_audio_seconds,
+                                              limits=settings.request_limits())
     except SwvError as exc:
-        raise RequestError(400, " ".join(str(exc).split())) from None
-    return Job(chat_request, generation, asyncio.get_running_loop(), params.stop_sequences, params.logprob_count,
-               request_id=REQUEST_ID.get())
+        raise _refusal(exc) from None
+    return _Checked(params, generation, parsed, samples)
+
+
+def _refusal(exc: SwvError) -> RequestError:
+    """The 400 of a request whose messages or settings are refused."""
+    if isinstance(exc, InputError):
+        return input_error(exc)
+    return RequestError(400, " ".join(str(exc).split()))
+
+
+async def _submit(checked: _Checked, settings: ServeSettings, pipeline: Pipeline, slot: Slot) -> Job:
+    """The batcher's job for a checked request: its audio decoded and its prompt tokenized in a
+    worker thread, once ``slot`` is granted again at the request's decoding cost (the samples of
+    its clips: cheapest first, see :class:`~swv.serve.priority.PriorityLimiter`)."""
+    await slot.requeue(checked.samples)
+    load = partial(pipeline.checked_request, checked.parsed, max_duration=settings.max_audio_seconds,
+                   max_channels=settings.max_audio_channels)
+    try:
+        chat_request = await slot.run(load)
+    except SwvError as exc:
+        raise _refusal(exc) from None
+    params = checked.params
+    return Job(chat_request, checked.generation, asyncio.get_running_loop(), params.stop_sequences,
+               params.logprob_count, request_id=REQUEST_ID.get())
 
 
 async def started(job: Job) -> None:

@@ -1,6 +1,7 @@
 """The objects every route shares, kept on ``app.state`` by :func:`attach` and handed to the
 handlers as FastAPI dependencies (``BatcherDep``, ``PipelineDep``, ``SettingsDep``,
-``ModelCardDep``, ``LimiterDep``: the worker threads that parse, decode and tokenize requests;
+``ModelCardDep``, ``LimiterDep``: the worker threads that parse, decode and tokenize requests,
+granted cheapest-first (:class:`~swv.serve.priority.PriorityLimiter`);
 ``BodyBudgetDep``: the request bodies held in memory at once;
 ``MetricsDep``: the app's Prometheus metrics). ``app.state.drain`` is the server's drain state."""
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from anyio import CapacityLimiter
 from fastapi import Depends, FastAPI, Request
 
 from swv.infer.pipeline import Pipeline
@@ -18,6 +18,7 @@ from swv.serve.body import BodyBudget
 from swv.serve.metrics import Metrics
 from swv.serve.openai_api import model_card
 from swv.serve.ops import Drain
+from swv.serve.priority import PriorityLimiter
 from swv.serve.settings import ServeSettings
 
 
@@ -27,7 +28,7 @@ def attach(app: FastAPI, pipeline: Pipeline, settings: ServeSettings, batcher: B
     app.state.settings = settings
     app.state.batcher = batcher
     app.state.model_card = model_card(settings.model_id, int(time.time()))
-    app.state.limiter = CapacityLimiter(settings.work_threads)
+    app.state.limiter = PriorityLimiter(settings.work_threads)
     app.state.body_budget = BodyBudget(settings.body_buffer_bytes)
     app.state.metrics = Metrics(lambda: batcher.pending)
     app.state.drain = Drain()
@@ -49,7 +50,7 @@ def get_model_card(request: Request) -> dict[str, Any]:
     return request.app.state.model_card
 
 
-def get_limiter(request: Request) -> CapacityLimiter:
+def get_limiter(request: Request) -> PriorityLimiter:
     return request.app.state.limiter
 
 
@@ -65,6 +66,6 @@ PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 SettingsDep = Annotated[ServeSettings, Depends(get_settings)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
 ModelCardDep = Annotated[dict[str, Any], Depends(get_model_card)]
-LimiterDep = Annotated[CapacityLimiter, Depends(get_limiter)]
+LimiterDep = Annotated[PriorityLimiter, Depends(get_limiter)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BodyBudgetDep = Annotated[BodyBudget, Depends(get_body_budget)]
