@@ -21,7 +21,7 @@ import soundfile as sf
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from swv.serve import scheduler  # noqa: E402
+from swv.serve import limits  # noqa: E402
 from swv.serve.priority import PriorityLimiter  # noqa: E402
 
 
@@ -73,10 +73,10 @@ def test_equal_costs_go_in_arrival_order() -> None:
 def test_a_starved_waiter_goes_first() -> None:
     now = [0.0]
     limiter = PriorityLimiter(1, clock=lambda: now[0])
-    assert limiter.starvation_seconds == scheduler.STARVATION_SECONDS  # the scheduler's bound, not a copy
+    assert limiter.starvation_seconds == limits.STARVATION_SECONDS  # the scheduler's bound, not a copy
 
     def later() -> None:
-        now[0] = 1.0 + scheduler.STARVATION_SECONDS  # "old" and "older" have starved, "new" has not
+        now[0] = 1.0 + limits.STARVATION_SECONDS  # "old" and "older" have starved, "new" has not
 
     async def scenario() -> list[str]:
         order: list[str] = []

@@ -21,7 +21,7 @@ from swv.infer.running import RunningBatch
 from swv.infer.settings import GenerationSettings
 from swv.model.speechlm import SpeechLM
 from swv.serve.batcher import Batcher, Delta, Failed, Finished, Job, Started
-from swv.serve import scheduler as scheduler_module
+from swv.serve import limits as serve_limits
 from swv.serve.scheduler import Scheduler
 
 SR = 16000
@@ -159,7 +159,7 @@ def finish_order(worker, pipe: Pipeline, specs: list[tuple[str, float, int]], ga
 @pytest.mark.parametrize("starvation, expected", [(5.0, ["running", "short", "long"]), (0.0, ["running", "long", "short"])])
 def test_the_cheapest_waiting_request_joins_first_unless_one_starves(pipe: Pipeline, monkeypatch, starvation: float,
                                                                      expected: list[str]) -> None:
-    monkeypatch.setattr(scheduler_module, "STARVATION_SECONDS", starvation)
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", starvation)
     worker = make(Scheduler, pipe, max_batch=1)
     try:
         specs = [("running", 0.5, LONG), ("long", 3.0, 2), ("short", 0.3, 2)]
@@ -332,7 +332,7 @@ def test_a_prefill_budget_spreads_a_backlog_over_ticks_with_decoding_steps_betwe
 
 
 def test_a_cheap_request_behind_a_backlog_is_prefilled_before_the_rest_of_it(pipe: Pipeline, monkeypatch) -> None:
-    monkeypatch.setattr(scheduler_module, "STARVATION_SECONDS", math.inf)  # a slow machine starves no one here
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)  # a slow machine starves no one here
     backlog = [(conversation(0.9, 30 + i), settings(LONG), {}) for i in range(4)]
     cheap = (conversation(0.2, 34), settings(8), {})
     events, prefills = run_backlog(pipe, monkeypatch, 1.0, backlog, late=cheap)

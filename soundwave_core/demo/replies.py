@@ -41,9 +41,13 @@ QUESTION_WORDS = frozenset(
     "have has may might".split()
 )
 #: Every ``STATEMENT_EVERY``-th statement among the training transcripts becomes a reply row (each
-#: reply costs the base LLM ~0.2 s on 2 cores when the data is built).
+#: reply costs the base LLM ~0.3 s on 2 cores when the data is built).
 STATEMENT_EVERY = 12
 MAX_REPLY_TOKENS = 40
+#: Replies generated at once: 0.43 s a reply at 16, 0.32 at 32, 0.28 at 48, 0.25 at 96 (96 replies,
+#: the demo's Stage I export, 2 idle cores in float32, 2026-12-07); left padding costs little
+#: because most replies run to MAX_REPLY_TOKENS.
+REPLY_BATCH_SIZE = 64
 SENTENCE_ENDS = ".!?"
 
 
@@ -80,7 +84,7 @@ def reply_candidates(asr_rows: Sequence[dict[str, Any]], question_instructions: 
 
 
 @torch.no_grad()
-def base_replies(model: Any, rows: Sequence[dict[str, Any]], batch_size: int = 16) -> list[str]:
+def base_replies(model: Any, rows: Sequence[dict[str, Any]], batch_size: int = REPLY_BATCH_SIZE) -> list[str]:
     """The model's backbone (zero LoRA: the base LLM) replying, greedy, to each row's transcript
     typed out followed by its instruction, as text without audio (the model is put in eval mode)."""
     from swv.model.processor import SpeechLMProcessor

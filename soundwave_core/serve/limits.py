@@ -37,3 +37,7 @@ SCHEDULING = (CONTINUOUS, WINDOW)
 #: decoding steps (a single longer request alone), so that is the longest the running rows and
 #: the next newcomer wait for others' prefill (swv.serve.scheduler).
 PREFILL_AUDIO_SECONDS = 60.0
+#: A request that has waited this many seconds (for a row in the running batch, or for a worker
+#: thread to decode its audio) goes before cheaper ones, oldest first (swv.serve.scheduler,
+#: swv.serve.priority).
+STARVATION_SECONDS = 5.0

@@ -6,7 +6,7 @@ decode queue behind every heavy one that arrived before it (minutes of many-chan
 decode, downmix and resample), so it waits for all of them. The limiter here grants a free slot
 to the waiter with the lowest cost (the samples its audio decodes to; work whose cost is not known
 yet, such as parsing a body, costs 0), ties in arrival order, except that a waiter that has waited
-longer than the scheduler's starvation bound (:data:`~swv.serve.scheduler.STARVATION_SECONDS`)
+longer than the scheduler's starvation bound (:data:`~swv.serve.limits.STARVATION_SECONDS`)
 goes first, oldest first, so expensive requests are still served under a stream of cheap ones:
 the same policy as the generation scheduler's. A request takes a slot at cost 0 to parse its
 body and read its clips' headers, then gives it up and queues again at its decoding cost
@@ -33,7 +33,7 @@ from typing import TypeVar
 import anyio
 from anyio import CapacityLimiter, to_thread
 
-from swv.serve.scheduler import STARVATION_SECONDS
+from swv.serve.limits import STARVATION_SECONDS
 
 __all__ = ["PriorityLimiter", "Slot"]
 

@@ -4,7 +4,7 @@ token boundaries.
 The worker thread keeps one :class:`~swv.infer.running.RunningBatch` (the backbone's KV cache
 of every running request) and loops over ticks. A tick admits waiting requests (when idle it
 first waits ``window_seconds`` for more, as the :class:`~swv.serve.batcher.Batcher` does): those
-that have waited ``STARVATION_SECONDS`` first, oldest first, then the cheapest (least audio, then
+that have waited ``limits.STARVATION_SECONDS`` first, oldest first, then the cheapest (least audio, then
 fewest prompt tokens), as long as rows are free (``max_batch`` running at once) and their audio
 together stays within ``prefill_audio_seconds`` (the first always joins, so a request longer
 than the budget is prefilled alone in its tick). Their audio is encoded and their prompts run
@@ -60,8 +60,6 @@ log = logging.getLogger("swv.serve")
 
 #: transformers' ``top_k`` when neither the request nor the model's generation config sets one.
 TRANSFORMERS_TOP_K = 50
-#: A request that has waited this many seconds for a row joins before cheaper ones.
-STARVATION_SECONDS = 5.0
 
 
 @dataclass
@@ -158,7 +156,7 @@ class Scheduler(Batcher):
             else:
                 self._waiting.append(job)
         self._waiting = [job for job in self._waiting if not job.cancelled.is_set()]
-        starved = time.monotonic() - STARVATION_SECONDS
+        starved = time.monotonic() - limits.STARVATION_SECONDS
         self._waiting.sort(key=lambda job: (0, job.queued_at) if job.queued_at <= starved else (1, *_cost(job)))
         count = self._within_budget(self._waiting[: self.max_batch - len(self._rows)])
         jobs, self._waiting = self._waiting[:count], self._waiting[count:]
