@@ -194,8 +194,9 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> int
 def chunked(port: int) -> int:
     """A chunked body without Content-Length that never ends: sent until the server answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=900) as conn:
-        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        # a Host the loopback allow-list accepts: otherwise the request is refused before its body
+        conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                     + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
         try:
             while not select.select([conn], [], [], 0)[0]:

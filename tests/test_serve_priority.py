@@ -38,22 +38,29 @@ def _run(scenario: Callable[[], Awaitable[list]]) -> list:
     return asyncio.run(scenario())
 
 
-async def _granted_order(limiter: PriorityLimiter, waiters: list[tuple[str, int]],
-                         before_release: Callable[[], None] = lambda: None) -> list[str]:
-    """Hold the limiter's only slot, queue ``waiters`` (label, cost) one after the other, release:
-    the labels in the order their slots were granted."""
-    order: list[str] = []
+def _recording(limiter: PriorityLimiter, order: list[str]) -> Callable[[str, int], Awaitable[None]]:
+    """A waiter that appends its label to ``order`` once it holds a slot of cost ``cost``."""
 
     async def waiter(label: str, cost: int) -> None:
         async with limiter.slot(cost):
             order.append(label)
 
+    return waiter
+
+
+async def _granted_order(limiter: PriorityLimiter, waiters: list[tuple[str, int]],
+                         after_queued: Callable[[str], object] = lambda label: None) -> list[str]:
+    """Hold the limiter's only slot, queue ``waiters`` (label, cost) one after the other (calling
+    ``after_queued(label)`` once each is queued), release: the labels in the order their slots
+    were granted."""
+    order: list[str] = []
+    waiter = _recording(limiter, order)
     await limiter.acquire()
     tasks = []
     for count, (label, cost) in enumerate(waiters, 1):
         tasks.append(asyncio.create_task(waiter(label, cost)))
         await _until(lambda: limiter.waiting == count)
-    before_release()
+        after_queued(label)
     limiter.release()
     await asyncio.gather(*tasks)
     assert limiter.borrowed == 0 and limiter.waiting == 0
@@ -78,74 +85,33 @@ def test_a_starved_waiter_goes_first() -> None:
     def later() -> None:
         now[0] = 1.0 + limits.STARVATION_SECONDS  # "old" and "older" have starved, "new" has not
 
-    async def scenario() -> list[str]:
-        order: list[str] = []
-
-        async def waiter(label: str, cost: int) -> None:
-            async with limiter.slot(cost):
-                order.append(label)
-
-        await limiter.acquire()
-        older = asyncio.create_task(waiter("older", 90))
-        await _until(lambda: limiter.waiting == 1)
-        old = asyncio.create_task(waiter("old", 50))
-        await _until(lambda: limiter.waiting == 2)
-        later()
-        new = asyncio.create_task(waiter("new", 1))
-        await _until(lambda: limiter.waiting == 3)
-        limiter.release()
-        await asyncio.gather(older, old, new)
-        return order
-
-    assert _run(scenario) == ["older", "old", "new"]
+    waiters = [("older", 90), ("old", 50), ("new", 1)]
+    order = _run(lambda: _granted_order(limiter, waiters, after_queued=lambda label: label == "old" and later()))
+    assert order == ["older", "old", "new"]
 
 
-def test_a_cancelled_waiter_takes_no_slot_and_is_skipped() -> None:
+@pytest.mark.parametrize("granted_first", [False, True], ids=["cancelled-while-waiting", "cancelled-as-granted"])
+def test_a_cancelled_waiter_takes_no_slot_and_is_skipped(granted_first: bool) -> None:
+    """A waiter cancelled while it waits leaves the queue; one cancelled after the slot was
+    granted to it but before it resumed hands the slot on. Either way the next waiter runs."""
     limiter = PriorityLimiter(1)
 
     async def scenario() -> list[str]:
         order: list[str] = []
-
-        async def waiter(label: str, cost: int) -> None:
-            async with limiter.slot(cost):
-                order.append(label)
-
+        waiter = _recording(limiter, order)
         await limiter.acquire()
         gone = asyncio.create_task(waiter("gone", 1))
         await _until(lambda: limiter.waiting == 1)
         kept = asyncio.create_task(waiter("kept", 5))
         await _until(lambda: limiter.waiting == 2)
+        if granted_first:
+            limiter.release()  # granted to "gone", which is cancelled before it resumes
         gone.cancel()
         with pytest.raises(asyncio.CancelledError):
             await gone
-        assert limiter.waiting == 1 and limiter.borrowed == 1  # the holder's slot only
-        limiter.release()
-        await kept
-        return order
-
-    assert _run(scenario) == ["kept"]
-    assert limiter.borrowed == 0 and limiter.waiting == 0
-
-
-def test_a_waiter_cancelled_as_it_is_granted_hands_the_slot_on() -> None:
-    limiter = PriorityLimiter(1)
-
-    async def scenario() -> list[str]:
-        order: list[str] = []
-
-        async def waiter(label: str, cost: int) -> None:
-            async with limiter.slot(cost):
-                order.append(label)
-
-        await limiter.acquire()
-        gone = asyncio.create_task(waiter("gone", 1))
-        await _until(lambda: limiter.waiting == 1)
-        kept = asyncio.create_task(waiter("kept", 5))
-        await _until(lambda: limiter.waiting == 2)
-        limiter.release()  # granted to "gone", which is cancelled before it resumes
-        gone.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await gone
+        if not granted_first:
+            assert limiter.waiting == 1 and limiter.borrowed == 1  # the holder's slot only
+            limiter.release()
         await kept
         return order
 
