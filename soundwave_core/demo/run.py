@@ -281,8 +281,9 @@ def _spoken_qa(model_dir: Path, items: dict[str, Any], text: Any, eval_dir: Path
     """``{"qa": held-out, "dev_qa": dev}`` spoken question accuracy of ``model_dir`` (swv eval)."""
     from swv.demo import evaluate as ev
 
+    questions = _questions(text)
     return {key: _report(f"{what} spoken QA accuracy {when} (swv eval)",
-                         ev.qa_keyword_accuracy(model_dir, items[key], _questions(text), eval_dir / f"{when}-{key}"), log)
+                         ev.qa_keyword_accuracy(model_dir, items[key], questions, eval_dir / f"{when}-{key}"), log)
             for key, what in (("qa", "held-out"), ("dev_qa", "dev"))}
 
 
