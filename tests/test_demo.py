@@ -473,6 +473,9 @@ def test_summary_has_every_condition_and_label() -> None:
     assert "dev_noisy" in text and "pitch accuracy (held-out): 75.0% (acoustic path zeroed: 50.0%)" in text
     assert head["spoken_qa_dev_accuracy_before"] == 0.125 and head["spoken_qa_dev_accuracy_after"] == 0.375
     assert "dev questions 12.5% -> 37.5% (as text: 75.0%)" in text
+    # --quick measures the dev questions after training only
+    del results["before"]["dev_qa"], results["before"]["text_qa_base_dev"]
+    assert "dev questions n/a -> 37.5% (as text: n/a)" in _summary_text(results)
 
 
 def test_plot_without_metrics(tmp_path: Path) -> None:
@@ -646,6 +649,7 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         assert all(row[k] is not None for k in ("whisper_decoder", "ctc_after_stage1", "final_model")), condition
     assert set(head["labels"]) == {"pitch", "sex", "rate"}
     assert all(v["after"] is not None for v in head["labels"].values())
+    assert head["spoken_qa_dev_accuracy_before"] is None and head["spoken_qa_dev_accuracy_after"] is not None
 
 
 @pytest.mark.parametrize("isa", ["AVX2", "avx2", "SSE41"])

@@ -243,7 +243,7 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
     with clock.phase("3b. stage I: alignment (CTC only)"):
         train(loaded, stage="alignment")
     with clock.phase("3c. after stage I: CTC WER, and the untrained LLM side"):
-        results["before"] = measure_before(run_dir, items, text, log)
+        results["before"] = measure_before(run_dir, items, text, log, dev_questions=not options.quick)
     with clock.phase("3d. stages II and III"):
         train(loaded, from_stage=stages[1])
     final = run_dir / stages[-1] / "export"
@@ -277,14 +277,17 @@ def _questions(text: Any) -> dict[str, Any]:
     return {q.text: q for q in (*text.heldout_questions, *text.dev_questions)}
 
 
-def _spoken_qa(model_dir: Path, items: dict[str, Any], text: Any, eval_dir: Path, when: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """``{"qa": held-out, "dev_qa": dev}`` spoken question accuracy of ``model_dir`` (swv eval)."""
+def _spoken_qa(model_dir: Path, items: dict[str, Any], text: Any, eval_dir: Path, when: str, log: Callable[[str], None],
+               dev: bool = True) -> dict[str, Any]:
+    """``{"qa": held-out, "dev_qa": dev}`` spoken question accuracy of ``model_dir`` (swv eval);
+    the held-out questions alone without ``dev``."""
     from swv.demo import evaluate as ev
 
     questions = _questions(text)
+    sets = (("qa", "held-out"), ("dev_qa", "dev")) if dev else (("qa", "held-out"),)
     return {key: _report(f"{what} spoken QA accuracy {when} (swv eval)",
                          ev.qa_keyword_accuracy(model_dir, items[key], questions, eval_dir / f"{when}-{key}"), log)
-            for key, what in (("qa", "held-out"), ("dev_qa", "dev"))}
+            for key, what in sets}
 
 
 def measure_reference(conditions: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
@@ -305,11 +308,13 @@ def _label_accuracy(model_dir: Path, items: dict[str, Any], eval_dir: Path, when
             for task in LABEL_TASKS}
 
 
-def measure_before(run_dir: Path, items: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
+def measure_before(run_dir: Path, items: dict[str, Any], text: Any, log: Callable[[str], None],
+                   dev_questions: bool = True) -> dict[str, Any]:
     """After Stage I: the CTC head's WER per condition, the base LLM on the questions as text,
     and the Stage I export (untrained shrinking adapter, zero LoRA: the prompted base LLM) on
-    the spoken questions. (The label tasks are not measured here: an untrained acoustic path
-    answers them at chance by construction.)"""
+    the spoken questions; the dev questions (typed and spoken) only with ``dev_questions``
+    (``--quick`` leaves them to the final model, for time). (The label tasks are not measured
+    here: an untrained acoustic path answers them at chance by construction.)"""
     from swv.demo import evaluate as ev
 
     stage1, eval_dir = run_dir / "alignment" / "export", run_dir / "eval"
@@ -317,10 +322,11 @@ def measure_before(run_dir: Path, items: dict[str, Any], text: Any, log: Callabl
     out = {
         "ctc": {c: _report(f"{c} WER of the CTC head after stage I", ev.ctc_wer(model, i), log) for c, i in items["asr"].items()},
         "text_qa_base": _report("base LLM reading the held-out questions as text", ev.text_qa_accuracy(model, text.heldout_questions), log),
-        "text_qa_base_dev": _report("base LLM reading the dev questions as text", ev.text_qa_accuracy(model, text.dev_questions), log),
     }
+    if dev_questions:
+        out["text_qa_base_dev"] = _report("base LLM reading the dev questions as text", ev.text_qa_accuracy(model, text.dev_questions), log)
     del model
-    return {**out, **_spoken_qa(stage1, items, text, eval_dir, "before", log)}
+    return {**out, **_spoken_qa(stage1, items, text, eval_dir, "before", log, dev=dev_questions)}
 
 
 def measure_final(final: Path, eval_dir: Path, items: dict[str, Any], text: Any, log: Callable[[str], None]) -> dict[str, Any]:
