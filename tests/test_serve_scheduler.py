@@ -333,6 +333,28 @@ def test_a_prefill_budget_spreads_a_backlog_over_ticks_with_decoding_steps_betwe
     assert [sorted(audio) for audio in ticks.values()] == [[0.1, 0.4, 0.4], [0.4, 0.4], [0.4], [1.5]]
 
 
+def text_only(words: int, seed: int) -> list[dict]:
+    """A conversation without audio whose prompt grows with ``words``."""
+    return [{"role": "user", "content": " ".join(f"word{(seed * 7 + i) % 50}" for i in range(words))}]
+
+
+def test_a_prefill_token_budget_spreads_long_text_prompts_over_ticks(pipe: Pipeline, monkeypatch) -> None:
+    """Text-only prompts have no audio for the audio budget: their tokens are counted against
+    ``prefill_text_tokens`` (the first always joins, a longer prompt alone in its tick)."""
+    words = [2, 60, 60, 60, 60, 300]  # the first runs throughout; the last passes the budget alone
+    specs = [(text_only(n, i), settings(400 if i == 0 else LONG, no_repeat_ngram_size=0), {})
+             for i, n in enumerate(words)]
+    tokens = [len(pipe.chat_request(m).ids) for m, _, _ in specs]
+    budget = tokens[0] + tokens[1] + tokens[2]
+    assert tokens[0] + 3 * tokens[1] > budget and tokens[5] > budget
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, specs, prefill_text_tokens=budget)
+    assert all(finished(e).completion_tokens >= 1 for e in events)
+    ticks: dict[int, list[int]] = {}
+    for steps, rows in prefills:
+        ticks.setdefault(steps, []).extend(rows)
+    assert [sorted(rows) for rows in ticks.values()] == [[0, 1, 2], [3, 4], [5]]
+
+
 def test_a_cheap_request_behind_a_backlog_is_prefilled_before_the_rest_of_it(pipe: Pipeline, monkeypatch) -> None:
     monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)  # a slow machine starves no one here
     backlog = [(conversation(0.9, 30 + i), settings(LONG), {}) for i in range(4)]
@@ -421,12 +443,28 @@ def test_swv_serve_refuses_a_non_positive_prefill_budget_before_loading_the_mode
     assert str(result.exception) == f"--prefill-audio-seconds must be > 0, got {float(value)}"
 
 
-def test_the_app_passes_its_prefill_budget_to_the_scheduler(pipe: Pipeline) -> None:
+def test_the_app_passes_its_prefill_budgets_to_the_scheduler(pipe: Pipeline) -> None:
     from swv.serve import limits
     from swv.serve.app import create_app
     from swv.serve.settings import ServeSettings
 
-    assert create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher.prefill_audio_seconds \
-        == limits.PREFILL_AUDIO_SECONDS
-    budget = ServeSettings(model_id="m", max_context=64, prefill_audio_seconds=2.5)
-    assert create_app(pipe, budget).state.batcher.prefill_audio_seconds == 2.5
+    default = create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher
+    assert (default.prefill_audio_seconds, default.prefill_text_tokens) == (limits.PREFILL_AUDIO_SECONDS,
+                                                                            limits.PREFILL_TEXT_TOKENS)
+    budget = ServeSettings(model_id="m", max_context=64, prefill_audio_seconds=2.5, prefill_text_tokens=300)
+    scheduler = create_app(pipe, budget).state.batcher
+    assert (scheduler.prefill_audio_seconds, scheduler.prefill_text_tokens) == (2.5, 300)
+
+
+def test_a_prefill_text_token_budget_below_one_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swv.cli.main import app
+    from swv.core.errors import UsageError
+    from swv.serve.settings import ServeSettings
+
+    with pytest.raises(UsageError, match="^prefill_text_tokens must be >= 1, got 0$"):
+        ServeSettings(model_id="m", max_context=64, prefill_text_tokens=0)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--prefill-text-tokens", "0"])
+    assert result.exit_code == 2, result.output  # a usage error, before the (missing) model is looked for
+    assert "Invalid value for '--prefill-text-tokens'" in " ".join(result.output.replace("│", " ").split())
