@@ -53,7 +53,7 @@ class RequestBounds:
         "--max-json-structure-bytes", min=0,
         help="Most bytes of a body's JSON outside its strings (keys, numbers, brackets).")] = limits.MAX_JSON_STRUCTURE_BYTES
     work_threads: Annotated[int, typer.Option(
-        "--work-threads", min=1, help="Requests parsed, decoded and tokenized at once (the cheapest decoded first).")] = limits.WORK_THREADS
+        "--work-threads", min=1, help="Requests parsed, decoded and tokenized at once (the cheapest step first).")] = limits.WORK_THREADS
 
 
 @dataclasses.dataclass(frozen=True)

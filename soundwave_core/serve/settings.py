@@ -38,8 +38,8 @@ class ServeSettings:
     ``max_clips`` the audio clips of a request, ``max_audio_seconds`` each clip,
     ``max_request_audio_seconds`` all of them and ``max_audio_channels`` each clip's channels (all
     read from the clips' headers before decoding); ``work_threads`` the requests parsed, decoded
-    and tokenized at once (in worker threads, never in the event loop; the cheapest decoded
-    first, see :mod:`swv.serve.priority`); ``body_timeout_seconds``
+    and tokenized at once (in worker threads, never in the event loop; the cheapest step first, a
+    body's parse priced by its bytes and a decode by its samples, see :mod:`swv.serve.priority`); ``body_timeout_seconds``
     the time a body may take to arrive (408).
 
     Access (see :mod:`swv.serve.security`): ``api_key``, when set, is required as
