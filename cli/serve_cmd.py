@@ -53,7 +53,7 @@ class RequestBounds:
         "--max-json-structure-bytes", min=0,
         help="Most bytes of a body's JSON outside its strings (keys, numbers, brackets).")] = limits.MAX_JSON_STRUCTURE_BYTES
     work_threads: Annotated[int, typer.Option(
-        "--work-threads", min=1, help="Requests parsed, decoded and tokenized at once (the cheapest decoded first).")] = limits.WORK_THREADS
+        "--work-threads", min=1, help="Requests parsed, decoded and tokenized at once (the cheapest step first).")] = limits.WORK_THREADS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,10 @@ class Batching:
         "--prefill-audio-seconds", help="Continuous scheduling: most seconds of newcomers' audio encoded and "
         "prefilled between two decoding steps (a longer request alone; the others wait a step).")
     ] = limits.PREFILL_AUDIO_SECONDS
+    prefill_text_tokens: Annotated[int, typer.Option(
+        "--prefill-text-tokens", min=1, help="Continuous scheduling: most text tokens of newcomers' prompts "
+        "prefilled between two decoding steps (a longer prompt alone; the others wait a step).")
+    ] = limits.PREFILL_TEXT_TOKENS
 
     def __post_init__(self) -> None:
         """A misspelt --scheduling or a non-positive --prefill-audio-seconds is refused before the model loads."""
@@ -81,7 +85,8 @@ class Batching:
     def settings_fields(self) -> dict[str, Any]:
         """The ServeSettings fields of these options."""
         return {"max_batch": self.max_batch, "batch_window_seconds": self.batch_window_ms / 1000,
-                "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds}
+                "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds,
+                "prefill_text_tokens": self.prefill_text_tokens}
 
 
 @dataclasses.dataclass(frozen=True)

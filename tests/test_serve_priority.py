@@ -11,6 +11,7 @@ import io
 import json
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 
@@ -267,4 +268,76 @@ def test_a_cheap_request_is_decoded_before_queued_heavy_ones(save_tiny_model, mo
             thread.join(120)
     assert statuses == {label: 200 for label, _, _ in arrivals}
     assert decoded == ["first", "cheap", "heavy 1", "heavy 2", "heavy 3"]
+    assert app.state.limiter.borrowed == 0
+
+
+def _post_status(url: str, label: str, clips: int, statuses: dict[str, int]) -> None:
+    """POST ``clips`` clips of 0.5 s (mono) labelled ``label``; its HTTP status into ``statuses``."""
+    content = [_clip(0.5, 1) for _ in range(clips)] + [{"type": "text", "text": f"Transcribe the speech. [{label}]"}]
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": content}], "max_tokens": 2}
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            statuses[label] = response.status
+    except urllib.error.HTTPError as exc:
+        statuses[label] = exc.code
+
+
+def test_parsing_new_bodies_does_not_go_before_a_cheaper_queued_decode(save_tiny_model, monkeypatch) -> None:
+    """A request's first step (parsing its body, reading its clips' headers) costs its body's
+    bytes, not 0: one worker thread, busy; a normal request and then three big refused ones (nine
+    clips each) queue to be parsed; once free, the thread parses the normal request, decodes it
+    (its decode costs less than parsing a big body), and only then parses the big bodies."""
+    from swv.infer.pipeline import Pipeline
+    from swv.serve.app import create_app
+    from swv.serve.background import BackgroundServer
+    from swv.serve.settings import ServeSettings, model_context_length
+
+    pipeline = Pipeline.from_pretrained(save_tiny_model("parse_cost_model"))
+    settings = ServeSettings(model_id=MODEL_ID, max_context=model_context_length(pipeline), work_threads=1)
+    app = create_app(pipeline, settings)
+    app.state.limiter.starvation_seconds = float("inf")  # a slow machine starves no one here
+    steps: list[str] = []
+    entered, gate = threading.Event(), threading.Event()
+    real_parse, real_decode = pipeline.parse_conversation, pipeline.checked_request
+
+    def label(messages) -> str:
+        return messages[-1]["content"].rsplit("[", 1)[1].split("]")[0]
+
+    def parse(messages, **kwargs):
+        parsed = real_parse(messages, **kwargs)
+        steps.append(f"parse {label(parsed.messages)}")
+        return parsed
+
+    def decode(parsed, **kwargs):
+        steps.append(f"decode {label(parsed.messages)}")
+        if len(steps) == 2:  # the first request's decode holds the thread
+            entered.set()
+            assert gate.wait(60)
+        return real_decode(parsed, **kwargs)
+
+    monkeypatch.setattr(pipeline, "parse_conversation", parse)
+    monkeypatch.setattr(pipeline, "checked_request", decode)
+    statuses: dict[str, int] = {}
+    arrivals = [("first", 1), ("normal", 1), ("big 1", 9), ("big 2", 9), ("big 3", 9)]
+    with BackgroundServer(app) as server:
+        threads = []
+        for count, (name, clips) in enumerate(arrivals):
+            thread = threading.Thread(target=_post_status, args=(server.url, name, clips, statuses))
+            thread.start()
+            threads.append(thread)
+            if count == 0:
+                assert entered.wait(60)
+            else:  # each queued (for its slot) before the next arrives
+                deadline = time.monotonic() + 60
+                while app.state.limiter.waiting < count and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert app.state.limiter.waiting == count
+        gate.set()
+        for thread in threads:
+            thread.join(120)
+    assert statuses == {"first": 200, "normal": 200, "big 1": 400, "big 2": 400, "big 3": 400}  # nine clips: over 8
+    assert steps == ["parse first", "decode first", "parse normal", "decode normal", "parse big 1", "parse big 2",
+                     "parse big 3"]
     assert app.state.limiter.borrowed == 0

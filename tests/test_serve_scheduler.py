@@ -286,11 +286,13 @@ Spec = tuple[list[dict], GenerationSettings, dict]
 
 
 def run_backlog(pipe: Pipeline, monkeypatch, budget: float, specs: list[Spec],
-                late: Spec | None = None) -> tuple[list[list], list[tuple[int, list[int]]]]:
-    """Queue one job per spec before a Scheduler with ``prefill_audio_seconds=budget`` starts (so
-    the first tick sees them all; ``late``: one more job, submitted during the first prefill). The
-    jobs' events, and every prefill as ``(decoding steps taken before it, its jobs' indices)``."""
-    scheduler = Scheduler(pipe, max_batch=8, window_seconds=0.0, max_context=2048, prefill_audio_seconds=budget)
+                late: Spec | None = None, **options) -> tuple[list[list], list[tuple[int, list[int]]]]:
+    """Queue one job per spec before a Scheduler with ``prefill_audio_seconds=budget`` (and the
+    Scheduler ``options``) starts (so the first tick sees them all; ``late``: one more job,
+    submitted during the first prefill). The jobs' events, and every prefill as ``(decoding steps
+    taken before it, its jobs' indices)``."""
+    scheduler = Scheduler(pipe, max_batch=8, window_seconds=0.0, max_context=2048, prefill_audio_seconds=budget,
+                          **options)
     prefills: list[tuple[int, list[int]]] = []
     jobs: list[Job] = []
     def prefill(batch: RunningBatch, prepared):
@@ -331,6 +333,28 @@ def test_a_prefill_budget_spreads_a_backlog_over_ticks_with_decoding_steps_betwe
     assert [sorted(audio) for audio in ticks.values()] == [[0.1, 0.4, 0.4], [0.4, 0.4], [0.4], [1.5]]
 
 
+def text_only(words: int, seed: int) -> list[dict]:
+    """A conversation without audio whose prompt grows with ``words``."""
+    return [{"role": "user", "content": " ".join(f"word{(seed * 7 + i) % 50}" for i in range(words))}]
+
+
+def test_a_prefill_token_budget_spreads_long_text_prompts_over_ticks(pipe: Pipeline, monkeypatch) -> None:
+    """Text-only prompts have no audio for the audio budget: their tokens are counted against
+    ``prefill_text_tokens`` (the first always joins, a longer prompt alone in its tick)."""
+    words = [2, 60, 60, 60, 60, 300]  # the first runs throughout; the last passes the budget alone
+    specs = [(text_only(n, i), settings(400 if i == 0 else LONG, no_repeat_ngram_size=0), {})
+             for i, n in enumerate(words)]
+    tokens = [len(pipe.chat_request(m).ids) for m, _, _ in specs]
+    budget = tokens[0] + tokens[1] + tokens[2]
+    assert tokens[0] + 3 * tokens[1] > budget and tokens[5] > budget
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, specs, prefill_text_tokens=budget)
+    assert all(finished(e).completion_tokens >= 1 for e in events)
+    ticks: dict[int, list[int]] = {}
+    for steps, rows in prefills:
+        ticks.setdefault(steps, []).extend(rows)
+    assert [sorted(rows) for rows in ticks.values()] == [[0, 1, 2], [3, 4], [5]]
+
+
 def test_a_cheap_request_behind_a_backlog_is_prefilled_before_the_rest_of_it(pipe: Pipeline, monkeypatch) -> None:
     monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)  # a slow machine starves no one here
     backlog = [(conversation(0.9, 30 + i), settings(LONG), {}) for i in range(4)]
@@ -350,6 +374,52 @@ def test_greedy_answers_do_not_depend_on_the_prefill_budget(pipe: Pipeline, monk
         prefill_counts.append(len(prefills))
     assert answers[0] == answers[1]
     assert prefill_counts[0] > prefill_counts[1]  # the small budget did split the batch
+
+
+def test_a_request_over_the_context_costs_its_group_no_second_encoding(pipe: Pipeline, monkeypatch) -> None:
+    """A newcomer whose prompt + max_tokens pass the context is refused after its group's audio is
+    encoded; the others are prefilled from that encoding (not encoded again, which would spend the
+    tick's audio budget twice) and get the answers they get alone."""
+    specs = [(conversation(0.4, 50 + i), settings(6 + i), {}) for i in range(3)]
+    specs[1] = (specs[1][0], settings(2048), {})  # its prompt + 2048 new tokens pass the 2048-token context
+    kept = [0, 2]
+    alone = [pipe.generate_requests([pipe.chat_request(specs[i][0])], specs[i][1])[0].text for i in kept]
+    prompts = [pipe.encode_requests([pipe.chat_request(specs[i][0])]).prompt_tokens[0] for i in kept]
+    encoded: list[float] = []
+    real_encode = Pipeline.encode_requests
+
+    def encode(self, requests, *args, **kwargs):
+        encoded.append(round(sum(self.audio_seconds(request) for request in requests), 3))
+        return real_encode(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "encode_requests", encode)
+    events, prefills = run_backlog(pipe, monkeypatch, 1.5, specs)
+    assert encoded == [1.2]  # one group, encoded once: not again without the refused request
+    assert prefills == [(0, kept)]
+    refused = events[1][-1]
+    assert isinstance(refused, Failed) and refused.status == 400 and refused.code == "context_length_exceeded"
+    assert [(finished(events[i]).text, finished(events[i]).prompt_tokens) for i in kept] == list(zip(alone, prompts))
+
+
+def test_selected_rows_of_an_encoded_batch_equal_the_batch_of_those_requests(pipe: Pipeline) -> None:
+    """Prepared.select (what _fit_context keeps): rows in any order, a request without audio among
+    them, equal to encoding the chosen requests alone (the shrinking adapter's lengths included)."""
+    requests = [pipe.chat_request(conversation(0.3 + 0.2 * i, 60 + i)) for i in range(3)]
+    requests.insert(1, pipe.chat_request([{"role": "user", "content": "No audio here, only a longer text prompt."}]))
+    with torch.inference_mode():
+        selected = pipe.encode_requests(requests).select([3, 1, 0])
+        expected = pipe.encode_requests([requests[3], requests[1], requests[0]])
+    assert selected.requests == expected.requests
+    for name in ("input_ids", "attention_mask", "clip_owner"):
+        assert torch.equal(getattr(selected, name), getattr(expected, name)), name
+    assert selected.prompt_tokens == expected.prompt_tokens
+    assert selected.state is not None and expected.state is not None
+    assert torch.equal(selected.state.lengths, expected.state.lengths)
+    for got, want, n in zip(selected.state.embeds, expected.state.embeds, expected.state.lengths.tolist()):
+        torch.testing.assert_close(got[:n], want[:n], atol=1e-5, rtol=1e-4)
+    text_only = pipe.encode_requests(requests).select([1])
+    assert text_only.state is None and text_only.clip_owner.numel() == 0
+    assert text_only.prompt_tokens == [len(requests[1].ids)]
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, math.nan])
@@ -373,12 +443,28 @@ def test_swv_serve_refuses_a_non_positive_prefill_budget_before_loading_the_mode
     assert str(result.exception) == f"--prefill-audio-seconds must be > 0, got {float(value)}"
 
 
-def test_the_app_passes_its_prefill_budget_to_the_scheduler(pipe: Pipeline) -> None:
+def test_the_app_passes_its_prefill_budgets_to_the_scheduler(pipe: Pipeline) -> None:
     from swv.serve import limits
     from swv.serve.app import create_app
     from swv.serve.settings import ServeSettings
 
-    assert create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher.prefill_audio_seconds \
-        == limits.PREFILL_AUDIO_SECONDS
-    budget = ServeSettings(model_id="m", max_context=64, prefill_audio_seconds=2.5)
-    assert create_app(pipe, budget).state.batcher.prefill_audio_seconds == 2.5
+    default = create_app(pipe, ServeSettings(model_id="m", max_context=64)).state.batcher
+    assert (default.prefill_audio_seconds, default.prefill_text_tokens) == (limits.PREFILL_AUDIO_SECONDS,
+                                                                            limits.PREFILL_TEXT_TOKENS)
+    budget = ServeSettings(model_id="m", max_context=64, prefill_audio_seconds=2.5, prefill_text_tokens=300)
+    scheduler = create_app(pipe, budget).state.batcher
+    assert (scheduler.prefill_audio_seconds, scheduler.prefill_text_tokens) == (2.5, 300)
+
+
+def test_a_prefill_text_token_budget_below_one_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from swv.cli.main import app
+    from swv.core.errors import UsageError
+    from swv.serve.settings import ServeSettings
+
+    with pytest.raises(UsageError, match="^prefill_text_tokens must be >= 1, got 0$"):
+        ServeSettings(model_id="m", max_context=64, prefill_text_tokens=0)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--prefill-text-tokens", "0"])
+    assert result.exit_code == 2, result.output  # a usage error, before the (missing) model is looked for
+    assert "Invalid value for '--prefill-text-tokens'" in " ".join(result.output.replace("│", " ").split())

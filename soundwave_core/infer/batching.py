@@ -88,6 +88,21 @@ class Prepared:
             out.index_add_(0, self.clip_owner, values.detach().cpu().long())
         return out.tolist()
 
+    def select(self, rows: Sequence[int]) -> Prepared:
+        """The batch of the requests ``rows`` (indices, in that order) alone, nothing encoded again:
+        their prompts (without the leading columns none of them attends, as
+        :meth:`SpeechLMProcessor.collate` pads them) and their clips' rows of :attr:`state`."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        mask = self.attention_mask.index_select(0, index)
+        start = int(mask.any(dim=0).long().argmax())
+        owners = self.clip_owner.tolist()
+        clips = [(new, clip) for new, row in enumerate(rows) for clip, owner in enumerate(owners) if owner == row]
+        state = None
+        if self.state is not None and clips:
+            state = self.state.select(torch.tensor([clip for _, clip in clips], dtype=torch.long))
+        return Prepared([self.requests[row] for row in rows], self.input_ids.index_select(0, index)[:, start:],
+                        mask[:, start:], state, torch.tensor([new for new, _ in clips], dtype=torch.long))
+
     def seconds(self, sample_rate: int) -> list[float]:
         """Audio seconds of each request (its clips summed)."""
         return [r.audio_samples / sample_rate for r in self.requests]

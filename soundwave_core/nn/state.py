@@ -75,6 +75,21 @@ class AudioState:
         return self.replace(embeds=torch.cat([token, self.embeds], dim=1), lengths=self.lengths + 1,
                             speech_lengths=speech, utterance_embeds=None)
 
+    def select(self, rows: torch.Tensor) -> AudioState:
+        """The batch rows ``rows`` (an index tensor, in its order) of every per-row field; the
+        auxiliary losses and ``window_frames`` stay as they are."""
+        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else value.index_select(0, rows.to(value.device))
+
+        targets = None if self.clip_targets is None else {task: pick(column) for task, column in self.clip_targets.items()}
+        ctc = None if self.ctc_logits is None else self.ctc_logits.select_rows(rows.to(self.ctc_logits.hidden.device))
+        return self.replace(
+            embeds=pick(self.embeds), lengths=pick(self.lengths), ctc_logits=ctc, ctc_lengths=pick(self.ctc_lengths),
+            keep_mask=pick(self.keep_mask), encoder_lengths=pick(self.encoder_lengths),
+            num_windows=pick(self.num_windows), speech_lengths=pick(self.speech_lengths),
+            utterance_embeds=pick(self.utterance_embeds), clip_targets=targets,
+        )
+
     def padding_mask(self) -> torch.Tensor:
         """``[B, T]`` bool, True on valid frames."""
         return lengths_to_mask(self.lengths, self.embeds.shape[1])

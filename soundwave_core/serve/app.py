@@ -44,7 +44,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
     ``scheduling="window"`` a :class:`Batcher`) runs while the app is up."""
     shared = {"max_batch": settings.max_batch, "window_seconds": settings.batch_window_seconds,
               "max_context": settings.max_context}
-    batcher = (Scheduler(pipeline, **shared, prefill_audio_seconds=settings.prefill_audio_seconds)
+    batcher = (Scheduler(pipeline, **shared, prefill_audio_seconds=settings.prefill_audio_seconds,
+                         prefill_text_tokens=settings.prefill_text_tokens)
                if settings.scheduling == limits.CONTINUOUS else Batcher(pipeline, **shared))
     app = FastAPI(title="swv serve", lifespan=_lifespan, docs_url=None, redoc_url=None)
     attach(app, pipeline, settings, batcher)

@@ -310,8 +310,8 @@ class Batcher:
                 job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
 
     def _fit_context(self, jobs: list[Job]) -> tuple[list[Job], Any]:
-        """Encode the jobs' audio; jobs whose prompt + ``max_tokens`` exceed the context fail
-        (the rest are encoded again without them)."""
+        """Encode the jobs' audio; jobs whose prompt + ``max_tokens`` exceed the context fail (the
+        rest keep their rows of that one encoding: :meth:`Prepared.select`, no audio encoded twice)."""
         pipe = self.pipeline
         prepared = pipe.encode_requests([job.request for job in jobs])
         fits = [n + job.settings.max_new_tokens <= self.max_context for job, n in zip(jobs, prepared.prompt_tokens)]
@@ -325,8 +325,8 @@ class Batcher:
                     f"(text and audio) plus max_tokens {job.settings.max_new_tokens}",
                     code="context_length_exceeded", param="messages",
                 ))
-        kept = [job for job, ok in zip(jobs, fits) if ok]
-        return kept, (pipe.encode_requests([job.request for job in kept]) if kept else None)
+        rows = [row for row, ok in enumerate(fits) if ok]
+        return [jobs[row] for row in rows], (prepared.select(rows) if rows else None)
 
     def _generate(self, jobs: list[Job]) -> None:
         if not jobs:

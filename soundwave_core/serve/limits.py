@@ -37,6 +37,10 @@ SCHEDULING = (CONTINUOUS, WINDOW)
 #: decoding steps (a single longer request alone), so that is the longest the running rows and
 #: the next newcomer wait for others' prefill (swv.serve.scheduler).
 PREFILL_AUDIO_SECONDS = 60.0
+#: It also prefills at most this many text tokens of newcomers' prompts between two decoding steps
+#: (a single longer prompt alone), so long text-only prompts are bounded too: about twice the prompt
+#: the audio budget's 60 s make (the serving benchmark's 59 s requests became rows of ~1,000 tokens).
+PREFILL_TEXT_TOKENS = 2048
 #: A request that has waited this many seconds (for a row in the running batch, or for a worker
 #: thread to decode its audio) goes before cheaper ones, oldest first (swv.serve.scheduler,
 #: swv.serve.priority).

@@ -5,14 +5,16 @@ The worker thread keeps one :class:`~swv.infer.running.RunningBatch` (the backbo
 of every running request) and loops over ticks. A tick admits waiting requests (when idle it
 first waits ``window_seconds`` for more, as the :class:`~swv.serve.batcher.Batcher` does): those
 that have waited ``limits.STARVATION_SECONDS`` first, oldest first, then the cheapest (least audio, then
-fewest prompt tokens), as long as rows are free (``max_batch`` running at once) and their audio
-together stays within ``prefill_audio_seconds`` (the first always joins, so a request longer
-than the budget is prefilled alone in its tick). Their audio is encoded and their prompts run
+fewest prompt tokens), as long as rows are free (``max_batch`` running at once), their audio
+together stays within ``prefill_audio_seconds`` and their prompts' text tokens (known before
+encoding; the audio placeholders not counted) within ``prefill_text_tokens`` (the first always
+joins, so a request over a budget is prefilled alone in its tick). Their audio is encoded and their prompts run
 (prefill) as one batch per group of equal settings and similar audio length (within a factor of
 two: a prefill pads every row to its longest), cheaper groups first, and their rows join the
 cache. The others keep waiting. Then every running row takes one decoding step (it is fed its
 last token), and the next tick admits again, newcomers included: between two steps at most one
-budget of audio is prefilled, and a cheap request that arrives behind a backlog of long ones
+budget of audio and one of text is prefilled (a request refused for its context does not make the
+others of its group be encoded again), and a cheap request that arrives behind a backlog of long ones
 joins at the next tick (when a row is free), ahead of the backlog unless that has starved. A
 row leaves as soon as it is done (its stop token, its ``stop`` string, its token limit, or its
 client gone), so a short request that arrives while a long one generates waits for one step
@@ -103,14 +105,17 @@ def _warpers(resolved: GenerationSettings, config: GenerationConfig) -> LogitsPr
 
 class Scheduler(Batcher):
     """A :class:`Batcher` whose requests join and leave the running batch at token boundaries
-    (see the module). ``prefill_audio_seconds``: the most newcomers' audio prefilled between two
-    decoding steps (``math.inf``: no bound). ``steps`` counts decoding steps; ``batches_served``
-    the prefills. The worker thread runs in ``torch.inference_mode``."""
+    (see the module). ``prefill_audio_seconds`` and ``prefill_text_tokens``: the most newcomers'
+    audio and prompt text tokens prefilled between two decoding steps (``math.inf``: no bound).
+    ``steps`` counts decoding steps; ``batches_served`` the prefills. The worker thread runs in
+    ``torch.inference_mode``."""
 
     def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int,
-                 prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS) -> None:
+                 prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS,
+                 prefill_text_tokens: float = limits.PREFILL_TEXT_TOKENS) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
         self.prefill_audio_seconds = prefill_audio_seconds
+        self.prefill_text_tokens = prefill_text_tokens
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
@@ -164,11 +169,13 @@ class Scheduler(Batcher):
 
     def _within_budget(self, jobs: list[Job]) -> int:
         """How many of ``jobs`` (in order) are prefilled in this tick: while their audio together
-        stays within ``prefill_audio_seconds``, and the first in any case."""
-        total = 0.0
+        stays within ``prefill_audio_seconds`` and their prompts' text tokens within
+        ``prefill_text_tokens``, and the first in any case."""
+        seconds = tokens = 0.0
         for count, job in enumerate(jobs):
-            total += self.pipeline.audio_seconds(job.request)
-            if count and total > self.prefill_audio_seconds:
+            seconds += self.pipeline.audio_seconds(job.request)
+            tokens += _text_tokens(job)
+            if count and (seconds > self.prefill_audio_seconds or tokens > self.prefill_text_tokens):
                 return count
         return len(jobs)
 
@@ -286,6 +293,12 @@ class Scheduler(Batcher):
 def _cost(job: Job) -> tuple[int, int]:
     """What a request costs to join: its audio samples, then its prompt tokens."""
     return job.request.audio_samples, len(job.request.ids)
+
+
+def _text_tokens(job: Job) -> int:
+    """The text tokens of a request's prompt (its ids without the audio placeholders, whose audio
+    the audio budget counts)."""
+    return len(job.request.ids) - len(job.request.waveforms)
 
 
 def _length_class(job: Job) -> int:

@@ -11,7 +11,8 @@ from swv.infer.settings import GenerationSettings
 from swv.serve import limits
 
 #: The bounds that must be at least 1 (the others: at least 0).
-_POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes")
+_POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes",
+             "prefill_text_tokens")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,9 @@ class ServeSettings:
     ``"window"`` (requests arriving within ``batch_window_seconds`` form a batch that runs to
     completion, :class:`~swv.serve.batcher.Batcher`); both wait ``batch_window_seconds`` for
     company when idle. ``prefill_audio_seconds`` (continuous scheduling only, > 0) bounds the
-    newcomers' audio encoded and prefilled between two decoding steps (a single longer request is
-    prefilled alone); the others wait for the next step.
+    newcomers' audio encoded and prefilled between two decoding steps and ``prefill_text_tokens``
+    (>= 1) their prompts' text tokens (a single request over either is prefilled alone); the others
+    wait for the next step.
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it);
@@ -36,8 +38,8 @@ class ServeSettings:
     ``max_clips`` the audio clips of a request, ``max_audio_seconds`` each clip,
     ``max_request_audio_seconds`` all of them and ``max_audio_channels`` each clip's channels (all
     read from the clips' headers before decoding); ``work_threads`` the requests parsed, decoded
-    and tokenized at once (in worker threads, never in the event loop; the cheapest decoded
-    first, see :mod:`swv.serve.priority`); ``body_timeout_seconds``
+    and tokenized at once (in worker threads, never in the event loop; the cheapest step first, a
+    body's parse priced by its bytes and a decode by its samples, see :mod:`swv.serve.priority`); ``body_timeout_seconds``
     the time a body may take to arrive (408).
 
     Access (see :mod:`swv.serve.security`): ``api_key``, when set, is required as
@@ -54,6 +56,7 @@ class ServeSettings:
     batch_window_seconds: float = 0.01
     scheduling: str = limits.CONTINUOUS
     prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS
+    prefill_text_tokens: int = limits.PREFILL_TEXT_TOKENS
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS

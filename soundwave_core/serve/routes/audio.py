@@ -56,7 +56,7 @@ from swv.serve.openai_api import (
     unknown_model,
 )
 from swv.serve.ops import REQUEST_ID
-from swv.serve.priority import PriorityLimiter
+from swv.serve.priority import PriorityLimiter, parse_cost
 from swv.serve.body import held_body
 from swv.serve.routes.chat import finish, started
 from swv.serve.routes.deps import BatcherDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
@@ -200,7 +200,7 @@ async def _answer(request: Request, form: _Form, settings: ServeSettings, batche
     data = await form.file.read()
     if not data:
         raise RequestError(400, "file: the uploaded file is empty", param="file")
-    async with limiter.slot() as slot:
+    async with limiter.slot(parse_cost(len(data))) as slot:  # the header read, priced by the file's size
         parsed, samples = await slot.run(partial(_checked_upload, pipeline, data, form.instruction(pipeline), settings))
         del data
         await slot.requeue(samples)  # decoded cheapest-first (swv.serve.priority)

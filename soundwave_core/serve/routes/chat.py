@@ -29,7 +29,7 @@ from swv.serve.openai_api import (
 )
 from swv.serve.ops import REQUEST_ID
 from swv.serve.body import held_body
-from swv.serve.priority import Slot
+from swv.serve.priority import Slot, parse_cost
 from swv.serve.routes.deps import BatcherDep, BodyBudgetDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
@@ -47,9 +47,10 @@ async def chat_completions(
     and the swv extensions ``top_k`` and ``repetition_penalty`` are honoured; ``n`` > 1 and the
     presence/frequency penalties are refused (see :class:`~swv.serve.openai_api.ChatCompletionParams`).
     The body is held in the server's :class:`~swv.serve.body.BodyBudget` until the request is
-    queued or refused."""
+    queued or refused; it is parsed in a worker thread granted at its size's cost, and its audio
+    decoded in one granted at its decoding cost (:mod:`swv.serve.priority`)."""
     async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body, \
-            limiter.slot() as slot:
+            limiter.slot(parse_cost(len(body))) as slot:
         checked = await slot.run(partial(_checked, body, settings, pipeline))
         del body
         params = checked.params
