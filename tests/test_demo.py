@@ -506,6 +506,33 @@ def test_demo_recipes_validate_with_workdir_overrides(name: str, tmp_path: Path)
     assert shrinking["posterior_embedding"] is True and shrinking["keep_blank_runs"] is False
 
 
+def test_long_demo_recipe_adds_an_utterance_token_and_a_label_phase(tmp_path: Path) -> None:
+    from swv.demo.run import MANIFESTS, DemoOptions, path_overrides
+    from swv.recipes.loader import load_recipe
+
+    options = DemoOptions(workdir=tmp_path, long=True)
+    assert (options.recipe_name, options.suffix, options.data_suffix, options.data_mode) == ("demo-long", "-long", "", "full")
+    recipe = load_recipe(options.recipe_name, path_overrides(tmp_path, tmp_path / "w", tmp_path / "l", options.suffix,
+                                                             options.data_suffix)).recipe
+    assert recipe.output_dir == str((tmp_path / "run-long").resolve())
+    # the long run trains on the full demo's data
+    assert all(Path(spec.manifest).parent == (tmp_path / "data").resolve() for spec in recipe.data.datasets.values())
+    assert set(MANIFESTS) <= set(recipe.data.datasets)
+    assert [a.name for a in recipe.model.adapters] == ["utterance", "alignment", "shrinking"]
+    assert [s.name for s in recipe.stages] == ["alignment", "shrinking", "sft", "labels"]
+    labels = recipe.stages[-1]
+    assert set(labels.data.datasets) == {"pitch", "sex", "rate", "asr_sft"} and labels.lm_reduction == "row"
+    assert all("adapters.utterance" in s.trainable for s in recipe.stages[1:])
+    quick = DemoOptions(workdir=tmp_path, quick=True)
+    assert (quick.recipe_name, quick.suffix, quick.data_suffix) == ("demo-quick", "-quick", "-quick")
+    assert (DemoOptions().recipe_name, DemoOptions().suffix, DemoOptions().data_suffix) == ("demo", "", "")
+
+
+def test_quick_and_long_together_are_one_usage_line(cli) -> None:
+    code, out, err = cli(["demo", "--quick", "--long", "--workdir", "unused"])
+    assert code != 0 and "--quick and --long" in err and "Traceback" not in err + out
+
+
 def test_float32_without_native_bf16(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from swv.demo import run
     from swv.recipes.loader import load_recipe
@@ -537,7 +564,7 @@ def test_demo_cli_help() -> None:
     app = typer.Typer()
     app.command()(demo)
     result = CliRunner().invoke(app, ["--help"])
-    assert result.exit_code == 0 and "--quick" in result.output and "--workdir" in result.output
+    assert result.exit_code == 0 and "--quick" in result.output and "--long" in result.output and "--workdir" in result.output
 
 
 # -- opt-in: real weights ---------------------------------------------------------------------------

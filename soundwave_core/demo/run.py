@@ -4,8 +4,9 @@
 2. data: synthesize training, dev and held-out speech from the shipped text (cached; espeak-ng
    and Piper train, Pico is the out-of-engine dev engine), then transcribe every condition
    (:data:`CONDITIONS`: held-out, dev, noisy dev) with Whisper tiny.en's own decoder.
-3. train the ``demo`` recipe (``demo-quick`` with ``quick``): Stage I (alignment, CTC only),
-   then Stage II (shrinking) and Stage III (SFT). Between Stage I and II the CTC WER per
+3. train the ``demo`` recipe (``demo-quick`` with ``quick``, ``demo-long`` with ``long``):
+   Stage I (alignment, CTC only), then Stage II (shrinking) and Stage III (SFT) (and the long
+   recipe's label phase). Between Stage I and II the CTC WER per
    condition and the label accuracies (pitch, sex, rate) of the untrained LLM side are measured.
 4. measure the final model on every condition and label task, write ``results.json`` and
    ``plot.png``.
@@ -52,18 +53,33 @@ QUICK_EVAL_LIMIT = 20
 class DemoOptions:
     workdir: Path = Path("runs/demo")
     quick: bool = False
+    long: bool = False  # the demo-long recipe (a label phase; longer than the budget) on the full data
     recipe: str | None = None
     overrides: list[str] = field(default_factory=list)
     eval_limit: int | None = None  # held-out items per task (None: all)
 
+    def __post_init__(self) -> None:
+        if self.quick and self.long:
+            raise UsageError("swv demo: --quick and --long exclude each other (choose one)")
+
     @property
     def mode(self) -> str:
+        return "quick" if self.quick else "long" if self.long else "full"
+
+    @property
+    def data_mode(self) -> str:
+        """The data set's size: ``quick`` or ``full`` (a long demo trains on the full one)."""
         return "quick" if self.quick else "full"
 
     @property
     def suffix(self) -> str:
-        """Quick and full runs keep their data and run directories apart."""
-        return "-quick" if self.quick else ""
+        """Each mode keeps its run directory apart (``run``, ``run-quick``, ``run-long``)."""
+        return "" if self.mode == "full" else f"-{self.mode}"
+
+    @property
+    def data_suffix(self) -> str:
+        """Quick and full data sets are kept apart; a long demo shares the full one."""
+        return "" if self.data_mode == "full" else f"-{self.data_mode}"
 
     @property
     def limit(self) -> int | None:
@@ -71,11 +87,11 @@ class DemoOptions:
 
     @property
     def dev_limit(self) -> int:
-        return DEV_EVAL_LIMIT[self.mode]
+        return DEV_EVAL_LIMIT[self.data_mode]
 
     @property
     def recipe_name(self) -> str:
-        return self.recipe or ("demo-quick" if self.quick else "demo")
+        return self.recipe or ("demo" if self.mode == "full" else f"demo-{self.mode}")
 
 
 class Clock:
@@ -100,9 +116,10 @@ class Clock:
         return round(time.perf_counter() - self.start, 1)
 
 
-def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str = "") -> list[str]:
+def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str = "", data_suffix: str | None = None) -> list[str]:
     """Recipe overrides that point the demo recipe at this work directory (JSON-quoted paths):
-    ``run<suffix>/``, ``data<suffix>/``, the shared ``feature_cache/`` and converted weights."""
+    ``run<suffix>/``, ``data<data_suffix>/`` (default: ``suffix``), the shared ``feature_cache/``
+    and converted weights."""
     root = workdir.resolve()
 
     def q(path: Path) -> str:
@@ -114,7 +131,8 @@ def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str 
         f"model.backbone.path={q(llm_dir.resolve())}",
         f"data.feature_cache={q(root / 'feature_cache')}",
     ]
-    out += [f"data.datasets.{name}.manifest={q(root / ('data' + suffix) / file)}" for name, file in MANIFESTS.items()]
+    data = root / ("data" + (suffix if data_suffix is None else data_suffix))
+    out += [f"data.datasets.{name}.manifest={q(data / file)}" for name, file in MANIFESTS.items()]
     return out
 
 
@@ -161,8 +179,8 @@ def load_demo_recipe(options: DemoOptions, whisper_dir: Path, llm_dir: Path, log
     from swv.recipes.loader import load_recipe
     from swv.registry.plugins import default_registry
 
-    overrides = (path_overrides(options.workdir, whisper_dir, llm_dir, options.suffix) + precision_overrides(log)
-                 + list(options.overrides))
+    overrides = (path_overrides(options.workdir, whisper_dir, llm_dir, options.suffix, options.data_suffix)
+                 + precision_overrides(log) + list(options.overrides))
     loaded = load_recipe(options.recipe_name, overrides, default_registry())
     names = [s.name for s in loaded.recipe.stages]
     if names[:1] != ["alignment"] or len(names) < 2:
@@ -226,9 +244,9 @@ def run_demo(options: DemoOptions, log: Callable[[str], None] = print) -> dict[s
         whisper_dir, llm_dir = prepare_weights(options.workdir / "weights", log)
     with clock.phase("2. data"):
         text = load_demo_text()
-        data_dir = options.workdir / f"data{options.suffix}"
-        results["data"] = build_dataset(data_dir, text, EngineSynthesizer(), renditions=RENDITIONS[options.mode],
-                                        corpus_limit=CORPUS_LIMIT[options.mode], log=log)
+        data_dir = options.workdir / f"data{options.data_suffix}"
+        results["data"] = build_dataset(data_dir, text, EngineSynthesizer(), renditions=RENDITIONS[options.data_mode],
+                                        corpus_limit=CORPUS_LIMIT[options.data_mode], log=log)
     loaded = load_demo_recipe(options, whisper_dir, llm_dir, log)
     run_dir = Path(loaded.recipe.output_dir)
     stages = [s.name for s in loaded.recipe.stages]
