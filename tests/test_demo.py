@@ -519,8 +519,9 @@ def test_long_demo_recipe_adds_an_utterance_token_and_a_label_phase(tmp_path: Pa
     assert all(Path(spec.manifest).parent == (tmp_path / "data").resolve() for spec in recipe.data.datasets.values())
     assert set(MANIFESTS) <= set(recipe.data.datasets)
     assert [a.name for a in recipe.model.adapters] == ["utterance", "alignment", "shrinking"]
-    assert [s.name for s in recipe.stages] == ["alignment", "shrinking", "sft", "labels"]
-    labels = recipe.stages[-1]
+    # the label phase comes before Stage III, which restores the questions and replies
+    assert [s.name for s in recipe.stages] == ["alignment", "shrinking", "labels", "sft"]
+    labels = recipe.stages[2]
     assert set(labels.data.datasets) == {"pitch", "sex", "rate", "asr_sft"} and labels.lm_reduction == "row"
     assert all("adapters.utterance" in s.trainable for s in recipe.stages[1:])
     quick = DemoOptions(workdir=tmp_path, quick=True)
