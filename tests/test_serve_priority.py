@@ -251,24 +251,32 @@ def test_a_cheap_request_is_decoded_before_queued_heavy_ones(save_tiny_model, mo
     statuses: dict[str, int] = {}
     arrivals = [("first", 0.5, 1), ("heavy 1", 4.0, 2), ("heavy 2", 4.0, 2), ("heavy 3", 4.0, 2), ("cheap", 0.5, 1)]
     with BackgroundServer(app) as server:
-        threads = []
-        for count, (label, seconds, channels) in enumerate(arrivals):
-            thread = threading.Thread(target=_post, args=(server.url, label, seconds, channels, statuses))
-            thread.start()
-            threads.append(thread)
-            if count == 0:
-                assert entered.wait(60)
-            else:  # each queued (for its slot) before the next arrives
-                deadline = time.monotonic() + 60
-                while app.state.limiter.waiting < count and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                assert app.state.limiter.waiting == count
-        gate.set()
-        for thread in threads:
-            thread.join(120)
+        _arrive_in_order(app, entered, gate, [(_post, (server.url, label, seconds, channels, statuses))
+                                              for label, seconds, channels in arrivals])
     assert statuses == {label: 200 for label, _, _ in arrivals}
     assert decoded == ["first", "cheap", "heavy 1", "heavy 2", "heavy 3"]
     assert app.state.limiter.borrowed == 0
+
+
+def _arrive_in_order(app, entered: threading.Event, gate: threading.Event, posts: list) -> None:
+    """Send each ``(function, args)`` request from its own thread, in order: the first until it
+    holds the worker thread (``entered``), each later one until it is queued for a slot; then
+    open ``gate`` and wait for them all."""
+    threads = []
+    for count, (post, args) in enumerate(posts):
+        thread = threading.Thread(target=post, args=args)
+        thread.start()
+        threads.append(thread)
+        if count == 0:
+            assert entered.wait(60)
+        else:  # each queued (for its slot) before the next arrives
+            deadline = time.monotonic() + 60
+            while app.state.limiter.waiting < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert app.state.limiter.waiting == count
+    gate.set()
+    for thread in threads:
+        thread.join(120)
 
 
 def _post_status(url: str, label: str, clips: int, statuses: dict[str, int]) -> None:
@@ -322,21 +330,7 @@ def test_parsing_new_bodies_does_not_go_before_a_cheaper_queued_decode(save_tiny
     statuses: dict[str, int] = {}
     arrivals = [("first", 1), ("normal", 1), ("big 1", 9), ("big 2", 9), ("big 3", 9)]
     with BackgroundServer(app) as server:
-        threads = []
-        for count, (name, clips) in enumerate(arrivals):
-            thread = threading.Thread(target=_post_status, args=(server.url, name, clips, statuses))
-            thread.start()
-            threads.append(thread)
-            if count == 0:
-                assert entered.wait(60)
-            else:  # each queued (for its slot) before the next arrives
-                deadline = time.monotonic() + 60
-                while app.state.limiter.waiting < count and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                assert app.state.limiter.waiting == count
-        gate.set()
-        for thread in threads:
-            thread.join(120)
+        _arrive_in_order(app, entered, gate, [(_post_status, (server.url, name, clips, statuses)) for name, clips in arrivals])
     assert statuses == {"first": 200, "normal": 200, "big 1": 400, "big 2": 400, "big 3": 400}  # nine clips: over 8
     assert steps == ["parse first", "decode first", "parse normal", "decode normal", "parse big 1", "parse big 2",
                      "parse big 3"]
