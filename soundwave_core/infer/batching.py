@@ -111,7 +111,7 @@ class Prepared:
     def prompt_tokens(self) -> list[int]:
         """Sequence length the LLM sees per request: text tokens plus audio embeddings."""
         audio = self.per_request(None if self.state is None else self.state.lengths)
-        return [len(r.ids) - len(r.waveforms) + n for r, n in zip(self.requests, audio)]
+        return [r.text_tokens + n for r, n in zip(self.requests, audio)]
 
     def row_limits(
         self, resolved: GenerationSettings, sample_rate: int, requested: Sequence[int] | None = None

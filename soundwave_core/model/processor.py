@@ -103,6 +103,12 @@ class ChatRequest:
         before it is encoded."""
         return sum(len(clip.samples) for clip in self.waveforms)
 
+    @property
+    def text_tokens(self) -> int:
+        """Its prompt's tokens other than the audio placeholders (one per clip), known before its
+        audio is encoded."""
+        return len(self.ids) - len(self.waveforms)
+
 
 class Answers(NamedTuple):
     """Decoded rows of generated ids: ``texts``; ``generated``, the tokens each row generated

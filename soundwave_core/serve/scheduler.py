@@ -174,7 +174,7 @@ class Scheduler(Batcher):
         seconds = tokens = 0.0
         for count, job in enumerate(jobs):
             seconds += self.pipeline.audio_seconds(job.request)
-            tokens += _text_tokens(job)
+            tokens += job.request.text_tokens  # the audio placeholders' audio: the audio budget
             if count and (seconds > self.prefill_audio_seconds or tokens > self.prefill_text_tokens):
                 return count
         return len(jobs)
@@ -293,12 +293,6 @@ class Scheduler(Batcher):
 def _cost(job: Job) -> tuple[int, int]:
     """What a request costs to join: its audio samples, then its prompt tokens."""
     return job.request.audio_samples, len(job.request.ids)
-
-
-def _text_tokens(job: Job) -> int:
-    """The text tokens of a request's prompt (its ids without the audio placeholders, whose audio
-    the audio budget counts)."""
-    return len(job.request.ids) - len(job.request.waveforms)
 
 
 def _length_class(job: Job) -> int:
