@@ -116,10 +116,9 @@ class Clock:
         return round(time.perf_counter() - self.start, 1)
 
 
-def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str = "", data_suffix: str | None = None) -> list[str]:
+def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str = "", data_suffix: str = "") -> list[str]:
     """Recipe overrides that point the demo recipe at this work directory (JSON-quoted paths):
-    ``run<suffix>/``, ``data<data_suffix>/`` (default: ``suffix``), the shared ``feature_cache/``
-    and converted weights."""
+    ``run<suffix>/``, ``data<data_suffix>/``, the shared ``feature_cache/`` and converted weights."""
     root = workdir.resolve()
 
     def q(path: Path) -> str:
@@ -131,7 +130,7 @@ def path_overrides(workdir: Path, whisper_dir: Path, llm_dir: Path, suffix: str 
         f"model.backbone.path={q(llm_dir.resolve())}",
         f"data.feature_cache={q(root / 'feature_cache')}",
     ]
-    data = root / ("data" + (suffix if data_suffix is None else data_suffix))
+    data = root / f"data{data_suffix}"
     out += [f"data.datasets.{name}.manifest={q(data / file)}" for name, file in MANIFESTS.items()]
     return out
 
