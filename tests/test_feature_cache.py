@@ -100,3 +100,34 @@ def test_changed_audio_misses(tmp_path: Path) -> None:
     sf.write(wav, np.ones(8000, dtype=np.float32) * 0.1, 16000)
     os.utime(wav, ns=(1, 1))
     assert cache.lookup([str(wav)]) is None
+
+
+def test_cached_augment_masks_cached_outputs_per_row_seed(tmp_path: Path) -> None:
+    """``data.cached_augment`` masks frames and channels of cached encoder outputs in training
+    batches, within each clip's valid frames, the same masks for the same row seed; off by default."""
+    from swv.data.collate import AUGMENT_SEED, SpeechCollator
+    from swv.data.stage_data import load_stage_data
+    from swv.recipes.schema import CachedAugmentSettings
+
+    loaded = _loaded(tmp_path)
+    assert not loaded.recipe.data.cached_augment.enabled
+    target, _, _ = cache_stage_features(loaded, "alignment", batch_size=16)
+    model = build_model(loaded, None).eval()
+    cache = FeatureCache.open(target, model.encoder)
+    rows = load_stage_data(loaded.recipe.data, ["asr"], "test").rows(list(range(4)))
+    rows = [{**r, AUGMENT_SEED: 100 + i} for i, r in enumerate(rows)]
+    settings = CachedAugmentSettings(enabled=True, channel_mask_param=8, time_mask_param=3).as_spec_augment()
+
+    def collate(augment):
+        return SpeechCollator(model.encoder, model.tokenizer, mode="ctc", feature_cache=cache, cached_augment=augment)(rows)
+
+    plain, masked, again = collate(None), collate(settings), collate(settings)
+    embeds, lengths = plain["encoder_embeds"], plain["encoder_lengths"]
+    assert torch.equal(masked["encoder_lengths"], lengths)
+    assert torch.equal(masked["encoder_embeds"], again["encoder_embeds"])  # seeded per row
+    changed = masked["encoder_embeds"] != embeds
+    assert changed.any() and (masked["encoder_embeds"][changed] == 0).all()  # masks set values to zero
+    for b, n in enumerate(lengths.tolist()):
+        assert not changed[b, n:].any()  # padding frames untouched
+    rows[0][AUGMENT_SEED] = 7
+    assert not torch.equal(collate(settings)["encoder_embeds"][0], masked["encoder_embeds"][0])

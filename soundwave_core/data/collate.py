@@ -78,7 +78,8 @@ class SpeechCollator:
     ``on_error: skip``; skipped rows are counted in ``self.skipped``.
     With a ``feature_cache`` (frozen encoders only), a batch whose audio is all cached gets
     ``encoder_embeds``/``encoder_lengths`` instead of features: no decoding, no encoder, and
-    no SpecAugment (which acts on the encoder's input).
+    no SpecAugment (which acts on the encoder's input); ``cached_augment`` masks those outputs'
+    time frames and channels instead.
     With ``clip_classes`` (``SpeechLM.clip_classes()``: ``{task: [label, ...]}``, sorted by task),
     a batch with audio gets ``clip_targets [B_a, K]``: per audio row and task, the index of the
     row's ``label`` among that task's labels when the row's ``task`` is that task, else -100.
@@ -92,6 +93,7 @@ class SpeechCollator:
         mode: Literal["ctc", "lm"],
         prompts: PromptBuilder | None = None,
         spec_augment: SpecAugmentSettings | None = None,
+        cached_augment: SpecAugmentSettings | None = None,
         skip_sources: set[str] | None = None,
         with_ctc_targets: bool = True,
         feature_cache: Any = None,
@@ -104,6 +106,8 @@ class SpeechCollator:
         self.mode = mode
         self.prompts = prompts
         self.spec_augment = SpecAugment(spec_augment, encoder.feature_time_axis) if spec_augment and spec_augment.enabled else None
+        # cached outputs are [B, T, D]: time on axis 1, the output channels take the frequency masks
+        self.cached_augment = SpecAugment(cached_augment, 1) if cached_augment and cached_augment.enabled else None
         self.skip_sources = skip_sources or set()
         self.with_ctc_targets = with_ctc_targets
         self.feature_cache = feature_cache
@@ -153,12 +157,14 @@ class SpeechCollator:
         audio_rows = [r for r in kept if r.get("audio")]
         if cached is not None and audio_rows:
             self.cache_hits += len(audio_rows)
-            batch["encoder_embeds"], batch["encoder_lengths"], batch["encoder_speech_lengths"] = cached
+            embeds, lengths, speech = cached
+            if self.cached_augment is not None:
+                embeds = self.cached_augment(embeds, lengths, self._augment_seeds(audio_rows))
+            batch["encoder_embeds"], batch["encoder_lengths"], batch["encoder_speech_lengths"] = embeds, lengths, speech
         elif waves:
             features, lengths = self.encoder.extract_features(waves)
             if self.spec_augment is not None:
-                seeds = [r.get(AUGMENT_SEED) for r in kept if r.get("audio")]
-                features = self.spec_augment(features, lengths, None if None in seeds else seeds)
+                features = self.spec_augment(features, lengths, self._augment_seeds(audio_rows))
             batch["input_features"], batch["feature_lengths"] = features, lengths
         if audio_rows and self.with_ctc_targets:
             batch.update(self._ctc_targets(audio_rows))
@@ -168,6 +174,12 @@ class SpeechCollator:
             batch.update(self._prompts(kept))
         batch["num_rows"] = torch.tensor(len(kept))
         return batch
+
+    @staticmethod
+    def _augment_seeds(audio_rows: list[dict[str, Any]]) -> list[int] | None:
+        """Each audio row's masking seed, or None (the global generator) if any row has none."""
+        seeds = [r.get(AUGMENT_SEED) for r in audio_rows]
+        return None if None in seeds else seeds
 
     def _ctc_targets(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [self.tokenizer(r.get("text") or "", add_special_tokens=False)["input_ids"] if r.get("text") else [] for r in rows]

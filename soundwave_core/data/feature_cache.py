@@ -196,7 +196,9 @@ def build_cache(
     entries = _reusable_entries(directory, identity)
     unique = list(dict.fromkeys(str(p) for p in audio_paths))
     todo = [(p, audio_key(p)) for p in unique]
-    todo = [(p, k) for p, k in todo if k not in entries]
+    # batches of clips of similar length (file size as the proxy) pad less; encoders that mask
+    # the padding (Whisper's trim mode) give a clip the same outputs in any batch
+    todo = sorted(((p, k) for p, k in todo if k not in entries), key=lambda pk: os.path.getsize(pk[0]))
     already = len(unique) - len(todo)
     encoder = encoder.to(device).eval()
     writer = _ShardWriter(directory, identity, entries)

@@ -28,6 +28,10 @@ from swv.data.manifest import (
     write_manifest,
 )
 
+#: rows per generation batch of every evaluation here: on 2 cores, 80 dev clips through
+#: ``swv eval`` took 15 s in batches of 32 against 21 s in batches of 8 (same WER)
+EVAL_BATCH_SIZE = 32
+
 
 @dataclass
 class Items:
@@ -63,7 +67,7 @@ def ctc_wer(model: Any, items: Items) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def text_qa_accuracy(model: Any, questions: Sequence[Any], batch_size: int = 8) -> dict[str, Any]:
+def text_qa_accuracy(model: Any, questions: Sequence[Any], batch_size: int = EVAL_BATCH_SIZE) -> dict[str, Any]:
     """The backbone answering ``questions`` (:class:`swv.demo.text.Question`) as text, no audio,
     greedy, with the model's system prompt and chat template, through :meth:`SpeechLM.generate`."""
     from swv.model.processor import SpeechLMProcessor
@@ -96,7 +100,8 @@ def swv_eval(model_dir: Path, items: Items, task: str, out_dir: Path, max_new_to
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     manifest = items.write(out_dir / "manifest.jsonl")
-    run = evaluate_model(model_dir, manifest, task, out_dir, settings=GenerationSettings(max_new_tokens=max_new_tokens), batch_size=8)  # type: ignore[arg-type]
+    run = evaluate_model(model_dir, manifest, task, out_dir, settings=GenerationSettings(max_new_tokens=max_new_tokens),
+                         batch_size=EVAL_BATCH_SIZE)  # type: ignore[arg-type]
     report = json.loads(run.report.read_text(encoding="utf-8"))
     predictions = [json.loads(line) for line in (out_dir / PREDICTIONS_FILE).read_text(encoding="utf-8").splitlines() if line.strip()]
     report["table"] = format_table(run.result)

@@ -98,9 +98,28 @@ class SpecAugmentSettings(StrictModel):
     num_time_masks: int = Field(default=2, ge=0)
 
 
+class CachedAugmentSettings(StrictModel):
+    """Masks on cached frozen-encoder outputs ``[T, D]`` in training: SpecAugment's time and
+    frequency masking applied to the encoder's output frames and channels, for batches read from
+    the feature cache (where ``spec_augment``, which masks the encoder's input, cannot act)."""
+
+    enabled: bool = False
+    channel_mask_param: int = Field(default=48, ge=0, description="widest channel mask (encoder output channels)")
+    time_mask_param: int = Field(default=10, ge=0, description="widest time mask (encoder output frames)")
+    num_channel_masks: int = Field(default=2, ge=0)
+    num_time_masks: int = Field(default=2, ge=0)
+
+    def as_spec_augment(self) -> SpecAugmentSettings:
+        """The same masks in SpecAugment's terms (channels on the frequency axis)."""
+        return SpecAugmentSettings(enabled=self.enabled, freq_mask_param=self.channel_mask_param,
+                                   time_mask_param=self.time_mask_param, num_freq_masks=self.num_channel_masks,
+                                   num_time_masks=self.num_time_masks)
+
+
 class DataSection(StrictModel):
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     spec_augment: SpecAugmentSettings = Field(default_factory=SpecAugmentSettings)
+    cached_augment: CachedAugmentSettings = Field(default_factory=CachedAugmentSettings)
     max_frames_per_batch: int | None = Field(default=None, ge=1)
     feature_cache: str | None = Field(
         default=None,

@@ -131,7 +131,8 @@ class StageRunner:
             return None
         cache = FeatureCache.open(feature_cache_dir(self.ctx.recipe), model.encoder)
         if cache is not None:
-            self.ctx.print(f"using the feature cache at {cache.directory} ({len(cache)} clips; SpecAugment does not apply to cached clips)")
+            masks = "data.cached_augment masks" if data.cached_augment.enabled else "SpecAugment does not apply to"
+            self.ctx.print(f"using the feature cache at {cache.directory} ({len(cache)} clips; {masks} cached clips)")
         return cache
 
     def build_collator(self, model: SpeechLM, training: bool, feature_cache: FeatureCache | None = None) -> SpeechCollator:
@@ -150,6 +151,7 @@ class StageRunner:
             mode=self.stage.mode,
             prompts=prompts,
             spec_augment=recipe.data.spec_augment if training else None,
+            cached_augment=recipe.data.cached_augment.as_spec_augment() if training else None,
             skip_sources=skip,
             with_ctc_targets=self.stage.needs_ctc_targets,
             feature_cache=feature_cache,
