@@ -74,19 +74,32 @@ class Batching:
         "--prefill-text-tokens", min=1, help="Continuous scheduling: most text tokens of newcomers' prompts "
         "prefilled between two decoding steps (a longer prompt alone; the others wait a step).")
     ] = limits.PREFILL_TEXT_TOKENS
+    long_audio_seconds: Annotated[float, typer.Option(
+        "--long-audio-seconds", help="Continuous scheduling: a request with more audio than this is long "
+        "(see --max-long-rows).")] = limits.LONG_AUDIO_SECONDS
+    long_text_tokens: Annotated[int, typer.Option(
+        "--long-text-tokens", min=1, help="Continuous scheduling: a request with more prompt text tokens than "
+        "this is long (see --max-long-rows).")] = limits.LONG_TEXT_TOKENS
+    max_long_rows: Annotated[Optional[int], typer.Option(
+        "--max-long-rows", min=1, help="Continuous scheduling: most long requests running at once, so the other "
+        "rows stay free for short ones (default: half of --max-batch).")] = limits.MAX_LONG_ROWS
 
     def __post_init__(self) -> None:
-        """A misspelt --scheduling or a non-positive --prefill-audio-seconds is refused before the model loads."""
+        """A misspelt --scheduling, or a non-positive --prefill-audio-seconds or --long-audio-seconds, is refused
+        before the model loads."""
         if self.scheduling not in limits.SCHEDULING:
             raise UsageError(f"--scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
-        if not self.prefill_audio_seconds > 0:  # NaN included
-            raise UsageError(f"--prefill-audio-seconds must be > 0, got {self.prefill_audio_seconds}")
+        for flag, value in (("--prefill-audio-seconds", self.prefill_audio_seconds),
+                            ("--long-audio-seconds", self.long_audio_seconds)):
+            if not value > 0:  # NaN included
+                raise UsageError(f"{flag} must be > 0, got {value}")
 
     def settings_fields(self) -> dict[str, Any]:
         """The ServeSettings fields of these options."""
         return {"max_batch": self.max_batch, "batch_window_seconds": self.batch_window_ms / 1000,
                 "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds,
-                "prefill_text_tokens": self.prefill_text_tokens}
+                "prefill_text_tokens": self.prefill_text_tokens, "long_audio_seconds": self.long_audio_seconds,
+                "long_text_tokens": self.long_text_tokens, "max_long_rows": self.max_long_rows}
 
 
 @dataclasses.dataclass(frozen=True)

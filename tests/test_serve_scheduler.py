@@ -468,3 +468,57 @@ def test_a_prefill_text_token_budget_below_one_is_refused(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--prefill-text-tokens", "0"])
     assert result.exit_code == 2, result.output  # a usage error, before the (missing) model is looked for
     assert "Invalid value for '--prefill-text-tokens'" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_long_requests_hold_at_most_max_long_rows_and_a_short_one_passes_them(pipe: Pipeline, monkeypatch) -> None:
+    """With ``max_long_rows=2``, four long requests (audio over ``long_audio_seconds``) queued at
+    once run two at a time, and a short request that arrives meanwhile joins at the next tick,
+    ahead of the long ones still waiting (before, all four took rows first)."""
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    long_running: list[int] = []
+    real_generate = Scheduler._generate
+
+    def generate(self: Scheduler, jobs: list[Job]) -> None:
+        long_running.append(sum(self.is_long(row.job) for row in self._rows) + sum(self.is_long(job) for job in jobs))
+        real_generate(self, jobs)
+
+    monkeypatch.setattr(Scheduler, "_generate", generate)
+    backlog = [(conversation(1.5, 70 + i), settings(LONG, no_repeat_ngram_size=0), {}) for i in range(4)]
+    short = (conversation(0.2, 75), settings(4), {})
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, backlog, late=short, long_audio_seconds=1.0,
+                                   max_long_rows=2)
+    assert all(finished(e).completion_tokens >= 1 for e in events)
+    assert max(long_running) <= 2
+    assert sorted(prefills[0][1]) == [0, 1] and prefills[1] == (1, [len(backlog)])  # the short one: next tick
+
+
+def test_short_requests_are_not_long_and_the_default_long_rows_are_half_the_batch(pipe: Pipeline) -> None:
+    from swv.serve.app import create_app
+    from swv.serve.settings import ServeSettings
+
+    scheduler = create_app(pipe, ServeSettings(model_id="m", max_context=64, max_batch=8)).state.batcher
+    assert scheduler.max_long_rows == 4
+    assert (scheduler.long_audio_seconds, scheduler.long_text_tokens) == (serve_limits.LONG_AUDIO_SECONDS,
+                                                                          serve_limits.LONG_TEXT_TOKENS)
+    loop = asyncio.new_event_loop()
+    try:
+        short, long_audio = (Job(pipe.chat_request(conversation(s, 80)), settings(4), loop) for s in (1.0, 31.0))
+        long_text = Job(pipe.chat_request(text_only(600, 81)), settings(4), loop)
+    finally:
+        loop.close()
+    assert [scheduler.is_long(job) for job in (short, long_audio, long_text)] == [False, True, True]
+    custom = ServeSettings(model_id="m", max_context=64, max_batch=1, long_audio_seconds=5.0, max_long_rows=3)
+    scheduler = create_app(pipe, custom).state.batcher
+    assert (scheduler.max_long_rows, scheduler.long_audio_seconds) == (3, 5.0)
+    assert create_app(pipe, ServeSettings(model_id="m", max_context=64, max_batch=1)).state.batcher.max_long_rows == 1
+
+
+@pytest.mark.parametrize("field, value, message", [("max_long_rows", 0, "max_long_rows must be >= 1, got 0"),
+                                                    ("long_audio_seconds", 0.0, "long_audio_seconds must be > 0, got 0.0"),
+                                                    ("long_text_tokens", 0, "long_text_tokens must be >= 1, got 0")])
+def test_non_positive_long_request_bounds_are_refused(field: str, value: float, message: str) -> None:
+    from swv.core.errors import UsageError
+    from swv.serve.settings import ServeSettings
+
+    with pytest.raises(UsageError, match=f"^{message}$"):
+        ServeSettings(model_id="m", max_context=64, **{field: value})

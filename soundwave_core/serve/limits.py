@@ -41,6 +41,14 @@ PREFILL_AUDIO_SECONDS = 60.0
 #: (a single longer prompt alone), so long text-only prompts are bounded too: about twice the prompt
 #: the audio budget's 60 s make (the serving benchmark's 59 s requests became rows of ~1,000 tokens).
 PREFILL_TEXT_TOKENS = 2048
+#: Continuous scheduling: a request with more audio than this many seconds, or more prompt text
+#: tokens than LONG_TEXT_TOKENS (about the prompt 30 s of audio make), is long: long requests
+#: hold at most MAX_LONG_ROWS rows of the running batch (None: half of --max-batch), so the other
+#: rows stay free for short requests and every decoding step pays for a bounded number of long
+#: caches (swv.serve.scheduler).
+LONG_AUDIO_SECONDS = 30.0
+LONG_TEXT_TOKENS = 512
+MAX_LONG_ROWS = None
 #: A request that has waited this many seconds (for a row in the running batch, or for a worker
 #: thread to decode its audio) goes before cheaper ones, oldest first (swv.serve.scheduler,
 #: swv.serve.priority).

@@ -15,7 +15,14 @@ cache. The others keep waiting. Then every running row takes one decoding step (
 last token), and the next tick admits again, newcomers included: between two steps at most one
 budget of audio and one of text is prefilled (a request refused for its context does not make the
 others of its group be encoded again), and a cheap request that arrives behind a backlog of long ones
-joins at the next tick (when a row is free), ahead of the backlog unless that has starved. A
+joins at the next tick (when a row is free), ahead of the backlog unless that has starved.
+Long requests (over ``long_audio_seconds`` of audio or ``long_text_tokens`` of prompt text) hold
+at most ``max_long_rows`` rows at once: a long request that would pass it waits (starved or not)
+and the short ones behind it join, so a burst of long requests cannot take every row (a short
+request would wait for one of them to finish) and every decoding step reads a bounded number of
+long caches (each step's cost grows with the rows' cache lengths). vLLM bounds its concurrent
+long prefills the same way (``--max-long-partial-prefills``); here the bound holds for the rows'
+whole life, since on CPU each long row slows every step. A
 row leaves as soon as it is done (its stop token, its ``stop`` string, its token limit, or its
 client gone), so a short request that arrives while a long one generates waits for one step
 and one bounded prefill besides its own, not for the long answer.
@@ -107,15 +114,23 @@ class Scheduler(Batcher):
     """A :class:`Batcher` whose requests join and leave the running batch at token boundaries
     (see the module). ``prefill_audio_seconds`` and ``prefill_text_tokens``: the most newcomers'
     audio and prompt text tokens prefilled between two decoding steps (``math.inf``: no bound).
+    ``max_long_rows``: the most rows long requests (:meth:`is_long`: over ``long_audio_seconds``
+    of audio or ``long_text_tokens`` of prompt text) hold at once (``None``: half of
+    ``max_batch``, at least 1).
     ``steps`` counts decoding steps; ``batches_served`` the prefills. The worker thread runs in
     ``torch.inference_mode``."""
 
     def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int,
                  prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS,
-                 prefill_text_tokens: float = limits.PREFILL_TEXT_TOKENS) -> None:
+                 prefill_text_tokens: float = limits.PREFILL_TEXT_TOKENS,
+                 long_audio_seconds: float = limits.LONG_AUDIO_SECONDS,
+                 long_text_tokens: float = limits.LONG_TEXT_TOKENS, max_long_rows: int | None = limits.MAX_LONG_ROWS) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
         self.prefill_audio_seconds = prefill_audio_seconds
         self.prefill_text_tokens = prefill_text_tokens
+        self.long_audio_seconds = long_audio_seconds
+        self.long_text_tokens = long_text_tokens
+        self.max_long_rows = max(1, max_batch // 2) if max_long_rows is None else max_long_rows
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
@@ -163,9 +178,34 @@ class Scheduler(Batcher):
         self._waiting = [job for job in self._waiting if not job.cancelled.is_set()]
         starved = time.monotonic() - limits.STARVATION_SECONDS
         self._waiting.sort(key=lambda job: (0, job.queued_at) if job.queued_at <= starved else (1, *_cost(job)))
-        count = self._within_budget(self._waiting[: self.max_batch - len(self._rows)])
-        jobs, self._waiting = self._waiting[:count], self._waiting[count:]
+        candidates = self._row_candidates()
+        jobs = candidates[: self._within_budget(candidates)]
+        chosen = {id(job) for job in jobs}
+        self._waiting = [job for job in self._waiting if id(job) not in chosen]
         return sorted(jobs, key=_cost)
+
+    def is_long(self, job: Job) -> bool:
+        """Whether ``job`` is long: more audio than ``long_audio_seconds`` or more prompt text tokens
+        than ``long_text_tokens`` (its row's cache, which every decoding step reads, is long)."""
+        return (self.pipeline.audio_seconds(job.request) > self.long_audio_seconds
+                or job.request.text_tokens > self.long_text_tokens)
+
+    def _row_candidates(self) -> list[Job]:
+        """The waiting requests (in their order) that rows are free for: at most ``max_batch``
+        running in all, and at most ``max_long_rows`` long ones (:meth:`is_long`); a long request
+        over that waits, and the short ones behind it pass it."""
+        free = self.max_batch - len(self._rows)
+        long_free = self.max_long_rows - sum(self.is_long(row.job) for row in self._rows)
+        candidates: list[Job] = []
+        for job in self._waiting:
+            if len(candidates) >= free:
+                break
+            if self.is_long(job):
+                if long_free <= 0:
+                    continue
+                long_free -= 1
+            candidates.append(job)
+        return candidates
 
     def _within_budget(self, jobs: list[Job]) -> int:
         """How many of ``jobs`` (in order) are prefilled in this tick: while their audio together

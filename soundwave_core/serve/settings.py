@@ -12,7 +12,7 @@ from swv.serve import limits
 
 #: The bounds that must be at least 1 (the others: at least 0).
 _POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes",
-             "prefill_text_tokens")
+             "prefill_text_tokens", "long_text_tokens")
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,9 @@ class ServeSettings:
     company when idle. ``prefill_audio_seconds`` (continuous scheduling only, > 0) bounds the
     newcomers' audio encoded and prefilled between two decoding steps and ``prefill_text_tokens``
     (>= 1) their prompts' text tokens (a single request over either is prefilled alone); the others
-    wait for the next step.
+    wait for the next step. Long requests (over ``long_audio_seconds`` of audio or
+    ``long_text_tokens`` of prompt text) hold at most ``max_long_rows`` rows of the running batch
+    (``None``: half of ``max_batch``, at least 1), so short ones find a row.
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it);
@@ -57,6 +59,9 @@ class ServeSettings:
     scheduling: str = limits.CONTINUOUS
     prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS
     prefill_text_tokens: int = limits.PREFILL_TEXT_TOKENS
+    long_audio_seconds: float = limits.LONG_AUDIO_SECONDS
+    long_text_tokens: int = limits.LONG_TEXT_TOKENS
+    max_long_rows: int | None = limits.MAX_LONG_ROWS
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS
@@ -87,7 +92,9 @@ class ServeSettings:
             raise UsageError(f"scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
         if self.max_context < 2:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
-        for name in ("body_timeout_seconds", "prefill_audio_seconds"):
+        if self.max_long_rows is not None and self.max_long_rows < 1:
+            raise UsageError(f"max_long_rows must be >= 1, got {self.max_long_rows}")
+        for name in ("body_timeout_seconds", "prefill_audio_seconds", "long_audio_seconds"):
             if not getattr(self, name) > 0:  # NaN included
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
