@@ -116,11 +116,21 @@ class Access:
     allowed_hosts: Annotated[Optional[list[str]], typer.Option(
         "--allowed-hosts", help="Host header names answered besides the loopback ones (repeat or comma-separate; "
         "a non-loopback --host answers any Host unless some are given).")] = None
+    refusals_per_second: Annotated[float, typer.Option(
+        "--refusals-per-second", min=0.0, help="Refused requests (4xx) per client address and second answered at "
+        "once, after --refusal-burst; past that they are answered late (0: off).")] = limits.REFUSALS_PER_SECOND
+    refusal_burst: Annotated[int, typer.Option(
+        "--refusal-burst", min=1, help="Refused requests a client may have at once before they are answered late.")
+    ] = limits.REFUSAL_BURST
+    refusal_delay_max: Annotated[float, typer.Option(
+        "--refusal-delay-max", min=0.001, help="Longest delay of a refused request's answer (seconds).")
+    ] = limits.REFUSAL_DELAY_MAX
 
     def settings_fields(self) -> dict[str, Any]:
         """The ServeSettings fields of these options."""
         return {"api_key": self.api_key, "allowed_origins": _names(self.allowed_origins),
-                "allowed_hosts": _names(self.allowed_hosts)}
+                "allowed_hosts": _names(self.allowed_hosts), "refusals_per_second": self.refusals_per_second,
+                "refusal_burst": self.refusal_burst, "refusal_delay_max": self.refusal_delay_max}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,12 @@ MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 256
 #: On SIGTERM, in-flight requests get this many seconds to finish (new ones get 503 meanwhile).
 DRAIN_TIMEOUT_SECONDS = 30.0
+#: Refused requests (4xx) per client (peer address) and second answered at once, after a burst
+#: of REFUSAL_BURST; past that a refusal is answered late, at most REFUSAL_DELAY_MAX seconds, so
+#: a client flooding the server with refused requests is slowed (swv.serve.throttle). 0: off.
+REFUSALS_PER_SECOND = 2.0
+REFUSAL_BURST = 20
+REFUSAL_DELAY_MAX = 10.0
 #: An incoming X-Request-Id longer than this (or not printable ASCII) is replaced by a new id.
 MAX_REQUEST_ID_CHARS = 128
 #: How requests share the model: "continuous" (they join and leave the running batch at token

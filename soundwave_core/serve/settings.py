@@ -12,7 +12,7 @@ from swv.serve import limits
 
 #: The bounds that must be at least 1 (the others: at least 0).
 _POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes",
-             "prefill_text_tokens", "long_text_tokens")
+             "prefill_text_tokens", "long_text_tokens", "refusal_burst")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class ServeSettings:
     read from the clips' headers before decoding); ``work_threads`` the requests parsed, decoded
     and tokenized at once (in worker threads, never in the event loop; the cheapest step first, a
     body's parse priced by its bytes and a decode by its samples, see :mod:`swv.serve.priority`); ``body_timeout_seconds``
-    the time a body may take to arrive (408).
+    the time a body may take to arrive (408). ``refusals_per_second`` (0: off), ``refusal_burst``
+    and ``refusal_delay_max``: a client's refused requests past that rate are answered late (see
+    :mod:`swv.serve.throttle`).
 
     Access (see :mod:`swv.serve.security`): ``api_key``, when set, is required as
     ``Authorization: Bearer <key>`` on every ``/v1/`` route; ``allowed_origins`` are the web
@@ -74,6 +76,9 @@ class ServeSettings:
     max_json_structure_bytes: int = limits.MAX_JSON_STRUCTURE_BYTES
     work_threads: int = limits.WORK_THREADS
     body_timeout_seconds: float = limits.BODY_TIMEOUT_SECONDS
+    refusals_per_second: float = limits.REFUSALS_PER_SECOND
+    refusal_burst: int = limits.REFUSAL_BURST
+    refusal_delay_max: float = limits.REFUSAL_DELAY_MAX
     api_key: str | None = None
     allowed_origins: tuple[str, ...] = ()
     bind_host: str = "127.0.0.1"
@@ -85,7 +90,7 @@ class ServeSettings:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("batch_window_seconds", "max_audio_seconds", "max_request_audio_seconds", "max_text_chars",
-                     "max_body_bytes", "max_json_structure_bytes"):
+                     "max_body_bytes", "max_json_structure_bytes", "refusals_per_second"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.scheduling not in limits.SCHEDULING:
@@ -94,7 +99,7 @@ class ServeSettings:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
         if self.max_long_rows is not None and self.max_long_rows < 1:
             raise UsageError(f"max_long_rows must be >= 1, got {self.max_long_rows}")
-        for name in ("body_timeout_seconds", "prefill_audio_seconds", "long_audio_seconds"):
+        for name in ("body_timeout_seconds", "prefill_audio_seconds", "long_audio_seconds", "refusal_delay_max"):
             if not getattr(self, name) > 0:  # NaN included
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.api_key is not None and not (self.api_key.isascii() and self.api_key.isprintable()
