@@ -74,6 +74,9 @@ class Batching:
         "--prefill-text-tokens", min=1, help="Continuous scheduling: most text tokens of newcomers' prompts "
         "prefilled between two decoding steps (a longer prompt alone; the others wait a step).")
     ] = limits.PREFILL_TEXT_TOKENS
+    prefill_chunk_tokens: Annotated[int, typer.Option(
+        "--prefill-chunk-tokens", min=1, help="Continuous scheduling: a prompt longer than this many positions "
+        "(text and audio) is prefilled this many per decoding step (chunked prefill).")] = limits.PREFILL_CHUNK_TOKENS
     long_audio_seconds: Annotated[float, typer.Option(
         "--long-audio-seconds", help="Continuous scheduling: a request with more audio than this is long "
         "(see --max-long-rows).")] = limits.LONG_AUDIO_SECONDS
@@ -82,7 +85,7 @@ class Batching:
         "this is long (see --max-long-rows).")] = limits.LONG_TEXT_TOKENS
     max_long_rows: Annotated[Optional[int], typer.Option(
         "--max-long-rows", min=1, help="Continuous scheduling: most long requests running at once, so the other "
-        "rows stay free for short ones (default: half of --max-batch).")] = limits.MAX_LONG_ROWS
+        "rows stay free for short ones (default: a quarter of --max-batch, at least 1).")] = limits.MAX_LONG_ROWS
 
     def __post_init__(self) -> None:
         """A misspelt --scheduling, or a non-positive --prefill-audio-seconds or --long-audio-seconds, is refused
@@ -99,7 +102,8 @@ class Batching:
         return {"max_batch": self.max_batch, "batch_window_seconds": self.batch_window_ms / 1000,
                 "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds,
                 "prefill_text_tokens": self.prefill_text_tokens, "long_audio_seconds": self.long_audio_seconds,
-                "long_text_tokens": self.long_text_tokens, "max_long_rows": self.max_long_rows}
+                "long_text_tokens": self.long_text_tokens, "max_long_rows": self.max_long_rows,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens}
 
 
 @dataclasses.dataclass(frozen=True)

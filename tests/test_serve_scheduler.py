@@ -291,6 +291,7 @@ def run_backlog(pipe: Pipeline, monkeypatch, budget: float, specs: list[Spec],
     Scheduler ``options``) starts (so the first tick sees them all; ``late``: one more job,
     submitted during the first prefill). The jobs' events, and every prefill as ``(decoding steps
     taken before it, its jobs' indices)``."""
+    options.setdefault("prefill_chunk_tokens", math.inf)  # prompts prefilled whole unless a test chunks them
     scheduler = Scheduler(pipe, max_batch=8, window_seconds=0.0, max_context=2048, prefill_audio_seconds=budget,
                           **options)
     prefills: list[tuple[int, list[int]]] = []
@@ -492,12 +493,12 @@ def test_long_requests_hold_at_most_max_long_rows_and_a_short_one_passes_them(pi
     assert sorted(prefills[0][1]) == [0, 1] and prefills[1] == (1, [len(backlog)])  # the short one: next tick
 
 
-def test_short_requests_are_not_long_and_the_default_long_rows_are_half_the_batch(pipe: Pipeline) -> None:
+def test_short_requests_are_not_long_and_the_default_long_rows_are_a_quarter_of_the_batch(pipe: Pipeline) -> None:
     from swv.serve.app import create_app
     from swv.serve.settings import ServeSettings
 
     scheduler = create_app(pipe, ServeSettings(model_id="m", max_context=64, max_batch=8)).state.batcher
-    assert scheduler.max_long_rows == 4
+    assert scheduler.max_long_rows == 2
     assert (scheduler.long_audio_seconds, scheduler.long_text_tokens) == (serve_limits.LONG_AUDIO_SECONDS,
                                                                           serve_limits.LONG_TEXT_TOKENS)
     loop = asyncio.new_event_loop()
@@ -522,3 +523,56 @@ def test_non_positive_long_request_bounds_are_refused(field: str, value: float, 
 
     with pytest.raises(UsageError, match=f"^{message}$"):
         ServeSettings(model_id="m", max_context=64, **{field: value})
+
+
+def test_a_prompt_run_in_chunks_gives_the_cache_and_logits_of_one_prefill(pipe: Pipeline) -> None:
+    requests = [pipe.chat_request(conversation(1.2, 90)), pipe.chat_request(conversation(0.4, 91))]
+    with torch.inference_mode():
+        prepared = pipe.encode_requests(requests)
+        whole, chunked = RunningBatch(pipe.model), RunningBatch(pipe.model)
+        expected = whole.prefill(prepared)
+        partial = chunked.start(prepared)
+        runs = 0
+        while not partial.run(7):
+            runs += 1
+        assert runs >= 3 and partial.remaining == 0
+        torch.testing.assert_close(chunked.join(partial), expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(chunked.mask, whole.mask)
+        tokens = expected.argmax(dim=-1)
+        torch.testing.assert_close(chunked.step(tokens), whole.step(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_decoding_steps_between(pipe: Pipeline, monkeypatch) -> None:
+    """A newcomer whose prompt passes ``prefill_chunk_tokens`` is prefilled a chunk per tick while
+    a running request takes a decoding step between two chunks; greedy answers are unchanged."""
+    from swv.infer.running import PartialPrefill
+
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    specs = [(conversation(0.1, 95), settings(400, no_repeat_ngram_size=0), {}),
+             (conversation(1.5, 96, text=" ".join(f"word{i % 50}" for i in range(200))), settings(6), {})]
+    short, long = (pipe.encode_requests([pipe.chat_request(m)]).prompt_tokens[0] for m, _, _ in specs)
+    chunk = short  # the short prompt is prefilled whole, the long one in chunks
+    assert long > 3 * chunk
+    alone = [pipe.generate_requests([pipe.chat_request(m)], s)[0].text for m, s, _ in specs]
+    runs: list[int] = []
+    real_run = PartialPrefill.run
+    scheduler: list[Scheduler] = []
+
+    def run(self: PartialPrefill, positions: int) -> bool:
+        assert positions == chunk
+        runs.append(scheduler[0].steps)
+        return real_run(self, positions)
+
+    monkeypatch.setattr(PartialPrefill, "run", run)
+    real_init = Scheduler.__init__
+
+    def init(self: Scheduler, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        scheduler.append(self)
+
+    monkeypatch.setattr(Scheduler, "__init__", init)
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, specs, prefill_chunk_tokens=chunk)
+    assert [finished(e).text for e in events] == alone
+    assert len(runs) == -(-long // chunk)  # ceil: one chunk per tick
+    assert runs == sorted(set(runs))  # a decoding step of the running row between any two chunks
+    assert prefills == [(0, [0])]  # only the short prompt ran whole

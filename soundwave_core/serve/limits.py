@@ -47,9 +47,13 @@ PREFILL_AUDIO_SECONDS = 60.0
 #: (a single longer prompt alone), so long text-only prompts are bounded too: about twice the prompt
 #: the audio budget's 60 s make (the serving benchmark's 59 s requests became rows of ~1,000 tokens).
 PREFILL_TEXT_TOKENS = 2048
+#: Continuous scheduling: a group of newcomers whose longest prompt (text and audio positions)
+#: passes this many positions is prefilled this many per tick, with decoding steps between
+#: (chunked prefill; a 59 s clip makes ~1,000 positions, a 1 s clip with its prompt ~120).
+PREFILL_CHUNK_TOKENS = 256
 #: Continuous scheduling: a request with more audio than this many seconds, or more prompt text
 #: tokens than LONG_TEXT_TOKENS (about the prompt 30 s of audio make), is long: long requests
-#: hold at most MAX_LONG_ROWS rows of the running batch (None: half of --max-batch), so the other
+#: hold at most MAX_LONG_ROWS rows of the running batch (None: a quarter of --max-batch, at least 1), so the other
 #: rows stay free for short requests and every decoding step pays for a bounded number of long
 #: caches (swv.serve.scheduler).
 LONG_AUDIO_SECONDS = 30.0

@@ -16,6 +16,13 @@ last token), and the next tick admits again, newcomers included: between two ste
 budget of audio and one of text is prefilled (a request refused for its context does not make the
 others of its group be encoded again), and a cheap request that arrives behind a backlog of long ones
 joins at the next tick (when a row is free), ahead of the backlog unless that has starved.
+A group whose longest prompt (text and audio positions) passes ``prefill_chunk_tokens`` is
+prefilled a chunk of that many positions per tick (:class:`~swv.infer.running.PartialPrefill`:
+its audio is encoded at admission, its prompt then runs into a cache of its own), with decoding
+steps of the running rows between two chunks; its rows join the batch once the prompt is done
+(one chunked prefill advances at a time, oldest first; its rows count as taken). So a 59 s
+request (~1,000 positions) pauses the running rows for its encoding and then a chunk per step,
+not for its whole prompt at once. vLLM's chunked prefill has the same aim.
 Long requests (over ``long_audio_seconds`` of audio or ``long_text_tokens`` of prompt text) hold
 at most ``max_long_rows`` rows at once: a long request that would pass it waits (starved or not)
 and the short ones behind it join, so a burst of long requests cannot take every row (a short
@@ -58,7 +65,7 @@ from transformers import (
 
 from swv.core.errors import first_line
 from swv.infer.pipeline import Pipeline
-from swv.infer.running import RunningBatch
+from swv.infer.running import PartialPrefill, RunningBatch
 from swv.infer.settings import GenerationSettings
 from swv.serve import limits
 from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_stop, send_text, token_entry
@@ -115,8 +122,9 @@ class Scheduler(Batcher):
     (see the module). ``prefill_audio_seconds`` and ``prefill_text_tokens``: the most newcomers'
     audio and prompt text tokens prefilled between two decoding steps (``math.inf``: no bound).
     ``max_long_rows``: the most rows long requests (:meth:`is_long`: over ``long_audio_seconds``
-    of audio or ``long_text_tokens`` of prompt text) hold at once (``None``: half of
-    ``max_batch``, at least 1).
+    of audio or ``long_text_tokens`` of prompt text) hold at once (``None``: a quarter of
+    ``max_batch``, at least 1). ``prefill_chunk_tokens``: a group of newcomers whose longest prompt
+    passes it is prefilled that many positions per tick (chunked prefill, one group at a time).
     ``steps`` counts decoding steps; ``batches_served`` the prefills. The worker thread runs in
     ``torch.inference_mode``."""
 
@@ -124,13 +132,16 @@ class Scheduler(Batcher):
                  prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS,
                  prefill_text_tokens: float = limits.PREFILL_TEXT_TOKENS,
                  long_audio_seconds: float = limits.LONG_AUDIO_SECONDS,
-                 long_text_tokens: float = limits.LONG_TEXT_TOKENS, max_long_rows: int | None = limits.MAX_LONG_ROWS) -> None:
+                 long_text_tokens: float = limits.LONG_TEXT_TOKENS, max_long_rows: int | None = limits.MAX_LONG_ROWS,
+                 prefill_chunk_tokens: float = limits.PREFILL_CHUNK_TOKENS) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
         self.prefill_audio_seconds = prefill_audio_seconds
         self.prefill_text_tokens = prefill_text_tokens
         self.long_audio_seconds = long_audio_seconds
         self.long_text_tokens = long_text_tokens
-        self.max_long_rows = max(1, max_batch // 2) if max_long_rows is None else max_long_rows
+        self.max_long_rows = max(1, max_batch // 4) if max_long_rows is None else max_long_rows
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._partial: list[tuple[PartialPrefill, list[_Row]]] = []  # chunked prefills, oldest first
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
@@ -146,7 +157,7 @@ class Scheduler(Batcher):
     # -- the worker loop ------------------------------------------------------------------------
     @torch.inference_mode()
     def _run(self) -> None:
-        while not (self._closing and not self._rows and not self._waiting):
+        while not (self._closing and not self._rows and not self._waiting and not self._partial):
             jobs = self._admit()
             if jobs is None:
                 break
@@ -155,6 +166,7 @@ class Scheduler(Batcher):
                 groups.setdefault((*_settings_key(job), _length_class(job)), []).append(job)
             for group in groups.values():
                 self._serve(group)
+            self._prefill_chunk()
             if self._rows:
                 self._step()
 
@@ -162,7 +174,7 @@ class Scheduler(Batcher):
         """The requests prefilled in this tick, cheapest first (see the module): when nothing runs
         or waits, the next one (blocking) and those arriving within the window; otherwise from
         those waiting (newcomers included). ``None``: the server closes and nothing runs."""
-        if not self._rows and not self._waiting:
+        if not self._rows and not self._waiting and not self._partial:
             if self._closing or (jobs := self._collect()) is None:
                 return None
             self._waiting = jobs
@@ -194,8 +206,9 @@ class Scheduler(Batcher):
         """The waiting requests (in their order) that rows are free for: at most ``max_batch``
         running in all, and at most ``max_long_rows`` long ones (:meth:`is_long`); a long request
         over that waits, and the short ones behind it pass it."""
-        free = self.max_batch - len(self._rows)
-        long_free = self.max_long_rows - sum(self.is_long(row.job) for row in self._rows)
+        rows = self._rows + [row for _, waiting in self._partial for row in waiting]
+        free = self.max_batch - len(rows)
+        long_free = self.max_long_rows - sum(self.is_long(row.job) for row in rows)
         candidates: list[Job] = []
         for job in self._waiting:
             if len(candidates) >= free:
@@ -232,8 +245,37 @@ class Scheduler(Batcher):
         settings = replace(jobs[0].settings, max_new_tokens=max(requested))
         limits = self.pipeline.row_limits(prepared, settings, requested).tolist()
         rows = [self._row(job, limit, n) for job, limit, n in zip(jobs, limits, prepared.prompt_tokens)]
-        logits = self._batch.prefill(prepared)
         self.batches_served += 1
+        if max(prepared.prompt_tokens) > self.prefill_chunk_tokens:  # run a chunk per tick from now on
+            self._partial.append((self._batch.start(prepared), rows))
+            return
+        self._joined(rows, self._batch.prefill(prepared))
+
+    def _prefill_chunk(self) -> None:
+        """Run the next ``prefill_chunk_tokens`` positions of the oldest chunked prefill; once its
+        prompts are done its rows join the batch. Dropped when all its clients are gone; a failure
+        fails its rows only."""
+        if not self._partial:
+            return
+        partial, rows = self._partial[0]
+        if all(row.job.cancelled.is_set() for row in rows):
+            self._partial.pop(0)
+            return
+        try:
+            done = partial.run(self.prefill_chunk_tokens)
+            if done:
+                self._partial.pop(0)
+                self._joined(rows, self._batch.join(partial))
+        except Exception as exc:  # a bug: these rows fail, the running ones go on
+            if self._partial and self._partial[0][0] is partial:
+                self._partial.pop(0)
+            log.exception("prefill failed for requests %s", ", ".join(row.job.request_id for row in rows))
+            for row in rows:
+                row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
+
+    def _joined(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Rows whose prompts ran (``logits [N, V]``) start: they join the running rows and take
+        their first token."""
         for row in rows:
             row.job.emit(Started(row.prompt_tokens))
         self._rows.extend(rows)

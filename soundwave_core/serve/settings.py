@@ -12,7 +12,7 @@ from swv.serve import limits
 
 #: The bounds that must be at least 1 (the others: at least 0).
 _POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes",
-             "prefill_text_tokens", "long_text_tokens", "refusal_burst")
+             "prefill_text_tokens", "long_text_tokens", "refusal_burst", "prefill_chunk_tokens")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class ServeSettings:
     (>= 1) their prompts' text tokens (a single request over either is prefilled alone); the others
     wait for the next step. Long requests (over ``long_audio_seconds`` of audio or
     ``long_text_tokens`` of prompt text) hold at most ``max_long_rows`` rows of the running batch
-    (``None``: half of ``max_batch``, at least 1), so short ones find a row.
+    (``None``: a quarter of ``max_batch``, at least 1), so short ones find a row; a prompt longer
+    than ``prefill_chunk_tokens`` positions is prefilled that many per tick (chunked prefill).
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it);
@@ -64,6 +65,7 @@ class ServeSettings:
     long_audio_seconds: float = limits.LONG_AUDIO_SECONDS
     long_text_tokens: int = limits.LONG_TEXT_TOKENS
     max_long_rows: int | None = limits.MAX_LONG_ROWS
+    prefill_chunk_tokens: int = limits.PREFILL_CHUNK_TOKENS
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS
