@@ -77,6 +77,9 @@ class Batching:
     prefill_chunk_tokens: Annotated[int, typer.Option(
         "--prefill-chunk-tokens", min=1, help="Continuous scheduling: a prompt longer than this many positions "
         "(text and audio) is prefilled this many per decoding step (chunked prefill).")] = limits.PREFILL_CHUNK_TOKENS
+    long_encode_nice: Annotated[int, typer.Option(
+        "--long-encode-nice", min=0, max=19, help="Continuous scheduling: the audio of long requests is encoded in a "
+        "thread of its own, its nice value raised by this (Linux; 0: unchanged).")] = limits.LONG_ENCODE_NICE
     long_audio_seconds: Annotated[float, typer.Option(
         "--long-audio-seconds", help="Continuous scheduling: a request with more audio than this is long "
         "(see --max-long-rows).")] = limits.LONG_AUDIO_SECONDS
@@ -103,7 +106,7 @@ class Batching:
                 "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds,
                 "prefill_text_tokens": self.prefill_text_tokens, "long_audio_seconds": self.long_audio_seconds,
                 "long_text_tokens": self.long_text_tokens, "max_long_rows": self.max_long_rows,
-                "prefill_chunk_tokens": self.prefill_chunk_tokens}
+                "prefill_chunk_tokens": self.prefill_chunk_tokens, "long_encode_nice": self.long_encode_nice}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -576,3 +576,40 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_decoding_steps_between(pipe: 
     assert len(runs) == -(-long // chunk)  # ceil: one chunk per tick
     assert runs == sorted(set(runs))  # a decoding step of the running row between any two chunks
     assert prefills == [(0, [0])]  # only the short prompt ran whole
+
+
+def test_long_audio_is_encoded_in_a_lower_priority_thread_while_running_rows_step(pipe: Pipeline, monkeypatch) -> None:
+    """A long request's audio is encoded outside the worker thread (in the encoder thread, its nice
+    value raised on Linux): the running request takes decoding steps meanwhile (here its encoding
+    waits for them; in the worker thread it would wait forever), and the answers are unchanged."""
+    import os
+    import sys
+
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    specs = [(conversation(0.1, 97), settings(400, no_repeat_ngram_size=0), {}), (conversation(1.5, 98), settings(5), {})]
+    alone = [pipe.generate_requests([pipe.chat_request(m)], s)[0].text for m, s, _ in specs]
+    made: list[Scheduler] = []
+    real_init = Scheduler.__init__
+    monkeypatch.setattr(Scheduler, "__init__", lambda self, *a, **k: (real_init(self, *a, **k), made.append(self))[0])
+    seen: list[tuple[str, int, int]] = []
+    real_encode = Pipeline.encode_requests
+
+    def encode(self, requests, *args, **kwargs):
+        if any(self.audio_seconds(request) > 1.0 for request in requests):
+            deadline = time.monotonic() + 30
+            while made[0].steps < 5 and time.monotonic() < deadline:  # the running row steps meanwhile
+                time.sleep(0.01)
+            nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform.startswith("linux") else 0
+            seen.append((threading.current_thread().name, made[0].steps, nice))
+        return real_encode(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "encode_requests", encode)
+    base = os.getpriority(os.PRIO_PROCESS, 0) if sys.platform.startswith("linux") else 0
+    # the 1.5 s request is long; it arrives once the short one runs
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, specs[:1], late=specs[1], long_audio_seconds=1.0,
+                                   long_encode_nice=3)
+    assert [finished(e).text for e in events] == alone
+    ((thread, steps, nice),) = seen
+    assert thread.startswith("swv-encode") and steps >= 5
+    if sys.platform.startswith("linux"):
+        assert nice == min(19, base + 3)

@@ -51,6 +51,10 @@ PREFILL_TEXT_TOKENS = 2048
 #: passes this many positions is prefilled this many per tick, with decoding steps between
 #: (chunked prefill; a 59 s clip makes ~1,000 positions, a 1 s clip with its prompt ~120).
 PREFILL_CHUNK_TOKENS = 256
+#: Continuous scheduling: the audio of a group with a long request is encoded in a thread of its
+#: own, its nice value raised by this much (Linux; 0: unchanged), so the kernel favours the
+#: decoding steps and the event loop over it when the cores are busy.
+LONG_ENCODE_NICE = 10
 #: Continuous scheduling: a request with more audio than this many seconds, or more prompt text
 #: tokens than LONG_TEXT_TOKENS (about the prompt 30 s of audio make), is long: long requests
 #: hold at most MAX_LONG_ROWS rows of the running batch (None: a quarter of --max-batch, at least 1), so the other

@@ -29,7 +29,9 @@ class ServeSettings:
     wait for the next step. Long requests (over ``long_audio_seconds`` of audio or
     ``long_text_tokens`` of prompt text) hold at most ``max_long_rows`` rows of the running batch
     (``None``: a quarter of ``max_batch``, at least 1), so short ones find a row; a prompt longer
-    than ``prefill_chunk_tokens`` positions is prefilled that many per tick (chunked prefill).
+    than ``prefill_chunk_tokens`` positions is prefilled that many per tick (chunked prefill); a
+    group with a long request is encoded in a thread of its own whose nice value is raised by
+    ``long_encode_nice`` (0-19; Linux).
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it);
@@ -66,6 +68,7 @@ class ServeSettings:
     long_text_tokens: int = limits.LONG_TEXT_TOKENS
     max_long_rows: int | None = limits.MAX_LONG_ROWS
     prefill_chunk_tokens: int = limits.PREFILL_CHUNK_TOKENS
+    long_encode_nice: int = limits.LONG_ENCODE_NICE
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS
@@ -99,6 +102,8 @@ class ServeSettings:
             raise UsageError(f"scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
         if self.max_context < 2:
             raise UsageError(f"max_context must be >= 2, got {self.max_context}")
+        if not 0 <= self.long_encode_nice <= 19:
+            raise UsageError(f"long_encode_nice must be within 0-19, got {self.long_encode_nice}")
         if self.max_long_rows is not None and self.max_long_rows < 1:
             raise UsageError(f"max_long_rows must be >= 1, got {self.max_long_rows}")
         for name in ("body_timeout_seconds", "prefill_audio_seconds", "long_audio_seconds", "refusal_delay_max"):
