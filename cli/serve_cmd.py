@@ -47,6 +47,10 @@ class RequestBounds:
         "--body-buffer-bytes", min=1,
         help="Bytes of request bodies read and parsed at once, over all requests (others wait; 503 after "
              "--body-timeout).")] = limits.BODY_BUFFER_BYTES
+    body_buffer_reserve: Annotated[int, typer.Option(
+        "--body-buffer-reserve", min=0,
+        help="The last bytes of --body-buffer-bytes (at most half), which only bodies of at most this size may "
+             "take, so big bodies in flight do not make small requests wait.")] = limits.BODY_BUFFER_RESERVE
     max_json_depth: Annotated[int, typer.Option(
         "--max-json-depth", min=1, help="Deepest JSON nesting of a request body.")] = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: Annotated[int, typer.Option(

@@ -10,6 +10,9 @@ MAX_TEXT_CHARS = 100_000
 MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Bytes of request bodies read and parsed at once, over all requests (swv.serve.body.BodyBudget).
 BODY_BUFFER_BYTES = 64 * 1024 * 1024
+#: The last bytes of that budget, which only bodies of at most this size may take (at most half
+#: the budget), so big bodies in flight do not make small requests wait (swv.serve.body.BodyBudget).
+BODY_BUFFER_RESERVE = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 MAX_JSON_STRUCTURE_BYTES = 1024 * 1024
 WORK_THREADS = 2

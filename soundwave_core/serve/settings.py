@@ -37,7 +37,8 @@ class ServeSettings:
     request body (a body without Content-Length is cut off once it passes it);
     ``body_buffer_bytes`` the bodies held in memory at once, from before they are read until their
     request is queued or refused (a request waits for room, at most ``body_timeout_seconds``, then
-    503; see :mod:`swv.serve.body`); ``max_json_depth`` the body's nesting and ``max_json_structure_bytes`` its JSON outside strings (keys, numbers,
+    503; see :mod:`swv.serve.body`), of which the last ``body_buffer_reserve`` bytes (at most half)
+    only bodies of at most that size take; ``max_json_depth`` the body's nesting and ``max_json_structure_bytes`` its JSON outside strings (keys, numbers,
     brackets: what parsing turns into objects), both measured before it is parsed;
     ``max_text_chars`` the characters of text over all messages (before tokenizing);
     ``max_clips`` the audio clips of a request, ``max_audio_seconds`` each clip,
@@ -77,6 +78,7 @@ class ServeSettings:
     default_max_tokens: int = 256
     max_body_bytes: int = limits.MAX_BODY_BYTES
     body_buffer_bytes: int = limits.BODY_BUFFER_BYTES
+    body_buffer_reserve: int = limits.BODY_BUFFER_RESERVE
     max_json_depth: int = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: int = limits.MAX_JSON_STRUCTURE_BYTES
     work_threads: int = limits.WORK_THREADS
@@ -95,7 +97,7 @@ class ServeSettings:
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("batch_window_seconds", "max_audio_seconds", "max_request_audio_seconds", "max_text_chars",
-                     "max_body_bytes", "max_json_structure_bytes", "refusals_per_second"):
+                     "max_body_bytes", "max_json_structure_bytes", "refusals_per_second", "body_buffer_reserve"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.scheduling not in limits.SCHEDULING:
