@@ -123,3 +123,39 @@ def test_the_throttle_is_on_by_default_and_its_bounds_are_checked() -> None:
         ServeSettings(model_id="m", max_context=64, refusal_delay_max=0.0)
     with pytest.raises(UsageError, match="^refusals_per_second must be >= 0, got -1.0$"):
         ServeSettings(model_id="m", max_context=64, refusals_per_second=-1.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_late_answer_holds_nothing_of_its_request(anyio_backend: str) -> None:
+    """The refusal waits after the app has returned: what the request held (here a stand-in for
+    the body read so far, kept by the handler's frame) is gone by then."""
+    import gc
+    import weakref
+
+    class Body:
+        pass
+
+    refs: list[weakref.ref] = []
+    alive_while_waiting: list[bool] = []
+
+    async def app(scope, receive, send) -> None:
+        body = Body()
+        refs.append(weakref.ref(body))
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def sleep(seconds: float) -> None:
+        gc.collect()
+        alive_while_waiting.append(refs[-1]() is not None)
+
+    throttle = RefusalThrottle(app, per_second=1.0, burst=1, max_delay=5.0, sleep=sleep)
+    sent: list[dict] = []
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    for _ in range(2):
+        await throttle({"type": "http", "client": ("127.0.0.1", 1)}, None, send)
+    assert alive_while_waiting == [False]  # the second refusal waited, its request's objects gone
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"] * 2
