@@ -5,7 +5,8 @@ back to back costs the server the work of refusing each of them (reading the bod
 reading clip headers) and takes that CPU, and the GIL, from the requests it serves: measured
 with ``benchmarks/serve_bounds.py``, 8 clients sending 60 clips each (refused) hundreds of
 times in 5 s made a normal request's own prefill and decoding steps 6-10x slower than on the
-idle server, although the server's process used about one core. Each client may have
+idle server, while the machine's 2 cores were only about 1.2 busy (the server's Python
+threads share one GIL). Each client may have
 ``per_second`` refusals per second, ``burst`` of them at once, at no cost; past that its refused
 requests are answered late: each one's answer waits until the client is back within its rate
 (at most ``max_delay`` seconds). A client that waits for its answer before sending again (as the
