@@ -47,6 +47,10 @@ class RequestBounds:
         "--body-buffer-bytes", min=1,
         help="Bytes of request bodies read and parsed at once, over all requests (others wait; 503 after "
              "--body-timeout).")] = limits.BODY_BUFFER_BYTES
+    body_buffer_reserve: Annotated[int, typer.Option(
+        "--body-buffer-reserve", min=0,
+        help="The last bytes of --body-buffer-bytes (at most half), which only bodies of at most this size may "
+             "take, so big bodies in flight do not make small requests wait.")] = limits.BODY_BUFFER_RESERVE
     max_json_depth: Annotated[int, typer.Option(
         "--max-json-depth", min=1, help="Deepest JSON nesting of a request body.")] = limits.MAX_JSON_DEPTH
     max_json_structure_bytes: Annotated[int, typer.Option(
@@ -74,19 +78,39 @@ class Batching:
         "--prefill-text-tokens", min=1, help="Continuous scheduling: most text tokens of newcomers' prompts "
         "prefilled between two decoding steps (a longer prompt alone; the others wait a step).")
     ] = limits.PREFILL_TEXT_TOKENS
+    prefill_chunk_tokens: Annotated[int, typer.Option(
+        "--prefill-chunk-tokens", min=1, help="Continuous scheduling: a prompt longer than this many positions "
+        "(text and audio) is prefilled this many per decoding step (chunked prefill).")] = limits.PREFILL_CHUNK_TOKENS
+    long_encode_nice: Annotated[int, typer.Option(
+        "--long-encode-nice", min=0, max=19, help="Continuous scheduling: the audio of long requests is encoded in a "
+        "thread of its own, its nice value raised by this (Linux; 0: unchanged).")] = limits.LONG_ENCODE_NICE
+    long_audio_seconds: Annotated[float, typer.Option(
+        "--long-audio-seconds", help="Continuous scheduling: a request with more audio than this is long "
+        "(see --max-long-rows).")] = limits.LONG_AUDIO_SECONDS
+    long_text_tokens: Annotated[int, typer.Option(
+        "--long-text-tokens", min=1, help="Continuous scheduling: a request with more prompt text tokens than "
+        "this is long (see --max-long-rows).")] = limits.LONG_TEXT_TOKENS
+    max_long_rows: Annotated[Optional[int], typer.Option(
+        "--max-long-rows", min=1, help="Continuous scheduling: most long requests running at once, so the other "
+        "rows stay free for short ones (default: a quarter of --max-batch, at least 1).")] = limits.MAX_LONG_ROWS
 
     def __post_init__(self) -> None:
-        """A misspelt --scheduling or a non-positive --prefill-audio-seconds is refused before the model loads."""
+        """A misspelt --scheduling, or a non-positive --prefill-audio-seconds or --long-audio-seconds, is refused
+        before the model loads."""
         if self.scheduling not in limits.SCHEDULING:
             raise UsageError(f"--scheduling must be one of {', '.join(limits.SCHEDULING)}, got {self.scheduling!r}")
-        if not self.prefill_audio_seconds > 0:  # NaN included
-            raise UsageError(f"--prefill-audio-seconds must be > 0, got {self.prefill_audio_seconds}")
+        for flag, value in (("--prefill-audio-seconds", self.prefill_audio_seconds),
+                            ("--long-audio-seconds", self.long_audio_seconds)):
+            if not value > 0:  # NaN included
+                raise UsageError(f"{flag} must be > 0, got {value}")
 
     def settings_fields(self) -> dict[str, Any]:
         """The ServeSettings fields of these options."""
         return {"max_batch": self.max_batch, "batch_window_seconds": self.batch_window_ms / 1000,
                 "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds,
-                "prefill_text_tokens": self.prefill_text_tokens}
+                "prefill_text_tokens": self.prefill_text_tokens, "long_audio_seconds": self.long_audio_seconds,
+                "long_text_tokens": self.long_text_tokens, "max_long_rows": self.max_long_rows,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens, "long_encode_nice": self.long_encode_nice}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +127,21 @@ class Access:
     allowed_hosts: Annotated[Optional[list[str]], typer.Option(
         "--allowed-hosts", help="Host header names answered besides the loopback ones (repeat or comma-separate; "
         "a non-loopback --host answers any Host unless some are given).")] = None
+    refusals_per_second: Annotated[float, typer.Option(
+        "--refusals-per-second", min=0.0, help="Refused requests (4xx) per client address and second answered at "
+        "once, after --refusal-burst; past that they are answered late (0: off).")] = limits.REFUSALS_PER_SECOND
+    refusal_burst: Annotated[int, typer.Option(
+        "--refusal-burst", min=1, help="Refused requests a client may have at once before they are answered late.")
+    ] = limits.REFUSAL_BURST
+    refusal_delay_max: Annotated[float, typer.Option(
+        "--refusal-delay-max", min=0.001, help="Longest delay of a refused request's answer (seconds).")
+    ] = limits.REFUSAL_DELAY_MAX
 
     def settings_fields(self) -> dict[str, Any]:
         """The ServeSettings fields of these options."""
         return {"api_key": self.api_key, "allowed_origins": _names(self.allowed_origins),
-                "allowed_hosts": _names(self.allowed_hosts)}
+                "allowed_hosts": _names(self.allowed_hosts), "refusals_per_second": self.refusals_per_second,
+                "refusal_burst": self.refusal_burst, "refusal_delay_max": self.refusal_delay_max}
 
 
 @dataclasses.dataclass(frozen=True)

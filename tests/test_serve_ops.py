@@ -380,8 +380,28 @@ def test_the_body_budget_lets_what_fits_pass_and_refuses_after_the_timeout() -> 
     assert asyncio.run(scenario()) == [("small", 100), ("big", 50), ("huge", 100), ("after", 0)]
 
 
+def test_big_bodies_leave_the_budget_s_reserve_to_small_ones() -> None:
+    """A body larger than the reserve (a chunked body reserves the largest body allowed) never
+    takes the budget's last ``reserve`` bytes: a small body finds room while big ones fill the
+    rest (before, a chunked body's reservation could take the whole budget)."""
+    async def scenario() -> list[tuple[str, int]]:
+        budget, seen = BodyBudget(100, reserve=20), []
+        async with budget.reserve(10**9, 0.1):  # chunked: as much as a big body may hold
+            seen.append(("chunked", budget.held))
+            async with budget.reserve(15, 0.1):
+                seen.append(("small", budget.held))
+            with pytest.raises(RequestError):
+                async with budget.reserve(21, 0.05):  # bigger than the reserve: no room
+                    pass
+        assert BodyBudget(100, reserve=80).small_reserve == 50  # at most half the budget
+        return seen
+
+    assert asyncio.run(scenario()) == [("chunked", 80), ("small", 95)]
+    assert ServeSettings(model_id="m", max_context=16).body_buffer_reserve == 8 * 1024 * 1024
+
+
 def test_a_body_waits_for_room_in_the_budget_while_small_ones_pass(pipeline) -> None:
-    with serving(pipeline, body_buffer_bytes=120_000, body_timeout_seconds=2.0) as server:
+    with serving(pipeline, body_buffer_bytes=120_000, body_buffer_reserve=0, body_timeout_seconds=2.0) as server:
         head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 90000\r\n\r\n")
         with ThreadPoolExecutor(2) as pool:

@@ -335,3 +335,11 @@ def test_parsing_new_bodies_does_not_go_before_a_cheaper_queued_decode(save_tiny
     assert steps == ["parse first", "decode first", "parse normal", "decode normal", "parse big 1", "parse big 2",
                      "parse big 3"]
     assert app.state.limiter.borrowed == 0
+
+
+def test_the_starvation_bound_is_read_when_a_limiter_is_made(monkeypatch) -> None:
+    """Like the scheduler, the limiter takes ``limits.STARVATION_SECONDS`` as it is when the limiter
+    is made (it was bound once, when the module was imported)."""
+    monkeypatch.setattr(limits, "STARVATION_SECONDS", 0.25)
+    assert PriorityLimiter(1).starvation_seconds == 0.25
+    assert PriorityLimiter(1, starvation_seconds=3.0).starvation_seconds == 3.0

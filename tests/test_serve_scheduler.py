@@ -291,6 +291,7 @@ def run_backlog(pipe: Pipeline, monkeypatch, budget: float, specs: list[Spec],
     Scheduler ``options``) starts (so the first tick sees them all; ``late``: one more job,
     submitted during the first prefill). The jobs' events, and every prefill as ``(decoding steps
     taken before it, its jobs' indices)``."""
+    options.setdefault("prefill_chunk_tokens", math.inf)  # prompts prefilled whole unless a test chunks them
     scheduler = Scheduler(pipe, max_batch=8, window_seconds=0.0, max_context=2048, prefill_audio_seconds=budget,
                           **options)
     prefills: list[tuple[int, list[int]]] = []
@@ -468,3 +469,147 @@ def test_a_prefill_text_token_budget_below_one_is_refused(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "no-model"), "--prefill-text-tokens", "0"])
     assert result.exit_code == 2, result.output  # a usage error, before the (missing) model is looked for
     assert "Invalid value for '--prefill-text-tokens'" in " ".join(result.output.replace("│", " ").split())
+
+
+def test_long_requests_hold_at_most_max_long_rows_and_a_short_one_passes_them(pipe: Pipeline, monkeypatch) -> None:
+    """With ``max_long_rows=2``, four long requests (audio over ``long_audio_seconds``) queued at
+    once run two at a time, and a short request that arrives meanwhile joins at the next tick,
+    ahead of the long ones still waiting (before, all four took rows first)."""
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    long_running: list[int] = []
+    real_generate = Scheduler._generate
+
+    def generate(self: Scheduler, jobs: list[Job]) -> None:
+        long_running.append(sum(self.is_long(row.job) for row in self._rows) + sum(self.is_long(job) for job in jobs))
+        real_generate(self, jobs)
+
+    monkeypatch.setattr(Scheduler, "_generate", generate)
+    backlog = [(conversation(1.5, 70 + i), settings(LONG, no_repeat_ngram_size=0), {}) for i in range(4)]
+    short = (conversation(0.2, 75), settings(4), {})
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, backlog, late=short, long_audio_seconds=1.0,
+                                   max_long_rows=2)
+    assert all(finished(e).completion_tokens >= 1 for e in events)
+    assert max(long_running) <= 2
+    assert sorted(prefills[0][1]) == [0, 1] and prefills[1] == (1, [len(backlog)])  # the short one: next tick
+
+
+def test_short_requests_are_not_long_and_the_default_long_rows_are_a_quarter_of_the_batch(pipe: Pipeline) -> None:
+    from swv.serve.app import create_app
+    from swv.serve.settings import ServeSettings
+
+    scheduler = create_app(pipe, ServeSettings(model_id="m", max_context=64, max_batch=8)).state.batcher
+    assert scheduler.max_long_rows == 2
+    assert (scheduler.long_audio_seconds, scheduler.long_text_tokens) == (serve_limits.LONG_AUDIO_SECONDS,
+                                                                          serve_limits.LONG_TEXT_TOKENS)
+    loop = asyncio.new_event_loop()
+    try:
+        short, long_audio = (Job(pipe.chat_request(conversation(s, 80)), settings(4), loop) for s in (1.0, 31.0))
+        long_text = Job(pipe.chat_request(text_only(600, 81)), settings(4), loop)
+    finally:
+        loop.close()
+    assert [scheduler.is_long(job) for job in (short, long_audio, long_text)] == [False, True, True]
+    custom = ServeSettings(model_id="m", max_context=64, max_batch=1, long_audio_seconds=5.0, max_long_rows=3)
+    scheduler = create_app(pipe, custom).state.batcher
+    assert (scheduler.max_long_rows, scheduler.long_audio_seconds) == (3, 5.0)
+    assert create_app(pipe, ServeSettings(model_id="m", max_context=64, max_batch=1)).state.batcher.max_long_rows == 1
+
+
+@pytest.mark.parametrize("field, value, message", [("max_long_rows", 0, "max_long_rows must be >= 1, got 0"),
+                                                    ("long_audio_seconds", 0.0, "long_audio_seconds must be > 0, got 0.0"),
+                                                    ("long_text_tokens", 0, "long_text_tokens must be >= 1, got 0")])
+def test_non_positive_long_request_bounds_are_refused(field: str, value: float, message: str) -> None:
+    from swv.core.errors import UsageError
+    from swv.serve.settings import ServeSettings
+
+    with pytest.raises(UsageError, match=f"^{message}$"):
+        ServeSettings(model_id="m", max_context=64, **{field: value})
+
+
+def test_a_prompt_run_in_chunks_gives_the_cache_and_logits_of_one_prefill(pipe: Pipeline) -> None:
+    requests = [pipe.chat_request(conversation(1.2, 90)), pipe.chat_request(conversation(0.4, 91))]
+    with torch.inference_mode():
+        prepared = pipe.encode_requests(requests)
+        whole, chunked = RunningBatch(pipe.model), RunningBatch(pipe.model)
+        expected = whole.prefill(prepared)
+        partial = chunked.start(prepared)
+        runs = 0
+        while not partial.run(7):
+            runs += 1
+        assert runs >= 3 and partial.remaining == 0
+        torch.testing.assert_close(chunked.join(partial), expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(chunked.mask, whole.mask)
+        tokens = expected.argmax(dim=-1)
+        torch.testing.assert_close(chunked.step(tokens), whole.step(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_with_decoding_steps_between(pipe: Pipeline, monkeypatch) -> None:
+    """A newcomer whose prompt passes ``prefill_chunk_tokens`` is prefilled a chunk per tick while
+    a running request takes a decoding step between two chunks; greedy answers are unchanged."""
+    from swv.infer.running import PartialPrefill
+
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    specs = [(conversation(0.1, 95), settings(400, no_repeat_ngram_size=0), {}),
+             (conversation(1.5, 96, text=" ".join(f"word{i % 50}" for i in range(200))), settings(6), {})]
+    short, long = (pipe.encode_requests([pipe.chat_request(m)]).prompt_tokens[0] for m, _, _ in specs)
+    chunk = short  # the short prompt is prefilled whole, the long one in chunks
+    assert long > 3 * chunk
+    alone = [pipe.generate_requests([pipe.chat_request(m)], s)[0].text for m, s, _ in specs]
+    runs: list[int] = []
+    real_run = PartialPrefill.run
+    scheduler: list[Scheduler] = []
+
+    def run(self: PartialPrefill, positions: int) -> bool:
+        assert positions == chunk
+        runs.append(scheduler[0].steps)
+        return real_run(self, positions)
+
+    monkeypatch.setattr(PartialPrefill, "run", run)
+    real_init = Scheduler.__init__
+
+    def init(self: Scheduler, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        scheduler.append(self)
+
+    monkeypatch.setattr(Scheduler, "__init__", init)
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, specs, prefill_chunk_tokens=chunk)
+    assert [finished(e).text for e in events] == alone
+    assert len(runs) == -(-long // chunk)  # ceil: one chunk per tick
+    assert runs == sorted(set(runs))  # a decoding step of the running row between any two chunks
+    assert prefills == [(0, [0])]  # only the short prompt ran whole
+
+
+def test_long_audio_is_encoded_in_a_lower_priority_thread_while_running_rows_step(pipe: Pipeline, monkeypatch) -> None:
+    """A long request's audio is encoded outside the worker thread (in the encoder thread, its nice
+    value raised on Linux): the running request takes decoding steps meanwhile (here its encoding
+    waits for them; in the worker thread it would wait forever), and the answers are unchanged."""
+    import os
+    import sys
+
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    specs = [(conversation(0.1, 97), settings(400, no_repeat_ngram_size=0), {}), (conversation(1.5, 98), settings(5), {})]
+    alone = [pipe.generate_requests([pipe.chat_request(m)], s)[0].text for m, s, _ in specs]
+    made: list[Scheduler] = []
+    real_init = Scheduler.__init__
+    monkeypatch.setattr(Scheduler, "__init__", lambda self, *a, **k: (real_init(self, *a, **k), made.append(self))[0])
+    seen: list[tuple[str, int, int]] = []
+    real_encode = Pipeline.encode_requests
+
+    def encode(self, requests, *args, **kwargs):
+        if any(self.audio_seconds(request) > 1.0 for request in requests):
+            deadline = time.monotonic() + 30
+            while made[0].steps < 5 and time.monotonic() < deadline:  # the running row steps meanwhile
+                time.sleep(0.01)
+            nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform.startswith("linux") else 0
+            seen.append((threading.current_thread().name, made[0].steps, nice))
+        return real_encode(self, requests, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "encode_requests", encode)
+    base = os.getpriority(os.PRIO_PROCESS, 0) if sys.platform.startswith("linux") else 0
+    # the 1.5 s request is long; it arrives once the short one runs
+    events, prefills = run_backlog(pipe, monkeypatch, math.inf, specs[:1], late=specs[1], long_audio_seconds=1.0,
+                                   long_encode_nice=3)
+    assert [finished(e).text for e in events] == alone
+    ((thread, steps, nice),) = seen
+    assert thread.startswith("swv-encode") and steps >= 5
+    if sys.platform.startswith("linux"):
+        assert nice == min(19, base + 3)

@@ -6,6 +6,8 @@
   (:class:`~swv.infer.batching.Prepared`: spliced prompt embeddings, as
   :meth:`SpeechLM.generate` gives ``generate``) and appends their rows: the shorter side (the
   running rows or the newcomers) is padded on the left, keys and values and mask alike.
+* :meth:`RunningBatch.start` / :meth:`RunningBatch.join`: the same, a chunk of prompt positions
+  at a time (:class:`PartialPrefill`, chunked prefill), the rows joining once their prompts are run.
 * :meth:`RunningBatch.step` feeds every row its last token and returns the next logits.
 * :meth:`RunningBatch.keep` drops finished rows, and the leading columns no kept row attends.
 
@@ -25,7 +27,7 @@ from transformers import DynamicCache
 from swv.infer.batching import Prepared
 from swv.model.speechlm import SpeechLM
 
-__all__ = ["RunningBatch"]
+__all__ = ["PartialPrefill", "RunningBatch"]
 
 
 class RunningBatch:
@@ -57,6 +59,19 @@ class RunningBatch:
                                           use_cache=True, **self._last_only)
         self._append(cache, spliced.attention_mask)
         return out.logits[:, -1].float()
+
+    def start(self, prepared: Prepared) -> PartialPrefill:
+        """The prompts of ``prepared``, to be run a chunk at a time (:meth:`PartialPrefill.run`)
+        and then joined to the batch (:meth:`join`)."""
+        spliced = self.model.splice(prepared.state, prepared.input_ids, prepared.attention_mask, padding_side="left")
+        return PartialPrefill(self.model, spliced.inputs_embeds, spliced.attention_mask, self._last_only)
+
+    def join(self, partial: PartialPrefill) -> torch.Tensor:
+        """Append the rows of a completed :class:`PartialPrefill`; their next-token logits ``[N, V]``."""
+        if partial.logits is None:
+            raise RuntimeError("RunningBatch.join: the prefill is not complete")
+        self._append(partial.cache, partial.mask)
+        return partial.logits
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens [B]`` (each row's last chosen token); the next logits ``[B, V]`` (float32)."""
@@ -95,6 +110,44 @@ class RunningBatch:
              torch.cat([_left_pad(v_run, width), _left_pad(v_new, width)], dim=0))
             for (k_run, v_run, _), (k_new, v_new, _) in zip(self.cache, cache)
         ])
+
+
+class PartialPrefill:
+    """Prompts (spliced embeddings ``[N, L, D]``, mask ``[N, L]``) run into a cache of their own a
+    chunk of positions at a time (chunked prefill), so the running rows can take decoding steps
+    between two chunks. Each chunk attends to the cached chunks before it and its positions come
+    from the mask, so the cache and the last logits equal those of one :meth:`RunningBatch.prefill`
+    (up to float summation order)."""
+
+    def __init__(self, model: SpeechLM, embeds: torch.Tensor, mask: torch.Tensor, last_only: dict) -> None:
+        self.model = model
+        self.embeds = embeds
+        self.mask = mask
+        self.cache = DynamicCache()
+        self.done = 0
+        self.logits: torch.Tensor | None = None
+        self._last_only = last_only
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def remaining(self) -> int:
+        """Prompt positions not run yet."""
+        return self.length - self.done
+
+    def run(self, positions: int) -> bool:
+        """Run the next ``positions`` (at least 1) prompt positions; whether the prompt is done
+        (then :attr:`logits` are its next-token logits ``[N, V]``)."""
+        end = min(self.length, self.done + max(1, positions))
+        out = self.model.backbone.forward(self.embeds[:, self.done:end], self.mask[:, :end], cache=self.cache,
+                                          use_cache=True, **self._last_only)
+        self.done = end
+        if end == self.length:
+            self.logits = out.logits[:, -1].float()
+            self.embeds = self.embeds[:, :0]  # no longer needed
+        return self.logits is not None
 
 
 def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:

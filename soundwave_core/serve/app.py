@@ -4,7 +4,8 @@ Routes (one module per group in :mod:`swv.serve.routes`): ``POST /v1/chat/comple
 (OpenAI-compatible; ``stream: true`` answers with server-sent events), ``POST
 /v1/audio/transcriptions`` and ``/v1/audio/translations`` (OpenAI's audio API, multipart forms),
 ``GET /v1/models`` and ``/v1/models/{id}``, ``GET /health``, ``GET /metrics`` (Prometheus), and
-the web page at ``/``. Around them: the access controls of :mod:`swv.serve.security` and the
+the web page at ``/``. Around them: the access controls of :mod:`swv.serve.security`, the late
+answers to clients whose requests are refused too often (:mod:`swv.serve.throttle`) and the
 request ids, metrics and drain of :mod:`swv.serve.ops`. Every error, including malformed JSON and
 unknown routes, is an OpenAI-style ``{"error": {...}}`` body with a 4xx status (but for a Host
 outside the allow-list: starlette's plain-text 400); a bug inside generation answers 500 for the
@@ -33,6 +34,7 @@ from swv.serve.routes.deps import attach
 from swv.serve.scheduler import Scheduler
 from swv.serve.security import add_access_controls
 from swv.serve.settings import ServeSettings
+from swv.serve.throttle import RefusalThrottle
 
 __all__ = ["create_app"]
 
@@ -45,11 +47,15 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
     shared = {"max_batch": settings.max_batch, "window_seconds": settings.batch_window_seconds,
               "max_context": settings.max_context}
     batcher = (Scheduler(pipeline, **shared, prefill_audio_seconds=settings.prefill_audio_seconds,
-                         prefill_text_tokens=settings.prefill_text_tokens)
+                         prefill_text_tokens=settings.prefill_text_tokens, long_audio_seconds=settings.long_audio_seconds,
+                         long_text_tokens=settings.long_text_tokens, max_long_rows=settings.max_long_rows,
+                         prefill_chunk_tokens=settings.prefill_chunk_tokens, long_encode_nice=settings.long_encode_nice)
                if settings.scheduling == limits.CONTINUOUS else Batcher(pipeline, **shared))
     app = FastAPI(title="swv serve", lifespan=_lifespan, docs_url=None, redoc_url=None)
     attach(app, pipeline, settings, batcher)
     add_access_controls(app, settings, form_paths=audio.FORM_PATHS)
+    app.add_middleware(RefusalThrottle, per_second=settings.refusals_per_second, burst=settings.refusal_burst,
+                       max_delay=settings.refusal_delay_max)
     app.add_middleware(Operations, metrics=app.state.metrics, drain=app.state.drain)
     app.add_exception_handler(RequestError, _refused)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -297,10 +297,14 @@ class Batcher:
             for group in groups.values():
                 self._serve(group)
 
-    def _serve(self, jobs: list[Job]) -> None:
-        """Answer one group; failures go to its jobs, never stop the worker."""
+    def _serve(self, jobs: list[Job], work: Callable[[], None] | None = None) -> None:
+        """Answer one group (``work``: what answers it, by default :meth:`_generate` of its jobs
+        still wanted); failures go to its jobs, never stop the worker."""
         try:
-            self._generate([job for job in jobs if not job.cancelled.is_set()])
+            if work is None:
+                self._generate([job for job in jobs if not job.cancelled.is_set()])
+            else:
+                work()
         except SwvError as exc:
             for job in jobs:
                 job.emit(Failed(400, " ".join(str(exc).split())))

@@ -40,7 +40,7 @@ from typing import TypeVar
 import anyio
 from anyio import CapacityLimiter, to_thread
 
-from swv.serve.limits import STARVATION_SECONDS
+from swv.serve import limits
 
 __all__ = ["PriorityLimiter", "Slot", "parse_cost"]
 
@@ -65,18 +65,20 @@ class _Waiter:
 
 class PriorityLimiter:
     """``capacity`` slots granted cheapest-first (see the module). ``starvation_seconds``: a
-    waiter that has waited longer goes first; ``clock``: the monotonic clock it is measured with.
+    waiter that has waited longer goes first (``None``: :data:`~swv.serve.limits.STARVATION_SECONDS`
+    when the limiter is made); ``clock``: the monotonic clock it is measured with.
     A request holds a slot with :meth:`slot` and runs its blocking steps in worker threads with
     :meth:`Slot.run`; between two steps, :meth:`Slot.requeue` puts it back in the queue at the
     cost it now knows (the samples its audio decodes to, read from the headers). Costs are in
     decoded samples (a body to parse: :func:`parse_cost`)."""
 
-    def __init__(self, capacity: int, *, starvation_seconds: float = STARVATION_SECONDS,
+    def __init__(self, capacity: int, *, starvation_seconds: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self.starvation_seconds = starvation_seconds
+        # read when the limiter is made, not when this module was imported (as the scheduler reads it)
+        self.starvation_seconds = limits.STARVATION_SECONDS if starvation_seconds is None else starvation_seconds
         self._clock = clock
         self._free = capacity
         self._waiters: list[_Waiter] = []

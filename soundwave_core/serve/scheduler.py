@@ -15,7 +15,27 @@ cache. The others keep waiting. Then every running row takes one decoding step (
 last token), and the next tick admits again, newcomers included: between two steps at most one
 budget of audio and one of text is prefilled (a request refused for its context does not make the
 others of its group be encoded again), and a cheap request that arrives behind a backlog of long ones
-joins at the next tick (when a row is free), ahead of the backlog unless that has starved. A
+joins at the next tick (when a row is free), ahead of the backlog unless that has starved.
+A group whose longest prompt (text and audio positions) passes ``prefill_chunk_tokens`` is
+prefilled a chunk of that many positions per tick (:class:`~swv.infer.running.PartialPrefill`:
+its audio is encoded at admission, its prompt then runs into a cache of its own), with decoding
+steps of the running rows between two chunks; its rows join the batch once the prompt is done
+(one chunked prefill advances at a time, oldest first; its rows count as taken). So a 59 s
+request (~1,000 positions) pauses the running rows for its encoding and then a chunk per step,
+not for its whole prompt at once. vLLM's chunked prefill has the same aim. A group with a long
+request (below) is not encoded in the worker thread at all: one encoder thread encodes such
+groups one at a time, at a lower OS priority (its nice value raised by ``long_encode_nice``, on
+Linux), while the worker keeps stepping the running rows and prefilling others; the group's
+rows count as taken meanwhile, and its prefill starts at the first tick after its encoding.
+(Why a thread of our own and not anyio's or the request's worker thread: a nice value cannot
+be lowered again without privileges, so the thread that carries it must do nothing else.)
+Long requests (over ``long_audio_seconds`` of audio or ``long_text_tokens`` of prompt text) hold
+at most ``max_long_rows`` rows at once: a long request that would pass it waits (starved or not)
+and the short ones behind it join, so a burst of long requests cannot take every row (a short
+request would wait for one of them to finish) and every decoding step reads a bounded number of
+long caches (each step's cost grows with the rows' cache lengths). vLLM bounds its concurrent
+long prefills the same way (``--max-long-partial-prefills``); here the bound holds for the rows'
+whole life, since on CPU each long row slows every step. A
 row leaves as soon as it is done (its stop token, its ``stop`` string, its token limit, or its
 client gone), so a short request that arrives while a long one generates waits for one step
 and one bounded prefill besides its own, not for the long answer.
@@ -35,8 +55,12 @@ different settings share one batch). Greedy answers equal the :class:`Batcher`'s
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
+import threading
 import time
+from concurrent import futures
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -51,7 +75,7 @@ from transformers import (
 
 from swv.core.errors import first_line
 from swv.infer.pipeline import Pipeline
-from swv.infer.running import RunningBatch
+from swv.infer.running import PartialPrefill, RunningBatch
 from swv.infer.settings import GenerationSettings
 from swv.serve import limits
 from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_stop, send_text, token_entry
@@ -59,6 +83,23 @@ from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_st
 __all__ = ["Scheduler"]
 
 log = logging.getLogger("swv.serve")
+
+#: How long the worker waits for a long group's encoding when it has nothing else to do.
+ENCODING_POLL_SECONDS = 0.005
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (at most 19): on Linux a thread id names
+    one thread for ``setpriority``, and threads it starts inherit the value. Elsewhere (where it
+    would name the whole process) and when refused, nothing changes."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + nice))
+    except OSError:
+        log.warning("could not lower the priority of the encoder thread")
+
 
 #: transformers' ``top_k`` when neither the request nor the model's generation config sets one.
 TRANSFORMERS_TOP_K = 50
@@ -107,21 +148,44 @@ class Scheduler(Batcher):
     """A :class:`Batcher` whose requests join and leave the running batch at token boundaries
     (see the module). ``prefill_audio_seconds`` and ``prefill_text_tokens``: the most newcomers'
     audio and prompt text tokens prefilled between two decoding steps (``math.inf``: no bound).
+    ``max_long_rows``: the most rows long requests (:meth:`is_long`: over ``long_audio_seconds``
+    of audio or ``long_text_tokens`` of prompt text) hold at once (``None``: a quarter of
+    ``max_batch``, at least 1). ``prefill_chunk_tokens``: a group of newcomers whose longest prompt
+    passes it is prefilled that many positions per tick (chunked prefill, one group at a time).
+    A group with a long request is encoded in an encoder thread of its own whose nice value is
+    raised by ``long_encode_nice`` (Linux; 0: unchanged).
     ``steps`` counts decoding steps; ``batches_served`` the prefills. The worker thread runs in
     ``torch.inference_mode``."""
 
     def __init__(self, pipeline: Pipeline, *, max_batch: int, window_seconds: float, max_context: int,
                  prefill_audio_seconds: float = limits.PREFILL_AUDIO_SECONDS,
-                 prefill_text_tokens: float = limits.PREFILL_TEXT_TOKENS) -> None:
+                 prefill_text_tokens: float = limits.PREFILL_TEXT_TOKENS,
+                 long_audio_seconds: float = limits.LONG_AUDIO_SECONDS,
+                 long_text_tokens: float = limits.LONG_TEXT_TOKENS, max_long_rows: int | None = limits.MAX_LONG_ROWS,
+                 prefill_chunk_tokens: float = limits.PREFILL_CHUNK_TOKENS,
+                 long_encode_nice: int = limits.LONG_ENCODE_NICE) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
         self.prefill_audio_seconds = prefill_audio_seconds
         self.prefill_text_tokens = prefill_text_tokens
+        self.long_audio_seconds = long_audio_seconds
+        self.long_text_tokens = long_text_tokens
+        self.max_long_rows = max(1, max_batch // 4) if max_long_rows is None else max_long_rows
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self._partial: list[tuple[PartialPrefill, list[_Row]]] = []  # chunked prefills, oldest first
+        self.long_encode_nice = long_encode_nice
+        self._encoder = futures.ThreadPoolExecutor(1, thread_name_prefix="swv-encode", initializer=lower_priority,
+                                                   initargs=(long_encode_nice,))
+        self._encoding: list[tuple[futures.Future, list[Job]]] = []  # long groups being encoded, oldest first
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self._batch = RunningBatch(pipeline.model)
         self._rows: list[_Row] = []
         self._waiting: list[Job] = []
         self._closing = False
+
+    def close(self) -> None:
+        super().close()
+        self._encoder.shutdown(wait=True)
 
     @property
     def pending(self) -> int:
@@ -131,7 +195,7 @@ class Scheduler(Batcher):
     # -- the worker loop ------------------------------------------------------------------------
     @torch.inference_mode()
     def _run(self) -> None:
-        while not (self._closing and not self._rows and not self._waiting):
+        while not (self._closing and not self._rows and not self._waiting and not self._partial and not self._encoding):
             jobs = self._admit()
             if jobs is None:
                 break
@@ -139,7 +203,12 @@ class Scheduler(Batcher):
             for job in jobs:  # cheapest first: so are the groups
                 groups.setdefault((*_settings_key(job), _length_class(job)), []).append(job)
             for group in groups.values():
-                self._serve(group)
+                if any(self.is_long(job) for job in group):
+                    self._encode_later(group)
+                else:
+                    self._serve(group)
+            self._collect_encoded()
+            self._prefill_chunk()
             if self._rows:
                 self._step()
 
@@ -147,7 +216,7 @@ class Scheduler(Batcher):
         """The requests prefilled in this tick, cheapest first (see the module): when nothing runs
         or waits, the next one (blocking) and those arriving within the window; otherwise from
         those waiting (newcomers included). ``None``: the server closes and nothing runs."""
-        if not self._rows and not self._waiting:
+        if not (self._rows or self._waiting or self._partial or self._encoding):
             if self._closing or (jobs := self._collect()) is None:
                 return None
             self._waiting = jobs
@@ -163,9 +232,36 @@ class Scheduler(Batcher):
         self._waiting = [job for job in self._waiting if not job.cancelled.is_set()]
         starved = time.monotonic() - limits.STARVATION_SECONDS
         self._waiting.sort(key=lambda job: (0, job.queued_at) if job.queued_at <= starved else (1, *_cost(job)))
-        count = self._within_budget(self._waiting[: self.max_batch - len(self._rows)])
-        jobs, self._waiting = self._waiting[:count], self._waiting[count:]
+        candidates = self._row_candidates()
+        jobs = candidates[: self._within_budget(candidates)]
+        chosen = {id(job) for job in jobs}
+        self._waiting = [job for job in self._waiting if id(job) not in chosen]
         return sorted(jobs, key=_cost)
+
+    def is_long(self, job: Job) -> bool:
+        """Whether ``job`` is long: more audio than ``long_audio_seconds`` or more prompt text tokens
+        than ``long_text_tokens`` (its row's cache, which every decoding step reads, is long)."""
+        return (self.pipeline.audio_seconds(job.request) > self.long_audio_seconds
+                or job.request.text_tokens > self.long_text_tokens)
+
+    def _row_candidates(self) -> list[Job]:
+        """The waiting requests (in their order) that rows are free for: at most ``max_batch``
+        running in all, and at most ``max_long_rows`` long ones (:meth:`is_long`); a long request
+        over that waits, and the short ones behind it pass it."""
+        taken = ([row.job for row in self._rows] + [row.job for _, rows in self._partial for row in rows]
+                 + [job for _, jobs in self._encoding for job in jobs])
+        free = self.max_batch - len(taken)
+        long_free = self.max_long_rows - sum(self.is_long(job) for job in taken)
+        candidates: list[Job] = []
+        for job in self._waiting:
+            if len(candidates) >= free:
+                break
+            if self.is_long(job):
+                if long_free <= 0:
+                    continue
+                long_free -= 1
+            candidates.append(job)
+        return candidates
 
     def _within_budget(self, jobs: list[Job]) -> int:
         """How many of ``jobs`` (in order) are prefilled in this tick: while their audio together
@@ -182,18 +278,76 @@ class Scheduler(Batcher):
     def _generate(self, jobs: list[Job]) -> None:
         """Encode and prefill a group of newcomers; their rows join the batch and take their
         first token (errors go to these jobs only: see :meth:`Batcher._serve`)."""
+        jobs, prepared = self._encode(jobs)
+        if jobs:
+            self._prefill(jobs, prepared)
+
+    def _encode(self, jobs: list[Job]) -> tuple[list[Job], Any]:
+        """The jobs still wanted that fit the context, and their audio encoded (``Prepared``)."""
         jobs = [job for job in jobs if not job.cancelled.is_set()]
         if not jobs:
-            return
-        jobs, prepared = self._fit_context(jobs)
-        if not jobs:
-            return
+            return [], None
+        with torch.inference_mode():  # also in the encoder thread
+            return self._fit_context(jobs)
+
+    def _encode_later(self, jobs: list[Job]) -> None:
+        """Encode a long group in the encoder thread (at a lower OS priority); the running rows
+        keep stepping meanwhile, and the group is prefilled once its encoding is done."""
+        self._encoding.append((self._encoder.submit(self._encode, jobs), jobs))
+
+    def _collect_encoded(self) -> None:
+        """Start the prefill of every group whose encoding is done (in submission order); when
+        nothing else is to be done, wait a little for one."""
+        if self._encoding and not self._rows and not self._partial and self._queue.empty():
+            futures.wait([future for future, _ in self._encoding], timeout=ENCODING_POLL_SECONDS,
+                         return_when=futures.FIRST_COMPLETED)
+        while self._encoding and self._encoding[0][0].done():
+            future, jobs = self._encoding.pop(0)
+            self._serve(jobs, lambda: self._prefill_encoded(future.result()))
+
+    def _prefill_encoded(self, encoded: tuple[list[Job], Any]) -> None:
+        jobs, prepared = encoded
+        if jobs:
+            self._prefill(jobs, prepared)
+
+    def _prefill(self, jobs: list[Job], prepared: Any) -> None:
+        """Prefill encoded newcomers: whole, or (a prompt longer than ``prefill_chunk_tokens``)
+        a chunk per tick from the next one on."""
         requested = [job.settings.max_new_tokens for job in jobs]
         settings = replace(jobs[0].settings, max_new_tokens=max(requested))
         limits = self.pipeline.row_limits(prepared, settings, requested).tolist()
         rows = [self._row(job, limit, n) for job, limit, n in zip(jobs, limits, prepared.prompt_tokens)]
-        logits = self._batch.prefill(prepared)
         self.batches_served += 1
+        if max(prepared.prompt_tokens) > self.prefill_chunk_tokens:  # run a chunk per tick from now on
+            self._partial.append((self._batch.start(prepared), rows))
+            return
+        self._joined(rows, self._batch.prefill(prepared))
+
+    def _prefill_chunk(self) -> None:
+        """Run the next ``prefill_chunk_tokens`` positions of the oldest chunked prefill; once its
+        prompts are done its rows join the batch. Dropped when all its clients are gone; a failure
+        fails its rows only."""
+        if not self._partial:
+            return
+        partial, rows = self._partial[0]
+        if all(row.job.cancelled.is_set() for row in rows):
+            self._partial.pop(0)
+            return
+        try:
+            done = partial.run(self.prefill_chunk_tokens)
+            if done:
+                self._partial.pop(0)
+                self._joined(rows, self._batch.join(partial))
+        except Exception as exc:  # a bug: these rows fail, the running ones go on
+            if self._partial and self._partial[0][0] is partial:
+                self._partial.pop(0)
+            log.exception("prefill failed for requests %s", ", ".join(row.job.request_id for row in rows))
+            for row in rows:
+                row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
+
+    def _joined(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Rows whose prompts ran (``logits [N, V]``) start: they join the running rows and take
+        their first token."""
         for row in rows:
             row.job.emit(Started(row.prompt_tokens))
         self._rows.extend(rows)

@@ -29,7 +29,7 @@ def attach(app: FastAPI, pipeline: Pipeline, settings: ServeSettings, batcher: B
     app.state.batcher = batcher
     app.state.model_card = model_card(settings.model_id, int(time.time()))
     app.state.limiter = PriorityLimiter(settings.work_threads)
-    app.state.body_budget = BodyBudget(settings.body_buffer_bytes)
+    app.state.body_budget = BodyBudget(settings.body_buffer_bytes, settings.body_buffer_reserve)
     app.state.metrics = Metrics(lambda: batcher.pending)
     app.state.drain = Drain()
 
