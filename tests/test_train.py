@@ -338,3 +338,24 @@ def test_spec_augment_masks_within_valid_frames_only() -> None:
     seq_first = SpecAugment(SpecAugmentSettings(time_mask_param=20), time_axis=1)
     out2 = seq_first(torch.ones(1, 200, 160), torch.tensor([100]))
     assert torch.equal(out2[0, 100:], torch.ones(100, 160)) and (out2[0, :100] == 0).any()
+
+
+def test_recipe_model_settings_an_export_does_not_use_are_named(tiny_run: Path) -> None:
+    """A stage that starts from an export trains the model as saved; the recipe's model settings
+    that differ from the export's are named (nothing is named for the run's own exports)."""
+    from swv.model.speechlm import SpeechLM
+    from swv.train.runner import ignored_model_settings
+
+    saved = SpeechLM.from_pretrained(tiny_run / "alignment" / "export").config.to_dict()
+    same = load_recipe("tiny", ["output_dir=run", *FAST], default_registry())
+    assert ignored_model_settings(saved, same.model_components) == []
+    other = load_recipe("tiny", ["output_dir=run", "model.adapters.shrinking.posterior_temperature=2.0",
+                                 "model.backbone.attn_implementation=eager"], default_registry())
+    assert ignored_model_settings(saved, other.model_components) == [
+        "model.adapters[1].posterior_temperature is 2.0, the export's 1.0"]
+    res = swv("train", "--recipe", "tiny", "output_dir=run2", *FAST, "--stage", "shrinking", "stages.1.max_steps=1",
+              f"stages.1.init_from={tiny_run / 'alignment' / 'export'}", "model.adapters.shrinking.posterior_temperature=2.0",
+              cwd=tiny_run.parent)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert ("warning: stage shrinking starts from " in res.stdout
+            and "the recipe's model.adapters[1].posterior_temperature is 2.0, the export's 1.0" in res.stdout), res.stdout

@@ -120,7 +120,12 @@ class StageRunner:
 
     # -- set-up ---------------------------------------------------------------------------
     def build_model(self) -> SpeechLM:
-        return build_model(self.ctx.loaded, self.init_dir)
+        model = build_model(self.ctx.loaded, self.init_dir)
+        if self.init_dir is not None:
+            for line in ignored_model_settings(model.config.to_dict(), self.ctx.loaded.model_components):
+                self.ctx.print(f"warning: stage {self.stage.name} starts from {self.init_dir}, whose model it trains as "
+                               f"saved: the recipe's {line}")
+        return model
 
     def open_feature_cache(self, model: SpeechLM) -> FeatureCache | None:
         """The recipe's feature cache, if the encoder is frozen and the cache matches it."""
@@ -734,6 +739,27 @@ def build_model(loaded: LoadedRecipe, init_dir: Path | None, tags: list[str] | N
             generation=generation,
         )
     )
+
+
+#: component settings that say where weights come from or how they are held, not what the model computes
+LOCATION_FIELDS = frozenset({"path", "revision", "gguf_file", "random_init", "tokenizer", "trust_remote_code",
+                             "special_tokens", "dtype", "attn_implementation", "gradient_checkpointing"})
+
+
+def ignored_model_settings(export_config: dict[str, Any], components: Any) -> list[str]:
+    """The recipe's model settings that a stage starting from an export does not use: one line per
+    setting whose value differs from the export's (``model.adapters[1].posterior_temperature is 2.0,
+    the export's 1.0``); adapters compared by position. Where the weights come from
+    (:data:`LOCATION_FIELDS`) is not compared."""
+    pairs = [("encoder", export_config.get("encoder") or {}, components.encoder.to_dict()),
+             ("backbone", export_config.get("backbone") or {}, components.backbone.to_dict())]
+    saved, wanted = export_config.get("adapters") or [], [a.to_dict() for a in components.adapters]
+    if [a.get("name") for a in saved] != [a["name"] for a in wanted]:
+        return [f"model.adapters are {[a['name'] for a in wanted]}, the export's {[a.get('name') for a in saved]}"]
+    pairs += [(f"adapters[{i}]", old, new) for i, (old, new) in enumerate(zip(saved, wanted))]
+    return [f"model.{where}.{key} is {new[key]!r}, the export's {old.get(key)!r}"
+            for where, old, new in pairs for key in sorted(new)
+            if key not in LOCATION_FIELDS and key in old and old[key] != new[key]]
 
 
 def recipe_prompting(recipe: Recipe) -> tuple[dict[str, str], dict[str, Any]]:
