@@ -19,7 +19,6 @@ import torch
 from swv.infer.pipeline import Pipeline
 from swv.infer.running import RunningBatch
 from swv.infer.settings import GenerationSettings
-from swv.model.speechlm import SpeechLM
 from swv.serve.batcher import Batcher, Delta, Failed, Finished, Job, Started
 from swv.serve import limits as serve_limits
 from swv.serve.scheduler import Scheduler
@@ -31,11 +30,8 @@ REAL_PREFILL = RunningBatch.prefill
 
 
 @pytest.fixture(scope="module")
-def pipe(model_config_factory, tmp_path_factory) -> Pipeline:
-    torch.manual_seed(0)
-    path: Path = tmp_path_factory.mktemp("sched_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return Pipeline.from_pretrained(path)
+def pipe(save_tiny_model) -> Pipeline:
+    return Pipeline.from_pretrained(save_tiny_model("sched_model"))
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:

@@ -5,14 +5,11 @@ requests, and other clients, are answered at once."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from swv.infer.pipeline import Pipeline
-from swv.model.speechlm import SpeechLM
 from swv.serve import limits
 from swv.serve.app import create_app
 from swv.serve.settings import ServeSettings
@@ -85,11 +82,8 @@ async def test_only_4xx_answers_wait_and_only_past_the_burst(anyio_backend: str)
 
 
 @pytest.fixture(scope="module")
-def pipe(model_config_factory, tmp_path_factory) -> Pipeline:
-    torch.manual_seed(0)
-    path: Path = tmp_path_factory.mktemp("throttle_model") / "model"
-    SpeechLM(model_config_factory()).save_pretrained(path)
-    return Pipeline.from_pretrained(path)
+def pipe(save_tiny_model) -> Pipeline:
+    return Pipeline.from_pretrained(save_tiny_model("throttle_model"))
 
 
 def test_the_server_answers_a_flood_of_refusals_late_and_its_other_requests_at_once(pipe: Pipeline) -> None:
