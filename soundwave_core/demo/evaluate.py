@@ -28,8 +28,9 @@ from swv.data.manifest import (
     write_manifest,
 )
 
-#: rows per generation batch of every evaluation here: on 2 cores, 80 dev clips through
-#: ``swv eval`` took 15 s in batches of 32 against 21 s in batches of 8 (same WER)
+#: rows per generation batch of every evaluation here (fewer, longer batches: the demo's
+#: evaluation phases took 30-40 % less time in the seventh session's README run than with 8;
+#: a by-hand measurement, not a benchmark in benchmarks/)
 EVAL_BATCH_SIZE = 32
 
 
