@@ -110,6 +110,11 @@ RepetitionPenalty = Annotated[Optional[float], typer.Option(
     "--repetition-penalty",
     help="Divide the scores of tokens already in the answer by this (> 0; 1.0: off, the default unless the "
     "model says otherwise; above 1 discourages repeats, also of words a normal answer repeats).")]
+CtcWeight = Annotated[Optional[float], typer.Option(
+    "--ctc-weight", min=0.0, max=1.0,
+    help="Rescore transcripts (task asr, or the model's default transcription instruction) with the CTC head: of "
+    "the answer and the CTC head's greedy reading, keep the one with the higher (1 - w) * log P_LLM + w * log P_CTC; "
+    f"0: off (default: the model's; {_DECODING.ctc_weight:g} unless it says otherwise).")]
 System = Annotated[Optional[str], typer.Option(
     "--system", help="System prompt (default: the one saved with the model, i.e. the paper's; '' for none).")]
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed torch's RNG once before generating.")]
@@ -127,6 +132,7 @@ class GenerationOptions:
     length_bound: LengthBound = None
     no_repeat_ngram_size: NoRepeatNgramSize = None
     repetition_penalty: RepetitionPenalty = None
+    ctc_weight: CtcWeight = None
     system: System = None
     seed: Seed = None
 
@@ -138,6 +144,7 @@ class GenerationOptions:
             max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
             top_p=self.top_p, seed=self.seed, length_bound=self.length_bound,
             no_repeat_ngram_size=self.no_repeat_ngram_size, repetition_penalty=self.repetition_penalty,
+            ctc_weight=self.ctc_weight,
         )
 
 

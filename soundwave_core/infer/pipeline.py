@@ -74,6 +74,7 @@ from swv.core.dtypes import torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.infer.batching import Prepared, Result, Stats, encode_requests, generate_prepared, token_budget
+from swv.infer.rescoring import rescore_with_ctc
 from swv.infer.chat import AudioPart, ParsedConversation, RequestLimits, parse_messages
 from swv.infer.settings import GenerationSettings
 from swv.infer.streaming import TextStream, TokenClock
@@ -301,16 +302,23 @@ class Pipeline:
         row_limits: Sequence[int] | None = None,
         criteria: Sequence[StoppingCriteria] = (),
         processors: Sequence[LogitsProcessor] = (),
+        rescore: bool = False,
     ) -> torch.Tensor:
         """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids. ``stop``
         ends every row once set; ``row_limits`` caps each row's new tokens, and so does the
         length bound (:meth:`row_limits`): a row past its limit is finished and padded, the
         others go on (cut the rows with the same :meth:`row_limits`). ``criteria`` and
         ``processors``: extra per-row stopping criteria and logits processors (see
-        :func:`~swv.infer.batching.generate_prepared`)."""
+        :func:`~swv.infer.batching.generate_prepared`). ``rescore``: with the settings'
+        ``ctc_weight``, transcripts are rescored afterwards
+        (:func:`~swv.infer.rescoring.rescore_with_ctc`; only for answers not yet streamed:
+        :meth:`generate_requests` does it, streams and ``swv serve`` do not)."""
         resolved = self.resolve(settings)
         limits = prepared.row_limits(resolved, self.sample_rate, row_limits)
-        return generate_prepared(self.model, prepared, resolved, limits, streamer, stop, criteria, processors)
+        new_tokens = generate_prepared(self.model, prepared, resolved, limits, streamer, stop, criteria, processors)
+        if rescore and resolved.ctc_weight:
+            new_tokens = rescore_with_ctc(self.model, prepared, new_tokens, limits, float(resolved.ctc_weight))
+        return new_tokens
 
     def generate_requests(self, requests: Sequence[ChatRequest], settings: GenerationSettings) -> list[Result]:
         """One batch (no seeding, no splitting): all ``requests`` are generated together."""
@@ -321,7 +329,7 @@ class Pipeline:
         with torch.inference_mode():
             prepared = self.encode_requests(requests)
             limits = self.row_limits(prepared, settings)
-            new_tokens = self.generate_prepared(prepared, settings, clock, row_limits=limits.tolist())
+            new_tokens = self.generate_prepared(prepared, settings, clock, row_limits=limits.tolist(), rescore=True)
         end = time.perf_counter()
         texts, generated, _ = self.processor.decode_generated(new_tokens, limits)
         stats = prepared.stats(generated, self.sample_rate, start, clock.first_token_time, end)

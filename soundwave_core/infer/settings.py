@@ -29,7 +29,8 @@ class GenerationSettings:
     ``transcript_first``: the answer starts with a transcript of the audio (chain of thought,
     ``swv data sft --cot``), so the token budget grows by the audio tokens of the longest clip of
     the batch (the shrinking adapter keeps about one frame per transcript token), and the answer
-    after it is not cut (no length bound)."""
+    after it is not cut (no length bound). ``ctc_weight`` (0: off): transcripts are rescored with
+    the CTC head's posteriors (:mod:`swv.infer.rescoring`)."""
 
     max_new_tokens: int | None = None
     do_sample: bool | None = None
@@ -45,6 +46,7 @@ class GenerationSettings:
     length_bound_margin: int | None = None
     seed: int | None = None
     transcript_first: bool | None = None
+    ctc_weight: float | None = None
 
     def __post_init__(self) -> None:
         """The fields a model's defaults also hold are checked by the same rules."""

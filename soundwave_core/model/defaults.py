@@ -87,8 +87,17 @@ class GenerationDefaults(BaseModel):
       floor of 2 and a ceiling of 10; between them the audio-token term decides. See
       :func:`swv.model.stopping.length_bound`.
 
+    Against an LLM that reads worse than its own CTC head:
+
+    * ``ctc_weight`` (0: off): a transcript (task ``asr``, one clip) is rescored with the clip's
+      CTC posteriors, as hybrid CTC/attention models do (WeNet's attention rescoring, ESPnet's
+      ``ctc_weight``): of the generated answer and the CTC head's greedy transcript, the one with
+      the higher ``(1 - ctc_weight) * log P_LLM + ctc_weight * log P_CTC`` is the answer. Needs a
+      chain with a CTC head; applied to answers that are not streamed
+      (:mod:`swv.infer.rescoring`).
+
     Imported released checkpoints (``swv import soundwave``) keep the released decoding: no
-    repetition control, no length bound.
+    repetition control, no length bound, no rescoring.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -104,6 +113,7 @@ class GenerationDefaults(BaseModel):
     length_bound_min_tokens_per_second: float = Field(default=2.0, gt=0)
     length_bound_per_audio_token: float = Field(default=1.5, gt=0)
     length_bound_margin: int = Field(default=4, ge=0)
+    ctc_weight: float = Field(default=0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _rates_in_order(self) -> GenerationDefaults:

@@ -51,7 +51,7 @@ from transformers import AutoModel, AutoTokenizer, BatchFeature, ProcessorMixin
 from swv.core.audio import DEFAULT_MAX_DURATION, read_audio, resample, too_long
 from swv.core.errors import InputError, UsageError, first_line
 from swv.core.hub import resolve_model
-from swv.model.prompts import TRANSCRIPT_TASK, PromptBuilder, default_instruction, renders_speech
+from swv.model.prompts import TRANSCRIPT_TASK, PromptBuilder, default_instruction, renders_speech, renders_transcript
 from swv.model.stopping import cut_at_stop, left_pad
 
 if TYPE_CHECKING:
@@ -91,11 +91,14 @@ class ChatRequest:
     """One request ready to batch: its chat-template prompt ids (ending with the assistant
     header; one audio placeholder per clip) and its decoded clips, in placeholder order.
     ``transcription``: the answer renders the speech (a transcript or translation), so the
-    audio-derived length bound applies to it."""
+    audio-derived length bound applies to it. ``transcript``: the answer is a transcript of its
+    one clip, so it may be rescored by the clip's CTC posteriors (``ctc_weight``,
+    :mod:`swv.infer.rescoring`)."""
 
     ids: list[int]
     waveforms: list[Waveform]
     transcription: bool = False
+    transcript: bool = False
 
     @property
     def audio_samples(self) -> int:
@@ -319,15 +322,19 @@ class SpeechLMProcessor(ProcessorMixin):
         """A one-turn request: ``waveform`` followed by the instruction ``prompt``. Its answer
         renders the speech (length bound) when ``task`` is a transcription-like task, or, without
         ``task``, when ``prompt`` is the model's default instruction of one
-        (:func:`~swv.model.prompts.renders_speech`)."""
-        return ChatRequest(self.prompt_ids(prompt), [waveform], renders_speech(self.prompts.instructions, prompt, task))
+        (:func:`~swv.model.prompts.renders_speech`); likewise for a transcript (``asr``,
+        :func:`~swv.model.prompts.renders_transcript`: CTC rescoring)."""
+        table = self.prompts.instructions
+        return ChatRequest(self.prompt_ids(prompt), [waveform], renders_speech(table, prompt, task),
+                           renders_transcript(table, prompt, task))
 
     def chat_request(self, messages: list[dict[str, str]], waveforms: list[Waveform]) -> ChatRequest:
         """A conversation (user turns hold :attr:`audio_token` at each clip's place) with its clips;
         its answer renders the speech when its last turn is a transcription-like instruction."""
         last_turn = messages[-1]["content"].replace(self.audio_token, "")
         transcription = bool(waveforms) and renders_speech(self.prompts.instructions, last_turn)
-        return ChatRequest(self.conversation_ids(messages), waveforms, transcription)
+        transcript = len(waveforms) == 1 and renders_transcript(self.prompts.instructions, last_turn)
+        return ChatRequest(self.conversation_ids(messages), waveforms, transcription, transcript)
 
     def collate(self, requests: Sequence[ChatRequest]) -> BatchFeature:
         """Requests -> the model's inputs: left-padded ``input_ids``/``attention_mask [B, L]``,

@@ -60,10 +60,22 @@ def renders_speech(table: Mapping[str, str], instruction: str, task: str | None 
     :data:`~swv.model.defaults.TRANSCRIPTION_TASKS`): decided by ``task`` when given, else by
     ``instruction`` being the default instruction of such a task in ``table`` (surrounding
     spaces ignored; ``{language}`` stands for any language name)."""
+    return _task_of(table, instruction, task, TRANSCRIPTION_TASKS)
+
+
+def renders_transcript(table: Mapping[str, str], instruction: str, task: str | None = None) -> bool:
+    """Whether the answer to ``instruction`` is a transcript of the speech (task ``asr``, or its
+    default instruction in ``table``), as :func:`renders_speech` decides it."""
+    return _task_of(table, instruction, task, (TRANSCRIPT_TASK,))
+
+
+def _task_of(table: Mapping[str, str], instruction: str, task: str | None, tasks: tuple[str, ...]) -> bool:
+    """``task`` is one of ``tasks`` or, without ``task``, ``instruction`` is the default instruction
+    of one of them."""
     if task:
-        return task in TRANSCRIPTION_TASKS
+        return task in tasks
     text = instruction.strip()
-    for name in TRANSCRIPTION_TASKS:
+    for name in tasks:
         template = table.get(name)
         if template and re.fullmatch(".+".join(re.escape(part) for part in template.split(LANGUAGE_SLOT)), text):
             return True
