@@ -105,6 +105,16 @@ def _decode(source: str, max_audio_bytes: int) -> tuple[Any, int, str]:
     return decode_audio(Path(source))
 
 
+def _print_answer(pipe: Pipeline, request: ChatRequest, settings: GenerationSettings) -> tuple[str, Stats]:
+    """Print the answer as it is generated, or, for a transcript the CTC head rescores
+    (``--ctc-weight``), once it is chosen; then a newline."""
+    if pipe.rescores(request, settings):
+        result = pipe.generate_requests([request], settings)[0]
+        typer.echo(result.text)
+        return result.text, result.stats
+    return _print_stream(pipe, request, settings)
+
+
 def _print_stream(pipe: Pipeline, request: ChatRequest, settings: GenerationSettings) -> tuple[str, Stats]:
     """Print the answer as it is generated (surrounding whitespace dropped), then a newline."""
     from swv.infer.pipeline import TextStream
@@ -157,7 +167,7 @@ def _run_files(sources: list[str], prompt: str | None, job: _Job) -> int:
             _err(str(exc))
             failed += 1
     if len(sources) == 1:
-        _, result_stats = _print_stream(pipe, pipe.request(waveforms[0], prompt), job.settings)
+        _, result_stats = _print_answer(pipe, pipe.request(waveforms[0], prompt), job.settings)
         if job.stats:
             print(f"stats: {result_stats.format()}", file=sys.stderr)
         return failed
@@ -194,7 +204,7 @@ def _run_chat(conversation: Path, sources: list[str], prompt: str | None, job: _
         messages.append(user_turn([_stored_path(s, base) for s in sources], prompt))
     pipe = job.load()
     request = pipe.chat_request(messages, max_duration=job.max_duration, base_dir=base)
-    answer, result_stats = _print_stream(pipe, request, job.settings)
+    answer, result_stats = _print_answer(pipe, request, job.settings)
     if job.stats:
         print(f"stats: {result_stats.format()}", file=sys.stderr)
     messages.append({"role": "assistant", "content": answer})

@@ -132,3 +132,37 @@ def test_ctc_weight_is_checked() -> None:
 
     with pytest.raises(UsageError, match="ctc_weight"):
         GenerationSettings(ctc_weight=1.5)
+
+
+def test_swv_infer_and_eval_rescore_with_ctc_weight(save_tiny_model, infer_eval_cli, tmp_path) -> None:
+    """One file (printed once chosen, not streamed), a manifest and ``swv eval`` give the
+    Pipeline's rescored transcript; without the flag, the model's default (0) leaves it."""
+    import json
+
+    import soundfile as sf
+
+    model_dir = save_tiny_model("rescore-cli", seed=3)
+    pipe = Pipeline.from_pretrained(model_dir)
+    samples = (np.random.default_rng(2).standard_normal(SR * 2) * 0.1).astype(np.float32)
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, samples, SR)
+    settings = GenerationSettings(max_new_tokens=40, length_bound=False)
+    waveform = pipe.prepare(samples, SR, "clip")
+    plain = pipe.generate([waveform], [ASR_INSTRUCTION], settings)[0].text
+    rescored = pipe.generate([waveform], [ASR_INSTRUCTION], replace(settings, ctc_weight=1.0))[0].text
+    assert rescored != plain  # the CTC head's reading wins on this clip (see the test above)
+    flags = ["--max-new-tokens", 40, "--no-length-bound"]
+    code, out, err = infer_eval_cli(["infer", model_dir, wav, *flags, "--ctc-weight", 1.0])
+    assert code == 0, err
+    assert out == rescored + "\n"
+    code, out, err = infer_eval_cli(["infer", model_dir, wav, *flags])
+    assert code == 0 and out == plain + "\n", err
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": str(wav), "text": "x"}) + "\n")
+    code, _, err = infer_eval_cli(["eval", model_dir, "--manifest", manifest, "--task", "asr", "--output-dir", tmp_path / "ev",
+                                   *flags, "--ctc-weight", 1.0])
+    assert code == 0, err
+    predictions = [json.loads(line) for line in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["prediction"] for p in predictions] == [rescored]
+    code, _, err = infer_eval_cli(["infer", model_dir, wav, "--ctc-weight", 2])
+    assert code != 0 and "--ctc-weight" in err and "Traceback" not in err

@@ -189,6 +189,11 @@ class Pipeline:
         """``settings`` with what they leave open taken from the model's saved defaults."""
         return settings.over(self.model.generation_defaults())
 
+    def rescores(self, request: ChatRequest, settings: GenerationSettings) -> bool:
+        """Whether a non-streamed answer to ``request`` is rescored with the CTC head (a transcript,
+        and the resolved ``ctc_weight`` above 0; :mod:`swv.infer.rescoring`)."""
+        return request.transcript and bool(self.resolve(settings).ctc_weight)
+
     def token_budget(self, settings: GenerationSettings, state: AudioState) -> int:
         """Most new tokens for a batch: ``max_new_tokens`` (resolved), plus the audio tokens of the
         longest clip (``state.lengths``) when the answer starts with a transcript."""
