@@ -13,8 +13,9 @@ answer and the CTC head's greedy transcript, are scored by
 
 (the LLM's teacher-forced log-likelihood of the candidate and its end-of-turn token; the CTC
 log-likelihood summed over alignments, :func:`~swv.model.losses.ctc_log_likelihood`) and the
-higher one is the answer. One batched forward of the backbone over both candidates of every
-such row; nothing is sampled again. Answers that are streamed are not rescored (their tokens
+higher one is the answer. Only rows whose two readings differ are scored: their prompts run
+once more (the generation's KV cache is not kept), and both candidates continue from that
+cache in one pass; nothing is sampled again. Answers that are streamed are not rescored (their tokens
 are out before the scores exist).
 """
 
@@ -24,8 +25,9 @@ import torch
 
 from swv.core.errors import UsageError
 from swv.infer.batching import Prepared
+from swv.infer.running import RunningBatch
 from swv.model.ctc import greedy_ctc_ids
-from swv.model.losses import ctc_log_likelihood, row_sums, token_nll
+from swv.model.losses import ctc_log_likelihood
 from swv.model.speechlm import SpeechLM
 from swv.model.splice import IGNORE_INDEX
 from swv.model.stopping import end_of_turn_ids
@@ -62,7 +64,7 @@ def rescore_with_ctc(
     index = torch.tensor(differ, dtype=torch.long)
     both = torch.cat([clips[index], clips[index]])
     candidates = [answers[i] for i in differ] + [greedy[i] for i in differ]  # each row's answer, then its CTC reading
-    llm = _llm_log_likelihoods(model, prepared, [rows[i] for i in differ] * 2, both, candidates, end)
+    llm = _llm_log_likelihoods(model, prepared, [rows[i] for i in differ] * 2, candidates, end)
     ctc = _ctc_log_likelihoods(model, prepared, both, candidates)
     score = (1.0 - ctc_weight) * llm + ctc_weight * ctc  # [2D]
     width = max(new_tokens.shape[1], max(len(greedy[i]) for i in differ) + 1)
@@ -95,34 +97,37 @@ def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
     return ids
 
 
-def _llm_log_likelihoods(
-    model: SpeechLM, prepared: Prepared, rows: list[int], clips: torch.Tensor, candidates: list[list[int]], end: int
-) -> torch.Tensor:
-    """``[N]``: log P_LLM of ``candidates[i] + [end]`` after row ``rows[i]``'s prompt with its clip
-    ``clips[i]`` (teacher-forced, one right-padded batch; the vocabulary head runs only on the
-    candidates' positions)."""
-    sequences, labels = [], []
-    for b, candidate in zip(rows, candidates):
-        prompt = prepared.input_ids[b][prepared.attention_mask[b].bool()].tolist()
-        sequences.append(prompt + candidate + [end])
-        labels.append([IGNORE_INDEX] * len(prompt) + candidate + [end])
-    longest = max(len(s) for s in sequences)
-    input_ids = torch.zeros(len(sequences), longest, dtype=torch.long)
-    label_ids = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros(len(sequences), longest, dtype=torch.long)
-    for i, (ids, lab) in enumerate(zip(sequences, labels)):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        label_ids[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(ids)] = 1
-    assert prepared.state is not None
-    spliced = model.splice(prepared.state.select(clips), input_ids, mask, label_ids)
-    assert spliced.labels is not None
-    logits = model.backbone.factored_logits(spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids)
-    if logits is None:  # a head that is not a plain Linear: the full logits
-        logits = model.backbone(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                                position_ids=spliced.position_ids).logits
-    nll, labelled = token_nll(logits, spliced.labels)
-    return -row_sums(nll.float(), labelled)[0].cpu()
+#: candidates teacher-forced per forward pass (their logits are ``[rows, tokens, vocabulary]``)
+SCORING_ROWS = 16
+
+
+def _llm_log_likelihoods(model: SpeechLM, prepared: Prepared, rows: list[int], candidates: list[list[int]],
+                         end: int) -> torch.Tensor:
+    """``[N]``: log P_LLM of ``candidates[i] + [end]`` after request ``rows[i]``'s prompt and clip.
+    Each distinct prompt runs once (:meth:`RunningBatch.prefill`: its logits give the first
+    token); its cache then takes every candidate of its row at once (:meth:`RunningBatch.feed`),
+    ``SCORING_ROWS`` candidates per pass."""
+    distinct = sorted(set(rows))
+    prompts = RunningBatch(model)
+    first = prompts.prefill(prepared.select(distinct)).log_softmax(dim=-1)  # [U, V]
+    out = torch.zeros(len(candidates))
+    for start in range(0, len(candidates), SCORING_ROWS):
+        chunk = range(start, min(start + SCORING_ROWS, len(candidates)))
+        owners = [distinct.index(rows[i]) for i in chunk]
+        answers = [candidates[i] + [end] for i in chunk]
+        firsts = torch.tensor([answer[0] for answer in answers], device=first.device)
+        head = first[owners].gather(1, firsts[:, None])[:, 0].float().cpu()  # [n]
+        width = max(max(len(answer) for answer in answers) - 1, 1)
+        fed = torch.zeros(len(answers), width, dtype=torch.long)  # each answer but its last token
+        wanted = torch.full((len(answers), width), IGNORE_INDEX, dtype=torch.long)  # the token after each
+        for k, answer in enumerate(answers):
+            fed[k, : len(answer) - 1] = torch.tensor(answer[:-1], dtype=torch.long)
+            wanted[k, : len(answer) - 1] = torch.tensor(answer[1:], dtype=torch.long)
+        lengths = torch.tensor([len(answer) - 1 for answer in answers])
+        logits = prompts.selected(owners).feed(fed, lengths).float().log_softmax(dim=-1).cpu()  # [n, C, V]
+        picked = logits.gather(2, wanted.clamp(min=0)[..., None])[..., 0].masked_fill(wanted == IGNORE_INDEX, 0.0)
+        out[list(chunk)] = head + picked.sum(dim=1)
+    return out
 
 
 def _ctc_log_likelihoods(model: SpeechLM, prepared: Prepared, clips: torch.Tensor, candidates: list[list[int]]) -> torch.Tensor:
