@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from swv.cli.options import (
+    CtcWeight,
     Device,
     Dtype,
     GenerationOptions,
@@ -202,6 +203,7 @@ def serve(
     length_bound: LengthBound = None,
     no_repeat_ngram_size: NoRepeatNgramSize = None,
     repetition_penalty: RepetitionPenalty = None,
+    ctc_weight: CtcWeight = None,
     system: System = None,
     device: Device = AUTO_DEVICE,
     dtype: Dtype = None,
@@ -241,7 +243,7 @@ def serve(
         default_max_tokens=max_tokens, **dataclasses.asdict(bounds),
         body_timeout_seconds=connections.body_timeout, bind_host=host, **access.settings_fields(),
         generation=GenerationOptions(length_bound=length_bound, no_repeat_ngram_size=no_repeat_ngram_size,
-                                     repetition_penalty=repetition_penalty).settings(),
+                                     repetition_penalty=repetition_penalty, ctc_weight=ctc_weight).settings(),
     )
     app = create_app(pipe, settings)
     print(f"serve: model {settings.model_id!r}, context {context} tokens, {settings.scheduling} batches of up to "

@@ -370,7 +370,9 @@ def test_swv_serve_options_set_the_decoding(loop_dir: Path, monkeypatch) -> None
 
     apps = []
     monkeypatch.setattr(server, "run", lambda app, *args: apps.append(app))
-    serve(loop_dir, max_context=2048, length_bound=False, no_repeat_ngram_size=4, repetition_penalty=1.1)
+    serve(loop_dir, max_context=2048, length_bound=False, no_repeat_ngram_size=4, repetition_penalty=1.1,
+          ctc_weight=0.4)
     generation = apps[0].state.settings.generation
-    assert (generation.length_bound, generation.no_repeat_ngram_size, generation.repetition_penalty) == (False, 4, 1.1)
+    assert (generation.length_bound, generation.no_repeat_ngram_size, generation.repetition_penalty,
+            generation.ctc_weight) == (False, 4, 1.1, 0.4)
     assert generation.max_new_tokens is None  # each request's max_tokens, else --max-tokens

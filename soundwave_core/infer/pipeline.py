@@ -74,7 +74,7 @@ from swv.core.dtypes import torch_dtype
 from swv.core.errors import InputError, SwvError, UsageError, first_line
 from swv.core.hub import resolve_model
 from swv.infer.batching import Prepared, Result, Stats, encode_requests, generate_prepared, token_budget
-from swv.infer.rescoring import rescore_with_ctc
+from swv.infer.rescoring import check_ctc_head, rescore_with_ctc
 from swv.infer.chat import AudioPart, ParsedConversation, RequestLimits, parse_messages
 from swv.infer.settings import GenerationSettings
 from swv.infer.streaming import TextStream, TokenClock
@@ -193,6 +193,11 @@ class Pipeline:
         """Whether a non-streamed answer to ``request`` is rescored with the CTC head (a transcript,
         and the resolved ``ctc_weight`` above 0; :mod:`swv.infer.rescoring`)."""
         return request.transcript and bool(self.resolve(settings).ctc_weight)
+
+    def check_rescoring(self, settings: GenerationSettings) -> None:
+        """A :class:`UsageError` when the resolved ``ctc_weight`` is above 0 but the model has no
+        CTC head to rescore transcripts with (checked before anything is generated)."""
+        check_ctc_head(self.model, self.resolve(settings).ctc_weight)
 
     def token_budget(self, settings: GenerationSettings, state: AudioState) -> int:
         """Most new tokens for a batch: ``max_new_tokens`` (resolved), plus the audio tokens of the
@@ -316,14 +321,25 @@ class Pipeline:
         ``processors``: extra per-row stopping criteria and logits processors (see
         :func:`~swv.infer.batching.generate_prepared`). ``rescore``: with the settings'
         ``ctc_weight``, transcripts are rescored afterwards
-        (:func:`~swv.infer.rescoring.rescore_with_ctc`; only for answers not yet streamed:
-        :meth:`generate_requests` does it, streams and ``swv serve`` do not)."""
+        (:meth:`rescore`; only for answers not yet streamed: :meth:`generate_requests` does it,
+        streams do not; ``swv serve`` rescores the rows of its non-streamed requests itself)."""
         resolved = self.resolve(settings)
         limits = prepared.row_limits(resolved, self.sample_rate, row_limits)
         new_tokens = generate_prepared(self.model, prepared, resolved, limits, streamer, stop, criteria, processors)
-        if rescore and resolved.ctc_weight:
-            new_tokens = rescore_with_ctc(self.model, prepared, new_tokens, limits, float(resolved.ctc_weight))
-        return new_tokens
+        return self.rescore(prepared, new_tokens, settings, limits) if rescore else new_tokens
+
+    def rescore(
+        self, prepared: Prepared, new_tokens: torch.Tensor, settings: GenerationSettings, limits: torch.Tensor,
+        rows: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """``new_tokens [B, N]`` of a prepared batch with the transcripts among ``rows`` (default:
+        every row) rescored with the CTC head when the resolved ``ctc_weight`` is above 0
+        (:func:`~swv.infer.rescoring.rescore_with_ctc`; ``limits [B]``: the rows' token limits);
+        unchanged otherwise."""
+        weight = self.resolve(settings).ctc_weight
+        if not weight:
+            return new_tokens
+        return rescore_with_ctc(self.model, prepared, new_tokens, limits, float(weight), rows)
 
     def generate_requests(self, requests: Sequence[ChatRequest], settings: GenerationSettings) -> list[Result]:
         """One batch (no seeding, no splitting): all ``requests`` are generated together."""

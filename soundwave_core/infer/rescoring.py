@@ -13,68 +13,137 @@ answer and the CTC head's greedy transcript, are scored by
 
 (the LLM's teacher-forced log-likelihood of the candidate and its end-of-turn token; the CTC
 log-likelihood summed over alignments, :func:`~swv.model.losses.ctc_log_likelihood`) and the
-higher one is the answer. Only rows whose two readings differ are scored: their prompts run
-once more (the generation's KV cache is not kept), and both candidates continue from that
-cache in one pass; nothing is sampled again. Answers that are streamed are not rescored (their tokens
+higher one is the answer. One batched forward of the backbone over both candidates of every
+such row; nothing is sampled again. Answers that are streamed are not rescored (their tokens
 are out before the scores exist).
+
+:func:`rescore_with_ctc` rescores the rows of a generated batch (``Pipeline``);
+:func:`rescore_transcripts` does the choosing for answers gathered from anywhere, each with its
+:class:`TranscriptSource` (its prompt and its clip, kept apart from the batch it was encoded in:
+``swv serve``'s per-token scheduler keeps one per row until the row's answer is done).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from swv.core.errors import UsageError
 from swv.infer.batching import Prepared
-from swv.infer.running import RunningBatch
 from swv.model.ctc import greedy_ctc_ids
-from swv.model.losses import ctc_log_likelihood
+from swv.model.losses import ctc_log_likelihood, row_sums, token_nll
 from swv.model.speechlm import SpeechLM
 from swv.model.splice import IGNORE_INDEX
-from swv.model.stopping import end_of_turn_ids
+from swv.model.stopping import cut_at_stop, end_of_turn_ids
+from swv.nn.state import AudioState
+from swv.nn.vocab_logits import VocabLogits
 
-__all__ = ["rescore_with_ctc"]
+__all__ = ["TranscriptSource", "check_ctc_head", "rescore_transcripts", "rescore_with_ctc", "transcript_source"]
+
+#: Why a model cannot rescore.
+NO_CTC_HEAD = "ctc_weight: the model's adapter chain has no CTC head to rescore transcripts with"
+
+
+def check_ctc_head(model: SpeechLM, ctc_weight: float | None) -> None:
+    """A :class:`UsageError` when ``ctc_weight`` is above 0 but no adapter of the model's chain
+    produces CTC logits (nothing to rescore with)."""
+    if ctc_weight and not any(adapter.produces_ctc for adapter in model.adapters.values()):
+        raise UsageError(NO_CTC_HEAD)
+
+
+@dataclass(frozen=True)
+class TranscriptSource:
+    """What rescoring one transcript reads of its request: ``prompt``, its prompt ids ``[L]`` (no
+    padding; one audio placeholder), and ``clip``, its clip's adapter-chain output as a one-row
+    :class:`~swv.nn.state.AudioState` of the fields rescoring reads, cut to the clip's own frames:
+    ``embeds [1, T, D]``/``lengths [1]`` (spliced into the prompt) and ``ctc_logits [1, T_ctc, V]``/
+    ``ctc_lengths [1]`` (the CTC head's reading and score)."""
+
+    prompt: list[int]
+    clip: AudioState
+
+
+def transcript_source(prepared: Prepared, row: int) -> TranscriptSource:
+    """The :class:`TranscriptSource` of request ``row`` of ``prepared`` (a transcript: one clip);
+    its tensors are copies, so the batch may be freed. A chain without a CTC head is a
+    :class:`UsageError`."""
+    state = prepared.state
+    assert state is not None, "a transcript has a clip"
+    if state.ctc_logits is None or state.ctc_lengths is None:
+        raise UsageError(NO_CTC_HEAD)
+    clip = prepared.clip_owner.tolist().index(row)
+    frames, ctc_frames = int(state.lengths[clip]), int(state.ctc_lengths[clip])
+    head = state.ctc_logits
+    ctc = VocabLogits(head.hidden[clip : clip + 1, :ctc_frames].clone(), head.weight, head.bias)
+    own = AudioState(state.embeds[clip : clip + 1, :frames].clone(), state.lengths[clip : clip + 1].clone(), ctc,
+                     state.ctc_lengths[clip : clip + 1].clone())
+    return TranscriptSource(prepared.input_ids[row][prepared.attention_mask[row].bool()].tolist(), own)
 
 
 @torch.no_grad()
 def rescore_with_ctc(
-    model: SpeechLM, prepared: Prepared, new_tokens: torch.Tensor, limits: torch.Tensor, ctc_weight: float
+    model: SpeechLM, prepared: Prepared, new_tokens: torch.Tensor, limits: torch.Tensor, ctc_weight: float,
+    rows: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """``new_tokens [B, N]`` with each transcript row replaced by the CTC head's greedy transcript
-    (and an end-of-turn token) where that scores higher (see the module's docstring); a
-    candidate longer than the row's ``limits[b]`` new tokens is not considered. Returns
-    ``[B, N']`` (``N' >= N``; rows end at their first stop token, as generated rows do)."""
-    rows = [b for b, request in enumerate(prepared.requests) if request.transcript]
-    state = prepared.state
-    if not rows or state is None:
+    """``new_tokens [B, N]`` with each transcript row (of ``rows``; default: every row) replaced by
+    the CTC head's greedy transcript (and an end-of-turn token) where that scores higher
+    (:func:`rescore_transcripts`); a row's answer is its tokens before its first stop token within
+    its ``limits[b]``. Returns ``[B, N']`` (``N' >= N``; rows end at their first stop token, as
+    generated rows do)."""
+    rows = [b for b in (range(len(prepared.requests)) if rows is None else rows) if prepared.requests[b].transcript]
+    if not rows:
         return new_tokens
-    if state.ctc_logits is None or state.ctc_lengths is None:
-        raise UsageError("ctc_weight: the model's adapter chain has no CTC head to rescore transcripts with")
-    owners = prepared.clip_owner.tolist()
-    clips = torch.tensor([owners.index(b) for b in rows], dtype=torch.long)
+    index = torch.tensor(rows, dtype=torch.long)
+    stops = torch.tensor(model.stop_token_ids())
+    answers, _ = cut_at_stop(new_tokens[index.to(new_tokens.device)], stops, limits[index])
+    sources = [transcript_source(prepared, b) for b in rows]
+    readings = rescore_transcripts(model, sources, answers, [int(limits[b]) for b in rows], ctc_weight)
+    won = [(b, reading) for b, reading in zip(rows, readings) if reading is not None]
+    if not won:
+        return new_tokens
     end = _end_id(model)
-    stops = set(model.stop_token_ids())
-    answers = [_until_stop(new_tokens[b].tolist(), stops) for b in rows]
-    chosen = state.select(clips)
-    assert chosen.ctc_logits is not None and chosen.ctc_lengths is not None
-    greedy = greedy_ctc_ids(chosen.ctc_logits.argmax(), chosen.ctc_lengths, model.audio_token_id)
-    # only rows whose two readings differ (and whose CTC reading fits the row's limit) are scored
-    differ = [i for i, b in enumerate(rows) if answers[i] != greedy[i] and len(greedy[i]) + 1 <= int(limits[b])]
-    if not differ:
-        return new_tokens
-    index = torch.tensor(differ, dtype=torch.long)
-    both = torch.cat([clips[index], clips[index]])
-    candidates = [answers[i] for i in differ] + [greedy[i] for i in differ]  # each row's answer, then its CTC reading
-    llm = _llm_log_likelihoods(model, prepared, [rows[i] for i in differ] * 2, candidates, end)
-    ctc = _ctc_log_likelihoods(model, prepared, both, candidates)
-    score = (1.0 - ctc_weight) * llm + ctc_weight * ctc  # [2D]
-    width = max(new_tokens.shape[1], max(len(greedy[i]) for i in differ) + 1)
+    width = max(new_tokens.shape[1], max(len(reading) + 1 for _, reading in won))
     out = torch.full((new_tokens.shape[0], width), end, dtype=new_tokens.dtype, device=new_tokens.device)
     out[:, : new_tokens.shape[1]] = new_tokens
+    for b, reading in won:
+        out[b] = end
+        out[b, : len(reading)] = torch.tensor(reading, dtype=out.dtype, device=out.device)
+    return out
+
+
+@torch.no_grad()
+def rescore_transcripts(
+    model: SpeechLM, sources: Sequence[TranscriptSource], answers: Sequence[list[int]], limits: Sequence[int],
+    ctc_weight: float,
+) -> list[list[int] | None]:
+    """For each transcript (its ``sources[i]``, its generated ``answers[i]``, the tokens before its
+    stop token), the CTC head's greedy reading of its clip where that scores higher by
+    ``(1 - ctc_weight) * log P_LLM + ctc_weight * log P_CTC`` (the module's docstring) and fits
+    ``limits[i]`` new tokens with its end-of-turn token; ``None`` where the answer stays. One
+    batched forward of the backbone over both candidates of the rows whose two readings differ."""
+    chosen: list[list[int] | None] = [None] * len(sources)
+    if not sources:
+        return chosen
+    state = _stacked([source.clip for source in sources])
+    assert state.ctc_logits is not None and state.ctc_lengths is not None
+    greedy = greedy_ctc_ids(state.ctc_logits.argmax(), state.ctc_lengths, model.audio_token_id)
+    # only rows whose two readings differ (and whose CTC reading fits the row's limit) are scored
+    differ = [i for i in range(len(sources)) if answers[i] != greedy[i] and len(greedy[i]) + 1 <= limits[i]]
+    if not differ:
+        return chosen
+    pairs = state.select(torch.tensor(differ + differ, dtype=torch.long))  # each row's answer, then its CTC reading
+    candidates = [answers[i] for i in differ] + [greedy[i] for i in differ]
+    prompts = [sources[i].prompt for i in differ] * 2
+    llm = _llm_log_likelihoods(model, prompts, pairs, candidates, _end_id(model))
+    ctc = _ctc_log_likelihoods(model, pairs, candidates)
+    score = (1.0 - ctc_weight) * llm + ctc_weight * ctc  # [2D]
     for k, i in enumerate(differ):
         if score[len(differ) + k] > score[k]:
-            out[rows[i]] = end
-            out[rows[i], : len(greedy[i])] = torch.tensor(greedy[i], dtype=out.dtype, device=out.device)
-    return out
+            chosen[i] = greedy[i]
+    return chosen
 
 
 def _end_id(model: SpeechLM) -> int:
@@ -89,51 +158,52 @@ def _end_id(model: SpeechLM) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def _until_stop(ids: list[int], stops: set[int]) -> list[int]:
-    """A generated row's answer tokens, before its first stop token."""
-    for i, token in enumerate(ids):
-        if token in stops:
-            return ids[:i]
-    return ids
+def _stacked(clips: Sequence[AudioState]) -> AudioState:
+    """One-row clips (:class:`TranscriptSource`) -> one batch: ``embeds [P, T, D]`` and the CTC
+    head's input ``[P, T_ctc, D']`` zero-padded to the longest (past ``lengths``/``ctc_lengths``:
+    padding)."""
+    hidden, ctc_lengths = [], []
+    for clip in clips:
+        assert clip.ctc_logits is not None and clip.ctc_lengths is not None  # transcript_source checks it
+        hidden.append(clip.ctc_logits.hidden[0])
+        ctc_lengths.append(clip.ctc_lengths)
+    head = clips[0].ctc_logits
+    assert head is not None
+    ctc = VocabLogits(pad_sequence(hidden, batch_first=True), head.weight, head.bias)
+    return AudioState(pad_sequence([clip.embeds[0] for clip in clips], batch_first=True),
+                      torch.cat([clip.lengths for clip in clips]), ctc, torch.cat(ctc_lengths))
 
 
-#: candidates teacher-forced per forward pass (their logits are ``[rows, tokens, vocabulary]``)
-SCORING_ROWS = 16
+def _llm_log_likelihoods(
+    model: SpeechLM, prompts: Sequence[list[int]], state: AudioState, candidates: Sequence[list[int]], end: int
+) -> torch.Tensor:
+    """``[N]``: log P_LLM of ``candidates[i] + [end]`` after ``prompts[i]`` with clip ``i`` of
+    ``state`` (teacher-forced, one right-padded batch; the vocabulary head runs only on the
+    candidates' positions)."""
+    sequences, labels = [], []
+    for prompt, candidate in zip(prompts, candidates):
+        sequences.append(prompt + candidate + [end])
+        labels.append([IGNORE_INDEX] * len(prompt) + candidate + [end])
+    longest = max(len(s) for s in sequences)
+    input_ids = torch.zeros(len(sequences), longest, dtype=torch.long)
+    label_ids = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long)
+    for i, (ids, lab) in enumerate(zip(sequences, labels)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        label_ids[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    spliced = model.splice(state, input_ids, mask, label_ids)
+    assert spliced.labels is not None
+    logits = model.backbone.factored_logits(spliced.inputs_embeds, spliced.attention_mask, spliced.position_ids)
+    if logits is None:  # a head that is not a plain Linear: the full logits
+        logits = model.backbone(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                position_ids=spliced.position_ids).logits
+    nll, labelled = token_nll(logits, spliced.labels)
+    return -row_sums(nll.float(), labelled)[0].cpu()
 
 
-def _llm_log_likelihoods(model: SpeechLM, prepared: Prepared, rows: list[int], candidates: list[list[int]],
-                         end: int) -> torch.Tensor:
-    """``[N]``: log P_LLM of ``candidates[i] + [end]`` after request ``rows[i]``'s prompt and clip.
-    Each distinct prompt runs once (:meth:`RunningBatch.prefill`: its logits give the first
-    token); its cache then takes every candidate of its row at once (:meth:`RunningBatch.feed`),
-    ``SCORING_ROWS`` candidates per pass."""
-    distinct = sorted(set(rows))
-    prompts = RunningBatch(model)
-    first = prompts.prefill(prepared.select(distinct)).log_softmax(dim=-1)  # [U, V]
-    out = torch.zeros(len(candidates))
-    for start in range(0, len(candidates), SCORING_ROWS):
-        chunk = range(start, min(start + SCORING_ROWS, len(candidates)))
-        owners = [distinct.index(rows[i]) for i in chunk]
-        answers = [candidates[i] + [end] for i in chunk]
-        firsts = torch.tensor([answer[0] for answer in answers], device=first.device)
-        head = first[owners].gather(1, firsts[:, None])[:, 0].float().cpu()  # [n]
-        width = max(max(len(answer) for answer in answers) - 1, 1)
-        fed = torch.zeros(len(answers), width, dtype=torch.long)  # each answer but its last token
-        wanted = torch.full((len(answers), width), IGNORE_INDEX, dtype=torch.long)  # the token after each
-        for k, answer in enumerate(answers):
-            fed[k, : len(answer) - 1] = torch.tensor(answer[:-1], dtype=torch.long)
-            wanted[k, : len(answer) - 1] = torch.tensor(answer[1:], dtype=torch.long)
-        lengths = torch.tensor([len(answer) - 1 for answer in answers])
-        logits = prompts.selected(owners).feed(fed, lengths).float().log_softmax(dim=-1).cpu()  # [n, C, V]
-        picked = logits.gather(2, wanted.clamp(min=0)[..., None])[..., 0].masked_fill(wanted == IGNORE_INDEX, 0.0)
-        out[list(chunk)] = head + picked.sum(dim=1)
-    return out
-
-
-def _ctc_log_likelihoods(model: SpeechLM, prepared: Prepared, clips: torch.Tensor, candidates: list[list[int]]) -> torch.Tensor:
-    """``[N]``: log P_CTC of ``candidates[i]`` given clip ``clips[i]``'s CTC frames."""
-    assert prepared.state is not None
-    state = prepared.state.select(clips)
+def _ctc_log_likelihoods(model: SpeechLM, state: AudioState, candidates: Sequence[list[int]]) -> torch.Tensor:
+    """``[N]``: log P_CTC of ``candidates[i]`` given the CTC frames of clip ``i`` of ``state``."""
     assert state.ctc_logits is not None and state.ctc_lengths is not None
     targets = torch.zeros(len(candidates), max(1, max(len(c) for c in candidates)), dtype=torch.long)
     for i, candidate in enumerate(candidates):

@@ -9,9 +9,7 @@
 * :meth:`RunningBatch.start` / :meth:`RunningBatch.join`: the same, a chunk of prompt positions
   at a time (:class:`PartialPrefill`, chunked prefill), the rows joining once their prompts are run.
 * :meth:`RunningBatch.step` feeds every row its last token and returns the next logits.
-* :meth:`RunningBatch.keep` drops finished rows, and the leading columns no kept row attends;
-  :meth:`RunningBatch.selected` is a copy of some rows, :meth:`RunningBatch.feed` runs several
-  given tokens per row at once (teacher forcing: CTC rescoring, :mod:`swv.infer.rescoring`).
+* :meth:`RunningBatch.keep` drops finished rows, and the leading columns no kept row attends.
 
 A row's positions are counted over its attended tokens (the backbone's ``forward`` does so from
 the mask), so left padding does not change them: a row's logits are those ``generate`` computes
@@ -92,36 +90,13 @@ class RunningBatch:
             return
         if self.mask is None or self.cache is None or rows == list(range(self.rows)):
             return
-        chosen = self.selected(rows)
-        self.cache, self.mask = chosen.cache, chosen.mask
-
-    def selected(self, rows: list[int]) -> RunningBatch:
-        """A new batch of ``rows`` (in that order; a row may repeat), this one unchanged; the
-        leading columns none of them attends are dropped."""
-        if self.mask is None or self.cache is None or not rows:
-            raise RuntimeError("RunningBatch.selected: no rows to select")
         index = torch.tensor(rows, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         start = int(mask.any(dim=0).long().argmax())
-        out = RunningBatch(self.model)
-        out.mask = mask[:, start:]
-        out.cache = DynamicCache(ddp_cache_data=[(keys.index_select(0, index)[:, :, start:],
-                                                  values.index_select(0, index)[:, :, start:])
-                                                 for keys, values, _ in self.cache])
-        return out
-
-    def feed(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Feed every row its next ``tokens [B, C]`` at once (row b's first ``lengths[b]``, the
-        rest padding): the logits ``[B, C, V]`` after each (a padded position's are meaningless).
-        Teacher forcing of given continuations; the batch then holds them too."""
-        if self.mask is None or self.cache is None:
-            raise RuntimeError("RunningBatch.feed: no rows")
-        device = self.mask.device
-        width = tokens.shape[1]
-        fed = (torch.arange(width, device=device)[None] < lengths.to(device)[:, None]).to(self.mask.dtype)
-        self.mask = torch.cat([self.mask, fed], dim=1)
-        embeds = self.model.backbone.embed_tokens(tokens.to(device))
-        return self.model.backbone.forward(embeds, self.mask, cache=self.cache, use_cache=True).logits
+        self.mask = mask[:, start:]
+        self.cache = DynamicCache(ddp_cache_data=[(keys.index_select(0, index)[:, :, start:],
+                                                   values.index_select(0, index)[:, :, start:])
+                                                  for keys, values, _ in self.cache])
 
     def _append(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Add the rows of ``cache`` (mask ``[N, S']``) after the running ones."""

@@ -43,7 +43,9 @@ log = logging.getLogger("swv.serve")
 
 def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
     """An app serving ``pipeline``; its worker thread (a :class:`Scheduler`, or with
-    ``scheduling="window"`` a :class:`Batcher`) runs while the app is up."""
+    ``scheduling="window"`` a :class:`Batcher`) runs while the app is up. A ``ctc_weight`` (the
+    server's, else the model's) above 0 for a model without a CTC head is a :class:`UsageError`."""
+    pipeline.check_rescoring(settings.generation)
     shared = {"max_batch": settings.max_batch, "window_seconds": settings.batch_window_seconds,
               "max_context": settings.max_context}
     batcher = (Scheduler(pipeline, **shared, prefill_audio_seconds=settings.prefill_audio_seconds,

@@ -15,6 +15,13 @@ from torch's global generator (it takes no per-request ``torch.Generator``), so 
 with that generator seeded for it, and restored afterwards (:func:`torch.random.fork_rng`).
 A request asking for ``logprobs`` gets each answer token's log-probability and its
 ``top_logprobs`` alternatives (:class:`_LogprobRecorder`).
+
+A job that takes its answer whole (``Job.rescore``: a non-streamed request; no text is sent
+before :class:`Finished`) and is a transcript whose settings have a ``ctc_weight`` is rescored
+with the CTC head once its batch is generated (:meth:`~swv.infer.pipeline.Pipeline.rescore`), as
+``Pipeline.generate_requests`` does: its answer is the one ``swv infer`` gives. When the CTC
+head's reading replaces it, the logprobs recorded for the generated tokens describe no token of
+the answer, so there are none (``Finished.logprobs`` is ``None``).
 """
 
 from __future__ import annotations
@@ -86,15 +93,20 @@ class Job:
     """One request in the batcher: what to generate, the queue its events go to, and the
     request's id (for the log). ``stop``: strings that end the answer (excluded from it);
     ``logprobs``: ``None``, or the number of alternatives each answer token's log-probability
-    comes with. ``queued_at``: when it was made (``time.monotonic``)."""
+    comes with. ``rescore``: the client takes the answer whole, so no :class:`Delta` is sent and
+    a transcript is rescored with the CTC head when its settings' ``ctc_weight`` is above 0
+    (:mod:`swv.infer.rescoring`; :meth:`rescored`). ``queued_at``: when it was made
+    (``time.monotonic``)."""
 
     def __init__(self, request: ChatRequest, settings: GenerationSettings, loop: asyncio.AbstractEventLoop,
-                 stop: Sequence[str] = (), logprobs: int | None = None, request_id: str = "-") -> None:
+                 stop: Sequence[str] = (), logprobs: int | None = None, request_id: str = "-",
+                 rescore: bool = False) -> None:
         self.request = request
         self.request_id = request_id
         self.settings = settings
         self.stop = tuple(stop)
         self.logprobs = logprobs
+        self.rescore = rescore
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.queued_at = time.monotonic()
@@ -110,6 +122,11 @@ class Job:
 
     async def next_event(self) -> Event:
         return await self.events.get()
+
+    def rescored(self, pipeline: Pipeline) -> bool:
+        """Whether the job's answer is rescored with the CTC head (``rescore``, a transcript, a
+        ``ctc_weight`` above 0: :meth:`Pipeline.rescores`)."""
+        return self.rescore and pipeline.rescores(self.request, self.settings)
 
 
 def _group_key(job: Job) -> tuple[Any, ...]:
@@ -135,7 +152,10 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 def send_text(job: Job, sent: str, text: str, final: bool = False) -> str:
     """Send ``job`` the part of its answer ``text`` past what it was ``sent`` (held back while
     the text ends in an incomplete character or, unless ``final``, in what may be the start of
-    a stop string); what it has been sent now."""
+    a stop string; never for a job that takes its answer whole, ``Job.rescore``); what it has been
+    sent now."""
+    if job.rescore:
+        return sent
     held = text.endswith("\ufffd") and not final  # may be the first bytes of a character
     if not final:
         text = text[: len(text) - _held_back(text, job.stop)]
@@ -341,8 +361,10 @@ class Batcher:
                 return
             for job, n in zip(jobs, prepared.prompt_tokens):
                 job.emit(Started(n))
-            run = self._run_batch(jobs, prepared)
-        self._finish(jobs, prepared.prompt_tokens, *run)
+            new_tokens, limits, streamer, recorder = self._run_batch(jobs, prepared)
+            rescored = [row for row, job in enumerate(jobs) if job.rescored(self.pipeline)]
+            answers = self.pipeline.rescore(prepared, new_tokens, jobs[0].settings, torch.tensor(limits), rescored)
+        self._finish(jobs, prepared.prompt_tokens, answers, new_tokens, limits, streamer, recorder)
 
     def _run_batch(self, jobs: list[Job], prepared: Any) -> tuple[torch.Tensor, list[int], _RowStreamer, Any]:
         """Generate a prepared batch: its new tokens, row limits, streamer and logprob recorder."""
@@ -358,11 +380,12 @@ class Batcher:
                                             criteria=[_RowsDone(streamer)], processors=[recorder] if recorder else [])
         return new_tokens, limits, streamer, recorder
 
-    def _finish(self, jobs: list[Job], prompt_tokens: list[int], new_tokens: torch.Tensor, limits: list[int],
-                streamer: _RowStreamer, recorder: _LogprobRecorder | None) -> None:
-        """Send each job its whole answer (cut before its first stop string) and counts."""
+    def _finish(self, jobs: list[Job], prompt_tokens: list[int], answers: torch.Tensor, new_tokens: torch.Tensor,
+                limits: list[int], streamer: _RowStreamer, recorder: _LogprobRecorder | None) -> None:
+        """Send each job its whole answer (``answers [B, N']``: the generated ``new_tokens [B, N]``,
+        rescored; cut before its first stop string) and counts."""
         processor = self.pipeline.processor
-        texts, generated, stopped = processor.decode_generated(new_tokens, torch.tensor(limits))
+        texts, generated, stopped = processor.decode_generated(answers, torch.tensor(limits))
         cuts = [cut_at_stop(text, job.stop) for text, job in zip(texts, jobs)]
         texts = [text if cut is None else text[:cut] for text, cut in zip(texts, cuts)]
         streamer.finish(texts)
@@ -370,7 +393,8 @@ class Batcher:
         for row, (job, text, ended, n_gen, n_prompt) in enumerate(zip(jobs, texts, stopped, generated, prompt_tokens)):
             reason = "stop" if ended or cuts[row] is not None else "length"
             logprobs = None
-            if recorder is not None and job.logprobs is not None:
+            replaced = not torch.equal(answers[row, : new_tokens.shape[1]], new_tokens[row])
+            if recorder is not None and job.logprobs is not None and not replaced:
                 kept = len(streamer.tokens[row]) - int(streamer.hit[row])
                 logprobs = recorder.content(new_tokens, row, kept, processor)
                 logprobs = [dict(e, top_logprobs=e["top_logprobs"][: job.logprobs]) for e in logprobs]

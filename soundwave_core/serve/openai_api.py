@@ -96,14 +96,17 @@ class ChatCompletionParams(SamplingParams):
     ``finish_reason`` ``"stop"``). ``seed``: sampling is deterministic for a request and seed
     (transformers' ``generate`` samples from torch's global generator, so a seeded request is
     generated in a batch of its own, the generator seeded for it and restored afterwards).
-    swv extensions (the ``openai`` client sends them with ``extra_body``): ``top_k`` (0: off)
-    and ``repetition_penalty`` (1: off, 0.1-10; over the server's). ``logprobs``/``top_logprobs``
-    (0-20): each answer token's log-probability and the most likely alternatives, from the
-    distribution after the repetition controls and before temperature/top-p (non-streamed
-    answers only). ``n`` above 1, ``presence_penalty``/``frequency_penalty`` other than 0 are
-    refused (400 naming the field), as are the other fields of :data:`UNSUPPORTED` unless they
-    keep their neutral value; OpenAI's informational fields (:data:`IGNORED`) are ignored; any
-    other field is refused with a 400 naming it (OpenAI's policy)."""
+    swv extensions (the ``openai`` client sends them with ``extra_body``): ``top_k`` (0: off),
+    ``repetition_penalty`` (1: off, 0.1-10; over the server's) and ``ctc_weight`` (0-1, 0: off;
+    over the server's ``--ctc-weight``: a non-streamed transcript is rescored with the CTC head,
+    :mod:`swv.infer.rescoring`). ``logprobs``/``top_logprobs`` (0-20): each answer token's
+    log-probability and the most likely alternatives, from the distribution after the
+    repetition controls and before temperature/top-p (non-streamed answers only; an answer with
+    logprobs is not rescored, :attr:`may_rescore`). ``n`` above 1,
+    ``presence_penalty``/``frequency_penalty`` other than 0 are refused (400 naming the field), as
+    are the other fields of :data:`UNSUPPORTED` unless they keep their neutral value; OpenAI's
+    informational fields (:data:`IGNORED`) are ignored; any other field is refused with a 400
+    naming it (OpenAI's policy)."""
 
     model: str
     messages: list[Any] = Field(min_length=1)
@@ -117,6 +120,7 @@ class ChatCompletionParams(SamplingParams):
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     top_k: int | None = Field(default=None, ge=0, le=1 << 31)
     repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=MAX_REPETITION_PENALTY)
+    ctc_weight: float | None = Field(default=None, ge=0, le=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
@@ -150,6 +154,13 @@ class ChatCompletionParams(SamplingParams):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
 
     @property
+    def may_rescore(self) -> bool:
+        """Whether the answer, if a transcript with a ``ctc_weight``, is rescored with the CTC head:
+        when it is not streamed (streamed tokens are out before the scores exist) and asks for no
+        logprobs (they describe the tokens generated, which the CTC head's reading would replace)."""
+        return not self.stream and self.logprob_count is None
+
+    @property
     def logprob_count(self) -> int | None:
         """``None`` (no logprobs) or how many alternatives each token lists."""
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -158,7 +169,7 @@ class ChatCompletionParams(SamplingParams):
         """The request's settings over the server's ``base`` (its decoding controls; what both
         leave open takes the model's defaults)."""
         fields = self.sampling()
-        for name in ("top_k", "repetition_penalty", "seed"):
+        for name in ("top_k", "repetition_penalty", "ctc_weight", "seed"):
             if getattr(self, name) is not None:
                 fields[name] = getattr(self, name)
         max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens

@@ -50,6 +50,14 @@ Each row chooses its own tokens: its repetition controls (over its own answer, a
 ``top_p`` (the backbone's generation config's when the request leaves them open, transformers'
 defaults otherwise) from its own ``torch.Generator`` when it has a ``seed`` (so requests with
 different settings share one batch). Greedy answers equal the :class:`Batcher`'s.
+
+A row whose answer is rescored with the CTC head (:meth:`Job.rescored`: taken whole, a
+transcript, a ``ctc_weight``) keeps its prompt ids and its clip's adapter-chain output from its
+prefill (:class:`~swv.infer.rescoring.TranscriptSource`: only the fields rescoring reads, cut to
+the clip's frames; nothing for the other rows) until it is done. The rows done in a step are
+rescored together, one batched pass per ``ctc_weight``
+(:func:`~swv.infer.rescoring.rescore_transcripts`), in the worker thread, before their answers
+are sent; a failure there fails those rows only.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -74,9 +83,12 @@ from transformers import (
 )
 
 from swv.core.errors import first_line
+from swv.infer.batching import Prepared
 from swv.infer.pipeline import Pipeline
+from swv.infer.rescoring import TranscriptSource, rescore_transcripts, transcript_source
 from swv.infer.running import PartialPrefill, RunningBatch
 from swv.infer.settings import GenerationSettings
+from swv.model.stopping import cut_at_stop as cut_ids_at_stop
 from swv.serve import limits
 from swv.serve.batcher import Batcher, Failed, Finished, Job, Started, cut_at_stop, send_text, token_entry
 
@@ -107,7 +119,10 @@ TRANSFORMERS_TOP_K = 50
 
 @dataclass
 class _Row:
-    """One running request: its limits, how it chooses tokens, and its answer so far."""
+    """One running request: its limits, how it chooses tokens, and its answer so far.
+    ``transcript`` and ``ctc_weight`` (above 0): what rescoring its answer reads, kept only for a
+    row that is rescored (``None`` and 0 otherwise); ``rescored``: its answer is the CTC head's
+    reading."""
 
     job: Job
     limit: int
@@ -115,12 +130,15 @@ class _Row:
     processors: LogitsProcessorList
     warpers: LogitsProcessorList | None  # None: greedy
     generator: torch.Generator | None
+    transcript: TranscriptSource | None = None
+    ctc_weight: float = 0.0
     tokens: list[int] = field(default_factory=list)
     entries: list[dict[str, Any]] = field(default_factory=list)
     sent: str = ""
     stopped: bool = False  # ended by a stop token
     hit: bool = False  # ended by a stop string
     done: bool = False
+    rescored: bool = False
 
     @property
     def last(self) -> int:
@@ -316,7 +334,8 @@ class Scheduler(Batcher):
         requested = [job.settings.max_new_tokens for job in jobs]
         settings = replace(jobs[0].settings, max_new_tokens=max(requested))
         limits = self.pipeline.row_limits(prepared, settings, requested).tolist()
-        rows = [self._row(job, limit, n) for job, limit, n in zip(jobs, limits, prepared.prompt_tokens)]
+        rows = [self._row(job, limit, n, self._transcript(job, prepared, b))
+                for b, (job, limit, n) in enumerate(zip(jobs, limits, prepared.prompt_tokens))]
         self.batches_served += 1
         if max(prepared.prompt_tokens) > self.prefill_chunk_tokens:  # run a chunk per tick from now on
             self._partial.append((self._batch.start(prepared), rows))
@@ -375,13 +394,20 @@ class Scheduler(Batcher):
             row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
 
     # -- rows -----------------------------------------------------------------------------------
-    def _row(self, job: Job, limit: int, prompt_tokens: int) -> _Row:
+    def _row(self, job: Job, limit: int, prompt_tokens: int, transcript: TranscriptSource | None) -> _Row:
         resolved = self.pipeline.resolve(job.settings)
         warpers = _warpers(resolved, self.pipeline.model.backbone.hf_model.generation_config)
         generator = None
         if warpers is not None and job.settings.seed is not None:
             generator = torch.Generator(device=self.pipeline.device).manual_seed(job.settings.seed)
-        return _Row(job, int(limit), prompt_tokens, resolved.repetition_processors(), warpers, generator)
+        weight = float(resolved.ctc_weight or 0.0) if transcript is not None else 0.0
+        return _Row(job, int(limit), prompt_tokens, resolved.repetition_processors(), warpers, generator,
+                    transcript, weight)
+
+    def _transcript(self, job: Job, prepared: Prepared, row: int) -> TranscriptSource | None:
+        """What rescoring the answer of ``job`` (request ``row`` of ``prepared``) reads, for a job
+        whose answer is rescored (:meth:`Job.rescored`); ``None`` (nothing kept) for the others."""
+        return transcript_source(prepared, row) if job.rescored(self.pipeline) else None
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Give every row of ``rows`` (the batch's last ``len(rows)`` rows) its next token from
@@ -398,9 +424,7 @@ class Scheduler(Batcher):
             return
         self._rows = [order[i] for i in kept]
         self._batch.keep(kept)
-        for row in order:
-            if row.done and not row.job.cancelled.is_set():
-                self._finish(row)
+        self._finish_rows([row for row in order if row.done and not row.job.cancelled.is_set()])
 
     def _choose(self, row: _Row, scores: torch.Tensor) -> int:
         """The row's next token from its ``scores [V]``: repetition controls over its answer,
@@ -433,14 +457,40 @@ class Scheduler(Batcher):
         row.done = row.hit or len(row.tokens) >= row.limit
         row.sent = send_text(row.job, row.sent, text if cut is None else text[:cut], final=row.hit)
 
+    def _finish_rows(self, rows: list[_Row]) -> None:
+        """Answer the rows done in this step, the rescored ones (:attr:`_Row.transcript`) rescored
+        first, one batched pass per ``ctc_weight``; a failure fails the rows of its pass only."""
+        passes: dict[float, list[_Row]] = {}
+        for row in rows:
+            passes.setdefault(row.ctc_weight, []).append(row)  # 0: not rescored
+        for weight, done in passes.items():
+            self._serve([row.job for row in done], partial(self._answer, done, weight))
+
+    def _answer(self, rows: list[_Row], ctc_weight: float) -> None:
+        """Rescore the answers of ``rows`` (with ``ctc_weight`` above 0: each is the CTC head's
+        reading where that scores higher, :func:`rescore_transcripts`), then send each its answer."""
+        if ctc_weight:
+            sources = [row.transcript for row in rows if row.transcript is not None]
+            readings = rescore_transcripts(self.pipeline.model, sources, [row.tokens for row in rows],
+                                           [row.limit for row in rows], ctc_weight)
+            for row, reading in zip(rows, readings):
+                row.transcript = None
+                if reading is not None:  # it ends with the end-of-turn token (or a stop id of its own)
+                    (row.tokens,), _ = cut_ids_at_stop(torch.tensor([reading]), self.pipeline.stop_ids)
+                    row.stopped, row.hit, row.rescored = True, False, True
+        for row in rows:
+            self._finish(row)
+
     def _finish(self, row: _Row) -> None:
-        """Send the row's whole answer (cut before its first stop string) and counts."""
+        """Send the row's whole answer (cut before its first stop string) and counts; its logprobs
+        unless its answer is the CTC head's reading (they describe the generated tokens)."""
         text = self.pipeline.processor.decode(row.tokens)
         cut = cut_at_stop(text, row.job.stop)
         text = text if cut is None else text[:cut]
         row.sent = send_text(row.job, row.sent, text, final=True)
         reason = "stop" if row.stopped or row.hit else "length"
-        entries = row.entries[: len(row.tokens) - int(row.hit)] if row.job.logprobs is not None else None
+        logprobs = row.job.logprobs is not None and not row.rescored
+        entries = row.entries[: len(row.tokens) - int(row.hit)] if logprobs else None
         row.job.emit(Finished(text, reason, row.prompt_tokens, len(row.tokens) + int(row.stopped), entries))
 
 

@@ -14,6 +14,12 @@ transcriptions ``language``. Any other field is refused with a 400 naming it (Op
   Whisper's prompt is); Soundwave was not trained with such hints, so it may or may not help.
 * ``language`` (transcriptions) is a hint the instruction does not carry (the model's
   transcription instruction names no language); it is only echoed in ``verbose_json``.
+* A transcription is a transcript of its clip (with or without ``prompt``): with a ``ctc_weight``
+  above 0 (``swv serve --ctc-weight``, else the model's) it is rescored with the CTC head, in
+  every ``response_format``, as ``swv infer`` rescores it (:mod:`swv.infer.rescoring`; the
+  answer is never streamed). When the CTC head's reading replaces the generated answer,
+  ``verbose_json``'s ``avg_logprob`` is ``null`` (the generated tokens' logprobs do not describe
+  it). A translation is never rescored.
 * No timestamps: the model gives none, so ``verbose_json`` has ONE segment spanning the whole
   clip (``start`` 0, ``end`` its duration, ``avg_logprob`` of the answer's tokens; no
   ``tokens``, ``compression_ratio`` or ``no_speech_prob``), ``srt``/``vtt`` one cue spanning
@@ -171,9 +177,14 @@ class _Form:
             raise RequestError(400, "language: expected a language code or name", param="language")
         return _sampling(self.temperature)
 
+    @property
+    def transcribes(self) -> bool:
+        """Whether the answer is a transcript (``/v1/audio/transcriptions``)."""
+        return self.task == "transcribe"
+
     def instruction(self, pipeline: Pipeline) -> str:
         """The model's instruction for the task, the prompt after it."""
-        base = pipeline.default_prompt("asr") if self.task == "transcribe" else \
+        base = pipeline.default_prompt("asr") if self.transcribes else \
             pipeline.default_prompt("st", TRANSLATION_TARGET)
         return f"{base} {self.prompt}" if self.prompt.strip() else base
 
@@ -204,11 +215,11 @@ async def _answer(request: Request, form: _Form, settings: ServeSettings, batche
         parsed, samples = await slot.run(partial(_checked_upload, pipeline, data, form.instruction(pipeline), settings))
         del data
         await slot.requeue(samples)  # decoded cheapest-first (swv.serve.priority)
-        chat_request = await slot.run(partial(_decoded, pipeline, parsed, settings))
+        chat_request = await slot.run(partial(_decoded, pipeline, parsed, settings, form.transcribes))
     generation = replace(settings.generation, max_new_tokens=settings.default_max_tokens, **sampling.sampling())
     verbose = form.response_format == "verbose_json"
     job = Job(chat_request, generation, asyncio.get_running_loop(), logprobs=0 if verbose else None,
-              request_id=REQUEST_ID.get())
+              request_id=REQUEST_ID.get(), rescore=True)
     batcher.submit(job)
     await started(job)
     try:
@@ -237,14 +248,16 @@ def _checked_upload(pipeline: Pipeline, data: bytes, instruction: str,
     return parsed, samples
 
 
-def _decoded(pipeline: Pipeline, parsed: ParsedConversation, settings: ServeSettings) -> ChatRequest:
-    """The checked upload decoded and its prompt tokenized, as a transcription request."""
+def _decoded(pipeline: Pipeline, parsed: ParsedConversation, settings: ServeSettings, transcript: bool) -> ChatRequest:
+    """The checked upload decoded and its prompt tokenized, as a transcription request (its
+    answer renders the speech: the length bound), and with ``transcript`` a transcript of its clip
+    (CTC rescoring; a ``prompt`` after the instruction does not change that)."""
     try:
         request = pipeline.checked_request(parsed, max_duration=settings.max_audio_seconds,
                                            max_channels=settings.max_audio_channels)
     except SwvError as exc:
         raise _file_error(exc) from None
-    return replace(request, transcription=True)
+    return replace(request, transcription=True, transcript=transcript)
 
 
 def _file_error(exc: SwvError) -> RequestError:

@@ -44,8 +44,11 @@ async def chat_completions(
     """An OpenAI chat completion. Decoding: a request without ``temperature``/``top_p`` takes the
     model's saved decoding defaults (``generation_config.json``; greedy unless the model says
     otherwise), ``temperature: 0`` is greedy; ``stop``, ``seed``, ``logprobs``/``top_logprobs``
-    and the swv extensions ``top_k`` and ``repetition_penalty`` are honoured; ``n`` > 1 and the
-    presence/frequency penalties are refused (see :class:`~swv.serve.openai_api.ChatCompletionParams`).
+    and the swv extensions ``top_k``, ``repetition_penalty`` and ``ctc_weight`` are honoured; a
+    non-streamed transcript without logprobs is rescored with the CTC head when the resolved
+    ``ctc_weight`` is above 0 (:attr:`~swv.serve.openai_api.ChatCompletionParams.may_rescore`);
+    ``n`` > 1 and the presence/frequency penalties are refused (see
+    :class:`~swv.serve.openai_api.ChatCompletionParams`).
     The body is held in the server's :class:`~swv.serve.body.BodyBudget` until the request is
     queued or refused; it is parsed in a worker thread granted at its size's cost, and its audio
     decoded in one granted at its decoding cost (:mod:`swv.serve.priority`)."""
@@ -90,6 +93,7 @@ def _checked(body: bytes, settings: ServeSettings, pipeline: Pipeline) -> _Check
         raise unknown_model(params.model)
     try:
         generation = params.settings(settings.default_max_tokens, settings.generation)
+        pipeline.check_rescoring(generation)
         parsed = pipeline.parse_conversation(params.messages, local_audio=False)
         samples = pipeline.check_conversation(parsed, max_duration=settings.max_audio_seconds,
                                               limits=settings.request_limits())
@@ -118,7 +122,7 @@ async def _submit(checked: _Checked, settings: ServeSettings, pipeline: Pipeline
         raise _refusal(exc) from None
     params = checked.params
     return Job(chat_request, checked.generation, asyncio.get_running_loop(), params.stop_sequences,
-               params.logprob_count, request_id=REQUEST_ID.get())
+               params.logprob_count, request_id=REQUEST_ID.get(), rescore=params.may_rescore)
 
 
 async def started(job: Job) -> None:
