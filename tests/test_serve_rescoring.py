@@ -65,7 +65,7 @@ def served(model_dir: Path) -> Pipeline:
 def clips(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("rescore_clips")
     out = {}
-    for name, seconds, seed in (("a", 2.0, 2), ("b", 1.5, 1)):
+    for name, seconds, seed in (("a", 1.0, 2), ("b", 1.5, 1)):
         out[name] = folder / f"{name}.wav"
         out[name].write_bytes(wav(seconds, seed))
     return out

@@ -129,7 +129,10 @@ def rescore_transcripts(
         return chosen
     state = _stacked([source.clip for source in sources])
     assert state.ctc_logits is not None and state.ctc_lengths is not None
-    greedy = greedy_ctc_ids(state.ctc_logits.argmax(), state.ctc_lengths, model.audio_token_id)
+    stops = set(model.stop_token_ids())
+    # a reading ends at its first stop token, as a generated answer does
+    greedy = [_before_stop(ids, stops) for ids in greedy_ctc_ids(state.ctc_logits.argmax(), state.ctc_lengths,
+                                                                 model.audio_token_id)]
     # only rows whose two readings differ (and whose CTC reading fits the row's limit) are scored
     differ = [i for i in range(len(sources)) if answers[i] != greedy[i] and len(greedy[i]) + 1 <= limits[i]]
     if not differ:
@@ -144,6 +147,11 @@ def rescore_transcripts(
         if score[len(differ) + k] > score[k]:
             chosen[i] = greedy[i]
     return chosen
+
+
+def _before_stop(ids: list[int], stops: set[int]) -> list[int]:
+    """``ids`` up to (without) the first of ``stops``."""
+    return next((ids[:i] for i, token in enumerate(ids) if token in stops), ids)
 
 
 def _end_id(model: SpeechLM) -> int:
