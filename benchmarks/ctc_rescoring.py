@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ttft import build_random, describe  # noqa: E402
+from ttft import build_random, describe, quiet  # noqa: E402
 
 from swv.assets import asset_path  # noqa: E402
 from swv.infer.pipeline import Pipeline  # noqa: E402
@@ -82,13 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet(args.threads)
     with tempfile.TemporaryDirectory(prefix="swv-rescoring-") as tmp:
         source = args.model or build_random(Path(tmp) / "model", "trim", args.seed)
         model = SpeechLM.from_pretrained(source)

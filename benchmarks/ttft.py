@@ -115,7 +115,9 @@ def speech_clip(seconds: float) -> np.ndarray:
 
 def one_request(pipe: Pipeline, waveform: Any, prompt: str) -> tuple[float, int, int]:
     """(TTFT s, audio tokens, encoder frames) of one greedy one-token request."""
-    result = pipe.generate_batch([waveform], [prompt], GenerationSettings(max_new_tokens=1, do_sample=False))[0]
+    # no CTC rescoring: the conv x4 twin has no CTC head, and the first token comes before it
+    settings = GenerationSettings(max_new_tokens=1, do_sample=False, ctc_weight=0.0)
+    result = pipe.generate_batch([waveform], [prompt], settings)[0]
     stats = result.stats
     assert stats.time_to_first_token is not None
     return stats.time_to_first_token, stats.audio_tokens, stats.encoder_frames
@@ -176,15 +178,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def quiet(threads: int | None) -> None:
+    """``threads`` torch CPU threads (None: torch's choice); transformers' warnings and progress
+    bars off (shared with the other benchmarks that import this one)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    quiet(args.threads)
     with tempfile.TemporaryDirectory(prefix="swv-ttft-") as tmp:
         source = args.model or build_random(Path(tmp) / "model", args.mode, args.seed)
         model = SpeechLM.from_pretrained(source)
