@@ -23,7 +23,8 @@ import torch
 from swv.core.errors import InputError, UsageError
 from swv.core.metrics_log import step_records
 from swv.core.plotting import plot_curves
-from swv.demo.ctc import collapse_ctc, greedy_ctc_ids, greedy_ctc_texts
+from swv.demo.ctc import greedy_ctc_texts
+from swv.model.ctc import collapse_ctc, greedy_ctc_ids
 from swv.demo.data import (
     DEV_QUESTION_RENDITIONS,
     EVAL_PROMPTS,

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from swv.model.ctc import collapse_ctc, greedy_ctc_ids
+from swv.model.ctc import greedy_ctc_ids
 
-__all__ = ["collapse_ctc", "greedy_ctc_ids", "greedy_ctc_texts", "transcribe_ctc"]
+__all__ = ["greedy_ctc_texts", "transcribe_ctc"]
 
 
 def greedy_ctc_texts(frame_ids: torch.Tensor, lengths: torch.Tensor, blank_id: int, tokenizer: Any) -> list[str]:
