@@ -170,3 +170,22 @@ def test_swv_infer_and_eval_rescore_with_ctc_weight(save_tiny_model, infer_eval_
     assert [p["prediction"] for p in predictions] == [rescored]
     code, _, err = infer_eval_cli(["infer", model_dir, wav, "--ctc-weight", 2])
     assert code != 0 and "--ctc-weight" in err and "Traceback" not in err
+
+
+def test_a_ctc_weight_without_a_ctc_head_is_one_error_line(model_config_factory, infer_eval_cli,
+                                                          tmp_path) -> None:
+    """A model whose chain has no CTC head (conv x4) and ``--ctc-weight``: one error line naming
+    the option, non-zero exit, nothing written; without the option it answers."""
+    import soundfile as sf
+
+    from swv.model.speechlm import SpeechLM
+
+    torch.manual_seed(0)
+    model_dir = SpeechLM(model_config_factory([{"name": "conv", "factor": 4}])).save_pretrained(tmp_path / "conv4")
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, (np.random.default_rng(0).standard_normal(SR) * 0.1).astype(np.float32), SR)
+    code, out, err = infer_eval_cli(["infer", model_dir, wav, "--ctc-weight", 0.5, "--max-new-tokens", 4])
+    assert code != 0 and out == "" and "Traceback" not in err
+    assert "ctc_weight" in err and "no CTC head" in err and len(err.strip().splitlines()) == 1
+    code, out, err = infer_eval_cli(["infer", model_dir, wav, "--max-new-tokens", 4])
+    assert code == 0 and out.strip(), err

@@ -312,21 +312,18 @@ class Pipeline:
         row_limits: Sequence[int] | None = None,
         criteria: Sequence[StoppingCriteria] = (),
         processors: Sequence[LogitsProcessor] = (),
-        rescore: bool = False,
     ) -> torch.Tensor:
         """:meth:`SpeechLM.generate` on a prepared batch: ``[B, N]`` new token ids. ``stop``
         ends every row once set; ``row_limits`` caps each row's new tokens, and so does the
         length bound (:meth:`row_limits`): a row past its limit is finished and padded, the
         others go on (cut the rows with the same :meth:`row_limits`). ``criteria`` and
         ``processors``: extra per-row stopping criteria and logits processors (see
-        :func:`~swv.infer.batching.generate_prepared`). ``rescore``: with the settings'
-        ``ctc_weight``, transcripts are rescored afterwards
-        (:meth:`rescore`; only for answers not yet streamed: :meth:`generate_requests` does it,
-        streams do not; ``swv serve`` rescores the rows of its non-streamed requests itself)."""
+        :func:`~swv.infer.batching.generate_prepared`). Transcripts are not rescored here: their
+        answers may be streamed already (:meth:`rescore` does it; :meth:`generate_requests` and
+        ``swv serve``'s non-streamed requests call it)."""
         resolved = self.resolve(settings)
         limits = prepared.row_limits(resolved, self.sample_rate, row_limits)
-        new_tokens = generate_prepared(self.model, prepared, resolved, limits, streamer, stop, criteria, processors)
-        return self.rescore(prepared, new_tokens, settings, limits) if rescore else new_tokens
+        return generate_prepared(self.model, prepared, resolved, limits, streamer, stop, criteria, processors)
 
     def rescore(
         self, prepared: Prepared, new_tokens: torch.Tensor, settings: GenerationSettings, limits: torch.Tensor,
@@ -345,12 +342,14 @@ class Pipeline:
         """One batch (no seeding, no splitting): all ``requests`` are generated together."""
         if not requests:
             raise UsageError("generate_requests: no requests")
+        self.check_rescoring(settings)  # before anything is encoded
         clock = TokenClock()
         start = time.perf_counter()
         with torch.inference_mode():
             prepared = self.encode_requests(requests)
             limits = self.row_limits(prepared, settings)
-            new_tokens = self.generate_prepared(prepared, settings, clock, row_limits=limits.tolist(), rescore=True)
+            new_tokens = self.generate_prepared(prepared, settings, clock, row_limits=limits.tolist())
+            new_tokens = self.rescore(prepared, new_tokens, settings, limits)
         end = time.perf_counter()
         texts, generated, _ = self.processor.decode_generated(new_tokens, limits)
         stats = prepared.stats(generated, self.sample_rate, start, clock.first_token_time, end)
