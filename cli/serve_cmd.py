@@ -85,6 +85,9 @@ class Batching:
     long_encode_nice: Annotated[int, typer.Option(
         "--long-encode-nice", min=0, max=19, help="Continuous scheduling: the audio of long requests is encoded in a "
         "thread of its own, its nice value raised by this (Linux; 0: unchanged).")] = limits.LONG_ENCODE_NICE
+    long_step_every: Annotated[int, typer.Option(
+        "--long-step-every", min=1, help="Continuous scheduling: long requests' rows run in a batch of their own, "
+        "stepped every this many decoding steps while short requests run (1: every step).")] = limits.LONG_STEP_EVERY
     long_audio_seconds: Annotated[float, typer.Option(
         "--long-audio-seconds", help="Continuous scheduling: a request with more audio than this is long "
         "(see --max-long-rows).")] = limits.LONG_AUDIO_SECONDS
@@ -111,7 +114,8 @@ class Batching:
                 "scheduling": self.scheduling, "prefill_audio_seconds": self.prefill_audio_seconds,
                 "prefill_text_tokens": self.prefill_text_tokens, "long_audio_seconds": self.long_audio_seconds,
                 "long_text_tokens": self.long_text_tokens, "max_long_rows": self.max_long_rows,
-                "prefill_chunk_tokens": self.prefill_chunk_tokens, "long_encode_nice": self.long_encode_nice}
+                "prefill_chunk_tokens": self.prefill_chunk_tokens, "long_encode_nice": self.long_encode_nice,
+                "long_step_every": self.long_step_every}
 
 
 @dataclasses.dataclass(frozen=True)

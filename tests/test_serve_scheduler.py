@@ -489,6 +489,45 @@ def test_long_requests_hold_at_most_max_long_rows_and_a_short_one_passes_them(pi
     assert sorted(prefills[0][1]) == [0, 1] and prefills[1] == (1, [len(backlog)])  # the short one: next tick
 
 
+def test_long_rows_run_in_a_batch_of_their_own_stepped_every_few_ticks_while_short_rows_run(
+        pipe: Pipeline, monkeypatch) -> None:
+    """Two long requests run; a short one that joins meanwhile runs in a batch of its own (its
+    steps never read the long rows' caches), which steps every tick while the long batch steps
+    every ``long_step_every`` ticks, and at every tick once the short one is done; greedy answers
+    are those the requests get alone."""
+    monkeypatch.setattr(serve_limits, "STARVATION_SECONDS", math.inf)
+    steps: list[tuple[str, int, int]] = []  # (lane, rows, cached positions) of every step
+    real_step = RunningBatch.step
+    made: list[Scheduler] = []
+    real_init = Scheduler.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    def step(batch: RunningBatch, tokens):
+        steps.append(("long" if batch is made[0]._lanes[True].batch else "short", batch.rows, batch.length))
+        return real_step(batch, tokens)
+
+    monkeypatch.setattr(Scheduler, "__init__", init)
+    monkeypatch.setattr(RunningBatch, "step", step)
+    backlog = [(conversation(1.5, 60 + i), settings(LONG, no_repeat_ngram_size=0), {}) for i in range(2)]
+    short = (conversation(0.2, 65), settings(12, no_repeat_ngram_size=0), {})
+    alone = [pipe.generate_requests([pipe.chat_request(m)], s)[0].text for m, s, _ in backlog + [short]]
+    events, _ = run_backlog(pipe, monkeypatch, math.inf, backlog, late=short, long_audio_seconds=1.0,
+                            long_step_every=3)
+    assert [finished(e).text for e in events] == alone
+    lanes = [lane for lane, _, _ in steps]
+    first, last = lanes.index("short"), len(lanes) - 1 - lanes[::-1].index("short")
+    while_short = lanes[first : last + 1]
+    assert while_short.count("short") >= 8
+    assert abs(while_short.count("long") - while_short.count("short") / 3) <= 1  # every third tick
+    assert lanes[last + 1 :] and set(lanes[last + 1 :]) == {"long"}  # at full rate again
+    short_steps = [(rows, length) for lane, rows, length in steps if lane == "short"]
+    long_lengths = [length for lane, _, length in steps if lane == "long"]
+    assert {rows for rows, _ in short_steps} == {1} and max(length for _, length in short_steps) < min(long_lengths)
+
+
 def test_short_requests_are_not_long_and_the_default_long_rows_are_a_quarter_of_the_batch(pipe: Pipeline) -> None:
     from swv.serve.app import create_app
     from swv.serve.settings import ServeSettings

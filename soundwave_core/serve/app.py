@@ -51,7 +51,8 @@ def create_app(pipeline: Pipeline, settings: ServeSettings) -> FastAPI:
     batcher = (Scheduler(pipeline, **shared, prefill_audio_seconds=settings.prefill_audio_seconds,
                          prefill_text_tokens=settings.prefill_text_tokens, long_audio_seconds=settings.long_audio_seconds,
                          long_text_tokens=settings.long_text_tokens, max_long_rows=settings.max_long_rows,
-                         prefill_chunk_tokens=settings.prefill_chunk_tokens, long_encode_nice=settings.long_encode_nice)
+                         prefill_chunk_tokens=settings.prefill_chunk_tokens, long_encode_nice=settings.long_encode_nice,
+                         long_step_every=settings.long_step_every)
                if settings.scheduling == limits.CONTINUOUS else Batcher(pipeline, **shared))
     app = FastAPI(title="swv serve", lifespan=_lifespan, docs_url=None, redoc_url=None)
     attach(app, pipeline, settings, batcher)

@@ -66,6 +66,10 @@ LONG_ENCODE_NICE = 10
 LONG_AUDIO_SECONDS = 30.0
 LONG_TEXT_TOKENS = 512
 MAX_LONG_ROWS = None
+#: Continuous scheduling: long rows run in a batch of their own, which takes a decoding step only
+#: every LONG_STEP_EVERY ticks while short rows run (every tick otherwise): a short row's step then
+#: does not read long caches, and long answers slow by about this factor while short ones run.
+LONG_STEP_EVERY = 4
 #: A request that has waited this many seconds (for a row in the running batch, or for a worker
 #: thread to decode its audio) goes before cheaper ones, oldest first (swv.serve.scheduler,
 #: swv.serve.priority).

@@ -35,7 +35,13 @@ and the short ones behind it join, so a burst of long requests cannot take every
 request would wait for one of them to finish) and every decoding step reads a bounded number of
 long caches (each step's cost grows with the rows' cache lengths). vLLM bounds its concurrent
 long prefills the same way (``--max-long-partial-prefills``); here the bound holds for the rows'
-whole life, since on CPU each long row slows every step. A
+whole life, since on CPU each long row slows every step. Long rows are also stepped apart:
+the running rows are two batches (:class:`_Lane`), short and long, each with its own KV cache,
+so a short row is not padded to a long row's ~1,000 cached positions and its step neither
+copies nor attends their caches. While short rows run, the long rows take a step only every
+``long_step_every`` ticks (the short rows every tick): a short request's tokens cost about a
+short step each, and long answers slow by about that factor meanwhile (at full rate again when
+no short row runs). A
 row leaves as soon as it is done (its stop token, its ``stop`` string, its token limit, or its
 client gone), so a short request that arrives while a long one generates waits for one step
 and one bounded prefill besides its own, not for the long answer.
@@ -145,6 +151,14 @@ class _Row:
         return self.tokens[-1]
 
 
+@dataclass
+class _Lane:
+    """Running rows stepped together: their KV cache (``batch``) and the rows in its order."""
+
+    batch: RunningBatch
+    rows: list[_Row] = field(default_factory=list)
+
+
 def _warpers(resolved: GenerationSettings, config: GenerationConfig) -> LogitsProcessorList | None:
     """transformers' sampling warpers for ``resolved`` settings (``None``: greedy), in
     ``generate``'s order: temperature, top-k, top-p."""
@@ -171,7 +185,8 @@ class Scheduler(Batcher):
     ``max_batch``, at least 1). ``prefill_chunk_tokens``: a group of newcomers whose longest prompt
     passes it is prefilled that many positions per tick (chunked prefill, one group at a time).
     A group with a long request is encoded in an encoder thread of its own whose nice value is
-    raised by ``long_encode_nice`` (Linux; 0: unchanged).
+    raised by ``long_encode_nice`` (Linux; 0: unchanged). Long rows run in a batch of their own,
+    stepped every ``long_step_every`` ticks while short rows run (every tick otherwise).
     ``steps`` counts decoding steps; ``batches_served`` the prefills. The worker thread runs in
     ``torch.inference_mode``."""
 
@@ -181,7 +196,8 @@ class Scheduler(Batcher):
                  long_audio_seconds: float = limits.LONG_AUDIO_SECONDS,
                  long_text_tokens: float = limits.LONG_TEXT_TOKENS, max_long_rows: int | None = limits.MAX_LONG_ROWS,
                  prefill_chunk_tokens: float = limits.PREFILL_CHUNK_TOKENS,
-                 long_encode_nice: int = limits.LONG_ENCODE_NICE) -> None:
+                 long_encode_nice: int = limits.LONG_ENCODE_NICE,
+                 long_step_every: int = limits.LONG_STEP_EVERY) -> None:
         super().__init__(pipeline, max_batch=max_batch, window_seconds=window_seconds, max_context=max_context)
         self.prefill_audio_seconds = prefill_audio_seconds
         self.prefill_text_tokens = prefill_text_tokens
@@ -196,14 +212,20 @@ class Scheduler(Batcher):
         self._encoding: list[tuple[futures.Future, list[Job]]] = []  # long groups being encoded, oldest first
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
-        self._batch = RunningBatch(pipeline.model)
-        self._rows: list[_Row] = []
+        self.long_step_every = long_step_every
+        self._ticks = 0
+        self._lanes = {False: _Lane(RunningBatch(pipeline.model)), True: _Lane(RunningBatch(pipeline.model))}
         self._waiting: list[Job] = []
         self._closing = False
 
     def close(self) -> None:
         super().close()
         self._encoder.shutdown(wait=True)
+
+    @property
+    def _rows(self) -> list[_Row]:
+        """Every running row: the short lane's, then the long lane's."""
+        return self._lanes[False].rows + self._lanes[True].rows
 
     @property
     def pending(self) -> int:
@@ -219,7 +241,7 @@ class Scheduler(Batcher):
                 break
             groups: dict[tuple[Any, ...], list[Job]] = {}
             for job in jobs:  # cheapest first: so are the groups
-                groups.setdefault((*_settings_key(job), _length_class(job)), []).append(job)
+                groups.setdefault((*_settings_key(job), _length_class(job), self.is_long(job)), []).append(job)
             for group in groups.values():
                 if any(self.is_long(job) for job in group):
                     self._encode_later(group)
@@ -227,8 +249,7 @@ class Scheduler(Batcher):
                     self._serve(group)
             self._collect_encoded()
             self._prefill_chunk()
-            if self._rows:
-                self._step()
+            self._step()
 
     def _admit(self) -> list[Job] | None:
         """The requests prefilled in this tick, cheapest first (see the module): when nothing runs
@@ -337,10 +358,11 @@ class Scheduler(Batcher):
         rows = [self._row(job, limit, n, self._transcript(job, prepared, b))
                 for b, (job, limit, n) in enumerate(zip(jobs, limits, prepared.prompt_tokens))]
         self.batches_served += 1
+        lane = self._lane(rows)
         if max(prepared.prompt_tokens) > self.prefill_chunk_tokens:  # run a chunk per tick from now on
-            self._partial.append((self._batch.start(prepared), rows))
+            self._partial.append((lane.batch.start(prepared), rows))
             return
-        self._joined(rows, self._batch.prefill(prepared))
+        self._joined(lane, rows, lane.batch.prefill(prepared))
 
     def _prefill_chunk(self) -> None:
         """Run the next ``prefill_chunk_tokens`` positions of the oldest chunked prefill; once its
@@ -356,7 +378,8 @@ class Scheduler(Batcher):
             done = partial.run(self.prefill_chunk_tokens)
             if done:
                 self._partial.pop(0)
-                self._joined(rows, self._batch.join(partial))
+                lane = self._lane(rows)
+                self._joined(lane, rows, lane.batch.join(partial))
         except Exception as exc:  # a bug: these rows fail, the running ones go on
             if self._partial and self._partial[0][0] is partial:
                 self._partial.pop(0)
@@ -364,31 +387,48 @@ class Scheduler(Batcher):
             for row in rows:
                 row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
 
-    def _joined(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Rows whose prompts ran (``logits [N, V]``) start: they join the running rows and take
-        their first token."""
+    def _lane(self, rows: list[_Row]) -> _Lane:
+        """The lane of a prefill's rows (all long or all short: :meth:`_run` groups them so)."""
+        return self._lanes[self.is_long(rows[0].job)]
+
+    def _joined(self, lane: _Lane, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Rows whose prompts ran (``logits [N, V]``) start: they join ``lane``'s running rows
+        and take their first token."""
         for row in rows:
             row.job.emit(Started(row.prompt_tokens))
-        self._rows.extend(rows)
+        lane.rows.extend(rows)
         try:
-            self._advance(rows, logits)
-        except Exception as exc:  # a bug: the batch may be inconsistent, so every running row fails
-            self._fail_all(exc)
+            self._advance(lane, rows, logits)
+        except Exception as exc:  # a bug: the lane's batch may be inconsistent, so its rows fail
+            self._fail_all(lane, exc)
 
     def _step(self) -> None:
-        """One decoding step of every running row; a failure fails them all (the server goes on)."""
-        rows = self._rows
-        try:
-            logits = self._batch.step(torch.tensor([row.last for row in rows]))
-            self.steps += 1
-            self._advance(rows, logits)
-        except Exception as exc:  # a bug: report it to the clients, keep serving
-            self._fail_all(exc)
+        """One decoding step of the short lane's rows, and of the long lane's when it is their
+        tick (every ``long_step_every`` ticks while short rows run, else every tick). ``steps``
+        counts the ticks that stepped a lane."""
+        short, long = self._lanes[False], self._lanes[True]
+        if not (short.rows or long.rows):
+            return
+        self._ticks += 1
+        self.steps += 1
+        if short.rows:
+            self._step_lane(short)
+        if long.rows and (not short.rows or self._ticks % self.long_step_every == 0):
+            self._step_lane(long)
 
-    def _fail_all(self, exc: Exception) -> None:
-        """Every running row gets a 500 and leaves; the scheduler starts afresh."""
-        rows, self._rows = self._rows, []
-        self._batch.keep([])
+    def _step_lane(self, lane: _Lane) -> None:
+        """One decoding step of ``lane``'s rows; a failure fails them all (the server goes on)."""
+        rows = lane.rows
+        try:
+            logits = lane.batch.step(torch.tensor([row.last for row in rows]))
+            self._advance(lane, rows, logits)
+        except Exception as exc:  # a bug: report it to the clients, keep serving
+            self._fail_all(lane, exc)
+
+    def _fail_all(self, lane: _Lane, exc: Exception) -> None:
+        """Every row of ``lane`` gets a 500 and leaves; the lane starts afresh."""
+        rows, lane.rows = lane.rows, []
+        lane.batch.keep([])
         log.exception("generation failed for requests %s", ", ".join(row.job.request_id for row in rows))
         for row in rows:
             row.job.emit(Failed(500, f"internal error: {first_line(exc)}", type="server_error"))
@@ -409,21 +449,21 @@ class Scheduler(Batcher):
         whose answer is rescored (:meth:`Job.rescored`); ``None`` (nothing kept) for the others."""
         return transcript_source(prepared, row) if job.rescored(self.pipeline) else None
 
-    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
-        """Give every row of ``rows`` (the batch's last ``len(rows)`` rows) its next token from
-        ``logits [len(rows), V]``, then let the finished and abandoned rows leave."""
+    def _advance(self, lane: _Lane, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Give every row of ``rows`` (``lane``'s last ``len(rows)`` rows) its next token from
+        ``logits [len(rows), V]``, then let the lane's finished and abandoned rows leave."""
         for row, scores in zip(rows, logits):
             token = self._choose(row, scores)
             if token in self._stop_ids:
                 row.stopped = row.done = True
             else:
                 self._take(row, token)
-        order = self._rows
+        order = lane.rows
         kept = [i for i, row in enumerate(order) if not (row.done or row.job.cancelled.is_set())]
         if len(kept) == len(order):
             return
-        self._rows = [order[i] for i in kept]
-        self._batch.keep(kept)
+        lane.rows = [order[i] for i in kept]
+        lane.batch.keep(kept)
         self._finish_rows([row for row in order if row.done and not row.job.cancelled.is_set()])
 
     def _choose(self, row: _Row, scores: torch.Tensor) -> int:

@@ -12,7 +12,8 @@ from swv.serve import limits
 
 #: The bounds that must be at least 1 (the others: at least 0).
 _POSITIVE = ("max_batch", "max_clips", "max_audio_channels", "max_json_depth", "work_threads", "body_buffer_bytes",
-             "prefill_text_tokens", "long_text_tokens", "refusal_burst", "prefill_chunk_tokens")
+             "prefill_text_tokens", "long_text_tokens", "refusal_burst", "prefill_chunk_tokens",
+             "long_step_every")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class ServeSettings:
     (``None``: a quarter of ``max_batch``, at least 1), so short ones find a row; a prompt longer
     than ``prefill_chunk_tokens`` positions is prefilled that many per tick (chunked prefill); a
     group with a long request is encoded in a thread of its own whose nice value is raised by
-    ``long_encode_nice`` (0-19; Linux).
+    ``long_encode_nice`` (0-19; Linux); long rows run in a batch of their own, which takes a step
+    every ``long_step_every`` ticks while short rows run (every tick otherwise).
 
     ``max_context`` bounds prompt tokens (text + audio) + ``max_tokens``; ``max_body_bytes`` the
     request body (a body without Content-Length is cut off once it passes it);
@@ -70,6 +72,7 @@ class ServeSettings:
     max_long_rows: int | None = limits.MAX_LONG_ROWS
     prefill_chunk_tokens: int = limits.PREFILL_CHUNK_TOKENS
     long_encode_nice: int = limits.LONG_ENCODE_NICE
+    long_step_every: int = limits.LONG_STEP_EVERY
     max_audio_seconds: float = limits.MAX_AUDIO_SECONDS
     max_request_audio_seconds: float = limits.MAX_REQUEST_AUDIO_SECONDS
     max_clips: int = limits.MAX_CLIPS
