@@ -50,7 +50,7 @@ NO_CTC_HEAD = "ctc_weight: the model's adapter chain has no CTC head to rescore 
 def check_ctc_head(model: SpeechLM, ctc_weight: float | None) -> None:
     """A :class:`UsageError` when ``ctc_weight`` is above 0 but no adapter of the model's chain
     produces CTC logits (nothing to rescore with)."""
-    if ctc_weight and not any(adapter.produces_ctc for adapter in model.adapters.values()):
+    if ctc_weight and not model.has_ctc_head:
         raise UsageError(NO_CTC_HEAD)
 
 

@@ -168,6 +168,11 @@ class SpeechLM(PreTrainedModel):
     def tokenizer(self) -> Any:
         return self.backbone.tokenizer
 
+    @property
+    def has_ctc_head(self) -> bool:
+        """Whether an adapter of the chain produces CTC logits (a CTC head to rescore with)."""
+        return any(adapter.produces_ctc for adapter in self.adapters.values())
+
     def clip_classes(self) -> dict[str, list[str]]:
         """The whole-clip labels the chain's adapters learn from (``Adapter.clip_classes``), per
         task in sorted task order: the columns of ``clip_targets`` in :meth:`forward`."""
