@@ -230,6 +230,64 @@ def test_string_bytes_count_everything_but_audio_data() -> None:
     assert text_bytes_limit(0) == 64 * 1024 and text_bytes_limit(10) == 64 * 1024 + 120
 
 
+def test_text_over_the_limit_is_refused_while_the_body_arrives(server) -> None:
+    """A body declaring nearly ``BODY_LIMIT`` bytes of text: answered 400 once the part sent holds
+    more text than the limit allows, without the rest being sent (before, the server waited for
+    the whole body)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    head = b'{"model": "%s", "messages": [{"role": "user", "content": "' % MODEL_ID.encode()
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (BODY_LIMIT - 1024) + head + b"word " * 80_000)  # 400 KB of text
+        reply = b""
+        while b"}}" not in reply and (data := conn.recv(65536)):
+            reply += data
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"bytes of strings besides audio data" in reply
+    test_a_normal_request_is_answered(server)
+
+
+def test_the_text_meter_is_a_lower_bound_of_the_whole_body_check_at_every_prefix() -> None:
+    """On random JSON bodies (escapes, non-ASCII, audio under "data" keys, nested keys named
+    "data"), measured a random part at a time: never above the whole body's string_bytes, never
+    decreasing, equal to it at the end when no audio string holds an escape; an open text string
+    counts, an open audio string does not; it stops after its last string."""
+    import random
+
+    from swv.serve.text_meter import TextMeter
+
+    rng = random.Random(0)
+
+    def text() -> str:
+        return "".join(rng.choice('ab "\\\n\u00e9\U0001F600/') for _ in range(rng.randint(0, 12)))
+
+    def value(depth: int = 0):
+        pick = rng.random()
+        if depth > 3 or pick < 0.3:
+            return text()
+        if pick < 0.4:
+            return rng.randint(0, 100)
+        if pick < 0.6:
+            return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+        if pick < 0.7:
+            return {"data": base64.b64encode(rng.randbytes(rng.randint(0, 50))).decode(), "format": "wav"}
+        return {rng.choice([text(), "data", "text", "dat"]): value(depth + 1) for _ in range(rng.randint(0, 4))}
+
+    equal = 0
+    for _ in range(1500):
+        body = json.dumps(value(), ensure_ascii=rng.random() < 0.5, indent=rng.choice([None, 1])).encode()
+        whole, meter, last = string_bytes(body, 10**9), TextMeter(), 0
+        for cut in sorted(rng.sample(range(len(body) + 1), min(6, len(body) + 1))) + [len(body)]:
+            measured = meter.measure(memoryview(body)[:cut])
+            assert last <= measured <= whole, (body, cut)
+            last = measured
+        equal += last == whole
+    assert equal > 1200  # string_bytes also counts escapes inside audio strings; the meter does not
+    assert TextMeter().measure(b'{"content": "' + b"a" * 1000) == len("content") + 1000
+    assert TextMeter().measure(b'{"data": "' + b"QUJD" * 1000) == len("data")
+    assert TextMeter(max_strings=2).measure(json.dumps({"a": "x" * 10, "b": "y" * 10}).encode()) == 11
+
+
 def test_a_chunked_body_is_capped_while_read(server) -> None:
     """A chunked body that never ends: answered 413 once it passes the limit (not read to its end)."""
     host, port = server.url.removeprefix("http://").split(":")

@@ -11,19 +11,26 @@ the socket meanwhile: uvicorn stops reading a connection whose app does not read
 and the budget keeps a reserve that only small bodies use (measured: under 8 clients sending
 endless chunked bodies, each reserving 32 MiB of the 64 MiB, a normal 43 KB request waited
 0.32 s for room, as long as its whole answer takes on an idle server).
+
+A chat body is also measured while it arrives (:class:`TextBudget`): one holding more text than
+the request may have is refused after about that much of it is read, not after all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from anyio import move_on_after
 from fastapi import Request
 
-from swv.serve.openai_api import RequestError, body_too_large
+from swv.serve.openai_api import RequestError, body_too_large, text_bytes_limit, too_much_text
+from swv.serve.text_meter import TextMeter
+
+#: A body's check (:class:`TextBudget`) runs each time this many more bytes of it have arrived.
+CHECK_EVERY_BYTES = 256 * 1024
 
 
 class BodyBudget:
@@ -69,27 +76,51 @@ def declared_length(request: Request, limit: int) -> int | None:
     return int(length)
 
 
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+class TextBudget:
+    """A check of a JSON body's bytes read so far (:func:`read_body`): :class:`RequestError` (400,
+    as :func:`~swv.serve.openai_api.parse_json` refuses the whole body) once they hold more bytes
+    of strings besides audio data than ``max_text_chars`` characters take (:class:`TextMeter`)."""
+
+    def __init__(self, max_text_chars: int) -> None:
+        self.max_text_chars = max_text_chars
+        self.limit = text_bytes_limit(max_text_chars)
+        self.meter = TextMeter()
+
+    def __call__(self, data: memoryview) -> None:
+        if self.meter.measure(data) > self.limit:
+            raise too_much_text(self.max_text_chars)
+
+
+async def read_body(request: Request, limit: int, timeout: float,
+                    check: Callable[[memoryview], None] | None = None) -> bytes:
     """The request body, refused (413) once it exceeds ``limit`` bytes: by its declared length
     before it is read, and while it is read (a chunked body declares none); refused (408) when
-    it has not all arrived ``timeout`` seconds after reading starts. The bytes are gathered in one
-    growing buffer that becomes the returned ``bytes`` without a copy."""
+    it has not all arrived ``timeout`` seconds after reading starts; ``check`` (which raises to
+    refuse it) is given the bytes read so far each time :data:`CHECK_EVERY_BYTES` more have come.
+    The bytes are gathered in one growing buffer that becomes the returned ``bytes`` without a copy."""
     declared_length(request, limit)
     buffer = io.BytesIO()
+    checked = 0
     with move_on_after(timeout) as deadline:
         async for chunk in request.stream():
             if buffer.tell() + len(chunk) > limit:
                 raise body_too_large(limit)
             buffer.write(chunk)
+            if check is not None and buffer.tell() - checked >= CHECK_EVERY_BYTES:
+                checked = buffer.tell()
+                with buffer.getbuffer() as view:
+                    check(view)
     if deadline.cancelled_caught:
         raise RequestError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout")
     return buffer.getvalue()
 
 
 @asynccontextmanager
-async def held_body(request: Request, budget: BodyBudget, limit: int, timeout: float) -> AsyncIterator[bytes]:
-    """The body of ``request`` (:func:`read_body`), its declared length (else ``limit``) held in
-    ``budget`` from before it is read until the block ends (waiting at most ``timeout`` s for room)."""
+async def held_body(request: Request, budget: BodyBudget, limit: int, timeout: float,
+                    check: Callable[[memoryview], None] | None = None) -> AsyncIterator[bytes]:
+    """The body of ``request`` (:func:`read_body`, with its ``check``), its declared length (else
+    ``limit``) held in ``budget`` from before it is read until the block ends (waiting at most
+    ``timeout`` s for room)."""
     size = declared_length(request, limit)
     async with budget.reserve(limit if size is None else size, timeout):
-        yield await read_body(request, limit, timeout)
+        yield await read_body(request, limit, timeout, check)

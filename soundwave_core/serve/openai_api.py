@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from swv.core.errors import InputError, first_line
 from swv.infer.settings import GenerationSettings
+from swv.serve.text_meter import AUDIO_KEY
 
 #: Request fields swv serve does not implement, with the value that means "not used".
 UNSUPPORTED = {
@@ -46,8 +47,6 @@ _STEP[list(b"[{")], _STEP[list(b"]}")] = 1, -1
 #: string before it a key.
 _STRING = re.compile(rb'"[^"]*"')
 _COLON = re.compile(rb"[ \t\r\n]*:")
-#: The key whose string values are audio (``input_audio.data``), not text.
-_AUDIO_KEY = b"data"
 #: The most bytes one character of text takes in JSON (outside the BMP: two ``\uXXXX`` escapes).
 MAX_JSON_BYTES_PER_CHAR = 12
 #: Bytes of strings a request may hold besides its text and audio (keys, model, roles, types, stop strings).
@@ -263,8 +262,8 @@ def string_bytes(body: bytes, limit: int) -> int:
     for match in _STRING.finditer(text):
         start, end = match.span()
         if _COLON.match(text, end):
-            key = text[start + 1:end - 1] if end - start <= len(_AUDIO_KEY) + 2 else b""
-        elif key == _AUDIO_KEY:
+            key = text[start + 1:end - 1] if end - start <= len(AUDIO_KEY) + 2 else b""
+        elif key == AUDIO_KEY:
             continue
         total += end - start - 2
         if total > limit:
@@ -276,6 +275,12 @@ def text_bytes_limit(max_text_chars: int) -> int:
     """The string bytes (:func:`string_bytes`) of a body whose text has at most ``max_text_chars``
     characters: each character at its longest in JSON, plus :data:`OTHER_STRING_BYTES`."""
     return max_text_chars * MAX_JSON_BYTES_PER_CHAR + OTHER_STRING_BYTES
+
+
+def too_much_text(max_text_chars: int) -> RequestError:
+    """400 for a body with more string bytes besides audio than ``max_text_chars`` characters take."""
+    return RequestError(400, f"the request body has more than {text_bytes_limit(max_text_chars)} bytes of strings "
+                             f"besides audio data: more than its limit of {max_text_chars} characters of text can take")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -295,8 +300,7 @@ def parse_json(body: bytes, max_depth: int, max_structure_bytes: int, max_text_c
         raise RequestError(400, f"the request body has more than {max_structure_bytes} bytes of JSON outside "
                                 "its strings (keys, numbers, brackets)")
     if max_text_chars is not None and string_bytes(body, limit := text_bytes_limit(max_text_chars)) > limit:
-        raise RequestError(400, f"the request body has more than {limit} bytes of strings besides audio data: "
-                                f"more than its limit of {max_text_chars} characters of text can take")
+        raise too_much_text(max_text_chars)
     try:
         return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

@@ -28,7 +28,7 @@ from swv.serve.openai_api import (
     unknown_model,
 )
 from swv.serve.ops import REQUEST_ID
-from swv.serve.body import held_body
+from swv.serve.body import TextBudget, held_body
 from swv.serve.priority import Slot, parse_cost
 from swv.serve.routes.deps import BatcherDep, BodyBudgetDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
@@ -50,9 +50,11 @@ async def chat_completions(
     ``n`` > 1 and the presence/frequency penalties are refused (see
     :class:`~swv.serve.openai_api.ChatCompletionParams`).
     The body is held in the server's :class:`~swv.serve.body.BodyBudget` until the request is
-    queued or refused; it is parsed in a worker thread granted at its size's cost, and its audio
+    queued or refused (one whose text passes ``--max-text-chars`` is refused while it arrives,
+    :class:`~swv.serve.body.TextBudget`); it is parsed in a worker thread granted at its size's cost, and its audio
     decoded in one granted at its decoding cost (:mod:`swv.serve.priority`)."""
-    async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body, \
+    text = TextBudget(settings.max_text_chars)  # a body of text past the limit is refused while it arrives
+    async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds, text) as body, \
             limiter.slot(parse_cost(len(body))) as slot:
         checked = await slot.run(partial(_checked, body, settings, pipeline))
         del body
