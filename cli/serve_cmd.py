@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -167,6 +168,22 @@ class Connections:
     drain_timeout: Annotated[float, typer.Option(
         "--drain-timeout", min=0.001, help="On SIGTERM, seconds in-flight requests get to finish (new ones: 503).")
     ] = limits.DRAIN_TIMEOUT_SECONDS
+    forwarded_allow_ips: Annotated[Optional[list[str]], typer.Option(
+        "--forwarded-allow-ips", help="Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto headers are "
+        "believed: IP addresses or networks (10.0.0.5, 10.0.0.0/24, ::1; repeat or comma-separate), or '*' for every "
+        "peer. Behind a proxy, give its address so each end client has its own refusal budget. Default: none, "
+        "proxy headers are ignored and the client is the peer address (uvicorn's FORWARDED_ALLOW_IPS environment "
+        "variable is not read).")] = None
+
+    def __post_init__(self) -> None:
+        """Bad --forwarded-allow-ips values are refused, and uvicorn's FORWARDED_ALLOW_IPS left in the
+        environment is said to be ignored, before the model loads."""
+        from swv.serve.proxies import trusted_proxies
+
+        if not trusted_proxies(self.forwarded_allow_ips or (), "--forwarded-allow-ips") and os.environ.get(
+                "FORWARDED_ALLOW_IPS"):
+            print("serve: FORWARDED_ALLOW_IPS is ignored, proxy headers are not read (trust a proxy with "
+                  "--forwarded-allow-ips)", file=sys.stderr)
 
     def server_options(self) -> Any:
         """swv.serve.server.ServerOptions of these options (the serve extra is imported by then)."""
@@ -174,7 +191,8 @@ class Connections:
 
         return ServerOptions(keep_alive_seconds=self.keep_alive, max_header_bytes=self.max_header_bytes,
                              max_connections=self.max_connections, drain_timeout_seconds=self.drain_timeout,
-                             header_timeout_seconds=self.header_timeout)
+                             header_timeout_seconds=self.header_timeout,
+                             forwarded_allow_ips=tuple(self.forwarded_allow_ips or ()))
 
 
 def _names(values: Optional[list[str]]) -> tuple[str, ...]:

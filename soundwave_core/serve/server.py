@@ -9,6 +9,11 @@ get 400: uvicorn buffers no more), ``max_connections``
 it, counted from the connection's opening or from the first byte of a later request on it, is
 answered 408 and closed. The body's deadline is the app's (``ServeSettings.body_timeout_seconds``).
 
+Proxy headers (``X-Forwarded-For``, ``X-Forwarded-Proto``) are read only from the peers of
+``forwarded_allow_ips`` (see :mod:`swv.serve.proxies`); with none, the default, uvicorn's
+``proxy_headers`` is off and the ``FORWARDED_ALLOW_IPS`` environment variable is not read, so
+the client address is always the peer's.
+
 On SIGTERM the server drains: new requests get 503, the requests in flight get
 ``drain_timeout_seconds`` to finish, then the server stops and the process exits 0 (what still
 runs then gets uvicorn's graceful shutdown, as long again, before it is cancelled). A second
@@ -32,6 +37,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from swv.core.errors import UsageError
 from swv.serve import limits
 from swv.serve.ops import Drain
+from swv.serve.proxies import trusted_proxies
 
 
 @dataclass(frozen=True)
@@ -43,12 +49,15 @@ class ServerOptions:
     max_connections: int = limits.MAX_CONNECTIONS
     drain_timeout_seconds: float = limits.DRAIN_TIMEOUT_SECONDS
     header_timeout_seconds: float = limits.HEADER_TIMEOUT_SECONDS
+    #: Peers whose proxy headers name the client: addresses, networks or ``"*"`` (none: ignored).
+    forwarded_allow_ips: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("keep_alive_seconds", "max_header_bytes", "max_connections", "drain_timeout_seconds",
                      "header_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be > 0, got {getattr(self, name)}")
+        object.__setattr__(self, "forwarded_allow_ips", trusted_proxies(self.forwarded_allow_ips))
 
 
 #: What a connection whose headers missed their deadline is sent before it is closed.
@@ -104,8 +113,11 @@ def _log_config(level: str) -> dict[str, Any]:
 
 
 def server_config(app: FastAPI, host: str, port: int, options: ServerOptions, log_level: str = "info") -> uvicorn.Config:
-    """uvicorn's config for ``app`` (its own access log off: ``swv.serve`` logs each request with its id)."""
+    """uvicorn's config for ``app`` (its own access log off: ``swv.serve`` logs each request with its id; proxy
+    headers only from ``options.forwarded_allow_ips``, the environment's ``FORWARDED_ALLOW_IPS`` never read)."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=_log_config(log_level), access_log=False,
+                          proxy_headers=bool(options.forwarded_allow_ips),
+                          forwarded_allow_ips=list(options.forwarded_allow_ips),
                           timeout_keep_alive=max(1, round(options.keep_alive_seconds)),
                           h11_max_incomplete_event_size=options.max_header_bytes,
                           limit_concurrency=options.max_connections,

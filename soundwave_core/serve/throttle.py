@@ -14,13 +14,19 @@ benchmark's clients and most scripts do) is slowed to ``per_second``; one that o
 connections at once holds one of ``--max-connections`` per waiting refusal, as a slow client
 already could. Requests that are answered (2xx) are never delayed, nor are server errors (5xx).
 
-The client is the peer address (``scope["client"]``; uvicorn replaces it with the
-``X-Forwarded-For`` address only for the trusted proxies of its ``forwarded_allow_ips``, by
-default 127.0.0.1, so behind a local proxy each end client has its own budget). The API key is
+The client is the request's client address (``scope["client"]``). By default that is the peer
+address: ``swv serve`` reads no proxy headers (uvicorn's ``proxy_headers`` off, whatever the
+``FORWARDED_ALLOW_IPS`` environment variable says), so a client cannot pick its own budget with
+an ``X-Forwarded-For`` header, nor rotate fake addresses past it. Behind a reverse proxy every
+request then comes from the proxy's address and all clients share one budget, unless the
+replica is started with ``--forwarded-allow-ips <proxy address>``: uvicorn then replaces the
+peer address with the ``X-Forwarded-For`` one for requests from that proxy only (see
+:mod:`swv.serve.proxies`), and each end client has its own budget. The API key is
 not the client: the server has one key, shared by all its clients. So clients behind one
-address (a NAT, a proxy that does not forward addresses, or every benchmark client on
-127.0.0.1) share one budget: the throttle slows such a group's refusals as a whole, and cannot
-tell a flooding client from a well-behaved one among them; only refused requests pay for it.
+address (a NAT, a proxy that is not trusted or does not forward addresses, or every benchmark
+client on 127.0.0.1) share one budget: the throttle slows such a group's refusals as a whole,
+and cannot tell a flooding client from a well-behaved one among them; only refused requests pay
+for it.
 
 Why our own: the delay is computed per client with the GCRA form of a token bucket (one number
 per client: when its budget is next full), a dozen lines; rate-limit libraries (``limits``,
@@ -44,7 +50,8 @@ MAX_CLIENTS = 4096
 
 
 def client_key(scope: Scope) -> str:
-    """The client a request counts against: its peer address (see the module)."""
+    """The client a request counts against: its client address, the peer's unless a trusted proxy
+    forwarded another (see the module)."""
     client = scope.get("client")
     return str(client[0]) if client else "-"
 
