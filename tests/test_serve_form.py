@@ -1,5 +1,6 @@
 """swv.serve.form: multipart/form-data bodies parsed from their bytes (python-multipart), every
-bound checked as the parser reaches it."""
+bound checked as the parser reaches it; and the audio routes leave the form to it (FastAPI
+parses no form of theirs)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,12 @@ def test_a_text_field_must_be_utf8() -> None:
         Part("prompt", b"caf\xe9").text()
     assert (caught.value.message, caught.value.param) == ("prompt: the field is not UTF-8 text", "prompt")
 
+
+def test_fastapi_parses_no_form_of_the_audio_routes() -> None:
+    """The audio routes declare no File/Form parameters, so FastAPI reads no body for them and
+    never calls ``request.form()`` (which would parse the form in the event loop)."""
+    pytest.importorskip("fastapi")
+    from swv.serve.routes import audio
+
+    routes = [route for route in audio.router.routes if route.path in audio.FORM_PATHS]
+    assert len(routes) == 2 and all(route.body_field is None for route in routes)
