@@ -5,6 +5,7 @@ saved decoding defaults, and hostile uploads answered with a clean 4xx."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -63,7 +64,8 @@ def serve(pipe: Pipeline, **bounds):
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path):
-    with serve(Pipeline.from_pretrained(model_dir), max_body_bytes=BODY_LIMIT) as running:
+    # refused requests answered at once (the refusal throttle has tests of its own)
+    with serve(Pipeline.from_pretrained(model_dir), max_body_bytes=BODY_LIMIT, refusals_per_second=0) as running:
         yield running
 
 
@@ -89,7 +91,11 @@ def multipart(fields: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, s
 
 
 def upload(server, fields: dict[str, str], files: dict[str, bytes], path: str = "transcriptions") -> tuple[int, dict]:
-    body, kind = multipart(fields, files)
+    return post_form(server, *multipart(fields, files), path)
+
+
+def post_form(server, body: bytes, kind: str, path: str = "transcriptions") -> tuple[int, dict]:
+    """POST ``body`` as Content-Type ``kind``: the status and the JSON reply."""
     request = urllib.request.Request(f"{server.url}/v1/audio/{path}", data=body, method="POST",
                                      headers={"Content-Type": kind})
     try:
@@ -157,7 +163,7 @@ def test_hostile_uploads_are_refused_cleanly(server, reference: Pipeline, clip_p
     refused(server, model, {"file": b""}, param="file", match="empty")
     refused(server, model, {"file": b"<html>not audio</html>" * 10}, param="file", match="not a readable audio file")
     refused(server, {**model, "prompt": "w" * 2001}, audio, param="prompt", match="2001 characters exceed")
-    refused(server, {**model, "prompt": "w" * 600_000}, audio, param="prompt", match="600000 characters exceed")
+    refused(server, {**model, "prompt": "w" * 600_000}, audio, param="prompt", match="more than 9024 bytes")
     refused(server, {**model, "prompt": f"x {placeholder} y"}, audio, param="prompt", match="audio placeholder")
     refused(server, {**model, "response_format": "mp3"}, audio, param="response_format", match="expected one of")
     refused(server, {**model, "best_of": "2"}, audio, param="best_of", match="Unrecognized request argument")
@@ -223,6 +229,102 @@ def test_a_chunked_upload_is_capped_while_read(server) -> None:
         while b"}}" not in reply and (data := conn.recv(65536)):
             reply += data
     assert reply.startswith(b"HTTP/1.1 413"), reply[:300]
+
+
+# -- the form: parsed in a worker thread, bounded ----------------------------------------------
+BOUNDARY = "B0undary"
+FORM = f"multipart/form-data; boundary={BOUNDARY}"
+CLOSE = f"--{BOUNDARY}--\r\n".encode()
+
+
+def part(name: str, value: str | bytes, filename: str | None = None, headers: str = "") -> bytes:
+    """One part of a form with :data:`BOUNDARY` (``filename``: a file part)."""
+    data = value.encode() if isinstance(value, str) else value
+    file = "" if filename is None else f'; filename="{filename}"'
+    return f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"{file}\r\n{headers}\r\n'.encode() + data + b"\r\n"
+
+
+def test_the_form_is_parsed_in_a_worker_thread_granted_at_the_bodys_size(server, monkeypatch, clip_path: Path) -> None:
+    """Neither FastAPI nor Starlette parses the form in the event loop: the one multipart parse
+    of a request runs in a worker thread holding a slot of the limiter, granted at the body's bytes."""
+    from python_multipart import MultipartParser
+
+    limiter = server.server.config.app.state.limiter
+    writes, costs = [], []
+    real_write, real_acquire = MultipartParser.write, limiter.acquire
+
+    def write(parser, data):
+        try:
+            asyncio.get_running_loop()
+            writes.append("in the event loop")
+        except RuntimeError:  # no loop runs in this thread
+            writes.append(f"in a worker thread holding {limiter.borrowed} slot")
+        return real_write(parser, data)
+
+    async def acquire(cost: int = 0) -> None:
+        costs.append(cost)
+        await real_acquire(cost)
+
+    monkeypatch.setattr(MultipartParser, "write", write)
+    monkeypatch.setattr(limiter, "acquire", acquire)
+    body, kind = multipart({"model": MODEL_ID}, {"file": clip_path.read_bytes()})
+    status, reply = post_form(server, body, kind)
+    assert status == 200, reply
+    assert writes == ["in a worker thread holding 1 slot"]
+    assert costs[0] == len(body)
+
+
+OK_FORM = part("model", MODEL_ID) + part("file", wav(0.2), "a.wav") + CLOSE
+
+
+@pytest.mark.parametrize(("kind", "body", "param", "match"), [
+    (FORM, part("model", MODEL_ID) + part("x", "1") * 15_000 + CLOSE, None, "the form has more than 16 parts"),
+    (FORM, part("model", MODEL_ID) + part("response_format", "verbose_json")
+     + part("timestamp_granularities[]", "segment") * 14 + part("file", wav(0.2), "a.wav") + CLOSE,
+     None, "the form has more than 16 parts"),
+    (FORM, part("model", MODEL_ID) + part("language", "x" * 20_000) + part("file", wav(0.2), "a.wav") + CLOSE,
+     "language", "language: the field has more than 9024 bytes"),
+    ("multipart/form-data", OK_FORM, None, "needs a boundary parameter"),
+    ("multipart/form-data; boundary=other", OK_FORM, None, "the form is malformed"),
+    (FORM, b"garbage", None, "the form is malformed"),
+    (FORM, OK_FORM.replace(b"\r\n", b"\n"), None, "the form is malformed"),
+    (FORM, OK_FORM[: -len(CLOSE)], None, "the form ends before its closing boundary"),
+    (FORM, OK_FORM[: -len(CLOSE)] + f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhi'.encode(),
+     None, "the form ends before its closing boundary"),
+    (FORM, f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n".encode() + OK_FORM, None, "has no name"),
+    (FORM, part("model", MODEL_ID, headers="X-Pad: " + "a" * 3000 + "\r\n") + part("file", wav(0.2), "a.wav")
+     + CLOSE, None, ""),
+    (FORM, part("model", MODEL_ID, headers=("X-Pad: " + "a" * 3000 + "\r\n") * 3) + OK_FORM, None,
+     "more than 8192 bytes of headers"),
+    (FORM, part("model", MODEL_ID) + part("file", "abc") + CLOSE, "file", "file: expected an uploaded file"),
+    (FORM, part("model", MODEL_ID, "model.txt") + part("file", wav(0.2), "a.wav") + CLOSE, "model",
+     "model: expected a text field"),
+    (FORM, part("model", MODEL_ID) + part("prompt", b"\xff\xfe") + part("file", wav(0.2), "a.wav") + CLOSE,
+     "prompt", "prompt: the field is not UTF-8 text"),
+    (FORM, part("model", MODEL_ID) + CLOSE, "file", "file: an audio file is required"),
+], ids=["many tiny parts", "17 parts", "huge field", "no boundary", "another boundary", "not a form", "LF only",
+        "no closing boundary", "an unterminated part", "a part without a name", "a header line of 3000 bytes",
+        "9000 bytes of headers", "file as text", "model as a file", "not UTF-8", "no file part"])
+def test_hostile_forms_are_refused_with_one_clear_error(server, kind: str, body: bytes, param: str | None,
+                                                        match: str) -> None:
+    status, reply = post_form(server, body, kind)
+    if not match:  # a header under python-multipart's bound per line (4 KiB) and under ours per part
+        assert status == 200, reply
+        return
+    assert status == 400 and match in reply["error"]["message"] and reply["error"]["param"] == param, reply
+
+
+def test_empty_fields_count_as_not_sent(server) -> None:
+    """FastAPI's rule, kept: an empty text field, or a file part with no filename and no bytes (a
+    browser's form with no file chosen), is a field not sent."""
+    empty_file = part("file", b"", "")
+    status, reply = post_form(server, part("model", MODEL_ID) + part("temperature", "") + part("prompt", "")
+                              + part("file", wav(0.2), "") + CLOSE, FORM)
+    assert status == 200 and "text" in reply, reply
+    status, reply = post_form(server, part("model", MODEL_ID) + empty_file + CLOSE, FORM)
+    assert status == 400 and reply["error"]["message"] == "file: an audio file is required", reply
+    status, reply = post_form(server, part("model", "") + part("file", wav(0.2), "a.wav") + CLOSE, FORM)
+    assert status == 400 and reply["error"]["param"] == "model" and "required" in reply["error"]["message"], reply
 
 
 # -- chat completion options -------------------------------------------------------------------

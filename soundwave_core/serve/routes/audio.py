@@ -27,13 +27,20 @@ transcriptions ``language``. Any other field is refused with a 400 naming it (Op
 
 The answer gets at most the server's ``--max-tokens`` default of new tokens, and the
 transcript length bound of the clip. Bounds are the chat endpoint's: the body cap (by its
-declared length, then while it is read; a text field is at most 1 MiB, Starlette's part
-limit) and the body deadline (408), one file (each field at most once), the clip's duration,
-channels and rate checked from its header before decoding, the text cap, decoding in the
-worker threads of ``--work-threads`` (cheapest first, :mod:`swv.serve.priority`). The access
-controls (API key, Origin and Host checks; ``multipart/form-data`` is the one content type these
-routes take), request ids, metrics (the clip's seconds, the tokens generated) and the drain are
-every ``/v1`` route's.
+declared length, then while it is read), the body deadline (408) and the body budget (the body
+is held in it until the request is queued or refused), one file (each field at most once), the
+clip's duration, channels and rate checked from its header before decoding, the text cap. The
+form is parsed as the chat endpoint's JSON is: from the body's bytes, in a worker thread of
+``--work-threads`` granted at the body's size (:func:`~swv.serve.priority.parse_cost`), never
+in the event loop (:mod:`swv.serve.form`; FastAPI does not parse it: the routes declare no form
+parameters); at most :data:`MAX_FORM_PARTS` parts, a text field at most
+:func:`max_field_bytes`, a malformed form refused with a 400 naming the problem. The clip is
+then decoded in a worker thread granted at its samples (cheapest first, :mod:`swv.serve.priority`).
+An empty text field counts as not sent, as does a file part with neither filename nor bytes
+(FastAPI's rule); ``file`` must be a file part and the other fields text (400 naming the field).
+The access controls (API key, Origin and Host checks; ``multipart/form-data`` is the one content
+type these routes take), request ids, metrics (the clip's seconds, the tokens generated) and the
+drain are every ``/v1`` route's.
 """
 
 from __future__ import annotations
@@ -41,12 +48,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from functools import partial
-from typing import Annotated, Any
+from typing import NamedTuple
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from fastapi.routing import APIRoute
-from starlette.types import Message, Receive
 
 from swv.core.errors import SwvError
 from swv.infer.chat import AudioPart, ParsedConversation, checked_text
@@ -61,16 +66,27 @@ from swv.serve.openai_api import (
     cue_time,
     unknown_model,
 )
+from swv.serve.body import BodyBudget, held_body
+from swv.serve.form import Part, parse_form
 from swv.serve.ops import REQUEST_ID
 from swv.serve.priority import PriorityLimiter, parse_cost
-from swv.serve.body import held_body
 from swv.serve.routes.chat import finish, started
-from swv.serve.routes.deps import BatcherDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
+from swv.serve.routes.deps import BatcherDep, BodyBudgetDep, LimiterDep, MetricsDep, PipelineDep, SettingsDep
 from swv.serve.settings import ServeSettings
 
-#: The fields of each endpoint (``timestamp_granularities[]`` as the openai client names it).
-_COMMON = ("file", "model", "prompt", "temperature", "response_format", "timestamp_granularities[]")
+#: The fields of each endpoint (``timestamp_granularities[]`` as the openai client names it: the
+#: one field that may come more than once).
+GRANULARITIES = "timestamp_granularities[]"
+_COMMON = ("file", "model", "prompt", "temperature", "response_format", GRANULARITIES)
 FIELDS = {"transcribe": (*_COMMON, "language"), "translate": _COMMON}
+#: Most parts of a form. A valid one has at most 8 (the 7 fields of a transcription once each,
+#: ``timestamp_granularities[]`` twice: OpenAI's ``segment`` and ``word``); twice that leaves room
+#: for a client repeating a granularity and still refuses a form of many tiny parts at its 17th.
+#: Fixed, not a flag: the fields are a closed set.
+MAX_FORM_PARTS = 16
+#: Bytes a text field may hold besides the prompt's characters (:func:`max_field_bytes`): the model
+#: name, a language, a number.
+OTHER_FIELD_BYTES = 1024
 #: The target language of ``/v1/audio/translations``.
 TRANSLATION_TARGET = "English"
 #: The routes' paths; their bodies are ``multipart/form-data`` (the access controls let it through).
@@ -79,84 +95,44 @@ TRANSLATIONS_PATH = "/v1/audio/translations"
 FORM_PATHS = (TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH)
 
 
-class _BufferedBody(APIRoute):
-    """A route whose body is read whole by the chat endpoint's reader before the form is parsed:
-    refused (413) past the server's ``max_body_bytes`` (by its declared length, then while it is
-    read: a chunked body declares none), and (408) when it has not all arrived
-    ``body_timeout_seconds`` after the headers (:func:`~swv.serve.body.read_body`), held in the
-    server's :class:`~swv.serve.body.BodyBudget` while it is read."""
-
-    def get_route_handler(self) -> Any:
-        handler = super().get_route_handler()
-
-        async def buffered(request: Request) -> Response:
-            settings = request.app.state.settings
-            async with held_body(request, request.app.state.body_budget, settings.max_body_bytes,
-                                 settings.body_timeout_seconds) as body:  # held while it is read
-                replayed = Request(request.scope, _replay(body, request.receive))
-            return await handler(replayed)
-
-        return buffered
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` answering ``body`` (already read) first, then what the client sends next (its
-    disconnect)."""
-    pending = [body]
-
-    async def replayed() -> Message:
-        if pending:
-            return {"type": "http.request", "body": pending.pop(), "more_body": False}
-        return await receive()
-
-    return replayed
-
-
-router = APIRouter(route_class=_BufferedBody)
-FileField = Annotated[UploadFile | None, File()]
-TextField = Annotated[str | None, Form()]
-Granularities = Annotated[list[str] | None, Form(alias="timestamp_granularities[]")]
+router = APIRouter()
 
 
 @router.post(TRANSCRIPTIONS_PATH, response_model=None)
 async def transcriptions(request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep,
-                         limiter: LimiterDep, metrics: MetricsDep, file: FileField = None, model: TextField = None,
-                         prompt: TextField = None, language: TextField = None, temperature: TextField = None,
-                         response_format: TextField = None, granularities: Granularities = None) -> Response:
-    """Transcribe ``file`` with the model's transcription instruction (module docstring)."""
-    form = _Form("transcribe", file, model, prompt, language, temperature, response_format, granularities)
-    return await _answer(request, form, settings, batcher, pipeline, limiter, metrics)
+                         limiter: LimiterDep, metrics: MetricsDep, body_budget: BodyBudgetDep) -> Response:
+    """Transcribe the form's ``file`` with the model's transcription instruction (module docstring)."""
+    return await _answer(request, "transcribe", settings, batcher, pipeline, limiter, metrics, body_budget)
 
 
 @router.post(TRANSLATIONS_PATH, response_model=None)
 async def translations(request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep,
-                       limiter: LimiterDep, metrics: MetricsDep, file: FileField = None, model: TextField = None,
-                       prompt: TextField = None, temperature: TextField = None, response_format: TextField = None,
-                       granularities: Granularities = None) -> Response:
-    """Translate ``file`` into English with the model's translation instruction (module docstring)."""
-    form = _Form("translate", file, model, prompt, TRANSLATION_TARGET.lower(), temperature, response_format,
-                 granularities)
-    return await _answer(request, form, settings, batcher, pipeline, limiter, metrics)
+                       limiter: LimiterDep, metrics: MetricsDep, body_budget: BodyBudgetDep) -> Response:
+    """Translate the form's ``file`` into English with the model's translation instruction (module docstring)."""
+    return await _answer(request, "translate", settings, batcher, pipeline, limiter, metrics, body_budget)
+
+
+def max_field_bytes(settings: ServeSettings) -> int:
+    """The most bytes of a text field: the prompt at ``max_text_chars`` characters of at most 4
+    UTF-8 bytes each, plus :data:`OTHER_FIELD_BYTES`."""
+    return 4 * settings.max_text_chars + OTHER_FIELD_BYTES
 
 
 class _Form:
-    """One audio request's fields, checked by :meth:`check`."""
+    """One audio request's fields, read from the form's parts (:meth:`check` checks them)."""
 
-    def __init__(self, task: str, file: UploadFile | None, model: str | None, prompt: str | None,
-                 language: str | None, temperature: str | None, response_format: str | None,
-                 granularities: list[str] | None) -> None:
-        self.task, self.file, self.model, self.prompt, self.language = task, file, model, prompt or "", language
-        self.temperature, self.granularities = temperature, granularities or []
-        self.response_format = response_format or "json"
+    def __init__(self, task: str, parts: list[Part]) -> None:
+        _check_parts(task, parts)
+        self.task, self.parts = task, [part for part in parts if not _omitted(part)]
+        self.file = next((part.data for part in self.parts if part.name == "file"), None)
+        self.granularities = [part.text() for part in self.parts if part.name == GRANULARITIES]
+        text = {part.name: part.text() for part in self.parts if part.name not in ("file", GRANULARITIES)}
+        self.model, self.prompt, self.temperature = text.get("model"), text.get("prompt", ""), text.get("temperature")
+        self.response_format = text.get("response_format", "json")
+        self.language = text.get("language") if task == "transcribe" else TRANSLATION_TARGET.lower()
 
-    def check(self, names: list[str], settings: ServeSettings) -> SamplingParams:
-        """Refuse an unknown, repeated or missing field or a bad value (400 naming it); the
-        sampling fields. ``names``: the form's field names, a repeated one as often as it came."""
-        for name in names:
-            if name not in FIELDS[self.task]:
-                raise RequestError(400, f"Unrecognized request argument supplied: {name}", param=name)
-            if names.count(name) > 1 and name != "timestamp_granularities[]":
-                raise RequestError(400, f"{name}: given more than once", param=name)
+    def check(self, settings: ServeSettings) -> SamplingParams:
+        """Refuse a missing field or a bad value (400 naming it); the sampling fields."""
         if self.file is None:
             raise RequestError(400, "file: an audio file is required", param="file")
         if self.model is None:
@@ -189,6 +165,31 @@ class _Form:
         return f"{base} {self.prompt}" if self.prompt.strip() else base
 
 
+def _check_parts(task: str, parts: list[Part]) -> None:
+    """Refuse an unknown or repeated field (OpenAI's policy) and a file where a text field belongs
+    or the reverse (400 naming it)."""
+    names = [part.name for part in parts]
+    for name in names:
+        if name not in FIELDS[task]:
+            raise RequestError(400, f"Unrecognized request argument supplied: {name}", param=name)
+        if names.count(name) > 1 and name != GRANULARITIES:
+            raise RequestError(400, f"{name}: given more than once", param=name)
+    for part in parts:
+        if part.is_file != (part.name == "file") and not _omitted(part):
+            expected = "an uploaded file (a part with a filename)" if part.name == "file" else "a text field"
+            raise RequestError(400, f"{part.name}: expected {expected}, got {'a file' if part.is_file else 'text'}",
+                               param=part.name)
+
+
+def _omitted(part: Part) -> bool:
+    """Whether ``part`` counts as a field not sent (FastAPI's rule for forms): an empty text field
+    but for ``timestamp_granularities[]``, or a file part with no filename and no bytes (what a
+    browser sends when no file is chosen)."""
+    if part.is_file:
+        return part.filename == "" and not part.data
+    return not part.data and part.name != GRANULARITIES
+
+
 def _sampling(temperature: str | None) -> SamplingParams:
     """``temperature`` in OpenAI's audio range 0-1 (400 naming it otherwise)."""
     if temperature is None:
@@ -203,20 +204,44 @@ def _sampling(temperature: str | None) -> SamplingParams:
     return SamplingParams(temperature=value)
 
 
-async def _answer(request: Request, form: _Form, settings: ServeSettings, batcher: Batcher, pipeline: Pipeline,
-                  limiter: PriorityLimiter, metrics: Metrics) -> Response:
-    """Check the form, queue the request on the batcher, count what was served, render the answer."""
-    sampling = form.check([name for name, _ in (await request.form()).multi_items()], settings)
-    assert form.file is not None
-    data = await form.file.read()
-    if not data:
+class _Checked(NamedTuple):
+    """An upload read in a worker thread, before its clip is decoded: its form, its sampling
+    fields, the parsed conversation and the samples its clip decodes to."""
+
+    form: _Form
+    sampling: SamplingParams
+    parsed: ParsedConversation
+    samples: int
+
+
+def _checked(body: bytes, content_type: str, task: str, settings: ServeSettings, pipeline: Pipeline) -> _Checked:
+    """The form parsed from ``body`` (:func:`~swv.serve.form.parse_form`: at most
+    :data:`MAX_FORM_PARTS` parts, text fields of at most :func:`max_field_bytes`), its fields
+    checked, the upload's header checked against every bound (nothing decoded)."""
+    form = _Form(task, parse_form(body, content_type, MAX_FORM_PARTS, max_field_bytes(settings)))
+    sampling = form.check(settings)
+    if not form.file:
         raise RequestError(400, "file: the uploaded file is empty", param="file")
-    async with limiter.slot(parse_cost(len(data))) as slot:  # the header read, priced by the file's size
-        parsed, samples = await slot.run(partial(_checked_upload, pipeline, data, form.instruction(pipeline), settings))
-        del data
-        await slot.requeue(samples)  # decoded cheapest-first (swv.serve.priority)
-        chat_request = await slot.run(partial(_decoded, pipeline, parsed, settings, form.transcribes))
-    generation = replace(settings.generation, max_new_tokens=settings.default_max_tokens, **sampling.sampling())
+    parsed, samples = _checked_upload(pipeline, form.file, form.instruction(pipeline), settings)
+    form.file = None  # the conversation holds the bytes now
+    return _Checked(form, sampling, parsed, samples)
+
+
+async def _answer(request: Request, task: str, settings: ServeSettings, batcher: Batcher, pipeline: Pipeline,
+                  limiter: PriorityLimiter, metrics: Metrics, body_budget: BodyBudget) -> Response:
+    """Read the body, parse and check the form in a worker thread granted at the body's size, decode
+    the upload in one granted at its samples, queue the request on the batcher, count what was
+    served, render the answer. The body is held in ``body_budget`` until the request is queued or
+    refused (as the chat endpoint's)."""
+    content_type = request.headers.get("content-type", "")
+    async with held_body(request, body_budget, settings.max_body_bytes, settings.body_timeout_seconds) as body, \
+            limiter.slot(parse_cost(len(body))) as slot:
+        checked = await slot.run(partial(_checked, body, content_type, task, settings, pipeline))
+        del body
+        await slot.requeue(checked.samples)  # decoded cheapest-first (swv.serve.priority)
+        chat_request = await slot.run(partial(_decoded, pipeline, checked.parsed, settings, checked.form.transcribes))
+    form = checked.form
+    generation = replace(settings.generation, max_new_tokens=settings.default_max_tokens, **checked.sampling.sampling())
     verbose = form.response_format == "verbose_json"
     job = Job(chat_request, generation, asyncio.get_running_loop(), logprobs=0 if verbose else None,
               request_id=REQUEST_ID.get(), rescore=True)
