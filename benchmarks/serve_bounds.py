@@ -17,7 +17,9 @@ subprocess, warms it up with a normal request, and measures:
 
 Hostile requests: a WAV and a FLAC whose headers claim hours (the data is 1 s), a real 5-minute
 and a 59 s 8-channel 48 kHz FLAC, a 59 s WAV at 4001 Hz, a 30 MB text body, a chunked body
-without Content-Length that never ends, 60 clips of 59 s, and 16 MB of nested JSON brackets.
+without Content-Length that never ends, 60 clips of 59 s, and 16 MB of nested JSON brackets; and
+two uploads to ``/v1/audio/transcriptions`` (``multipart/form-data``): a form of 100,000 tiny
+parts and one with a 30 MB text field besides a 1 s clip.
 Rows over a target are marked ``OVER``; the exit code is 0 either way (a benchmark, not a test).
 
     .venv/bin/python benchmarks/serve_bounds.py            # ~7 min on 2 CPU cores
@@ -158,9 +160,32 @@ def chat_body(clips: list[tuple[bytes, str]], text: str = "Transcribe the speech
     return json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": content}], **fields}).encode()
 
 
-def hostile_bodies() -> dict[str, bytes | None]:
+#: The boundary of the benchmark's multipart forms.
+BOUNDARY = "swvbenchboundary"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A ``multipart/form-data`` body for the transcription endpoint."""
+
+    body: bytes
+    path: str = "/v1/audio/transcriptions"
+    content_type: str = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def form(fields: list[tuple[str, bytes, str | None]]) -> Upload:
+    """A form of ``(name, bytes, filename or None)`` parts."""
+    parts = []
+    for name, data, filename in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        parts.append(f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n")
+    return Upload(b"".join(parts) + f"--{BOUNDARY}--\r\n".encode())
+
+
+def hostile_bodies() -> dict[str, bytes | Upload | None]:
     """The hostile requests by name (``None``: the endless chunked body, sent by :func:`chunked`)."""
     minute59 = silent_flac(59, SR, 1)
+    second = encoded(noise(1.0), SR, "WAV")
     return {
         "WAV header claiming 37 h": chat_body([(wav_claiming_hours(), "wav")]),
         "FLAC header claiming 10 h": chat_body([(flac_claiming_hours(), "flac")]),
@@ -172,15 +197,19 @@ def hostile_bodies() -> dict[str, bytes | None]:
         "chunked body, no length": None,
         "60 clips of 59 s": chat_body([(minute59, "flac")] * 60),
         "16 MB nested JSON": b"[" * (8 * MB) + b"]" * (8 * MB),
+        "form of 100k tiny parts": form([("file", second, "a.wav")] + [("x", b"a", None)] * 100_000),
+        "form with a 30 MB text field": form([("file", second, "a.wav"), ("model", MODEL_ID.encode(), None),
+                                              ("prompt", b"word " * (6 * MB), None)]),
     }
 
 
 # -- HTTP ---------------------------------------------------------------------------------------------
-def request(port: int, method: str, path: str, body: bytes | None = None) -> int:
+def request(port: int, method: str, path: str, body: bytes | None = None,
+            content_type: str = "application/json") -> int:
     """Send one request, read the whole answer; its status."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": content_type} if body is not None else {}
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         response.read()
@@ -210,9 +239,11 @@ def chunked(port: int) -> int:
     return int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else 0
 
 
-def sender(port: int, body: bytes | None) -> Callable[[], int]:
+def sender(port: int, body: bytes | Upload | None) -> Callable[[], int]:
     if body is None:
         return lambda: chunked(port)
+    if isinstance(body, Upload):
+        return lambda: request(port, "POST", body.path, body.body, body.content_type)
     return lambda: request(port, "POST", "/v1/chat/completions", body)
 
 
@@ -294,7 +325,7 @@ def probe_until(call: Callable[[], int], futures: list, pause: float) -> list[fl
 
 
 #: The hostile bodies by name, set before the client processes are forked (they inherit it).
-BODIES: dict[str, bytes | None] = {}
+BODIES: dict[str, bytes | Upload | None] = {}
 
 
 def hostile_client(port: int, name: str, until: float) -> list[int]:
