@@ -4,8 +4,12 @@ loading code (no downloads)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -365,3 +369,44 @@ def install_plugins(site: Path, *packages: Path) -> Path:
 def plugin_installer():
     """``install_plugins(site, *packages) -> site``."""
     return install_plugins
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def swv_serve_process(model_dir: Path, *flags: str, env: dict[str, str] | None = None,
+                      ) -> Iterator[tuple[int, subprocess.Popen]]:
+    """``swv serve MODEL --port P *flags`` (the installed command, ``HF_HUB_OFFLINE=1`` and ``env``
+    added to the environment, output piped) as ``(port, process)`` once it accepts connections
+    (uvicorn accepts them once the app has started); killed when the block ends if still running."""
+    port = free_port()
+    swv = Path(sys.executable).with_name("swv")
+    proc = subprocess.Popen([str(swv), "serve", str(model_dir), "--port", str(port), *flags], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "swv serve did not come up"
+            time.sleep(0.3)
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def swv_serve():
+    """:func:`swv_serve_process`: ``with swv_serve(model_dir, *flags, env=...) as (port, proc)``."""
+    return swv_serve_process

@@ -8,11 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -246,34 +241,9 @@ def test_sixteen_concurrent_clients_get_their_single_request_answers(server, ref
     assert server.app.state.batcher.batches_served - batches_before < 16  # requests were batched
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_swv_serve_command(model_dir: Path, reference: Pipeline) -> None:
-    port = free_port()
-    swv = Path(sys.executable).with_name("swv")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(swv), "serve", str(model_dir), "--port", str(port), "--model-name", "m",
-                             "--max-tokens", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "swv serve did not come up"
-            time.sleep(0.3)
+def test_swv_serve_command(model_dir: Path, reference: Pipeline, swv_serve) -> None:
+    with swv_serve(model_dir, "--model-name", "m", "--max-tokens", "5") as (port, _):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         messages = [turn(encoded(noise(0.5, 9), "wav"), "Transcribe.")]
         reply = client.chat.completions.create(model="m", messages=messages)
         assert reply.choices[0].message.content == expected(reference, messages, 5)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

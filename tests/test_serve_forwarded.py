@@ -8,13 +8,7 @@ client is answered about 2 s late, one counted against another client at once. S
 from __future__ import annotations
 
 import http.client
-import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,37 +31,6 @@ def model_dir(save_tiny_model) -> Path:
     return save_tiny_model("forwarded_model")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def _swv_serve(model_dir: Path, *flags: str, **env: str) -> Iterator[tuple[int, subprocess.Popen]]:
-    """``swv serve MODEL --port P *flags`` with ``env`` added to the environment, once it listens."""
-    port = _free_port()
-    swv = Path(sys.executable).with_name("swv")
-    proc = subprocess.Popen([str(swv), "serve", str(model_dir), "--port", str(port), *THROTTLE, *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "swv serve did not come up"
-            time.sleep(0.3)
-        yield port, proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-
-
 def _refused(port: int, forwarded_for: str | None = None) -> float:
     """Seconds until a request for an unknown route (404, a refusal) is answered, sent from
     127.0.0.1 with ``X-Forwarded-For: forwarded_for`` if given."""
@@ -84,11 +47,11 @@ def _refused(port: int, forwarded_for: str | None = None) -> float:
         conn.close()
 
 
-def test_a_forwarded_address_is_not_believed_by_default(model_dir: Path) -> None:
+def test_a_forwarded_address_is_not_believed_by_default(model_dir: Path, swv_serve) -> None:
     """A local client that names another address in X-Forwarded-For is still 127.0.0.1: its
     refusal is counted against 127.0.0.1's used burst, even with FORWARDED_ALLOW_IPS=* (which
     uvicorn alone would obey) in the server's environment."""
-    with _swv_serve(model_dir, FORWARDED_ALLOW_IPS="*") as (port, proc):
+    with swv_serve(model_dir, *THROTTLE, env={"FORWARDED_ALLOW_IPS": "*"}) as (port, proc):
         assert _refused(port) < AT_ONCE  # 127.0.0.1's burst
         assert _refused(port, SPOOFED) >= LATE  # still 127.0.0.1: late
         assert _refused(port, "198.51.100.1") >= LATE  # a fresh fake address does not help either
@@ -97,13 +60,13 @@ def test_a_forwarded_address_is_not_believed_by_default(model_dir: Path) -> None
     assert "serve: FORWARDED_ALLOW_IPS is ignored" in log, log
 
 
-def test_the_forwarded_address_of_a_trusted_proxy_is_used(model_dir: Path) -> None:
+def test_the_forwarded_address_of_a_trusted_proxy_is_used(model_dir: Path, swv_serve) -> None:
     """With 127.0.0.1 trusted as a proxy, the X-Forwarded-For address is the client: it has a
     budget of its own (its first refusal at once although 127.0.0.1 used its burst) and its
     second refusal is counted against it (late), as is one relayed by the proxy for a client that
     sent an X-Forwarded-For of its own (the proxy appends the address it saw; the last untrusted
     one is the client)."""
-    with _swv_serve(model_dir, "--forwarded-allow-ips", "127.0.0.1") as (port, _):
+    with swv_serve(model_dir, *THROTTLE, "--forwarded-allow-ips", "127.0.0.1") as (port, _):
         assert _refused(port) < AT_ONCE  # 127.0.0.1's burst
         assert _refused(port, SPOOFED) < AT_ONCE  # another client: its own burst
         assert _refused(port, SPOOFED) >= LATE  # the same client again: late

@@ -10,7 +10,6 @@ import http.client
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -572,35 +571,10 @@ class Listening:
     port: int
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(proc: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, "swv serve did not come up"
-        time.sleep(0.3)
-
-
-def test_sigterm_drains_in_flight_requests_and_exits_0(model_dir: Path) -> None:
-    port = free_port()
-    swv = Path(sys.executable).with_name("swv")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SWV_API_KEY": KEY}
-    proc = subprocess.Popen([str(swv), "serve", str(model_dir), "--port", str(port), "--model-name", MODEL_ID,
-                             "--max-tokens", "4", "--drain-timeout", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    server = Listening(port)
-    try:
-        wait_until_up(proc, port)
+def test_sigterm_drains_in_flight_requests_and_exits_0(model_dir: Path, swv_serve) -> None:
+    with swv_serve(model_dir, "--model-name", MODEL_ID, "--max-tokens", "4", "--drain-timeout", "60",
+                   env={"SWV_API_KEY": KEY}) as (port, proc):
+        server = Listening(port)
         assert call(server, "GET", "/v1/models")[0] == 401  # the key came from SWV_API_KEY
         body = json.dumps(chat_body()).encode()
         with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
@@ -622,7 +596,3 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(model_dir: Path) -> None:
         log = proc.stdout.read().decode()  # one line per request, with its id
         assert re.search(r"request [0-9a-f]{32}: POST '/v1/chat/completions' -> 200 ", log), log
         assert re.search(r"request [0-9a-f]{32}: GET '/health' -> 503 ", log), log
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
