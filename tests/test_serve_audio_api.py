@@ -403,3 +403,19 @@ def test_cue_times_and_stop_cuts() -> None:
 
     assert cue_time(3723.4567, "srt") == "01:02:03,457" and cue_time(59.9996, "vtt") == "00:01:00.000"
     assert cut_at_stop("hello world", ["wor", "lo"]) == 3 and cut_at_stop("hello", ["x"]) is None
+
+
+def test_the_openapi_document_describes_each_form(server) -> None:
+    """The routes read their bodies themselves, so their forms are described by hand (from the
+    same field list the routes check): every field, the file as binary, the required ones."""
+    from swv.serve.routes.audio import FIELDS
+
+    with urllib.request.urlopen(f"{server.url}/openapi.json", timeout=30) as response:
+        document = json.loads(response.read())
+    for path, kind in (("transcriptions", "transcribe"), ("translations", "translate")):
+        body = document["paths"][f"/v1/audio/{path}"]["post"]["requestBody"]
+        schema = body["content"]["multipart/form-data"]["schema"]
+        assert list(schema["properties"]) == list(FIELDS[kind]) and schema["required"] == ["file", "model"]
+        assert schema["properties"]["file"] == {"type": "string", "format": "binary"}
+    assert "language" in document["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["properties"]

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -98,14 +98,27 @@ FORM_PATHS = (TRANSCRIPTIONS_PATH, TRANSLATIONS_PATH)
 router = APIRouter()
 
 
-@router.post(TRANSCRIPTIONS_PATH, response_model=None)
+def form_schema(kind: str) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of an endpoint's form (:data:`FIELDS`): the routes read their
+    bodies themselves (:func:`_answer`), so FastAPI cannot derive it from their parameters."""
+    types: dict[str, dict[str, Any]] = {
+        "file": {"type": "string", "format": "binary"}, "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "response_format": {"type": "string", "enum": list(AUDIO_FORMATS)},
+        GRANULARITIES: {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
+    }
+    properties = {name: types.get(name, {"type": "string"}) for name in FIELDS[kind]}
+    schema = {"type": "object", "properties": properties, "required": ["file", "model"]}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+@router.post(TRANSCRIPTIONS_PATH, response_model=None, openapi_extra=form_schema("transcribe"))
 async def transcriptions(request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep,
                          limiter: LimiterDep, metrics: MetricsDep, body_budget: BodyBudgetDep) -> Response:
     """Transcribe the form's ``file`` with the model's transcription instruction (module docstring)."""
     return await _answer(request, "transcribe", settings, batcher, pipeline, limiter, metrics, body_budget)
 
 
-@router.post(TRANSLATIONS_PATH, response_model=None)
+@router.post(TRANSLATIONS_PATH, response_model=None, openapi_extra=form_schema("translate"))
 async def translations(request: Request, settings: SettingsDep, batcher: BatcherDep, pipeline: PipelineDep,
                        limiter: LimiterDep, metrics: MetricsDep, body_budget: BodyBudgetDep) -> Response:
     """Translate the form's ``file`` into English with the model's translation instruction (module docstring)."""
