@@ -213,7 +213,6 @@ class Scheduler(Batcher):
         self.steps = 0
         self._stop_ids = set(pipeline.processor.stop_token_ids)
         self.long_step_every = long_step_every
-        self._ticks = 0
         self._lanes = {False: _Lane(RunningBatch(pipeline.model)), True: _Lane(RunningBatch(pipeline.model))}
         self._waiting: list[Job] = []
         self._closing = False
@@ -409,11 +408,10 @@ class Scheduler(Batcher):
         short, long = self._lanes[False], self._lanes[True]
         if not (short.rows or long.rows):
             return
-        self._ticks += 1
         self.steps += 1
         if short.rows:
             self._step_lane(short)
-        if long.rows and (not short.rows or self._ticks % self.long_step_every == 0):
+        if long.rows and (not short.rows or self.steps % self.long_step_every == 0):
             self._step_lane(long)
 
     def _step_lane(self, lane: _Lane) -> None:
