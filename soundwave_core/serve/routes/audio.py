@@ -77,6 +77,10 @@ from swv.serve.settings import ServeSettings
 #: The fields of each endpoint (``timestamp_granularities[]`` as the openai client names it: the
 #: one field that may come more than once).
 GRANULARITIES = "timestamp_granularities[]"
+#: The one timestamp granularity the model can give (one segment spanning the clip).
+SEGMENT = "segment"
+#: OpenAI's ``temperature`` range on the audio endpoints.
+TEMPERATURE_RANGE = (0.0, 1.0)
 _COMMON = ("file", "model", "prompt", "temperature", "response_format", GRANULARITIES)
 FIELDS = {"transcribe": (*_COMMON, "language"), "translate": _COMMON}
 #: Most parts of a form. A valid one has at most 8 (the 7 fields of a transcription once each,
@@ -102,9 +106,10 @@ def form_schema(kind: str) -> dict[str, Any]:
     """The OpenAPI ``requestBody`` of an endpoint's form (:data:`FIELDS`): the routes read their
     bodies themselves (:func:`_answer`), so FastAPI cannot derive it from their parameters."""
     types: dict[str, dict[str, Any]] = {
-        "file": {"type": "string", "format": "binary"}, "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "file": {"type": "string", "format": "binary"},
+        "temperature": {"type": "number", "minimum": TEMPERATURE_RANGE[0], "maximum": TEMPERATURE_RANGE[1]},
         "response_format": {"type": "string", "enum": list(AUDIO_FORMATS)},
-        GRANULARITIES: {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
+        GRANULARITIES: {"type": "array", "items": {"type": "string", "enum": [SEGMENT]}},
     }
     properties = {name: types.get(name, {"type": "string"}) for name in FIELDS[kind]}
     schema = {"type": "object", "properties": properties, "required": ["file", "model"]}
@@ -155,7 +160,7 @@ class _Form:
         if self.response_format not in AUDIO_FORMATS:
             raise RequestError(400, f"response_format: expected one of {', '.join(AUDIO_FORMATS)}, "
                                     f"got {self.response_format!r}", param="response_format")
-        if set(self.granularities) - {"segment"} or (self.granularities and self.response_format != "verbose_json"):
+        if set(self.granularities) - {SEGMENT} or (self.granularities and self.response_format != "verbose_json"):
             raise RequestError(400, "timestamp_granularities: only 'segment' with verbose_json (one segment "
                                     "spanning the clip: the model gives no timestamps)",
                                param="timestamp_granularities")
@@ -211,8 +216,9 @@ def _sampling(temperature: str | None) -> SamplingParams:
         value = float(temperature)
     except ValueError:
         value = float("nan")
-    if not 0 <= value <= 1:
-        raise RequestError(400, f"temperature: expected a number from 0 to 1, got {temperature!r}",
+    low, high = TEMPERATURE_RANGE
+    if not low <= value <= high:
+        raise RequestError(400, f"temperature: expected a number from {low:g} to {high:g}, got {temperature!r}",
                            param="temperature")
     return SamplingParams(temperature=value)
 
